@@ -1,0 +1,103 @@
+// fusedopt._C: the only file that knows about Python. It turns integers from Python
+// into a TensorTable and plain config structs, releases the GIL and calls a kernel.
+// Every address was validated in Python (fusedopt/_buckets.py) before it got here.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+
+#include "cpu/kernels.h"
+#if FUSEDOPT_WITH_CUDA
+#include "cuda/cuda_ops.h"
+#endif
+
+namespace py = pybind11;
+using namespace fusedopt;
+
+namespace {
+
+TensorTable table_at(uintptr_t address, int64_t n) {
+  if (n < 0) throw std::invalid_argument("fusedopt._C: negative tensor count");
+  return TensorTable{reinterpret_cast<const int64_t*>(address), n};
+}
+
+DType dtype_from(int code) {
+  if (code < 0 || code > int(DType::BFloat16)) throw std::invalid_argument("fusedopt._C: unknown dtype code");
+  return DType(code);
+}
+
+AdamConfig adam_config(double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+                       bool maximize, bool decoupled, bool optimized_update) {
+  return AdamConfig{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, optimized_update};
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = FUSEDOPT_VERSION;
+  info["cpu_isa"] = cpu::isa_name();
+#if FUSEDOPT_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_archs"] = FUSEDOPT_CUDA_ARCHS;
+  info["cuda_compiler_version"] = FUSEDOPT_CUDA_VERSION;
+#else
+  info["cuda"] = false;
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fusedopt native kernels (CPU, and CUDA when built with nvcc); no libtorch inside";
+  m.def("build_info", &build_info);
+  const auto no_gil = py::call_guard<py::gil_scoped_release>();
+
+  m.def("cpu_adam", [](uintptr_t table, int64_t n, int dtype, double lr, double beta1, double beta2, double eps,
+                       double weight_decay, bool amsgrad, bool maximize, bool decoupled, bool optimized_update,
+                       int threads) {
+          cpu::adam(table_at(table, n), dtype_from(dtype),
+                    adam_config(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, optimized_update),
+                    threads);
+        }, no_gil);
+  m.def("cpu_sgd", [](uintptr_t table, int64_t n, int dtype, double lr, double momentum, double dampening,
+                      double weight_decay, bool nesterov, bool maximize, bool first_step, int threads) {
+          cpu::sgd(table_at(table, n), dtype_from(dtype),
+                   SGDConfig{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step}, threads);
+        }, no_gil);
+  m.def("cpu_rmsprop", [](uintptr_t table, int64_t n, int dtype, double lr, double alpha, double eps,
+                          double weight_decay, double momentum, bool centered, bool maximize, int threads) {
+          cpu::rmsprop(table_at(table, n), dtype_from(dtype),
+                       RMSpropConfig{lr, alpha, eps, weight_decay, momentum, centered, maximize}, threads);
+        }, no_gil);
+
+#if FUSEDOPT_WITH_CUDA
+  m.def("cuda_unusable_reason", &cuda::unusable_reason, py::arg("device"));
+  m.def("cuda_adam", [](uintptr_t table, int64_t n, int dtype, double lr, double beta1, double beta2, double eps,
+                        double weight_decay, bool amsgrad, bool maximize, bool decoupled, bool optimized_update,
+                        int device, uintptr_t stream) {
+          cuda::adam(table_at(table, n), dtype_from(dtype),
+                     adam_config(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, optimized_update),
+                     device, stream);
+        }, no_gil);
+  m.def("cuda_sgd", [](uintptr_t table, int64_t n, int dtype, double lr, double momentum, double dampening,
+                       double weight_decay, bool nesterov, bool maximize, bool first_step, int device,
+                       uintptr_t stream) {
+          cuda::sgd(table_at(table, n), dtype_from(dtype),
+                    SGDConfig{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step}, device, stream);
+        }, no_gil);
+  m.def("cuda_rmsprop", [](uintptr_t table, int64_t n, int dtype, double lr, double alpha, double eps,
+                           double weight_decay, double momentum, bool centered, bool maximize, int device,
+                           uintptr_t stream) {
+          cuda::rmsprop(table_at(table, n), dtype_from(dtype),
+                        RMSpropConfig{lr, alpha, eps, weight_decay, momentum, centered, maximize}, device, stream);
+        }, no_gil);
+  m.def("cuda_launch_plan", [](const std::vector<int64_t>& numels, int64_t tensor_lists, int64_t element_bytes) {
+          auto plan = cuda::describe_launch_plan(numels, tensor_lists, element_bytes);
+          py::dict out;
+          out["launches"] = plan.launches;
+          out["tensors_per_launch"] = plan.tensors_per_launch;
+          out["chunks_per_launch"] = plan.chunks_per_launch;
+          return out;
+        }, py::arg("numels"), py::arg("tensor_lists"), py::arg("element_bytes"));
+#endif
+}

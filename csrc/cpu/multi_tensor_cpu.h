@@ -1,0 +1,65 @@
+// Spreads the elements of every tensor in a table evenly over OpenMP threads: each
+// thread takes one contiguous slice of the concatenated elements, so one big tensor and
+// a thousand small ones balance the same way and no chunk list is built.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "fusedopt/tensor_table.h"
+
+namespace fusedopt::cpu {
+
+// Below this many elements per thread, waking threads costs more than it saves.
+constexpr int64_t kMinElementsPerThread = 1 << 15;
+// Slice boundaries fall on multiples of this (64 bytes of float32) to avoid false sharing.
+constexpr int64_t kSliceAlign = 16;
+
+// body(tensor_index, begin, end) updates elements [begin, end) of one tensor.
+template <typename Body>
+void for_each_slice(const TensorTable& table, int num_threads, Body&& body) {
+  std::vector<int64_t> offsets(table.n + 1, 0);
+  for (int64_t i = 0; i < table.n; ++i) offsets[i + 1] = offsets[i] + table.numel(i);
+  const int64_t total = offsets[table.n];
+  const int64_t useful_threads = std::max<int64_t>(1, total / kMinElementsPerThread);
+  const int threads = int(std::min<int64_t>(std::max(num_threads, 1), useful_threads));
+  if (threads <= 1) {
+    for (int64_t i = 0; i < table.n; ++i) body(i, int64_t(0), table.numel(i));
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
+    const auto boundary = [&](int64_t k) {
+      return k == nth ? total : (total / nth * k + (total % nth) * k / nth) / kSliceAlign * kSliceAlign;
+    };
+    const int64_t begin = boundary(tid), end = boundary(tid + 1);
+    int64_t i = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
+    for (; i < table.n && offsets[i] < end; ++i) {
+      const int64_t lo = std::max(begin, offsets[i]) - offsets[i];
+      const int64_t hi = std::min(end, offsets[i + 1]) - offsets[i];
+      if (hi > lo) body(i, lo, hi);
+    }
+  }
+}
+
+// Increments each tensor's step counter and returns the per-tensor coefficients, computing
+// them once per distinct step value (all tensors of a bucket usually share one).
+template <typename Coefficients, typename Make>
+std::vector<Coefficients> advance_steps(const TensorTable& table, Make&& make) {
+  std::vector<Coefficients> out(table.n);
+  float last_step = -1.0f;
+  for (int64_t i = 0; i < table.n; ++i) {
+    float* step = table.ptr<float>(kStepRow, i);
+    *step += 1.0f;
+    if (i == 0 || *step != last_step) out[i] = make(double(*step));
+    else out[i] = out[i - 1];
+    last_step = *step;
+  }
+  return out;
+}
+
+}  // namespace fusedopt::cpu

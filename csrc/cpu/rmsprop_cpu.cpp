@@ -1,0 +1,56 @@
+// RMSprop over every tensor of a bucket; see adam_cpu.cpp for how this file is built.
+// State rows: square_avg, then grad_avg (centered), then momentum_buffer (momentum > 0).
+#include "cpu/kernels.h"
+#include "cpu/multi_tensor_cpu.h"
+
+namespace fusedopt::cpu::FUSEDOPT_CPU_ISA {
+namespace {
+
+template <typename S, bool CENTERED, bool MOMENTUM>
+void rmsprop_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
+                   const RMSpropCoefficients<typename OpMath<S>::type>& k) {
+  using T = typename OpMath<S>::type;
+  constexpr int64_t kMomentumRow = kStateRow + (CENTERED ? 2 : 1);
+  S* __restrict p = t.ptr<S>(kParamRow, i) + lo;
+  const S* __restrict g = t.ptr<const S>(kGradRow, i) + lo;
+  S* __restrict sq = t.ptr<S>(kStateRow, i) + lo;
+  S* __restrict ga = CENTERED ? t.ptr<S>(kStateRow + 1, i) + lo : nullptr;
+  S* __restrict buf = MOMENTUM ? t.ptr<S>(kMomentumRow, i) + lo : nullptr;
+  const int64_t count = hi - lo;
+  for (int64_t j = 0; j < count; ++j) {
+    T pj = to_opmath(p[j]), sqj = to_opmath(sq[j]);
+    T gaj = CENTERED ? to_opmath(ga[j]) : T(0);
+    T bufj = MOMENTUM ? to_opmath(buf[j]) : T(0);
+    rmsprop_update<CENTERED, MOMENTUM>(pj, to_opmath(g[j]), sqj, gaj, bufj, k);
+    p[j] = from_opmath<S>(pj);
+    sq[j] = from_opmath<S>(sqj);
+    if (CENTERED) ga[j] = from_opmath<S>(gaj);
+    if (MOMENTUM) buf[j] = from_opmath<S>(bufj);
+  }
+}
+
+template <typename S>
+void rmsprop_any(const TensorTable& t, int64_t i, int64_t lo, int64_t hi, bool centered, bool momentum,
+                 const RMSpropCoefficients<typename OpMath<S>::type>& k) {
+  if (centered && momentum) rmsprop_slice<S, true, true>(t, i, lo, hi, k);
+  else if (centered) rmsprop_slice<S, true, false>(t, i, lo, hi, k);
+  else if (momentum) rmsprop_slice<S, false, true>(t, i, lo, hi, k);
+  else rmsprop_slice<S, false, false>(t, i, lo, hi, k);
+}
+
+}  // namespace
+
+void rmsprop(const TensorTable& table, DType dtype, const RMSpropConfig& config, int threads) {
+  dispatch_dtype(dtype, [&](auto storage_tag) {
+    using S = decltype(storage_tag);
+    // RMSprop's step counter does not enter its math, but torch keeps and advances it.
+    for (int64_t i = 0; i < table.n; ++i) *table.ptr<float>(kStepRow, i) += 1.0f;
+    const auto k = rmsprop_coefficients<typename OpMath<S>::type>(config);
+    const bool momentum = config.momentum > 0.0;
+    for_each_slice(table, threads, [&](int64_t i, int64_t lo, int64_t hi) {
+      rmsprop_any<S>(table, i, lo, hi, config.centered, momentum, k);
+    });
+  });
+}
+
+}  // namespace fusedopt::cpu::FUSEDOPT_CPU_ISA

@@ -1,0 +1,107 @@
+// Shared by the CPU and CUDA kernels: function qualifiers, dtype codes and the 16-bit
+// float storage types with their conversions. No libtorch, no CUDA headers on the host.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define FUSEDOPT_HD __host__ __device__ __forceinline__
+#else
+#define FUSEDOPT_HD inline __attribute__((always_inline))
+#endif
+
+namespace fusedopt {
+
+// Numbers Python uses to name a bucket's dtype (fusedopt/backends/native.py mirrors them).
+enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
+
+// 16-bit floats are stored as raw bits so host and device code share one layout.
+struct Half { uint16_t bits; };
+struct BFloat16 { uint16_t bits; };
+
+FUSEDOPT_HD uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u; std::memcpy(&u, &f, 4); return u;
+#endif
+}
+FUSEDOPT_HD float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f; std::memcpy(&f, &u, 4); return f;
+#endif
+}
+
+// bfloat16: the top half of a float32; rounding to nearest even, NaN kept quiet.
+FUSEDOPT_HD float bf16_to_float(BFloat16 h) { return bits_float(uint32_t(h.bits) << 16); }
+FUSEDOPT_HD BFloat16 float_to_bf16(float f) {
+  uint32_t u = float_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return BFloat16{uint16_t((u >> 16) | 0x40u)};
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return BFloat16{uint16_t(u >> 16)};
+}
+
+// IEEE half. Written as selects rather than early returns so the CPU loops vectorise.
+FUSEDOPT_HD float half_to_float(Half h) {
+  const uint32_t sign = uint32_t(h.bits & 0x8000u) << 16;
+  const uint32_t exponent = (h.bits >> 10) & 0x1fu;
+  const uint32_t mantissa = h.bits & 0x3ffu;
+  // Subnormals and zero: mantissa * 2^-24 is exact in float.
+  const float subnormal = float(mantissa) * 0x1.0p-24f;
+  uint32_t bits = exponent == 0 ? float_bits(subnormal)
+                : exponent == 0x1fu ? (0x7f800000u | (mantissa << 13))   // inf, NaN
+                : (((exponent + 112u) << 23) | (mantissa << 13));       // rebias 15 -> 127
+  return bits_float(sign | bits);
+}
+FUSEDOPT_HD Half float_to_half(float f) {
+  const uint32_t w = float_bits(f);
+  const uint32_t sign = (w >> 16) & 0x8000u;
+  const uint32_t magnitude = w & 0x7fffffffu;
+  // Below 2^-14 the half is subnormal: adding 0.5f puts the value's 2^-24 units in the
+  // low mantissa bits of the sum, and the float adder rounds to nearest even for us.
+  const uint32_t subnormal = float_bits(bits_float(magnitude) + 0.5f) - 0x3f000000u;
+  // Normal: rebias the exponent (127 -> 15) and round 23 -> 10 mantissa bits, ties to even.
+  const uint32_t normal = (magnitude + 0xc8000fffu + ((magnitude >> 13) & 1u)) >> 13;
+  uint32_t result = magnitude > 0x7f800000u ? 0x7e00u                 // NaN
+                  : magnitude >= 0x477ff000u ? 0x7c00u                // rounds past 65504: inf
+                  : magnitude < 0x38800000u ? subnormal : normal;
+  return Half{uint16_t(sign | result)};
+}
+
+// Load/store between a storage type and the type the math runs in ("opmath"):
+// float for float32 and the 16-bit types, double for float64, as torch does.
+template <typename Storage> struct OpMath { using type = float; };
+template <> struct OpMath<double> { using type = double; };
+
+FUSEDOPT_HD float to_opmath(float x) { return x; }
+FUSEDOPT_HD double to_opmath(double x) { return x; }
+FUSEDOPT_HD float to_opmath(Half x) { return half_to_float(x); }
+FUSEDOPT_HD float to_opmath(BFloat16 x) { return bf16_to_float(x); }
+
+template <typename Storage> FUSEDOPT_HD Storage from_opmath(typename OpMath<Storage>::type x);
+template <> FUSEDOPT_HD float from_opmath<float>(float x) { return x; }
+template <> FUSEDOPT_HD double from_opmath<double>(double x) { return x; }
+template <> FUSEDOPT_HD Half from_opmath<Half>(float x) { return float_to_half(x); }
+template <> FUSEDOPT_HD BFloat16 from_opmath<BFloat16>(float x) { return float_to_bf16(x); }
+
+// torch's lerp: the two-sided formula keeps the result exact at weight 0 and 1.
+template <typename T> FUSEDOPT_HD T lerp(T start, T end, T weight) {
+  return weight < T(0.5) ? start + weight * (end - start) : end - (end - start) * (T(1) - weight);
+}
+
+// Calls body with the storage type named by a DType code: the one place dtypes are
+// dispatched (Apex's type_shim.h does the same with a macro).
+template <typename Body> inline bool dispatch_dtype(DType dtype, Body&& body) {
+  switch (dtype) {
+    case DType::Float32: body(float{}); return true;
+    case DType::Float64: body(double{}); return true;
+    case DType::Float16: body(Half{}); return true;
+    case DType::BFloat16: body(BFloat16{}); return true;
+  }
+  return false;
+}
+
+}  // namespace fusedopt

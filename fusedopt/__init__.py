@@ -1,0 +1,13 @@
+"""fusedopt: fused multi-tensor optimizers for PyTorch.
+
+Swap ``torch.optim.AdamW`` for ``fusedopt.AdamW`` and get the same numbers from one kernel
+call per param group: CUDA kernels on NVIDIA GPUs, Triton where those are unusable, and
+compiled C++ on the CPU.
+"""
+from ._info import info
+from .backends import available as available_backends
+from .optim import SGD, Adam, AdamW, RMSprop
+
+__version__ = "0.1.0"
+
+__all__ = ["Adam", "AdamW", "RMSprop", "SGD", "available_backends", "info", "__version__"]

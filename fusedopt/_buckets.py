@@ -1,0 +1,273 @@
+"""Buckets: the params of one param group that share device and dtype, and the cached,
+validated address table that lets one native call update all of them.
+
+Everything that makes a raw address safe to hand to C++ is checked here, in Python,
+before any kernel runs: dtype and device of every tensor, element counts and layouts
+equal to the param's, dense (non-overlapping) memory, no two written tensors sharing
+memory. The table is rebuilt only when something it depends on changes (grads set to
+None and re-created, `p.data` swapped, state replaced or loaded), which the per-step
+checks below notice at a cost of a few list comparisons.
+"""
+from __future__ import annotations
+
+import array
+import itertools
+import operator
+from itertools import repeat
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .backends.base import TensorBatch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+STEP_DTYPE = torch.float32
+
+# Rows of the address table; must match csrc/include/fusedopt/tensor_table.h.
+NUMEL_ROW, PARAM_ROW, GRAD_ROW, STEP_ROW, FIRST_STATE_ROW = range(5)
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """True when t's elements fill a gap-free block of memory exactly once (any dim order)."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def check_param(p: torch.Tensor, optimizer: str) -> None:
+    if p.dtype not in SUPPORTED_DTYPES:
+        raise RuntimeError(
+            f"{optimizer}: params of dtype {p.dtype} are not supported; fusedopt updates float32, "
+            "float64, float16 and bfloat16 params (complex params: use torch.optim)"
+        )
+    if p.layout != torch.strided:
+        raise RuntimeError(f"{optimizer}: params must be dense (strided) tensors, got layout {p.layout}")
+    if not is_dense(p):
+        raise RuntimeError(
+            f"{optimizer}: a param of shape {tuple(p.shape)} and strides {p.stride()} does not cover its "
+            "memory densely (it is a strided view); make it contiguous before passing it to the optimizer"
+        )
+
+
+def split_into_buckets(params: Sequence[torch.Tensor], optimizer: str) -> List["Bucket"]:
+    """One bucket per (device, dtype) in first-appearance order."""
+    groups: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = {}
+    for p in params:
+        check_param(p, optimizer)
+        groups.setdefault((p.device, p.dtype), []).append(p)
+    return [Bucket(ps, optimizer) for ps in groups.values()]
+
+
+_versions = itertools.count(1)  # table versions are unique process-wide, so backends may key caches on them
+
+
+def select(batch: TensorBatch, indices: Sequence[int]) -> TensorBatch:
+    """A batch of some columns of `batch` (for updates that differ between params)."""
+    n, rows = len(batch), len(batch.table) // max(len(batch), 1)
+    table = array.array("q", (batch.table[r * n + i] for r in range(rows) for i in indices))
+    pick = lambda ts: [ts[i] for i in indices]  # noqa: E731
+    return TensorBatch(pick(batch.params), pick(batch.grads), batch.steps and pick(batch.steps),
+                       [pick(ts) for ts in batch.states], batch.device, batch.dtype, table, next(_versions))
+
+
+class _Stale(Exception):
+    """Raised inside the fast check when the cached table no longer describes the tensors."""
+
+
+class Bucket:
+    __slots__ = (
+        "params", "device", "dtype", "optimizer", "_device_index", "_strides", "_nbytes",
+        "_key", "_active", "_param_ptrs", "_grads_seen", "_grads", "_grad_ptrs", "_steps", "_states",
+        "_table", "_version", "_fresh",
+    )
+
+    def __init__(self, params: List[torch.Tensor], optimizer: str):
+        self.params = params
+        self.device = params[0].device
+        self.dtype = params[0].dtype
+        self.optimizer = optimizer
+        self._device_index = params[0].get_device()
+        self._key: Optional[tuple] = None
+        self._version = 0
+
+    # ----------------------------------------------------------------- per step
+    def batch(
+        self,
+        state: Dict[torch.Tensor, dict],
+        state_keys: Tuple[str, ...],
+        has_step: bool,
+        init_state: Callable[[torch.Tensor, dict], None],
+    ) -> Tuple[Optional[TensorBatch], List[int]]:
+        """The batch of params that have grads, and the indices (into the batch) of params
+        whose state `init_state` created just now. (None, []) when no param has a grad."""
+        params = self.params
+        grads = [p.grad for p in params]
+        if all(map(operator.is_not, grads, repeat(None))):
+            active = None
+        else:
+            active = tuple(i for i, g in enumerate(grads) if g is not None)
+            if not active:
+                return None, []
+            params = [params[i] for i in active]
+            grads = [grads[i] for i in active]
+        key = (active, state_keys, has_step)
+        try:
+            if key != self._key:
+                raise _Stale
+            self._check_unchanged(params, grads, state, state_keys, has_step)
+            self._fresh = []
+        except (_Stale, KeyError):
+            self._rebuild(key, params, grads, state, state_keys, has_step, init_state)
+        return (
+            TensorBatch(params, self._grads, self._steps, self._states, self.device, self.dtype,
+                        self._table, self._version),
+            self._fresh,
+        )
+
+    def _check_unchanged(self, params, grads, state, state_keys, has_step) -> None:
+        if [p.data_ptr() for p in params] != self._param_ptrs:
+            raise _Stale  # p.data was swapped: shapes and dtypes may have changed too
+        states = list(map(state.__getitem__, params))
+        for key, cached in zip(state_keys, self._states):
+            if not all(map(operator.is_, map(operator.itemgetter(key), states), cached)):
+                raise _Stale
+        if has_step and not all(map(operator.is_, map(operator.itemgetter("step"), states), self._steps)):
+            raise _Stale
+        if all(map(operator.is_, grads, self._grads_seen)):
+            if [g.data_ptr() for g in self._grads] != self._grad_ptrs:
+                raise _Stale
+        else:
+            self._set_grads(grads)
+
+    # ----------------------------------------------------------------- rebuilds
+    def _rebuild(self, key, params, grads, state, state_keys, has_step, init_state) -> None:
+        name = self.optimizer
+        for p in params:
+            check_param(p, name)
+            if p.device != self.device or p.dtype != self.dtype:
+                raise _RegroupNeeded
+        n = len(params)
+        self._key = None  # stays None if validation below fails
+        self._active = params
+        self._strides = [p.stride() for p in params]
+        self._nbytes = [p.nbytes for p in params]
+        fresh = []
+        states_per_param = []
+        for i, p in enumerate(params):
+            s = state[p]
+            missing = [k for k in state_keys if k not in s] or (has_step and "step" not in s)
+            if missing:
+                init_state(p, s)
+                fresh.append(i)
+            states_per_param.append(s)
+        self._fresh = fresh
+        self._states = [[self._checked_state(s, k, p) for s, p in zip(states_per_param, params)]
+                        for k in state_keys]
+        self._steps = [self._checked_step(s, p) for s, p in zip(states_per_param, params)] if has_step else None
+        self._param_ptrs = [p.data_ptr() for p in params]
+        rows = FIRST_STATE_ROW + len(state_keys)
+        self._table = array.array("q", bytes(8 * rows * n))
+        self._fill_row(NUMEL_ROW, [p.numel() for p in params])
+        self._fill_row(PARAM_ROW, self._param_ptrs)
+        if has_step:
+            self._fill_row(STEP_ROW, [t.data_ptr() for t in self._steps])
+        for r, tensors in enumerate(self._states):
+            self._fill_row(FIRST_STATE_ROW + r, [t.data_ptr() for t in tensors])
+        self._check_no_overlap(params)
+        self._set_grads(grads)
+        self._key = key
+
+    def _fill_row(self, row: int, values: List[int]) -> None:
+        n = len(self._active)
+        self._table[row * n:(row + 1) * n] = array.array("q", values)
+
+    def _checked_state(self, s: dict, key: str, p: torch.Tensor) -> torch.Tensor:
+        t = s[key]
+        problem = None
+        if not isinstance(t, torch.Tensor):
+            problem = f"is a {type(t).__name__}, not a tensor"
+        elif t.dtype != p.dtype or t.device != p.device:
+            problem = f"has dtype {t.dtype} on {t.device}, but the param has dtype {p.dtype} on {p.device}"
+        elif t.shape != p.shape:
+            problem = f"has shape {tuple(t.shape)}, but the param has shape {tuple(p.shape)}"
+        elif t.layout != torch.strided:
+            problem = f"has layout {t.layout}"
+        if problem:
+            raise RuntimeError(f"{self.optimizer}: state '{key}' of a param {problem}")
+        if t.stride() != p.stride():
+            # Same values in the param's memory layout, so one flat index serves all tensors.
+            t = torch.empty_like(p).copy_(t)
+            s[key] = t
+        return t
+
+    def _checked_step(self, s: dict, p: torch.Tensor) -> torch.Tensor:
+        step = s["step"]
+        if not (isinstance(step, torch.Tensor) and step.dtype == STEP_DTYPE and step.device == p.device
+                and step.numel() == 1 and step.dim() == 0):
+            # Checkpoints keep the step as a CPU tensor or a number; kernels need a float32
+            # scalar beside the param.
+            value = float(step.item() if isinstance(step, torch.Tensor) else step)
+            step = torch.tensor(value, dtype=STEP_DTYPE, device=p.device)
+            s["step"] = step
+        return step
+
+    def _check_no_overlap(self, params: List[torch.Tensor]) -> None:
+        """No two tensors the kernels write (params, states, steps) may share memory."""
+        written = [*params, *(t for ts in self._states for t in ts), *(self._steps or ())]
+        spans = [(t.data_ptr(), t.data_ptr() + t.nbytes) for t in written if t.numel() > 0]
+        if len(spans) < 2:
+            return
+        bounds = torch.tensor(spans, dtype=torch.int64)
+        order = torch.argsort(bounds[:, 0])
+        starts, ends = bounds[order, 0], bounds[order, 1]
+        if bool((ends[:-1] > starts[1:]).any()):
+            raise RuntimeError(
+                f"{self.optimizer}: params or their state tensors share memory (a param passed twice, or "
+                "views of one tensor that overlap); each param must own its memory"
+            )
+
+    def _set_grads(self, grads: List[torch.Tensor]) -> None:
+        """Validate new grad tensors and write their addresses into the table."""
+        try:
+            fast_ok = (
+                [g.nbytes for g in grads] == self._nbytes
+                and {g.dtype for g in grads} == {self.dtype}
+                and {g.get_device() for g in grads} == {self._device_index}
+                and [g.stride() for g in grads] == self._strides
+                and all(g.layout == torch.strided for g in grads)
+            )
+        except (RuntimeError, NotImplementedError):  # sparse grads have no strides
+            fast_ok = False
+        used = grads if fast_ok else [self._checked_grad(g, p) for g, p in zip(grads, self._active)]
+        self._grads_seen = grads
+        self._grads = used
+        self._grad_ptrs = [g.data_ptr() for g in used]
+        self._fill_row(GRAD_ROW, self._grad_ptrs)
+        self._version = next(_versions)
+
+    def _checked_grad(self, g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        name = self.optimizer
+        if g.is_sparse or g.layout != torch.strided:
+            raise RuntimeError(f"{name} does not support sparse gradients")
+        if g.is_complex():
+            raise RuntimeError(f"{name} does not support complex gradients")
+        if g.dtype != p.dtype:
+            raise RuntimeError(f"{name}: a grad has dtype {g.dtype}, but its param has dtype {p.dtype}")
+        if g.device != p.device:
+            raise RuntimeError(f"{name}: a grad is on {g.device}, but its param is on {p.device}")
+        if g.shape != p.shape:
+            raise RuntimeError(f"{name}: a grad has shape {tuple(g.shape)}, but its param has {tuple(p.shape)}")
+        if g.stride() != p.stride():
+            # A grad laid out differently from its param (a broadcast view, a transposed
+            # copy): read it through a copy in the param's layout.
+            g = torch.empty_like(p).copy_(g)
+        return g
+
+
+class _RegroupNeeded(Exception):
+    """A param changed device or dtype (p.data swapped): the group must be split anew."""

@@ -1,0 +1,80 @@
+"""fusedopt.info(): what was built and which backend `auto` picks on each visible device."""
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from typing import Any, Dict, List
+
+import torch
+
+from . import backends
+from ._native import build_info, load_error
+
+
+def _devices() -> List[torch.device]:
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return devices
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def info() -> Dict[str, Any]:
+    """A dict describing this installation (also printed by ``python -m fusedopt``)."""
+    from . import __version__
+
+    built = build_info()
+    auto: Dict[str, Any] = {}
+    for device in _devices():
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            try:
+                chosen = backends._resolve_uncached("auto", device).name
+            except RuntimeError as error:
+                chosen = f"none ({error})"
+        auto[str(device)] = {
+            "auto": chosen,
+            "available": backends.available(device),
+            "name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+            or platform.machine(),
+        }
+    return {
+        "version": __version__,
+        "native_module": "loaded" if not load_error else f"not loaded: {load_error}",
+        "cpu_kernels": {"built": not load_error, "instruction_set": built.get("cpu_isa")},
+        "cuda_kernels": {
+            "built": bool(built.get("cuda")),
+            "architectures": built.get("cuda_archs", "").split(",") if built.get("cuda") else [],
+            "nvcc_version": built.get("cuda_compiler_version"),
+        },
+        "triton": _triton_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "backend_env": os.environ.get(backends.ENV_VARIABLE),
+        "devices": auto,
+    }
+
+
+def format_info(data: Dict[str, Any]) -> str:
+    cuda = data["cuda_kernels"]
+    lines = [
+        f"fusedopt {data['version']}",
+        f"  native module : {data['native_module']}",
+        f"  CPU kernels   : {'built, ' + str(data['cpu_kernels']['instruction_set']) if data['cpu_kernels']['built'] else 'not built'}",
+        f"  CUDA kernels  : {'built for ' + ', '.join(cuda['architectures']) + ' (nvcc ' + str(cuda['nvcc_version']) + ')' if cuda['built'] else 'not built'}",
+        f"  Triton        : {data['triton'] or 'not installed'}",
+        f"  torch         : {data['torch']} (CUDA {data['torch_cuda'] or 'none'})",
+        f"  {backends.ENV_VARIABLE}: {data['backend_env'] or '(unset)'}",
+        "  devices:",
+    ]
+    for device, d in data["devices"].items():
+        lines.append(f"    {device:8s} {d['name']}: auto -> {d['auto']}; available: {', '.join(d['available'])}")
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""Backend registry and the resolution of backend names, "auto" included.
+
+`auto` (the default; the FUSEDOPT_BACKEND environment variable overrides it) picks per
+device: CUDA tensors -> compiled CUDA kernels, else Triton, else the reference; CPU
+tensors -> compiled C++ kernels, else the reference. Each fallback warns once, saying
+why. A backend asked for by name that cannot run raises RuntimeError saying why.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .base import AdamConfig, Backend, RMSpropConfig, SGDConfig, TensorBatch
+from .native import CPUBackend, CUDABackend
+from .reference import ReferenceBackend
+
+BACKEND_NAMES = ("auto", "cuda", "triton", "cpu", "reference")
+ENV_VARIABLE = "FUSEDOPT_BACKEND"
+
+_REGISTRY: Dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> None:
+    _REGISTRY[backend.name] = backend
+
+
+register(ReferenceBackend())
+register(CPUBackend())
+register(CUDABackend())
+try:  # Triton is optional: fusedopt imports and its CPU paths work without it
+    from .triton import TritonBackend
+
+    register(TritonBackend())
+    _triton_import_error: Optional[str] = None
+except ImportError as error:
+    _triton_import_error = str(error)
+
+
+def get(name: str) -> Backend:
+    if name == "triton" and name not in _REGISTRY:
+        raise RuntimeError(f"backend 'triton' is unavailable: {_triton_import_error}; `pip install triton`")
+    return _REGISTRY[name]
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or name not in BACKEND_NAMES:
+        raise ValueError(f"Invalid backend: {name!r}; expected one of {', '.join(BACKEND_NAMES)}")
+    return name
+
+
+def unusable_reason(name: str, device: torch.device) -> Optional[str]:
+    if name == "triton" and name not in _REGISTRY:
+        return f"triton is not installed ({_triton_import_error}); `pip install triton`"
+    return _REGISTRY[name].unusable_reason(device)
+
+
+def _auto_candidates(device: torch.device) -> Tuple[str, ...]:
+    if device.type == "cuda":
+        return ("cuda", "triton", "reference")
+    if device.type == "cpu":
+        return ("cpu", "reference")
+    return ("reference",)
+
+
+_resolved: Dict[Tuple[str, str, Optional[int]], Backend] = {}
+
+
+def resolve(name: str, device: torch.device) -> Backend:
+    """The backend that runs `name` on `device`; cached, so warnings come once."""
+    if name == "auto":
+        name = check_name(os.environ.get(ENV_VARIABLE, "auto") or "auto")
+    key = (name, device.type, device.index)
+    backend = _resolved.get(key)
+    if backend is None:
+        backend = _resolve_uncached(name, device)
+        _resolved[key] = backend
+    return backend
+
+
+def _resolve_uncached(name: str, device: torch.device) -> Backend:
+    if name != "auto":
+        reason = unusable_reason(name, device)
+        if reason:
+            raise RuntimeError(f"fusedopt backend {name!r} cannot run on {device}: {reason}")
+        return get(name)
+    skipped: List[str] = []
+    for candidate in _auto_candidates(device):
+        reason = unusable_reason(candidate, device)
+        if reason is None:
+            if skipped:
+                warnings.warn(
+                    f"fusedopt: backend 'auto' uses {candidate!r} on {device} because " + "; ".join(skipped),
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            return get(candidate)
+        skipped.append(f"{candidate!r} is unusable ({reason})")
+    raise RuntimeError(f"fusedopt: no backend can run on {device}: " + "; ".join(skipped))
+
+
+def available(device) -> List[str]:
+    """Names of the backends that can update tensors on `device` (excluding 'auto')."""
+    device = torch.device(device)
+    return [n for n in BACKEND_NAMES[1:] if unusable_reason(n, device) is None]
+
+
+__all__ = [
+    "AdamConfig", "Backend", "BACKEND_NAMES", "RMSpropConfig", "SGDConfig", "TensorBatch",
+    "available", "check_name", "get", "register", "resolve", "unusable_reason",
+]

@@ -1,0 +1,108 @@
+"""What a backend receives: the configs of the three optimizers and one batch of tensors.
+
+The configs mirror the C++ structs in csrc/include/fusedopt/{adam,sgd,rmsprop}.h field for
+field; every backend reads the same fields, so the math has one set of inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class AdamConfig:
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    amsgrad: bool
+    maximize: bool
+    decoupled_weight_decay: bool  # AdamW
+    optimized_update: bool  # eps added to sqrt(v) before bias correction (Kingma & Ba, sec. 2)
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    lr: float
+    momentum: float
+    dampening: float
+    weight_decay: float
+    nesterov: bool
+    maximize: bool
+    first_step: bool  # momentum buffers are new: they start as a copy of the gradient
+
+
+@dataclass(frozen=True)
+class RMSpropConfig:
+    lr: float
+    alpha: float
+    eps: float
+    weight_decay: float
+    momentum: float
+    centered: bool
+    maximize: bool
+
+
+class TensorBatch:
+    """The tensors one backend call updates: params with grads of one device and dtype.
+
+    `states[k]` lists the k-th state tensor of every param in the optimizer's order
+    (Adam: exp_avg, exp_avg_sq[, max_exp_avg_sq]; SGD: [momentum_buffer]; RMSprop:
+    square_avg[, grad_avg][, momentum_buffer]). `steps` are the float32 step counters
+    (None for SGD); a backend increments each exactly once per call.
+
+    `table` is the int64 address table of csrc/include/fusedopt/tensor_table.h (rows:
+    numel, param, grad, step, states...), already validated; `table_version` changes
+    whenever any address in it changes, so backends may cache what they derive from it.
+    """
+
+    __slots__ = ("params", "grads", "steps", "states", "device", "dtype", "table", "table_version")
+
+    def __init__(
+        self,
+        params: List[torch.Tensor],
+        grads: List[torch.Tensor],
+        steps: Optional[List[torch.Tensor]],
+        states: Sequence[List[torch.Tensor]],
+        device: torch.device,
+        dtype: torch.dtype,
+        table,
+        table_version: int,
+    ):
+        self.params = params
+        self.grads = grads
+        self.steps = steps
+        self.states = states
+        self.device = device
+        self.dtype = dtype
+        self.table = table  # array.array('q'), rows * len(params)
+        self.table_version = table_version
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def table_address(self) -> int:
+        return self.table.buffer_info()[0]
+
+
+class Backend:
+    """One way of running the updates. Subclasses register themselves in backends/__init__."""
+
+    name: str = ""
+    dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+    def unusable_reason(self, device: torch.device) -> Optional[str]:
+        """None when this backend can update tensors on `device`, else why not and how to fix it."""
+        raise NotImplementedError
+
+    def adam(self, batch: TensorBatch, config: AdamConfig) -> None:
+        raise NotImplementedError
+
+    def sgd(self, batch: TensorBatch, config: SGDConfig) -> None:
+        raise NotImplementedError
+
+    def rmsprop(self, batch: TensorBatch, config: RMSpropConfig) -> None:
+        raise NotImplementedError

@@ -1,0 +1,63 @@
+"""Adam and AdamW: torch.optim's math, defaults, errors and state layout, fused."""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from ..backends.base import AdamConfig, Backend, TensorBatch
+from ._base import FusedOptimizer
+from ._checks import check_adam_hyperparameters, scalar
+
+
+class Adam(FusedOptimizer):
+    """torch.optim.Adam, every param tensor of a group updated in one fused call.
+
+    `optimized_update=True` uses the bias-correction form of Kingma & Ba, section 2:
+    ``p -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)``; the default is torch's
+    ``p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``. They differ in where eps enters.
+    """
+
+    _decoupled_weight_decay = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+                 amsgrad=False, maximize=False, optimized_update=False, backend="auto"):
+        check_adam_hyperparameters(lr, betas, eps, weight_decay)
+        defaults = dict(
+            lr=lr, betas=tuple(scalar(b) for b in betas), eps=eps, weight_decay=weight_decay,
+            amsgrad=amsgrad, maximize=maximize,
+            # torch.optim.Adam's own keys, so checkpoints load into it with the same meaning
+            foreach=None, capturable=False, differentiable=False, fused=None,
+            decoupled_weight_decay=self._decoupled_weight_decay,
+            optimized_update=optimized_update, backend=backend,
+        )
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self._decoupled_weight_decay:  # as torch.optim.AdamW: whatever the checkpoint says
+            for group in self.param_groups:
+                group["decoupled_weight_decay"] = True
+
+    def state_keys(self, group: dict) -> Tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
+
+    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        backend.adam(batch, AdamConfig(
+            lr=scalar(group["lr"]), beta1=scalar(beta1), beta2=scalar(beta2), eps=group["eps"],
+            weight_decay=group["weight_decay"], amsgrad=group["amsgrad"], maximize=group["maximize"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            optimized_update=group["optimized_update"],
+        ))
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW (decoupled weight decay, default 1e-2), fused; see Adam."""
+
+    _decoupled_weight_decay = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
+                 amsgrad=False, maximize=False, optimized_update=False, backend="auto"):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad, maximize=maximize,
+                         optimized_update=optimized_update, backend=backend)

@@ -1,0 +1,41 @@
+"""RMSprop: torch.optim's math (centered, momentum), fused. torch has no fused RMSprop."""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from ..backends.base import Backend, RMSpropConfig, TensorBatch
+from ._base import FusedOptimizer
+from ._checks import check_lr, check_non_negative, scalar
+
+
+class RMSprop(FusedOptimizer):
+    """torch.optim.RMSprop, every param tensor of a group updated in one fused call."""
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
+                 maximize=False, backend="auto"):
+        check_lr(lr)
+        check_non_negative(eps, "epsilon value")
+        check_non_negative(momentum, "momentum value")
+        check_non_negative(weight_decay, "weight_decay value")
+        check_non_negative(alpha, "alpha value")
+        defaults = dict(
+            lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered, weight_decay=weight_decay,
+            capturable=False, foreach=None, maximize=maximize, differentiable=False, backend=backend,
+        )
+        super().__init__(params, defaults)
+
+    def state_keys(self, group: dict) -> Tuple[str, ...]:
+        keys = ("square_avg",)
+        if group["centered"]:
+            keys += ("grad_avg",)
+        if group["momentum"] > 0:
+            keys += ("momentum_buffer",)
+        return keys
+
+    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict) -> None:
+        backend.rmsprop(batch, RMSpropConfig(
+            lr=scalar(group["lr"]), alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
+            momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"],
+        ))

@@ -1,0 +1,56 @@
+"""SGD: torch.optim's math (momentum, dampening, Nesterov, first-step rule), fused."""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from .._buckets import select
+from ..backends.base import Backend, SGDConfig, TensorBatch
+from ._base import FusedOptimizer
+from ._checks import check_lr, scalar
+
+
+class SGD(FusedOptimizer):
+    """torch.optim.SGD, every param tensor of a group updated in one fused call."""
+
+    has_step_counter = False
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
+                 maximize=False, backend="auto"):
+        check_lr(lr)
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        defaults = dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+            maximize=maximize, foreach=None, differentiable=False, fused=None, backend=backend,
+        )
+        super().__init__(params, defaults)
+
+    def state_keys(self, group: dict) -> Tuple[str, ...]:
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def init_state(self, group: dict):
+        def init(p: torch.Tensor, state: dict) -> None:
+            # Filled by the kernel on this first step with a copy of the gradient (torch's rule).
+            state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
+
+        return init
+
+    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict) -> None:
+        config = dict(
+            lr=scalar(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
+            weight_decay=scalar(group["weight_decay"]), nesterov=group["nesterov"], maximize=group["maximize"],
+        )
+        if not fresh or len(fresh) == len(batch):
+            backend.sgd(batch, SGDConfig(first_step=bool(fresh), **config))
+            return
+        # Some buffers are new (their params had no grad until now): two calls, one per rule.
+        fresh_set = set(fresh)
+        backend.sgd(select(batch, fresh), SGDConfig(first_step=True, **config))
+        backend.sgd(select(batch, [i for i in range(len(batch)) if i not in fresh_set]),
+                    SGDConfig(first_step=False, **config))

@@ -1,0 +1,51 @@
+"""Builds fusedopt._C with CMake (Ninja). CMakeLists.txt holds the real build logic.
+
+Environment knobs (read here and passed on to CMake):
+  FUSEDOPT_NO_CUDA=1        build the CPU kernels only, even where nvcc exists
+  FUSEDOPT_CUDA_ARCHS=...   CMake CUDA_ARCHITECTURES list, default "80-real;90-real;90-virtual"
+  FUSEDOPT_BUILD_TYPE=...   CMake build type, default Release
+  MAX_JOBS=N                parallel compile jobs
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: Extension) -> None:
+        import pybind11
+
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_dir = Path(self.build_temp).resolve() / ext.name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        cmake_args = [
+            f"-S{ROOT}",
+            f"-B{build_dir}",
+            "-GNinja",
+            f"-DCMAKE_BUILD_TYPE={os.environ.get('FUSEDOPT_BUILD_TYPE', 'Release')}",
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DFUSEDOPT_VERSION={self.distribution.get_version()}",
+        ]
+        if os.environ.get("FUSEDOPT_NO_CUDA", "0") not in ("", "0"):
+            cmake_args.append("-DFUSEDOPT_NO_CUDA=ON")
+        if os.environ.get("FUSEDOPT_CUDA_ARCHS"):
+            cmake_args.append(f"-DFUSEDOPT_CUDA_ARCHS={os.environ['FUSEDOPT_CUDA_ARCHS']}")
+        jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
+        subprocess.run(["cmake", *cmake_args], check=True)
+        subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
+
+
+setup(ext_modules=[CMakeExtension("fusedopt._C")], cmdclass={"build_ext": CMakeBuild})
