@@ -11,6 +11,7 @@ checks below notice at a cost of a few list comparisons.
 from __future__ import annotations
 
 import array
+import collections
 import itertools
 import operator
 from itertools import repeat
@@ -75,6 +76,54 @@ def select(batch: TensorBatch, indices: Sequence[int]) -> TensorBatch:
                        [pick(ts) for ts in batch.states], batch.device, batch.dtype, table, next(_versions))
 
 
+class StateMap(collections.defaultdict):
+    """optimizer.state, counting every replacement or removal of a param's entry.
+
+    Buckets keep each param's state dict and skip looking the params up again while the
+    count is unchanged: a lookup costs a Python-level Tensor.__hash__ per param, which is
+    most of a step's host time for many small tensors. Changes inside a param's dict are
+    still seen, by the identity checks of the state tensors.
+    """
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.version = 0
+
+    def _changed(self) -> None:
+        self.version += 1
+
+    def __setitem__(self, key, value):
+        self._changed()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self._changed()
+        super().__delitem__(key)
+
+    def pop(self, *args):
+        self._changed()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._changed()
+        return super().popitem()
+
+    def clear(self):
+        self._changed()
+        super().clear()
+
+    def update(self, *args, **kwargs):
+        self._changed()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        self._changed()
+        return super().setdefault(key, default)
+
+    def __reduce__(self):  # pickle/deepcopy as the plain defaultdict torch.optim has
+        return (collections.defaultdict, (self.default_factory,), None, None, iter(self.items()))
+
+
 class _Stale(Exception):
     """Raised inside the fast check when the cached table no longer describes the tensors."""
 
@@ -83,7 +132,7 @@ class Bucket:
     __slots__ = (
         "params", "device", "dtype", "optimizer", "_device_index", "_strides", "_nbytes",
         "_key", "_active", "_param_ptrs", "_grads_seen", "_grads", "_grad_ptrs", "_steps", "_states",
-        "_table", "_version", "_fresh",
+        "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_state_dicts",
     )
 
     def __init__(self, params: List[torch.Tensor], optimizer: str):
@@ -94,6 +143,7 @@ class Bucket:
         self._device_index = params[0].get_device()
         self._key: Optional[tuple] = None
         self._version = 0
+        self._state_map = None
 
     # ----------------------------------------------------------------- per step
     def batch(
@@ -132,7 +182,10 @@ class Bucket:
     def _check_unchanged(self, params, grads, state, state_keys, has_step) -> None:
         if [p.data_ptr() for p in params] != self._param_ptrs:
             raise _Stale  # p.data was swapped: shapes and dtypes may have changed too
-        states = list(map(state.__getitem__, params))
+        if state is self._state_map and state.version == self._state_map_version:
+            states = self._state_dicts
+        else:
+            states = list(map(state.__getitem__, params))
         for key, cached in zip(state_keys, self._states):
             if not all(map(operator.is_, map(operator.itemgetter(key), states), cached)):
                 raise _Stale
@@ -166,6 +219,10 @@ class Bucket:
                 fresh.append(i)
             states_per_param.append(s)
         self._fresh = fresh
+        if isinstance(state, StateMap):
+            self._state_map, self._state_map_version, self._state_dicts = state, state.version, states_per_param
+        else:
+            self._state_map = None
         self._states = [[self._checked_state(s, k, p) for s, p in zip(states_per_param, params)]
                         for k in state_keys]
         self._steps = [self._checked_step(s, p) for s, p in zip(states_per_param, params)] if has_step else None

@@ -6,17 +6,11 @@
 namespace fusedopt::cpu::FUSEDOPT_CPU_ISA {
 namespace {
 
+// __restrict parameters: see adam_cpu.cpp.
 template <typename S, bool CENTERED, bool MOMENTUM>
-void rmsprop_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
-                   const RMSpropCoefficients<typename OpMath<S>::type>& k) {
+void rmsprop_loop(S* __restrict p, const S* __restrict g, S* __restrict sq, S* __restrict ga, S* __restrict buf,
+                  int64_t count, const RMSpropCoefficients<typename OpMath<S>::type>& k) {
   using T = typename OpMath<S>::type;
-  constexpr int64_t kMomentumRow = kStateRow + (CENTERED ? 2 : 1);
-  S* __restrict p = t.ptr<S>(kParamRow, i) + lo;
-  const S* __restrict g = t.ptr<const S>(kGradRow, i) + lo;
-  S* __restrict sq = t.ptr<S>(kStateRow, i) + lo;
-  S* __restrict ga = CENTERED ? t.ptr<S>(kStateRow + 1, i) + lo : nullptr;
-  S* __restrict buf = MOMENTUM ? t.ptr<S>(kMomentumRow, i) + lo : nullptr;
-  const int64_t count = hi - lo;
   for (int64_t j = 0; j < count; ++j) {
     T pj = to_opmath(p[j]), sqj = to_opmath(sq[j]);
     T gaj = CENTERED ? to_opmath(ga[j]) : T(0);
@@ -27,6 +21,15 @@ void rmsprop_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
     if (CENTERED) ga[j] = from_opmath<S>(gaj);
     if (MOMENTUM) buf[j] = from_opmath<S>(bufj);
   }
+}
+
+template <typename S, bool CENTERED, bool MOMENTUM>
+void rmsprop_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
+                   const RMSpropCoefficients<typename OpMath<S>::type>& k) {
+  constexpr int64_t kMomentumRow = kStateRow + (CENTERED ? 2 : 1);
+  rmsprop_loop<S, CENTERED, MOMENTUM>(t.ptr<S>(kParamRow, i) + lo, t.ptr<const S>(kGradRow, i) + lo,
+                                      t.ptr<S>(kStateRow, i) + lo, CENTERED ? t.ptr<S>(kStateRow + 1, i) + lo : nullptr,
+                                      MOMENTUM ? t.ptr<S>(kMomentumRow, i) + lo : nullptr, hi - lo, k);
 }
 
 template <typename S>

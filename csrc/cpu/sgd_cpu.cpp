@@ -5,21 +5,25 @@
 namespace fusedopt::cpu::FUSEDOPT_CPU_ISA {
 namespace {
 
+// __restrict parameters: see adam_cpu.cpp.
 template <typename S, bool MOMENTUM>
-void sgd_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
-               const SGDCoefficients<typename OpMath<S>::type>& k) {
+void sgd_loop(S* __restrict p, const S* __restrict g, S* __restrict buf, int64_t count,
+              const SGDCoefficients<typename OpMath<S>::type>& k) {
   using T = typename OpMath<S>::type;
-  S* __restrict p = t.ptr<S>(kParamRow, i) + lo;
-  const S* __restrict g = t.ptr<const S>(kGradRow, i) + lo;
-  S* __restrict buf = MOMENTUM ? t.ptr<S>(kStateRow, i) + lo : nullptr;
-  const int64_t count = hi - lo;
   for (int64_t j = 0; j < count; ++j) {
     T pj = to_opmath(p[j]);
-    T bufj = MOMENTUM && !k.first_step ? to_opmath(buf[j]) : T(0);
+    T bufj = MOMENTUM && !k.first_step ? to_opmath(buf[j]) : T(0);  // a new buffer is uninitialised
     sgd_update<MOMENTUM>(pj, to_opmath(g[j]), bufj, k);
     p[j] = from_opmath<S>(pj);
     if (MOMENTUM) buf[j] = from_opmath<S>(bufj);
   }
+}
+
+template <typename S, bool MOMENTUM>
+void sgd_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
+               const SGDCoefficients<typename OpMath<S>::type>& k) {
+  sgd_loop<S, MOMENTUM>(t.ptr<S>(kParamRow, i) + lo, t.ptr<const S>(kGradRow, i) + lo,
+                        MOMENTUM ? t.ptr<S>(kStateRow, i) + lo : nullptr, hi - lo, k);
 }
 
 }  // namespace

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .. import backends
-from .._buckets import Bucket, _RegroupNeeded, split_into_buckets
+from .._buckets import Bucket, StateMap, _RegroupNeeded, split_into_buckets
 from ..backends.base import Backend, TensorBatch
 
 
@@ -24,6 +24,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         defaults["backend"] = backends.check_name(defaults.get("backend", "auto"))
         self._buckets: Dict[int, Tuple[List[torch.Tensor], List[Bucket]]] = {}
         super().__init__(params, defaults)
+        self.state = StateMap(dict, self.state)
         for group in self.param_groups:
             self._check_backend_runs(group)
 
@@ -60,6 +61,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.state = StateMap(dict, self.state)
         self._buckets = {}  # tensors may have been replaced: rebuild every table
         for group in self.param_groups:
             for key, value in self.defaults.items():
