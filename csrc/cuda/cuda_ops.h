@@ -26,13 +26,25 @@ void sgd(const TensorTable& table, DType dtype, const SGDConfig& config, int dev
 void rmsprop(const TensorTable& table, DType dtype, const RMSpropConfig& config, int device, uintptr_t stream);
 
 // The launch plan: how the tensors of a table are cut into chunks and the chunks grouped
-// into launches. Pure host code, exposed so the CPU tests can check it.
+// into launches. Pure host code, exposed so the CPU tests can check it: it runs the
+// planner the launcher runs, on a table whose carried rows hold each tensor's index, and
+// reports what the filled parameter blocks say. `tensor_lists` is the number of addresses
+// each tensor carries (Adam: param, grad, step, exp_avg, exp_avg_sq[, max_exp_avg_sq]);
+// `large_parameter_block` describes a GPU and driver that accept 32 KB parameter blocks
+// (false: the classic 4 KB layout every GPU accepts).
 struct LaunchPlanSummary {
-  int64_t launches;
+  int64_t launches = 0;
   std::vector<int64_t> tensors_per_launch;
   std::vector<int64_t> chunks_per_launch;
+  int64_t chunk_elements = 0;         // elements per chunk (one thread block each)
+  int64_t parameter_block_limit = 0;  // bytes the kernel's parameters may total: 4096 or 32764
+  std::vector<int64_t> parameter_bytes_per_launch;  // bytes of that limit each launch fills
+  // For every tensor each launch carries, launch by launch: its index in `numels`, and the
+  // first block of the launch's grid that updates it (its chunks are consecutive blocks).
+  std::vector<int64_t> tensor_index;
+  std::vector<int64_t> first_chunk;
 };
 LaunchPlanSummary describe_launch_plan(const std::vector<int64_t>& numels, int64_t tensor_lists,
-                                       int64_t element_bytes);
+                                       int64_t element_bytes, bool large_parameter_block = true);
 
 }  // namespace fusedopt::cuda
