@@ -26,9 +26,27 @@ DType dtype_from(int code) {
   return DType(code);
 }
 
+// The pointers arrive as integers, 0 for "none" (see fusedopt/backends/native.py).
+GradTransform grad_transform(uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef) {
+  return GradTransform{reinterpret_cast<const float*>(grad_scale), reinterpret_cast<const float*>(found_inf),
+                       reinterpret_cast<const float*>(clip_coef)};
+}
+
 AdamConfig adam_config(double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-                       bool maximize, bool decoupled, bool optimized_update) {
-  return AdamConfig{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, optimized_update};
+                       bool maximize, bool decoupled, bool optimized_update, bool master_weights,
+                       GradTransform transform) {
+  return AdamConfig{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, optimized_update,
+                    master_weights, transform};
+}
+
+SGDConfig sgd_config(double lr, double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
+                     bool first_step, bool master_weights, GradTransform transform) {
+  return SGDConfig{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step, master_weights, transform};
+}
+
+RMSpropConfig rmsprop_config(double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
+                             bool maximize, bool master_weights, GradTransform transform) {
+  return RMSpropConfig{lr, alpha, eps, weight_decay, momentum, centered, maximize, master_weights, transform};
 }
 
 py::dict build_info() {
@@ -51,45 +69,65 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "fusedopt native kernels (CPU, and CUDA when built with nvcc); no libtorch inside";
   m.def("build_info", &build_info);
   const auto no_gil = py::call_guard<py::gil_scoped_release>();
+  // Every op takes (table address, tensor count, dtype code, hyper-parameters..., master_weights,
+  // grad_scale, found_inf, clip_coef addresses) and then threads (CPU) or device, stream (CUDA).
 
   m.def("cpu_adam", [](uintptr_t table, int64_t n, int dtype, double lr, double beta1, double beta2, double eps,
                        double weight_decay, bool amsgrad, bool maximize, bool decoupled, bool optimized_update,
+                       bool master_weights, uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef,
                        int threads) {
           cpu::adam(table_at(table, n), dtype_from(dtype),
-                    adam_config(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, optimized_update),
+                    adam_config(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, optimized_update,
+                                master_weights, grad_transform(grad_scale, found_inf, clip_coef)),
                     threads);
         }, no_gil);
   m.def("cpu_sgd", [](uintptr_t table, int64_t n, int dtype, double lr, double momentum, double dampening,
-                      double weight_decay, bool nesterov, bool maximize, bool first_step, int threads) {
+                      double weight_decay, bool nesterov, bool maximize, bool first_step, bool master_weights,
+                      uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, int threads) {
           cpu::sgd(table_at(table, n), dtype_from(dtype),
-                   SGDConfig{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step}, threads);
+                   sgd_config(lr, momentum, dampening, weight_decay, nesterov, maximize, first_step, master_weights,
+                              grad_transform(grad_scale, found_inf, clip_coef)),
+                   threads);
         }, no_gil);
   m.def("cpu_rmsprop", [](uintptr_t table, int64_t n, int dtype, double lr, double alpha, double eps,
-                          double weight_decay, double momentum, bool centered, bool maximize, int threads) {
+                          double weight_decay, double momentum, bool centered, bool maximize, bool master_weights,
+                          uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, int threads) {
           cpu::rmsprop(table_at(table, n), dtype_from(dtype),
-                       RMSpropConfig{lr, alpha, eps, weight_decay, momentum, centered, maximize}, threads);
+                       rmsprop_config(lr, alpha, eps, weight_decay, momentum, centered, maximize, master_weights,
+                                      grad_transform(grad_scale, found_inf, clip_coef)),
+                       threads);
+        }, no_gil);
+  m.def("cpu_sum_of_squares", [](uintptr_t table, int64_t n, int dtype, int threads) {
+          return cpu::sum_of_squares(table_at(table, n), dtype_from(dtype), threads);
         }, no_gil);
 
 #if FUSEDOPT_WITH_CUDA
   m.def("cuda_unusable_reason", &cuda::unusable_reason, py::arg("device"));
   m.def("cuda_adam", [](uintptr_t table, int64_t n, int dtype, double lr, double beta1, double beta2, double eps,
                         double weight_decay, bool amsgrad, bool maximize, bool decoupled, bool optimized_update,
+                        bool master_weights, uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef,
                         int device, uintptr_t stream) {
           cuda::adam(table_at(table, n), dtype_from(dtype),
-                     adam_config(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, optimized_update),
+                     adam_config(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, optimized_update,
+                                 master_weights, grad_transform(grad_scale, found_inf, clip_coef)),
                      device, stream);
         }, no_gil);
   m.def("cuda_sgd", [](uintptr_t table, int64_t n, int dtype, double lr, double momentum, double dampening,
-                       double weight_decay, bool nesterov, bool maximize, bool first_step, int device,
-                       uintptr_t stream) {
+                       double weight_decay, bool nesterov, bool maximize, bool first_step, bool master_weights,
+                       uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, int device, uintptr_t stream) {
           cuda::sgd(table_at(table, n), dtype_from(dtype),
-                    SGDConfig{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step}, device, stream);
+                    sgd_config(lr, momentum, dampening, weight_decay, nesterov, maximize, first_step, master_weights,
+                               grad_transform(grad_scale, found_inf, clip_coef)),
+                    device, stream);
         }, no_gil);
   m.def("cuda_rmsprop", [](uintptr_t table, int64_t n, int dtype, double lr, double alpha, double eps,
-                           double weight_decay, double momentum, bool centered, bool maximize, int device,
+                           double weight_decay, double momentum, bool centered, bool maximize, bool master_weights,
+                           uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, int device,
                            uintptr_t stream) {
           cuda::rmsprop(table_at(table, n), dtype_from(dtype),
-                        RMSpropConfig{lr, alpha, eps, weight_decay, momentum, centered, maximize}, device, stream);
+                        rmsprop_config(lr, alpha, eps, weight_decay, momentum, centered, maximize, master_weights,
+                                       grad_transform(grad_scale, found_inf, clip_coef)),
+                        device, stream);
         }, no_gil);
   m.def("cuda_launch_plan", [](const std::vector<int64_t>& numels, int64_t tensor_lists, int64_t element_bytes) {
           auto plan = cuda::describe_launch_plan(numels, tensor_lists, element_bytes);

@@ -5,9 +5,10 @@ call per param group: CUDA kernels on NVIDIA GPUs, Triton where those are unusab
 compiled C++ on the CPU.
 """
 from ._info import info
+from .clip import clip_grad_norm_
 from .backends import available as available_backends
 from .optim import SGD, Adam, AdamW, RMSprop
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "AdamW", "RMSprop", "SGD", "available_backends", "info", "__version__"]
+__all__ = ["Adam", "AdamW", "RMSprop", "SGD", "available_backends", "clip_grad_norm_", "info", "__version__"]

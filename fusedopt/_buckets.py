@@ -152,9 +152,11 @@ class Bucket:
         state_keys: Tuple[str, ...],
         has_step: bool,
         init_state: Callable[[torch.Tensor, dict], None],
+        state_dtype: Optional[torch.dtype] = None,
     ) -> Tuple[Optional[TensorBatch], List[int]]:
         """The batch of params that have grads, and the indices (into the batch) of params
-        whose state `init_state` created just now. (None, []) when no param has a grad."""
+        whose state `init_state` created just now. (None, []) when no param has a grad.
+        State tensors must have `state_dtype` (default: the param's dtype)."""
         params = self.params
         grads = [p.grad for p in params]
         if all(map(operator.is_not, grads, repeat(None))):
@@ -165,14 +167,14 @@ class Bucket:
                 return None, []
             params = [params[i] for i in active]
             grads = [grads[i] for i in active]
-        key = (active, state_keys, has_step)
+        key = (active, state_keys, has_step, state_dtype)
         try:
             if key != self._key:
                 raise _Stale
             self._check_unchanged(params, grads, state, state_keys, has_step)
             self._fresh = []
         except (_Stale, KeyError):
-            self._rebuild(key, params, grads, state, state_keys, has_step, init_state)
+            self._rebuild(key, params, grads, state, state_keys, has_step, init_state, state_dtype or self.dtype)
         return (
             TensorBatch(params, self._grads, self._steps, self._states, self.device, self.dtype,
                         self._table, self._version),
@@ -198,7 +200,7 @@ class Bucket:
             self._set_grads(grads)
 
     # ----------------------------------------------------------------- rebuilds
-    def _rebuild(self, key, params, grads, state, state_keys, has_step, init_state) -> None:
+    def _rebuild(self, key, params, grads, state, state_keys, has_step, init_state, state_dtype) -> None:
         name = self.optimizer
         for p in params:
             check_param(p, name)
@@ -223,7 +225,7 @@ class Bucket:
             self._state_map, self._state_map_version, self._state_dicts = state, state.version, states_per_param
         else:
             self._state_map = None
-        self._states = [[self._checked_state(s, k, p) for s, p in zip(states_per_param, params)]
+        self._states = [[self._checked_state(s, k, p, state_dtype) for s, p in zip(states_per_param, params)]
                         for k in state_keys]
         self._steps = [self._checked_step(s, p) for s, p in zip(states_per_param, params)] if has_step else None
         self._param_ptrs = [p.data_ptr() for p in params]
@@ -243,13 +245,13 @@ class Bucket:
         n = len(self._active)
         self._table[row * n:(row + 1) * n] = array.array("q", values)
 
-    def _checked_state(self, s: dict, key: str, p: torch.Tensor) -> torch.Tensor:
+    def _checked_state(self, s: dict, key: str, p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         t = s[key]
         problem = None
         if not isinstance(t, torch.Tensor):
             problem = f"is a {type(t).__name__}, not a tensor"
-        elif t.dtype != p.dtype or t.device != p.device:
-            problem = f"has dtype {t.dtype} on {t.device}, but the param has dtype {p.dtype} on {p.device}"
+        elif t.dtype != dtype or t.device != p.device:
+            problem = f"has dtype {t.dtype} on {t.device}, expected dtype {dtype} on {p.device}"
         elif t.shape != p.shape:
             problem = f"has shape {tuple(t.shape)}, but the param has shape {tuple(p.shape)}"
         elif t.layout != torch.strided:
@@ -258,7 +260,7 @@ class Bucket:
             raise RuntimeError(f"{self.optimizer}: state '{key}' of a param {problem}")
         if t.stride() != p.stride():
             # Same values in the param's memory layout, so one flat index serves all tensors.
-            t = torch.empty_like(p).copy_(t)
+            t = torch.empty_like(p, dtype=dtype).copy_(t)
             s[key] = t
         return t
 

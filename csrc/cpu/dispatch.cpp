@@ -58,6 +58,8 @@ void rmsprop(const TensorTable& t, DType d, const RMSpropConfig& c, int threads)
   FUSEDOPT_DISPATCH(rmsprop, t, d, c, threads)
 }
 
+double sum_of_squares(const TensorTable& t, DType d, int threads) { FUSEDOPT_DISPATCH(sum_of_squares, t, d, threads) }
+
 const char* isa_name() {
   switch (kIsa) {
     case Isa::Avx512: return "avx512";

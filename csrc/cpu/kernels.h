@@ -13,6 +13,7 @@
   void adam(const TensorTable& table, DType dtype, const AdamConfig& config, int threads); \
   void sgd(const TensorTable& table, DType dtype, const SGDConfig& config, int threads);   \
   void rmsprop(const TensorTable& table, DType dtype, const RMSpropConfig& config, int threads); \
+  double sum_of_squares(const TensorTable& table, DType dtype, int threads);                 \
   }
 
 namespace fusedopt::cpu {
@@ -20,6 +21,8 @@ namespace fusedopt::cpu {
 void adam(const TensorTable& table, DType dtype, const AdamConfig& config, int threads);
 void sgd(const TensorTable& table, DType dtype, const SGDConfig& config, int threads);
 void rmsprop(const TensorTable& table, DType dtype, const RMSpropConfig& config, int threads);
+// Sum of squares of every tensor of a table whose rows are (numel, address): for grad norms.
+double sum_of_squares(const TensorTable& table, DType dtype, int threads);
 // The instruction set dispatch.cpp chose on this CPU ("avx512", "avx2" or "baseline").
 const char* isa_name();
 }  // namespace fusedopt::cpu

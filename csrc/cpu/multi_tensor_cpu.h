@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "fusedopt/tensor_table.h"
@@ -44,6 +45,30 @@ void for_each_slice(const TensorTable& table, int num_threads, Body&& body) {
       if (hi > lo) body(i, lo, hi);
     }
   }
+}
+
+// Calls body(ParamStorage{}, StateStorage{}). States are stored like the param, except
+// with master weights for 16-bit params: then states (and the master copy) are float32.
+template <typename Body> void dispatch_storage(DType dtype, bool master_weights, Body&& body) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    if constexpr (std::is_same_v<S, Half> || std::is_same_v<S, BFloat16>) {
+      if (master_weights) return body(S{}, float{});
+    }
+    body(S{}, S{});
+  });
+}
+
+// The param value the math updates: the fp32 master copy when there is one (S != SS).
+template <typename S, typename SS>
+inline typename OpMath<S>::type load_param(const S* p, const float* master, int64_t j) {
+  if constexpr (std::is_same_v<S, SS>) return to_opmath(p[j]);
+  else return master[j];
+}
+template <typename S, typename SS>
+inline void store_param(S* p, float* master, int64_t j, typename OpMath<S>::type value) {
+  if constexpr (!std::is_same_v<S, SS>) master[j] = value;
+  p[j] = from_opmath<S>(value);
 }
 
 // Increments each tensor's step counter and returns the per-tensor coefficients, computing

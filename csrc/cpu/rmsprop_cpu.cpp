@@ -7,51 +7,55 @@ namespace fusedopt::cpu::FUSEDOPT_CPU_ISA {
 namespace {
 
 // __restrict parameters: see adam_cpu.cpp.
-template <typename S, bool CENTERED, bool MOMENTUM>
-void rmsprop_loop(S* __restrict p, const S* __restrict g, S* __restrict sq, S* __restrict ga, S* __restrict buf,
-                  int64_t count, const RMSpropCoefficients<typename OpMath<S>::type>& k) {
+template <typename S, typename SS, bool CENTERED, bool MOMENTUM>
+void rmsprop_loop(S* __restrict p, const S* __restrict g, SS* __restrict sq, SS* __restrict ga, SS* __restrict buf,
+                  float* __restrict master, int64_t count, const RMSpropCoefficients<typename OpMath<S>::type>& k) {
   using T = typename OpMath<S>::type;
   for (int64_t j = 0; j < count; ++j) {
-    T pj = to_opmath(p[j]), sqj = to_opmath(sq[j]);
+    T pj = load_param<S, SS>(p, master, j), sqj = to_opmath(sq[j]);
     T gaj = CENTERED ? to_opmath(ga[j]) : T(0);
     T bufj = MOMENTUM ? to_opmath(buf[j]) : T(0);
     rmsprop_update<CENTERED, MOMENTUM>(pj, to_opmath(g[j]), sqj, gaj, bufj, k);
-    p[j] = from_opmath<S>(pj);
-    sq[j] = from_opmath<S>(sqj);
-    if (CENTERED) ga[j] = from_opmath<S>(gaj);
-    if (MOMENTUM) buf[j] = from_opmath<S>(bufj);
+    store_param<S, SS>(p, master, j, pj);
+    sq[j] = from_opmath<SS>(sqj);
+    if (CENTERED) ga[j] = from_opmath<SS>(gaj);
+    if (MOMENTUM) buf[j] = from_opmath<SS>(bufj);
   }
 }
 
-template <typename S, bool CENTERED, bool MOMENTUM>
+template <typename S, typename SS, bool CENTERED, bool MOMENTUM>
 void rmsprop_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
                    const RMSpropCoefficients<typename OpMath<S>::type>& k) {
   constexpr int64_t kMomentumRow = kStateRow + (CENTERED ? 2 : 1);
-  rmsprop_loop<S, CENTERED, MOMENTUM>(t.ptr<S>(kParamRow, i) + lo, t.ptr<const S>(kGradRow, i) + lo,
-                                      t.ptr<S>(kStateRow, i) + lo, CENTERED ? t.ptr<S>(kStateRow + 1, i) + lo : nullptr,
-                                      MOMENTUM ? t.ptr<S>(kMomentumRow, i) + lo : nullptr, hi - lo, k);
+  constexpr int64_t kMasterRow = kMomentumRow + (MOMENTUM ? 1 : 0);
+  rmsprop_loop<S, SS, CENTERED, MOMENTUM>(
+      t.ptr<S>(kParamRow, i) + lo, t.ptr<const S>(kGradRow, i) + lo, t.ptr<SS>(kStateRow, i) + lo,
+      CENTERED ? t.ptr<SS>(kStateRow + 1, i) + lo : nullptr, MOMENTUM ? t.ptr<SS>(kMomentumRow, i) + lo : nullptr,
+      std::is_same_v<S, SS> ? nullptr : t.ptr<float>(kMasterRow, i) + lo, hi - lo, k);
 }
 
-template <typename S>
+template <typename S, typename SS>
 void rmsprop_any(const TensorTable& t, int64_t i, int64_t lo, int64_t hi, bool centered, bool momentum,
                  const RMSpropCoefficients<typename OpMath<S>::type>& k) {
-  if (centered && momentum) rmsprop_slice<S, true, true>(t, i, lo, hi, k);
-  else if (centered) rmsprop_slice<S, true, false>(t, i, lo, hi, k);
-  else if (momentum) rmsprop_slice<S, false, true>(t, i, lo, hi, k);
-  else rmsprop_slice<S, false, false>(t, i, lo, hi, k);
+  if (centered && momentum) rmsprop_slice<S, SS, true, true>(t, i, lo, hi, k);
+  else if (centered) rmsprop_slice<S, SS, true, false>(t, i, lo, hi, k);
+  else if (momentum) rmsprop_slice<S, SS, false, true>(t, i, lo, hi, k);
+  else rmsprop_slice<S, SS, false, false>(t, i, lo, hi, k);
 }
 
 }  // namespace
 
 void rmsprop(const TensorTable& table, DType dtype, const RMSpropConfig& config, int threads) {
-  dispatch_dtype(dtype, [&](auto storage_tag) {
-    using S = decltype(storage_tag);
+  if (step_skipped(config.grad_transform)) return;
+  dispatch_storage(dtype, config.master_weights, [&](auto param_tag, auto state_tag) {
+    using S = decltype(param_tag);
+    using SS = decltype(state_tag);
     // RMSprop's step counter does not enter its math, but torch keeps and advances it.
     for (int64_t i = 0; i < table.n; ++i) *table.ptr<float>(kStepRow, i) += 1.0f;
     const auto k = rmsprop_coefficients<typename OpMath<S>::type>(config);
     const bool momentum = config.momentum > 0.0;
     for_each_slice(table, threads, [&](int64_t i, int64_t lo, int64_t hi) {
-      rmsprop_any<S>(table, i, lo, hi, config.centered, momentum, k);
+      rmsprop_any<S, SS>(table, i, lo, hi, config.centered, momentum, k);
     });
   });
 }

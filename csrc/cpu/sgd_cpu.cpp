@@ -6,35 +6,39 @@ namespace fusedopt::cpu::FUSEDOPT_CPU_ISA {
 namespace {
 
 // __restrict parameters: see adam_cpu.cpp.
-template <typename S, bool MOMENTUM>
-void sgd_loop(S* __restrict p, const S* __restrict g, S* __restrict buf, int64_t count,
+template <typename S, typename SS, bool MOMENTUM>
+void sgd_loop(S* __restrict p, const S* __restrict g, SS* __restrict buf, float* __restrict master, int64_t count,
               const SGDCoefficients<typename OpMath<S>::type>& k) {
   using T = typename OpMath<S>::type;
   for (int64_t j = 0; j < count; ++j) {
-    T pj = to_opmath(p[j]);
-    T bufj = MOMENTUM && !k.first_step ? to_opmath(buf[j]) : T(0);  // a new buffer is uninitialised
+    T pj = load_param<S, SS>(p, master, j);
+    T bufj = MOMENTUM && !k.first_step ? to_opmath(buf[j]) : T(0);  // a new buffer is not read
     sgd_update<MOMENTUM>(pj, to_opmath(g[j]), bufj, k);
-    p[j] = from_opmath<S>(pj);
-    if (MOMENTUM) buf[j] = from_opmath<S>(bufj);
+    store_param<S, SS>(p, master, j, pj);
+    if (MOMENTUM) buf[j] = from_opmath<SS>(bufj);
   }
 }
 
-template <typename S, bool MOMENTUM>
+template <typename S, typename SS, bool MOMENTUM>
 void sgd_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
                const SGDCoefficients<typename OpMath<S>::type>& k) {
-  sgd_loop<S, MOMENTUM>(t.ptr<S>(kParamRow, i) + lo, t.ptr<const S>(kGradRow, i) + lo,
-                        MOMENTUM ? t.ptr<S>(kStateRow, i) + lo : nullptr, hi - lo, k);
+  constexpr int64_t kMasterRow = kStateRow + (MOMENTUM ? 1 : 0);
+  sgd_loop<S, SS, MOMENTUM>(t.ptr<S>(kParamRow, i) + lo, t.ptr<const S>(kGradRow, i) + lo,
+                            MOMENTUM ? t.ptr<SS>(kStateRow, i) + lo : nullptr,
+                            std::is_same_v<S, SS> ? nullptr : t.ptr<float>(kMasterRow, i) + lo, hi - lo, k);
 }
 
 }  // namespace
 
 void sgd(const TensorTable& table, DType dtype, const SGDConfig& config, int threads) {
-  dispatch_dtype(dtype, [&](auto storage_tag) {
-    using S = decltype(storage_tag);
+  if (step_skipped(config.grad_transform)) return;
+  dispatch_storage(dtype, config.master_weights, [&](auto param_tag, auto state_tag) {
+    using S = decltype(param_tag);
+    using SS = decltype(state_tag);
     const auto k = sgd_coefficients<typename OpMath<S>::type>(config);
     for_each_slice(table, threads, [&](int64_t i, int64_t lo, int64_t hi) {
-      if (config.momentum != 0.0) sgd_slice<S, true>(table, i, lo, hi, k);
-      else sgd_slice<S, false>(table, i, lo, hi, k);
+      if (config.momentum != 0.0) sgd_slice<S, SS, true>(table, i, lo, hi, k);
+      else sgd_slice<S, SS, false>(table, i, lo, hi, k);
     });
   });
 }

@@ -6,9 +6,35 @@ field; every backend reads the same fields, so the math has one set of inputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+
+
+@dataclass(frozen=True)
+class GradTransform:
+    """What happens to every gradient before the optimizer's math (mirrors struct
+    GradTransform in csrc/include/fusedopt/common.h). Each is None or a one-element float32
+    tensor on the params' device, read by the kernel itself, so no step waits on the host:
+
+    grad_scale: torch.amp.GradScaler's scale; grads are divided by it.
+    found_inf:  nonzero skips the whole step (params, state and step counters unchanged).
+    clip_coef:  max_grad_norm's clip coefficient; grads are multiplied by it.
+    """
+
+    grad_scale: Optional[torch.Tensor] = None
+    found_inf: Optional[torch.Tensor] = None
+    clip_coef: Optional[torch.Tensor] = None
+
+    def addresses(self) -> Tuple[int, int, int]:
+        return tuple(0 if t is None else t.data_ptr() for t in (self.grad_scale, self.found_inf, self.clip_coef))
+
+    def skips_step(self) -> bool:
+        """Host-side check, for backends that may synchronise (the reference)."""
+        return self.found_inf is not None and bool(self.found_inf.item() != 0)
+
+
+NO_GRAD_TRANSFORM = GradTransform()
 
 
 @dataclass(frozen=True)
@@ -22,6 +48,8 @@ class AdamConfig:
     maximize: bool
     decoupled_weight_decay: bool  # AdamW
     optimized_update: bool  # eps added to sqrt(v) before bias correction (Kingma & Ba, sec. 2)
+    master_weights: bool = False  # 16-bit params: update the fp32 master (last state) and round into the param
+    grad_transform: GradTransform = NO_GRAD_TRANSFORM
 
 
 @dataclass(frozen=True)
@@ -33,6 +61,8 @@ class SGDConfig:
     nesterov: bool
     maximize: bool
     first_step: bool  # momentum buffers are new: they start as a copy of the gradient
+    master_weights: bool = False  # 16-bit params: update the fp32 master (last state) and round into the param
+    grad_transform: GradTransform = NO_GRAD_TRANSFORM
 
 
 @dataclass(frozen=True)
@@ -44,6 +74,8 @@ class RMSpropConfig:
     momentum: float
     centered: bool
     maximize: bool
+    master_weights: bool = False  # 16-bit params: update the fp32 master (last state) and round into the param
+    grad_transform: GradTransform = NO_GRAD_TRANSFORM
 
 
 class TensorBatch:
@@ -106,3 +138,9 @@ class Backend:
 
     def rmsprop(self, batch: TensorBatch, config: RMSpropConfig) -> None:
         raise NotImplementedError
+
+    def grad_sum_of_squares(self, batch: TensorBatch) -> torch.Tensor:
+        """Sum of the squares of every grad element, as a 0-dim tensor on the batch's device
+        (no host sync). torch's multi-tensor norm serves every backend without its own."""
+        norms = torch._foreach_norm(batch.grads, 2.0)
+        return torch.stack(norms).double().square().sum()

@@ -26,10 +26,29 @@ def _write_back(originals: List[torch.Tensor], computed: List[torch.Tensor]) -> 
             original.copy_(value)
 
 
-def _columns(batch: TensorBatch) -> Iterator[Tuple[int, torch.Tensor, List[torch.Tensor]]]:
-    """(index, grad, [param, *states]) per tensor, in opmath."""
+def _columns(batch: TensorBatch, config) -> Iterator[Tuple[int, torch.Tensor, List[torch.Tensor]]]:
+    """Per param: (index, transformed grad, [param value, *state values]), all in opmath.
+
+    The param value is the fp32 master copy (the last state) with master weights; after the
+    caller's update the values are written back and the param gets the rounded master.
+    """
+    transform = config.grad_transform
+    scale = transform.grad_scale
+    clip = transform.clip_coef
     for i, (param, grad) in enumerate(zip(batch.params, batch.grads)):
-        yield i, grad.float() if grad.dtype in _LOW_PRECISION else grad, [param, *(s[i] for s in batch.states)]
+        states = [s[i] for s in batch.states]
+        master = states.pop() if config.master_weights else None
+        targets = [param if master is None else master, *states]
+        values = _in_opmath(targets)
+        grad = grad.float() if grad.dtype in _LOW_PRECISION else grad
+        if scale is not None:
+            grad = grad / scale.to(grad.dtype)
+        if clip is not None:
+            grad = grad * clip.to(grad.dtype)
+        yield i, grad, values
+        _write_back(targets, values)
+        if master is not None:
+            param.copy_(master)
 
 
 def _advance(step: Optional[torch.Tensor]) -> float:
@@ -44,8 +63,9 @@ class ReferenceBackend(Backend):
         return None  # plain PyTorch runs wherever the tensors are
 
     def adam(self, batch: TensorBatch, c: AdamConfig) -> None:
-        for i, grad, originals in _columns(batch):
-            param, exp_avg, exp_avg_sq, *rest = values = _in_opmath(originals)
+        if c.grad_transform.skips_step():
+            return
+        for i, grad, (param, exp_avg, exp_avg_sq, *rest) in _columns(batch, c):
             step = _advance(batch.steps[i])
             if c.maximize:
                 grad = -grad
@@ -69,11 +89,11 @@ class ReferenceBackend(Backend):
                 step_size = c.lr / bias_correction1
                 denom = (second_moment.sqrt() / bias_correction2_sqrt).add_(c.eps)
             param.addcdiv_(exp_avg, denom, value=-step_size)
-            _write_back(originals, values)
 
     def sgd(self, batch: TensorBatch, c: SGDConfig) -> None:
-        for _, grad, originals in _columns(batch):
-            param, *rest = values = _in_opmath(originals)
+        if c.grad_transform.skips_step():
+            return
+        for _, grad, (param, *rest) in _columns(batch, c):
             if c.maximize:
                 grad = -grad
             if c.weight_decay != 0:
@@ -86,11 +106,11 @@ class ReferenceBackend(Backend):
                     buf.mul_(c.momentum).add_(grad, alpha=1 - c.dampening)
                 grad = grad.add(buf, alpha=c.momentum) if c.nesterov else buf
             param.add_(grad, alpha=-c.lr)
-            _write_back(originals, values)
 
     def rmsprop(self, batch: TensorBatch, c: RMSpropConfig) -> None:
-        for i, grad, originals in _columns(batch):
-            param, square_avg, *rest = values = _in_opmath(originals)
+        if c.grad_transform.skips_step():
+            return
+        for i, grad, (param, square_avg, *rest) in _columns(batch, c):
             _advance(batch.steps[i])
             if c.maximize:
                 grad = -grad
@@ -110,4 +130,3 @@ class ReferenceBackend(Backend):
                 param.add_(buf, alpha=-c.lr)
             else:
                 param.addcdiv_(grad, avg, value=-c.lr)
-            _write_back(originals, values)

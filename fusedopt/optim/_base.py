@@ -1,27 +1,40 @@
 """The torch.optim.Optimizer subclass all fusedopt optimizers share.
 
 A subclass supplies its hyper-parameter checks and defaults, which state tensors it keeps
-(in the order the kernels expect), how to create them, and how to call its backend op.
-This class owns the rest: buckets per param group, the per-step loop, state_dict
-compatibility with torch.optim, and backend resolution.
+(in the order the kernels expect) and how to call its backend op. This class owns the
+rest: buckets per param group, the per-step loop, what every optimizer does to gradients
+first (GradScaler's unscale/skip, max_grad_norm's clip), fp32 master weights,
+state_dict compatibility with torch.optim, and backend resolution.
 """
 from __future__ import annotations
 
 import operator
+from itertools import chain
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from .. import backends
 from .._buckets import Bucket, StateMap, _RegroupNeeded, split_into_buckets
-from ..backends.base import Backend, TensorBatch
+from ..backends.base import Backend, GradTransform, TensorBatch
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+MASTER_KEY = "master_param"
+CLIP_EPSILON = 1e-6  # torch.nn.utils.clip_grad_norm_'s: coef = max_norm / (norm + 1e-6)
+
+Prepared = List[Tuple[Bucket, TensorBatch, List[int]]]
 
 
 class FusedOptimizer(torch.optim.Optimizer):
     has_step_counter: bool = True  # keeps state['step'] (Adam, RMSprop) or not (SGD)
+    # torch.amp.GradScaler hands this optimizer `grad_scale` and `found_inf` instead of
+    # unscaling the grads itself; the kernels unscale, and skip the step on inf/NaN.
+    _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults: Dict[str, Any]):
         defaults["backend"] = backends.check_name(defaults.get("backend", "auto"))
+        if defaults.get("max_grad_norm") is not None and not defaults["max_grad_norm"] > 0:
+            raise ValueError(f"Invalid max_grad_norm value: {defaults['max_grad_norm']}")
         self._buckets: Dict[int, Tuple[List[torch.Tensor], List[Bucket]]] = {}
         super().__init__(params, defaults)
         self.state = StateMap(dict, self.state)
@@ -33,22 +46,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Names of the per-param state tensors the kernels read and write, in table order."""
         raise NotImplementedError
 
-    def init_state(self, group: dict) -> Callable[[torch.Tensor, dict], None]:
-        """A function filling a param's missing state entries (lazy initialisation): by
-        default torch's float32 CPU-style step counter, kept beside the param, and zeros."""
-        keys = self.state_keys(group)
-        with_step = self.has_step_counter
-
-        def init(p: torch.Tensor, state: dict) -> None:
-            if with_step:
-                state.setdefault("step", torch.tensor(0.0, dtype=torch.float32, device=p.device))
-            for key in keys:
-                if key not in state:
-                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-
-        return init
-
-    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict) -> None:
+    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict, **common) -> None:
+        """Run the backend op; `common` holds the config fields every optimizer has
+        (master_weights, grad_transform)."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------- torch.optim API
@@ -74,6 +74,21 @@ class FusedOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for group, backend in zip(self.param_groups, chosen):
             group["backend"] = backend
+        self._restore_fp32_state(state_dict)
+
+    def _restore_fp32_state(self, state_dict: dict) -> None:
+        """torch's load casts every floating state tensor to its param's dtype; master
+        weights and their moments must stay float32, so take them from the checkpoint again."""
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        for saved_id, (param, group) in zip(saved_ids, self._params_with_groups()):
+            saved = state_dict["state"].get(saved_id)
+            if saved is None or not self._uses_master(group, param.dtype):
+                continue
+            keys = (*self.state_keys(group), MASTER_KEY)
+            state = self.state[param]
+            for key in keys:
+                if isinstance(saved.get(key), torch.Tensor):
+                    state[key] = saved[key].to(device=param.device, dtype=torch.float32, copy=True)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None):
@@ -81,27 +96,105 @@ class FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for index, group in enumerate(self.param_groups):
-            for bucket, batch, fresh in self._prepare_group(index, group):
-                self.update(backends.resolve(group["backend"], bucket.device), batch, fresh, group)
+        prepared = [self._prepare_group(index, group) for index, group in enumerate(self.param_groups)]
+        transforms = self._grad_transforms(prepared)
+        for group, batches in zip(self.param_groups, prepared):
+            for bucket, batch, fresh in batches:
+                self.update(
+                    backends.resolve(group["backend"], bucket.device), batch, fresh, group,
+                    master_weights=self._uses_master(group, bucket.dtype),
+                    grad_transform=transforms(group, bucket.device),
+                )
         return loss
 
-    # ----------------------------------------------------------------- internals
-    def _prepare_group(self, index: int, group: dict) -> List[Tuple[Bucket, TensorBatch, List[int]]]:
-        """Validated batches of every bucket of the group, before any kernel of it runs."""
+    # ----------------------------------------------------------------- state
+    def _uses_master(self, group: dict, dtype: torch.dtype) -> bool:
+        return bool(group.get("master_weights")) and dtype in LOW_PRECISION
+
+    def _bucket_state_keys(self, group: dict, dtype: torch.dtype) -> Tuple[str, ...]:
         keys = self.state_keys(group)
-        init = self.init_state(group)
+        return (*keys, MASTER_KEY) if self._uses_master(group, dtype) else keys
+
+    def _init_state(self, group: dict, dtype: torch.dtype) -> Callable[[torch.Tensor, dict], None]:
+        """A function filling a param's missing state entries (lazy initialisation): torch's
+        float32 step counter (kept beside the param, so GPU kernels read it without a
+        sync), zeros for every state tensor, and the fp32 master copy of a 16-bit param."""
+        keys = self.state_keys(group)
+        with_step = self.has_step_counter
+        state_dtype = torch.float32 if self._uses_master(group, dtype) else None
+
+        def init(p: torch.Tensor, state: dict) -> None:
+            if with_step:
+                state.setdefault("step", torch.tensor(0.0, dtype=torch.float32, device=p.device))
+            for key in keys:
+                if key not in state:
+                    state[key] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+            if state_dtype is not None and MASTER_KEY not in state:
+                state[MASTER_KEY] = p.detach().to(torch.float32, copy=True)
+
+        return init
+
+    # ----------------------------------------------------------------- per step
+    def _prepare_group(self, index: int, group: dict) -> Prepared:
+        """Validated batches of every bucket of the group, before any kernel runs."""
         for attempt in range(2):
             try:
                 prepared = []
                 for bucket in self._group_buckets(index, group):
-                    batch, fresh = bucket.batch(self.state, keys, self.has_step_counter, init)
+                    master = self._uses_master(group, bucket.dtype)
+                    batch, fresh = bucket.batch(
+                        self.state, self._bucket_state_keys(group, bucket.dtype), self.has_step_counter,
+                        self._init_state(group, bucket.dtype), torch.float32 if master else None,
+                    )
                     if batch is not None:
                         prepared.append((bucket, batch, fresh))
                 return prepared
             except _RegroupNeeded:  # p.data was replaced by a tensor of another dtype or device
                 self._buckets.pop(index, None)
         raise AssertionError("unreachable: buckets were just rebuilt from the current params")
+
+    def _grad_transforms(self, prepared: List[Prepared]) -> Callable[[dict, torch.device], GradTransform]:
+        """GradScaler's scale and found_inf, and each group's clip coefficient, as one-element
+        float32 tensors on each device. Computed on the device: nothing here syncs."""
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        clipped = any(group.get("max_grad_norm") is not None for group in self.param_groups)
+        if grad_scale is None and found_inf is None and not clipped:
+            return lambda group, device: GradTransform()
+        norm = self._grad_norm(prepared, grad_scale) if clipped else None
+        on_device: Dict[Any, Optional[torch.Tensor]] = {}
+
+        def placed(key, tensor: Optional[torch.Tensor], device: torch.device) -> Optional[torch.Tensor]:
+            if tensor is None:
+                return None
+            if (key, device) not in on_device:
+                on_device[(key, device)] = tensor.to(device=device, dtype=torch.float32, non_blocking=True).reshape(())
+            return on_device[(key, device)]
+
+        def transform(group: dict, device: torch.device) -> GradTransform:
+            max_norm = group.get("max_grad_norm")
+            coef = None
+            if max_norm is not None:
+                coef = placed(("clip", max_norm), torch.clamp(max_norm / (norm + CLIP_EPSILON), max=1.0), device)
+            return GradTransform(placed("scale", grad_scale, device), placed("inf", found_inf, device), coef)
+
+        return transform
+
+    def _grad_norm(self, prepared: List[Prepared], grad_scale: Optional[torch.Tensor]) -> torch.Tensor:
+        """L2 norm of every gradient this optimizer updates, unscaled, in float64."""
+        sums = [backends.resolve(group["backend"], bucket.device).grad_sum_of_squares(batch)
+                for group, batches in zip(self.param_groups, prepared) for bucket, batch, _ in batches]
+        if not sums:
+            return torch.zeros((), dtype=torch.float64)
+        device = sums[0].device
+        norm = torch.stack([s.to(device, torch.float64) for s in sums]).sum().sqrt()
+        if grad_scale is not None:
+            norm = norm / grad_scale.to(device, torch.float64)
+        return norm
+
+    # ----------------------------------------------------------------- internals
+    def _params_with_groups(self):
+        return ((p, group) for group in self.param_groups for p in group["params"])
 
     def _group_buckets(self, index: int, group: dict) -> List[Bucket]:
         params = group["params"]

@@ -21,15 +21,17 @@ class Adam(FusedOptimizer):
     _decoupled_weight_decay = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
-                 amsgrad=False, maximize=False, optimized_update=False, backend="auto"):
+                 amsgrad=False, maximize=False, optimized_update=False, backend="auto",
+                 master_weights=False, max_grad_norm=None, capturable=False):
         check_adam_hyperparameters(lr, betas, eps, weight_decay)
         defaults = dict(
             lr=lr, betas=tuple(scalar(b) for b in betas), eps=eps, weight_decay=weight_decay,
             amsgrad=amsgrad, maximize=maximize,
             # torch.optim.Adam's own keys, so checkpoints load into it with the same meaning
-            foreach=None, capturable=False, differentiable=False, fused=None,
+            foreach=None, capturable=capturable, differentiable=False, fused=None,
             decoupled_weight_decay=self._decoupled_weight_decay,
             optimized_update=optimized_update, backend=backend,
+            master_weights=master_weights, max_grad_norm=max_grad_norm,
         )
         super().__init__(params, defaults)
 
@@ -42,13 +44,13 @@ class Adam(FusedOptimizer):
     def state_keys(self, group: dict) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict) -> None:
+    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict, **common) -> None:
         beta1, beta2 = group["betas"]
         backend.adam(batch, AdamConfig(
             lr=scalar(group["lr"]), beta1=scalar(beta1), beta2=scalar(beta2), eps=group["eps"],
             weight_decay=group["weight_decay"], amsgrad=group["amsgrad"], maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
-            optimized_update=group["optimized_update"],
+            optimized_update=group["optimized_update"], **common,
         ))
 
 
@@ -58,6 +60,8 @@ class AdamW(Adam):
     _decoupled_weight_decay = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
-                 amsgrad=False, maximize=False, optimized_update=False, backend="auto"):
+                 amsgrad=False, maximize=False, optimized_update=False, backend="auto",
+                 master_weights=False, max_grad_norm=None, capturable=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad, maximize=maximize,
-                         optimized_update=optimized_update, backend=backend)
+                         optimized_update=optimized_update, backend=backend, master_weights=master_weights,
+                         max_grad_norm=max_grad_norm, capturable=capturable)

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
-import torch
-
 from ..backends.base import Backend, RMSpropConfig, TensorBatch
 from ._base import FusedOptimizer
 from ._checks import check_lr, check_non_negative, scalar
@@ -14,7 +12,7 @@ class RMSprop(FusedOptimizer):
     """torch.optim.RMSprop, every param tensor of a group updated in one fused call."""
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-                 maximize=False, backend="auto"):
+                 maximize=False, backend="auto", master_weights=False, max_grad_norm=None, capturable=False):
         check_lr(lr)
         check_non_negative(eps, "epsilon value")
         check_non_negative(momentum, "momentum value")
@@ -22,7 +20,8 @@ class RMSprop(FusedOptimizer):
         check_non_negative(alpha, "alpha value")
         defaults = dict(
             lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered, weight_decay=weight_decay,
-            capturable=False, foreach=None, maximize=maximize, differentiable=False, backend=backend,
+            capturable=capturable, foreach=None, maximize=maximize, differentiable=False, backend=backend,
+            master_weights=master_weights, max_grad_norm=max_grad_norm,
         )
         super().__init__(params, defaults)
 
@@ -34,8 +33,8 @@ class RMSprop(FusedOptimizer):
             keys += ("momentum_buffer",)
         return keys
 
-    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict) -> None:
+    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict, **common) -> None:
         backend.rmsprop(batch, RMSpropConfig(
             lr=scalar(group["lr"]), alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
-            momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"],
+            momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"], **common,
         ))

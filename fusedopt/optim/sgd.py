@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
-import torch
-
 from .._buckets import select
 from ..backends.base import Backend, SGDConfig, TensorBatch
 from ._base import FusedOptimizer
@@ -17,7 +15,7 @@ class SGD(FusedOptimizer):
     has_step_counter = False
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-                 maximize=False, backend="auto"):
+                 maximize=False, backend="auto", master_weights=False, max_grad_norm=None):
         check_lr(lr)
         if momentum < 0.0:
             raise ValueError(f"Invalid momentum value: {momentum}")
@@ -28,21 +26,17 @@ class SGD(FusedOptimizer):
         defaults = dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
             maximize=maximize, foreach=None, differentiable=False, fused=None, backend=backend,
+            master_weights=master_weights, max_grad_norm=max_grad_norm,
         )
         super().__init__(params, defaults)
 
     def state_keys(self, group: dict) -> Tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def init_state(self, group: dict):
-        def init(p: torch.Tensor, state: dict) -> None:
-            # Filled by the kernel on this first step with a copy of the gradient (torch's rule).
-            state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
-
-        return init
-
-    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict) -> None:
-        config = dict(
+    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict, **common) -> None:
+        # New momentum buffers (zeros: a GradScaler-skipped first step leaves no garbage) take
+        # torch's first-step rule, buf = grad, through first_step.
+        config = dict(common,
             lr=scalar(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
             weight_decay=scalar(group["weight_decay"]), nesterov=group["nesterov"], maximize=group["maximize"],
         )

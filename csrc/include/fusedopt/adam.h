@@ -15,6 +15,8 @@ struct AdamConfig {
   bool amsgrad, maximize;
   bool decoupled_weight_decay;  // AdamW: p *= 1 - lr*wd, instead of g += wd*p
   bool optimized_update;        // Kingma & Ba's "efficient" form: eps added to sqrt(v) unscaled
+  bool master_weights = false;  // 16-bit params: fp32 master copy (last state row) and fp32 moments
+  GradTransform grad_transform = {};
 };
 
 // Scalars that depend on the tensor's step, computed in double (as torch does in Python)
@@ -26,6 +28,7 @@ template <typename T> struct AdamCoefficients {
   T param_scale;      // AdamW's 1 - lr*wd (1 for Adam)
   T neg_step_size;    // -lr / (1 - beta1^t), or the optimized form's -lr*sqrt(1-beta2^t)/(1-beta1^t)
   T denom_divisor;    // sqrt(1 - beta2^t); 1 in the optimized form
+  GradFactors<T> grad;
 };
 
 template <typename T>
@@ -38,6 +41,7 @@ FUSEDOPT_HD AdamCoefficients<T> adam_coefficients(const AdamConfig& c, double st
   k.one_minus_beta2 = T(1.0 - c.beta2);
   k.eps = T(c.eps);
   k.grad_sign = c.maximize ? T(-1) : T(1);
+  k.grad = grad_factors<T>(c.grad_transform);
   k.l2_decay = c.decoupled_weight_decay ? T(0) : T(c.weight_decay);
   k.param_scale = c.decoupled_weight_decay ? T(1.0 - c.lr * c.weight_decay) : T(1);
   if (c.optimized_update) {
@@ -53,7 +57,7 @@ FUSEDOPT_HD AdamCoefficients<T> adam_coefficients(const AdamConfig& c, double st
 // One element. `max_v` is only touched when AMSGRAD.
 template <bool AMSGRAD, typename T>
 FUSEDOPT_HD void adam_update(T& p, T g, T& m, T& v, T& max_v, const AdamCoefficients<T>& k) {
-  g = g * k.grad_sign;
+  g = transformed_grad(g, k.grad, k.grad_sign);
   if (k.l2_decay != T(0)) g = g + k.l2_decay * p;
   p = p * k.param_scale;
   m = lerp(m, g, k.one_minus_beta1);

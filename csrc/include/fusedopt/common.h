@@ -87,6 +87,35 @@ template <> FUSEDOPT_HD double from_opmath<double>(double x) { return x; }
 template <> FUSEDOPT_HD Half from_opmath<Half>(float x) { return float_to_half(x); }
 template <> FUSEDOPT_HD BFloat16 from_opmath<BFloat16>(float x) { return float_to_bf16(x); }
 
+// What every optimizer does to a gradient before its own math: torch.amp.GradScaler's
+// unscale (grad / scale) and skip (the whole step, step counters included, when an inf or
+// NaN was found), and the clip coefficient of max_grad_norm (grad * coef). Each is a
+// pointer to one float32 beside the params (host memory for the CPU kernels, device memory
+// for the GPU ones) or null, so a GPU step reads them without a host sync.
+struct GradTransform {
+  const float* grad_scale = nullptr;
+  const float* found_inf = nullptr;
+  const float* clip_coef = nullptr;
+};
+
+FUSEDOPT_HD bool step_skipped(const GradTransform& t) { return t.found_inf != nullptr && *t.found_inf != 0.0f; }
+
+template <typename T> struct GradFactors {
+  T divisor = T(1);     // dividing by 1 and multiplying by 1 are exact: no branch needed
+  T multiplier = T(1);
+};
+
+template <typename T> FUSEDOPT_HD GradFactors<T> grad_factors(const GradTransform& t) {
+  GradFactors<T> f;
+  if (t.grad_scale != nullptr) f.divisor = T(*t.grad_scale);
+  if (t.clip_coef != nullptr) f.multiplier = T(*t.clip_coef);
+  return f;
+}
+
+template <typename T> FUSEDOPT_HD T transformed_grad(T g, const GradFactors<T>& f, T sign) {
+  return g / f.divisor * f.multiplier * sign;
+}
+
 // torch's lerp: the two-sided formula keeps the result exact at weight 0 and 1.
 template <typename T> FUSEDOPT_HD T lerp(T start, T end, T weight) {
   return weight < T(0.5) ? start + weight * (end - start) : end - (end - start) * (T(1) - weight);

@@ -11,10 +11,13 @@ namespace fusedopt {
 struct RMSpropConfig {
   double lr, alpha, eps, weight_decay, momentum;
   bool centered, maximize;
+  bool master_weights = false;  // see AdamConfig
+  GradTransform grad_transform = {};
 };
 
 template <typename T> struct RMSpropCoefficients {
   T neg_lr, alpha, one_minus_alpha, eps, weight_decay, momentum, grad_sign;
+  GradFactors<T> grad;
 };
 
 template <typename T> FUSEDOPT_HD RMSpropCoefficients<T> rmsprop_coefficients(const RMSpropConfig& c) {
@@ -26,6 +29,7 @@ template <typename T> FUSEDOPT_HD RMSpropCoefficients<T> rmsprop_coefficients(co
   k.weight_decay = T(c.weight_decay);
   k.momentum = T(c.momentum);
   k.grad_sign = c.maximize ? T(-1) : T(1);
+  k.grad = grad_factors<T>(c.grad_transform);
   return k;
 }
 
@@ -33,7 +37,7 @@ template <typename T> FUSEDOPT_HD RMSpropCoefficients<T> rmsprop_coefficients(co
 template <bool CENTERED, bool MOMENTUM, typename T>
 FUSEDOPT_HD void rmsprop_update(T& p, T g, T& square_avg, T& grad_avg, T& buf,
                                 const RMSpropCoefficients<T>& k) {
-  g = g * k.grad_sign;
+  g = transformed_grad(g, k.grad, k.grad_sign);
   if (k.weight_decay != T(0)) g = g + k.weight_decay * p;
   square_avg = square_avg * k.alpha + k.one_minus_alpha * g * g;
   T avg;

@@ -11,11 +11,14 @@ struct SGDConfig {
   bool nesterov, maximize;
   // torch's first-step rule: a missing momentum buffer starts as a copy of the gradient.
   bool first_step;
+  bool master_weights = false;  // see AdamConfig
+  GradTransform grad_transform = {};
 };
 
 template <typename T> struct SGDCoefficients {
   T neg_lr, weight_decay, momentum, one_minus_dampening, grad_sign;
   bool nesterov, first_step;
+  GradFactors<T> grad;
 };
 
 template <typename T> FUSEDOPT_HD SGDCoefficients<T> sgd_coefficients(const SGDConfig& c) {
@@ -27,13 +30,14 @@ template <typename T> FUSEDOPT_HD SGDCoefficients<T> sgd_coefficients(const SGDC
   k.grad_sign = c.maximize ? T(-1) : T(1);
   k.nesterov = c.nesterov;
   k.first_step = c.first_step;
+  k.grad = grad_factors<T>(c.grad_transform);
   return k;
 }
 
 // One element. `buf` is only touched when MOMENTUM.
 template <bool MOMENTUM, typename T>
 FUSEDOPT_HD void sgd_update(T& p, T g, T& buf, const SGDCoefficients<T>& k) {
-  g = g * k.grad_sign;
+  g = transformed_grad(g, k.grad, k.grad_sign);
   if (k.weight_decay != T(0)) g = g + k.weight_decay * p;
   if (MOMENTUM) {
     buf = k.first_step ? g : buf * k.momentum + k.one_minus_dampening * g;

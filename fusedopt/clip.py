@@ -1,0 +1,60 @@
+"""fusedopt.clip_grad_norm_: torch.nn.utils.clip_grad_norm_ with one multi-tensor pass for
+the L2 norm (the compiled CPU kernel, or torch's multi-tensor norm on GPUs)."""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Tuple, Union
+
+import torch
+
+from . import backends
+from ._buckets import split_into_buckets
+
+CLIP_EPSILON = 1e-6  # torch's: coef = max_norm / (norm + 1e-6), clamped to 1
+
+
+def _grads_by_bucket(params: List[torch.Tensor]) -> List[Tuple[torch.device, List[torch.Tensor]]]:
+    groups: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = {}
+    for p in params:
+        groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+    return [(device, grads) for (device, _), grads in groups.items()]
+
+
+def _sum_of_squares(device: torch.device, grads: List[torch.Tensor]) -> torch.Tensor:
+    backend = backends.resolve("auto", device)
+    dense = all(g.layout == torch.strided and g.is_contiguous() for g in grads)
+    if dense and hasattr(backend, "tensor_sum_of_squares"):
+        return backend.tensor_sum_of_squares(grads)
+    return torch.stack(torch._foreach_norm(grads, 2.0)).double().square().sum()
+
+
+def clip_grad_norm_(
+    parameters: Union[torch.Tensor, Iterable[torch.Tensor]],
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach=None,
+) -> torch.Tensor:
+    """Scale the gradients of `parameters` in place so that their global norm is at most
+    `max_norm`; returns the norm before clipping. Same contract and results as
+    torch.nn.utils.clip_grad_norm_ (other norm types are delegated to it)."""
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    params = [p for p in parameters if p.grad is not None]
+    if float(norm_type) != 2.0 or any(p.grad.is_sparse for p in params):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type, error_if_nonfinite, foreach)
+    if not params:
+        return torch.tensor(0.0)
+    by_device = _grads_by_bucket(params)
+    first_device = by_device[0][0]
+    total = torch.stack([_sum_of_squares(device, grads).to(first_device) for device, grads in by_device]).sum().sqrt()
+    total = total.to(params[0].grad.dtype if params[0].grad.is_floating_point() else torch.float32)
+    if error_if_nonfinite and torch.logical_or(total.isnan(), total.isinf()):
+        raise RuntimeError(
+            f"The total norm of order {float(norm_type)} for gradients from `parameters` is non-finite, so it cannot "
+            "be clipped. To disable this error and scale the gradients by the non-finite norm anyway, set "
+            "`error_if_nonfinite=False`"
+        )
+    coef = torch.clamp(max_norm / (total.double() + CLIP_EPSILON), max=1.0)
+    for device, grads in by_device:
+        torch._foreach_mul_(grads, coef.to(device=device, dtype=torch.float32))
+    return total
