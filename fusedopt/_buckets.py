@@ -55,13 +55,13 @@ def check_param(p: torch.Tensor, optimizer: str) -> None:
         )
 
 
-def split_into_buckets(params: Sequence[torch.Tensor], optimizer: str) -> List["Bucket"]:
+def split_into_buckets(params: Sequence[torch.Tensor], optimizer: str, strict: bool = False) -> List["Bucket"]:
     """One bucket per (device, dtype) in first-appearance order."""
     groups: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = {}
     for p in params:
         check_param(p, optimizer)
         groups.setdefault((p.device, p.dtype), []).append(p)
-    return [Bucket(ps, optimizer) for ps in groups.values()]
+    return [Bucket(ps, optimizer, strict) for ps in groups.values()]
 
 
 _versions = itertools.count(1)  # table versions are unique process-wide, so backends may key caches on them
@@ -132,10 +132,13 @@ class Bucket:
     __slots__ = (
         "params", "device", "dtype", "optimizer", "_device_index", "_strides", "_nbytes",
         "_key", "_active", "_param_ptrs", "_grads_seen", "_grads", "_grad_ptrs", "_steps", "_states",
-        "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_state_dicts",
+        "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_state_dicts", "_strict",
     )
 
-    def __init__(self, params: List[torch.Tensor], optimizer: str):
+    def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False):
+        """`strict`: the state dicts are throwaway views (the torch.library op path), so a
+        state tensor in the wrong layout is an error rather than replaced by a copy."""
+        self._strict = strict
         self.params = params
         self.device = params[0].device
         self.dtype = params[0].dtype
@@ -153,12 +156,15 @@ class Bucket:
         has_step: bool,
         init_state: Callable[[torch.Tensor, dict], None],
         state_dtype: Optional[torch.dtype] = None,
+        grads: Optional[List[Optional[torch.Tensor]]] = None,
     ) -> Tuple[Optional[TensorBatch], List[int]]:
         """The batch of params that have grads, and the indices (into the batch) of params
         whose state `init_state` created just now. (None, []) when no param has a grad.
-        State tensors must have `state_dtype` (default: the param's dtype)."""
+        State tensors must have `state_dtype` (default: the param's dtype). `grads` defaults
+        to the params' .grad."""
         params = self.params
-        grads = [p.grad for p in params]
+        if grads is None:
+            grads = [p.grad for p in params]
         if all(map(operator.is_not, grads, repeat(None))):
             active = None
         else:
@@ -259,6 +265,8 @@ class Bucket:
         if problem:
             raise RuntimeError(f"{self.optimizer}: state '{key}' of a param {problem}")
         if t.stride() != p.stride():
+            if self._strict:
+                raise RuntimeError(f"{self.optimizer}: state '{key}' is laid out differently from its param")
             # Same values in the param's memory layout, so one flat index serves all tensors.
             t = torch.empty_like(p, dtype=dtype).copy_(t)
             s[key] = t
@@ -270,6 +278,9 @@ class Bucket:
                 and step.numel() == 1 and step.dim() == 0):
             # Checkpoints keep the step as a CPU tensor or a number; kernels need a float32
             # scalar beside the param.
+            if self._strict:
+                raise RuntimeError(f"{self.optimizer}: state 'step' must be a float32 scalar on {p.device}; "
+                                   "take one eager step (outside torch.compile) after loading a checkpoint")
             value = float(step.item() if isinstance(step, torch.Tensor) else step)
             step = torch.tensor(value, dtype=STEP_DTYPE, device=p.device)
             s["step"] = step

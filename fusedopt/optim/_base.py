@@ -16,7 +16,14 @@ import torch
 
 from .. import backends
 from .._buckets import Bucket, StateMap, _RegroupNeeded, split_into_buckets
-from ..backends.base import Backend, GradTransform, TensorBatch
+from ..backends.base import GradTransform, TensorBatch
+from ._update import run_update
+
+
+def compiled_step(optimizer) -> None:
+    from .._ops import compiled_step as traced  # _ops imports this package: import on first use
+
+    traced(optimizer)
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 MASTER_KEY = "master_param"
@@ -46,10 +53,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Names of the per-param state tensors the kernels read and write, in table order."""
         raise NotImplementedError
 
-    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict, **common) -> None:
-        """Run the backend op; `common` holds the config fields every optimizer has
-        (master_weights, grad_transform)."""
+    def config_fields(self, group: dict) -> Dict[str, Any]:
+        """The group's hyper-parameters as fields of the backend config (backends/base.py)."""
         raise NotImplementedError
+
+    kind: str = ""  # "adam", "sgd" or "rmsprop": the backend op and its config
 
     # ----------------------------------------------------------------- torch.optim API
     def add_param_group(self, param_group: dict) -> None:
@@ -96,12 +104,16 @@ class FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if torch.compiler.is_compiling():
+            compiled_step(self)  # traced by dynamo: one torch.library op per group and dtype
+            return loss
         prepared = [self._prepare_group(index, group) for index, group in enumerate(self.param_groups)]
         transforms = self._grad_transforms(prepared)
         for group, batches in zip(self.param_groups, prepared):
+            fields = self.config_fields(group)
             for bucket, batch, fresh in batches:
-                self.update(
-                    backends.resolve(group["backend"], bucket.device), batch, fresh, group,
+                run_update(
+                    self.kind, backends.resolve(group["backend"], bucket.device), batch, fresh, fields,
                     master_weights=self._uses_master(group, bucket.dtype),
                     grad_transform=transforms(group, bucket.device),
                 )

@@ -1,11 +1,8 @@
 """Adam and AdamW: torch.optim's math, defaults, errors and state layout, fused."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Any, Dict, Tuple
 
-import torch
-
-from ..backends.base import AdamConfig, Backend, TensorBatch
 from ._base import FusedOptimizer
 from ._checks import check_adam_hyperparameters, scalar
 
@@ -18,6 +15,7 @@ class Adam(FusedOptimizer):
     ``p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``. They differ in where eps enters.
     """
 
+    kind = "adam"
     _decoupled_weight_decay = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
@@ -44,14 +42,13 @@ class Adam(FusedOptimizer):
     def state_keys(self, group: dict) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict, **common) -> None:
+    def config_fields(self, group: dict) -> Dict[str, Any]:
         beta1, beta2 = group["betas"]
-        backend.adam(batch, AdamConfig(
+        return dict(
             lr=scalar(group["lr"]), beta1=scalar(beta1), beta2=scalar(beta2), eps=group["eps"],
             weight_decay=group["weight_decay"], amsgrad=group["amsgrad"], maximize=group["maximize"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            optimized_update=group["optimized_update"], **common,
-        ))
+            decoupled_weight_decay=group["decoupled_weight_decay"], optimized_update=group["optimized_update"],
+        )
 
 
 class AdamW(Adam):

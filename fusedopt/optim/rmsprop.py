@@ -1,15 +1,16 @@
 """RMSprop: torch.optim's math (centered, momentum), fused. torch has no fused RMSprop."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Any, Dict, Tuple
 
-from ..backends.base import Backend, RMSpropConfig, TensorBatch
 from ._base import FusedOptimizer
 from ._checks import check_lr, check_non_negative, scalar
 
 
 class RMSprop(FusedOptimizer):
     """torch.optim.RMSprop, every param tensor of a group updated in one fused call."""
+
+    kind = "rmsprop"
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
                  maximize=False, backend="auto", master_weights=False, max_grad_norm=None, capturable=False):
@@ -33,8 +34,8 @@ class RMSprop(FusedOptimizer):
             keys += ("momentum_buffer",)
         return keys
 
-    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict, **common) -> None:
-        backend.rmsprop(batch, RMSpropConfig(
+    def config_fields(self, group: dict) -> Dict[str, Any]:
+        return dict(
             lr=scalar(group["lr"]), alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
-            momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"], **common,
-        ))
+            momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"],
+        )

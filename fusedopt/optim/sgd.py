@@ -1,10 +1,8 @@
 """SGD: torch.optim's math (momentum, dampening, Nesterov, first-step rule), fused."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Any, Dict, Tuple
 
-from .._buckets import select
-from ..backends.base import Backend, SGDConfig, TensorBatch
 from ._base import FusedOptimizer
 from ._checks import check_lr, scalar
 
@@ -12,7 +10,11 @@ from ._checks import check_lr, scalar
 class SGD(FusedOptimizer):
     """torch.optim.SGD, every param tensor of a group updated in one fused call."""
 
+    kind = "sgd"
     has_step_counter = False
+    # New momentum buffers (zeros, so a GradScaler-skipped first step leaves no garbage)
+    # follow torch's first-step rule, buf = grad: the config's first_step.
+    has_first_step_rule = True
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
                  maximize=False, backend="auto", master_weights=False, max_grad_norm=None):
@@ -33,18 +35,8 @@ class SGD(FusedOptimizer):
     def state_keys(self, group: dict) -> Tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def update(self, backend: Backend, batch: TensorBatch, fresh: List[int], group: dict, **common) -> None:
-        # New momentum buffers (zeros: a GradScaler-skipped first step leaves no garbage) take
-        # torch's first-step rule, buf = grad, through first_step.
-        config = dict(common,
+    def config_fields(self, group: dict) -> Dict[str, Any]:
+        return dict(
             lr=scalar(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
             weight_decay=scalar(group["weight_decay"]), nesterov=group["nesterov"], maximize=group["maximize"],
         )
-        if not fresh or len(fresh) == len(batch):
-            backend.sgd(batch, SGDConfig(first_step=bool(fresh), **config))
-            return
-        # Some buffers are new (their params had no grad until now): two calls, one per rule.
-        fresh_set = set(fresh)
-        backend.sgd(select(batch, fresh), SGDConfig(first_step=True, **config))
-        backend.sgd(select(batch, [i for i in range(len(batch)) if i not in fresh_set]),
-                    SGDConfig(first_step=False, **config))

@@ -1,0 +1,123 @@
+"""fusedopt's steps as a torch.library op, so torch.compile sees them as real ops.
+
+`fusedopt::update_` mutates the params and state tensors it is given (declared, so
+functionalisation and CUDA-graph trees know) and returns nothing; its fake kernel does
+nothing. Under torch.compile, FusedOptimizer.step calls `compiled_step`, which dynamo
+traces: plain list and dict work, lazy state creation, then one op call per group and
+dtype. The op validates its tensors exactly as the eager path does (fusedopt/_buckets.py)
+and runs the same backend op.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from . import backends
+from ._buckets import split_into_buckets
+from .backends.base import GradTransform
+from .optim._update import CONFIGS, run_update
+
+_BOOL_FIELDS = {kind: {f.name for f in dataclasses.fields(c) if f.type in ("bool", bool)} for kind, c in CONFIGS.items()}
+
+
+@torch.library.custom_op("fusedopt::update_", mutates_args=("params", "steps", "states"))
+def update_(
+    kind: str,
+    params: List[torch.Tensor],
+    grads: List[torch.Tensor],
+    steps: List[torch.Tensor],
+    states: List[torch.Tensor],
+    state_keys: str,
+    field_names: str,
+    field_values: List[float],
+    first_step: bool,
+    master_weights: bool,
+    grad_scale: Optional[torch.Tensor],
+    found_inf: Optional[torch.Tensor],
+    clip_coef: Optional[torch.Tensor],
+    backend: str,
+) -> None:
+    """One optimizer step over `params` (all with grads). `states` holds one row of
+    len(params) tensors per name in the comma-separated `state_keys`, flattened; `steps`
+    is empty for SGD. `field_names` (comma-separated) names `field_values`, the config."""
+    n = len(params)
+    state_keys = tuple(k for k in state_keys.split(",") if k)
+    field_names = field_names.split(",")
+    grad_of = {id(p): g for p, g in zip(params, grads)}
+    views: Dict[torch.Tensor, dict] = {}
+    for i, p in enumerate(params):
+        views[p] = {key: states[row * n + i] for row, key in enumerate(state_keys)}
+        if steps:
+            views[p]["step"] = steps[i]
+    fields = {
+        name: bool(value) if name in _BOOL_FIELDS[kind] else value for name, value in zip(field_names, field_values)
+    }
+    transform = GradTransform(grad_scale, found_inf, clip_coef)
+    for bucket in split_into_buckets(params, f"fusedopt::{kind}", strict=True):
+        batch, _ = bucket.batch(
+            views, state_keys, bool(steps), _no_initialisation,
+            torch.float32 if master_weights else None, [grad_of[id(p)] for p in bucket.params],
+        )
+        fresh = list(range(len(batch))) if first_step else []
+        run_update(kind, backends.resolve(backend, bucket.device), batch, fresh, fields,
+                   master_weights=master_weights, grad_transform=transform)
+
+
+@update_.register_fake
+def _(kind, params, grads, steps, states, state_keys, field_names, field_values, first_step, master_weights,
+      grad_scale, found_inf, clip_coef, backend) -> None:
+    return None
+
+
+def _no_initialisation(param: torch.Tensor, state: dict) -> None:
+    raise RuntimeError("fusedopt::update_: every state tensor must be passed in")
+
+
+def compiled_step(optimizer) -> None:
+    """FusedOptimizer.step's traceable form (see the module docstring)."""
+    grad_scale = getattr(optimizer, "grad_scale", None)
+    found_inf = getattr(optimizer, "found_inf", None)
+    groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in optimizer.param_groups]
+    norm = None
+    if any(g.get("max_grad_norm") is not None for g, _ in groups):
+        grads = [p.grad for _, ps in groups for p in ps]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]))
+        if grad_scale is not None:
+            norm = norm / grad_scale.double()
+    for group, params in groups:
+        fields = optimizer.config_fields(group)
+        names = list(fields)
+        values = [float(v) for v in fields.values()]
+        coef = None
+        if group.get("max_grad_norm") is not None:
+            coef = torch.clamp(group["max_grad_norm"] / (norm + 1e-6), max=1.0).float()
+        for dtype in {p.dtype for p in params}:
+            selected = [p for p in params if p.dtype == dtype]
+            master = optimizer._uses_master(group, dtype)
+            keys = list(optimizer._bucket_state_keys(group, dtype))
+            init = optimizer._init_state(group, dtype)
+            fresh, seasoned = [], []
+            for p in selected:
+                state = optimizer.state[p]
+                if any(key not in state for key in keys) or (optimizer.has_step_counter and "step" not in state):
+                    init(p, state)
+                    fresh.append(p)
+                else:
+                    seasoned.append(p)
+            # State created just now takes SGD's first-step rule; the op applies one rule per call.
+            for subset, is_fresh in ((fresh, True), (seasoned, False)):
+                if subset:
+                    _call(optimizer, group, subset, keys, names, values, is_fresh, master, grad_scale, found_inf, coef)
+
+
+def _call(optimizer, group, params: Sequence[torch.Tensor], keys, names, values, fresh, master, grad_scale,
+          found_inf, coef) -> None:
+    state = optimizer.state
+    torch.ops.fusedopt.update_(
+        optimizer.kind, list(params), [p.grad for p in params],
+        [state[p]["step"] for p in params] if optimizer.has_step_counter else [],
+        [state[p][key] for key in keys for p in params], ",".join(keys), ",".join(names), values,
+        fresh, master, grad_scale, found_inf, coef, group["backend"],
+    )
