@@ -64,6 +64,17 @@ def split_into_buckets(params: Sequence[torch.Tensor], optimizer: str, strict: b
     return [Bucket(ps, optimizer, strict) for ps in groups.values()]
 
 
+try:  # FSDP2 (fully_shard) params are DTensors: kernels update their local shards
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch built without distributed support
+    DTensor = ()  # type: ignore[assignment,misc]
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The tensor whose memory a kernel updates: a DTensor's local shard, else t itself."""
+    return t._local_tensor if isinstance(t, DTensor) else t
+
+
 _versions = itertools.count(1)  # table versions are unique process-wide, so backends may key caches on them
 
 
@@ -133,12 +144,14 @@ class Bucket:
         "params", "device", "dtype", "optimizer", "_device_index", "_strides", "_nbytes",
         "_key", "_active", "_param_ptrs", "_grads_seen", "_grads", "_grad_ptrs", "_steps", "_states",
         "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_state_dicts", "_strict",
+        "_distributed", "_states_seen",
     )
 
     def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False):
         """`strict`: the state dicts are throwaway views (the torch.library op path), so a
         state tensor in the wrong layout is an error rather than replaced by a copy."""
         self._strict = strict
+        self._distributed = any(isinstance(p, DTensor) for p in params)
         self.params = params
         self.device = params[0].device
         self.dtype = params[0].dtype
@@ -173,28 +186,32 @@ class Bucket:
                 return None, []
             params = [params[i] for i in active]
             grads = [grads[i] for i in active]
+        owners = params  # the keys of optimizer.state, which own the state tensors
+        if self._distributed:
+            params, grads = list(map(local, params)), list(map(local, grads))
         key = (active, state_keys, has_step, state_dtype)
         try:
             if key != self._key:
                 raise _Stale
-            self._check_unchanged(params, grads, state, state_keys, has_step)
+            self._check_unchanged(owners, params, grads, state, state_keys, has_step)
             self._fresh = []
         except (_Stale, KeyError):
-            self._rebuild(key, params, grads, state, state_keys, has_step, init_state, state_dtype or self.dtype)
+            self._rebuild(key, owners, params, grads, state, state_keys, has_step, init_state,
+                          state_dtype or self.dtype)
         return (
             TensorBatch(params, self._grads, self._steps, self._states, self.device, self.dtype,
                         self._table, self._version),
             self._fresh,
         )
 
-    def _check_unchanged(self, params, grads, state, state_keys, has_step) -> None:
+    def _check_unchanged(self, owners, params, grads, state, state_keys, has_step) -> None:
         if [p.data_ptr() for p in params] != self._param_ptrs:
             raise _Stale  # p.data was swapped: shapes and dtypes may have changed too
         if state is self._state_map and state.version == self._state_map_version:
             states = self._state_dicts
         else:
-            states = list(map(state.__getitem__, params))
-        for key, cached in zip(state_keys, self._states):
+            states = list(map(state.__getitem__, owners))
+        for key, cached in zip(state_keys, self._states_seen):
             if not all(map(operator.is_, map(operator.itemgetter(key), states), cached)):
                 raise _Stale
         if has_step and not all(map(operator.is_, map(operator.itemgetter("step"), states), self._steps)):
@@ -206,7 +223,7 @@ class Bucket:
             self._set_grads(grads)
 
     # ----------------------------------------------------------------- rebuilds
-    def _rebuild(self, key, params, grads, state, state_keys, has_step, init_state, state_dtype) -> None:
+    def _rebuild(self, key, owners, params, grads, state, state_keys, has_step, init_state, state_dtype) -> None:
         name = self.optimizer
         for p in params:
             check_param(p, name)
@@ -219,11 +236,11 @@ class Bucket:
         self._nbytes = [p.nbytes for p in params]
         fresh = []
         states_per_param = []
-        for i, p in enumerate(params):
-            s = state[p]
+        for i, owner in enumerate(owners):
+            s = state[owner]
             missing = [k for k in state_keys if k not in s] or (has_step and "step" not in s)
             if missing:
-                init_state(p, s)
+                init_state(owner, s)
                 fresh.append(i)
             states_per_param.append(s)
         self._fresh = fresh
@@ -231,8 +248,9 @@ class Bucket:
             self._state_map, self._state_map_version, self._state_dicts = state, state.version, states_per_param
         else:
             self._state_map = None
-        self._states = [[self._checked_state(s, k, p, state_dtype) for s, p in zip(states_per_param, params)]
-                        for k in state_keys]
+        self._states_seen = [[self._checked_state(s, k, p, state_dtype) for s, p in zip(states_per_param, params)]
+                             for k in state_keys]
+        self._states = [list(map(local, row)) for row in self._states_seen] if self._distributed else self._states_seen
         self._steps = [self._checked_step(s, p) for s, p in zip(states_per_param, params)] if has_step else None
         self._param_ptrs = [p.data_ptr() for p in params]
         rows = FIRST_STATE_ROW + len(state_keys)
@@ -252,7 +270,11 @@ class Bucket:
         self._table[row * n:(row + 1) * n] = array.array("q", values)
 
     def _checked_state(self, s: dict, key: str, p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        t = s[key]
+        """s[key], checked against the (local) param p; returns the entry of s, replaced by a
+        copy in the param's layout when only the layout differs."""
+        t = owner = s[key]
+        if isinstance(t, DTensor):
+            t = local(t)
         problem = None
         if not isinstance(t, torch.Tensor):
             problem = f"is a {type(t).__name__}, not a tensor"
@@ -265,12 +287,12 @@ class Bucket:
         if problem:
             raise RuntimeError(f"{self.optimizer}: state '{key}' of a param {problem}")
         if t.stride() != p.stride():
-            if self._strict:
+            if self._strict or owner is not t:
                 raise RuntimeError(f"{self.optimizer}: state '{key}' is laid out differently from its param")
             # Same values in the param's memory layout, so one flat index serves all tensors.
-            t = torch.empty_like(p, dtype=dtype).copy_(t)
-            s[key] = t
-        return t
+            owner = torch.empty_like(p, dtype=dtype).copy_(t)
+            s[key] = owner
+        return owner
 
     def _checked_step(self, s: dict, p: torch.Tensor) -> torch.Tensor:
         step = s["step"]
