@@ -1,0 +1,70 @@
+"""torch.compile and torch.library: the step is a real op, traced without graph breaks."""
+import pytest
+import torch
+
+import fusedopt
+
+
+def _model():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+
+X, Y = torch.randn(32, 8, generator=torch.Generator().manual_seed(0)), torch.randn(32, 2)
+
+
+def _train_step(model, optimizer):
+    optimizer.zero_grad(set_to_none=True)
+    loss = ((model(X) - Y) ** 2).mean()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+CASES = {
+    "AdamW": (fusedopt.AdamW, {"lr": 1e-2}),
+    "Adam-amsgrad-optimized": (fusedopt.Adam, {"lr": 1e-2, "amsgrad": True, "optimized_update": True}),
+    "SGD-momentum": (fusedopt.SGD, {"lr": 1e-2, "momentum": 0.9}),
+    "RMSprop-centered": (fusedopt.RMSprop, {"lr": 1e-3, "centered": True, "momentum": 0.5}),
+    "AdamW-clipped": (fusedopt.AdamW, {"lr": 1e-2, "max_grad_norm": 0.01}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_compiled_training_step_matches_eager(case):
+    cls, hyper = CASES[case]
+    eager_model, compiled_model = _model(), _model()
+    eager_opt, compiled_opt = cls(eager_model.parameters(), **hyper), cls(compiled_model.parameters(), **hyper)
+    compiled = torch.compile(_train_step)
+    for _ in range(4):
+        eager_loss = _train_step(eager_model, eager_opt)
+        compiled_loss = compiled(compiled_model, compiled_opt)
+        torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-6, atol=1e-7)
+    for p, q in zip(eager_model.parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+    assert eager_opt.state_dict()["state"].keys() == compiled_opt.state_dict()["state"].keys()
+
+
+@pytest.mark.slow
+def test_fusedopt_causes_no_graph_break():
+    model = _model()
+    optimizer = fusedopt.AdamW(model.parameters())
+    _train_step(model, optimizer)  # state exists, as after the first step of a real run
+
+    def step_only():
+        optimizer.step()
+
+    explanation = torch._dynamo.explain(step_only)()
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_update_op_passes_opcheck():
+    param = torch.randn(5, requires_grad=True)
+    grad = torch.randn(5)
+    args = (
+        "adam", [param], [grad], [torch.tensor(0.0)], [torch.zeros(5), torch.zeros(5)], "exp_avg,exp_avg_sq",
+        "lr,beta1,beta2,eps,weight_decay,amsgrad,maximize,decoupled_weight_decay,optimized_update",
+        [1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 1.0, 0.0], False, False, None, None, None, "cpu",
+    )
+    torch.library.opcheck(torch.ops.fusedopt.update_.default, args)
