@@ -1,0 +1,562 @@
+"""Backend 'triton': Adam/AdamW, SGD and RMSprop as Triton kernels, one launch per batch.
+
+Multi-tensor apply through a device-side table. The batch's int64 address table
+(fusedopt/_buckets.py; rows numel, param, grad, step, states...) is copied to the device
+once per `table_version`. A second int64 table, the work map, gives each program one
+chunk of one tensor: `(column, first element)` pairs, CHUNK elements per program. The
+kernel loads its pair, then the addresses it needs from the table, casts them to typed
+pointers (`tl.load(...).to(tl.pointer_type(dtype))`) and walks its chunk in blocks of
+BLOCK elements. So one launch updates any number of tensors, with arguments that do not
+depend on their count (Adam and RMSprop add one `torch._foreach_add_` of their step
+counters, below).
+
+The math restates csrc/include/fusedopt/{adam,sgd,rmsprop}.h operation by operation (and
+so torch.optim's single-tensor order, as reference.py does): 16-bit params compute in
+float32 and are rounded once on the store (to nearest even; `_rounded`), float64 params
+compute in float64. Divisions and square roots are the IEEE-rounded ones (`div_rn`,
+`sqrt_rn`; Triton's float32 defaults are approximate) and the kernels are compiled
+without multiply-add contraction (`enable_fp_fusion=False`), so every operation rounds
+as written: a compiled kernel rounds as the interpreter that tests it does, and agrees
+with torch.optim to a few float32 ulps (torch's own kernels fuse some multiply-adds).
+Scalars arrive as float64 and are rounded once to the math type in the kernel, as
+`T(double)` does in C++.
+
+Step counters: Adam's bias corrections are computed per tensor in the kernel, in float64
+(adam_coefficients), from the tensor's float32 counter read through the table's step
+row, so a step needs no device-to-host sync. The counters are incremented by one
+`torch._foreach_add_` before the launch, as torch's fused optimizers do: one kernel
+cannot both read a counter in every program of a tensor and bump it exactly once
+without a grid-wide barrier.
+
+Full blocks are loaded without a mask, with 16-byte alignment promised to the compiler
+when every address of the batch is 16-byte aligned (so they become vector loads), and a
+masked block handles each chunk's tail.
+
+On CPU tensors the kernels run only under Triton's interpreter, which @triton.jit picks
+when this module is imported: TRITON_INTERPRET=1 must be set before `import fusedopt`.
+That is how the tests run them; `auto` never picks this backend for CPU tensors.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    raise
+except Exception as error:  # a broken install must not break `import fusedopt`
+    raise ImportError(f"triton failed to import: {error!r}") from error
+
+from .._buckets import FIRST_STATE_ROW, GRAD_ROW, NUMEL_ROW, PARAM_ROW, STEP_ROW
+from .base import AdamConfig, Backend, RMSpropConfig, SGDConfig, TensorBatch
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Block geometry shared by the three kernels: the one place to tune it.
+
+    Chosen for H100-class GPUs by reasoning, not by measurement (autotuning does not run
+    in the interpreter, and no GPU was at hand): BLOCK=1024 with 4 warps gives each thread
+    8 consecutive elements (two 16-byte vectors of float32) per iteration; 16 blocks per
+    program (16,384 elements, a quarter of ATen's 65,536-element chunks) keep the work map
+    small (16 bytes per 16K elements) while giving a large tensor thousands of programs to
+    spread over the SMs. Re-measure with `python -m fusedopt.bench` and set
+    `fusedopt.backends.triton.LAUNCH_CONFIG` to try others.
+    """
+
+    block: int = 1024
+    blocks_per_program: int = 16
+    num_warps: int = 4
+
+    def __post_init__(self):
+        if self.block < 16 or self.block & (self.block - 1) or self.blocks_per_program < 1 or self.num_warps < 1:
+            raise ValueError(f"invalid Triton launch configuration {self}: block must be a power of two >= 16")
+
+    @property
+    def chunk(self) -> int:
+        return self.block * self.blocks_per_program
+
+
+LAUNCH_CONFIG = LaunchConfig()
+
+_TRITON_DTYPES = {
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+}
+_VECTOR_BYTES = tl.constexpr(16)  # alignment that lets full blocks use 16-byte loads and stores
+
+# Table rows as compile-time constants (Triton kernels may only read constexpr globals).
+_PARAM_ROW = tl.constexpr(PARAM_ROW)
+_GRAD_ROW = tl.constexpr(GRAD_ROW)
+_STEP_ROW = tl.constexpr(STEP_ROW)
+_NUMEL_ROW = tl.constexpr(NUMEL_ROW)
+_STATE_ROW = tl.constexpr(FIRST_STATE_ROW)
+
+
+# ----------------------------------------------------------------------------- shared pieces
+# Conventions. Float hyper-parameters arrive as float64 kernel arguments and are rounded
+# once to the math type with `tl.full((), x, T)`, which is C++'s `T(double)` (in a compiled
+# kernel it is `x.to(T)`; the interpreter passes Python floats, which have no `.to`).
+# Loads convert with `.to(COMPUTE)`, stores with `_rounded(x, DTYPE)`. Every @triton.jit helper
+# call costs the interpreter about a millisecond, so helpers are kept to the pieces that
+# carry meaning (and inline into one function in a compiled kernel anyway).
+@triton.jit
+def _work_item(table_ptr, work_ptr, n, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """This program's tensor (its column in the table) and element range [start, end)."""
+    pid = tl.program_id(0).to(tl.int64)
+    column = tl.load(work_ptr + 2 * pid)
+    start = tl.multiple_of(tl.load(work_ptr + 2 * pid + 1), BLOCK)  # chunks start on block boundaries
+    end = tl.minimum(start + CHUNK, tl.load(table_ptr + _NUMEL_ROW * n + column))
+    return column, start, end
+
+
+@triton.jit
+def _row_pointer(table_ptr, n, row, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in `row` of the table for tensor `column`, as a pointer to DTYPE."""
+    pointer = tl.load(table_ptr + row * n + column).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        pointer = tl.multiple_of(pointer, _VECTOR_BYTES)
+    return pointer
+
+
+@triton.jit
+def _rounded(x, DTYPE: tl.constexpr):
+    """x (in the math type) rounded once to the storage type DTYPE, to nearest even.
+
+    float32 -> bfloat16 by integer arithmetic, as fusedopt::float_to_bf16 (NaN kept
+    quiet): the same bits compiled and under Triton's interpreter, whose own conversion
+    truncates. The cost is a few integer operations per element of a memory-bound loop.
+    """
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        quiet_nan = (bits >> 16) | 0x40
+        rounded = tl.where((bits & 0x7FFFFFFF) > 0x7F800000, quiet_nan, rounded)
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
+
+
+@triton.jit
+def _div(x, y):
+    """IEEE-rounded division, as torch's (Triton's float32 `/` may be approximate)."""
+    if x.dtype == tl.float32:
+        return tl.div_rn(x, y)
+    else:
+        return x / y
+
+
+@triton.jit
+def _sqrt(x):
+    """IEEE-rounded square root, as torch.sqrt (tl.sqrt may be approximate in float32)."""
+    if x.dtype == tl.float32:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
+@triton.jit
+def _lerp(start, end, weight):
+    """torch.lerp's two-sided formula, exact at weight 0 and 1 (fusedopt::lerp)."""
+    return tl.where(weight < 0.5, start + weight * (end - start), end - (end - start) * (1.0 - weight))
+
+
+@triton.jit
+def _signed_decayed(grad, param, grad_sign, weight_decay, WEIGHT_DECAY: tl.constexpr):
+    """The gradient the update uses: negated with maximize, plus weight_decay * param (L2)."""
+    grad = grad * grad_sign
+    if WEIGHT_DECAY:
+        grad = grad + weight_decay * param
+    return grad
+
+
+# ----------------------------------------------------------------------------- Adam / AdamW
+@triton.jit
+def _adam_coefficients(step, lr, beta1, beta2, eps, grad_sign, l2_decay, param_scale,
+                       OPTIMIZED_UPDATE: tl.constexpr, COMPUTE: tl.constexpr):
+    """adam_coefficients (csrc/include/fusedopt/adam.h): the bias corrections of this
+    tensor's (already incremented) step in float64, every scalar rounded once to COMPUTE."""
+    step = step.to(tl.float64)
+    lr = tl.full((), lr, tl.float64)
+    beta1 = tl.full((), beta1, tl.float64)
+    beta2 = tl.full((), beta2, tl.float64)
+    bias_correction1 = 1.0 - tl.exp2(step * tl.log2(beta1))  # 1 - beta1 ** step
+    bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp2(step * tl.log2(beta2)))
+    if OPTIMIZED_UPDATE:
+        neg_step_size = -lr * bias_correction2_sqrt / bias_correction1
+        denom_divisor = 1.0
+    else:
+        neg_step_size = -lr / bias_correction1
+        denom_divisor = bias_correction2_sqrt
+    return (tl.full((), grad_sign, COMPUTE), tl.full((), l2_decay, COMPUTE), tl.full((), param_scale, COMPUTE),
+            tl.full((), 1.0 - beta1, COMPUTE), tl.full((), beta2, COMPUTE), tl.full((), 1.0 - beta2, COMPUTE),
+            tl.full((), eps, COMPUTE), tl.full((), neg_step_size, COMPUTE), tl.full((), denom_divisor, COMPUTE))
+
+
+@triton.jit
+def _adam_block(offsets, mask, param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
+                grad_sign, l2_decay, param_scale, one_minus_beta1, beta2, one_minus_beta2, eps, neg_step_size,
+                denom_divisor, L2: tl.constexpr, AMSGRAD: tl.constexpr, DTYPE: tl.constexpr,
+                COMPUTE: tl.constexpr):
+    """adam_update (csrc/include/fusedopt/adam.h) on one block of elements."""
+    param = tl.load(param_ptr + offsets, mask=mask).to(COMPUTE)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(COMPUTE)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(COMPUTE)
+    grad = _signed_decayed(grad, param, grad_sign, l2_decay, L2)
+    param = param * param_scale  # AdamW's decay; 1 for Adam
+    exp_avg = _lerp(exp_avg, grad, one_minus_beta1)
+    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
+    second_moment = exp_avg_sq
+    if AMSGRAD:
+        max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(COMPUTE)
+        second_moment = tl.where(max_exp_avg_sq > exp_avg_sq, max_exp_avg_sq, exp_avg_sq)
+        tl.store(max_exp_avg_sq_ptr + offsets, _rounded(second_moment, DTYPE), mask=mask)
+    denom = _div(_sqrt(second_moment), denom_divisor) + eps
+    param = param + _div(neg_step_size * exp_avg, denom)
+    tl.store(exp_avg_ptr + offsets, _rounded(exp_avg, DTYPE), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, _rounded(exp_avg_sq, DTYPE), mask=mask)
+    tl.store(param_ptr + offsets, _rounded(param, DTYPE), mask=mask)
+
+
+@triton.jit
+def _adam_kernel(table_ptr, work_ptr, n, lr: tl.float64, beta1: tl.float64, beta2: tl.float64,
+                 eps: tl.float64, grad_sign: tl.float64, l2_decay: tl.float64, param_scale: tl.float64,
+                 DTYPE: tl.constexpr, COMPUTE: tl.constexpr, L2: tl.constexpr, AMSGRAD: tl.constexpr,
+                 OPTIMIZED_UPDATE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+                 CHUNK: tl.constexpr):
+    column, start, end = _work_item(table_ptr, work_ptr, n, BLOCK, CHUNK)
+    param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
+    grad_ptr = _row_pointer(table_ptr, n, _GRAD_ROW, column, DTYPE, ALIGNED)
+    exp_avg_ptr = _row_pointer(table_ptr, n, _STATE_ROW, column, DTYPE, ALIGNED)
+    exp_avg_sq_ptr = _row_pointer(table_ptr, n, _STATE_ROW + 1, column, DTYPE, ALIGNED)
+    if AMSGRAD:
+        max_exp_avg_sq_ptr = _row_pointer(table_ptr, n, _STATE_ROW + 2, column, DTYPE, ALIGNED)
+    else:
+        max_exp_avg_sq_ptr = exp_avg_sq_ptr  # never touched
+    step = tl.load(_row_pointer(table_ptr, n, _STEP_ROW, column, tl.float32, False))
+    coefficients = _adam_coefficients(step, lr, beta1, beta2, eps, grad_sign, l2_decay, param_scale,
+                                      OPTIMIZED_UPDATE, COMPUTE)
+
+    full_blocks = (end - start) // BLOCK
+    for k in range(0, full_blocks):
+        offsets = start + k * BLOCK + tl.arange(0, BLOCK)
+        _adam_block(offsets, None, param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
+                    *coefficients, L2, AMSGRAD, DTYPE, COMPUTE)
+    tail = start + full_blocks * BLOCK
+    if tail < end:
+        offsets = tail + tl.arange(0, BLOCK)
+        _adam_block(offsets, offsets < end, param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr,
+                    max_exp_avg_sq_ptr, *coefficients, L2, AMSGRAD, DTYPE, COMPUTE)
+
+
+# ----------------------------------------------------------------------------- SGD
+@triton.jit
+def _sgd_coefficients(lr, momentum, dampening, weight_decay, grad_sign, COMPUTE: tl.constexpr):
+    """sgd_coefficients (csrc/include/fusedopt/sgd.h): float64 arithmetic, rounded once to COMPUTE."""
+    lr = tl.full((), lr, tl.float64)
+    dampening = tl.full((), dampening, tl.float64)
+    return (tl.full((), grad_sign, COMPUTE), tl.full((), weight_decay, COMPUTE), tl.full((), momentum, COMPUTE),
+            tl.full((), 1.0 - dampening, COMPUTE), tl.full((), -lr, COMPUTE))
+
+
+@triton.jit
+def _sgd_block(offsets, mask, param_ptr, grad_ptr, buffer_ptr, grad_sign, weight_decay, momentum,
+               one_minus_dampening, neg_lr, WEIGHT_DECAY: tl.constexpr, MOMENTUM: tl.constexpr,
+               NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr, DTYPE: tl.constexpr, COMPUTE: tl.constexpr):
+    """sgd_update (csrc/include/fusedopt/sgd.h) on one block of elements."""
+    param = tl.load(param_ptr + offsets, mask=mask).to(COMPUTE)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE)
+    grad = _signed_decayed(grad, param, grad_sign, weight_decay, WEIGHT_DECAY)
+    if MOMENTUM:
+        if FIRST_STEP:  # torch's rule: a new momentum buffer starts as a copy of the gradient
+            buffer = grad
+        else:
+            buffer = tl.load(buffer_ptr + offsets, mask=mask).to(COMPUTE) * momentum + one_minus_dampening * grad
+        tl.store(buffer_ptr + offsets, _rounded(buffer, DTYPE), mask=mask)
+        if NESTEROV:
+            grad = grad + momentum * buffer
+        else:
+            grad = buffer
+    tl.store(param_ptr + offsets, _rounded(param + neg_lr * grad, DTYPE), mask=mask)
+
+
+@triton.jit
+def _sgd_kernel(table_ptr, work_ptr, n, lr: tl.float64, momentum: tl.float64, dampening: tl.float64,
+                weight_decay: tl.float64, grad_sign: tl.float64, DTYPE: tl.constexpr, COMPUTE: tl.constexpr,
+                WEIGHT_DECAY: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
+                FIRST_STEP: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    column, start, end = _work_item(table_ptr, work_ptr, n, BLOCK, CHUNK)
+    param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
+    grad_ptr = _row_pointer(table_ptr, n, _GRAD_ROW, column, DTYPE, ALIGNED)
+    if MOMENTUM:
+        buffer_ptr = _row_pointer(table_ptr, n, _STATE_ROW, column, DTYPE, ALIGNED)
+    else:
+        buffer_ptr = param_ptr  # the table has no state row; never touched
+    coefficients = _sgd_coefficients(lr, momentum, dampening, weight_decay, grad_sign, COMPUTE)
+
+    full_blocks = (end - start) // BLOCK
+    for k in range(0, full_blocks):
+        offsets = start + k * BLOCK + tl.arange(0, BLOCK)
+        _sgd_block(offsets, None, param_ptr, grad_ptr, buffer_ptr, *coefficients, WEIGHT_DECAY, MOMENTUM,
+                   NESTEROV, FIRST_STEP, DTYPE, COMPUTE)
+    tail = start + full_blocks * BLOCK
+    if tail < end:
+        offsets = tail + tl.arange(0, BLOCK)
+        _sgd_block(offsets, offsets < end, param_ptr, grad_ptr, buffer_ptr, *coefficients, WEIGHT_DECAY,
+                   MOMENTUM, NESTEROV, FIRST_STEP, DTYPE, COMPUTE)
+
+
+# ----------------------------------------------------------------------------- RMSprop
+@triton.jit
+def _rmsprop_coefficients(lr, alpha, eps, weight_decay, momentum, grad_sign, COMPUTE: tl.constexpr):
+    """rmsprop_coefficients (csrc/include/fusedopt/rmsprop.h): float64 arithmetic, rounded once to COMPUTE."""
+    lr = tl.full((), lr, tl.float64)
+    alpha = tl.full((), alpha, tl.float64)
+    return (tl.full((), grad_sign, COMPUTE), tl.full((), weight_decay, COMPUTE), tl.full((), alpha, COMPUTE),
+            tl.full((), 1.0 - alpha, COMPUTE), tl.full((), eps, COMPUTE), tl.full((), momentum, COMPUTE),
+            tl.full((), -lr, COMPUTE))
+
+
+@triton.jit
+def _rmsprop_block(offsets, mask, param_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr, buffer_ptr, grad_sign,
+                   weight_decay, alpha, one_minus_alpha, eps, momentum, neg_lr, WEIGHT_DECAY: tl.constexpr,
+                   CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, DTYPE: tl.constexpr, COMPUTE: tl.constexpr):
+    """rmsprop_update (csrc/include/fusedopt/rmsprop.h) on one block of elements."""
+    param = tl.load(param_ptr + offsets, mask=mask).to(COMPUTE)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE)
+    grad = _signed_decayed(grad, param, grad_sign, weight_decay, WEIGHT_DECAY)
+    square_avg = tl.load(square_avg_ptr + offsets, mask=mask).to(COMPUTE) * alpha + one_minus_alpha * grad * grad
+    tl.store(square_avg_ptr + offsets, _rounded(square_avg, DTYPE), mask=mask)
+    if CENTERED:
+        grad_avg = _lerp(tl.load(grad_avg_ptr + offsets, mask=mask).to(COMPUTE), grad, one_minus_alpha)
+        tl.store(grad_avg_ptr + offsets, _rounded(grad_avg, DTYPE), mask=mask)
+        avg = _sqrt(square_avg + -1.0 * grad_avg * grad_avg)
+    else:
+        avg = _sqrt(square_avg)
+    avg = avg + eps
+    if MOMENTUM:
+        buffer = tl.load(buffer_ptr + offsets, mask=mask).to(COMPUTE) * momentum + _div(grad, avg)
+        tl.store(buffer_ptr + offsets, _rounded(buffer, DTYPE), mask=mask)
+        param = param + neg_lr * buffer
+    else:
+        param = param + _div(neg_lr * grad, avg)
+    tl.store(param_ptr + offsets, _rounded(param, DTYPE), mask=mask)
+
+
+@triton.jit
+def _rmsprop_kernel(table_ptr, work_ptr, n, lr: tl.float64, alpha: tl.float64, eps: tl.float64,
+                    weight_decay: tl.float64, momentum: tl.float64, grad_sign: tl.float64, DTYPE: tl.constexpr,
+                    COMPUTE: tl.constexpr, WEIGHT_DECAY: tl.constexpr, CENTERED: tl.constexpr,
+                    MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    column, start, end = _work_item(table_ptr, work_ptr, n, BLOCK, CHUNK)
+    param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
+    grad_ptr = _row_pointer(table_ptr, n, _GRAD_ROW, column, DTYPE, ALIGNED)
+    # States in table order: square_avg[, grad_avg][, momentum_buffer].
+    square_avg_ptr = _row_pointer(table_ptr, n, _STATE_ROW, column, DTYPE, ALIGNED)
+    if CENTERED:
+        grad_avg_ptr = _row_pointer(table_ptr, n, _STATE_ROW + 1, column, DTYPE, ALIGNED)
+    else:
+        grad_avg_ptr = square_avg_ptr  # never touched
+    if MOMENTUM:
+        buffer_ptr = _row_pointer(table_ptr, n, _STATE_ROW + 1 + CENTERED, column, DTYPE, ALIGNED)
+    else:
+        buffer_ptr = square_avg_ptr  # never touched
+    coefficients = _rmsprop_coefficients(lr, alpha, eps, weight_decay, momentum, grad_sign, COMPUTE)
+
+    full_blocks = (end - start) // BLOCK
+    for k in range(0, full_blocks):
+        offsets = start + k * BLOCK + tl.arange(0, BLOCK)
+        _rmsprop_block(offsets, None, param_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr, buffer_ptr, *coefficients,
+                       WEIGHT_DECAY, CENTERED, MOMENTUM, DTYPE, COMPUTE)
+    tail = start + full_blocks * BLOCK
+    if tail < end:
+        offsets = tail + tl.arange(0, BLOCK)
+        _rmsprop_block(offsets, offsets < end, param_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr, buffer_ptr,
+                       *coefficients, WEIGHT_DECAY, CENTERED, MOMENTUM, DTYPE, COMPUTE)
+
+
+# ----------------------------------------------------------------------------- device tables
+@dataclass(frozen=True)
+class _DeviceTables:
+    """What the kernels of one batch read, on the batch's device."""
+
+    table: torch.Tensor  # int64 [rows * n]: the batch's address table
+    work: torch.Tensor  # int64 [programs, 2]: (column, first element) of each program's chunk
+    programs: int
+    aligned: bool  # every address 16-byte aligned: full blocks may use vector loads
+    block: int
+    chunk: int
+    num_warps: int
+
+
+class _LRU(collections.OrderedDict):
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    def put(self, key, value) -> None:
+        self[key] = value
+        if len(self) > self.capacity:
+            self.popitem(last=False)
+
+    def lookup(self, key):
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+
+# Keyed by table_version (unique per table content, process-wide), so an entry is never
+# stale; the bound only limits memory. A version changes whenever a grad tensor is
+# re-created (zero_grad(set_to_none=True)), so the usual case is one new entry per bucket
+# per step, uploaded asynchronously.
+_tables: _LRU = _LRU(capacity=64)
+# The work map depends only on the element counts and the geometry, which rarely change.
+_work_maps: _LRU = _LRU(capacity=64)
+
+
+def _work_map(numels: torch.Tensor, chunk: int, device: torch.device) -> Tuple[torch.Tensor, int]:
+    key = (numels.numpy().tobytes(), chunk, device)
+    cached = _work_maps.lookup(key)
+    if cached is None:
+        chunks = (numels + chunk - 1) // chunk  # zero-size tensors get no program
+        programs = int(chunks.sum())
+        columns = torch.repeat_interleave(torch.arange(len(numels)), chunks)
+        first_program = torch.cumsum(chunks, 0) - chunks
+        starts = (torch.arange(programs) - first_program[columns]) * chunk
+        work = torch.stack([columns, starts], dim=1).to(device)
+        cached = (work, programs)
+        _work_maps.put(key, cached)
+    return cached
+
+
+def _device_tables(batch: TensorBatch) -> _DeviceTables:
+    config = LAUNCH_CONFIG
+    key = (batch.table_version, config)
+    cached = _tables.lookup(key)
+    if cached is not None:
+        return cached
+    n = len(batch)
+    host = torch.frombuffer(batch.table, dtype=torch.int64).view(-1, n)
+    numels = host[NUMEL_ROW]
+    addresses = torch.cat([host[PARAM_ROW:GRAD_ROW + 1], host[FIRST_STATE_ROW:]])[:, numels > 0]
+    work, programs = _work_map(numels, config.chunk, batch.device)
+    tables = _DeviceTables(
+        # A pageable-memory copy, staged at once by the driver: no wait on the device.
+        table=host.reshape(-1).to(batch.device, non_blocking=True, copy=True),
+        work=work,
+        programs=programs,
+        aligned=bool((addresses % _VECTOR_BYTES.value == 0).all()),
+        block=config.block,
+        chunk=config.chunk,
+        num_warps=config.num_warps,
+    )
+    _tables.put(key, tables)
+    return tables
+
+
+def _geometry(tables: _DeviceTables) -> dict:
+    return dict(ALIGNED=tables.aligned, BLOCK=tables.block, CHUNK=tables.chunk, num_warps=tables.num_warps,
+                enable_fp_fusion=False)
+
+
+def _floats(*values) -> Tuple[float, ...]:
+    """The float64 kernel arguments (configs may hold ints, e.g. momentum=0)."""
+    return tuple(map(float, values))
+
+
+def _dtypes(batch: TensorBatch) -> dict:
+    dtype = _TRITON_DTYPES[batch.dtype]
+    return dict(DTYPE=dtype, COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32)
+
+
+# ----------------------------------------------------------------------------- launchers
+def _launch_adam(tables: _DeviceTables, batch: TensorBatch, c: AdamConfig) -> None:
+    decoupled = c.decoupled_weight_decay
+    _adam_kernel[(tables.programs,)](
+        tables.table, tables.work, len(batch),
+        *_floats(c.lr, c.beta1, c.beta2, c.eps, -1.0 if c.maximize else 1.0, 0.0 if decoupled else c.weight_decay,
+                 1.0 - c.lr * c.weight_decay if decoupled else 1.0),
+        L2=c.weight_decay != 0 and not decoupled, AMSGRAD=c.amsgrad, OPTIMIZED_UPDATE=c.optimized_update,
+        **_dtypes(batch), **_geometry(tables),
+    )
+
+
+def _launch_sgd(tables: _DeviceTables, batch: TensorBatch, c: SGDConfig) -> None:
+    _sgd_kernel[(tables.programs,)](
+        tables.table, tables.work, len(batch),
+        *_floats(c.lr, c.momentum, c.dampening, c.weight_decay, -1.0 if c.maximize else 1.0),
+        WEIGHT_DECAY=c.weight_decay != 0, MOMENTUM=c.momentum != 0,
+        NESTEROV=c.nesterov, FIRST_STEP=c.first_step, **_dtypes(batch), **_geometry(tables),
+    )
+
+
+def _launch_rmsprop(tables: _DeviceTables, batch: TensorBatch, c: RMSpropConfig) -> None:
+    _rmsprop_kernel[(tables.programs,)](
+        tables.table, tables.work, len(batch),
+        *_floats(c.lr, c.alpha, c.eps, c.weight_decay, c.momentum, -1.0 if c.maximize else 1.0),
+        WEIGHT_DECAY=c.weight_decay != 0, CENTERED=c.centered,
+        MOMENTUM=c.momentum > 0, **_dtypes(batch), **_geometry(tables),
+    )
+
+
+# ----------------------------------------------------------------------------- backend
+def _interpreted() -> bool:
+    """Whether this module's kernels were built for Triton's interpreter (decided by
+    TRITON_INTERPRET when the @triton.jit decorators ran, i.e. at import)."""
+    return not isinstance(_adam_kernel, triton.runtime.jit.JITFunction)
+
+
+class TritonBackend(Backend):
+    name = "triton"
+
+    def unusable_reason(self, device: torch.device) -> Optional[str]:
+        interpreted = _interpreted()
+        if device.type == "cuda":
+            if interpreted:
+                return ("TRITON_INTERPRET=1 was set when fusedopt imported triton, and Triton's interpreter cannot "
+                        "follow the device addresses of the table; unset TRITON_INTERPRET")
+            if not torch.cuda.is_available():
+                return "torch.cuda is not available (no GPU, no driver, or a CPU-only torch build)"
+            return None
+        if device.type == "cpu":
+            if interpreted:
+                return None
+            if os.environ.get("TRITON_INTERPRET") == "1":
+                return ("TRITON_INTERPRET=1 was set after fusedopt imported triton; set it before the first "
+                        "`import fusedopt` to run the Triton kernels on CPU tensors (slowly, for testing)")
+            return ("Triton kernels run on CUDA GPUs, and on CPU tensors only under Triton's interpreter "
+                    "(TRITON_INTERPRET=1 before `import fusedopt`, for testing); use backend 'cpu' for CPU tensors")
+        return f"Triton kernels run on CUDA GPUs, and these tensors are on {device}"
+
+    def adam(self, batch: TensorBatch, c: AdamConfig) -> None:
+        self._run(_launch_adam, batch, c)
+
+    def sgd(self, batch: TensorBatch, c: SGDConfig) -> None:
+        self._run(_launch_sgd, batch, c)
+
+    def rmsprop(self, batch: TensorBatch, c: RMSpropConfig) -> None:
+        self._run(_launch_rmsprop, batch, c)
+
+    def _run(self, launch: Callable[[_DeviceTables, TensorBatch, object], None], batch: TensorBatch, config) -> None:
+        if batch.steps is not None:
+            torch._foreach_add_(batch.steps, 1.0)  # before the launch, which reads the new values
+        # Triton launches on the current device, on its current stream.
+        on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
+        with on_device:
+            tables = _device_tables(batch)
+            if tables.programs:  # none when every tensor is empty
+                launch(tables, batch, config)
+
+
+__all__ = ["LAUNCH_CONFIG", "LaunchConfig", "TritonBackend"]

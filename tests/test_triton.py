@@ -1,0 +1,475 @@
+"""The Triton backend against torch.optim, the reference backend and float64 formulas.
+
+Without a GPU the kernels run on CPU tensors under Triton's interpreter, which
+@triton.jit selects when fusedopt's kernels are defined: TRITON_INTERPRET must be set
+before fusedopt (and with it triton) is first imported. `import torch` does not import
+triton, so this module sets it right after asking torch whether there is a GPU. Should
+another test module have imported fusedopt first (pytest imports every test module
+before running any), the fixture `interpreted_kernels` rebuilds the kernels for the
+interpreter for this module's tests and rebuilds them as they were afterwards. With a
+GPU the same tests run the compiled kernels on CUDA tensors.
+
+The interpreter is slow (tens of milliseconds per program), so sizes are small and
+options are combined so that each is tested on and off rather than crossed exhaustively.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+_INTERPRET_BEFORE = os.environ.get("TRITON_INTERPRET")
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"  # before anything below imports triton
+
+pytest.importorskip("triton")
+
+import fusedopt  # noqa: E402
+from fusedopt import backends  # noqa: E402
+from fusedopt.backends import triton as triton_backend  # noqa: E402
+
+pytestmark = pytest.mark.triton
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+
+# Odd sizes, an empty tensor, one that needs four full blocks and a tail (BLOCK=1024).
+SIZES = (1, 3, 0, 17, 1000, 4097)
+MISALIGNED = 33  # one more param: elements 1..33 of a 34-element allocation
+
+# One tolerance per dtype, for the kernels against torch.optim and the reference backend.
+# float32/float64: the same operations in the same order with IEEE division and square
+# root; torch's CPU kernels fuse some multiply-adds (the kernels do not), and the kernels
+# compute beta**step as exp2(step*log2(beta)) in float64 where Python calls libm's pow.
+# Each costs at most an ulp per operation: a few ulps after 10 steps (rtol 1e-5 is ~80
+# float32 ulps; atol covers elements near zero). 16-bit, against the reference backend
+# (the same float32 math, rounded once): a value within a float32 ulp of a rounding
+# boundary may round the other way, one ulp of the dtype at the params' scale (~1).
+TOLERANCE = {
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float64: dict(rtol=1e-12, atol=1e-14),
+    torch.bfloat16: dict(rtol=torch.finfo(torch.bfloat16).eps, atol=torch.finfo(torch.bfloat16).eps),
+    torch.float16: dict(rtol=torch.finfo(torch.float16).eps, atol=torch.finfo(torch.float16).eps),
+}
+STEPS = 10
+
+
+def _rebuild_kernels() -> None:
+    importlib.reload(triton_backend)  # re-runs the @triton.jit decorators under the current environment
+    backends.register(triton_backend.TritonBackend())
+    for key in [k for k, b in backends._resolved.items() if b.name == "triton"]:
+        del backends._resolved[key]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def interpreted_kernels():
+    rebuilt = not CUDA and not triton_backend._interpreted()
+    if rebuilt:
+        _rebuild_kernels()
+    yield
+    if _INTERPRET_BEFORE is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _INTERPRET_BEFORE
+    if rebuilt:  # give the rest of the session the module it had
+        _rebuild_kernels()
+
+
+# ----------------------------------------------------------------------------- helpers
+def make_params(dtype, sizes=SIZES, misaligned=MISALIGNED, seed=0):
+    """Params with the same values on every call; the last one is a misaligned view."""
+    generator = torch.Generator().manual_seed(seed)
+    values = [torch.randn(n, generator=generator, dtype=torch.float64) for n in sizes]
+    params = [v.to(DEVICE, dtype) for v in values]
+    if misaligned:
+        storage = torch.randn(misaligned + 1, generator=generator, dtype=torch.float64).to(DEVICE, dtype)
+        params.append(storage[1:])  # a view of a tensor without grad is a leaf
+    for p in params:
+        p.requires_grad_()
+    return params
+
+
+def grads_for(params, step):
+    """The same gradients for every run, in the params' dtype."""
+    generator = torch.Generator().manual_seed(1000 + step)
+    return [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(DEVICE, p.dtype) for p in params]
+
+
+def train(make_optimizer, dtype, steps=STEPS, **param_kwargs):
+    params = make_params(dtype, **param_kwargs)
+    optimizer = make_optimizer(params)
+    for step in range(steps):
+        for p, g in zip(params, grads_for(params, step)):
+            p.grad = g
+        optimizer.step()
+    return params, optimizer
+
+
+def fused_run(name, kwargs, backend, dtype, **train_kwargs):
+    return train(lambda ps: getattr(fusedopt, name)(ps, backend=backend, **kwargs), dtype, **train_kwargs)
+
+
+def torch_run(name, kwargs, dtype, fused=None, **train_kwargs):
+    kwargs = {k: v for k, v in kwargs.items() if k != "optimized_update"}
+    if fused:
+        kwargs["fused"] = True
+    return train(lambda ps: getattr(torch.optim, name)(ps, **kwargs), dtype, **train_kwargs)
+
+
+def state_tensors(optimizer, params):
+    """Every param's state in a fixed order (steps included), for comparisons."""
+    return [optimizer.state[p][k] for p in params for k in sorted(optimizer.state[p])]
+
+
+def assert_all_close(actual, expected, **tolerance):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a.detach().cpu(), e.detach().cpu(), **tolerance)
+
+
+def case_id(case):
+    name, kwargs = case
+    return name + "".join(f"-{k}={v}" for k, v in kwargs.items())
+
+
+# ----------------------------------------------------------------------------- float32, every option
+CASES = [
+    ("Adam", {}),
+    ("Adam", dict(amsgrad=True)),
+    ("Adam", dict(maximize=True, weight_decay=0.1)),
+    ("Adam", dict(amsgrad=True, maximize=True, weight_decay=0.1, betas=(0.8, 0.99), lr=0.01)),
+    ("AdamW", {}),
+    ("AdamW", dict(amsgrad=True, weight_decay=0.1)),
+    ("AdamW", dict(maximize=True, weight_decay=0.0)),
+    ("AdamW", dict(amsgrad=True, maximize=True, lr=0.01, eps=1e-3)),
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9)),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.5)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.8, dampening=0.3, weight_decay=0.1, maximize=True)),
+    ("SGD", dict(lr=0.1, weight_decay=0.1, maximize=True)),
+    ("RMSprop", {}),
+    ("RMSprop", dict(centered=True)),
+    ("RMSprop", dict(momentum=0.9)),
+    ("RMSprop", dict(weight_decay=0.1, maximize=True)),
+    ("RMSprop", dict(centered=True, momentum=0.9, weight_decay=0.1, maximize=True, alpha=0.9, lr=1e-3)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_float32_matches_torch_and_reference(case):
+    name, kwargs = case
+    params, optimizer = fused_run(name, kwargs, "triton", torch.float32)
+    expected, torch_optimizer = torch_run(name, kwargs, torch.float32)
+    reference, reference_optimizer = fused_run(name, kwargs, "reference", torch.float32)
+    assert_all_close(params, expected, **TOLERANCE[torch.float32])
+    assert_all_close(state_tensors(optimizer, params), state_tensors(torch_optimizer, expected),
+                     **TOLERANCE[torch.float32])
+    assert_all_close(params, reference, **TOLERANCE[torch.float32])
+    assert_all_close(state_tensors(optimizer, params), state_tensors(reference_optimizer, reference),
+                     **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("Adam", dict(amsgrad=True, weight_decay=0.1)),
+    ("AdamW", dict(maximize=True)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    ("RMSprop", dict(centered=True, momentum=0.9, weight_decay=0.1)),
+], ids=["Adam", "AdamW", "SGD", "RMSprop"])
+def test_float64_matches_torch(name, kwargs):
+    sizes = (1, 17, 1000, 0)
+    params, optimizer = fused_run(name, kwargs, "triton", torch.float64, sizes=sizes)
+    expected, torch_optimizer = torch_run(name, kwargs, torch.float64, sizes=sizes)
+    assert_all_close(params, expected, **TOLERANCE[torch.float64])
+    assert_all_close(state_tensors(optimizer, params), state_tensors(torch_optimizer, expected),
+                     **TOLERANCE[torch.float64])
+
+
+# ----------------------------------------------------------------------------- 16-bit params
+LOW_PRECISION_CASES = [
+    ("Adam", dict(lr=0.05, weight_decay=0.1)),
+    ("AdamW", dict(lr=0.05, amsgrad=True)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
+    ("RMSprop", dict(lr=0.01, centered=True, momentum=0.5)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=case_id)
+def test_low_precision(case, dtype):
+    """16-bit params compute in float32 and round once per step, like torch's fused kernels.
+
+    Two checks. (1) Against the reference backend, which does the same float32 math:
+    TOLERANCE[dtype], one ulp of the dtype. (2) flash-attention's rule, against a float32
+    trajectory from the same start and gradients: the error is at most twice
+    torch.optim's own in this dtype (fused=True where torch has a fused kernel, which also
+    rounds once; RMSprop has none and rounds every operation). Learning rates are large
+    enough for the updates to survive the rounding.
+    """
+    name, kwargs = case
+    sizes = (1, 17, 1000, 0)
+    params, _ = fused_run(name, kwargs, "triton", dtype, sizes=sizes)
+    reference, _ = fused_run(name, kwargs, "reference", dtype, sizes=sizes)
+    assert_all_close(params, reference, **TOLERANCE[dtype])
+
+    fused = name != "RMSprop"
+    torch_params, _ = torch_run(name, kwargs, dtype, fused=fused, sizes=sizes)
+    start = make_params(dtype, sizes=sizes)
+    # The float32 run starts from the 16-bit values and sees the 16-bit gradients.
+    truth = _float32_trajectory(name, kwargs, start)
+
+    def error(ps):
+        return max((p.float() - t).abs().max().item() for p, t in zip(ps, truth) if p.numel())
+
+    ulp = torch.finfo(dtype).eps  # at the params' scale
+    moved = max((p.float() - s.float()).abs().max().item() for p, s in zip(params, start) if p.numel())
+    assert moved > 10 * ulp  # the test means something: params moved by many ulps
+    assert error(params) <= 2 * error(torch_params) + ulp, (error(params), error(torch_params))
+
+
+def _float32_trajectory(name, kwargs, start):
+    params = [s.detach().float().requires_grad_() for s in start]
+    optimizer = getattr(torch.optim, name)(params, **kwargs)
+    for step in range(STEPS):
+        for p, g in zip(params, grads_for(start, step)):
+            p.grad = g.float()
+        optimizer.step()
+    return params
+
+
+# ----------------------------------------------------------------------------- Adam's two forms
+def _adam_float64(params, kwargs, optimized_update, decoupled, steps=STEPS):
+    """Kingma & Ba, Algorithm 1, in float64: with optimized_update the "efficient" form
+    of section 2 (eps added to sqrt(v) before the bias correction); else torch's."""
+    lr, eps, wd = kwargs.get("lr", 1e-3), kwargs.get("eps", 1e-8), kwargs.get("weight_decay", 0.0)
+    beta1, beta2 = kwargs.get("betas", (0.9, 0.999))
+    ps = [p.detach().double().clone() for p in params]
+    ms = [torch.zeros_like(p) for p in ps]
+    vs = [torch.zeros_like(p) for p in ps]
+    for t in range(1, steps + 1):
+        for p, m, v, g in zip(ps, ms, vs, grads_for(params, t - 1)):
+            g = g.double()
+            if decoupled:
+                p.mul_(1 - lr * wd)
+            else:
+                g = g + wd * p
+            m.mul_(beta1).add_((1 - beta1) * g)
+            v.mul_(beta2).add_((1 - beta2) * g * g)
+            if optimized_update:
+                step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+                p.sub_(step_size * m / (v.sqrt() + eps))
+            else:
+                p.sub_(lr / (1 - beta1**t) * m / (v.sqrt() / math.sqrt(1 - beta2**t) + eps))
+    return ps
+
+
+@pytest.mark.parametrize("optimized_update", [False, True], ids=["torch-form", "optimized-form"])
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_adam_forms_match_float64_formula(name, optimized_update):
+    """eps=1e-3 makes the two forms differ by far more than the tolerance."""
+    kwargs = dict(lr=0.01, eps=1e-3, weight_decay=0.1, optimized_update=optimized_update)
+    sizes = (1, 17, 1000, 0)
+    params, _ = fused_run(name, kwargs, "triton", torch.float32, sizes=sizes)
+    reference, _ = fused_run(name, kwargs, "reference", torch.float32, sizes=sizes)
+    start = make_params(torch.float32, sizes=sizes)
+    expected = _adam_float64(start, kwargs, optimized_update, decoupled=name == "AdamW")
+    other_form = _adam_float64(start, kwargs, not optimized_update, decoupled=name == "AdamW")
+    assert_all_close([p.double() for p in params], expected, rtol=1e-5, atol=1e-6)
+    assert_all_close(params, reference, **TOLERANCE[torch.float32])
+    gap = max((e - o).abs().max().item() for e, o in zip(expected, other_form) if e.numel())
+    assert gap > 1e-3
+
+
+# ----------------------------------------------------------------------------- mechanics
+def test_chunks_and_blocks_cover_every_element(monkeypatch):
+    """A small geometry: tensors spanning several programs and partial chunks and blocks."""
+    monkeypatch.setattr(triton_backend, "LAUNCH_CONFIG", triton_backend.LaunchConfig(block=64, blocks_per_program=2))
+    sizes = (0, 1, 127, 128, 129, 300)
+    kwargs = dict(amsgrad=True, weight_decay=0.1)
+    params, _ = fused_run("AdamW", kwargs, "triton", torch.float32, sizes=sizes, steps=3)
+    expected, _ = torch_run("AdamW", kwargs, torch.float32, sizes=sizes, steps=3)
+    assert_all_close(params, expected, **TOLERANCE[torch.float32])
+
+
+def _counting(monkeypatch, launcher_name):
+    calls = []
+    launcher = getattr(triton_backend, launcher_name)
+
+    def counted(tables, batch, config):
+        calls.append((tables.programs, len(batch)))
+        return launcher(tables, batch, config)
+
+    monkeypatch.setattr(triton_backend, launcher_name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("name,launcher", [("Adam", "_launch_adam"), ("SGD", "_launch_sgd"),
+                                           ("RMSprop", "_launch_rmsprop")])
+def test_one_launch_per_batch(monkeypatch, name, launcher):
+    calls = _counting(monkeypatch, launcher)
+    params = make_params(torch.float32)
+    optimizer = getattr(fusedopt, name)(params, lr=0.01, backend="triton")
+    for step in range(2):
+        for p, g in zip(params, grads_for(params, step)):
+            p.grad = g
+        optimizer.step()
+    chunk = triton_backend.LAUNCH_CONFIG.chunk
+    programs = sum(-(-p.numel() // chunk) for p in params)
+    assert calls == [(programs, len(params))] * 2
+
+
+def test_one_launch_per_bucket(monkeypatch):
+    """Two dtypes in one group and a second group: three batches, three launches a step."""
+    calls = _counting(monkeypatch, "_launch_adam")
+    first = make_params(torch.float32, sizes=(3, 5)) + make_params(torch.bfloat16, sizes=(7,), misaligned=0)
+    second = make_params(torch.float32, sizes=(11,), misaligned=0)
+    optimizer = fusedopt.Adam([{"params": first}, {"params": second, "lr": 0.1}], backend="triton")
+    for p in first + second:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert [n for _, n in calls] == [3, 1, 1]
+
+
+def test_steps_and_grads_set_to_none():
+    """Each step counter moves once per step of its param; params without a grad are skipped."""
+    params = make_params(torch.float32, sizes=(5, 7), misaligned=0)
+    expected = [p.detach().clone().requires_grad_() for p in params]
+    optimizer = fusedopt.Adam(params, lr=0.1, backend="triton")
+    torch_optimizer = torch.optim.Adam(expected, lr=0.1)
+    for step in range(4):
+        for ps in (params, expected):
+            ps[0].grad = torch.full_like(ps[0], 0.5 + step)
+            ps[1].grad = None if step < 2 else torch.full_like(ps[1], -1.0)
+        optimizer.step()
+        torch_optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch_optimizer.zero_grad(set_to_none=True)
+    assert [optimizer.state[p]["step"].item() for p in params] == [4.0, 2.0]
+    assert all(optimizer.state[p]["step"].dtype == torch.float32 for p in params)
+    assert_all_close(params, expected, **TOLERANCE[torch.float32])
+
+
+def test_empty_tensors_only(monkeypatch):
+    """Nothing to launch, but the step counters still move."""
+    calls = _counting(monkeypatch, "_launch_adam")
+    params = make_params(torch.float32, sizes=(0, 0), misaligned=0)
+    optimizer = fusedopt.Adam(params, backend="triton")
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert calls == []
+    assert [optimizer.state[p]["step"].item() for p in params] == [1.0, 1.0]
+
+
+def test_sgd_first_step_with_new_buffers():
+    """A param whose grad appears later starts its momentum buffer from that grad."""
+    params = make_params(torch.float32, sizes=(5, 7), misaligned=0)
+    expected = [p.detach().clone().requires_grad_() for p in params]
+    kwargs = dict(lr=0.1, momentum=0.9, dampening=0.2)
+    optimizer, torch_optimizer = fusedopt.SGD(params, backend="triton", **kwargs), torch.optim.SGD(expected, **kwargs)
+    for step in range(3):
+        for ps in (params, expected):
+            ps[0].grad = torch.full_like(ps[0], 1.0 + step)
+            ps[1].grad = None if step == 0 else torch.full_like(ps[1], 2.0 - step)
+        optimizer.step()
+        torch_optimizer.step()
+    assert_all_close(params, expected, **TOLERANCE[torch.float32])
+
+
+def test_device_tables_are_cached_and_alignment_is_detected():
+    params = make_params(torch.float32, sizes=(5, 7), misaligned=0)
+    optimizer = fusedopt.SGD(params, lr=0.1, momentum=0.9, backend="triton")
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    cached = len(triton_backend._tables)
+    optimizer.step()  # same grads, same table version: nothing new to upload
+    assert len(triton_backend._tables) == cached
+    assert next(reversed(triton_backend._tables.values())).aligned
+
+    misaligned = make_params(torch.float32, sizes=(5,), misaligned=MISALIGNED)
+    optimizer = fusedopt.SGD(misaligned, lr=0.1, backend="triton")
+    for p in misaligned:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert not next(reversed(triton_backend._tables.values())).aligned
+
+
+# ----------------------------------------------------------------------------- selection
+def test_backend_triton_and_environment_route_to_the_kernels(monkeypatch):
+    calls = _counting(monkeypatch, "_launch_sgd")
+    assert backends.resolve("triton", DEVICE).name == "triton"
+    params = make_params(torch.float32, sizes=(5,), misaligned=0)
+    params[0].grad = torch.ones_like(params[0])
+    fusedopt.SGD(params, lr=0.1, backend="triton").step()
+    assert len(calls) == 1
+
+    monkeypatch.setenv("FUSEDOPT_BACKEND", "triton")
+    assert backends.resolve("auto", DEVICE).name == "triton"
+    fusedopt.SGD(params, lr=0.1).step()
+    assert len(calls) == 2
+
+
+def test_unusable_reasons(monkeypatch):
+    backend = backends.get("triton")
+    assert backend.unusable_reason(DEVICE) is None
+    assert "CUDA" in backend.unusable_reason(torch.device("meta"))
+    if not CUDA:
+        assert "TRITON_INTERPRET" in backend.unusable_reason(torch.device("cuda"))
+    monkeypatch.delenv("FUSEDOPT_BACKEND", raising=False)
+    assert backends.resolve("auto", torch.device("cpu")).name != "triton"  # usable, but never auto's pick
+
+
+# ----------------------------------------------------------------------------- the GPU build
+_COMPILE_FOR_SM90 = r"""
+import re
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fusedopt.backends import triton as backend
+
+def ptx(kernel, **constexprs):
+    signature = {name: "constexpr" if name in constexprs else "*i64" if name.endswith("_ptr")
+                 else "i32" if name == "n" else "fp64" for name in kernel.arg_names}
+    compiled = triton.compile(ASTSource(kernel, signature=signature, constexprs=constexprs),
+                              target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, enable_fp_fusion=False))
+    return compiled.asm["ptx"]
+
+f32 = dict(COMPUTE=tl.float32, ALIGNED=True, BLOCK=1024, CHUNK=16384)
+kernels = {
+    "adam": ptx(backend._adam_kernel, DTYPE=tl.float32, L2=True, AMSGRAD=True, OPTIMIZED_UPDATE=True, **f32),
+    "sgd": ptx(backend._sgd_kernel, DTYPE=tl.bfloat16, WEIGHT_DECAY=True, MOMENTUM=True, NESTEROV=True,
+               FIRST_STEP=False, **f32),
+    "rmsprop": ptx(backend._rmsprop_kernel, DTYPE=tl.float16, WEIGHT_DECAY=True, CENTERED=True, MOMENTUM=True, **f32),
+    "adam-f64": ptx(backend._adam_kernel, DTYPE=tl.float64, COMPUTE=tl.float64, L2=False, AMSGRAD=False,
+                    OPTIMIZED_UPDATE=False, ALIGNED=False, BLOCK=1024, CHUNK=16384),
+}
+for name, text in kernels.items():
+    found = sorted(set(re.findall(r"(?:ld|st)\.global\.v4\.b32|div\.rn\.f32|fma\.rn\.f32|sqrt\.approx", text)))
+    print(name, *found)
+"""
+
+
+@pytest.mark.skipif(CUDA, reason="with a GPU the tests above run the compiled kernels")
+def test_kernels_compile_for_h100():
+    """The interpreter accepts code the compiler would reject: compile every kernel for
+    sm_90 (no GPU needed) and check the instructions that matter: 16-byte vector loads and
+    stores in aligned full blocks, IEEE division, no approximate square root, and no
+    multiply-add contraction."""
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fusedopt.__file__)))
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+    run = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=environment, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = {line.split()[0]: set(line.split()[1:]) for line in run.stdout.splitlines()}
+    vectors = {"ld.global.v4.b32", "st.global.v4.b32"}
+    assert found["adam"] == vectors | {"div.rn.f32"}
+    assert found["sgd"] == vectors
+    assert found["rmsprop"] == vectors | {"div.rn.f32"}
+    assert found["adam-f64"] == set()
