@@ -30,18 +30,28 @@ def register(backend: Backend) -> None:
 register(ReferenceBackend())
 register(CPUBackend())
 register(CUDABackend())
-try:  # Triton is optional: fusedopt imports and its CPU paths work without it
-    from .triton import TritonBackend
+_triton_import_error: Optional[str] = None
 
+
+def _load_triton() -> None:
+    """Import the Triton backend on first use: Triton is optional, costs a noticeable
+    import time, and reads TRITON_INTERPRET when its kernels are defined."""
+    global _triton_import_error
+    if "triton" in _REGISTRY or _triton_import_error is not None:
+        return
+    try:
+        from .triton import TritonBackend
+    except ImportError as error:
+        _triton_import_error = str(error)
+        return
     register(TritonBackend())
-    _triton_import_error: Optional[str] = None
-except ImportError as error:
-    _triton_import_error = str(error)
 
 
 def get(name: str) -> Backend:
-    if name == "triton" and name not in _REGISTRY:
-        raise RuntimeError(f"backend 'triton' is unavailable: {_triton_import_error}; `pip install triton`")
+    if name == "triton":
+        _load_triton()
+        if name not in _REGISTRY:
+            raise RuntimeError(f"backend 'triton' is unavailable: {_triton_import_error}; `pip install triton`")
     return _REGISTRY[name]
 
 
@@ -52,6 +62,8 @@ def check_name(name: object) -> str:
 
 
 def unusable_reason(name: str, device: torch.device) -> Optional[str]:
+    if name == "triton":
+        _load_triton()
     if name == "triton" and name not in _REGISTRY:
         return f"triton is not installed ({_triton_import_error}); `pip install triton`"
     return _REGISTRY[name].unusable_reason(device)
