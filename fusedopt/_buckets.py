@@ -75,7 +75,12 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t._local_tensor if isinstance(t, DTensor) else t
 
 
-_versions = itertools.count(1)  # table versions are unique process-wide, so backends may key caches on them
+_versions = itertools.count(1)
+
+# Unbound accessors: map() over them is the cheapest way to read many tensors' metadata.
+_data_ptr = torch.Tensor.data_ptr
+_stride = torch.Tensor.stride
+_nbytes = operator.attrgetter("nbytes")  # table versions are unique process-wide, so backends may key caches on them
 
 
 def select(batch: TensorBatch, indices: Sequence[int]) -> TensorBatch:
@@ -144,7 +149,7 @@ class Bucket:
         "params", "device", "dtype", "optimizer", "_device_index", "_strides", "_nbytes",
         "_key", "_active", "_param_ptrs", "_grads_seen", "_grads", "_grad_ptrs", "_steps", "_states",
         "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_state_dicts", "_strict",
-        "_distributed", "_states_seen",
+        "_distributed", "_states_seen", "_state_ptrs", "_grads_copied",
     )
 
     def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False):
@@ -205,22 +210,35 @@ class Bucket:
         )
 
     def _check_unchanged(self, owners, params, grads, state, state_keys, has_step) -> None:
-        if [p.data_ptr() for p in params] != self._param_ptrs:
-            raise _Stale  # p.data was swapped: shapes and dtypes may have changed too
-        if state is self._state_map and state.version == self._state_map_version:
-            states = self._state_dicts
-        else:
-            states = list(map(state.__getitem__, owners))
-        for key, cached in zip(state_keys, self._states_seen):
-            if not all(map(operator.is_, map(operator.itemgetter(key), states), cached)):
-                raise _Stale
-        if has_step and not all(map(operator.is_, map(operator.itemgetter("step"), states), self._steps)):
+        """Raise _Stale unless every address, layout and size in the table still holds.
+
+        Params and grads: address, strides and byte count (`p.data` swapped, `t_()`, a grad
+        replaced by a view of other size). State tensors: identity (replaced in the dict) and
+        address (`.data` or `set_` gave them other memory); their layout and size cannot
+        change without one of those or without an in-place op of the user's own on them.
+        """
+        if (list(map(_data_ptr, params)) != self._param_ptrs or list(map(_stride, params)) != self._strides
+                or list(map(_nbytes, params)) != self._nbytes):
             raise _Stale
-        if all(map(operator.is_, grads, self._grads_seen)):
-            if [g.data_ptr() for g in self._grads] != self._grad_ptrs:
+        if state_keys or has_step:
+            if state is self._state_map and state.version == self._state_map_version:
+                states = self._state_dicts
+            else:
+                states = list(map(state.__getitem__, owners))
+            for key, cached in zip(state_keys, self._states_seen):
+                if not all(map(operator.is_, map(operator.itemgetter(key), states), cached)):
+                    raise _Stale
+            if has_step and not all(map(operator.is_, map(operator.itemgetter("step"), states), self._steps)):
                 raise _Stale
-        else:
-            self._set_grads(grads)
+            if list(map(_data_ptr, self._state_tensors())) != self._state_ptrs:
+                raise _Stale
+        if (self._grads_copied or not all(map(operator.is_, grads, self._grads_seen))
+                or list(map(_data_ptr, grads)) != self._grad_ptrs or list(map(_stride, grads)) != self._strides
+                or list(map(_nbytes, grads)) != self._nbytes):
+            self._install_grads(grads, self._validated_grads(grads))
+
+    def _state_tensors(self):
+        return itertools.chain(*self._states, self._steps or ())
 
     # ----------------------------------------------------------------- rebuilds
     def _rebuild(self, key, owners, params, grads, state, state_keys, has_step, init_state, state_dtype) -> None:
@@ -232,11 +250,12 @@ class Bucket:
         n = len(params)
         self._key = None  # stays None if validation below fails
         self._active = params
-        self._strides = [p.stride() for p in params]
-        self._nbytes = [p.nbytes for p in params]
+        self._strides = list(map(_stride, params))
+        self._nbytes = list(map(_nbytes, params))
+        used_grads = self._validated_grads(grads)  # before any state is created: a bad grad changes nothing
         fresh = []
         states_per_param = []
-        for i, owner in enumerate(owners):
+        for i, owner in enumerate(owners if state_keys or has_step else ()):  # SGD without momentum: no state
             s = state[owner]
             missing = [k for k in state_keys if k not in s] or (has_step and "step" not in s)
             if missing:
@@ -244,7 +263,7 @@ class Bucket:
                 fresh.append(i)
             states_per_param.append(s)
         self._fresh = fresh
-        if isinstance(state, StateMap):
+        if isinstance(state, StateMap) and states_per_param:
             self._state_map, self._state_map_version, self._state_dicts = state, state.version, states_per_param
         else:
             self._state_map = None
@@ -261,8 +280,9 @@ class Bucket:
             self._fill_row(STEP_ROW, [t.data_ptr() for t in self._steps])
         for r, tensors in enumerate(self._states):
             self._fill_row(FIRST_STATE_ROW + r, [t.data_ptr() for t in tensors])
+        self._state_ptrs = list(map(_data_ptr, self._state_tensors()))
         self._check_no_overlap(params)
-        self._set_grads(grads)
+        self._install_grads(grads, used_grads)
         self._key = key
 
     def _fill_row(self, row: int, values: List[int]) -> None:
@@ -323,23 +343,28 @@ class Bucket:
                 "views of one tensor that overlap); each param must own its memory"
             )
 
-    def _set_grads(self, grads: List[torch.Tensor]) -> None:
-        """Validate new grad tensors and write their addresses into the table."""
+    def _validated_grads(self, grads: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The grads the kernels will read: these, once checked, or copies in the param's
+        layout where a grad is laid out differently. Raises on a grad that cannot serve."""
         try:
-            fast_ok = (
-                [g.nbytes for g in grads] == self._nbytes
-                and {g.dtype for g in grads} == {self.dtype}
-                and {g.get_device() for g in grads} == {self._device_index}
-                and [g.stride() for g in grads] == self._strides
-                and all(g.layout == torch.strided for g in grads)
-            )
+            if (list(map(_nbytes, grads)) == self._nbytes
+                    and {g.dtype for g in grads} == {self.dtype}
+                    and {g.get_device() for g in grads} == {self._device_index}
+                    and list(map(_stride, grads)) == self._strides
+                    and all(g.layout == torch.strided for g in grads)):
+                return grads
         except (RuntimeError, NotImplementedError):  # sparse grads have no strides
-            fast_ok = False
-        used = grads if fast_ok else [self._checked_grad(g, p) for g, p in zip(grads, self._active)]
+            pass
+        return [self._checked_grad(g, p) for g, p in zip(grads, self._active)]
+
+    def _install_grads(self, grads: List[torch.Tensor], used: List[torch.Tensor]) -> None:
+        """Write the addresses of validated grads into the table."""
         self._grads_seen = grads
         self._grads = used
-        self._grad_ptrs = [g.data_ptr() for g in used]
-        self._fill_row(GRAD_ROW, self._grad_ptrs)
+        # A copy holds the values of one step: recheck (and recopy) every step.
+        self._grads_copied = any(map(operator.is_not, grads, used))
+        self._grad_ptrs = list(map(_data_ptr, grads))
+        self._fill_row(GRAD_ROW, list(map(_data_ptr, used)))
         self._version = next(_versions)
 
     def _checked_grad(self, g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ from typing import Dict, Iterable, List, Tuple, Union
 import torch
 
 from . import backends
-from ._buckets import split_into_buckets
 
 CLIP_EPSILON = 1e-6  # torch's: coef = max_norm / (norm + 1e-6), clamped to 1
 

@@ -104,6 +104,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and found_inf.device.type == "cpu" and not torch.compiler.is_compiling():
+            # Reading a CPU tensor costs no sync: skip before any lazy state is created, so a
+            # skipped first step leaves SGD's first-step rule for the next one (on GPUs the
+            # kernels skip instead, and new momentum buffers start at zero).
+            if found_inf.item() != 0:
+                return loss
         if torch.compiler.is_compiling():
             compiled_step(self)  # traced by dynamo: one torch.library op per group and dtype
             return loss

@@ -1,0 +1,355 @@
+"""Shared helpers of the test suite: the option grid, the tolerance tables, the runners
+and the comparisons every test file uses.
+
+Correctness is always "same as torch.optim, step by step", with tolerances justified by
+dtype (TOLERANCES for float32/float64, LOW_PRECISION for the 16-bit types), and, for
+Adam's `optimized_update=True` form which torch does not have, the same against
+`KingmaBaAdam`, an implementation of Kingma & Ba's form written here.
+
+Backends are not named in this file: every helper takes the backend name, and the list
+of backends the suite runs lives in conftest.py.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+import fusedopt
+
+# --------------------------------------------------------------------------- data
+# A multi-tensor param list: empty, one element, odd, 4097 (not a multiple of any
+# vector width or chunk), and a 2-D shape.
+SHAPES: Tuple[Tuple[int, ...], ...] = ((0,), (1,), (17,), (4097,), (7, 13))
+STEPS = 20
+
+DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+DTYPE_IDS = {torch.float64: "f64", torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+# --------------------------------------------------------------------------- tolerances
+# float64: the CPU kernels contract a*b+c into fused multiply-adds where torch rounds
+# twice, so results differ from torch's by a few ulp per step; over 20 steps that stays
+# far below 1e-12 relative. float32: the same few ulp, ~1e-7 relative per step.
+# `atol` is per unit of the tensor's largest magnitude (see `close`): a state tensor such
+# as RMSprop's momentum buffer reaches ~100 and cancels to small values, where a few ulp
+# of the large terms are far more than 1e-6.
+TOLERANCES: Dict[torch.dtype, Dict[str, float]] = {
+    torch.float64: dict(rtol=1e-12, atol=1e-14),
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+}
+
+# 16-bit params: fusedopt, like torch's fused CPU kernels, computes in float32 and rounds
+# once per step. Its error against a float64 run must be at most `factor` times
+# torch.optim's own error in the same dtype, plus `slack` (a quarter of an ulp at 1.0, so
+# one element rounded the other way where torch's error is tiny cannot fail the test) --
+# flash-attention's rule. torch's error: fused=True where torch has it (float32 math,
+# rounded once, as fusedopt), else RoundedOpmath.
+LOW_PRECISION: Dict[torch.dtype, Dict[str, float]] = {
+    torch.bfloat16: dict(factor=2.0, slack=2.0**-9),
+    torch.float16: dict(factor=2.0, slack=2.0**-12),
+}
+
+# --------------------------------------------------------------------------- the option grid
+LR = {"Adam": 1e-2, "AdamW": 1e-2, "SGD": 5e-2, "RMSprop": 1e-2}
+FUSEDOPT_ONLY_KEYS = ("optimized_update",)  # options torch.optim does not have
+
+
+@dataclass(frozen=True)
+class Case:
+    """One optimizer with one set of options (lr included)."""
+
+    optimizer: str
+    options: Tuple[Tuple[str, object], ...] = ()
+
+    @property
+    def kwargs(self) -> dict:
+        return {"lr": LR[self.optimizer], **dict(self.options)}
+
+    @property
+    def optimized_update(self) -> bool:
+        return bool(dict(self.options).get("optimized_update", False))
+
+    @property
+    def id(self) -> str:
+        parts = [self.optimizer]
+        for key, value in self.options:
+            if value is True:
+                parts.append(key)
+            elif value is not False:
+                parts.append(f"{key}={value}")
+        return "-".join(parts)
+
+    def __str__(self) -> str:
+        return self.id
+
+    def fused(self, params, backend: str, **extra) -> torch.optim.Optimizer:
+        """The fusedopt optimizer of this case."""
+        return getattr(fusedopt, self.optimizer)(params, backend=backend, **{**self.kwargs, **extra})
+
+    def expected(self, params, fused_torch: bool = False) -> torch.optim.Optimizer:
+        """What the fusedopt optimizer must compute: torch.optim's namesake (single-tensor
+        path, or fused=True where asked and torch has it), or KingmaBaAdam."""
+        kwargs = self.kwargs
+        if self.optimized_update:
+            kwargs.pop("optimized_update")
+            return KingmaBaAdam(params, decoupled=self.optimizer == "AdamW", **kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k not in FUSEDOPT_ONLY_KEYS}
+        if fused_torch:
+            if self.optimizer == "RMSprop":  # torch has no fused RMSprop: emulate one
+                return RoundedOpmath(params, lambda ps: torch.optim.RMSprop(ps, foreach=False, **kwargs))
+            return getattr(torch.optim, self.optimizer)(params, fused=True, **kwargs)
+        return getattr(torch.optim, self.optimizer)(params, foreach=False, **kwargs)
+
+    def torch_default_form(self) -> "Case":
+        """The same case with torch's bias-correction form."""
+        return Case(self.optimizer, tuple((k, v) for k, v in self.options if k != "optimized_update"))
+
+
+def _grid(optimizer: str, **axes: Sequence) -> List[Case]:
+    keys = list(axes)
+    return [Case(optimizer, tuple(zip(keys, values))) for values in itertools.product(*axes.values())]
+
+
+def _valid_sgd(case: Case) -> bool:
+    o = dict(case.options)
+    if o["nesterov"] and (o["momentum"] == 0 or o["dampening"] != 0):
+        return False  # torch rejects these
+    return not (o["momentum"] == 0 and o["dampening"] != 0)  # dampening without momentum: no-op
+
+
+ADAM_CASES = [
+    case
+    for name in ("Adam", "AdamW")
+    for case in _grid(name, amsgrad=(False, True), maximize=(False, True), weight_decay=(0.0, 0.1),
+                      optimized_update=(False, True))
+]
+SGD_CASES = [
+    case for case in _grid("SGD", momentum=(0.0, 0.9), dampening=(0.0, 0.5), nesterov=(False, True),
+                           weight_decay=(0.0, 0.1), maximize=(False, True))
+    if _valid_sgd(case)
+]
+RMSPROP_CASES = _grid("RMSprop", alpha=(0.99, 0.8), centered=(False, True), momentum=(0.0, 0.9),
+                      weight_decay=(0.0, 0.1), maximize=(False, True))
+ALL_CASES = ADAM_CASES + SGD_CASES + RMSPROP_CASES
+
+# A few cases that between them exercise every state tensor, for the tests that do not
+# need the whole grid (state_dict, schedulers, training).
+REPRESENTATIVE_CASES = [
+    Case("Adam", (("amsgrad", True), ("weight_decay", 0.1))),
+    Case("AdamW", (("weight_decay", 0.1),)),
+    Case("AdamW", (("optimized_update", True),)),
+    Case("SGD", (("momentum", 0.9), ("nesterov", True), ("weight_decay", 0.1))),
+    Case("SGD", (("momentum", 0.9), ("dampening", 0.5))),
+    Case("SGD"),
+    Case("RMSprop", (("centered", True), ("momentum", 0.9), ("weight_decay", 0.1))),
+    Case("RMSprop"),
+]
+
+# What torch.optim keeps per param (the contract: fusedopt keeps exactly the same).
+def expected_state_keys(case: Case) -> set:
+    o = dict(case.options)
+    if case.optimizer in ("Adam", "AdamW"):
+        return {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if o.get("amsgrad") else set())
+    if case.optimizer == "SGD":
+        return {"momentum_buffer"} if o.get("momentum", 0) != 0 else set()
+    keys = {"step", "square_avg"}
+    if o.get("centered"):
+        keys.add("grad_avg")
+    if o.get("momentum", 0) > 0:
+        keys.add("momentum_buffer")
+    return keys
+
+
+# --------------------------------------------------------------------------- Kingma & Ba
+class KingmaBaAdam(torch.optim.Optimizer):
+    """Adam in Kingma & Ba's "efficient" form (section 2 of the paper), written for the
+    tests, computing in the params' dtype:
+
+        step = lr * sqrt(1 - b2^t) / (1 - b1^t);   p -= step * m / (sqrt(v) + eps)
+
+    AdamW decays first (p *= 1 - lr*wd); Adam adds wd*p to the gradient. Same state
+    layout as torch.optim.Adam.
+    """
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=None, amsgrad=False,
+                 maximize=False, decoupled=False):
+        if weight_decay is None:  # the defaults of torch.optim.AdamW and torch.optim.Adam
+            weight_decay = 1e-2 if decoupled else 0.0
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize, decoupled=decoupled))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    if group["amsgrad"]:
+                        state["max_exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"].item()
+                g = -p.grad if group["maximize"] else p.grad
+                if wd != 0:
+                    if group["decoupled"]:
+                        p.mul_(1 - lr * wd)
+                    else:
+                        g = g + wd * p
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                if group["amsgrad"]:
+                    torch.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+                    v = state["max_exp_avg_sq"]
+                step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+                p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
+        return loss
+
+
+class RoundedOpmath:
+    """What a fused kernel computes for 16-bit params, for an optimizer torch has no fused
+    version of: torch.optim's math on float32 copies, then params and state rounded to the
+    params' dtype after every step. (torch's own single-tensor path computes in the 16-bit
+    dtype itself, e.g. centered RMSprop in float16 goes NaN on these inputs, so it is no
+    yardstick.)"""
+
+    def __init__(self, params, make_optimizer):
+        self.params = list(params)
+        self.shadows = [torch.nn.Parameter(p.detach().float()) for p in self.params]
+        self.inner = make_optimizer(self.shadows)
+
+    @torch.no_grad()
+    def step(self):
+        for p, s in zip(self.params, self.shadows):
+            s.grad = None if p.grad is None else p.grad.float()
+        self.inner.step()
+        for p, s in zip(self.params, self.shadows):
+            p.copy_(s)
+            s.copy_(p)
+            for key, value in self.inner.state[s].items():
+                if key != "step":
+                    value.copy_(value.to(p.dtype))
+
+
+# --------------------------------------------------------------------------- runs
+def initial_values(seed: int = 0, shapes=SHAPES) -> List[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g, dtype=torch.float64) for shape in shapes]
+
+
+def gradients(steps: int = STEPS, seed: int = 1, shapes=SHAPES) -> List[List[torch.Tensor]]:
+    """Per step, one gradient per shape; scales differ per tensor and per step."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        scale = 0.5 + torch.rand((), generator=g, dtype=torch.float64).item()
+        out.append([scale * torch.randn(shape, generator=g, dtype=torch.float64) for shape in shapes])
+    return out
+
+
+def make_params(values: Sequence[torch.Tensor], dtype: torch.dtype) -> List[torch.nn.Parameter]:
+    return [torch.nn.Parameter(v.to(dtype).clone()) for v in values]
+
+
+def run(make_optimizer: Callable, values: Sequence[torch.Tensor], grads: Sequence[Sequence[torch.Tensor]],
+        dtype: torch.dtype, round_to: Optional[torch.dtype] = None):
+    """Runs len(grads) steps from `values` in `dtype`; returns (params, optimizer).
+
+    round_to: round initial values and grads to this dtype first (a float64 run that sees
+    exactly the inputs a 16-bit run sees)."""
+    src = round_to or dtype
+    params = make_params([v.to(src) for v in values], dtype)
+    optimizer = make_optimizer(params)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.to(src).to(dtype)
+        optimizer.step()
+    return params, optimizer
+
+
+# --------------------------------------------------------------------------- comparisons
+def assert_params_close(actual: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], dtype: torch.dtype,
+                        what: str = "param") -> None:
+    assert len(actual) == len(expected)
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert (a.dtype, a.shape) == (e.dtype, e.shape), f"{what} {i}: {a.dtype} {a.shape} vs {e.dtype} {e.shape}"
+        close(a.detach(), e.detach(), dtype, f"{what} {i}")
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    """assert_close with TOLERANCES[dtype], atol scaled by max(1, largest |expected|)."""
+    tol = dict(TOLERANCES[dtype])
+    if expected.numel():
+        tol["atol"] *= max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(actual, expected, **tol, msg=lambda m: f"{what}: {m}")
+
+
+def assert_same_state(actual_opt: torch.optim.Optimizer, expected_opt: torch.optim.Optimizer,
+                      actual_params, expected_params, dtype: Optional[torch.dtype] = None) -> None:
+    """Same keys per param, `step` a tensor with the same value, every other state tensor
+    of the param's shape and dtype and close to the expected one (dtype=None: layout only)."""
+    for i, (pa, pe) in enumerate(zip(actual_params, expected_params)):
+        sa, se = actual_opt.state.get(pa, {}), expected_opt.state.get(pe, {})
+        assert set(sa) == set(se), f"param {i}: state keys {sorted(sa)} != torch's {sorted(se)}"
+        for key, expected in se.items():
+            value = sa[key]
+            assert isinstance(value, torch.Tensor), f"param {i}: state[{key!r}] is a {type(value).__name__}"
+            if key == "step":
+                assert value.dim() == 0 and value.item() == expected.item(), f"param {i}: step {value} != {expected}"
+                continue
+            assert value.dtype == pa.dtype and value.shape == pa.shape, f"param {i}: state[{key!r}] layout"
+            if dtype is not None:
+                close(value, expected, dtype, f"param {i}: state[{key!r}]")
+
+
+def max_error(actual: Sequence[torch.Tensor], truth: Sequence[torch.Tensor]) -> float:
+    """Largest absolute difference over every element of every tensor (in float64); inf
+    where any element is NaN or infinite."""
+    errors = [(a.detach().double() - t.detach().double()).abs().nan_to_num(nan=math.inf).max().item()
+              for a, t in zip(actual, truth) if a.numel()]
+    return max(errors)
+
+
+def rms_error(actual: Sequence[torch.Tensor], truth: Sequence[torch.Tensor]) -> float:
+    """Root mean square of the difference over all elements (in float64)."""
+    diffs = torch.cat([(a.detach().double() - t.detach().double()).flatten() for a, t in zip(actual, truth)])
+    return diffs.pow(2).mean().sqrt().item()
+
+
+def assert_low_precision_ok(fused_error: float, torch_error: float, dtype: torch.dtype, what: str = "") -> None:
+    rule = LOW_PRECISION[dtype]
+    bound = rule["factor"] * torch_error + rule["slack"]
+    assert fused_error <= bound, (
+        f"{what}: fusedopt's error {fused_error:.3g} against float64 exceeds {rule['factor']} x torch.optim's "
+        f"own error {torch_error:.3g} + {rule['slack']:.3g} in {dtype}"
+    )
+
+
+def clone_params(params: Sequence[torch.Tensor]) -> List[torch.nn.Parameter]:
+    return [torch.nn.Parameter(p.detach().clone()) for p in params]
+
+
+# Expected runs are shared by the tests of every backend (and never modified by them).
+_expected_cache: Dict[tuple, tuple] = {}
+
+
+def expected_run(case: Case, dtype: torch.dtype, fused_torch: bool = False, round_to: Optional[torch.dtype] = None):
+    """(params, optimizer) of case.expected() after STEPS steps on the standard data; cached."""
+    key = (case, dtype, fused_torch, round_to)
+    if key not in _expected_cache:
+        _expected_cache[key] = run(lambda ps: case.expected(ps, fused_torch=fused_torch), initial_values(),
+                                   gradients(), dtype, round_to=round_to)
+    return _expected_cache[key]

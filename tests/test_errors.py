@@ -1,0 +1,352 @@
+"""Bad input: torch.optim's ValueErrors for hyper-parameters (same type and message),
+RuntimeError for what fusedopt cannot update safely, and in every failing step the
+params, step counters and state left exactly as they were."""
+import copy
+import inspect
+import re
+import warnings
+
+import pytest
+import torch
+
+import fusedopt
+from _compare import assert_params_close
+
+T = torch.tensor
+
+# (optimizer, kwargs) that torch.optim rejects with ValueError.
+BAD_HYPERPARAMETERS = [
+    *[(name, kwargs) for name in ("Adam", "AdamW") for kwargs in (
+        dict(lr=-1e-3), dict(lr=T([1e-3, 1e-3])), dict(eps=-1e-8),
+        dict(betas=(-0.1, 0.999)), dict(betas=(1.0, 0.999)), dict(betas=(0.9, 1.0)), dict(betas=(0.9, -0.5)),
+        dict(weight_decay=-0.1), dict(betas=(T(0.9), 0.999)), dict(betas=(0.9, T(0.999))), dict(betas=(0, 0)),
+    )],
+    *[("SGD", kwargs) for kwargs in (
+        dict(lr=-0.1), dict(lr=T([0.1, 0.1])), dict(momentum=-0.9), dict(weight_decay=-1.0),
+        dict(nesterov=True), dict(nesterov=True, momentum=0.9, dampening=0.1),
+    )],
+    *[("RMSprop", kwargs) for kwargs in (
+        dict(lr=-0.1), dict(lr=T([0.1, 0.1])), dict(eps=-1.0), dict(momentum=-0.1), dict(weight_decay=-0.1),
+        dict(alpha=-0.5),
+    )],
+]
+
+
+def _id(value):
+    if isinstance(value, torch.Tensor):
+        return f"T{list(value.shape)}"
+    if isinstance(value, tuple):
+        return "(" + ",".join(_id(v) for v in value) + ")"
+    return repr(value)
+
+
+def _kwargs_id(kwargs):
+    return ",".join(f"{k}={_id(v)}" for k, v in kwargs.items())
+
+
+@pytest.mark.parametrize("name,kwargs", BAD_HYPERPARAMETERS,
+                         ids=[f"{n}-{_kwargs_id(k)}" for n, k in BAD_HYPERPARAMETERS])
+def test_bad_hyperparameters_raise_torchs_error(name, kwargs):
+    p = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError) as torch_error:
+        getattr(torch.optim, name)([p], **kwargs)
+    with pytest.raises(ValueError, match=re.escape(str(torch_error.value))):
+        getattr(fusedopt, name)([p], **kwargs)
+
+
+# Edge values torch.optim accepts: so must fusedopt, with the same numbers.
+GOOD_EDGES = [
+    ("Adam", dict(lr=0.0)), ("Adam", dict(eps=0.0, lr=1e-2)), ("Adam", dict(betas=(0.0, 0.0))),
+    ("AdamW", dict(weight_decay=0.0)),
+    ("AdamW", dict(betas=(T(0.8, dtype=torch.float64), T(0.9, dtype=torch.float64)))),
+    ("SGD", dict(lr=0.0, momentum=0.9)), ("SGD", dict(momentum=0.9, dampening=1.0)),
+    ("SGD", dict(dampening=0.5)), ("RMSprop", dict(alpha=0.0)), ("RMSprop", dict(alpha=1.0, eps=1e-3)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", GOOD_EDGES, ids=[f"{n}-{_kwargs_id(k)}" for n, k in GOOD_EDGES])
+def test_edge_hyperparameters_accepted_like_torch(name, kwargs, backend):
+    g = torch.Generator().manual_seed(0)
+    values = [torch.randn(5, generator=g, dtype=torch.float64), torch.randn(2, 3, generator=g, dtype=torch.float64)]
+    grads = [[torch.randn_like(v) for v in values] for _ in range(4)]
+    results = []
+    for make in (lambda ps: getattr(torch.optim, name)(ps, foreach=False, **kwargs),
+                 lambda ps: getattr(fusedopt, name)(ps, backend=backend, **kwargs)):
+        params = [torch.nn.Parameter(v.clone()) for v in values]
+        opt = make(params)
+        for step_grads in grads:
+            for p, gr in zip(params, step_grads):
+                p.grad = gr.clone()
+            opt.step()
+        results.append(params)
+    assert_params_close(results[1], results[0], torch.float64)
+
+
+def test_torch_construction_errors_are_inherited():
+    p = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="empty parameter list"):
+        fusedopt.Adam([])
+    with pytest.raises(TypeError, match="iterable of Tensors or dicts"):
+        fusedopt.Adam(p)
+    with pytest.raises(ValueError, match="can't optimize a non-leaf Tensor"):
+        fusedopt.SGD([p * 2])
+    with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):
+        fusedopt.RMSprop([{"params": [p]}, {"params": [p]}])
+
+
+# --------------------------------------------------------------------------- helpers
+OPTIMIZERS = {
+    "Adam": lambda ps, b: fusedopt.Adam(ps, lr=0.1, amsgrad=True, backend=b),
+    "AdamW": lambda ps, b: fusedopt.AdamW(ps, lr=0.1, weight_decay=0.1, backend=b),
+    "SGD": lambda ps, b: fusedopt.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1, backend=b),
+    "RMSprop": lambda ps, b: fusedopt.RMSprop(ps, lr=0.1, centered=True, momentum=0.9, backend=b),
+}
+
+
+def snapshot(opt, params):
+    """Deep copies of the params and of the whole optimizer state."""
+    return [p.detach().clone() for p in params], copy.deepcopy({i: opt.state[p] for i, p in enumerate(params)
+                                                                if p in opt.state})
+
+
+def assert_untouched(opt, params, before):
+    params_before, state_before = before
+    for p, b in zip(params, params_before):
+        assert torch.equal(p.detach(), b)
+    state_now = {i: opt.state[p] for i, p in enumerate(params) if p in opt.state}
+    assert state_now.keys() == state_before.keys()
+    for i, entries in state_before.items():
+        assert state_now[i].keys() == entries.keys()
+        for key, value in entries.items():
+            now = state_now[i][key]
+            same = torch.equal(now, value) if isinstance(value, torch.Tensor) else now == value
+            assert same, f"state[{key!r}] of param {i} changed"
+
+
+def started(name, backend, dtypes=(torch.float32, torch.float64)):
+    """An optimizer two steps into training on params of the given dtypes (one group)."""
+    params = [torch.nn.Parameter(torch.randn(5, 3, dtype=d)) for d in dtypes for _ in range(2)]
+    opt = OPTIMIZERS[name](params, backend)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    return params, opt
+
+
+# --------------------------------------------------------------------------- unsupported tensors
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_sparse_grad_raises(name, backend):
+    params, opt = started(name, backend)
+    params[1].grad = torch.sparse_coo_tensor(T([[0, 2]]), torch.randn(2, 3), (5, 3), check_invariants=True)
+    before = snapshot(opt, params)
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert_untouched(opt, params, before)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int32, torch.int64, torch.uint8, torch.bool],
+                         ids=str)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_unsupported_param_dtype_raises(name, dtype, backend):
+    good = torch.nn.Parameter(torch.randn(4))
+    bad = torch.zeros(4, dtype=dtype)
+    bad.grad = torch.ones(4, dtype=dtype)
+    good.grad = torch.randn(4)
+    before = good.detach().clone()
+    with pytest.raises(RuntimeError, match=str(dtype)):
+        OPTIMIZERS[name]([good, bad], backend).step()
+    assert torch.equal(good.detach(), before)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_non_dense_param_raises(name, backend):
+    """A strided view (gaps in memory) is not updatable in one flat pass: RuntimeError."""
+    base = torch.randn(6, 8)
+    p = base[:, ::2].requires_grad_()
+    p.grad = torch.randn(6, 4)
+    before = base.clone()
+    with pytest.raises(RuntimeError, match="dense"):
+        OPTIMIZERS[name]([p], backend).step()
+    assert torch.equal(base, before)
+
+
+# --------------------------------------------------------------------------- grads changed behind the setter's back
+BAD_GRADS = {
+    "dtype": lambda p: torch.zeros(p.shape, dtype=torch.float16),
+    "shape": lambda p: torch.zeros(3),
+    "numel": lambda p: torch.zeros(p.numel() + 1),
+    "same-numel-other-shape": lambda p: torch.zeros(p.shape[::-1]),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_GRADS)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_grad_swapped_through_data_raises(name, bad, backend):
+    """`p.grad.data = <wrong tensor>` skips the grad setter's checks: the step must raise
+    RuntimeError and leave every param (of both dtypes in the group) and state as it was."""
+    params, opt = started(name, backend)
+    params[3].grad.data = BAD_GRADS[bad](params[3])
+    before = snapshot(opt, params)
+    with pytest.raises(RuntimeError):
+        opt.step()
+    assert_untouched(opt, params, before)
+    # Fixing the grad makes the optimizer usable again.
+    params[3].grad = torch.randn_like(params[3])
+    opt.step()
+    assert not torch.equal(params[3].detach(), before[0][3])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_grad_on_other_device_raises(name, backend):
+    params, opt = started(name, backend)
+    params[0].grad.data = torch.zeros(params[0].shape, device="cuda")
+    before = snapshot(opt, params)
+    with pytest.raises(RuntimeError):
+        opt.step()
+    assert_untouched(opt, params, before)
+
+
+NON_CONTIGUOUS_GRADS = {
+    "transposed-strides": lambda g: g.t().contiguous().t(),
+    "expanded-row": lambda g: g[:1].expand_as(g),
+    "expanded-scalar": lambda g: g[0, 0].expand_as(g),
+    "strided-view": lambda g: torch.stack([g, g], dim=-1)[..., 0],
+    "storage-offset": lambda g: torch.cat([torch.zeros(1, g.shape[1]), g])[1:],
+}
+
+
+@pytest.mark.parametrize("layout", NON_CONTIGUOUS_GRADS)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_non_contiguous_grad_same_result_as_torch(name, layout, backend):
+    g = torch.Generator().manual_seed(0)
+    values = [torch.randn(6, 9, generator=g), torch.randn(9, 6, generator=g)]
+    grads = [[torch.randn(v.shape, generator=g) for v in values] for _ in range(4)]
+    torch_kwargs = {"Adam": dict(lr=0.1, amsgrad=True), "AdamW": dict(lr=0.1, weight_decay=0.1),
+                    "SGD": dict(lr=0.1, momentum=0.9, weight_decay=0.1),
+                    "RMSprop": dict(lr=0.1, centered=True, momentum=0.9)}[name]
+    results = []
+    for make in (lambda ps: getattr(torch.optim, name)(ps, foreach=False, **torch_kwargs),
+                 lambda ps: OPTIMIZERS[name](ps, backend)):
+        params = [torch.nn.Parameter(v.clone()) for v in values]
+        opt = make(params)
+        for step_grads in grads:
+            for p, gr in zip(params, step_grads):
+                p.grad = NON_CONTIGUOUS_GRADS[layout](gr.clone())
+            kept = [p.grad.clone() for p in params]
+            opt.step()
+            for p, k in zip(params, kept):
+                assert torch.equal(p.grad, k)  # grads are read, never written
+        results.append(params)
+    assert_params_close(results[1], results[0], torch.float32)
+
+
+# --------------------------------------------------------------------------- duplicates and aliasing
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_same_param_twice_in_a_group(name, backend):
+    """torch.optim warns (and then updates the param twice); fusedopt warns the same way
+    and refuses to step, leaving the param alone."""
+    p, q = torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(3))
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        opt = OPTIMIZERS[name]([p, q, p], backend)
+    p.grad, q.grad = torch.randn(4), torch.randn(3)
+    before = p.detach().clone(), q.detach().clone()
+    with pytest.raises(RuntimeError, match="share memory|twice|duplicate"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0]) and torch.equal(q.detach(), before[1])
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_overlapping_views_raise(name, backend):
+    """Two params that are overlapping views of one tensor cannot be updated elementwise."""
+    base = torch.randn(10)
+    a, b = base[:6].requires_grad_(), base[4:].requires_grad_()
+    a.grad, b.grad = torch.randn(6), torch.randn(6)
+    before = base.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = OPTIMIZERS[name]([a, b], backend)
+    with pytest.raises(RuntimeError, match="share memory"):
+        opt.step()
+    assert torch.equal(base, before)
+
+
+# --------------------------------------------------------------------------- state replaced
+def _state_keys(name):
+    return {"Adam": ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], "AdamW": ["exp_avg", "exp_avg_sq"],
+            "SGD": ["momentum_buffer"], "RMSprop": ["square_avg", "grad_avg", "momentum_buffer"]}[name]
+
+
+BAD_STATE = {
+    "wrong-size": lambda t: torch.zeros(3, dtype=t.dtype),
+    "wrong-shape-same-numel": lambda t: torch.zeros(t.shape[::-1], dtype=t.dtype),
+    "wrong-dtype": lambda t: torch.zeros(t.shape, dtype=torch.float16),
+    "not-a-tensor": lambda t: 0.0,
+}
+
+
+@pytest.mark.parametrize("bad", BAD_STATE)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_state_replaced_with_wrong_tensor_raises(name, bad, backend):
+    params, opt = started(name, backend)
+    for key in _state_keys(name):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        original = opt.state[params[2]][key]
+        opt.state[params[2]][key] = BAD_STATE[bad](original)
+        before = snapshot(opt, params)
+        with pytest.raises(RuntimeError, match=key):
+            opt.step()
+        assert_untouched(opt, params, before)
+        opt.state[params[2]][key] = original  # repaired: steps again
+        opt.step()
+
+
+@pytest.mark.parametrize("name", ["Adam", "RMSprop"])
+def test_state_replaced_with_good_tensor_is_used(name, backend):
+    """A state tensor replaced by a new one of the right layout (e.g. a checkpoint value
+    patched in) is what the next step reads and writes."""
+    params, opt = started(name, backend)
+    reference_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    torch_class = getattr(torch.optim, name)
+    accepted = inspect.signature(torch_class).parameters
+    reference = torch_class(reference_params, **{k: v for k, v in opt.defaults.items() if k in accepted})
+    reference.load_state_dict(copy.deepcopy(opt.state_dict()))  # torch would alias same-dtype tensors
+    key = _state_keys(name)[0]
+    for o, ps in ((opt, params), (reference, reference_params)):
+        o.state[ps[1]][key] = torch.full_like(ps[1], 0.5)
+        o.state[ps[1]]["step"] = torch.tensor(7.0)
+        for p, g in zip(ps, [torch.full_like(p, 0.1 * i) for i, p in enumerate(ps)]):
+            p.grad = g
+        o.step()
+    assert_params_close(params, reference_params, torch.float32)
+    assert opt.state[params[1]]["step"].item() == 8
+
+
+@pytest.mark.parametrize("kwargs", [
+    pytest.param(dict(momentum=0.9), id="SGD-momentum"),
+    pytest.param(dict(momentum=0.9, dampening=0.5), id="SGD-momentum-dampening"),
+])
+def test_failed_first_step_leaves_no_trace(kwargs, backend):
+    """A first step that raises must not change what later steps compute: after the bad
+    grad is replaced, training matches a torch.optim run that never saw it."""
+    g = torch.Generator().manual_seed(0)
+    values = [torch.randn(5, generator=g), torch.randn(4, generator=g)]
+    grads = [[torch.randn(v.shape, generator=g) for v in values] for _ in range(4)]
+    results = []
+    for make in (lambda ps: fusedopt.SGD(ps, lr=0.1, backend=backend, **kwargs),
+                 lambda ps: torch.optim.SGD(ps, lr=0.1, **kwargs)):
+        params = [torch.nn.Parameter(v.clone()) for v in values]
+        opt = make(params)
+        if isinstance(opt, fusedopt.SGD):
+            params[0].grad, params[1].grad = grads[0][0].clone(), grads[0][1].clone()
+            params[1].grad.data = torch.zeros(4, dtype=torch.float64)
+            with pytest.raises(RuntimeError, match="dtype"):
+                opt.step()
+        for step_grads in grads:
+            for p, gr in zip(params, step_grads):
+                p.grad = gr.clone()
+            opt.step()
+        results.append(params)
+    assert_params_close(results[0], results[1], torch.float32)
