@@ -284,6 +284,146 @@ def test_adam_forms_match_float64_formula(name, optimized_update):
     assert gap > 1e-3
 
 
+# ----------------------------------------------------------------------------- GradScaler, clipping, master weights
+# What every optimizer does to a grad first (g / grad_scale * clip_coef), GradScaler's skip
+# (found_inf != 0: params, states and step counters unchanged) and fp32 master weights for
+# 16-bit params, against the reference backend, which implements them as the spec.
+AMP_CASES = [
+    ("Adam", dict(lr=0.05, weight_decay=0.1, amsgrad=True)),
+    ("AdamW", dict(lr=0.05, weight_decay=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    ("RMSprop", dict(lr=0.01, centered=True, momentum=0.5, maximize=True)),
+]
+AMP_SIZES = (1, 17, 1000, 0)
+AMP_STEPS = 6
+# found_inf on the skipped steps: the first (states just created), and a later one with a
+# value other than 1 (GradScaler sums the flags of several devices).
+SKIPPED = {0: 1.0, 3: 2.0}
+GRAD_SCALE = 3.0  # not a power of two: dividing by it rounds, so the division's order matters
+MAX_GRAD_NORM = 5.0  # the grads' (unscaled) norm is ~30: the clip is active on every step
+
+
+def amp_run(name, kwargs, backend, dtype, *, grad_scale=None, found_inf=False, max_grad_norm=None,
+            master_weights=False):
+    """Steps given GradScaler's inputs as GradScaler hands them over (optimizer.grad_scale,
+    optimizer.found_inf); the grads are the usual ones times grad_scale. Checks that every
+    skipped step leaves params, states and step counters as they were."""
+    params = make_params(dtype, sizes=AMP_SIZES)
+    optimizer = getattr(fusedopt, name)(params, backend=backend, master_weights=master_weights,
+                                        max_grad_norm=max_grad_norm, **kwargs)
+    for step in range(AMP_STEPS):
+        for p, g in zip(params, grads_for(params, step)):
+            p.grad = g if grad_scale is None else (g.double() * grad_scale).to(dtype)
+        if grad_scale is not None:
+            optimizer.grad_scale = torch.tensor(grad_scale, dtype=torch.float32, device=DEVICE)
+        if found_inf:
+            optimizer.found_inf = torch.tensor(SKIPPED.get(step, 0.0), dtype=torch.float32, device=DEVICE)
+        before = [t.detach().clone() for t in params + state_tensors(optimizer, params)]
+        optimizer.step()
+        if found_inf and step in SKIPPED:
+            after = params + state_tensors(optimizer, params)
+            if step == 0:  # the state was created by this step: zeros, step 0, the master a copy of the param
+                master_copies = [optimizer.state[p]["master_param"] for p in params] if master_weights else []
+                assert all(torch.equal(t, torch.zeros_like(t)) for t in after[len(params):]
+                           if all(t is not m for m in master_copies))
+                assert all(torch.equal(m, p.float()) for m, p in zip(master_copies, params))
+                after = after[:len(params)]
+            assert all(torch.equal(b, a) for b, a in zip(before, after)), f"skipped step {step} changed something"
+    return params, optimizer
+
+
+def assert_same_run(params, optimizer, reference, reference_optimizer, dtype):
+    """Params and every state (step counters included) as the reference backend's."""
+    state_dtypes = {t.dtype for t in state_tensors(optimizer, params) if t.dim()}
+    assert state_dtypes == {t.dtype for t in state_tensors(reference_optimizer, reference) if t.dim()}
+    assert_all_close(params, reference, **TOLERANCE[dtype])
+    state_dtype = state_dtypes.pop() if len(state_dtypes) == 1 else dtype
+    assert_all_close(state_tensors(optimizer, params), state_tensors(reference_optimizer, reference),
+                     **TOLERANCE.get(state_dtype, TOLERANCE[torch.float32]))
+
+
+@pytest.mark.parametrize("transform", ["scale-skip-clip", "clip"])
+@pytest.mark.parametrize("case", AMP_CASES, ids=case_id)
+def test_grad_transform_matches_reference(case, transform):
+    """grad_scale, found_inf (zero on most steps, nonzero on SKIPPED) and the clip coefficient
+    together; and the clip coefficient alone, without found_inf."""
+    name, kwargs = case
+    options = dict(max_grad_norm=MAX_GRAD_NORM)
+    if transform == "scale-skip-clip":
+        options.update(grad_scale=GRAD_SCALE, found_inf=True)
+    params, optimizer = amp_run(name, kwargs, "triton", torch.float32, **options)
+    reference, reference_optimizer = amp_run(name, kwargs, "reference", torch.float32, **options)
+    assert_same_run(params, optimizer, reference, reference_optimizer, torch.float32)
+    if optimizer.has_step_counter:  # skipped steps are not counted
+        counted = AMP_STEPS - (len(SKIPPED) if transform == "scale-skip-clip" else 0)
+        assert {optimizer.state[p]["step"].item() for p in params} == {float(counted)}
+    # the transform did something: a plain run ends elsewhere
+    plain, _ = fused_run(name, kwargs, "reference", torch.float32, sizes=AMP_SIZES, misaligned=MISALIGNED,
+                         steps=AMP_STEPS)
+    assert max((p - q).abs().max().item() for p, q in zip(params, plain) if p.numel()) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("case", AMP_CASES, ids=case_id)
+def test_master_weights_match_reference(case, dtype):
+    """16-bit params with fp32 master copies and fp32 states, under GradScaler and
+    max_grad_norm as in mixed-precision training: the kernels update the master and the
+    states in float32 and write the master, rounded once, into the param."""
+    name, kwargs = case
+    options = dict(master_weights=True, grad_scale=GRAD_SCALE, found_inf=True, max_grad_norm=MAX_GRAD_NORM)
+    params, optimizer = amp_run(name, kwargs, "triton", dtype, **options)
+    reference, reference_optimizer = amp_run(name, kwargs, "reference", dtype, **options)
+    for p in params:
+        state = optimizer.state[p]
+        assert "master_param" in state
+        assert all(t.dtype == torch.float32 for k, t in state.items())
+        assert torch.equal(p.detach(), state["master_param"].to(dtype))  # the master, rounded to nearest even
+    assert_same_run(params, optimizer, reference, reference_optimizer, dtype)
+    # the masters hold what the 16-bit params cannot: they are the float32 copies the math updates
+    masters = [optimizer.state[p]["master_param"] for p in params if p.numel()]
+    assert all(not torch.equal(m, m.to(dtype).float()) for m in masters)
+
+
+def test_grad_scaler_trains_like_the_reference():
+    """torch.amp.GradScaler end to end (it sets optimizer.grad_scale and found_inf, since the
+    optimizers declare _step_supports_amp_scaling): an inf in one step's grads skips that
+    step, halves the scale, and the step counters do not count it."""
+    def run(backend):
+        params = make_params(torch.float16, sizes=AMP_SIZES)
+        optimizer = fusedopt.AdamW(params, lr=0.05, backend=backend, master_weights=True, max_grad_norm=MAX_GRAD_NORM)
+        scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0**8)
+        for step in range(4):
+            scaler.scale(torch.ones((), device=DEVICE))  # initialises the scale, as scaler.scale(loss) does
+            for p, g in zip(params, grads_for(params, step)):
+                p.grad = (g.float() * scaler.get_scale()).half()
+            if step == 1:
+                params[1].grad[3] = float("inf")
+            scaler.step(optimizer)
+            scaler.update()
+        assert scaler.get_scale() == 2.0**7
+        assert {optimizer.state[p]["step"].item() for p in params} == {3.0}
+        return params, optimizer
+
+    params, optimizer = run("triton")
+    reference, reference_optimizer = run("reference")
+    assert_same_run(params, optimizer, reference, reference_optimizer, torch.float16)
+
+
+def test_grad_transform_tensors_are_checked():
+    """The kernels read grad_scale, found_inf and clip_coef through raw pointers as one
+    float32 each: anything else is refused before the launch (the optimizers always pass
+    float32; the torch.library op passes what it is given)."""
+    from fusedopt import _ops
+
+    params = make_params(torch.float32, sizes=(5,), misaligned=0)
+    grads = [torch.ones_like(p) for p in params]
+    fields = dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False)
+    wrong = torch.zeros((), dtype=torch.float64, device=DEVICE)
+    with pytest.raises(RuntimeError, match="found_inf must be a one-element float32 tensor"):
+        _ops.update_("sgd", [p.detach() for p in params], grads, [], [], "", ",".join(fields),
+                     [float(v) for v in fields.values()], False, False, None, wrong, None, "triton")
+
+
 # ----------------------------------------------------------------------------- mechanics
 def test_chunks_and_blocks_cover_every_element(monkeypatch):
     """A small geometry: tensors spanning several programs and partial chunks and blocks."""
@@ -433,21 +573,34 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from fusedopt.backends import triton as backend
 
+FLOAT_POINTERS = {"grad_scale_ptr", "found_inf_ptr", "clip_coef_ptr"}
+DEFAULTS = dict(COMPUTE=tl.float32, MASTER=False, GRAD_SCALE=False, FOUND_INF=False, CLIP_COEF=False, ALIGNED=True,
+                BLOCK=1024, CHUNK=16384)
+
 def ptx(kernel, **constexprs):
-    signature = {name: "constexpr" if name in constexprs else "*i64" if name.endswith("_ptr")
-                 else "i32" if name == "n" else "fp64" for name in kernel.arg_names}
+    constexprs = {**DEFAULTS, "STATE": constexprs["DTYPE"], **constexprs}
+    signature = {name: "constexpr" if name in constexprs else "*fp32" if name in FLOAT_POINTERS
+                 else "*i64" if name.endswith("_ptr") else "i32" if name == "n" else "fp64"
+                 for name in kernel.arg_names}
     compiled = triton.compile(ASTSource(kernel, signature=signature, constexprs=constexprs),
                               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, enable_fp_fusion=False))
     return compiled.asm["ptx"]
 
-f32 = dict(COMPUTE=tl.float32, ALIGNED=True, BLOCK=1024, CHUNK=16384)
+amp = dict(GRAD_SCALE=True, FOUND_INF=True, CLIP_COEF=True)
 kernels = {
-    "adam": ptx(backend._adam_kernel, DTYPE=tl.float32, L2=True, AMSGRAD=True, OPTIMIZED_UPDATE=True, **f32),
+    "adam": ptx(backend._adam_kernel, DTYPE=tl.float32, L2=True, AMSGRAD=True, OPTIMIZED_UPDATE=True),
     "sgd": ptx(backend._sgd_kernel, DTYPE=tl.bfloat16, WEIGHT_DECAY=True, MOMENTUM=True, NESTEROV=True,
-               FIRST_STEP=False, **f32),
-    "rmsprop": ptx(backend._rmsprop_kernel, DTYPE=tl.float16, WEIGHT_DECAY=True, CENTERED=True, MOMENTUM=True, **f32),
+               FIRST_STEP=False),
+    "rmsprop": ptx(backend._rmsprop_kernel, DTYPE=tl.float16, WEIGHT_DECAY=True, CENTERED=True, MOMENTUM=True),
     "adam-f64": ptx(backend._adam_kernel, DTYPE=tl.float64, COMPUTE=tl.float64, L2=False, AMSGRAD=False,
-                    OPTIMIZED_UPDATE=False, ALIGNED=False, BLOCK=1024, CHUNK=16384),
+                    OPTIMIZED_UPDATE=False, ALIGNED=False),
+    # bf16/fp16 params with fp32 master weights and states, GradScaler and max_grad_norm
+    "adam-master": ptx(backend._adam_kernel, DTYPE=tl.bfloat16, STATE=tl.float32, MASTER=True, L2=False,
+                       AMSGRAD=True, OPTIMIZED_UPDATE=False, **amp),
+    "sgd-master": ptx(backend._sgd_kernel, DTYPE=tl.float16, STATE=tl.float32, MASTER=True, WEIGHT_DECAY=True,
+                      MOMENTUM=True, NESTEROV=False, FIRST_STEP=False, **amp),
+    "rmsprop-master": ptx(backend._rmsprop_kernel, DTYPE=tl.bfloat16, STATE=tl.float32, MASTER=True,
+                          WEIGHT_DECAY=False, CENTERED=True, MOMENTUM=True, **amp),
 }
 for name, text in kernels.items():
     found = sorted(set(re.findall(r"(?:ld|st)\.global\.v4\.b32|div\.rn\.f32|fma\.rn\.f32|sqrt\.approx", text)))
@@ -473,3 +626,7 @@ def test_kernels_compile_for_h100():
     assert found["sgd"] == vectors
     assert found["rmsprop"] == vectors | {"div.rn.f32"}
     assert found["adam-f64"] == set()
+    # Master weights and the grad transform keep the vector accesses (the bf16/fp16 params
+    # and grads included); dividing by GradScaler's scale is IEEE division.
+    for name in ("adam-master", "sgd-master", "rmsprop-master"):
+        assert found[name] == vectors | {"div.rn.f32"}, name

@@ -21,12 +21,25 @@ with torch.optim to a few float32 ulps (torch's own kernels fuse some multiply-a
 Scalars arrive as float64 and are rounded once to the math type in the kernel, as
 `T(double)` does in C++.
 
+What every optimizer does first (config.grad_transform, csrc/include/fusedopt/common.h):
+each grad becomes `g / grad_scale * clip_coef * sign` in the math type (a missing factor's
+operation is left out, as exact as multiplying by 1), and a nonzero `*found_inf` skips the
+whole step. The three factors are one-element float32 tensors on the device, passed to
+the kernel as pointers and read there (`_grad_factors`, `_work_item`), so neither
+GradScaler nor max_grad_norm makes a step wait on the host.
+
+Master weights (config.master_weights, 16-bit params): the states are float32 and the
+table's last state row holds each param's float32 master copy. The math reads the master
+instead of the param, updates it and the states in float32, and stores the master rounded
+once into the param (`_load_param`, `_store_param`); the grad stays 16-bit.
+
 Step counters: Adam's bias corrections are computed per tensor in the kernel, in float64
 (adam_coefficients), from the tensor's float32 counter read through the table's step
 row, so a step needs no device-to-host sync. The counters are incremented by one
 `torch._foreach_add_` before the launch, as torch's fused optimizers do: one kernel
 cannot both read a counter in every program of a tensor and bump it exactly once
-without a grid-wide barrier.
+without a grid-wide barrier. With found_inf the increment is `found_inf == 0`, computed on
+the device, so a skipped step is not counted either.
 
 Full blocks are loaded without a mask, with 16-byte alignment promised to the compiler
 when every address of the batch is 16-byte aligned (so they become vector loads), and a
@@ -42,7 +55,7 @@ import collections
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -55,7 +68,7 @@ except Exception as error:  # a broken install must not break `import fusedopt`
     raise ImportError(f"triton failed to import: {error!r}") from error
 
 from .._buckets import FIRST_STATE_ROW, GRAD_ROW, NUMEL_ROW, PARAM_ROW, STEP_ROW
-from .base import AdamConfig, Backend, RMSpropConfig, SGDConfig, TensorBatch
+from .base import AdamConfig, Backend, GradTransform, RMSpropConfig, SGDConfig, TensorBatch
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,7 @@ _TRITON_DTYPES = {
     torch.float16: tl.float16,
     torch.bfloat16: tl.bfloat16,
 }
+_LOW_PRECISION = (torch.float16, torch.bfloat16)  # params that may keep an fp32 master copy
 _VECTOR_BYTES = tl.constexpr(16)  # alignment that lets full blocks use 16-byte loads and stores
 
 # Table rows as compile-time constants (Triton kernels may only read constexpr globals).
@@ -106,16 +120,29 @@ _STATE_ROW = tl.constexpr(FIRST_STATE_ROW)
 # Conventions. Float hyper-parameters arrive as float64 kernel arguments and are rounded
 # once to the math type with `tl.full((), x, T)`, which is C++'s `T(double)` (in a compiled
 # kernel it is `x.to(T)`; the interpreter passes Python floats, which have no `.to`).
-# Loads convert with `.to(COMPUTE)`, stores with `_rounded(x, DTYPE)`. Every @triton.jit helper
-# call costs the interpreter about a millisecond, so helpers are kept to the pieces that
-# carry meaning (and inline into one function in a compiled kernel anyway).
+# Loads convert with `.to(COMPUTE)`, stores with `_rounded(x, DTYPE or STATE)`. Every
+# @triton.jit helper call costs the interpreter about a millisecond, so helpers are kept to
+# the pieces that carry meaning (and inline into one function in a compiled kernel anyway).
+#
+# The three kernels share their signature's frame: (table_ptr, work_ptr, n, grad_scale_ptr,
+# found_inf_ptr, clip_coef_ptr, <float64 hyper-parameters>) and the constexprs DTYPE (params
+# and grads), STATE (states: DTYPE, or float32 with master weights), COMPUTE, MASTER,
+# GRAD_SCALE, FOUND_INF, CLIP_COEF (which of the three pointers are real), <options>,
+# ALIGNED, BLOCK, CHUNK; `_launch` below fills it in.
 @triton.jit
-def _work_item(table_ptr, work_ptr, n, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    """This program's tensor (its column in the table) and element range [start, end)."""
+def _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF: tl.constexpr, BLOCK: tl.constexpr,
+               CHUNK: tl.constexpr):
+    """This program's tensor (its column in the table) and element range [start, end).
+
+    The range is empty when GradScaler found an inf or NaN (`*found_inf != 0`, read here on
+    the device: no host sync), so a skipped step loads and stores nothing.
+    """
     pid = tl.program_id(0).to(tl.int64)
     column = tl.load(work_ptr + 2 * pid)
     start = tl.multiple_of(tl.load(work_ptr + 2 * pid + 1), BLOCK)  # chunks start on block boundaries
     end = tl.minimum(start + CHUNK, tl.load(table_ptr + _NUMEL_ROW * n + column))
+    if FOUND_INF:
+        end = tl.where(tl.load(found_inf_ptr) != 0.0, start, end)
     return column, start, end
 
 
@@ -126,6 +153,34 @@ def _row_pointer(table_ptr, n, row, column, DTYPE: tl.constexpr, ALIGNED: tl.con
     if ALIGNED:
         pointer = tl.multiple_of(pointer, _VECTOR_BYTES)
     return pointer
+
+
+@triton.jit
+def _master_pointer(table_ptr, n, row, column, param_ptr, MASTER: tl.constexpr, ALIGNED: tl.constexpr):
+    """With master weights, the float32 master copy in `row` (the table's last state row);
+    else the param's own pointer, which `_load_param` and `_store_param` then ignore."""
+    if MASTER:
+        return _row_pointer(table_ptr, n, row, column, tl.float32, ALIGNED)
+    else:
+        return param_ptr
+
+
+@triton.jit
+def _load_param(param_ptr, master_ptr, offsets, mask, MASTER: tl.constexpr, COMPUTE: tl.constexpr):
+    """The value the math updates (load_param, csrc/cpu/multi_tensor_cpu.h): the float32
+    master copy with master weights, else the param itself."""
+    if MASTER:
+        return tl.load(master_ptr + offsets, mask=mask)
+    else:
+        return tl.load(param_ptr + offsets, mask=mask).to(COMPUTE)
+
+
+@triton.jit
+def _store_param(param_ptr, master_ptr, offsets, mask, value, MASTER: tl.constexpr, DTYPE: tl.constexpr):
+    """store_param: the master copy keeps the float32 value, the param gets it rounded once."""
+    if MASTER:
+        tl.store(master_ptr + offsets, value, mask=mask)
+    tl.store(param_ptr + offsets, _rounded(value, DTYPE), mask=mask)
 
 
 @triton.jit
@@ -171,8 +226,30 @@ def _lerp(start, end, weight):
 
 
 @triton.jit
-def _signed_decayed(grad, param, grad_sign, weight_decay, WEIGHT_DECAY: tl.constexpr):
-    """The gradient the update uses: negated with maximize, plus weight_decay * param (L2)."""
+def _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE: tl.constexpr, CLIP_COEF: tl.constexpr,
+                  COMPUTE: tl.constexpr):
+    """grad_factors (csrc/include/fusedopt/common.h): GradScaler's scale (the divisor) and
+    max_grad_norm's clip coefficient (the multiplier), read on the device and converted to
+    COMPUTE; 1 when absent (and then `_transformed_grad` leaves the operation out)."""
+    divisor = tl.full((), 1.0, COMPUTE)
+    multiplier = tl.full((), 1.0, COMPUTE)
+    if GRAD_SCALE:
+        divisor = tl.load(grad_scale_ptr).to(COMPUTE)
+    if CLIP_COEF:
+        multiplier = tl.load(clip_coef_ptr).to(COMPUTE)
+    return divisor, multiplier
+
+
+@triton.jit
+def _transformed_grad(grad, param, divisor, multiplier, grad_sign, weight_decay, GRAD_SCALE: tl.constexpr,
+                      CLIP_COEF: tl.constexpr, WEIGHT_DECAY: tl.constexpr):
+    """The gradient the update uses: transformed_grad (common.h), `g / scale * clip * sign`
+    (sign -1 with maximize), plus weight_decay * param (L2). A missing factor's operation
+    is left out, which is exact: dividing or multiplying by 1 changes nothing."""
+    if GRAD_SCALE:
+        grad = _div(grad, divisor)
+    if CLIP_COEF:
+        grad = grad * multiplier
     grad = grad * grad_sign
     if WEIGHT_DECAY:
         grad = grad + weight_decay * param
@@ -184,8 +261,10 @@ def _signed_decayed(grad, param, grad_sign, weight_decay, WEIGHT_DECAY: tl.const
 def _adam_coefficients(step, lr, beta1, beta2, eps, grad_sign, l2_decay, param_scale,
                        OPTIMIZED_UPDATE: tl.constexpr, COMPUTE: tl.constexpr):
     """adam_coefficients (csrc/include/fusedopt/adam.h): the bias corrections of this
-    tensor's (already incremented) step in float64, every scalar rounded once to COMPUTE."""
-    step = step.to(tl.float64)
+    tensor's (already incremented) step in float64, every scalar rounded once to COMPUTE.
+    A skipped first step leaves the counter at 0: its coefficients go unused, and counting
+    it as 1 keeps them finite."""
+    step = tl.maximum(step, 1.0).to(tl.float64)
     lr = tl.full((), lr, tl.float64)
     beta1 = tl.full((), beta1, tl.float64)
     beta2 = tl.full((), beta2, tl.float64)
@@ -203,16 +282,17 @@ def _adam_coefficients(step, lr, beta1, beta2, eps, grad_sign, l2_decay, param_s
 
 
 @triton.jit
-def _adam_block(offsets, mask, param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
-                grad_sign, l2_decay, param_scale, one_minus_beta1, beta2, one_minus_beta2, eps, neg_step_size,
-                denom_divisor, L2: tl.constexpr, AMSGRAD: tl.constexpr, DTYPE: tl.constexpr,
-                COMPUTE: tl.constexpr):
+def _adam_block(offsets, mask, param_ptr, master_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
+                divisor, multiplier, grad_sign, l2_decay, param_scale, one_minus_beta1, beta2, one_minus_beta2, eps,
+                neg_step_size, denom_divisor, MASTER: tl.constexpr, GRAD_SCALE: tl.constexpr,
+                CLIP_COEF: tl.constexpr, L2: tl.constexpr, AMSGRAD: tl.constexpr, DTYPE: tl.constexpr,
+                STATE: tl.constexpr, COMPUTE: tl.constexpr):
     """adam_update (csrc/include/fusedopt/adam.h) on one block of elements."""
-    param = tl.load(param_ptr + offsets, mask=mask).to(COMPUTE)
+    param = _load_param(param_ptr, master_ptr, offsets, mask, MASTER, COMPUTE)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE)
     exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(COMPUTE)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(COMPUTE)
-    grad = _signed_decayed(grad, param, grad_sign, l2_decay, L2)
+    grad = _transformed_grad(grad, param, divisor, multiplier, grad_sign, l2_decay, GRAD_SCALE, CLIP_COEF, L2)
     param = param * param_scale  # AdamW's decay; 1 for Adam
     exp_avg = _lerp(exp_avg, grad, one_minus_beta1)
     exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
@@ -220,43 +300,48 @@ def _adam_block(offsets, mask, param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr,
     if AMSGRAD:
         max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(COMPUTE)
         second_moment = tl.where(max_exp_avg_sq > exp_avg_sq, max_exp_avg_sq, exp_avg_sq)
-        tl.store(max_exp_avg_sq_ptr + offsets, _rounded(second_moment, DTYPE), mask=mask)
+        tl.store(max_exp_avg_sq_ptr + offsets, _rounded(second_moment, STATE), mask=mask)
     denom = _div(_sqrt(second_moment), denom_divisor) + eps
     param = param + _div(neg_step_size * exp_avg, denom)
-    tl.store(exp_avg_ptr + offsets, _rounded(exp_avg, DTYPE), mask=mask)
-    tl.store(exp_avg_sq_ptr + offsets, _rounded(exp_avg_sq, DTYPE), mask=mask)
-    tl.store(param_ptr + offsets, _rounded(param, DTYPE), mask=mask)
+    tl.store(exp_avg_ptr + offsets, _rounded(exp_avg, STATE), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, _rounded(exp_avg_sq, STATE), mask=mask)
+    _store_param(param_ptr, master_ptr, offsets, mask, param, MASTER, DTYPE)
 
 
 @triton.jit
-def _adam_kernel(table_ptr, work_ptr, n, lr: tl.float64, beta1: tl.float64, beta2: tl.float64,
-                 eps: tl.float64, grad_sign: tl.float64, l2_decay: tl.float64, param_scale: tl.float64,
-                 DTYPE: tl.constexpr, COMPUTE: tl.constexpr, L2: tl.constexpr, AMSGRAD: tl.constexpr,
-                 OPTIMIZED_UPDATE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
-                 CHUNK: tl.constexpr):
-    column, start, end = _work_item(table_ptr, work_ptr, n, BLOCK, CHUNK)
+def _adam_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef_ptr, lr: tl.float64,
+                 beta1: tl.float64, beta2: tl.float64, eps: tl.float64, grad_sign: tl.float64, l2_decay: tl.float64,
+                 param_scale: tl.float64, DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
+                 MASTER: tl.constexpr, GRAD_SCALE: tl.constexpr, FOUND_INF: tl.constexpr, CLIP_COEF: tl.constexpr,
+                 L2: tl.constexpr, AMSGRAD: tl.constexpr, OPTIMIZED_UPDATE: tl.constexpr, ALIGNED: tl.constexpr,
+                 BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    column, start, end = _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF, BLOCK, CHUNK)
     param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
     grad_ptr = _row_pointer(table_ptr, n, _GRAD_ROW, column, DTYPE, ALIGNED)
-    exp_avg_ptr = _row_pointer(table_ptr, n, _STATE_ROW, column, DTYPE, ALIGNED)
-    exp_avg_sq_ptr = _row_pointer(table_ptr, n, _STATE_ROW + 1, column, DTYPE, ALIGNED)
+    # States in table order: exp_avg, exp_avg_sq[, max_exp_avg_sq][, master_param].
+    exp_avg_ptr = _row_pointer(table_ptr, n, _STATE_ROW, column, STATE, ALIGNED)
+    exp_avg_sq_ptr = _row_pointer(table_ptr, n, _STATE_ROW + 1, column, STATE, ALIGNED)
     if AMSGRAD:
-        max_exp_avg_sq_ptr = _row_pointer(table_ptr, n, _STATE_ROW + 2, column, DTYPE, ALIGNED)
+        max_exp_avg_sq_ptr = _row_pointer(table_ptr, n, _STATE_ROW + 2, column, STATE, ALIGNED)
     else:
         max_exp_avg_sq_ptr = exp_avg_sq_ptr  # never touched
+    master_ptr = _master_pointer(table_ptr, n, _STATE_ROW + 2 + AMSGRAD, column, param_ptr, MASTER, ALIGNED)
     step = tl.load(_row_pointer(table_ptr, n, _STEP_ROW, column, tl.float32, False))
     coefficients = _adam_coefficients(step, lr, beta1, beta2, eps, grad_sign, l2_decay, param_scale,
                                       OPTIMIZED_UPDATE, COMPUTE)
+    factors = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF, COMPUTE)
 
     full_blocks = (end - start) // BLOCK
     for k in range(0, full_blocks):
         offsets = start + k * BLOCK + tl.arange(0, BLOCK)
-        _adam_block(offsets, None, param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
-                    *coefficients, L2, AMSGRAD, DTYPE, COMPUTE)
+        _adam_block(offsets, None, param_ptr, master_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
+                    *factors, *coefficients, MASTER, GRAD_SCALE, CLIP_COEF, L2, AMSGRAD, DTYPE, STATE, COMPUTE)
     tail = start + full_blocks * BLOCK
     if tail < end:
         offsets = tail + tl.arange(0, BLOCK)
-        _adam_block(offsets, offsets < end, param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr,
-                    max_exp_avg_sq_ptr, *coefficients, L2, AMSGRAD, DTYPE, COMPUTE)
+        _adam_block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr,
+                    max_exp_avg_sq_ptr, *factors, *coefficients, MASTER, GRAD_SCALE, CLIP_COEF, L2, AMSGRAD, DTYPE,
+                    STATE, COMPUTE)
 
 
 # ----------------------------------------------------------------------------- SGD
@@ -270,50 +355,58 @@ def _sgd_coefficients(lr, momentum, dampening, weight_decay, grad_sign, COMPUTE:
 
 
 @triton.jit
-def _sgd_block(offsets, mask, param_ptr, grad_ptr, buffer_ptr, grad_sign, weight_decay, momentum,
-               one_minus_dampening, neg_lr, WEIGHT_DECAY: tl.constexpr, MOMENTUM: tl.constexpr,
-               NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr, DTYPE: tl.constexpr, COMPUTE: tl.constexpr):
+def _sgd_block(offsets, mask, param_ptr, master_ptr, grad_ptr, buffer_ptr, divisor, multiplier, grad_sign,
+               weight_decay, momentum, one_minus_dampening, neg_lr, MASTER: tl.constexpr, GRAD_SCALE: tl.constexpr,
+               CLIP_COEF: tl.constexpr, WEIGHT_DECAY: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
+               FIRST_STEP: tl.constexpr, DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr):
     """sgd_update (csrc/include/fusedopt/sgd.h) on one block of elements."""
-    param = tl.load(param_ptr + offsets, mask=mask).to(COMPUTE)
+    param = _load_param(param_ptr, master_ptr, offsets, mask, MASTER, COMPUTE)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE)
-    grad = _signed_decayed(grad, param, grad_sign, weight_decay, WEIGHT_DECAY)
+    grad = _transformed_grad(grad, param, divisor, multiplier, grad_sign, weight_decay, GRAD_SCALE, CLIP_COEF,
+                             WEIGHT_DECAY)
     if MOMENTUM:
         if FIRST_STEP:  # torch's rule: a new momentum buffer starts as a copy of the gradient
             buffer = grad
         else:
             buffer = tl.load(buffer_ptr + offsets, mask=mask).to(COMPUTE) * momentum + one_minus_dampening * grad
-        tl.store(buffer_ptr + offsets, _rounded(buffer, DTYPE), mask=mask)
+        tl.store(buffer_ptr + offsets, _rounded(buffer, STATE), mask=mask)
         if NESTEROV:
             grad = grad + momentum * buffer
         else:
             grad = buffer
-    tl.store(param_ptr + offsets, _rounded(param + neg_lr * grad, DTYPE), mask=mask)
+    _store_param(param_ptr, master_ptr, offsets, mask, param + neg_lr * grad, MASTER, DTYPE)
 
 
 @triton.jit
-def _sgd_kernel(table_ptr, work_ptr, n, lr: tl.float64, momentum: tl.float64, dampening: tl.float64,
-                weight_decay: tl.float64, grad_sign: tl.float64, DTYPE: tl.constexpr, COMPUTE: tl.constexpr,
+def _sgd_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef_ptr, lr: tl.float64,
+                momentum: tl.float64, dampening: tl.float64, weight_decay: tl.float64, grad_sign: tl.float64,
+                DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, MASTER: tl.constexpr,
+                GRAD_SCALE: tl.constexpr, FOUND_INF: tl.constexpr, CLIP_COEF: tl.constexpr,
                 WEIGHT_DECAY: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
                 FIRST_STEP: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    column, start, end = _work_item(table_ptr, work_ptr, n, BLOCK, CHUNK)
+    column, start, end = _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF, BLOCK, CHUNK)
     param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
     grad_ptr = _row_pointer(table_ptr, n, _GRAD_ROW, column, DTYPE, ALIGNED)
+    # States in table order: [momentum_buffer][, master_param].
     if MOMENTUM:
-        buffer_ptr = _row_pointer(table_ptr, n, _STATE_ROW, column, DTYPE, ALIGNED)
+        buffer_ptr = _row_pointer(table_ptr, n, _STATE_ROW, column, STATE, ALIGNED)
     else:
-        buffer_ptr = param_ptr  # the table has no state row; never touched
+        buffer_ptr = param_ptr  # no buffer row; never touched
+    master_ptr = _master_pointer(table_ptr, n, _STATE_ROW + MOMENTUM, column, param_ptr, MASTER, ALIGNED)
     coefficients = _sgd_coefficients(lr, momentum, dampening, weight_decay, grad_sign, COMPUTE)
+    factors = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF, COMPUTE)
 
     full_blocks = (end - start) // BLOCK
     for k in range(0, full_blocks):
         offsets = start + k * BLOCK + tl.arange(0, BLOCK)
-        _sgd_block(offsets, None, param_ptr, grad_ptr, buffer_ptr, *coefficients, WEIGHT_DECAY, MOMENTUM,
-                   NESTEROV, FIRST_STEP, DTYPE, COMPUTE)
+        _sgd_block(offsets, None, param_ptr, master_ptr, grad_ptr, buffer_ptr, *factors, *coefficients, MASTER,
+                   GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, MOMENTUM, NESTEROV, FIRST_STEP, DTYPE, STATE, COMPUTE)
     tail = start + full_blocks * BLOCK
     if tail < end:
         offsets = tail + tl.arange(0, BLOCK)
-        _sgd_block(offsets, offsets < end, param_ptr, grad_ptr, buffer_ptr, *coefficients, WEIGHT_DECAY,
-                   MOMENTUM, NESTEROV, FIRST_STEP, DTYPE, COMPUTE)
+        _sgd_block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, buffer_ptr, *factors, *coefficients,
+                   MASTER, GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, MOMENTUM, NESTEROV, FIRST_STEP, DTYPE, STATE,
+                   COMPUTE)
 
 
 # ----------------------------------------------------------------------------- RMSprop
@@ -328,61 +421,71 @@ def _rmsprop_coefficients(lr, alpha, eps, weight_decay, momentum, grad_sign, COM
 
 
 @triton.jit
-def _rmsprop_block(offsets, mask, param_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr, buffer_ptr, grad_sign,
-                   weight_decay, alpha, one_minus_alpha, eps, momentum, neg_lr, WEIGHT_DECAY: tl.constexpr,
-                   CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, DTYPE: tl.constexpr, COMPUTE: tl.constexpr):
+def _rmsprop_block(offsets, mask, param_ptr, master_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr, buffer_ptr,
+                   divisor, multiplier, grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum, neg_lr,
+                   MASTER: tl.constexpr, GRAD_SCALE: tl.constexpr, CLIP_COEF: tl.constexpr,
+                   WEIGHT_DECAY: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr,
+                   DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr):
     """rmsprop_update (csrc/include/fusedopt/rmsprop.h) on one block of elements."""
-    param = tl.load(param_ptr + offsets, mask=mask).to(COMPUTE)
+    param = _load_param(param_ptr, master_ptr, offsets, mask, MASTER, COMPUTE)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE)
-    grad = _signed_decayed(grad, param, grad_sign, weight_decay, WEIGHT_DECAY)
+    grad = _transformed_grad(grad, param, divisor, multiplier, grad_sign, weight_decay, GRAD_SCALE, CLIP_COEF,
+                             WEIGHT_DECAY)
     square_avg = tl.load(square_avg_ptr + offsets, mask=mask).to(COMPUTE) * alpha + one_minus_alpha * grad * grad
-    tl.store(square_avg_ptr + offsets, _rounded(square_avg, DTYPE), mask=mask)
+    tl.store(square_avg_ptr + offsets, _rounded(square_avg, STATE), mask=mask)
     if CENTERED:
         grad_avg = _lerp(tl.load(grad_avg_ptr + offsets, mask=mask).to(COMPUTE), grad, one_minus_alpha)
-        tl.store(grad_avg_ptr + offsets, _rounded(grad_avg, DTYPE), mask=mask)
+        tl.store(grad_avg_ptr + offsets, _rounded(grad_avg, STATE), mask=mask)
         avg = _sqrt(square_avg + -1.0 * grad_avg * grad_avg)
     else:
         avg = _sqrt(square_avg)
     avg = avg + eps
     if MOMENTUM:
         buffer = tl.load(buffer_ptr + offsets, mask=mask).to(COMPUTE) * momentum + _div(grad, avg)
-        tl.store(buffer_ptr + offsets, _rounded(buffer, DTYPE), mask=mask)
+        tl.store(buffer_ptr + offsets, _rounded(buffer, STATE), mask=mask)
         param = param + neg_lr * buffer
     else:
         param = param + _div(neg_lr * grad, avg)
-    tl.store(param_ptr + offsets, _rounded(param, DTYPE), mask=mask)
+    _store_param(param_ptr, master_ptr, offsets, mask, param, MASTER, DTYPE)
 
 
 @triton.jit
-def _rmsprop_kernel(table_ptr, work_ptr, n, lr: tl.float64, alpha: tl.float64, eps: tl.float64,
-                    weight_decay: tl.float64, momentum: tl.float64, grad_sign: tl.float64, DTYPE: tl.constexpr,
-                    COMPUTE: tl.constexpr, WEIGHT_DECAY: tl.constexpr, CENTERED: tl.constexpr,
+def _rmsprop_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef_ptr, lr: tl.float64,
+                    alpha: tl.float64, eps: tl.float64, weight_decay: tl.float64, momentum: tl.float64,
+                    grad_sign: tl.float64, DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
+                    MASTER: tl.constexpr, GRAD_SCALE: tl.constexpr, FOUND_INF: tl.constexpr,
+                    CLIP_COEF: tl.constexpr, WEIGHT_DECAY: tl.constexpr, CENTERED: tl.constexpr,
                     MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    column, start, end = _work_item(table_ptr, work_ptr, n, BLOCK, CHUNK)
+    column, start, end = _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF, BLOCK, CHUNK)
     param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
     grad_ptr = _row_pointer(table_ptr, n, _GRAD_ROW, column, DTYPE, ALIGNED)
-    # States in table order: square_avg[, grad_avg][, momentum_buffer].
-    square_avg_ptr = _row_pointer(table_ptr, n, _STATE_ROW, column, DTYPE, ALIGNED)
+    # States in table order: square_avg[, grad_avg][, momentum_buffer][, master_param].
+    square_avg_ptr = _row_pointer(table_ptr, n, _STATE_ROW, column, STATE, ALIGNED)
     if CENTERED:
-        grad_avg_ptr = _row_pointer(table_ptr, n, _STATE_ROW + 1, column, DTYPE, ALIGNED)
+        grad_avg_ptr = _row_pointer(table_ptr, n, _STATE_ROW + 1, column, STATE, ALIGNED)
     else:
         grad_avg_ptr = square_avg_ptr  # never touched
     if MOMENTUM:
-        buffer_ptr = _row_pointer(table_ptr, n, _STATE_ROW + 1 + CENTERED, column, DTYPE, ALIGNED)
+        buffer_ptr = _row_pointer(table_ptr, n, _STATE_ROW + 1 + CENTERED, column, STATE, ALIGNED)
     else:
         buffer_ptr = square_avg_ptr  # never touched
+    master_ptr = _master_pointer(table_ptr, n, _STATE_ROW + 1 + CENTERED + MOMENTUM, column, param_ptr, MASTER,
+                                 ALIGNED)
     coefficients = _rmsprop_coefficients(lr, alpha, eps, weight_decay, momentum, grad_sign, COMPUTE)
+    factors = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF, COMPUTE)
 
     full_blocks = (end - start) // BLOCK
     for k in range(0, full_blocks):
         offsets = start + k * BLOCK + tl.arange(0, BLOCK)
-        _rmsprop_block(offsets, None, param_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr, buffer_ptr, *coefficients,
-                       WEIGHT_DECAY, CENTERED, MOMENTUM, DTYPE, COMPUTE)
+        _rmsprop_block(offsets, None, param_ptr, master_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr, buffer_ptr,
+                       *factors, *coefficients, MASTER, GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, CENTERED, MOMENTUM,
+                       DTYPE, STATE, COMPUTE)
     tail = start + full_blocks * BLOCK
     if tail < end:
         offsets = tail + tl.arange(0, BLOCK)
-        _rmsprop_block(offsets, offsets < end, param_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr, buffer_ptr,
-                       *coefficients, WEIGHT_DECAY, CENTERED, MOMENTUM, DTYPE, COMPUTE)
+        _rmsprop_block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr,
+                       buffer_ptr, *factors, *coefficients, MASTER, GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, CENTERED,
+                       MOMENTUM, DTYPE, STATE, COMPUTE)
 
 
 # ----------------------------------------------------------------------------- device tables
@@ -465,49 +568,72 @@ def _device_tables(batch: TensorBatch) -> _DeviceTables:
     return tables
 
 
-def _geometry(tables: _DeviceTables) -> dict:
-    return dict(ALIGNED=tables.aligned, BLOCK=tables.block, CHUNK=tables.chunk, num_warps=tables.num_warps,
-                enable_fp_fusion=False)
-
-
 def _floats(*values) -> Tuple[float, ...]:
     """The float64 kernel arguments (configs may hold ints, e.g. momentum=0)."""
     return tuple(map(float, values))
 
 
-def _dtypes(batch: TensorBatch) -> dict:
-    dtype = _TRITON_DTYPES[batch.dtype]
-    return dict(DTYPE=dtype, COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32)
-
-
 # ----------------------------------------------------------------------------- launchers
+def _launch(kernel, tables: _DeviceTables, batch: TensorBatch, config, scalars: Tuple[float, ...],
+            **options) -> None:
+    """One launch of `kernel` over the batch: the signature frame the three kernels share
+    (see "shared pieces"), with the optimizer's float64 `scalars` and constexpr `options`."""
+    transform = config.grad_transform
+    factors = (transform.grad_scale, transform.found_inf, transform.clip_coef)
+    dtype = _TRITON_DTYPES[batch.dtype]
+    master = bool(config.master_weights) and batch.dtype in _LOW_PRECISION  # as dispatch_storage in C++
+    kernel[(tables.programs,)](
+        tables.table, tables.work, len(batch),
+        # An absent factor's pointer is never read (its flag below is off): any device tensor will do.
+        *(tables.table if t is None else t for t in factors),
+        *_floats(*scalars),
+        DTYPE=dtype, STATE=tl.float32 if master else dtype, COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32,
+        MASTER=master, GRAD_SCALE=factors[0] is not None, FOUND_INF=factors[1] is not None,
+        CLIP_COEF=factors[2] is not None, **options,
+        ALIGNED=tables.aligned, BLOCK=tables.block, CHUNK=tables.chunk, num_warps=tables.num_warps,
+        enable_fp_fusion=False,
+    )
+
+
 def _launch_adam(tables: _DeviceTables, batch: TensorBatch, c: AdamConfig) -> None:
     decoupled = c.decoupled_weight_decay
-    _adam_kernel[(tables.programs,)](
-        tables.table, tables.work, len(batch),
-        *_floats(c.lr, c.beta1, c.beta2, c.eps, -1.0 if c.maximize else 1.0, 0.0 if decoupled else c.weight_decay,
-                 1.0 - c.lr * c.weight_decay if decoupled else 1.0),
-        L2=c.weight_decay != 0 and not decoupled, AMSGRAD=c.amsgrad, OPTIMIZED_UPDATE=c.optimized_update,
-        **_dtypes(batch), **_geometry(tables),
-    )
+    _launch(_adam_kernel, tables, batch, c,
+            (c.lr, c.beta1, c.beta2, c.eps, -1.0 if c.maximize else 1.0, 0.0 if decoupled else c.weight_decay,
+             1.0 - c.lr * c.weight_decay if decoupled else 1.0),
+            L2=c.weight_decay != 0 and not decoupled, AMSGRAD=c.amsgrad, OPTIMIZED_UPDATE=c.optimized_update)
 
 
 def _launch_sgd(tables: _DeviceTables, batch: TensorBatch, c: SGDConfig) -> None:
-    _sgd_kernel[(tables.programs,)](
-        tables.table, tables.work, len(batch),
-        *_floats(c.lr, c.momentum, c.dampening, c.weight_decay, -1.0 if c.maximize else 1.0),
-        WEIGHT_DECAY=c.weight_decay != 0, MOMENTUM=c.momentum != 0,
-        NESTEROV=c.nesterov, FIRST_STEP=c.first_step, **_dtypes(batch), **_geometry(tables),
-    )
+    _launch(_sgd_kernel, tables, batch, c,
+            (c.lr, c.momentum, c.dampening, c.weight_decay, -1.0 if c.maximize else 1.0),
+            WEIGHT_DECAY=c.weight_decay != 0, MOMENTUM=c.momentum != 0, NESTEROV=c.nesterov,
+            FIRST_STEP=c.first_step)
 
 
 def _launch_rmsprop(tables: _DeviceTables, batch: TensorBatch, c: RMSpropConfig) -> None:
-    _rmsprop_kernel[(tables.programs,)](
-        tables.table, tables.work, len(batch),
-        *_floats(c.lr, c.alpha, c.eps, c.weight_decay, c.momentum, -1.0 if c.maximize else 1.0),
-        WEIGHT_DECAY=c.weight_decay != 0, CENTERED=c.centered,
-        MOMENTUM=c.momentum > 0, **_dtypes(batch), **_geometry(tables),
-    )
+    _launch(_rmsprop_kernel, tables, batch, c,
+            (c.lr, c.alpha, c.eps, c.weight_decay, c.momentum, -1.0 if c.maximize else 1.0),
+            WEIGHT_DECAY=c.weight_decay != 0, CENTERED=c.centered, MOMENTUM=c.momentum > 0)
+
+
+def _advance_steps(steps: List[torch.Tensor], transform: GradTransform) -> None:
+    """Each step counter +1, before the launch (which reads the new values); +0 when the
+    step is skipped (`found_inf != 0`), computed on the device so nothing waits on the host."""
+    found_inf = transform.found_inf
+    if found_inf is None:
+        torch._foreach_add_(steps, 1.0)
+    else:  # logical_not: 1.0 where found_inf == 0 (NaN counts as found, as in the kernel); one small kernel
+        counted = torch.logical_not(found_inf, out=torch.empty_like(found_inf)).reshape(())
+        torch._foreach_add_(steps, counted)
+
+
+def _check_grad_transform(transform: GradTransform, device: torch.device) -> None:
+    """The kernels read these through raw pointers as one float32 each, on the params' device."""
+    for name in ("grad_scale", "found_inf", "clip_coef"):
+        t = getattr(transform, name)
+        if t is not None and (t.dtype != torch.float32 or t.numel() != 1 or t.device != device):
+            raise RuntimeError(f"triton backend: {name} must be a one-element float32 tensor on {device}, "
+                               f"got {tuple(t.shape)} {t.dtype} on {t.device}")
 
 
 # ----------------------------------------------------------------------------- backend
@@ -549,8 +675,9 @@ class TritonBackend(Backend):
         self._run(_launch_rmsprop, batch, c)
 
     def _run(self, launch: Callable[[_DeviceTables, TensorBatch, object], None], batch: TensorBatch, config) -> None:
+        _check_grad_transform(config.grad_transform, batch.device)
         if batch.steps is not None:
-            torch._foreach_add_(batch.steps, 1.0)  # before the launch, which reads the new values
+            _advance_steps(batch.steps, config.grad_transform)
         # Triton launches on the current device, on its current stream.
         on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
         with on_device:
