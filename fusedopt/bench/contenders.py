@@ -1,0 +1,99 @@
+"""Who updates the parameters: torch.optim's implementations and fusedopt's backends."""
+import inspect
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+import fusedopt
+
+from .cases import OptimizerCase
+
+OptimizerFactory = Callable[[List[torch.Tensor]], torch.optim.Optimizer]
+
+# torch.optim's three implementations, by the constructor flag that selects each.
+TORCH_VARIANTS = {
+    "for-loop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},  # Adam, AdamW and SGD only; probed, not assumed
+}
+FUSEDOPT_BACKENDS = ("cuda", "triton", "cpu", "reference")
+
+
+@dataclass(frozen=True)
+class Contender:
+    label: str  # row label: "torch[fused]", "fusedopt[cpu,optimized_update]"
+    kind: str  # "torch" or "fusedopt"
+    variant: str  # a TORCH_VARIANTS key, or a fusedopt backend name
+    make: OptimizerFactory
+
+
+def torch_contenders(case: OptimizerCase, variants: Sequence[str]) -> List[Contender]:
+    """torch.optim's implementations of ``case`` among ``variants``, leaving out those
+    its constructor does not offer (RMSprop has no ``fused``)."""
+    optimizer_class = getattr(torch.optim, case.class_name)
+    offered = inspect.signature(optimizer_class).parameters
+    return [
+        Contender(
+            label=f"torch[{variant}]",
+            kind="torch",
+            variant=variant,
+            make=_factory(optimizer_class, {**case.hyper, **TORCH_VARIANTS[variant]}),
+        )
+        for variant in variants
+        if all(flag in offered for flag in TORCH_VARIANTS[variant])
+    ]
+
+
+def fusedopt_contenders(case: OptimizerCase, backends: Sequence[str]) -> List[Contender]:
+    optimizer_class = getattr(fusedopt, case.class_name)
+    contenders = []
+    for backend in backends:
+        for extra in case.fusedopt_variants:
+            label = f"fusedopt[{backend},{extra.suffix}]" if extra.suffix else f"fusedopt[{backend}]"
+            kwargs = {**case.hyper, **extra.kwargs, "backend": backend}
+            contenders.append(Contender(label, "fusedopt", backend, _factory(optimizer_class, kwargs)))
+    return contenders
+
+
+def fusedopt_backends(device: torch.device) -> List[str]:
+    """The fusedopt backends timed on ``device`` unless --backend names others.
+
+    On a CPU, Triton runs only under its interpreter (TRITON_INTERPRET=1), a
+    correctness tool far too slow to be worth timing, so it is left out.
+    """
+    try:
+        usable = list(fusedopt.available_backends(device))
+    except AttributeError:  # a core without available_backends: ask each backend directly
+        usable = [backend for backend in FUSEDOPT_BACKENDS if _constructs(backend, device)]
+    if device.type == "cpu":
+        usable = [backend for backend in usable if backend != "triton"]
+    return usable
+
+
+def _constructs(backend: str, device: torch.device) -> bool:
+    try:
+        fusedopt.Adam([_probe_param(device, torch.float32)], backend=backend)
+    except RuntimeError:
+        return False
+    return True
+
+
+def probe(contender: Contender, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """Why ``contender`` cannot step a parameter of this device and dtype, or None if it can."""
+    param = _probe_param(device, dtype)
+    try:
+        contender.make([param]).step()
+    except Exception as error:  # reported as a skipped row, with the library's own message
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _factory(optimizer_class, kwargs) -> OptimizerFactory:
+    return lambda params: optimizer_class(params, **kwargs)
+
+
+def _probe_param(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    param = torch.zeros(5, device=device, dtype=dtype, requires_grad=True)
+    param.grad = torch.ones_like(param)
+    return param

@@ -1,0 +1,230 @@
+"""Smoke tests of the benchmark harness (fusedopt.bench) and bench/cpu_bars.py.
+
+They run the real harness in-process at the hidden --tiny scale and check
+the shape of what it reports, never how fast anything was.
+"""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusedopt.bench.__main__ import main
+from fusedopt.bench.cases import CASES_BY_KEY
+from fusedopt.bench.contenders import fusedopt_backends
+from fusedopt.bench.timing import round_robin
+from fusedopt.bench.workloads import GPT2_SMALL, GPT2_XL, build_workloads, gpt2_parameter_shapes
+
+REPO = Path(__file__).resolve().parents[1]
+# One thread: tiny steps gain nothing from two, and a busy machine would make each
+# parallel region wait for a descheduled thread.
+TINY = ["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "1", "--threads", "1"]
+STEPS = 2
+
+ENVIRONMENT_TYPES = {
+    "device": str, "device_name": str, "cpu_model": str, "num_threads": int,
+    "load_average_start": float, "load_average_end": float,
+    "torch_version": str, "command_line": str, "date": str, "platform": str, "python_version": str,
+}
+ROW_TYPES = {
+    "shape": str, "dtype": str, "optimizer": str, "optimizer_label": str, "implementation": str,
+    "kind": str, "variant": str, "num_tensors": int, "numel": int, "bytes_per_element": int,
+    "median_ms": float, "min_ms": float, "samples_ms": list, "gbps": float, "pct_of_copy": float,
+    "speedup_vs": dict, "group": int,
+}
+TRAFFIC_TYPES = {
+    "optimizer": str, "optimizer_label": str, "dtype": str, "bytes_per_element": int, "formula": str,
+}
+COPY_TYPES = {"tensor_bytes": int, "bytes_moved": int, "median_ms": float, "gbps": float}
+
+
+def assert_fields(record, types):
+    for key, expected in types.items():
+        assert key in record, f"missing key {key!r}"
+        assert isinstance(record[key], expected), f"{key}: {record[key]!r} is not {expected.__name__}"
+
+
+def assert_positive_finite(value, what):
+    assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{what} = {value!r}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_torch_threads():
+    """--threads changes torch's global setting; give other test modules theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny run of every optimizer, shape and dtype, shared by the schema tests."""
+    path = tmp_path_factory.mktemp("bench") / "result.json"
+    assert main(TINY + ["--shapes", "large,gpt2-small,many-small,host-overhead", "--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def test_json_document_has_the_documented_sections(tiny_run):
+    assert tiny_run["schema_version"] == 1
+    assert set(tiny_run) == {"schema_version", "environment", "settings", "copy_bandwidth",
+                             "traffic", "workloads", "results", "skipped"}
+    assert_fields(tiny_run["environment"], ENVIRONMENT_TYPES)
+    assert tiny_run["environment"]["command_line"].startswith("python -m fusedopt.bench --device cpu")
+    assert_fields(tiny_run["copy_bandwidth"], COPY_TYPES)
+    assert_positive_finite(tiny_run["copy_bandwidth"]["gbps"], "copy GB/s")
+    for entry in tiny_run["traffic"]:
+        assert_fields(entry, TRAFFIC_TYPES)
+        assert entry["formula"].endswith(f"= {entry['bytes_per_element']} B/elem")
+    assert tiny_run["settings"]["steps"] == STEPS
+    assert tiny_run["skipped"] == [], "every contender should step float32 and bfloat16 on the CPU"
+
+
+def test_every_row_is_complete_and_every_number_positive_and_finite(tiny_run):
+    assert tiny_run["results"]
+    for row in tiny_run["results"]:
+        assert_fields(row, ROW_TYPES)
+        assert len(row["samples_ms"]) == STEPS
+        for key in ("median_ms", "min_ms", "gbps", "pct_of_copy"):
+            assert_positive_finite(row[key], f"{row['implementation']} {key}")
+        for sample in row["samples_ms"]:
+            assert_positive_finite(sample, f"{row['implementation']} sample")
+        assert row["speedup_vs"], "every row is compared with at least one torch variant"
+        for variant, ratio in row["speedup_vs"].items():
+            assert_positive_finite(ratio, f"{row['implementation']} speed-up vs {variant}")
+
+
+def test_rows_cover_every_shape_dtype_and_optimizer(tiny_run):
+    measured = {(row["shape"], row["dtype"], row["optimizer"]) for row in tiny_run["results"]}
+    for shape in ("large", "gpt2-small", "many-small"):
+        for dtype in ("float32", "bfloat16"):
+            for case in CASES_BY_KEY:
+                assert (shape, dtype, case) in measured
+    host_rows = {row["optimizer"] for row in tiny_run["results"] if row["shape"] == "host-overhead"}
+    assert host_rows == {"adam"}
+
+
+def test_torch_fused_is_timed_exactly_where_torch_offers_it(tiny_run):
+    fused_cases = {row["optimizer"] for row in tiny_run["results"] if row["implementation"] == "torch[fused]"}
+    assert fused_cases == {"adam", "adamw", "sgd"}
+    for row in tiny_run["results"]:
+        torch_variants = {"for-loop", "foreach"} | ({"fused"} if row["optimizer"] in fused_cases else set())
+        assert set(row["speedup_vs"]) == torch_variants
+
+
+def test_every_available_fusedopt_backend_is_timed(tiny_run):
+    implementations = {row["implementation"] for row in tiny_run["results"]}
+    for backend in fusedopt_backends(torch.device("cpu")):
+        assert f"fusedopt[{backend}]" in implementations
+        assert f"fusedopt[{backend},optimized_update]" in implementations
+    optimized = {
+        row["optimizer"] for row in tiny_run["results"] if "optimized_update" in row["implementation"]
+    }
+    assert optimized == {"adamw"}
+
+
+def test_backend_option_restricts_the_fusedopt_rows(tmp_path):
+    path = tmp_path / "result.json"
+    main(TINY + ["--shapes", "large", "--dtypes", "float32", "--optimizers", "sgd",
+                 "--backend", "reference", "--json", str(path)])
+    rows = json.loads(path.read_text())["results"]
+    assert {row["implementation"] for row in rows if row["kind"] == "fusedopt"} == {"fusedopt[reference]"}
+
+
+def test_terminal_table_states_traffic_copy_bandwidth_and_speedups(capsys):
+    main(TINY + ["--shapes", "large", "--dtypes", "float32", "--optimizers", "adam,sgd"])
+    out = capsys.readouterr().out
+    assert "copy bandwidth:" in out
+    assert "reads p,g,m,v + writes p,m,v = 7 x 4 B = 28 B/elem" in out
+    assert "reads p,g,buf + writes p,buf = 5 x 4 B = 20 B/elem" in out
+    header = next(line for line in out.splitlines() if line.startswith("dtype"))
+    assert header.split() == ["dtype", "optimizer", "implementation", "ms/step", "GB/s", "%", "copy",
+                              "vs", "for-loop", "vs", "foreach", "vs", "fused"]
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bandwidth.png"
+    main(TINY + ["--shapes", "large", "--dtypes", "float32", "--optimizers", "adam", "--plot", str(path)])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("arguments", [["--optimizers", "adagrad"], ["--shapes", "huge"],
+                                       ["--dtypes", "int8"], ["--steps", "0"]])
+def test_bad_options_are_rejected(arguments):
+    with pytest.raises(SystemExit) as exit_info:
+        main(TINY + arguments)
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "case, dtype, expected",
+    [
+        ("adam", torch.float32, 28),
+        ("adam", torch.bfloat16, 14),
+        ("adamw", torch.float32, 28),
+        ("sgd", torch.float32, 20),
+        ("rmsprop", torch.float32, 20),
+        ("rmsprop-centered", torch.float32, 36),
+        ("rmsprop-centered", torch.bfloat16, 18),
+    ],
+)
+def test_bytes_per_element(case, dtype, expected):
+    assert CASES_BY_KEY[case].traffic.bytes_per_element(dtype) == expected
+
+
+@pytest.mark.parametrize(
+    "class_name, hyper, expected",
+    [("Adam", {"amsgrad": True}, 36), ("SGD", {"momentum": 0.0}, 12), ("RMSprop", {"momentum": 0.9}, 28)],
+)
+def test_bytes_per_element_follows_the_options(class_name, hyper, expected):
+    from fusedopt.bench.traffic import traffic_for
+
+    assert traffic_for(class_name, hyper).bytes_per_element(torch.float32) == expected
+
+
+def test_gpt2_shapes_have_the_published_parameter_counts():
+    count = lambda config: sum(math.prod(shape) for shape in gpt2_parameter_shapes(config))  # noqa: E731
+    assert count(GPT2_SMALL) == 124_439_808
+    assert count(GPT2_XL) == 1_557_611_200
+
+
+def test_cpu_workload_sizes():
+    names = ["large", "many-small", "host-overhead"]
+    full = {workload.name: workload for workload in build_workloads(names, torch.device("cpu"), "full")}
+    assert (full["large"].num_tensors, full["large"].numel) == (1, 20_000_000)
+    assert (full["many-small"].num_tensors, full["many-small"].numel) == (200, 20_000_000)
+    assert (full["host-overhead"].num_tensors, full["host-overhead"].numel) == (1_000, 8_000)
+    quick = build_workloads(["large"], torch.device("cpu"), "quick")[0]
+    assert quick.numel == 2_000_000
+
+
+def test_round_robin_alternates_and_rotates_the_first_contender():
+    calls = []
+
+    class CountingClock:
+        def time_ms(self, call):
+            call()
+            return 1.0
+
+        def synchronize(self):
+            pass
+
+    contenders = [lambda name=name: calls.append(name) for name in "abc"]
+    samples = round_robin(contenders, warmup=1, steps=3, clock=CountingClock())
+    assert samples == [[1.0] * 3] * 3
+    assert "".join(calls) == "abc" + "abc" + "bca" + "cab"
+
+
+def test_cpu_bars_script_reports_every_bar(tmp_path):
+    spec = importlib.util.spec_from_file_location("cpu_bars", REPO / "bench" / "cpu_bars.py")
+    cpu_bars = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cpu_bars)
+    path = tmp_path / "bars.json"
+    status = cpu_bars.main(["--tiny", "--steps", "2", "--warmup", "1", "--threads", "1", "--json", str(path)])
+    bars = json.loads(path.read_text())["bars"]
+    assert len(bars) == len(cpu_bars.BARS)
+    assert status == (0 if all(bar["passed"] for bar in bars) else 1)
+    for bar in bars:
+        assert_positive_finite(bar["ratio"], bar["bar"])
