@@ -142,5 +142,7 @@ class Backend:
     def grad_sum_of_squares(self, batch: TensorBatch) -> torch.Tensor:
         """Sum of the squares of every grad element, as a 0-dim tensor on the batch's device
         (no host sync). torch's multi-tensor norm serves every backend without its own."""
-        norms = torch._foreach_norm(batch.grads, 2.0)
+        # float32 norms even for 16-bit grads, so every backend's clip coefficient agrees
+        # with the CPU kernel's (which accumulates in double) to float32 rounding.
+        norms = torch._foreach_norm(batch.grads, 2.0, dtype=torch.float32)
         return torch.stack(norms).double().square().sum()

@@ -58,7 +58,7 @@ FUSEDOPT_HD AdamCoefficients<T> adam_coefficients(const AdamConfig& c, double st
 template <bool AMSGRAD, typename T>
 FUSEDOPT_HD void adam_update(T& p, T g, T& m, T& v, T& max_v, const AdamCoefficients<T>& k) {
   g = transformed_grad(g, k.grad, k.grad_sign);
-  if (k.l2_decay != T(0)) g = g + k.l2_decay * p;
+  g = k.l2_decay != T(0) ? g + k.l2_decay * p : g;  // a select, not a branch: keeps loops vectorisable
   p = p * k.param_scale;
   m = lerp(m, g, k.one_minus_beta1);
   v = v * k.beta2 + k.one_minus_beta2 * g * g;

@@ -38,7 +38,7 @@ template <bool CENTERED, bool MOMENTUM, typename T>
 FUSEDOPT_HD void rmsprop_update(T& p, T g, T& square_avg, T& grad_avg, T& buf,
                                 const RMSpropCoefficients<T>& k) {
   g = transformed_grad(g, k.grad, k.grad_sign);
-  if (k.weight_decay != T(0)) g = g + k.weight_decay * p;
+  g = k.weight_decay != T(0) ? g + k.weight_decay * p : g;  // a select: see adam.h
   square_avg = square_avg * k.alpha + k.one_minus_alpha * g * g;
   T avg;
   if (CENTERED) {

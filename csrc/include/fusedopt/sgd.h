@@ -38,7 +38,7 @@ template <typename T> FUSEDOPT_HD SGDCoefficients<T> sgd_coefficients(const SGDC
 template <bool MOMENTUM, typename T>
 FUSEDOPT_HD void sgd_update(T& p, T g, T& buf, const SGDCoefficients<T>& k) {
   g = transformed_grad(g, k.grad, k.grad_sign);
-  if (k.weight_decay != T(0)) g = g + k.weight_decay * p;
+  g = k.weight_decay != T(0) ? g + k.weight_decay * p : g;  // a select: see adam.h
   if (MOMENTUM) {
     buf = k.first_step ? g : buf * k.momentum + k.one_minus_dampening * g;
     g = k.nesterov ? g + k.momentum * buf : buf;
