@@ -10,10 +10,17 @@ overrides the fixture, e.g.
 
 or calls the helpers of _compare.py with backend="triton" directly.
 """
+import os
+
 import pytest
 import torch
 
-import fusedopt.backends
+# Without a GPU the Triton kernels can only run in Triton's interpreter, which is chosen
+# when they are defined: set it before anything can load fusedopt's Triton backend.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import fusedopt.backends  # noqa: E402
 
 BACKENDS = ("reference", "cpu")
 

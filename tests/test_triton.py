@@ -322,7 +322,10 @@ def amp_run(name, kwargs, backend, dtype, *, grad_scale=None, found_inf=False, m
         optimizer.step()
         if found_inf and step in SKIPPED:
             after = params + state_tensors(optimizer, params)
-            if step == 0:  # the state was created by this step: zeros, step 0, the master a copy of the param
+            if step == 0 and optimizer.has_first_step_rule:  # SGD returns before creating any state
+                assert all(len(optimizer.state[p]) == 0 for p in params)
+                after = after[:len(params)]
+            elif step == 0:  # the state was created by this step: zeros, step 0, the master a copy of the param
                 master_copies = [optimizer.state[p]["master_param"] for p in params] if master_weights else []
                 assert all(torch.equal(t, torch.zeros_like(t)) for t in after[len(params):]
                            if all(t is not m for m in master_copies))

@@ -34,6 +34,7 @@ Prepared = List[Tuple[Bucket, TensorBatch, List[int]]]
 
 class FusedOptimizer(torch.optim.Optimizer):
     has_step_counter: bool = True  # keeps state['step'] (Adam, RMSprop) or not (SGD)
+    has_first_step_rule: bool = False  # new state depends on the first grad (SGD's momentum buffer)
     # torch.amp.GradScaler hands this optimizer `grad_scale` and `found_inf` instead of
     # unscaling the grads itself; the kernels unscale, and skip the step on inf/NaN.
     _step_supports_amp_scaling = True
@@ -105,12 +106,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         found_inf = getattr(self, "found_inf", None)
-        if found_inf is not None and found_inf.device.type == "cpu" and not torch.compiler.is_compiling():
+        if (self.has_first_step_rule and found_inf is not None and found_inf.device.type == "cpu"
+                and not torch.compiler.is_compiling() and found_inf.item() != 0):
             # Reading a CPU tensor costs no sync: skip before any lazy state is created, so a
-            # skipped first step leaves SGD's first-step rule for the next one (on GPUs the
-            # kernels skip instead, and new momentum buffers start at zero).
-            if found_inf.item() != 0:
-                return loss
+            # skipped first step leaves SGD's first-step rule (buf = grad) for the next one.
+            # Elsewhere the kernels skip; new buffers then start at zero (torch's fused SGD
+            # leaves them uninitialised).
+            return loss
         if torch.compiler.is_compiling():
             compiled_step(self)  # traced by dynamo: one torch.library op per group and dtype
             return loss
