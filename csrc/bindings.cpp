@@ -129,13 +129,20 @@ PYBIND11_MODULE(_C, m) {
                                        grad_transform(grad_scale, found_inf, clip_coef)),
                         device, stream);
         }, no_gil);
-  m.def("cuda_launch_plan", [](const std::vector<int64_t>& numels, int64_t tensor_lists, int64_t element_bytes) {
-          auto plan = cuda::describe_launch_plan(numels, tensor_lists, element_bytes);
+  m.def("cuda_launch_plan", [](const std::vector<int64_t>& numels, int64_t tensor_lists, int64_t element_bytes,
+                               bool large_parameter_block) {
+          auto plan = cuda::describe_launch_plan(numels, tensor_lists, element_bytes, large_parameter_block);
           py::dict out;
           out["launches"] = plan.launches;
           out["tensors_per_launch"] = plan.tensors_per_launch;
           out["chunks_per_launch"] = plan.chunks_per_launch;
+          out["chunk_elements"] = plan.chunk_elements;
+          out["parameter_block_limit"] = plan.parameter_block_limit;
+          out["parameter_bytes_per_launch"] = plan.parameter_bytes_per_launch;
+          out["tensor_index"] = plan.tensor_index;
+          out["first_chunk"] = plan.first_chunk;
           return out;
-        }, py::arg("numels"), py::arg("tensor_lists"), py::arg("element_bytes"));
+        }, py::arg("numels"), py::arg("tensor_lists"), py::arg("element_bytes"),
+        py::arg("large_parameter_block") = true);
 #endif
 }

@@ -27,6 +27,14 @@ def _triton_version() -> str | None:
     return triton.__version__
 
 
+def _arch_name(cmake_arch: str) -> str:
+    """CMake's "90-real" / "90-virtual" as nvcc names them: sm_90 machine code, compute_90 PTX."""
+    number, _, kind = cmake_arch.partition("-")
+    if kind == "virtual":
+        return f"compute_{number} (PTX)"
+    return f"sm_{number}" if kind == "real" else f"sm_{number} + compute_{number} (PTX)"
+
+
 def info() -> Dict[str, Any]:
     """A dict describing this installation (also printed by ``python -m fusedopt``)."""
     from . import __version__
@@ -52,7 +60,7 @@ def info() -> Dict[str, Any]:
         "cpu_kernels": {"built": not load_error, "instruction_set": built.get("cpu_isa")},
         "cuda_kernels": {
             "built": bool(built.get("cuda")),
-            "architectures": built.get("cuda_archs", "").split(",") if built.get("cuda") else [],
+            "architectures": [_arch_name(a) for a in built.get("cuda_archs", "").split(",")] if built.get("cuda") else [],
             "nvcc_version": built.get("cuda_compiler_version"),
         },
         "triton": _triton_version(),

@@ -47,18 +47,6 @@ void for_each_slice(const TensorTable& table, int num_threads, Body&& body) {
   }
 }
 
-// Calls body(ParamStorage{}, StateStorage{}). States are stored like the param, except
-// with master weights for 16-bit params: then states (and the master copy) are float32.
-template <typename Body> void dispatch_storage(DType dtype, bool master_weights, Body&& body) {
-  dispatch_dtype(dtype, [&](auto tag) {
-    using S = decltype(tag);
-    if constexpr (std::is_same_v<S, Half> || std::is_same_v<S, BFloat16>) {
-      if (master_weights) return body(S{}, float{});
-    }
-    body(S{}, S{});
-  });
-}
-
 // The param value the math updates: the fp32 master copy when there is one (S != SS).
 template <typename S, typename SS>
 inline typename OpMath<S>::type load_param(const S* p, const float* master, int64_t j) {

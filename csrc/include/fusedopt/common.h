@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define FUSEDOPT_HD __host__ __device__ __forceinline__
@@ -131,6 +132,18 @@ template <typename Body> inline bool dispatch_dtype(DType dtype, Body&& body) {
     case DType::BFloat16: body(BFloat16{}); return true;
   }
   return false;
+}
+
+// Calls body(ParamStorage{}, StateStorage{}): states are stored like the param, except
+// with master weights for a 16-bit param, whose states and master copy are float32.
+template <typename Body> inline bool dispatch_storage(DType dtype, bool master_weights, Body&& body) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    if constexpr (std::is_same_v<S, Half> || std::is_same_v<S, BFloat16>) {
+      if (master_weights) return body(S{}, float{});
+    }
+    body(S{}, S{});
+  });
 }
 
 }  // namespace fusedopt

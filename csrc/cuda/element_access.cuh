@@ -1,0 +1,188 @@
+// Moving one chunk's elements between global memory and registers. An op hands
+// update_elements the lists of a tensor (param, grad, states, master copy) and a function
+// that updates one element's values in the math type; update_elements picks the access
+// path: vector loads and stores when every list of the tensor is aligned for them,
+// element-wise access otherwise (params that are views at odd offsets). Indices are 64-bit
+// throughout.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "cuda/launch_plan.h"
+#include "fusedopt/common.h"
+
+namespace fusedopt::cuda {
+
+// ---- storage <-> math type ---------------------------------------------------------------
+// The GPU's conversion instructions; the rounding (to nearest even) is that of the
+// portable conversions in fusedopt/common.h, which take a dozen integer operations.
+__device__ __forceinline__ float to_math(float x) { return x; }
+__device__ __forceinline__ double to_math(double x) { return x; }
+__device__ __forceinline__ float to_math(Half x) { return __half2float(__ushort_as_half(x.bits)); }
+__device__ __forceinline__ float to_math(BFloat16 x) { return __uint_as_float(uint32_t(x.bits) << 16); }
+
+template <typename E> __device__ __forceinline__ E from_math(typename OpMath<E>::type x);
+template <> __device__ __forceinline__ float from_math<float>(float x) { return x; }
+template <> __device__ __forceinline__ double from_math<double>(double x) { return x; }
+template <> __device__ __forceinline__ Half from_math<Half>(float x) {
+  return Half{__half_as_ushort(__float2half_rn(x))};
+}
+template <> __device__ __forceinline__ BFloat16 from_math<BFloat16>(float x) {
+  return BFloat16{__bfloat16_as_ushort(__float2bfloat16_rn(x))};
+}
+
+// ---- the lists of one tensor -------------------------------------------------------------
+// What an op reads and writes for one tensor. The first kParamLists lists (param, grad)
+// are stored as the param's dtype S, the others (states, master copy) as the state dtype
+// SS: S itself, or float32 for a 16-bit param with master weights. List l lives at
+// data[l] (nullptr when the op's options leave it out), is loaded before the update if
+// load[l] (false for a write-only list, such as SGD's new momentum buffer) and stored
+// after it if store[l] (false for read-only lists, such as the gradient). A list neither
+// loaded nor stored costs no memory traffic.
+template <typename S, typename SS, int kLists>
+struct ElementLists {
+  static constexpr int kParamLists = 2;
+  void* data[kLists] = {};
+  bool load[kLists] = {};
+  bool store[kLists] = {};
+
+  __device__ void set(int l, void* address, bool load_it, bool store_it) {
+    data[l] = address;
+    load[l] = load_it && address != nullptr;
+    store[l] = store_it && address != nullptr;
+  }
+};
+
+// Elements of every list one thread moves per vector access: 16 bytes of the wider of
+// the two storage types (so a 16-bit list with float32 states moves 8 bytes at a time).
+template <typename S, typename SS>
+constexpr int kVectorWidth = int(kVectorBytes / (sizeof(S) > sizeof(SS) ? sizeof(S) : sizeof(SS)));
+
+// kWidth consecutive elements of type E as one 16-byte (or, for the 16-bit lists beside
+// float32 states, 8-byte) access.
+template <typename E, int kWidth>
+using VectorBits = std::conditional_t<kWidth * sizeof(E) == 16, uint4, uint2>;
+
+template <typename E, int kWidth, typename T>
+__device__ __forceinline__ void load_vector(const void* data, int64_t v, T* out) {
+  using Bits = VectorBits<E, kWidth>;
+  static_assert(sizeof(Bits) == kWidth * sizeof(E), "no single access of this width");
+  const Bits bits = static_cast<const Bits*>(data)[v];
+  E elements[kWidth];
+  memcpy(elements, &bits, sizeof(bits));
+#pragma unroll
+  for (int e = 0; e < kWidth; ++e) out[e] = to_math(elements[e]);
+}
+
+template <typename E, int kWidth, typename T>
+__device__ __forceinline__ void store_vector(void* data, int64_t v, const T* in) {
+  using Bits = VectorBits<E, kWidth>;
+  E elements[kWidth];
+#pragma unroll
+  for (int e = 0; e < kWidth; ++e) elements[e] = from_math<E>(in[e]);
+  Bits bits;
+  memcpy(&bits, elements, sizeof(bits));
+  static_cast<Bits*>(data)[v] = bits;
+}
+
+// Elements [begin, end) one at a time, kIlp per thread per pass, all loads of a pass
+// before its stores, so that each thread keeps several loads in flight.
+template <typename S, typename SS, int kLists, typename Update>
+__device__ __forceinline__ void update_scalars(const ElementLists<S, SS, kLists>& lists, int64_t begin, int64_t end,
+                                               const Update& update) {
+  using T = typename OpMath<S>::type;
+  constexpr int kParamLists = ElementLists<S, SS, kLists>::kParamLists;
+  constexpr int kIlp = 4;
+  for (int64_t base = begin + threadIdx.x; base < end; base += int64_t(kThreadsPerBlock) * kIlp) {
+    T values[kIlp][kLists];
+#pragma unroll
+    for (int e = 0; e < kIlp; ++e) {
+      const int64_t i = base + int64_t(e) * kThreadsPerBlock;
+#pragma unroll
+      for (int l = 0; l < kLists; ++l) {
+        values[e][l] = T(0);
+        if (i < end && lists.load[l])
+          values[e][l] = l < kParamLists ? T(to_math(static_cast<const S*>(lists.data[l])[i]))
+                                         : T(to_math(static_cast<const SS*>(lists.data[l])[i]));
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < kIlp; ++e)
+      if (base + int64_t(e) * kThreadsPerBlock < end) update(values[e]);
+#pragma unroll
+    for (int e = 0; e < kIlp; ++e) {
+      const int64_t i = base + int64_t(e) * kThreadsPerBlock;
+#pragma unroll
+      for (int l = 0; l < kLists; ++l) {
+        if (i >= end || !lists.store[l]) continue;
+        if (l < kParamLists) static_cast<S*>(lists.data[l])[i] = from_math<S>(values[e][l]);
+        else static_cast<SS*>(lists.data[l])[i] = from_math<SS>(values[e][l]);
+      }
+    }
+  }
+}
+
+// The vectors [first, last) of every list (vector v holds elements [v * kWidth,
+// (v + 1) * kWidth)); every list must be aligned to its vector size.
+template <typename S, typename SS, int kLists, typename Update>
+__device__ __forceinline__ void update_vectors(const ElementLists<S, SS, kLists>& lists, int64_t first, int64_t last,
+                                               const Update& update) {
+  using T = typename OpMath<S>::type;
+  constexpr int kParamLists = ElementLists<S, SS, kLists>::kParamLists;
+  constexpr int kWidth = kVectorWidth<S, SS>;
+  for (int64_t v = first + threadIdx.x; v < last; v += kThreadsPerBlock) {
+    T values[kLists][kWidth];
+#pragma unroll
+    for (int l = 0; l < kLists; ++l) {
+#pragma unroll
+      for (int e = 0; e < kWidth; ++e) values[l][e] = T(0);
+      if (!lists.load[l]) continue;
+      if (l < kParamLists) load_vector<S, kWidth>(lists.data[l], v, values[l]);
+      else load_vector<SS, kWidth>(lists.data[l], v, values[l]);
+    }
+#pragma unroll
+    for (int e = 0; e < kWidth; ++e) {
+      T element[kLists];
+#pragma unroll
+      for (int l = 0; l < kLists; ++l) element[l] = values[l][e];
+      update(element);
+#pragma unroll
+      for (int l = 0; l < kLists; ++l) values[l][e] = element[l];
+    }
+#pragma unroll
+    for (int l = 0; l < kLists; ++l) {
+      if (!lists.store[l]) continue;
+      if (l < kParamLists) store_vector<S, kWidth>(lists.data[l], v, values[l]);
+      else store_vector<SS, kWidth>(lists.data[l], v, values[l]);
+    }
+  }
+}
+
+// Applies update(values) to the elements [begin, end) of the lists, `begin` being a chunk
+// boundary (a multiple of the vector width). Every thread of the block must call it.
+template <typename S, typename SS, int kLists, typename Update>
+__device__ __forceinline__ void update_elements(const ElementLists<S, SS, kLists>& lists, int64_t begin, int64_t end,
+                                                const Update& update) {
+  constexpr int kParamLists = ElementLists<S, SS, kLists>::kParamLists;
+  constexpr int64_t kWidth = kVectorWidth<S, SS>;
+  bool aligned = true;
+#pragma unroll
+  for (int l = 0; l < kLists; ++l) {
+    const uint64_t vector_bytes = kWidth * (l < kParamLists ? sizeof(S) : sizeof(SS));
+    aligned &= reinterpret_cast<uintptr_t>(lists.data[l]) % vector_bytes == 0;  // nullptr counts as aligned
+  }
+  if (aligned) {
+    // Whole vectors, then the tensor's last few elements (in its last chunk only).
+    const int64_t vectors_end = begin + (end - begin) / kWidth * kWidth;
+    update_vectors(lists, begin / kWidth, vectors_end / kWidth, update);
+    begin = vectors_end;
+  }
+  update_scalars(lists, begin, end, update);
+}
+
+}  // namespace fusedopt::cuda
