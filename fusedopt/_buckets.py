@@ -80,7 +80,18 @@ _versions = itertools.count(1)
 # Unbound accessors: map() over them is the cheapest way to read many tensors' metadata.
 _data_ptr = torch.Tensor.data_ptr
 _stride = torch.Tensor.stride
-_nbytes = operator.attrgetter("nbytes")  # table versions are unique process-wide, so backends may key caches on them
+_is_contiguous = torch.Tensor.is_contiguous
+_nbytes = operator.attrgetter("nbytes")
+_grad = operator.attrgetter("grad")
+
+
+def _same_layout(tensors: List[torch.Tensor], strides: Optional[List[tuple]]) -> bool:
+    """All tensors laid out as recorded: contiguous where `strides` is None (the common
+    case, checked without building stride tuples, which also spares the garbage
+    collector), else with exactly these strides."""
+    if strides is None:
+        return all(map(_is_contiguous, tensors))
+    return list(map(_stride, tensors)) == strides  # table versions are unique process-wide, so backends may key caches on them
 
 
 def select(batch: TensorBatch, indices: Sequence[int]) -> TensorBatch:
@@ -92,21 +103,11 @@ def select(batch: TensorBatch, indices: Sequence[int]) -> TensorBatch:
                        [pick(ts) for ts in batch.states], batch.device, batch.dtype, table, next(_versions))
 
 
-class StateMap(collections.defaultdict):
-    """optimizer.state, counting every replacement or removal of a param's entry.
-
-    Buckets keep each param's state dict and skip looking the params up again while the
-    count is unchanged: a lookup costs a Python-level Tensor.__hash__ per param, which is
-    most of a step's host time for many small tensors. Changes inside a param's dict are
-    still seen, by the identity checks of the state tensors.
-    """
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.version = 0
+class _CountsChanges:
+    """Dict mixin: every mutation calls self._changed()."""
 
     def _changed(self) -> None:
-        self.version += 1
+        raise NotImplementedError
 
     def __setitem__(self, key, value):
         self._changed()
@@ -136,8 +137,51 @@ class StateMap(collections.defaultdict):
         self._changed()
         return super().setdefault(key, default)
 
+
+class ParamState(_CountsChanges, dict):
+    """One param's state dict; its changes count in the StateMap it belongs to."""
+
+    def __init__(self, owner: "StateMap", *args):
+        super().__init__(*args)
+        self._owner = owner
+
+    def _changed(self) -> None:
+        self._owner.version += 1
+
+    def __reduce__(self):  # pickle/deepcopy as the plain dict torch.optim has
+        return (dict, (), None, None, iter(self.items()))
+
+
+class StateMap(_CountsChanges, collections.defaultdict):
+    """optimizer.state, counting every change to it or to any param's state dict.
+
+    While the count is unchanged a bucket knows every state tensor is where it was, and
+    skips both looking the params up (a Python-level Tensor.__hash__ each) and comparing
+    the state tensors' identities: most of a step's host time for many small tensors. A
+    plain dict stored by hand is not counted: then buckets check identities every step.
+    """
+
+    def __init__(self, existing=()):
+        super().__init__(self._new_param_state)
+        self.version = 0
+        self.all_counted = True
+        for key, value in dict(existing).items():
+            super().__setitem__(key, ParamState(self, value) if type(value) is dict else value)
+            self.all_counted &= isinstance(value, (dict, ParamState))
+
+    def _new_param_state(self) -> ParamState:
+        return ParamState(self)
+
+    def _changed(self) -> None:
+        self.version += 1
+
+    def __setitem__(self, key, value):
+        if not isinstance(value, ParamState):
+            self.all_counted = False
+        super().__setitem__(key, value)
+
     def __reduce__(self):  # pickle/deepcopy as the plain defaultdict torch.optim has
-        return (collections.defaultdict, (self.default_factory,), None, None, iter(self.items()))
+        return (collections.defaultdict, (dict,), None, None, iter(self.items()))
 
 
 class _Stale(Exception):
@@ -148,8 +192,8 @@ class Bucket:
     __slots__ = (
         "params", "device", "dtype", "optimizer", "_device_index", "_strides", "_nbytes",
         "_key", "_active", "_param_ptrs", "_grads_seen", "_grads", "_grad_ptrs", "_steps", "_states",
-        "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_state_dicts", "_strict",
-        "_distributed", "_states_seen", "_state_ptrs", "_grads_copied",
+        "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_strict",
+        "_distributed", "_states_seen", "_state_ptrs", "_grads_copied", "_layout",
     )
 
     def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False):
@@ -182,7 +226,7 @@ class Bucket:
         to the params' .grad."""
         params = self.params
         if grads is None:
-            grads = [p.grad for p in params]
+            grads = list(map(_grad, params))
         if all(map(operator.is_not, grads, repeat(None))):
             active = None
         else:
@@ -217,24 +261,24 @@ class Bucket:
         address (`.data` or `set_` gave them other memory); their layout and size cannot
         change without one of those or without an in-place op of the user's own on them.
         """
-        if (list(map(_data_ptr, params)) != self._param_ptrs or list(map(_stride, params)) != self._strides
-                or list(map(_nbytes, params)) != self._nbytes):
+        if (list(map(_data_ptr, params)) != self._param_ptrs or list(map(_nbytes, params)) != self._nbytes
+                or not _same_layout(params, self._layout)):
             raise _Stale
         if state_keys or has_step:
-            if state is self._state_map and state.version == self._state_map_version:
-                states = self._state_dicts
-            else:
+            unchanged = (state is self._state_map and state.version == self._state_map_version
+                         and state.all_counted)
+            if not unchanged:  # something may have been replaced: compare identities
                 states = list(map(state.__getitem__, owners))
-            for key, cached in zip(state_keys, self._states_seen):
-                if not all(map(operator.is_, map(operator.itemgetter(key), states), cached)):
+                for key, cached in zip(state_keys, self._states_seen):
+                    if not all(map(operator.is_, map(operator.itemgetter(key), states), cached)):
+                        raise _Stale
+                if has_step and not all(map(operator.is_, map(operator.itemgetter("step"), states), self._steps)):
                     raise _Stale
-            if has_step and not all(map(operator.is_, map(operator.itemgetter("step"), states), self._steps)):
-                raise _Stale
             if list(map(_data_ptr, self._state_tensors())) != self._state_ptrs:
-                raise _Stale
+                raise _Stale  # `.data =` or set_() moved a state tensor to other memory
         if (self._grads_copied or not all(map(operator.is_, grads, self._grads_seen))
-                or list(map(_data_ptr, grads)) != self._grad_ptrs or list(map(_stride, grads)) != self._strides
-                or list(map(_nbytes, grads)) != self._nbytes):
+                or list(map(_data_ptr, grads)) != self._grad_ptrs or list(map(_nbytes, grads)) != self._nbytes
+                or not _same_layout(grads, self._layout)):
             self._install_grads(grads, self._validated_grads(grads))
 
     def _state_tensors(self):
@@ -251,6 +295,7 @@ class Bucket:
         self._key = None  # stays None if validation below fails
         self._active = params
         self._strides = list(map(_stride, params))
+        self._layout = None if all(map(_is_contiguous, params)) else self._strides
         self._nbytes = list(map(_nbytes, params))
         used_grads = self._validated_grads(grads)  # before any state is created: a bad grad changes nothing
         fresh = []
@@ -263,10 +308,6 @@ class Bucket:
                 fresh.append(i)
             states_per_param.append(s)
         self._fresh = fresh
-        if isinstance(state, StateMap) and states_per_param:
-            self._state_map, self._state_map_version, self._state_dicts = state, state.version, states_per_param
-        else:
-            self._state_map = None
         self._states_seen = [[self._checked_state(s, k, p, state_dtype) for s, p in zip(states_per_param, params)]
                              for k in state_keys]
         self._states = [list(map(local, row)) for row in self._states_seen] if self._distributed else self._states_seen
@@ -281,6 +322,8 @@ class Bucket:
         for r, tensors in enumerate(self._states):
             self._fill_row(FIRST_STATE_ROW + r, [t.data_ptr() for t in tensors])
         self._state_ptrs = list(map(_data_ptr, self._state_tensors()))
+        # Recorded after _checked_state/_checked_step, which may have replaced entries.
+        self._state_map, self._state_map_version = (state, state.version) if isinstance(state, StateMap) else (None, 0)
         self._check_no_overlap(params)
         self._install_grads(grads, used_grads)
         self._key = key
@@ -350,7 +393,7 @@ class Bucket:
             if (list(map(_nbytes, grads)) == self._nbytes
                     and {g.dtype for g in grads} == {self.dtype}
                     and {g.get_device() for g in grads} == {self._device_index}
-                    and list(map(_stride, grads)) == self._strides
+                    and _same_layout(grads, self._layout)
                     and all(g.layout == torch.strided for g in grads)):
                 return grads
         except (RuntimeError, NotImplementedError):  # sparse grads have no strides

@@ -45,7 +45,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"Invalid max_grad_norm value: {defaults['max_grad_norm']}")
         self._buckets: Dict[int, Tuple[List[torch.Tensor], List[Bucket]]] = {}
         super().__init__(params, defaults)
-        self.state = StateMap(dict, self.state)
+        self.state = StateMap(self.state)
         for group in self.param_groups:
             self._check_backend_runs(group)
 
@@ -70,11 +70,17 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self.state = StateMap(dict, self.state)
+        self.state = StateMap(self.state)
         self._buckets = {}  # tensors may have been replaced: rebuild every table
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+
+    def state_dict(self) -> dict:
+        state_dict = super().state_dict()
+        # Plain dicts, as torch.optim's: torch.load(weights_only=True) accepts nothing else.
+        state_dict["state"] = {key: dict(value) for key, value in state_dict["state"].items()}
+        return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
         # The backend is how this process runs the step, not part of the training state:
