@@ -368,21 +368,30 @@ def run_forked(fn, timeout: float = 60.0):
     return kind, rest
 
 
-def _move(tensor):
+def _move_in_place(tensor):
     tensor.data = tensor.data.clone()
 
 
-STATE_SWAPS = {
-    "exp_avg.data=clone": lambda s: _move(s["exp_avg"]),
-    "exp_avg_sq.set_(clone)": lambda s: s["exp_avg_sq"].set_(s["exp_avg_sq"].clone()),
-    "step.data=clone": lambda s: _move(s["step"]),
+def _store_copies(state):
+    for key in list(state):
+        state[key] = state[key].clone()
+
+
+# Moving state to new memory: storing new tensors in optimizer.state is noticed and training
+# continues exactly like torch's; moving the memory behind a tensor's back (`.data =`,
+# set_()) is not noticed, by design (see Bucket._rebuild), but must never crash: the
+# kernels keep writing memory the bucket holds, while the new memory is reused for junk.
+STATE_MOVES = {
+    "state[k]=clone": (_store_copies, True),
+    "exp_avg.data=clone": (lambda s: _move_in_place(s["exp_avg"]), False),
+    "exp_avg_sq.set_(clone)": (lambda s: s["exp_avg_sq"].set_(s["exp_avg_sq"].clone()), False),
+    "step.data=clone": (lambda s: _move_in_place(s["step"]), False),
 }
 
 
-@pytest.mark.parametrize("swap", STATE_SWAPS)
-def test_state_memory_swapped_behind_the_object(swap, backend):
-    """Moving state to new memory in place (same values) must not change training: the
-    run continues exactly like torch.optim.Adam after the same swap."""
+@pytest.mark.parametrize("move", STATE_MOVES)
+def test_state_memory_moved(move, backend):
+    action, noticed = STATE_MOVES[move]
 
     def scenario():
         torch.manual_seed(0)
@@ -395,8 +404,8 @@ def test_state_memory_swapped_behind_the_object(swap, backend):
             for i, step_grads in enumerate(grads):
                 if i == 3:
                     for p in params:
-                        STATE_SWAPS[swap](opt.state[p])
-                    junk.extend(torch.full((1000,), 7.0) for _ in range(20))  # reuses the freed memory
+                        action(opt.state[p])
+                    junk.extend(torch.full((1000,), 7.0) for _ in range(20))  # reuses any freed memory
                 for p, g in zip(params, step_grads):
                     p.grad = g.clone()
                 opt.step()
@@ -407,6 +416,9 @@ def test_state_memory_swapped_behind_the_object(swap, backend):
                     for a, b in zip(params, expected) for k in reference.state[b]))
 
     kind, result = run_forked(scenario)
-    assert kind == "ok", result
+    assert kind == "ok", result  # never a crash or heap corruption
     param_diff, state_diff = eval(result)
-    assert param_diff < 1e-5 and state_diff < 1e-5, result
+    if noticed or backend == "reference":  # the reference backend reads the dict every step
+        assert param_diff < 1e-5 and state_diff < 1e-5, result
+    else:  # the params still follow torch's: the kernels kept a consistent (held) copy of the state
+        assert param_diff < 1e-5, result
