@@ -16,6 +16,7 @@ import torch
 
 from . import backends
 from ._buckets import split_into_buckets
+from .clip import CLIP_EPSILON
 from .backends.base import GradTransform
 from .optim._update import CONFIGS, run_update
 
@@ -92,7 +93,7 @@ def compiled_step(optimizer) -> None:
         values = [float(v) for v in fields.values()]
         coef = None
         if group.get("max_grad_norm") is not None:
-            coef = torch.clamp(group["max_grad_norm"] / (norm + 1e-6), max=1.0).float()
+            coef = torch.clamp(group["max_grad_norm"] / (norm + CLIP_EPSILON), max=1.0).float()
         for dtype in {p.dtype for p in params}:
             selected = [p for p in params if p.dtype == dtype]
             master = optimizer._uses_master(group, dtype)

@@ -17,17 +17,19 @@ import torch
 from .. import backends
 from .._buckets import Bucket, StateMap, _RegroupNeeded, split_into_buckets
 from ..backends.base import GradTransform, TensorBatch
+from ..clip import CLIP_EPSILON
 from ._update import run_update
-
-
-def compiled_step(optimizer) -> None:
-    from .._ops import compiled_step as traced  # _ops imports this package: import on first use
-
-    traced(optimizer)
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 MASTER_KEY = "master_param"
-CLIP_EPSILON = 1e-6  # torch.nn.utils.clip_grad_norm_'s: coef = max_norm / (norm + 1e-6)
+
+
+def compiled_step(optimizer) -> None:
+    """The step's torch.compile path (fusedopt/_ops.py), imported on first use: _ops
+    imports this package."""
+    from .._ops import compiled_step as traced
+
+    traced(optimizer)
 
 Prepared = List[Tuple[Bucket, TensorBatch, List[int]]]
 
