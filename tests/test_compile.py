@@ -32,7 +32,32 @@ CASES = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
+def test_compiled_step_equals_eager_step(case):
+    """Only optimizer.step() compiled, grads computed eagerly: the op runs the same kernels
+    on the same grads, so the params and state must be identical."""
+    cls, hyper = CASES[case]
+    eager_model, compiled_model = _model(), _model()
+    eager_opt, compiled_opt = cls(eager_model.parameters(), **hyper), cls(compiled_model.parameters(), **hyper)
+    compiled_step = torch.compile(compiled_opt.step)
+    for _ in range(4):
+        for model in (eager_model, compiled_model):
+            model.zero_grad(set_to_none=True)
+            ((model(X) - Y) ** 2).mean().backward()
+        eager_opt.step()
+        compiled_step()
+    for p, q in zip(eager_model.parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=0)
+    for p, q in zip(eager_model.parameters(), compiled_model.parameters()):
+        for key, value in eager_opt.state[p].items():
+            torch.testing.assert_close(compiled_opt.state[q][key], value, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
 def test_compiled_training_step_matches_eager(case):
+    """The whole training step compiled. Inductor fuses the forward and backward passes
+    and so rounds the grads differently from eager (seen: 2e-7 after 4 steps), and Adam's
+    normalised update can amplify that where a grad is near zero: hence the tolerance."""
     cls, hyper = CASES[case]
     eager_model, compiled_model = _model(), _model()
     eager_opt, compiled_opt = cls(eager_model.parameters(), **hyper), cls(compiled_model.parameters(), **hyper)
@@ -40,9 +65,9 @@ def test_compiled_training_step_matches_eager(case):
     for _ in range(4):
         eager_loss = _train_step(eager_model, eager_opt)
         compiled_loss = compiled(compiled_model, compiled_opt)
-        torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
     for p, q in zip(eager_model.parameters(), compiled_model.parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
     assert eager_opt.state_dict()["state"].keys() == compiled_opt.state_dict()["state"].keys()
 
 
