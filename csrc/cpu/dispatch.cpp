@@ -1,4 +1,7 @@
 // Picks the CPU kernels built for the best instruction set this processor has.
+#include <cstdlib>
+#include <cstring>
+
 #include "cpu/kernels.h"
 
 #if FUSEDOPT_HAVE_ISA_BASELINE
@@ -16,7 +19,7 @@ namespace {
 
 enum class Isa { Baseline, Avx2, Avx512 };
 
-Isa detect_isa() {
+Isa best_isa() {
 #if defined(__x86_64__) && (FUSEDOPT_HAVE_ISA_AVX2 || FUSEDOPT_HAVE_ISA_AVX512)
   __builtin_cpu_init();
 #if FUSEDOPT_HAVE_ISA_AVX512
@@ -29,6 +32,17 @@ Isa detect_isa() {
     return Isa::Avx2;
 #endif
   return Isa::Baseline;
+}
+
+// FUSEDOPT_CPU_ISA=baseline|avx2 picks a lesser instruction set than the CPU's best, so
+// tests can check that every variant computes the same bits (and run the portable one).
+Isa detect_isa() {
+  const Isa best = best_isa();
+  const char* requested = std::getenv("FUSEDOPT_CPU_ISA");
+  if (requested == nullptr) return best;
+  if (std::strcmp(requested, "baseline") == 0) return Isa::Baseline;
+  if (std::strcmp(requested, "avx2") == 0 && best != Isa::Baseline) return Isa::Avx2;
+  return best;
 }
 
 const Isa kIsa = detect_isa();
