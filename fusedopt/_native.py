@@ -37,6 +37,3 @@ def build_info() -> dict:
     """What fusedopt._C was compiled with; {} when it is not loaded."""
     return {} if load_error else dict(native.build_info())
 
-
-def has_cuda_kernels() -> bool:
-    return bool(build_info().get("cuda", False))

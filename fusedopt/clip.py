@@ -11,7 +11,7 @@ from . import backends
 CLIP_EPSILON = 1e-6  # torch's: coef = max_norm / (norm + 1e-6), clamped to 1
 
 
-def _grads_by_bucket(params: List[torch.Tensor]) -> List[Tuple[torch.device, List[torch.Tensor]]]:
+def _grads_by_device_and_dtype(params: List[torch.Tensor]) -> List[Tuple[torch.device, List[torch.Tensor]]]:
     groups: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = {}
     for p in params:
         groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
@@ -43,7 +43,7 @@ def clip_grad_norm_(
         return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type, error_if_nonfinite, foreach)
     if not params:
         return torch.tensor(0.0)
-    by_device = _grads_by_bucket(params)
+    by_device = _grads_by_device_and_dtype(params)
     first_device = by_device[0][0]
     total = torch.stack([_sum_of_squares(device, grads).to(first_device) for device, grads in by_device]).sum().sqrt()
     total = total.to(params[0].grad.dtype if params[0].grad.is_floating_point() else torch.float32)

@@ -51,8 +51,7 @@ struct AdamChunkOp {
 
 void adam(const TensorTable& table, DType dtype, const AdamConfig& config, int device, uintptr_t stream) {
   if (table.n == 0) return;
-  const OpCall call("adam", device, stream);
-  const bool known = dispatch_storage(dtype, config.master_weights, [&](auto param, auto state) {
+  run_for_storage("adam", dtype, config.master_weights, device, stream, [&](auto param, auto state, const OpCall& call) {
     using S = decltype(param);
     using SS = decltype(state);
     int64_t rows[kAdamSlots] = {kParamRow, kGradRow, kStepRow, kStateRow, kStateRow + 1};
@@ -62,7 +61,6 @@ void adam(const TensorTable& table, DType dtype, const AdamConfig& config, int d
     increment_step_counters(table, config.grad_transform, call);
     multi_tensor_apply(table, rows, addresses, AdamChunkOp<S, SS>{config}, call);
   });
-  if (!known) throw std::invalid_argument("fusedopt cuda adam: unknown dtype code");
 }
 
 }  // namespace fusedopt::cuda

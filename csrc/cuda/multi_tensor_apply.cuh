@@ -13,6 +13,8 @@
 
 #include <cstdint>
 #include <new>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "cuda/cuda_utils.cuh"
@@ -79,6 +81,15 @@ __device__ __forceinline__ bool block_coefficients(const GradTransform& transfor
 // GradScaler skips the step, in a kernel of its own queued before the update: every block
 // of the update then reads the incremented counter, and none races with the increment.
 void increment_step_counters(const TensorTable& table, const GradTransform& transform, const OpCall& call);
+
+// The frame of every optimizer's entry point: on `device` and `stream`, with errors naming
+// `op`, calls body(ParamStorage{}, StateStorage{}, call) for the table's storage types.
+template <typename Body>
+void run_for_storage(const char* op, DType dtype, bool master_weights, int device, uintptr_t stream, Body&& body) {
+  const OpCall call(op, device, stream);
+  if (!dispatch_storage(dtype, master_weights, [&](auto param, auto state) { body(param, state, call); }))
+    throw std::invalid_argument(std::string("fusedopt cuda ") + op + ": unknown dtype code");
+}
 
 // Runs `op` over every element of every tensor of `table`. Each tensor's record carries the
 // table rows rows[0 .. addresses), which the op sees as its slots in that order.

@@ -51,8 +51,8 @@ struct RMSpropChunkOp {
 
 void rmsprop(const TensorTable& table, DType dtype, const RMSpropConfig& config, int device, uintptr_t stream) {
   if (table.n == 0) return;
-  const OpCall call("rmsprop", device, stream);
-  const bool known = dispatch_storage(dtype, config.master_weights, [&](auto param, auto state) {
+  run_for_storage("rmsprop", dtype, config.master_weights, device, stream,
+                  [&](auto param, auto state, const OpCall& call) {
     using S = decltype(param);
     using SS = decltype(state);
     int64_t rows[kRMSpropSlots] = {kParamRow, kGradRow, kStateRow};
@@ -64,7 +64,6 @@ void rmsprop(const TensorTable& table, DType dtype, const RMSpropConfig& config,
     increment_step_counters(table, config.grad_transform, call);
     multi_tensor_apply(table, rows, addresses, RMSpropChunkOp<S, SS>{config}, call);
   });
-  if (!known) throw std::invalid_argument("fusedopt cuda rmsprop: unknown dtype code");
 }
 
 }  // namespace fusedopt::cuda

@@ -48,8 +48,7 @@ struct SGDChunkOp {
 
 void sgd(const TensorTable& table, DType dtype, const SGDConfig& config, int device, uintptr_t stream) {
   if (table.n == 0) return;
-  const OpCall call("sgd", device, stream);
-  const bool known = dispatch_storage(dtype, config.master_weights, [&](auto param, auto state) {
+  run_for_storage("sgd", dtype, config.master_weights, device, stream, [&](auto param, auto state, const OpCall& call) {
     using S = decltype(param);
     using SS = decltype(state);
     int64_t rows[kSGDSlots] = {kParamRow, kGradRow};
@@ -59,7 +58,6 @@ void sgd(const TensorTable& table, DType dtype, const SGDConfig& config, int dev
     if (SGDChunkOp<S, SS>::kMasterWeights) rows[addresses++] = kStateRow + momentum_rows;
     multi_tensor_apply(table, rows, addresses, SGDChunkOp<S, SS>{config}, call);
   });
-  if (!known) throw std::invalid_argument("fusedopt cuda sgd: unknown dtype code");
 }
 
 }  // namespace fusedopt::cuda

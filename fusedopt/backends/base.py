@@ -26,7 +26,19 @@ class GradTransform:
     found_inf: Optional[torch.Tensor] = None
     clip_coef: Optional[torch.Tensor] = None
 
-    def addresses(self) -> Tuple[int, int, int]:
+    def check(self, device: torch.device) -> None:
+        """Kernels read each through a raw pointer as one float32 beside the params: refuse
+        anything else before a launch (the optimizers pass such tensors; the torch.library
+        op passes what it is given)."""
+        for name in ("grad_scale", "found_inf", "clip_coef"):
+            t = getattr(self, name)
+            if t is not None and (t.dtype != torch.float32 or t.numel() != 1 or t.device != device):
+                raise RuntimeError(f"{name} must be a one-element float32 tensor on {device}, "
+                                   f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+
+    def addresses(self, device: torch.device) -> Tuple[int, int, int]:
+        """The three addresses for native code (0 for none), checked."""
+        self.check(device)
         return tuple(0 if t is None else t.data_ptr() for t in (self.grad_scale, self.found_inf, self.clip_coef))
 
     def skips_step(self) -> bool:

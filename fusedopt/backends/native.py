@@ -6,17 +6,28 @@ classes only pass the table and the scalars across.
 from __future__ import annotations
 
 import array
+import dataclasses
 from typing import List, Optional
 
 import torch
 
 from .._native import build_info, load_error, native
-from .base import AdamConfig, Backend, RMSpropConfig, SGDConfig, TensorBatch
+from .base import AdamConfig, Backend, GradTransform, RMSpropConfig, SGDConfig, TensorBatch
 
 GRAD_ROW = 2  # row of the grad addresses in the table (csrc/include/fusedopt/tensor_table.h)
 
 # Must match enum class DType in csrc/include/fusedopt/common.h.
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+
+
+def _native_arguments(batch: TensorBatch, config) -> tuple:
+    """(table, count, dtype code, the config's fields in order): the bindings take a
+    config's fields in the order backends/base.py declares them, with grad_transform as
+    its three checked addresses."""
+    fields = [getattr(config, f.name) for f in dataclasses.fields(config)]
+    transform = fields.pop()
+    assert isinstance(transform, GradTransform)  # the last field of every config
+    return (batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], *fields, *transform.addresses(batch.device))
 
 
 class CPUBackend(Backend):
@@ -29,21 +40,14 @@ class CPUBackend(Backend):
             return f"fusedopt._C could not be loaded ({load_error}); reinstall fusedopt with `pip install .`"
         return None
 
-    def adam(self, batch: TensorBatch, c: AdamConfig) -> None:
-        native.cpu_adam(batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], c.lr, c.beta1, c.beta2,
-                        c.eps, c.weight_decay, c.amsgrad, c.maximize, c.decoupled_weight_decay,
-                        c.optimized_update, c.master_weights, *c.grad_transform.addresses(),
-                        torch.get_num_threads())
+    def adam(self, batch: TensorBatch, config: AdamConfig) -> None:
+        native.cpu_adam(*_native_arguments(batch, config), torch.get_num_threads())
 
-    def sgd(self, batch: TensorBatch, c: SGDConfig) -> None:
-        native.cpu_sgd(batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], c.lr, c.momentum,
-                       c.dampening, c.weight_decay, c.nesterov, c.maximize, c.first_step, c.master_weights,
-                       *c.grad_transform.addresses(), torch.get_num_threads())
+    def sgd(self, batch: TensorBatch, config: SGDConfig) -> None:
+        native.cpu_sgd(*_native_arguments(batch, config), torch.get_num_threads())
 
-    def rmsprop(self, batch: TensorBatch, c: RMSpropConfig) -> None:
-        native.cpu_rmsprop(batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], c.lr, c.alpha, c.eps,
-                           c.weight_decay, c.momentum, c.centered, c.maximize, c.master_weights,
-                           *c.grad_transform.addresses(), torch.get_num_threads())
+    def rmsprop(self, batch: TensorBatch, config: RMSpropConfig) -> None:
+        native.cpu_rmsprop(*_native_arguments(batch, config), torch.get_num_threads())
 
     def grad_sum_of_squares(self, batch: TensorBatch) -> torch.Tensor:
         n = len(batch)
@@ -74,23 +78,18 @@ class CUDABackend(Backend):
         reason = native.cuda_unusable_reason(_device_index(device))
         return reason or None
 
-    def _launch(self, fn, batch: TensorBatch, *scalars) -> None:
+    def _launch(self, op, batch: TensorBatch, config) -> None:
         index = _device_index(batch.device)
-        stream = torch.cuda.current_stream(index).cuda_stream
-        fn(batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], *scalars, index, stream)
+        op(*_native_arguments(batch, config), index, torch.cuda.current_stream(index).cuda_stream)
 
-    def adam(self, batch: TensorBatch, c: AdamConfig) -> None:
-        self._launch(native.cuda_adam, batch, c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, c.amsgrad,
-                     c.maximize, c.decoupled_weight_decay, c.optimized_update, c.master_weights,
-                     *c.grad_transform.addresses())
+    def adam(self, batch: TensorBatch, config: AdamConfig) -> None:
+        self._launch(native.cuda_adam, batch, config)
 
-    def sgd(self, batch: TensorBatch, c: SGDConfig) -> None:
-        self._launch(native.cuda_sgd, batch, c.lr, c.momentum, c.dampening, c.weight_decay, c.nesterov,
-                     c.maximize, c.first_step, c.master_weights, *c.grad_transform.addresses())
+    def sgd(self, batch: TensorBatch, config: SGDConfig) -> None:
+        self._launch(native.cuda_sgd, batch, config)
 
-    def rmsprop(self, batch: TensorBatch, c: RMSpropConfig) -> None:
-        self._launch(native.cuda_rmsprop, batch, c.lr, c.alpha, c.eps, c.weight_decay, c.momentum, c.centered,
-                     c.maximize, c.master_weights, *c.grad_transform.addresses())
+    def rmsprop(self, batch: TensorBatch, config: RMSpropConfig) -> None:
+        self._launch(native.cuda_rmsprop, batch, config)
 
 
 def _device_index(device: torch.device) -> int:

@@ -627,15 +627,6 @@ def _advance_steps(steps: List[torch.Tensor], transform: GradTransform) -> None:
         torch._foreach_add_(steps, counted)
 
 
-def _check_grad_transform(transform: GradTransform, device: torch.device) -> None:
-    """The kernels read these through raw pointers as one float32 each, on the params' device."""
-    for name in ("grad_scale", "found_inf", "clip_coef"):
-        t = getattr(transform, name)
-        if t is not None and (t.dtype != torch.float32 or t.numel() != 1 or t.device != device):
-            raise RuntimeError(f"triton backend: {name} must be a one-element float32 tensor on {device}, "
-                               f"got {tuple(t.shape)} {t.dtype} on {t.device}")
-
-
 # ----------------------------------------------------------------------------- backend
 def _interpreted() -> bool:
     """Whether this module's kernels were built for Triton's interpreter (decided by
@@ -675,7 +666,7 @@ class TritonBackend(Backend):
         self._run(_launch_rmsprop, batch, c)
 
     def _run(self, launch: Callable[[_DeviceTables, TensorBatch, object], None], batch: TensorBatch, config) -> None:
-        _check_grad_transform(config.grad_transform, batch.device)
+        config.grad_transform.check(batch.device)
         if batch.steps is not None:
             _advance_steps(batch.steps, config.grad_transform)
         # Triton launches on the current device, on its current stream.
