@@ -40,6 +40,34 @@ def is_dense(t: torch.Tensor) -> bool:
     return True
 
 
+def storage_problem(t: torch.Tensor) -> Optional[str]:
+    """Why the memory of dense tensor t does not lie inside its storage as it is now, or
+    None. A storage can be resized under a tensor (`untyped_storage().resize_(0)`, as
+    FSDP-style code does to free memory): the tensor's shape then promises bytes that are
+    gone, and a kernel reading it by address would read freed memory."""
+    if t.numel() == 0:
+        return None
+    end = (t.storage_offset() + t.numel()) * t.element_size()  # dense: [offset, offset + numel)
+    held = t.untyped_storage().nbytes()
+    if end > held:
+        return (f"reaches byte {end} of its storage, which holds {held} bytes (its storage was resized or "
+                "freed in place)")
+    return None
+
+
+def storage_problem_strided(t: torch.Tensor) -> Optional[str]:
+    """storage_problem for any strided tensor (a broadcast or sliced grad torch will copy)."""
+    if t.numel() == 0:
+        return None
+    last = t.storage_offset() + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    end = (last + 1) * t.element_size()
+    held = t.untyped_storage().nbytes()
+    if end > held:
+        return (f"reaches byte {end} of its storage, which holds {held} bytes (its storage was resized or "
+                "freed in place)")
+    return None
+
+
 def check_param(p: torch.Tensor, optimizer: str) -> None:
     if p.dtype not in SUPPORTED_DTYPES:
         raise RuntimeError(
@@ -53,6 +81,9 @@ def check_param(p: torch.Tensor, optimizer: str) -> None:
             f"{optimizer}: a param of shape {tuple(p.shape)} and strides {p.stride()} does not cover its "
             "memory densely (it is a strided view); make it contiguous before passing it to the optimizer"
         )
+    problem = storage_problem(p)
+    if problem:
+        raise RuntimeError(f"{optimizer}: a param of shape {tuple(p.shape)} {problem}")
 
 
 def split_into_buckets(params: Sequence[torch.Tensor], optimizer: str, strict: bool = False) -> List["Bucket"]:
@@ -83,6 +114,7 @@ _stride = torch.Tensor.stride
 _is_contiguous = torch.Tensor.is_contiguous
 _nbytes = operator.attrgetter("nbytes")
 _grad = operator.attrgetter("grad")
+_shape = operator.attrgetter("shape")
 
 
 def _same_layout(tensors: List[torch.Tensor], strides: Optional[List[tuple]]) -> bool:
@@ -92,6 +124,93 @@ def _same_layout(tensors: List[torch.Tensor], strides: Optional[List[tuple]]) ->
     if strides is None:
         return all(map(_is_contiguous, tensors))
     return list(map(_stride, tensors)) == strides  # table versions are unique process-wide, so backends may key caches on them
+
+
+_storage_nbytes = torch.UntypedStorage.nbytes
+_storage_ptr = torch.UntypedStorage.data_ptr
+
+
+class HeldMemory:
+    """The storages a table points into, each with the size (and, for tensors whose own
+    address is not rechecked, the address) it had when the table was checked. Holding a
+    storage object does not keep its memory: resize_() frees or moves it in place, under
+    tensor objects that stay the same. Each step compares these again: one or two cheap
+    calls per distinct storage. State that fusedopt creates shares one storage per bucket
+    and key (see consolidate), so this costs about one call per param and per grad."""
+
+    __slots__ = ("storages", "sizes", "addresses", "addressed")
+
+    def __init__(self, tensors, with_addresses: bool):
+        unique = {}
+        for t in tensors:
+            storage = t.untyped_storage()
+            unique.setdefault((storage.data_ptr(), storage.nbytes()), storage)
+        self.storages = list(unique.values())
+        self.sizes = list(map(_storage_nbytes, self.storages))
+        self.addressed = with_addresses
+        self.addresses = list(map(_storage_ptr, self.storages)) if with_addresses else None
+
+    def unchanged(self) -> bool:
+        return (list(map(_storage_nbytes, self.storages)) == self.sizes
+                and (not self.addressed or list(map(_storage_ptr, self.storages)) == self.addresses))
+
+
+STATE_ALIGNMENT = 64  # bytes: every consolidated state tensor starts on a 16-byte vector boundary and more
+
+
+def consolidate(states: List[dict], keys: Sequence[str]) -> None:
+    """Move each key's tensors of these states, created a moment ago and so referenced
+    nowhere else, into one storage (views in the params' layouts, aligned), so the
+    per-step storage check costs one call per key instead of one per param."""
+    for key in keys:
+        tensors = [s[key] for s in states]
+        dtype, device = tensors[0].dtype, tensors[0].device
+        if any(t.dtype != dtype or t.device != device for t in tensors):
+            continue
+        align = max(1, STATE_ALIGNMENT // tensors[0].element_size())
+        offsets, total = [], 0
+        for t in tensors:
+            offsets.append(total)
+            total += -(-t.numel() // align) * align
+        flat = torch.empty(total, dtype=dtype, device=device)
+        for s, t, offset in zip(states, tensors, offsets):
+            view = flat.as_strided(t.shape, t.stride(), offset)
+            view.copy_(t)
+            s[key] = view
+
+
+def _spans(tensors) -> List[Tuple[int, int]]:
+    return [(t.data_ptr(), t.data_ptr() + t.nbytes) for t in tensors if t.numel() > 0]
+
+
+class WrittenSpans:
+    """Byte ranges of the tensors a kernel writes (params, states, steps), sorted, checked
+    to be disjoint; answers whether any tensor it only reads (a grad) overlaps them. The
+    kernels declare their pointers __restrict: a grad sharing a param's memory
+    (`p.grad = p.detach()`) is undefined behaviour that no sanitizer reports."""
+
+    __slots__ = ("starts", "ends")
+
+    def __init__(self, written, optimizer: str):
+        spans = sorted(_spans(written))
+        bounds = torch.tensor(spans, dtype=torch.int64).reshape(-1, 2)
+        self.starts, self.ends = bounds[:, 0].contiguous(), bounds[:, 1].contiguous()
+        if len(spans) > 1 and bool((self.ends[:-1] > self.starts[1:]).any()):
+            raise RuntimeError(
+                f"{optimizer}: params or their state tensors share memory (a param passed twice, or "
+                "views of one tensor that overlap); each param must own its memory"
+            )
+
+    def overlapped_by(self, tensors) -> bool:
+        spans = _spans(tensors)
+        if not spans or len(self.starts) == 0:
+            return False
+        read = torch.tensor(spans, dtype=torch.int64)
+        # Written spans are sorted and disjoint, so their ends are sorted too: the last
+        # written span starting before a read span ends is the only one that can overlap it.
+        before = torch.searchsorted(self.starts, read[:, 1].contiguous(), side="left") - 1
+        candidates = before >= 0
+        return bool((self.ends[before.clamp(min=0)] > read[:, 0])[candidates].any())
 
 
 def select(batch: TensorBatch, indices: Sequence[int]) -> TensorBatch:
@@ -136,6 +255,10 @@ class _CountsChanges:
     def setdefault(self, key, default=None):
         self._changed()
         return super().setdefault(key, default)
+
+    def __ior__(self, other):  # `state |= {...}`: dict's C implementation bypasses update()
+        self._changed()
+        return super().__ior__(other)
 
 
 class ParamState(_CountsChanges, dict):
@@ -193,7 +316,7 @@ class Bucket:
         "params", "device", "dtype", "optimizer", "_device_index", "_strides", "_nbytes",
         "_key", "_active", "_param_ptrs", "_grads_seen", "_grads", "_grad_ptrs", "_steps", "_states",
         "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_strict",
-        "_distributed", "_states_seen", "_state_memory", "_grads_copied", "_layout",
+        "_distributed", "_states_seen", "_memory", "_grad_memory", "_grads_copied", "_layout", "_written",
     )
 
     def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False):
@@ -259,10 +382,12 @@ class Bucket:
         Params and grads: address, strides and byte count (`p.data` swapped, `t_()`, a grad
         replaced by a view of other size). State tensors: identity (a new tensor stored in
         optimizer.state, the supported way to move or replace state); see _rebuild for why
-        not their addresses.
+        not their addresses. Every storage the table points into: the address and size it
+        had (a storage resized or freed in place under its tensors).
         """
         if (list(map(_data_ptr, params)) != self._param_ptrs or list(map(_nbytes, params)) != self._nbytes
-                or not _same_layout(params, self._layout)):
+                or not _same_layout(params, self._layout)
+                or not self._memory[0].unchanged() or not self._memory[1].unchanged()):
             raise _Stale
         if state_keys or has_step:
             unchanged = (state is self._state_map and state.version == self._state_map_version
@@ -276,15 +401,10 @@ class Bucket:
                     raise _Stale
         if (self._grads_copied or not all(map(operator.is_, grads, self._grads_seen))
                 or list(map(_data_ptr, grads)) != self._grad_ptrs or list(map(_nbytes, grads)) != self._nbytes
-                or not _same_layout(grads, self._layout)):
-            self._install_grads(grads, self._validated_grads(grads))
-
-    def _state_tensors(self):
-        return itertools.chain(*self._states, self._steps or ())
-
-    def _state_storages(self) -> list:
-        """The memory the kernels write state into, held so it outlives the table."""
-        return [t.untyped_storage() for t in self._state_tensors()]
+                or not _same_layout(grads, self._layout) or not self._grad_memory.unchanged()):
+            used = self._validated_grads(grads)
+            self._check_not_aliased(used)
+            self._install_grads(grads, used)
 
     # ----------------------------------------------------------------- rebuilds
     def _rebuild(self, key, owners, params, grads, state, state_keys, has_step, init_state, state_dtype) -> None:
@@ -300,6 +420,8 @@ class Bucket:
         self._layout = None if all(map(_is_contiguous, params)) else self._strides
         self._nbytes = list(map(_nbytes, params))
         used_grads = self._validated_grads(grads)  # before any state is created: a bad grad changes nothing
+        self._written = WrittenSpans(params, name)
+        self._check_not_aliased(used_grads)
         fresh = []
         states_per_param = []
         for i, owner in enumerate(owners if state_keys or has_step else ()):  # SGD without momentum: no state
@@ -310,6 +432,8 @@ class Bucket:
                 fresh.append(i)
             states_per_param.append(s)
         self._fresh = fresh
+        if len(fresh) > 1 and not self._distributed and not self._strict:
+            consolidate([states_per_param[i] for i in fresh], (*state_keys, "step") if has_step else state_keys)
         self._states_seen = [[self._checked_state(s, k, p, state_dtype) for s, p in zip(states_per_param, params)]
                              for k in state_keys]
         self._states = [list(map(local, row)) for row in self._states_seen] if self._distributed else self._states_seen
@@ -327,11 +451,15 @@ class Bucket:
         # count), not by address: reading 3,000 addresses a step doubled the host time of
         # 1,000 small params. Memory moved behind a state tensor's back (`.data =`, set_())
         # is therefore not noticed, but the kernels can never write freed memory: the
-        # table's state storages are held here until the table is rebuilt.
-        self._state_memory = self._state_storages()
+        # table's storages are held here, and each step checks that none was resized.
+        state_tensors = [*itertools.chain(*self._states), *(self._steps or ())]
+        written = [*params, *state_tensors]
+        # Params' own addresses are rechecked each step; state tensors' are not (see above).
+        self._memory = (HeldMemory(params, with_addresses=False), HeldMemory(state_tensors, with_addresses=True))
         # Recorded after _checked_state/_checked_step, which may have replaced entries.
         self._state_map, self._state_map_version = (state, state.version) if isinstance(state, StateMap) else (None, 0)
-        self._check_no_overlap(params)
+        self._written = WrittenSpans(written, name)
+        self._check_not_aliased(used_grads)
         self._install_grads(grads, used_grads)
         self._key = key
 
@@ -354,6 +482,8 @@ class Bucket:
             problem = f"has shape {tuple(t.shape)}, but the param has shape {tuple(p.shape)}"
         elif t.layout != torch.strided:
             problem = f"has layout {t.layout}"
+        if problem is None:
+            problem = storage_problem(t)
         if problem:
             raise RuntimeError(f"{self.optimizer}: state '{key}' of a param {problem}")
         if t.stride() != p.stride():
@@ -376,32 +506,33 @@ class Bucket:
             value = float(step.item() if isinstance(step, torch.Tensor) else step)
             step = torch.tensor(value, dtype=STEP_DTYPE, device=p.device)
             s["step"] = step
+        problem = storage_problem(step)
+        if problem:
+            raise RuntimeError(f"{self.optimizer}: state 'step' of a param {problem}")
         return step
 
-    def _check_no_overlap(self, params: List[torch.Tensor]) -> None:
-        """No two tensors the kernels write (params, states, steps) may share memory."""
-        written = [*params, *(t for ts in self._states for t in ts), *(self._steps or ())]
-        spans = [(t.data_ptr(), t.data_ptr() + t.nbytes) for t in written if t.numel() > 0]
-        if len(spans) < 2:
-            return
-        bounds = torch.tensor(spans, dtype=torch.int64)
-        order = torch.argsort(bounds[:, 0])
-        starts, ends = bounds[order, 0], bounds[order, 1]
-        if bool((ends[:-1] > starts[1:]).any()):
+    def _check_not_aliased(self, grads: List[torch.Tensor]) -> None:
+        if self._written.overlapped_by(grads):
             raise RuntimeError(
-                f"{self.optimizer}: params or their state tensors share memory (a param passed twice, or "
-                "views of one tensor that overlap); each param must own its memory"
+                f"{self.optimizer}: a grad shares memory with a param or a state tensor (p.grad = p.detach()?); "
+                "the kernels read grads while writing params and state, so give each grad its own memory "
+                "(p.grad = p.detach().clone())"
             )
 
     def _validated_grads(self, grads: List[torch.Tensor]) -> List[torch.Tensor]:
         """The grads the kernels will read: these, once checked, or copies in the param's
-        layout where a grad is laid out differently. Raises on a grad that cannot serve."""
+        layout where a grad is laid out differently. Raises on a grad that cannot serve.
+
+        The fast path (every grad laid out like its param) checks each grad's shape, not
+        only its byte count and strides, and that its elements lie inside its storage."""
         try:
             if (list(map(_nbytes, grads)) == self._nbytes
                     and {g.dtype for g in grads} == {self.dtype}
                     and {g.get_device() for g in grads} == {self._device_index}
                     and _same_layout(grads, self._layout)
-                    and all(g.layout == torch.strided for g in grads)):
+                    and all(g.layout == torch.strided for g in grads)
+                    and list(map(_shape, grads)) == list(map(_shape, self._active))
+                    and not any(map(storage_problem, grads))):
                 return grads
         except (RuntimeError, NotImplementedError):  # sparse grads have no strides
             pass
@@ -414,6 +545,7 @@ class Bucket:
         # A copy holds the values of one step: recheck (and recopy) every step.
         self._grads_copied = any(map(operator.is_not, grads, used))
         self._grad_ptrs = list(map(_data_ptr, grads))
+        self._grad_memory = HeldMemory(used, with_addresses=False)  # grads' own addresses are rechecked
         self._fill_row(GRAD_ROW, list(map(_data_ptr, used)))
         self._version = next(_versions)
 
@@ -429,10 +561,18 @@ class Bucket:
             raise RuntimeError(f"{name}: a grad is on {g.device}, but its param is on {p.device}")
         if g.shape != p.shape:
             raise RuntimeError(f"{name}: a grad has shape {tuple(g.shape)}, but its param has {tuple(p.shape)}")
-        if g.stride() != p.stride():
+        if g.stride() != p.stride() or not is_dense(g):
             # A grad laid out differently from its param (a broadcast view, a transposed
-            # copy): read it through a copy in the param's layout.
+            # copy): read it through a copy in the param's layout. torch's copy_ reads the
+            # grad through its strides, so this is safe whatever its storage holds.
+            problem = storage_problem_strided(g)
+            if problem:
+                raise RuntimeError(f"{name}: a grad of shape {tuple(g.shape)} {problem}")
             g = torch.empty_like(p).copy_(g)
+        else:
+            problem = storage_problem(g)
+            if problem:
+                raise RuntimeError(f"{name}: a grad of shape {tuple(g.shape)} {problem}")
         return g
 
 

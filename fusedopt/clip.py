@@ -7,6 +7,7 @@ from typing import Dict, Iterable, List, Tuple, Union
 import torch
 
 from . import backends
+from ._buckets import SUPPORTED_DTYPES, storage_problem_strided
 
 CLIP_EPSILON = 1e-6  # torch's: coef = max_norm / (norm + 1e-6), clamped to 1
 
@@ -18,10 +19,13 @@ def _grads_by_device_and_dtype(params: List[torch.Tensor]) -> List[Tuple[torch.d
     return [(device, grads) for (device, _), grads in groups.items()]
 
 
+def _kernel_readable(grad: torch.Tensor) -> bool:
+    return grad.layout == torch.strided and grad.dtype in SUPPORTED_DTYPES and grad.is_contiguous()
+
+
 def _sum_of_squares(device: torch.device, grads: List[torch.Tensor]) -> torch.Tensor:
     backend = backends.resolve("auto", device)
-    dense = all(g.layout == torch.strided and g.is_contiguous() for g in grads)
-    if dense and hasattr(backend, "tensor_sum_of_squares"):
+    if hasattr(backend, "tensor_sum_of_squares"):
         return backend.tensor_sum_of_squares(grads)
     return torch.stack(torch._foreach_norm(grads, 2.0)).double().square().sum()
 
@@ -39,7 +43,13 @@ def clip_grad_norm_(
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
     params = [p for p in parameters if p.grad is not None]
-    if float(norm_type) != 2.0 or any(p.grad.is_sparse for p in params):
+    for p in params:
+        problem = p.grad.layout == torch.strided and storage_problem_strided(p.grad)
+        if problem:  # torch would read (and scale) past the storage too: refuse
+            raise RuntimeError(f"clip_grad_norm_: a grad of shape {tuple(p.grad.shape)} {problem}")
+    # torch's own function serves what the kernels don't: other norms, sparse and complex
+    # grads, and any grad whose memory is not a plain dense block inside its storage.
+    if float(norm_type) != 2.0 or not all(_kernel_readable(p.grad) for p in params):
         return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type, error_if_nonfinite, foreach)
     if not params:
         return torch.tensor(0.0)

@@ -155,6 +155,8 @@ class Backend:
         """Sum of the squares of every grad element, as a 0-dim tensor on the batch's device
         (no host sync). torch's multi-tensor norm serves every backend without its own."""
         # float32 norms even for 16-bit grads, so every backend's clip coefficient agrees
-        # with the CPU kernel's (which accumulates in double) to float32 rounding.
-        norms = torch._foreach_norm(batch.grads, 2.0, dtype=torch.float32)
+        # with the CPU kernel's (which accumulates in double) to float32 rounding; float64
+        # grads keep their precision (a float64 norm cannot narrow to float32).
+        precision = torch.float64 if batch.dtype == torch.float64 else torch.float32
+        norms = torch._foreach_norm(batch.grads, 2.0, dtype=precision)
         return torch.stack(norms).double().square().sum()
