@@ -61,11 +61,18 @@ class FusedOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     kind: str = ""  # "adam", "sgd" or "rmsprop": the backend op and its config
+    # Values for flags missing from a loaded param group (a checkpoint of an older torch or
+    # fusedopt): torch.optim's __setstate__ defaults for its own keys, which are the
+    # historical behaviour, not this optimizer's constructor arguments.
+    _setstate_defaults: Dict[str, Any] = {}
+    # fusedopt's own group keys, defaulted the same way: what a checkpoint without them meant.
+    _own_setstate_defaults = dict(backend="auto", master_weights=False, max_grad_norm=None)
 
     # ----------------------------------------------------------------- torch.optim API
     def add_param_group(self, param_group: dict) -> None:
         if "backend" in param_group:
             backends.check_name(param_group["backend"])
+        _refuse_duplicates(param_group)
         super().add_param_group(param_group)
         if hasattr(self, "_buckets"):  # torch's __init__ calls this before ours has finished
             self._check_backend_runs(self.param_groups[-1])
@@ -75,13 +82,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.state = StateMap(self.state)
         self._buckets = {}  # tensors may have been replaced: rebuild every table
         for group in self.param_groups:
-            for key, value in self.defaults.items():
+            for key, value in (*self._setstate_defaults.items(), *self._own_setstate_defaults.items()):
                 group.setdefault(key, value)
 
     def state_dict(self) -> dict:
         state_dict = super().state_dict()
         # Plain dicts, as torch.optim's: torch.load(weights_only=True) accepts nothing else.
-        state_dict["state"] = {key: dict(value) for key, value in state_dict["state"].items()}
+        # Entries that are not dicts (a hook may store anything) pass through as torch's do.
+        state_dict["state"] = {key: dict(value) if isinstance(value, dict) else value
+                               for key, value in state_dict["state"].items()}
         return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -238,3 +247,23 @@ class FusedOptimizer(torch.optim.Optimizer):
         """A backend named explicitly must be able to run on the group's devices: say so now."""
         for device in {p.device for p in group["params"]}:
             backends.resolve(group["backend"], device)
+
+
+def _refuse_duplicates(param_group: dict) -> None:
+    """torch.optim only warns about a param listed twice in a group, then updates it twice;
+    a fused update cannot write one tensor twice, so refuse it here, naming it."""
+    params = param_group["params"]
+    if isinstance(params, torch.Tensor) or not isinstance(params, (list, tuple)):
+        return  # torch's add_param_group normalises and reports these
+    names = param_group.get("param_names")
+    seen: Dict[int, int] = {}
+    for index, p in enumerate(params):
+        if isinstance(p, tuple) and len(p) == 2:  # (name, param) pairs
+            name, p = p
+        else:
+            name = names[index] if names and index < len(names) else None
+        first = seen.setdefault(id(p), index)
+        if first != index:
+            label = f"{name!r}" if name is not None else f"at positions {first} and {index}"
+            raise ValueError(f"a parameter group lists the same parameter twice ({label}, shape "
+                             f"{tuple(p.shape)}); each parameter may appear once")

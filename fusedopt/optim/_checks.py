@@ -34,3 +34,15 @@ def check_adam_hyperparameters(lr, betas, eps, weight_decay) -> None:
     for index, beta in enumerate(betas):
         if isinstance(beta, torch.Tensor) and beta.numel() != 1:
             raise ValueError(f"Tensor betas[{index}] must be 1-element")
+
+
+def check_torch_flags(foreach, fused, differentiable) -> None:
+    """torch.optim's implementation switches, accepted so lines copied from torch code run:
+    fusedopt always runs one fused update per bucket, whatever `foreach` and `fused` say.
+    A differentiable step (autograd through the update) is something it cannot do."""
+    if differentiable:
+        raise RuntimeError("fusedopt does not support differentiable=True (autograd through the optimizer "
+                           "step); use torch.optim's for-loop implementation for that")
+    for name, value in (("foreach", foreach), ("fused", fused)):
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{name} must be None or a bool, got {value!r}")

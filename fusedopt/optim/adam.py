@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict, Tuple
 
 from ._base import FusedOptimizer
-from ._checks import check_adam_hyperparameters, scalar
+from ._checks import check_adam_hyperparameters, check_torch_flags, scalar
 
 
 class Adam(FusedOptimizer):
@@ -17,17 +17,22 @@ class Adam(FusedOptimizer):
 
     kind = "adam"
     _decoupled_weight_decay = False
+    # torch.optim.Adam.__setstate__'s defaults for flags an older checkpoint lacks
+    _setstate_defaults = dict(amsgrad=False, maximize=False, foreach=None, capturable=False, differentiable=False,
+                              decoupled_weight_decay=False, fused=None, optimized_update=False)
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
-                 amsgrad=False, maximize=False, optimized_update=False, backend="auto",
-                 master_weights=False, max_grad_norm=None, capturable=False):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
+                 foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=False, optimized_update=False, backend="auto",
+                 master_weights=False, max_grad_norm=None):
         check_adam_hyperparameters(lr, betas, eps, weight_decay)
+        check_torch_flags(foreach, fused, differentiable)
         defaults = dict(
             lr=lr, betas=tuple(scalar(b) for b in betas), eps=eps, weight_decay=weight_decay,
             amsgrad=amsgrad, maximize=maximize,
             # torch.optim.Adam's own keys, so checkpoints load into it with the same meaning
-            foreach=None, capturable=capturable, differentiable=False, fused=None,
-            decoupled_weight_decay=self._decoupled_weight_decay,
+            foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=bool(decoupled_weight_decay or self._decoupled_weight_decay),
             optimized_update=optimized_update, backend=backend,
             master_weights=master_weights, max_grad_norm=max_grad_norm,
         )
@@ -56,9 +61,10 @@ class AdamW(Adam):
 
     _decoupled_weight_decay = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
-                 amsgrad=False, maximize=False, optimized_update=False, backend="auto",
-                 master_weights=False, max_grad_norm=None, capturable=False):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad, maximize=maximize,
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
+                 optimized_update=False, backend="auto", master_weights=False, max_grad_norm=None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
                          optimized_update=optimized_update, backend=backend, master_weights=master_weights,
-                         max_grad_norm=max_grad_norm, capturable=capturable)
+                         max_grad_norm=max_grad_norm)

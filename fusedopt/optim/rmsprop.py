@@ -4,24 +4,28 @@ from __future__ import annotations
 from typing import Any, Dict, Tuple
 
 from ._base import FusedOptimizer
-from ._checks import check_lr, check_non_negative, scalar
+from ._checks import check_lr, check_non_negative, check_torch_flags, scalar
 
 
 class RMSprop(FusedOptimizer):
     """torch.optim.RMSprop, every param tensor of a group updated in one fused call."""
 
     kind = "rmsprop"
+    _setstate_defaults = dict(momentum=0, centered=False, foreach=None, maximize=False, differentiable=False,
+                              capturable=False)
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-                 maximize=False, backend="auto", master_weights=False, max_grad_norm=None, capturable=False):
+                 capturable=False, foreach=None, maximize=False, differentiable=False, backend="auto",
+                 master_weights=False, max_grad_norm=None):
         check_lr(lr)
+        check_torch_flags(foreach, None, differentiable)
         check_non_negative(eps, "epsilon value")
         check_non_negative(momentum, "momentum value")
         check_non_negative(weight_decay, "weight_decay value")
         check_non_negative(alpha, "alpha value")
         defaults = dict(
             lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered, weight_decay=weight_decay,
-            capturable=capturable, foreach=None, maximize=maximize, differentiable=False, backend=backend,
+            capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable, backend=backend,
             master_weights=master_weights, max_grad_norm=max_grad_norm,
         )
         super().__init__(params, defaults)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict, Tuple
 
 from ._base import FusedOptimizer
-from ._checks import check_lr, scalar
+from ._checks import check_lr, check_torch_flags, scalar
 
 
 class SGD(FusedOptimizer):
@@ -15,10 +15,13 @@ class SGD(FusedOptimizer):
     # New momentum buffers (zeros, so a GradScaler-skipped first step leaves no garbage)
     # follow torch's first-step rule, buf = grad: the config's first_step.
     has_first_step_rule = True
+    _setstate_defaults = dict(nesterov=False, maximize=False, foreach=None, differentiable=False, fused=False)
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-                 maximize=False, backend="auto", master_weights=False, max_grad_norm=None):
+                 maximize=False, foreach=None, differentiable=False, fused=None, backend="auto",
+                 master_weights=False, max_grad_norm=None):
         check_lr(lr)
+        check_torch_flags(foreach, fused, differentiable)
         if momentum < 0.0:
             raise ValueError(f"Invalid momentum value: {momentum}")
         if weight_decay < 0.0:
@@ -27,7 +30,7 @@ class SGD(FusedOptimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         defaults = dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-            maximize=maximize, foreach=None, differentiable=False, fused=None, backend=backend,
+            maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused, backend=backend,
             master_weights=master_weights, max_grad_norm=max_grad_norm,
         )
         super().__init__(params, defaults)

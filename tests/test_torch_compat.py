@@ -1,0 +1,123 @@
+"""Lines copied from torch code run unchanged: torch.optim's implementation keywords,
+its __setstate__ defaults for checkpoints that lack a flag, and state_dict hooks that
+store entries which are not per-param dicts."""
+import pytest
+import torch
+
+import fusedopt
+
+CLASSES = {
+    "Adam": (fusedopt.Adam, torch.optim.Adam),
+    "AdamW": (fusedopt.AdamW, torch.optim.AdamW),
+    "SGD": (fusedopt.SGD, torch.optim.SGD),
+    "RMSprop": (fusedopt.RMSprop, torch.optim.RMSprop),
+}
+FLAGS = {"Adam": ("foreach", "fused"), "AdamW": ("foreach", "fused"), "SGD": ("foreach", "fused"),
+         "RMSprop": ("foreach",)}
+
+
+def _param():
+    p = torch.nn.Parameter(torch.randn(5))
+    p.grad = torch.randn(5)
+    return p
+
+
+@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("value", [True, False])
+def test_foreach_and_fused_keywords_are_accepted(name, value, backend):
+    ours, theirs = CLASSES[name]
+    for flag in FLAGS[name]:
+        p = _param()
+        q = torch.nn.Parameter(p.detach().clone())
+        q.grad = p.grad.clone()
+        opt = ours([p], lr=0.1, backend=backend, **{flag: value})
+        assert opt.param_groups[0][flag] is value  # kept, so a checkpoint means the same to torch
+        opt.step()
+        theirs([q], lr=0.1).step()
+        torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_differentiable_false_accepted_true_refused(name):
+    ours, _ = CLASSES[name]
+    ours([_param()], differentiable=False)
+    with pytest.raises(RuntimeError, match="differentiable"):
+        ours([_param()], differentiable=True)
+
+
+def test_adam_decoupled_weight_decay_is_adamw(backend):
+    torch.manual_seed(0)
+    values = torch.randn(6)
+    runs = []
+    for make in (lambda ps: fusedopt.Adam(ps, lr=0.1, weight_decay=0.1, decoupled_weight_decay=True, backend=backend),
+                 lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.1)):
+        p = torch.nn.Parameter(values.clone())
+        opt = make([p])
+        for step in range(5):
+            p.grad = torch.full((6,), float(step + 1))
+            opt.step()
+        runs.append(p)
+    torch.testing.assert_close(runs[0], runs[1])
+
+
+# torch.optim's __setstate__ defaults: a flag missing from a loaded group takes the value
+# it historically had, not the one this optimizer was constructed with.
+MISSING_FLAG = [("Adam", "maximize", True, False), ("Adam", "amsgrad", True, False),
+                ("SGD", "maximize", True, False), ("SGD", "nesterov", True, False),
+                ("RMSprop", "maximize", True, False), ("RMSprop", "centered", True, False),
+                ("Adam", "optimized_update", True, False), ("Adam", "max_grad_norm", 1.0, None)]
+
+
+@pytest.mark.parametrize("name,flag,constructed,historical", MISSING_FLAG, ids=lambda v: str(v))
+def test_flag_missing_from_a_checkpoint_takes_torchs_default(name, flag, constructed, historical, backend):
+    ours, theirs = CLASSES[name]
+    kwargs = {"momentum": 0.9} if name in ("SGD", "RMSprop") else {}
+    p = _param()
+    saved = ours([p], lr=0.1, backend=backend, **kwargs).state_dict()
+    del saved["param_groups"][0][flag]
+    opt = ours([p], lr=0.1, backend=backend, **kwargs, **{flag: constructed})
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0][flag] == historical
+    if flag in ("maximize", "amsgrad", "nesterov", "centered"):  # torch agrees
+        twin = theirs([p], lr=0.1, **kwargs, **{flag: constructed})
+        twin.load_state_dict(saved)
+        assert twin.param_groups[0][flag] == historical
+
+
+def test_state_entries_that_are_not_dicts_pass_through(backend):
+    """torch's own hook tests store `opt.state["test"] = 1` in a state_dict pre-hook."""
+    p = _param()
+    opt = fusedopt.Adam([p], backend=backend)
+    opt.step()
+
+    def pre_hook(optimizer):
+        optimizer.state["test"] = 1
+
+    def post_hook(optimizer, state_dict):
+        state_dict["state"].pop("test", None)
+        state_dict["ran"] = True
+        return state_dict
+
+    opt.register_state_dict_pre_hook(pre_hook)
+    opt.register_state_dict_post_hook(post_hook)
+    saved = opt.state_dict()
+    assert saved["ran"] and "test" not in saved["state"] and set(saved["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+    opt.state.pop("test")
+    opt.step()  # the plain entry is gone again; steps go on
+
+    plain = fusedopt.Adam([p], backend=backend)
+    plain.state["test"] = 1
+    assert plain.state_dict()["state"] == {"test": 1}
+
+
+def test_load_state_dict_and_step_hooks_run(backend):
+    p = _param()
+    opt = fusedopt.SGD([p], lr=0.1, momentum=0.9, backend=backend)
+    calls = []
+    opt.register_load_state_dict_pre_hook(lambda o, sd: calls.append("load-pre"))
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("load-post"))
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("step-pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("step-post"))
+    opt.step()
+    opt.load_state_dict(opt.state_dict())
+    assert calls == ["step-pre", "step-post", "load-pre", "load-post"]
