@@ -66,6 +66,10 @@ class FusedOptimizer(torch.optim.Optimizer):
     # historical behaviour, not this optimizer's constructor arguments.
     _setstate_defaults: Dict[str, Any] = {}
     # fusedopt's own group keys, defaulted the same way: what a checkpoint without them meant.
+    # state_dict() leaves them out where they hold these values (and always leaves out the
+    # backend, which is how this process runs, not training state), so a fusedopt
+    # checkpoint has torch's key set and loads both ways under DCP's default planner,
+    # which refuses a destination key the checkpoint lacks.
     _own_setstate_defaults = dict(backend="auto", master_weights=False, max_grad_norm=None)
 
     # ----------------------------------------------------------------- torch.optim API
@@ -91,6 +95,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         # Entries that are not dicts (a hook may store anything) pass through as torch's do.
         state_dict["state"] = {key: dict(value) if isinstance(value, dict) else value
                                for key, value in state_dict["state"].items()}
+        own = self._own_setstate_defaults
+        state_dict["param_groups"] = [
+            {key: value for key, value in group.items()
+             if key != "backend" and not (key in own and _same_value(value, own[key]))}
+            for group in state_dict["param_groups"]
+        ]
         return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -247,6 +257,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         """A backend named explicitly must be able to run on the group's devices: say so now."""
         for device in {p.device for p in group["params"]}:
             backends.resolve(group["backend"], device)
+
+
+def _same_value(value, default) -> bool:
+    return value is default or (type(value) is type(default) and value == default)
 
 
 def _refuse_duplicates(param_group: dict) -> None:

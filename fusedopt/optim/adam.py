@@ -19,7 +19,8 @@ class Adam(FusedOptimizer):
     _decoupled_weight_decay = False
     # torch.optim.Adam.__setstate__'s defaults for flags an older checkpoint lacks
     _setstate_defaults = dict(amsgrad=False, maximize=False, foreach=None, capturable=False, differentiable=False,
-                              decoupled_weight_decay=False, fused=None, optimized_update=False)
+                              decoupled_weight_decay=False, fused=None)
+    _own_setstate_defaults = dict(FusedOptimizer._own_setstate_defaults, optimized_update=False)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
