@@ -22,6 +22,9 @@ import torch
 from .backends.base import TensorBatch
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# Complex params are updated as torch.optim does: through torch.view_as_real views of the
+# param, its grad and its state, so the kernels see pairs of real numbers.
+COMPLEX_TO_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 STEP_DTYPE = torch.float32
 
 # Rows of the address table; must match csrc/include/fusedopt/tensor_table.h.
@@ -69,10 +72,10 @@ def storage_problem_strided(t: torch.Tensor) -> Optional[str]:
 
 
 def check_param(p: torch.Tensor, optimizer: str) -> None:
-    if p.dtype not in SUPPORTED_DTYPES:
+    if p.dtype not in SUPPORTED_DTYPES and p.dtype not in COMPLEX_TO_REAL:
         raise RuntimeError(
             f"{optimizer}: params of dtype {p.dtype} are not supported; fusedopt updates float32, "
-            "float64, float16 and bfloat16 params (complex params: use torch.optim)"
+            "float64, float16, bfloat16, complex64 and complex128 params"
         )
     if p.layout != torch.strided:
         raise RuntimeError(f"{optimizer}: params must be dense (strided) tensors, got layout {p.layout}")
@@ -104,6 +107,12 @@ except ImportError:  # torch built without distributed support
 def local(t: torch.Tensor) -> torch.Tensor:
     """The tensor whose memory a kernel updates: a DTensor's local shard, else t itself."""
     return t._local_tensor if isinstance(t, DTensor) else t
+
+
+def kernel_view(t: torch.Tensor) -> torch.Tensor:
+    """What a kernel reads and writes for t: its local shard, as real pairs if complex."""
+    t = local(t)
+    return torch.view_as_real(t) if t.is_complex() and t.layout == torch.strided else t
 
 
 _versions = itertools.count(1)
@@ -316,7 +325,7 @@ class Bucket:
         "params", "device", "dtype", "optimizer", "_device_index", "_strides", "_nbytes",
         "_key", "_active", "_param_ptrs", "_grads_seen", "_grads", "_grad_ptrs", "_steps", "_states",
         "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_strict",
-        "_distributed", "_states_seen", "_memory", "_grad_memory", "_grads_copied", "_layout", "_written",
+        "_distributed", "_viewed", "param_dtype", "_states_seen", "_memory", "_grad_memory", "_grads_copied", "_layout", "_written",
     )
 
     def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False):
@@ -326,7 +335,9 @@ class Bucket:
         self._distributed = any(isinstance(p, DTensor) for p in params)
         self.params = params
         self.device = params[0].device
-        self.dtype = params[0].dtype
+        self.param_dtype = params[0].dtype
+        self._viewed = self._distributed or self.param_dtype in COMPLEX_TO_REAL  # kernels see kernel_view()s
+        self.dtype = COMPLEX_TO_REAL.get(self.param_dtype, self.param_dtype)  # what the kernels update
         self.optimizer = optimizer
         self._device_index = params[0].get_device()
         self._key: Optional[tuple] = None
@@ -359,8 +370,8 @@ class Bucket:
             params = [params[i] for i in active]
             grads = [grads[i] for i in active]
         owners = params  # the keys of optimizer.state, which own the state tensors
-        if self._distributed:
-            params, grads = list(map(local, params)), list(map(local, grads))
+        if self._viewed:
+            params, grads = list(map(kernel_view, params)), list(map(kernel_view, grads))
         key = (active, state_keys, has_step, state_dtype)
         try:
             if key != self._key:
@@ -409,10 +420,10 @@ class Bucket:
     # ----------------------------------------------------------------- rebuilds
     def _rebuild(self, key, owners, params, grads, state, state_keys, has_step, init_state, state_dtype) -> None:
         name = self.optimizer
-        for p in params:
-            check_param(p, name)
-            if p.device != self.device or p.dtype != self.dtype:
+        for owner, p in zip(owners, params):
+            if owner.device != self.device or owner.dtype != self.param_dtype:
                 raise _RegroupNeeded
+            check_param(p, name)
         n = len(params)
         self._key = None  # stays None if validation below fails
         self._active = params
@@ -436,7 +447,7 @@ class Bucket:
             consolidate([states_per_param[i] for i in fresh], (*state_keys, "step") if has_step else state_keys)
         self._states_seen = [[self._checked_state(s, k, p, state_dtype) for s, p in zip(states_per_param, params)]
                              for k in state_keys]
-        self._states = [list(map(local, row)) for row in self._states_seen] if self._distributed else self._states_seen
+        self._states = [list(map(kernel_view, row)) for row in self._states_seen] if self._viewed else self._states_seen
         self._steps = [self._checked_step(s, p) for s, p in zip(states_per_param, params)] if has_step else None
         self._param_ptrs = [p.data_ptr() for p in params]
         rows = FIRST_STATE_ROW + len(state_keys)
@@ -471,8 +482,8 @@ class Bucket:
         """s[key], checked against the (local) param p; returns the entry of s, replaced by a
         copy in the param's layout when only the layout differs."""
         t = owner = s[key]
-        if isinstance(t, DTensor):
-            t = local(t)
+        if isinstance(t, torch.Tensor):
+            t = kernel_view(t)
         problem = None
         if not isinstance(t, torch.Tensor):
             problem = f"is a {type(t).__name__}, not a tensor"
@@ -491,6 +502,8 @@ class Bucket:
                 raise RuntimeError(f"{self.optimizer}: state '{key}' is laid out differently from its param")
             # Same values in the param's memory layout, so one flat index serves all tensors.
             owner = torch.empty_like(p, dtype=dtype).copy_(t)
+            if self.param_dtype in COMPLEX_TO_REAL:
+                owner = torch.view_as_complex(owner)
             s[key] = owner
         return owner
 

@@ -145,7 +145,7 @@ def test_sparse_grad_raises(name, backend):
     assert_untouched(opt, params, before)
 
 
-@pytest.mark.parametrize("dtype", [torch.complex64, torch.int32, torch.int64, torch.uint8, torch.bool],
+@pytest.mark.parametrize("dtype", [torch.complex32, torch.int32, torch.int64, torch.uint8, torch.bool],
                          ids=str)
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_unsupported_param_dtype_raises(name, dtype, backend):
