@@ -15,8 +15,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import backends
-from ._buckets import split_into_buckets
-from .clip import CLIP_EPSILON
+from ._buckets import kernel_view, split_into_buckets
+from .clip import clip_coefficient, global_norm
 from .backends.base import GradTransform
 from .optim._update import CONFIGS, run_update
 
@@ -66,6 +66,17 @@ def update_(
                    master_weights=master_weights, grad_transform=transform)
 
 
+@torch.library.custom_op("fusedopt::sum_of_squares", mutates_args=())
+def sum_of_squares(grads: List[torch.Tensor], backend: str) -> torch.Tensor:
+    """Backend.sum_of_squares of one bucket's grads, as the eager step computes it."""
+    return backends.resolve(backend, grads[0].device).sum_of_squares(grads)
+
+
+@sum_of_squares.register_fake
+def _(grads, backend) -> torch.Tensor:
+    return grads[0].new_empty((), dtype=torch.float64)
+
+
 @update_.register_fake
 def _(kind, params, grads, steps, states, state_keys, field_names, field_values, first_step, master_weights,
       grad_scale, found_inf, clip_coef, backend) -> None:
@@ -83,17 +94,22 @@ def compiled_step(optimizer) -> None:
     groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in optimizer.param_groups]
     norm = None
     if any(g.get("max_grad_norm") is not None for g, _ in groups):
-        grads = [p.grad for _, ps in groups for p in ps]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]))
-        if grad_scale is not None:
-            norm = norm / grad_scale.double()
+        # The eager step's norm (FusedOptimizer._grad_norm), bit for bit: one sum of squares
+        # per bucket, buckets in first-appearance order of (device, dtype) in each group.
+        sums = []
+        for group, params in groups:
+            for bucket in _buckets_in_order(group["params"]):
+                grads = [kernel_view(p.grad) for p in bucket if p.grad is not None]
+                if grads:
+                    sums.append(torch.ops.fusedopt.sum_of_squares(grads, group["backend"]))
+        norm = global_norm(sums, grad_scale)
     for group, params in groups:
         fields = optimizer.config_fields(group)
         names = list(fields)
         values = [float(v) for v in fields.values()]
         coef = None
         if group.get("max_grad_norm") is not None:
-            coef = torch.clamp(group["max_grad_norm"] / (norm + CLIP_EPSILON), max=1.0).float()
+            coef = clip_coefficient(group["max_grad_norm"], norm).float()
         for dtype in {p.dtype for p in params}:
             selected = [p for p in params if p.dtype == dtype]
             master = optimizer._uses_master(group, dtype)
@@ -111,6 +127,13 @@ def compiled_step(optimizer) -> None:
             for subset, is_fresh in ((fresh, True), (seasoned, False)):
                 if subset:
                     _call(optimizer, group, subset, keys, names, values, is_fresh, master, grad_scale, found_inf, coef)
+
+
+def _buckets_in_order(params) -> List[List[torch.Tensor]]:
+    buckets: Dict[tuple, List[torch.Tensor]] = {}
+    for p in params:
+        buckets.setdefault((p.device, p.dtype), []).append(p)
+    return list(buckets.values())
 
 
 def _call(optimizer, group, params: Sequence[torch.Tensor], keys, names, values, fresh, master, grad_scale,

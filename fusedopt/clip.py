@@ -2,12 +2,13 @@
 the L2 norm (the compiled CPU kernel, or torch's multi-tensor norm on GPUs)."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
 from . import backends
-from ._buckets import SUPPORTED_DTYPES, storage_problem_strided
+from ._buckets import SUPPORTED_DTYPES
+from ._memory import storage_problem_strided
 
 CLIP_EPSILON = 1e-6  # torch's: coef = max_norm / (norm + 1e-6), clamped to 1
 
@@ -24,10 +25,25 @@ def _kernel_readable(grad: torch.Tensor) -> bool:
 
 
 def _sum_of_squares(device: torch.device, grads: List[torch.Tensor]) -> torch.Tensor:
-    backend = backends.resolve("auto", device)
-    if hasattr(backend, "tensor_sum_of_squares"):
-        return backend.tensor_sum_of_squares(grads)
-    return torch.stack(torch._foreach_norm(grads, 2.0)).double().square().sum()
+    return backends.resolve("auto", device).sum_of_squares(grads)
+
+
+def global_norm(sums: List[torch.Tensor], grad_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The L2 norm of all grads from their per-bucket sums of squares, in float64 on the
+    first bucket's device, divided by GradScaler's scale when there is one. The eager step
+    and the torch.compile path both clip through this and clip_coefficient, with sums from
+    Backend.sum_of_squares, so they compute the same bits."""
+    if not sums:
+        return torch.zeros((), dtype=torch.float64)
+    device = sums[0].device
+    norm = torch.stack([s.to(device, torch.float64) for s in sums]).sum().sqrt()
+    if grad_scale is not None:
+        norm = norm / grad_scale.to(device, torch.float64)
+    return norm
+
+
+def clip_coefficient(max_norm: float, norm: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(max_norm / (norm + CLIP_EPSILON), max=1.0)
 
 
 def clip_grad_norm_(
@@ -63,7 +79,7 @@ def clip_grad_norm_(
             "be clipped. To disable this error and scale the gradients by the non-finite norm anyway, set "
             "`error_if_nonfinite=False`"
         )
-    coef = torch.clamp(max_norm / (total.double() + CLIP_EPSILON), max=1.0)
+    coef = clip_coefficient(max_norm, total.double())
     for device, grads in by_device:
         torch._foreach_mul_(grads, coef.to(device=device, dtype=torch.float32))
     return total

@@ -151,12 +151,14 @@ class Backend:
     def rmsprop(self, batch: TensorBatch, config: RMSpropConfig) -> None:
         raise NotImplementedError
 
-    def grad_sum_of_squares(self, batch: TensorBatch) -> torch.Tensor:
-        """Sum of the squares of every grad element, as a 0-dim tensor on the batch's device
-        (no host sync). torch's multi-tensor norm serves every backend without its own."""
+    def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
+        """Sum of the squares of every element of these dense real tensors of one dtype and
+        device, as a float64 0-dim tensor on that device (no host sync). The eager step and
+        the torch.compile op (fusedopt::sum_of_squares) both call this, so they clip alike.
+        torch's multi-tensor norm serves every backend without its own."""
         # float32 norms even for 16-bit grads, so every backend's clip coefficient agrees
         # with the CPU kernel's (which accumulates in double) to float32 rounding; float64
         # grads keep their precision (a float64 norm cannot narrow to float32).
-        precision = torch.float64 if batch.dtype == torch.float64 else torch.float32
-        norms = torch._foreach_norm(batch.grads, 2.0, dtype=precision)
+        precision = torch.float64 if grads[0].dtype == torch.float64 else torch.float32
+        norms = torch._foreach_norm(grads, 2.0, dtype=precision)
         return torch.stack(norms).double().square().sum()

@@ -11,10 +11,9 @@ from typing import List, Optional
 
 import torch
 
+from .._memory import storage_problem
 from .._native import build_info, load_error, native
 from .base import AdamConfig, Backend, GradTransform, RMSpropConfig, SGDConfig, TensorBatch
-
-GRAD_ROW = 2  # row of the grad addresses in the table (csrc/include/fusedopt/tensor_table.h)
 
 # Must match enum class DType in csrc/include/fusedopt/common.h.
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
@@ -49,18 +48,14 @@ class CPUBackend(Backend):
     def rmsprop(self, batch: TensorBatch, config: RMSpropConfig) -> None:
         native.cpu_rmsprop(*_native_arguments(batch, config), torch.get_num_threads())
 
-    def grad_sum_of_squares(self, batch: TensorBatch) -> torch.Tensor:
-        n = len(batch)
-        numels_and_grads = batch.table[0:n] + batch.table[GRAD_ROW * n:(GRAD_ROW + 1) * n]
-        return self._sum_of_squares(numels_and_grads, n, batch.dtype)
-
-    def tensor_sum_of_squares(self, tensors: List[torch.Tensor]) -> torch.Tensor:
-        """Sum of squares of dense CPU tensors of one dtype (the caller checked that)."""
-        table = array.array("q", [t.numel() for t in tensors] + [t.data_ptr() for t in tensors])
-        return self._sum_of_squares(table, len(tensors), tensors[0].dtype)
-
-    def _sum_of_squares(self, table: array.array, n: int, dtype: torch.dtype) -> torch.Tensor:
-        total = native.cpu_sum_of_squares(table.buffer_info()[0], n, DTYPE_CODES[dtype], torch.get_num_threads())
+    def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
+        """The native kernel (double accumulation) where every tensor is a contiguous block
+        inside its storage (the caller checked dtype and device); torch's otherwise."""
+        if not all(t.is_contiguous() and storage_problem(t) is None for t in grads):
+            return super().sum_of_squares(grads)
+        table = array.array("q", [t.numel() for t in grads] + [t.data_ptr() for t in grads])
+        total = native.cpu_sum_of_squares(table.buffer_info()[0], len(grads), DTYPE_CODES[grads[0].dtype],
+                                          torch.get_num_threads())
         return torch.tensor(total, dtype=torch.float64)
 
 

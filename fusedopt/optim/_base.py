@@ -17,7 +17,7 @@ import torch
 from .. import backends
 from .._buckets import Bucket, StateMap, _RegroupNeeded, split_into_buckets
 from ..backends.base import GradTransform, TensorBatch
-from ..clip import CLIP_EPSILON
+from ..clip import clip_coefficient, global_norm
 from ._update import run_update
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -223,22 +223,17 @@ class FusedOptimizer(torch.optim.Optimizer):
             max_norm = group.get("max_grad_norm")
             coef = None
             if max_norm is not None:
-                coef = placed(("clip", max_norm), torch.clamp(max_norm / (norm + CLIP_EPSILON), max=1.0), device)
+                coef = placed(("clip", max_norm), clip_coefficient(max_norm, norm), device)
             return GradTransform(placed("scale", grad_scale, device), placed("inf", found_inf, device), coef)
 
         return transform
 
     def _grad_norm(self, prepared: List[Prepared], grad_scale: Optional[torch.Tensor]) -> torch.Tensor:
-        """L2 norm of every gradient this optimizer updates, unscaled, in float64."""
-        sums = [backends.resolve(group["backend"], bucket.device).grad_sum_of_squares(batch)
+        """L2 norm of every gradient this optimizer updates, unscaled, in float64: one sum of
+        squares per bucket, in bucket order (the compiled path does the same, fusedopt/_ops.py)."""
+        sums = [backends.resolve(group["backend"], bucket.device).sum_of_squares(batch.grads)
                 for group, batches in zip(self.param_groups, prepared) for bucket, batch, _ in batches]
-        if not sums:
-            return torch.zeros((), dtype=torch.float64)
-        device = sums[0].device
-        norm = torch.stack([s.to(device, torch.float64) for s in sums]).sum().sqrt()
-        if grad_scale is not None:
-            norm = norm / grad_scale.to(device, torch.float64)
-        return norm
+        return global_norm(sums, grad_scale)
 
     # ----------------------------------------------------------------- internals
     def _params_with_groups(self):
