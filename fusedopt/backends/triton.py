@@ -530,8 +530,10 @@ _tables: _LRU = _LRU(capacity=64)
 _work_maps: _LRU = _LRU(capacity=64)
 
 
-def _work_map(numels: torch.Tensor, chunk: int, device: torch.device) -> Tuple[torch.Tensor, int]:
-    key = (numels.numpy().tobytes(), chunk, device)
+def _work_map(numels: torch.Tensor, numels_key: bytes, chunk: int, device: torch.device) -> Tuple[torch.Tensor, int]:
+    """`numels_key`: the element counts' bytes, a cheap cache key (torch's `.numpy()` would
+    make numpy, which torch does not require, a dependency)."""
+    key = (numels_key, chunk, device)
     cached = _work_maps.lookup(key)
     if cached is None:
         chunks = (numels + chunk - 1) // chunk  # zero-size tensors get no program
@@ -555,7 +557,8 @@ def _device_tables(batch: TensorBatch) -> _DeviceTables:
     host = torch.frombuffer(batch.table, dtype=torch.int64).view(-1, n)
     numels = host[NUMEL_ROW]
     addresses = torch.cat([host[PARAM_ROW:GRAD_ROW + 1], host[FIRST_STATE_ROW:]])[:, numels > 0]
-    work, programs = _work_map(numels, config.chunk, batch.device)
+    numels_key = batch.table[NUMEL_ROW * n:(NUMEL_ROW + 1) * n].tobytes()
+    work, programs = _work_map(numels, numels_key, config.chunk, batch.device)
     tables = _DeviceTables(
         # A pageable-memory copy, staged at once by the driver: no wait on the device.
         table=host.reshape(-1).to(batch.device, non_blocking=True, copy=True),
