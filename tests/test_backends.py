@@ -97,9 +97,9 @@ def test_cuda_backend_on_cpu_tensors_raises_runtime_error(name):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "backend": "cuda"})
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cpu_backend_on_cuda_tensors_raises_runtime_error():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     p = torch.nn.Parameter(torch.zeros(3, device="cuda"))
     with pytest.raises(RuntimeError, match="cpu"):
         fusedopt.Adam([p], backend="cpu")

@@ -15,7 +15,7 @@ from fusedopt.bench.__main__ import main
 from fusedopt.bench.cases import CASES_BY_KEY
 from fusedopt.bench.contenders import fusedopt_backends
 from fusedopt.bench.timing import round_robin
-from fusedopt.bench.workloads import GPT2_SMALL, GPT2_XL, build_workloads, gpt2_parameter_shapes
+from fusedopt.bench.workloads import GPT2_SMALL, GPT2_XL, build_workloads, default_shape_names, gpt2_parameter_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 # One thread: tiny steps gain nothing from two, and a busy machine would make each
@@ -228,3 +228,44 @@ def test_cpu_bars_script_reports_every_bar(tmp_path):
     assert status == (0 if all(bar["passed"] for bar in bars) else 1)
     for bar in bars:
         assert_positive_finite(bar["ratio"], bar["bar"])
+
+
+def test_many_4096_is_ten_thousand_tensors_of_4096_elements_and_runs_by_default_on_gpus_only():
+    full = build_workloads(["many-4096"], torch.device("cpu"), "full")[0]
+    assert full.shapes == ((4_096,),) * 10_000
+    assert build_workloads(["many-4096"], torch.device("cpu"), "tiny")[0].shapes == ((4_096,),) * 20
+    assert "many-4096" in default_shape_names(torch.device("cuda"))
+    assert "many-4096" not in default_shape_names(torch.device("cpu"))
+
+
+def test_torch_variants_option_restricts_the_torch_rows(tmp_path):
+    path = tmp_path / "result.json"
+    main(TINY + ["--shapes", "large", "--dtypes", "float32", "--optimizers", "adam",
+                 "--torch-variants", "fused", "--json", str(path)])
+    document = json.loads(path.read_text())
+    assert {row["implementation"] for row in document["results"] if row["kind"] == "torch"} == {"torch[fused]"}
+    assert document["settings"]["torch_variants"] == ["fused"]
+    assert all(set(row["speedup_vs"]) == {"fused"} for row in document["results"])
+
+
+def test_master_weights_rows_on_16_bit_params_count_the_fp32_bytes(tmp_path):
+    path = tmp_path / "result.json"
+    main(TINY + ["--shapes", "large", "--dtypes", "float32,bfloat16", "--optimizers", "adam",
+                 "--backend", "reference", "--master-weights", "--json", str(path)])
+    document = json.loads(path.read_text())
+    rows = {(row["dtype"], row["implementation"]): row for row in document["results"]}
+    assert ("float32", "fusedopt[reference,master_weights]") not in rows  # no master copy of fp32 params
+    master = rows["bfloat16", "fusedopt[reference,master_weights]"]
+    # reads master 4 + g 2 + m 4 + v 4, writes master 4 + p 2 + m 4 + v 4
+    assert master["bytes_per_element"] == 28
+    assert rows["bfloat16", "fusedopt[reference]"]["bytes_per_element"] == 14
+    entries = {(entry["dtype"], entry["master_weights"]): entry for entry in document["traffic"]}
+    assert entries["bfloat16", True]["formula"].endswith("= 28 B/elem")
+    assert ("float32", True) not in entries
+    assert document["settings"]["master_weights"] is True
+
+
+@pytest.mark.parametrize("case, dtype, expected", [("adam", torch.bfloat16, 28), ("adam", torch.float32, 28),
+                                                   ("sgd", torch.float16, 20), ("rmsprop-centered", torch.bfloat16, 36)])
+def test_bytes_per_element_with_master_weights(case, dtype, expected):
+    assert CASES_BY_KEY[case].traffic.bytes_per_element(dtype, master_weights=True) == expected

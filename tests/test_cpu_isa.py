@@ -46,16 +46,24 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _digest(isa: str) -> str:
-    env = dict(os.environ, FUSEDOPT_CPU_ISA=isa)
-    check = subprocess.run([sys.executable, "-c", "import fusedopt; print(fusedopt.info()['cpu_kernels']"
-                            "['instruction_set'])"], env=env, capture_output=True, text=True, check=True)
-    assert check.stdout.strip() == isa
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True)
+def _digest(isa: str, folder) -> str:
+    """The children import the fusedopt this process imported: they start in an empty folder
+    (`python -c` puts the working directory first on sys.path, and from the repository root
+    after a non-editable install that is the source tree, without `_C`), with that
+    package's folder first on PYTHONPATH."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fusedopt.__file__)))
+    env = dict(os.environ, FUSEDOPT_CPU_ISA=isa,
+               PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    check = subprocess.run([sys.executable, "-c", "import fusedopt; print(fusedopt.__file__);"
+                            " print(fusedopt.info()['cpu_kernels']['instruction_set'])"],
+                           cwd=folder, env=env, capture_output=True, text=True, check=True)
+    assert check.stdout.split() == [os.path.abspath(fusedopt.__file__), isa]
+    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=folder, env=env, capture_output=True, text=True,
+                            check=True)
     return result.stdout.strip()
 
 
-def test_every_instruction_set_computes_the_same_bits():
-    digests = {isa: _digest(isa) for isa in ("baseline", "avx2", "avx512")}
+def test_every_instruction_set_computes_the_same_bits(tmp_path):
+    digests = {isa: _digest(isa, tmp_path) for isa in ("baseline", "avx2", "avx512")}
     assert len(set(digests.values())) == 1, digests
     assert len(hashlib.sha256().hexdigest()) == len(digests["baseline"])  # a real digest was printed

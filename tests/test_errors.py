@@ -197,6 +197,7 @@ def test_grad_swapped_through_data_raises(name, bad, backend):
     assert not torch.equal(params[3].detach(), before[0][3])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_grad_on_other_device_raises(name, backend):

@@ -41,9 +41,13 @@ cannot both read a counter in every program of a tensor and bump it exactly once
 without a grid-wide barrier. With found_inf the increment is `found_inf == 0`, computed on
 the device, so a skipped step is not counted either.
 
-Full blocks are loaded without a mask, with 16-byte alignment promised to the compiler
-when every address of the batch is 16-byte aligned (so they become vector loads), and a
-masked block handles each chunk's tail.
+Block loop: each program walks the CHUNK // BLOCK blocks of its chunk, a loop with a
+compile-time bound; a block wholly inside the tensor is loaded without a mask, with 16-byte
+alignment promised to the compiler when every address of the batch is 16-byte aligned (so
+they become vector loads), the block holding the tensor's end is masked, and blocks past it
+do nothing. (A loop bounded by the run-time count of full blocks is what the interpreter of
+triton <= 3.6 cannot run with numpy >= 2.4: it turns the bound into a Python int with
+`int()` of a one-element array, which such numpy refuses.)
 
 On CPU tensors the kernels run only under Triton's interpreter, which @triton.jit picks
 when this module is imported: TRITON_INTERPRET=1 must be set before `import fusedopt`.
@@ -331,17 +335,17 @@ def _adam_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coe
                                       OPTIMIZED_UPDATE, COMPUTE)
     factors = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF, COMPUTE)
 
-    full_blocks = (end - start) // BLOCK
-    for k in range(0, full_blocks):
-        offsets = start + k * BLOCK + tl.arange(0, BLOCK)
-        _adam_block(offsets, None, param_ptr, master_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
-                    *factors, *coefficients, MASTER, GRAD_SCALE, CLIP_COEF, L2, AMSGRAD, DTYPE, STATE, COMPUTE)
-    tail = start + full_blocks * BLOCK
-    if tail < end:
-        offsets = tail + tl.arange(0, BLOCK)
-        _adam_block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr,
-                    max_exp_avg_sq_ptr, *factors, *coefficients, MASTER, GRAD_SCALE, CLIP_COEF, L2, AMSGRAD, DTYPE,
-                    STATE, COMPUTE)
+    for k in range(0, CHUNK // BLOCK):  # see "Block loop" above
+        block_start = start + k * BLOCK
+        offsets = block_start + tl.arange(0, BLOCK)
+        if block_start + BLOCK <= end:
+            _adam_block(offsets, None, param_ptr, master_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr,
+                        max_exp_avg_sq_ptr, *factors, *coefficients, MASTER, GRAD_SCALE, CLIP_COEF, L2, AMSGRAD, DTYPE,
+                        STATE, COMPUTE)
+        elif block_start < end:
+            _adam_block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr,
+                        max_exp_avg_sq_ptr, *factors, *coefficients, MASTER, GRAD_SCALE, CLIP_COEF, L2, AMSGRAD, DTYPE,
+                        STATE, COMPUTE)
 
 
 # ----------------------------------------------------------------------------- SGD
@@ -396,17 +400,16 @@ def _sgd_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef
     coefficients = _sgd_coefficients(lr, momentum, dampening, weight_decay, grad_sign, COMPUTE)
     factors = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF, COMPUTE)
 
-    full_blocks = (end - start) // BLOCK
-    for k in range(0, full_blocks):
-        offsets = start + k * BLOCK + tl.arange(0, BLOCK)
-        _sgd_block(offsets, None, param_ptr, master_ptr, grad_ptr, buffer_ptr, *factors, *coefficients, MASTER,
-                   GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, MOMENTUM, NESTEROV, FIRST_STEP, DTYPE, STATE, COMPUTE)
-    tail = start + full_blocks * BLOCK
-    if tail < end:
-        offsets = tail + tl.arange(0, BLOCK)
-        _sgd_block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, buffer_ptr, *factors, *coefficients,
-                   MASTER, GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, MOMENTUM, NESTEROV, FIRST_STEP, DTYPE, STATE,
-                   COMPUTE)
+    for k in range(0, CHUNK // BLOCK):  # see "Block loop" above
+        block_start = start + k * BLOCK
+        offsets = block_start + tl.arange(0, BLOCK)
+        if block_start + BLOCK <= end:
+            _sgd_block(offsets, None, param_ptr, master_ptr, grad_ptr, buffer_ptr, *factors, *coefficients, MASTER,
+                       GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, MOMENTUM, NESTEROV, FIRST_STEP, DTYPE, STATE, COMPUTE)
+        elif block_start < end:
+            _sgd_block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, buffer_ptr, *factors, *coefficients,
+                       MASTER, GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, MOMENTUM, NESTEROV, FIRST_STEP, DTYPE, STATE,
+                       COMPUTE)
 
 
 # ----------------------------------------------------------------------------- RMSprop
@@ -474,18 +477,17 @@ def _rmsprop_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_
     coefficients = _rmsprop_coefficients(lr, alpha, eps, weight_decay, momentum, grad_sign, COMPUTE)
     factors = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF, COMPUTE)
 
-    full_blocks = (end - start) // BLOCK
-    for k in range(0, full_blocks):
-        offsets = start + k * BLOCK + tl.arange(0, BLOCK)
-        _rmsprop_block(offsets, None, param_ptr, master_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr, buffer_ptr,
-                       *factors, *coefficients, MASTER, GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, CENTERED, MOMENTUM,
-                       DTYPE, STATE, COMPUTE)
-    tail = start + full_blocks * BLOCK
-    if tail < end:
-        offsets = tail + tl.arange(0, BLOCK)
-        _rmsprop_block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr,
-                       buffer_ptr, *factors, *coefficients, MASTER, GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, CENTERED,
-                       MOMENTUM, DTYPE, STATE, COMPUTE)
+    for k in range(0, CHUNK // BLOCK):  # see "Block loop" above
+        block_start = start + k * BLOCK
+        offsets = block_start + tl.arange(0, BLOCK)
+        if block_start + BLOCK <= end:
+            _rmsprop_block(offsets, None, param_ptr, master_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr, buffer_ptr,
+                           *factors, *coefficients, MASTER, GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, CENTERED, MOMENTUM,
+                           DTYPE, STATE, COMPUTE)
+        elif block_start < end:
+            _rmsprop_block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr,
+                           buffer_ptr, *factors, *coefficients, MASTER, GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, CENTERED,
+                           MOMENTUM, DTYPE, STATE, COMPUTE)
 
 
 # ----------------------------------------------------------------------------- device tables
@@ -528,8 +530,10 @@ _tables: _LRU = _LRU(capacity=64)
 _work_maps: _LRU = _LRU(capacity=64)
 
 
-def _work_map(numels: torch.Tensor, chunk: int, device: torch.device) -> Tuple[torch.Tensor, int]:
-    key = (numels.numpy().tobytes(), chunk, device)
+def _work_map(numels: torch.Tensor, numels_key: bytes, chunk: int, device: torch.device) -> Tuple[torch.Tensor, int]:
+    """`numels_key`: the element counts' bytes, a cheap cache key (torch's `.numpy()` would
+    make numpy, which torch does not require, a dependency)."""
+    key = (numels_key, chunk, device)
     cached = _work_maps.lookup(key)
     if cached is None:
         chunks = (numels + chunk - 1) // chunk  # zero-size tensors get no program
@@ -553,7 +557,8 @@ def _device_tables(batch: TensorBatch) -> _DeviceTables:
     host = torch.frombuffer(batch.table, dtype=torch.int64).view(-1, n)
     numels = host[NUMEL_ROW]
     addresses = torch.cat([host[PARAM_ROW:GRAD_ROW + 1], host[FIRST_STATE_ROW:]])[:, numels > 0]
-    work, programs = _work_map(numels, config.chunk, batch.device)
+    numels_key = batch.table[NUMEL_ROW * n:(NUMEL_ROW + 1) * n].tobytes()
+    work, programs = _work_map(numels, numels_key, config.chunk, batch.device)
     tables = _DeviceTables(
         # A pageable-memory copy, staged at once by the driver: no wait on the device.
         table=host.reshape(-1).to(batch.device, non_blocking=True, copy=True),

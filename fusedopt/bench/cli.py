@@ -5,7 +5,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .cases import FAMILIES, cases_for_families
-from .contenders import fusedopt_backends
+from .contenders import TORCH_VARIANTS, fusedopt_backends
 from .plot import check_matplotlib
 from .runner import BenchConfig
 from .workloads import SHAPE_NAMES, build_workloads, default_shape_names
@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shapes", type=_comma_list(SHAPE_NAMES), default=None,
                         help=f"comma-separated subset of {','.join(SHAPE_NAMES)}"
                              " (default: all but gpt2-xl on the CPU)")
+    parser.add_argument("--torch-variants", type=_comma_list(TORCH_VARIANTS), default=list(TORCH_VARIANTS),
+                        help=f"comma-separated subset of torch.optim's {','.join(TORCH_VARIANTS)} to time"
+                             " (default: all; for-loop takes seconds per step on 10,000 tensors)")
+    parser.add_argument("--master-weights", action="store_true",
+                        help="on float16/bfloat16 params, also time each fusedopt backend with"
+                             " master_weights=True (fp32 master copy and states)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes and few steps (under a minute on a 2-core CPU)")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # for tests
@@ -91,6 +97,8 @@ def build_config(options: argparse.Namespace) -> BenchConfig:
         steps=options.steps or steps,
         warmup=options.warmup or warmup,
         copy_bytes=copy_bytes(options.scale, device),
+        torch_variants=tuple(options.torch_variants),
+        master_weights=options.master_weights,
     )
 
 
@@ -104,6 +112,7 @@ def settings_of(options: argparse.Namespace, config: BenchConfig) -> Dict[str, o
         "cases": [case.key for case in config.cases],
         "fusedopt_backends": list(config.fusedopt_backends),
         "torch_variants": list(config.torch_variants),
+        "master_weights": config.master_weights,
     }
 
 

@@ -26,6 +26,7 @@ class Contender:
     kind: str  # "torch" or "fusedopt"
     variant: str  # a TORCH_VARIANTS key, or a fusedopt backend name
     make: OptimizerFactory
+    master_weights: bool = False  # fusedopt with fp32 master weights (16-bit params)
 
 
 def torch_contenders(case: OptimizerCase, variants: Sequence[str]) -> List[Contender]:
@@ -45,7 +46,9 @@ def torch_contenders(case: OptimizerCase, variants: Sequence[str]) -> List[Conte
     ]
 
 
-def fusedopt_contenders(case: OptimizerCase, backends: Sequence[str]) -> List[Contender]:
+def fusedopt_contenders(case: OptimizerCase, backends: Sequence[str], master_weights: bool = False) -> List[Contender]:
+    """Each backend's rows for ``case``; with ``master_weights`` (asked for, on 16-bit params)
+    one more row per backend, ``fusedopt[<backend>,master_weights]``."""
     optimizer_class = getattr(fusedopt, case.class_name)
     contenders = []
     for backend in backends:
@@ -53,6 +56,10 @@ def fusedopt_contenders(case: OptimizerCase, backends: Sequence[str]) -> List[Co
             label = f"fusedopt[{backend},{extra.suffix}]" if extra.suffix else f"fusedopt[{backend}]"
             kwargs = {**case.hyper, **extra.kwargs, "backend": backend}
             contenders.append(Contender(label, "fusedopt", backend, _factory(optimizer_class, kwargs)))
+        if master_weights:
+            kwargs = {**case.hyper, "backend": backend, "master_weights": True}
+            contenders.append(Contender(f"fusedopt[{backend},master_weights]", "fusedopt", backend,
+                                        _factory(optimizer_class, kwargs), master_weights=True))
     return contenders
 
 

@@ -5,6 +5,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from .contenders import TORCH_VARIANTS
 from .runner import BenchConfig, BenchResult, Row, dtype_name
+from .traffic import uses_master
 
 JSON_SCHEMA_VERSION = 1
 
@@ -46,14 +47,17 @@ def format_report(result: BenchResult, config: BenchConfig, environment: Mapping
 
 
 def traffic_entries(config: BenchConfig) -> List[Dict[str, object]]:
-    """The per-element byte count of every optimizer case and dtype, with its formula."""
-    return [
-        {"optimizer": case.key, "optimizer_label": case.label, "dtype": dtype_name(dtype),
-         "bytes_per_element": case.traffic.bytes_per_element(dtype),
-         "formula": case.traffic.formula(dtype)}
-        for case in config.cases
-        for dtype in config.dtypes
-    ]
+    """The per-element byte count of every optimizer case and dtype, with its formula (and,
+    with --master-weights, of the master-weights rows of 16-bit dtypes)."""
+    entries = []
+    for case in config.cases:
+        for dtype in config.dtypes:
+            for master in (False, True) if config.master_weights and uses_master(dtype) else (False,):
+                entries.append(
+                    {"optimizer": case.key, "optimizer_label": case.label + (" master_weights" if master else ""),
+                     "dtype": dtype_name(dtype), "bytes_per_element": case.traffic.bytes_per_element(dtype, master),
+                     "formula": case.traffic.formula(dtype, master), "master_weights": master})
+    return entries
 
 
 def _format_rows(rows: Sequence[Row]) -> str:

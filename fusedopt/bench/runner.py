@@ -11,6 +11,7 @@ import torch
 from .cases import OptimizerCase
 from .contenders import Contender, TORCH_VARIANTS, fusedopt_contenders, probe, torch_contenders
 from .timing import CopyBandwidth, clock_for, measure_copy_bandwidth, round_robin
+from .traffic import uses_master
 from .workloads import Workload
 
 PARAM_SEED, GRAD_SEED = 0, 1
@@ -29,6 +30,7 @@ class BenchConfig:
     copy_bytes: int
     copy_repeats: int = 20
     torch_variants: Sequence[str] = tuple(TORCH_VARIANTS)
+    master_weights: bool = False  # also time fusedopt with fp32 master weights on 16-bit params
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ def run_benchmark(config: BenchConfig, progress: Optional[Progress] = None) -> B
     for workload, dtype, case in _units(config):
         progress(f"{workload.name} {dtype_name(dtype)} {case.label}")
         contenders = torch_contenders(case, config.torch_variants)
-        contenders += fusedopt_contenders(case, config.fusedopt_backends)
+        contenders += fusedopt_contenders(case, config.fusedopt_backends,
+                                          master_weights=config.master_weights and uses_master(dtype))
         runnable = []
         for contender in contenders:
             reason = probe(contender, config.device, dtype)
@@ -112,7 +115,7 @@ def count_units(config: BenchConfig) -> int:
 def _time_unit(config, clock, workload, dtype, case, contenders, copy) -> List[Row]:
     params = workload.make_tensors(dtype, config.device, PARAM_SEED)
     grads = workload.make_tensors(dtype, config.device, GRAD_SEED)
-    bytes_per_contender = workload.numel * params[0].element_size() * _tensors_per_element(case)
+    bytes_per_contender = workload.numel * max(_bytes_held(case, dtype, c.master_weights) for c in contenders)
     samples: List[List[float]] = []
     groups: List[int] = []
     for group_index, group in enumerate(_groups(contenders, bytes_per_contender, config.device)):
@@ -129,9 +132,9 @@ def _time_unit(config, clock, workload, dtype, case, contenders, copy) -> List[R
     torch_medians = {
         contender.variant: med for contender, med in zip(contenders, medians) if contender.kind == "torch"
     }
-    bytes_per_element = case.traffic.bytes_per_element(dtype)
     rows = []
     for contender, times, med, group in zip(contenders, samples, medians, groups):
+        bytes_per_element = case.traffic.bytes_per_element(dtype, contender.master_weights)
         gbps = bytes_per_element * workload.numel / med / 1e6
         rows.append(
             Row(
@@ -167,10 +170,15 @@ def _clone(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> Lis
     return clones
 
 
-def _tensors_per_element(case: OptimizerCase) -> int:
-    # The parameter, its state, and one temporary that torch's for-loop and
-    # foreach paths allocate.
-    return 2 + len(case.traffic.state_tensors)
+def _bytes_held(case: OptimizerCase, dtype: torch.dtype, master_weights: bool) -> int:
+    """Bytes per element one contender holds: the parameter, its state, and one temporary
+    that torch's for-loop and foreach paths allocate; with master weights the fp32 master
+    copy and fp32 states instead."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    states = len(case.traffic.state_tensors)
+    if master_weights and uses_master(dtype):
+        return itemsize + 4 * (1 + states)
+    return itemsize * (2 + states)
 
 
 def _groups(contenders: List[Contender], bytes_each: int, device: torch.device) -> List[List[Contender]]:

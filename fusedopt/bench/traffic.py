@@ -22,6 +22,7 @@ _SYMBOLS = {
     "square_avg": "sq",
     "grad_avg": "gavg",
 }
+# With master weights (16-bit params): p32 is the fp32 master copy, and the states are fp32.
 
 
 @dataclass(frozen=True)
@@ -36,18 +37,32 @@ class Traffic:
         """Optimizer state kept per parameter (everything read but p and g)."""
         return tuple(name for name in self.reads if name not in ("param", "grad"))
 
-    def bytes_per_element(self, dtype: torch.dtype) -> int:
+    def bytes_per_element(self, dtype: torch.dtype, master_weights: bool = False) -> int:
+        if master_weights and uses_master(dtype):
+            # reads master, g, states; writes master, p, states: p and g in dtype, the rest fp32
+            return 2 * _itemsize(dtype) + (2 + 2 * len(self.state_tensors)) * 4
         return (len(self.reads) + len(self.writes)) * _itemsize(dtype)
 
-    def formula(self, dtype: torch.dtype) -> str:
+    def formula(self, dtype: torch.dtype, master_weights: bool = False) -> str:
         """E.g. 'reads p,g,m,v + writes p,m,v = 7 x 4 B = 28 B/elem'."""
         reads = ",".join(_SYMBOLS[name] for name in self.reads)
         writes = ",".join(_SYMBOLS[name] for name in self.writes)
+        if master_weights and uses_master(dtype):
+            states = ",".join(_SYMBOLS[name] for name in self.state_tensors)
+            return (
+                f"reads p32,g,{states} + writes p32,p,{states} (master weights: p,g {_itemsize(dtype)} B;"
+                f" p32 and states 4 B) = {self.bytes_per_element(dtype, True)} B/elem"
+            )
         count = len(self.reads) + len(self.writes)
         return (
             f"reads {reads} + writes {writes} = {count} x {_itemsize(dtype)} B"
             f" = {self.bytes_per_element(dtype)} B/elem"
         )
+
+
+def uses_master(dtype: torch.dtype) -> bool:
+    """Whether master_weights=True gives params of this dtype an fp32 master copy."""
+    return dtype in (torch.float16, torch.bfloat16)
 
 
 def traffic_for(class_name: str, hyper: Mapping) -> Traffic:

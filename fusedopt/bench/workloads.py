@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 SCALES = ("full", "quick", "tiny")
-SHAPE_NAMES = ("large", "gpt2-small", "gpt2-xl", "many-small", "host-overhead")
+SHAPE_NAMES = ("large", "gpt2-small", "gpt2-xl", "many-small", "many-4096", "host-overhead")
 
 Shape = Tuple[int, ...]
 
@@ -80,6 +80,8 @@ _MANY_SMALL = {  # (number of tensors, total elements)
     ("cuda", "tiny"): (20, 2_000),
 }
 _HOST_OVERHEAD = {"full": (1_000, 8), "quick": (1_000, 8), "tiny": (50, 8)}  # (tensors, elements each)
+# Launch and host overhead at scale: 10,000 equal tensors of 4,096 elements (the CUDA bar).
+_MANY_4096 = {"full": (10_000, 4_096), "quick": (1_000, 4_096), "tiny": (20, 4_096)}  # (tensors, elements each)
 # Scaled-down GPT-2s keep the layer structure and shrink the widths.
 _GPT2_SMALL = {
     "full": GPT2_SMALL,
@@ -94,10 +96,12 @@ _GPT2_XL = {
 
 
 def default_shape_names(device: torch.device) -> List[str]:
-    """GPT-2 XL (1.5B parameters) only runs by default on a GPU."""
+    """GPT-2 XL (1.5B parameters) and the 10,000 tensors of many-4096 only run by default on
+    a GPU."""
     names = list(SHAPE_NAMES)
     if device.type != "cuda":
         names.remove("gpt2-xl")
+        names.remove("many-4096")
     return names
 
 
@@ -111,6 +115,7 @@ def build_workloads(names: Sequence[str], device: torch.device, scale: str) -> L
         "gpt2-small": lambda: _gpt2("gpt2-small", _GPT2_SMALL[scale]),
         "gpt2-xl": lambda: _gpt2("gpt2-xl", _GPT2_XL[scale]),
         "many-small": lambda: _many_small(*_MANY_SMALL[device_type, scale]),
+        "many-4096": lambda: _equal_tensors("many-4096", *_MANY_4096[scale]),
         "host-overhead": lambda: _host_overhead(*_HOST_OVERHEAD[scale]),
     }
     return [builders[name]() for name in SHAPE_NAMES if name in names]
@@ -133,6 +138,10 @@ def _gpt2(name: str, config: GPTConfig) -> Workload:
 def _many_small(count: int, total: int) -> Workload:
     shapes = tuple((size,) for size in _split_unevenly(total, count, seed=0))
     return Workload("many-small", shapes, f"{count} tensors of uneven sizes, {total:,} elements")
+
+
+def _equal_tensors(name: str, count: int, numel_each: int) -> Workload:
+    return Workload(name, ((numel_each,),) * count, f"{count:,} tensors of {numel_each:,} elements")
 
 
 def _host_overhead(count: int, numel_each: int) -> Workload:
