@@ -34,9 +34,11 @@
 #define __grid_constant__
 #define __restrict__ __restrict
 #define __align__(n) alignas(n)
-// One block runs at a time (executor.cpp), so a function-local static is exactly the
-// block's shared variable. Limitation: it keeps its value from the previous block
-// instead of starting undefined, so a read before the block's first write goes unseen.
+// One block runs at a time (executor.cpp), so a static variable is exactly the block's
+// shared variable. Limitation: it starts with the previous block's values, not undefined
+// ones (g++ 12 ignores section attributes on statics of templates, so they cannot be
+// gathered and poisoned), so a read before the block's first write is seen only where the
+// values differ from the previous block's: the tests run threads in reverse order too.
 #define __shared__ static
 #define __constant__ static
 #define __managed__

@@ -5,13 +5,16 @@
 //
 // What it checks, as a GPU would: the launch configuration, the parameter block against
 // the device's limit, that every thread of a block reaches the same barriers (a barrier
-// some threads skip, or two different barriers, fails the launch), and, through the
-// compiler's alignment and null checks (-fsanitize=alignment,null on the kernels, handled
-// below), every misaligned or null access, which stops the kernel as on a GPU.
+// some threads skip, or two different barriers, fails the launch), and illegal accesses:
+// misaligned or null ones through the compiler's checks (-fsanitize=alignment,null on the
+// kernels, handled below), and any access to unmapped memory (SIGSEGV/SIGBUS during a
+// launch). Each stops its block and fails the launch, with the thread and the address.
 // What it cannot see: data races between threads of a block (threads run one at a time,
 // forward or reverse; see set_reverse_order), accesses outside the tensors that land on
 // mapped memory (tests put guard bytes around every tensor), and warp-level timing.
 #include <cxxabi.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -68,11 +71,15 @@ struct Block {
   int current = -1;
   void (*run)(void*) = nullptr;
   void* context = nullptr;
-  std::string fault;  // set by a thread that made an illegal access; the block stops
+  bool in_fiber = false;  // a thread of the block is running (not the scheduler)
+  char fault[320] = {};   // why a thread was stopped; the block stops with it
 };
 
 Block g_block;
 bool g_in_launch = false;
+pthread_t g_launch_thread;
+char* g_stack_region = nullptr;  // the fibers' stacks, each above an inaccessible guard page
+size_t g_stack_stride = 0;
 bool g_reverse = false;
 uint64_t g_window_first = 0, g_window_last = UINT64_MAX;
 std::vector<LaunchRecord> g_log;
@@ -88,6 +95,8 @@ void ensure_stacks(int threads) {
   void* region = mmap(nullptr, stride * kMaxThreadsPerBlock, PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (region == MAP_FAILED) throw std::bad_alloc();
+  g_stack_region = static_cast<char*>(region);
+  g_stack_stride = stride;
   g_block.fibers.resize(kMaxThreadsPerBlock);
   for (int t = 0; t < kMaxThreadsPerBlock; ++t) {
     char* base = static_cast<char*>(region) + size_t(t) * stride;
@@ -96,9 +105,69 @@ void ensure_stacks(int threads) {
   }
 }
 
+// Stops the running thread: records why, and returns to the scheduler, which never
+// resumes the thread and fails the launch (a GPU stops the whole kernel).
+[[noreturn]] void stop_thread(const char* why) {
+  std::snprintf(g_block.fault, sizeof(g_block.fault), "%s", why);
+  g_block.in_fiber = false;
+  swapcontext(&g_block.fibers[size_t(g_block.current)].context, &g_block.scheduler);
+  std::abort();  // not reached
+}
+
+// SIGSEGV and SIGBUS while a thread of a kernel runs: the GPU's illegal-address error.
+// Anything else goes to the handler that was there before.
+struct sigaction g_previous_segv, g_previous_bus;
+
+void on_memory_fault(int signal, siginfo_t* info, void*) {
+  if (g_in_launch && g_block.in_fiber && pthread_equal(pthread_self(), g_launch_thread)) {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(info->si_addr);
+    const uintptr_t region = reinterpret_cast<uintptr_t>(g_stack_region);
+    char why[128];
+    if (address >= region && address < region + g_stack_stride * kMaxThreadsPerBlock &&
+        (address - region) % g_stack_stride < g_stack_stride - kStackBytes)
+      std::snprintf(why, sizeof(why), "the thread overflowed its %zu KiB stack in the host executor",
+                    kStackBytes / 1024);
+    else
+      std::snprintf(why, sizeof(why), "illegal address 0x%llx (%s)", static_cast<unsigned long long>(address),
+                    signal == SIGSEGV ? "unmapped memory" : "bus error");
+    stop_thread(why);  // the signal mask comes back with the scheduler's context
+  }
+  sigaction(signal, signal == SIGSEGV ? &g_previous_segv : &g_previous_bus, nullptr);  // the access faults again
+}
+
+// Installs on_memory_fault, on a stack of its own (a stack overflow leaves none), for one launch.
+class MemoryFaults {
+ public:
+  MemoryFaults() {
+    static char alternate[64 * 1024];
+    stack_t stack{};
+    stack.ss_sp = alternate;
+    stack.ss_size = sizeof(alternate);
+    sigaltstack(&stack, &previous_stack_);
+    struct sigaction action {};
+    action.sa_sigaction = on_memory_fault;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGSEGV, &action, &g_previous_segv);
+    sigaction(SIGBUS, &action, &g_previous_bus);
+    g_launch_thread = pthread_self();
+  }
+  ~MemoryFaults() {
+    sigaction(SIGSEGV, &g_previous_segv, nullptr);
+    sigaction(SIGBUS, &g_previous_bus, nullptr);
+    sigaltstack(&previous_stack_, nullptr);
+  }
+  MemoryFaults(const MemoryFaults&) = delete;
+  MemoryFaults& operator=(const MemoryFaults&) = delete;
+
+ private:
+  stack_t previous_stack_{};
+};
+
 void fiber_main() {
   g_block.run(g_block.context);
   g_block.fibers[size_t(g_block.current)].finished = true;
+  g_block.in_fiber = false;
   // returning resumes uc_link: the scheduler
 }
 
@@ -114,7 +183,7 @@ uint3 thread_coordinates(int t, const dim3& block) {
 // Runs every thread of the current block to completion. Returns an empty string, or why
 // the block failed.
 std::string run_block(int threads) {
-  g_block.fault.clear();
+  g_block.fault[0] = '\0';
   ucontext_t initial;
   getcontext(&initial);
   for (int t = 0; t < threads; ++t) {
@@ -135,8 +204,9 @@ std::string run_block(int threads) {
       f.waiting = false;
       g_block.current = t;
       g_thread_index = thread_coordinates(t, g_block_dim);
+      g_block.in_fiber = true;
       swapcontext(&g_block.scheduler, &f.context);
-      if (!g_block.fault.empty()) return "thread " + describe(g_thread_index) + ": " + g_block.fault;
+      if (g_block.fault[0] != '\0') return "thread " + describe(g_thread_index) + ": " + g_block.fault;
     }
     int finished = 0, waiting = 0;
     void* barrier = nullptr;
@@ -205,6 +275,7 @@ void execute(const LaunchConfig& config, size_t parameter_bytes, const std::type
     g_grid_dim = config.grid;
     g_block_dim = config.block;
     const uint64_t blocks = uint64_t(config.grid.x) * config.grid.y * config.grid.z;
+    const MemoryFaults faults;
     g_in_launch = true;
     for (uint64_t k = 0; k < blocks && problem.empty(); ++k) {
       const uint64_t linear = g_reverse ? blocks - 1 - k : k;
@@ -260,6 +331,7 @@ void __syncthreads() {
   Fiber& f = g_block.fibers[size_t(g_block.current)];
   f.waiting = true;
   f.barrier = __builtin_return_address(0);
+  g_block.in_fiber = false;
   swapcontext(&f.context, &g_block.scheduler);
 }
 
@@ -392,16 +464,13 @@ struct TypeMismatch {
   else
     std::snprintf(what, sizeof(what), "%s misaligned address 0x%llx of type %s, which needs %u-byte alignment", kind,
                   static_cast<unsigned long long>(pointer), data->type->name, 1u << data->log_alignment);
-  const std::string message = std::string(what) + " (" + data->location.file + ":" +
-                              std::to_string(data->location.line) + ")";
-  if (!g_in_launch) {  // host code of the ops: no kernel to stop
-    std::fprintf(stderr, "fusedopt host executor: %s\n", message.c_str());
+  char message[320];
+  std::snprintf(message, sizeof(message), "%s (%s:%u)", what, data->location.file, data->location.line);
+  if (!g_in_launch || !g_block.in_fiber) {  // host code of the ops: no kernel to stop
+    std::fprintf(stderr, "fusedopt host executor: %s\n", message);
     std::abort();
   }
-  g_block.fault = message;
-  Fiber& f = g_block.fibers[size_t(g_block.current)];
-  swapcontext(&f.context, &g_block.scheduler);  // never resumed: the block is abandoned
-  std::abort();
+  stop_thread(message);
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Kernels that check the executor itself (tests/test_cuda_host.py): __syncthreads must
 // order shared-memory writes before reads for every thread, any number of times; a block
-// whose threads do not all meet at the same barrier, a misaligned or null access, and
-// parameters over the device's limit must fail the launch.
+// whose threads do not all meet at the same barrier, a misaligned, null or unmapped access,
+// a thread's stack overflow and parameters over the device's limit must fail the launch.
 // Written with the launch syntax the rewrite produces (launch.h), compiled with the shim.
 #include <stdexcept>
 #include <string>
@@ -62,6 +62,21 @@ __global__ void null_store(unsigned* out) {
   *target = 1;
 }
 
+// Thread 3 stores to an address no mapping holds: a GPU's illegal address.
+__global__ void wild_store(unsigned* out) {
+  unsigned* target = threadIdx.x == 3 ? reinterpret_cast<unsigned*>(uintptr_t(64)) : out + threadIdx.x;
+  *target = 1;
+}
+
+// 4 KB of stack per level, 200 levels deep: more than the executor gives a thread.
+__device__ __noinline__ unsigned deep(unsigned n) {
+  volatile unsigned char pad[4096];
+  pad[n % 4096] = (unsigned char)n;
+  return n == 0 ? pad[0] : deep(n - 1) + pad[n % 4096];
+}
+
+__global__ void stack_overflow(unsigned* out) { out[threadIdx.x] = deep(200); }
+
 struct LargeParameters {
   unsigned char bytes[5000];
 };
@@ -81,6 +96,8 @@ std::vector<unsigned> run_selftest(const std::string& name, unsigned blocks, int
   else if (name == "different_barriers") kernel = different_barriers;
   else if (name == "misaligned_load") kernel = misaligned_load;
   else if (name == "null_store") kernel = null_store;
+  else if (name == "wild_store") kernel = wild_store;
+  else if (name == "stack_overflow") kernel = stack_overflow;
   else if (name != "large_parameters") throw std::invalid_argument("no self-test named " + name);
   int previous = 0;
   cudaGetDevice(&previous);
