@@ -4,6 +4,9 @@ Environment knobs (read here and passed on to CMake):
   FUSEDOPT_NO_CUDA=1        build the CPU kernels only, even where nvcc exists
   FUSEDOPT_CUDA_ARCHS=...   CMake CUDA_ARCHITECTURES list, default "80-real;90-real;90-virtual"
   FUSEDOPT_BUILD_TYPE=...   CMake build type, default Release
+  FUSEDOPT_CUDA_HOST=0|1    build fusedopt._cuda_host, the CUDA kernels compiled as host C++ for
+                            the tests (no nvcc needed); default: for editable (`pip install -e`)
+                            and in-place builds only, so wheels and `pip install .` leave it out
   MAX_JOBS=N                parallel compile jobs
 """
 import os
@@ -15,6 +18,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+HOST_MODULE = "fusedopt._cuda_host"
 
 
 class CMakeExtension(Extension):
@@ -22,12 +26,24 @@ class CMakeExtension(Extension):
         super().__init__(name, sources=[])
 
 
+def wants_cuda_host(in_place: bool) -> bool:
+    requested = os.environ.get("FUSEDOPT_CUDA_HOST", "")
+    return in_place if requested == "" else requested != "0"
+
+
 class CMakeBuild(build_ext):
+    def finalize_options(self) -> None:
+        super().finalize_options()  # sets inplace for editable installs too
+        self.cuda_host = wants_cuda_host(bool(self.inplace))
+        if not self.cuda_host:
+            self.extensions = [ext for ext in self.extensions if ext.name != HOST_MODULE]
+
     def build_extension(self, ext: Extension) -> None:
+        """One CMake build tree for every module; each extension builds its own target."""
         import pybind11
 
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        build_dir = Path(self.build_temp).resolve() / ext.name
+        build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
         cmake_args = [
             f"-S{ROOT}",
@@ -38,6 +54,7 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DFUSEDOPT_VERSION={self.distribution.get_version()}",
+            f"-DFUSEDOPT_CUDA_HOST={'ON' if self.cuda_host else 'OFF'}",
         ]
         if os.environ.get("FUSEDOPT_NO_CUDA", "0") not in ("", "0"):
             cmake_args.append("-DFUSEDOPT_NO_CUDA=ON")
@@ -45,7 +62,8 @@ class CMakeBuild(build_ext):
             cmake_args.append(f"-DFUSEDOPT_CUDA_ARCHS={os.environ['FUSEDOPT_CUDA_ARCHS']}")
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
         subprocess.run(["cmake", *cmake_args], check=True)
-        subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
+        target = ext.name.rsplit(".", 1)[-1]
+        subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs, "--target", target], check=True)
 
 
-setup(ext_modules=[CMakeExtension("fusedopt._C")], cmdclass={"build_ext": CMakeBuild})
+setup(ext_modules=[CMakeExtension("fusedopt._C"), CMakeExtension(HOST_MODULE)], cmdclass={"build_ext": CMakeBuild})

@@ -10,6 +10,17 @@
 #if FUSEDOPT_WITH_CUDA
 #include "cuda/cuda_ops.h"
 #endif
+// FUSEDOPT_CUDA_HOST=1: this file compiled once more, as fusedopt._cuda_host, over the CUDA
+// kernels built as host C++ (csrc/cuda_host, CMakeLists.txt), for the tests.
+#ifndef FUSEDOPT_CUDA_HOST
+#define FUSEDOPT_CUDA_HOST 0
+#endif
+#if FUSEDOPT_CUDA_HOST
+#include "cuda_host/controls.h"
+#define FUSEDOPT_MODULE_NAME _cuda_host
+#else
+#define FUSEDOPT_MODULE_NAME _C
+#endif
 
 namespace py = pybind11;
 using namespace fusedopt;
@@ -57,6 +68,7 @@ py::dict build_info() {
   info["cuda"] = true;
   info["cuda_archs"] = FUSEDOPT_CUDA_ARCHS;
   info["cuda_compiler_version"] = FUSEDOPT_CUDA_VERSION;
+  info["cuda_host"] = bool(FUSEDOPT_CUDA_HOST);
 #else
   info["cuda"] = false;
 #endif
@@ -65,7 +77,7 @@ py::dict build_info() {
 
 }  // namespace
 
-PYBIND11_MODULE(_C, m) {
+PYBIND11_MODULE(FUSEDOPT_MODULE_NAME, m) {
   m.doc() = "fusedopt native kernels (CPU, and CUDA when built with nvcc); no libtorch inside";
   m.def("build_info", &build_info);
   const auto no_gil = py::call_guard<py::gil_scoped_release>();
@@ -144,5 +156,8 @@ PYBIND11_MODULE(_C, m) {
           return out;
         }, py::arg("numels"), py::arg("tensor_lists"), py::arg("element_bytes"),
         py::arg("large_parameter_block") = true);
+#endif
+#if FUSEDOPT_CUDA_HOST
+  cuda_host::define_host_controls(m);
 #endif
 }

@@ -1,15 +1,28 @@
-"""The CUDA launcher's plan, checked on the CPU: fusedopt._C.cuda_launch_plan runs the planner
-the CUDA ops run (csrc/cuda/launch_plan.h) and reports what the filled kernel parameter
-blocks hold, so these tests need a build with CUDA kernels but no GPU.
+"""The CUDA launcher's plan, checked on the CPU: cuda_launch_plan runs the planner the CUDA
+ops run (csrc/cuda/launch_plan.h) and reports what the filled kernel parameter blocks
+hold, so these tests need no GPU: fusedopt._C when it was built with nvcc, else
+fusedopt._cuda_host, the same planner compiled as host C++ (editable and in-place builds).
 """
+import importlib
 import math
 import random
 
 import pytest
 
-_C = pytest.importorskip("fusedopt._C")
-if not hasattr(_C, "cuda_launch_plan"):
-    pytest.skip("fusedopt._C was built without CUDA kernels", allow_module_level=True)
+
+def _planner_module():
+    for name in ("fusedopt._C", "fusedopt._cuda_host"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "cuda_launch_plan"):
+            return module
+    pytest.skip("neither fusedopt._C (built without nvcc) nor fusedopt._cuda_host (not built) has the CUDA "
+                "launch planner", allow_module_level=True)
+
+
+_C = _planner_module()
 
 CLASSIC_LIMIT, LARGE_LIMIT = 4096, 32764
 # Addresses per tensor: Adam (param, grad, step, exp_avg, exp_avg_sq), Adam with amsgrad,
@@ -162,3 +175,85 @@ def test_invalid_arguments_raise_value_error():
         plan([10], 9, 4)
     with pytest.raises(ValueError):
         plan([-1], ADAM, 4)
+
+
+# --------------------------------------------------------------------------- adversarial tables
+MAX_CHUNKS_PER_LAUNCH = 2**31 - 1  # gridDim.x
+
+
+def capacity(limit, tensor_lists):
+    """Tensors one parameter block holds (csrc/cuda/launch_plan.h): 32-bit cells after a
+    16-byte header, the op's 256 bytes kept aside; per tensor a record of 2 * (1 + lists)
+    cells and a first-chunk cell, plus the closing first-chunk cell."""
+    cells = ((limit - 256) // 8 * 8 - 16) // 4
+    return (cells - 1) // (2 * (1 + tensor_lists) + 1)
+
+
+def check_launches_are_full(numels, result, tensor_lists):
+    """Tensors go in table order, and a launch closes only when the next tensor's record or
+    chunks would not fit it."""
+    chunk = result["chunk_elements"]
+    carried = [i for i, n in enumerate(numels) if n > 0]
+    assert result["tensor_index"] == carried, "tensors out of table order"
+    room = capacity(result["parameter_block_limit"], tensor_lists)
+    position = 0
+    for launch in range(result["launches"] - 1):
+        position += result["tensors_per_launch"][launch]
+        next_chunks = chunks_of(numels[result["tensor_index"][position]], chunk)
+        full = result["tensors_per_launch"][launch] == room
+        assert full or result["chunks_per_launch"][launch] + next_chunks > MAX_CHUNKS_PER_LAUNCH, (
+            f"launch {launch} closed with {result['tensors_per_launch'][launch]} of {room} tensors")
+
+
+def adversarial_table(seed, chunk):
+    """Thousands of tensors: empty, one element, around one and two chunks, odd sizes, and
+    some past 2^31 and 2^33 elements."""
+    rng = random.Random(seed)
+    choices = [0, 1, 2, chunk - 1, chunk, chunk + 1, 2 * chunk - 1, 2 * chunk + 1, 3, 4097]
+    numels = []
+    for _ in range(rng.randint(1000, 6000)):
+        roll = rng.random()
+        if roll < 0.8:
+            numels.append(rng.choice(choices))
+        elif roll < 0.99:
+            numels.append(rng.randint(0, 10 * chunk))
+        else:
+            numels.append(rng.choice([2**31 - 1, 2**31, 2**31 + 1, 2**33 + 7]))
+    return numels
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("large", [True, False], ids=["large_block", "classic_block"])
+def test_adversarial_tables(seed, large):
+    rng = random.Random(1000 + seed)
+    tensor_lists = rng.randint(1, 8)
+    element_bytes = rng.choice(list(ELEMENT_BYTES.values()))
+    chunk = plan([1], 1, element_bytes)["chunk_elements"]
+    numels = adversarial_table(seed, chunk)
+    result = plan(numels, tensor_lists, element_bytes, large)
+    check_covers_every_chunk_once(numels, result)
+    check_fits_parameter_block(result, tensor_lists)
+    check_launches_are_full(numels, result, tensor_lists)
+
+
+@pytest.mark.parametrize("large", [True, False], ids=["large_block", "classic_block"])
+def test_grids_past_two_to_the_31_blocks_split(large):
+    """A launch has at most 2^31 - 1 blocks (gridDim.x): tensors whose chunks add up past
+    that go to separate launches, with first-chunk offsets up to the limit."""
+    chunk = plan([1], 1, 2)["chunk_elements"]
+    # chunks: 2^31 - 3 and 2 fill a grid exactly; 2, 1 and 2^30 the next; 2^30 more would overflow it
+    numels = [(2**31 - 3) * chunk, 2 * chunk, chunk + 1, 5, 2**30 * chunk, 2**30 * chunk - 1]
+    result = plan(numels, SGD, 2, large)
+    check_covers_every_chunk_once(numels, result)
+    check_fits_parameter_block(result, SGD)
+    check_launches_are_full(numels, result, SGD)
+    assert result["tensors_per_launch"] == [2, 3, 1]
+    assert result["chunks_per_launch"] == [2**31 - 1, 2**30 + 3, 2**30]
+    assert result["first_chunk"][1] == 2**31 - 3
+
+
+def test_a_tensor_needing_more_blocks_than_a_grid_holds_is_refused():
+    chunk = plan([1], 1, 4)["chunk_elements"]
+    plan([MAX_CHUNKS_PER_LAUNCH * chunk], SGD, 4)  # exactly the limit: one launch
+    with pytest.raises(ValueError, match="more thread blocks than one launch"):
+        plan([MAX_CHUNKS_PER_LAUNCH * chunk + 1], SGD, 4)

@@ -1,0 +1,151 @@
+"""Helpers of tests/test_cuda_host.py: fusedopt._cuda_host (the CUDA kernels of csrc/cuda
+compiled as host C++) as a backend, tensors placed between guard bytes, and bit-for-bit
+comparison.
+
+The backend calls the CUDA entry points exactly as fusedopt/backends/native.py's
+CUDABackend does (same arguments, from the same validated address table), on CPU tensors,
+with the device index choosing the emulated GPU: 0 accepts 32 KB kernel parameter blocks,
+1 only the classic 4 KB (csrc/cuda_host/devices.h).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+import torch
+
+import fusedopt.backends
+from fusedopt.backends.base import Backend, RMSpropConfig, SGDConfig, AdamConfig, TensorBatch
+from fusedopt.backends.native import _native_arguments
+
+if os.environ.get("FUSEDOPT_CUDA_HOST", "") not in ("", "0"):
+    from fusedopt import _cuda_host as host  # asked for: a missing module is an error, not a skip
+else:
+    host = pytest.importorskip(
+        "fusedopt._cuda_host",
+        reason="fusedopt._cuda_host is not built (editable and in-place builds build it; FUSEDOPT_CUDA_HOST=1 forces it)",
+    )
+
+LARGE_BLOCKS_DEVICE, CLASSIC_BLOCKS_DEVICE = 0, 1
+HOST_BACKENDS = {"cuda_host": LARGE_BLOCKS_DEVICE, "cuda_host_classic": CLASSIC_BLOCKS_DEVICE}
+
+
+class HostCUDABackend(Backend):
+    """The CUDA ops of fusedopt._cuda_host on CPU tensors, as emulated device `device`."""
+
+    def __init__(self, name: str, device: int):
+        self.name = name
+        self.device = device
+
+    def unusable_reason(self, device: torch.device) -> Optional[str]:
+        return None if device.type == "cpu" else f"{self.name} runs the CUDA kernels on CPU tensors"
+
+    def adam(self, batch: TensorBatch, config: AdamConfig) -> None:
+        host.cuda_adam(*_native_arguments(batch, config), self.device, 0)
+
+    def sgd(self, batch: TensorBatch, config: SGDConfig) -> None:
+        host.cuda_sgd(*_native_arguments(batch, config), self.device, 0)
+
+    def rmsprop(self, batch: TensorBatch, config: RMSpropConfig) -> None:
+        host.cuda_rmsprop(*_native_arguments(batch, config), self.device, 0)
+
+    def grad_sum_of_squares(self, batch: TensorBatch) -> torch.Tensor:
+        # The clip coefficient must be the CPU backend's, so that only the update differs.
+        return fusedopt.backends.get("cpu").grad_sum_of_squares(batch)
+
+
+def register_host_backends(monkeypatch) -> None:
+    """Makes backend="cuda_host" / "cuda_host_classic" valid for this test only."""
+    monkeypatch.setattr(fusedopt.backends, "BACKEND_NAMES", fusedopt.backends.BACKEND_NAMES + tuple(HOST_BACKENDS))
+    for name, device in HOST_BACKENDS.items():
+        fusedopt.backends.register(HostCUDABackend(name, device))
+
+
+# --------------------------------------------------------------------------- guard bytes
+GUARD_BYTES = 64
+
+
+class Guarded:
+    """Tensors that live in the middle of bigger buffers whose other bytes hold a known
+    pattern; check() asserts that no kernel wrote any of them.
+
+    place(t, shift) returns a copy of t starting `shift` elements past a 64-byte boundary
+    (shift 1: no 8- or 16-byte vector access is possible), with GUARD_BYTES guard bytes
+    before the alignment padding and after the data.
+    """
+
+    def __init__(self):
+        self._buffers: List[Tuple[torch.Tensor, int, int, torch.Tensor]] = []
+
+    def place(self, t: torch.Tensor, shift: int = 0) -> torch.Tensor:
+        size = t.element_size()
+        start = GUARD_BYTES // size + shift
+        buffer = torch.empty(start + t.numel() + GUARD_BYTES // size, dtype=t.dtype)
+        assert buffer.data_ptr() % 64 == 0, "torch's CPU allocator aligns to 64 bytes"
+        raw = buffer.view(torch.uint8)
+        pattern = (torch.arange(raw.numel(), dtype=torch.int64) * 37 + 11 + len(self._buffers)) % 251
+        raw.copy_(pattern.to(torch.uint8))
+        view = buffer[start:start + t.numel()].view(t.shape)
+        view.copy_(t)
+        self._buffers.append((raw, start * size, (start + t.numel()) * size, raw.clone()))
+        return view
+
+    def check(self) -> None:
+        for index, (raw, begin, end, before) in enumerate(self._buffers):
+            for name, part in (("before", slice(0, begin)), ("after", slice(end, raw.numel()))):
+                changed = (raw[part] != before[part]).nonzero()
+                assert changed.numel() == 0, (
+                    f"buffer {index}: {changed.numel()} guard bytes {name} the tensor were written "
+                    f"(first at byte {int(changed[0]) + part.start} of {raw.numel()})")
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+
+# Which of a tensor's lists sit one element past an aligned address: all, none, or one kind.
+ALIGNMENTS = ("aligned", "all_shifted", "param_shifted", "grad_shifted", "state_shifted")
+
+
+def shifts(alignment: str) -> Dict[str, int]:
+    return {kind: int(alignment == "all_shifted" or alignment == f"{kind}_shifted")
+            for kind in ("param", "grad", "state")}
+
+
+def guard_new_state(optimizer: torch.optim.Optimizer, guarded: Guarded, alignment_of: Dict[int, str]) -> None:
+    """Every state tensor the optimizer creates (step counters, moments, master copies)
+    is moved between guard bytes, at the alignment alignment_of[id(param)] gives, before
+    any kernel sees it."""
+    make_init = optimizer._init_state
+
+    def init_state(group, dtype):
+        init = make_init(group, dtype)
+
+        def guarded_init(p, state):
+            before = set(state)
+            init(p, state)
+            shift = shifts(alignment_of[id(p)])["state"]
+            for key in [k for k in state if k not in before]:
+                state[key] = guarded.place(state[key], shift)
+
+        return guarded_init
+
+    optimizer._init_state = init_state
+
+
+# --------------------------------------------------------------------------- comparisons
+_INT_TYPES = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
+
+
+def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """Identical bit patterns (a NaN matches any NaN: the GPU's conversions give the
+    canonical NaN, the CPU kernels' keep the payload)."""
+    assert (actual.dtype, actual.shape) == (expected.dtype, expected.shape), (
+        f"{what}: {actual.dtype} {tuple(actual.shape)} vs {expected.dtype} {tuple(expected.shape)}")
+    a, e = actual.detach().contiguous(), expected.detach().contiguous()
+    int_type = _INT_TYPES[a.element_size()]
+    differs = (a.view(int_type) != e.view(int_type)) & ~(a.isnan() & e.isnan())
+    if bool(differs.any()):
+        first = tuple(int(i) for i in differs.nonzero()[0])
+        raise AssertionError(f"{what}: {int(differs.sum())} of {a.numel()} elements differ, the first at {first}: "
+                             f"{a[first].item()!r} vs {e[first].item()!r} expected")

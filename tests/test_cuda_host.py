@@ -1,0 +1,419 @@
+"""The CUDA kernels, run on the CPU.
+
+fusedopt._cuda_host is csrc/cuda compiled as host C++ (csrc/cuda_host: a shim of the CUDA
+built-ins; blocks run in turn, the threads of a block as fibers that meet at
+__syncthreads), with the real kernel bodies, multi-tensor launcher and launch planner,
+driven here by the address tables fusedopt/_buckets.py builds for the optimizers. For every
+optimizer x option x dtype, master weights, GradScaler (scale and skip), clipping,
+misaligned views, empty tensors, sizes around chunk and vector boundaries and more
+tensors than one launch holds, these tests show that
+
+(a) params, grads and every state tensor (step counters and master copies included) have
+    exactly the CPU backend's bits;
+(b) every element is updated exactly once: under hyper-parameters that make one update
+    add exactly 1 to a param, every element of every tensor has grown by the step count;
+(c) nothing outside the tensors is written: every tensor sits between guard bytes.
+
+What the host build cannot show: timing and races between threads (they run one at a
+time), the GPU's own math library (pow and sqrt in device code are the host's here), and
+nvcc's contraction of a*b+c into FMAs: this build uses -ffp-contract=off like the CPU
+kernels, so (a) says the CUDA sources compute the CPU's bits when compiled that way.
+"""
+from __future__ import annotations
+
+import array
+import math
+
+import pytest
+import torch
+
+import fusedopt
+from _compare import ALL_CASES, REPRESENTATIVE_CASES, gradients, initial_values
+from _host_cuda import (
+    ALIGNMENTS, CLASSIC_BLOCKS_DEVICE, LARGE_BLOCKS_DEVICE, Guarded, assert_same_bits, guard_new_state, host,
+    register_host_backends, shifts,
+)
+from fusedopt import backends
+from fusedopt.backends.base import GradTransform, SGDConfig, TensorBatch
+from fusedopt.optim._update import run_update
+
+DTYPE_CONFIGS = [
+    (torch.float32, False), (torch.float64, False), (torch.float16, False), (torch.float16, True),
+    (torch.bfloat16, False), (torch.bfloat16, True),
+]
+DTYPE_IDS = ["f32", "f64", "f16", "f16-master", "bf16", "bf16-master"]
+LIMITS = {LARGE_BLOCKS_DEVICE: 32764, CLASSIC_BLOCKS_DEVICE: 4096}
+
+
+@pytest.fixture(autouse=True)
+def host_backends(monkeypatch):
+    register_host_backends(monkeypatch)
+    host.host_clear_launch_log()
+    yield
+    host.host_set_reverse_order(False)
+    host.host_set_block_window()
+
+
+def update_launches():
+    """The launch log's multi-tensor update launches (not the step-counter increments)."""
+    return [entry for entry in host.host_launch_log() if "MultiTensorArgs" in entry["parameters"]]
+
+
+def check_launches_succeeded():
+    log = host.host_launch_log()
+    assert update_launches(), "the host backend launched no update kernel"
+    for entry in log:
+        assert entry["error"] == "cudaSuccess", entry
+        assert entry["parameter_bytes"] <= LIMITS[entry["device"]], entry
+
+
+def element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+# --------------------------------------------------------------------------- (a) same bits
+GRID_SHAPES = [(0,), (1,), (5,), (7, 13), (33,), (1030,), (8193,)]  # chunk: 8,192 float32 elements
+GRID_STEPS = 3
+
+
+class Twins:
+    """The same optimizer run by the CPU backend on plain tensors and by a host CUDA
+    backend on tensors between guard bytes (param, grad and state of tensor i aligned as
+    ALIGNMENTS[i % 5] says)."""
+
+    def __init__(self, make_optimizer, shapes, dtype, backend="cuda_host", seed=0):
+        self.dtype = dtype
+        self.values = [v.to(dtype) for v in initial_values(seed, shapes)]
+        self.alignments = [ALIGNMENTS[i % len(ALIGNMENTS)] for i in range(len(shapes))]
+        self.guarded = Guarded()
+        self.cpu_params = [torch.nn.Parameter(v.clone()) for v in self.values]
+        self.host_params = [torch.nn.Parameter(self.guarded.place(v, shifts(a)["param"]))
+                            for v, a in zip(self.values, self.alignments)]
+        self.cpu = make_optimizer(self.cpu_params, "cpu")
+        self.host = make_optimizer(self.host_params, backend)
+        guard_new_state(self.host, self.guarded, {id(p): a for p, a in zip(self.host_params, self.alignments)})
+
+    def step(self, grads, before_step=None):
+        """grads[i] None: param i has no grad this step (its step counter then lags)."""
+        for p, g in zip(self.cpu_params, grads):
+            p.grad = None if g is None else g.to(self.dtype)
+        for p, g, a in zip(self.host_params, grads, self.alignments):
+            p.grad = None if g is None else self.guarded.place(g.to(self.dtype), shifts(a)["grad"])
+        for optimizer in (self.cpu, self.host):
+            if before_step is not None:
+                before_step(optimizer)
+            optimizer.step()
+
+    def check(self):
+        for i, (pc, ph) in enumerate(zip(self.cpu_params, self.host_params)):
+            assert_same_bits(ph, pc, f"param {i}")
+            if pc.grad is not None or ph.grad is not None:
+                assert_same_bits(ph.grad, pc.grad, f"grad {i}")
+            sc, sh = self.cpu.state.get(pc, {}), self.host.state.get(ph, {})
+            assert set(sh) == set(sc), f"param {i}: state keys {sorted(sh)} vs {sorted(sc)}"
+            for key in sc:
+                assert_same_bits(sh[key], sc[key], f"param {i} state {key!r}")
+        self.guarded.check()
+        check_launches_succeeded()
+
+
+@pytest.mark.parametrize("dtype, master", DTYPE_CONFIGS, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", ALL_CASES, ids=str)
+def test_same_bits_as_the_cpu_backend(case, dtype, master):
+    # Every other case runs blocks and threads in reverse: a thread that read what thread 0
+    # publishes before the barrier would see the previous block's coefficients.
+    host.host_set_reverse_order(ALL_CASES.index(case) % 2 == 1)
+    twins = Twins(lambda ps, backend: case.fused(ps, backend, master_weights=master), GRID_SHAPES, dtype)
+    for step, grads in enumerate(gradients(GRID_STEPS, shapes=GRID_SHAPES)):
+        # Every third param sits out the second step: in the last step the tensors of one
+        # launch have different step counters, so Adam's blocks have different coefficients.
+        twins.step([None if step == 1 and i % 3 == 1 else g for i, g in enumerate(grads)])
+    twins.check()
+
+
+# GradScaler's scale and found_inf, and the clip coefficient of max_grad_norm, step by step:
+# (scale, found_inf, max_grad_norm); a scale also multiplies that step's grads.
+TRANSFORM_STEPS = [(1024.0, 0.0, None), (None, None, 0.5), (1024.0, 1.0, 0.5), (2048.0, 0.0, 0.5), (None, None, None)]
+
+
+@pytest.mark.parametrize("dtype, master", DTYPE_CONFIGS, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", REPRESENTATIVE_CASES, ids=str)
+def test_grad_scaler_and_clipping_same_bits(case, dtype, master):
+    twins = Twins(lambda ps, backend: case.fused(ps, backend, master_weights=master), GRID_SHAPES, dtype)
+    for (scale, found_inf, max_norm), grads in zip(TRANSFORM_STEPS, gradients(len(TRANSFORM_STEPS),
+                                                                                 shapes=GRID_SHAPES)):
+        def before_step(optimizer):
+            for group in optimizer.param_groups:
+                group["max_grad_norm"] = max_norm
+            optimizer.grad_scale = None if scale is None else torch.tensor(scale)
+            optimizer.found_inf = None if found_inf is None else torch.tensor(found_inf)
+
+        twins.step([g * (scale or 1.0) for g in grads], before_step)
+    twins.check()
+
+
+@pytest.mark.parametrize("dtype, master", DTYPE_CONFIGS, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", REPRESENTATIVE_CASES, ids=str)
+def test_found_inf_skips_the_step_inside_the_kernel(case, dtype, master):
+    """The optimizers skip a CPU-side found_inf before any kernel runs (SGD) or hand it to
+    the kernel; on a GPU it is a device tensor the kernel must read. Handed straight to the
+    kernels, it must leave every byte as it was."""
+    twins = Twins(lambda ps, backend: case.fused(ps, backend, master_weights=master), GRID_SHAPES, dtype)
+    twins.step(gradients(1, shapes=GRID_SHAPES)[0])
+    optimizer = twins.host
+    snapshot = [t.clone() for t in _all_tensors(optimizer)]
+    grad_transform = GradTransform(grad_scale=torch.tensor(4.0), found_inf=torch.tensor(1.0),
+                                   clip_coef=torch.tensor(0.5))
+    for index, group in enumerate(optimizer.param_groups):
+        for bucket, batch, fresh in optimizer._prepare_group(index, group):
+            run_update(optimizer.kind, backends.get("cuda_host"), batch, fresh, optimizer.config_fields(group),
+                       master_weights=optimizer._uses_master(group, bucket.dtype), grad_transform=grad_transform)
+    for i, (before, after) in enumerate(zip(snapshot, _all_tensors(optimizer))):
+        assert_same_bits(after, before, f"tensor {i} after a skipped step")
+    twins.guarded.check()
+    check_launches_succeeded()
+
+
+def _all_tensors(optimizer):
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            yield p
+            yield p.grad
+            yield from optimizer.state[p].values()
+
+
+# --------------------------------------------------------------------------- (b) exactly once
+# Hyper-parameters under which an update adds exactly `increments[k]` to every param at step
+# k when every grad is -1 (beta=0, alpha=0, eps=0 make Adam's and RMSprop's step
+# lr * g / |g|), and the state every element must hold after each step.
+COUNTING = {
+    "Adam": (fusedopt.Adam, dict(lr=1.0, betas=(0.0, 0.0), eps=0.0), (1.0, 1.0),
+             {"exp_avg": -1.0, "exp_avg_sq": 1.0}),
+    "Adam-amsgrad": (fusedopt.Adam, dict(lr=1.0, betas=(0.0, 0.0), eps=0.0, amsgrad=True), (1.0, 1.0),
+                     {"exp_avg": -1.0, "exp_avg_sq": 1.0, "max_exp_avg_sq": 1.0}),
+    "AdamW-optimized_update": (fusedopt.AdamW, dict(lr=1.0, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0,
+                                                     optimized_update=True), (1.0, 1.0),
+                               {"exp_avg": -1.0, "exp_avg_sq": 1.0}),
+    "SGD": (fusedopt.SGD, dict(lr=1.0), (1.0, 1.0), {}),
+    # momentum 0.5: the buffer is -1 (first-step rule), then -1.5
+    "SGD-momentum": (fusedopt.SGD, dict(lr=1.0, momentum=0.5), (1.0, 1.5), {"momentum_buffer": (-1.0, -1.5)}),
+    "RMSprop": (fusedopt.RMSprop, dict(lr=1.0, alpha=0.0, eps=0.0), (1.0, 1.0), {"square_avg": 1.0}),
+    "RMSprop-momentum": (fusedopt.RMSprop, dict(lr=1.0, alpha=0.0, eps=0.0, momentum=0.5), (1.0, 1.5),
+                         {"square_avg": 1.0, "momentum_buffer": (-1.0, -1.5)}),
+}
+
+
+def boundary_sizes(dtype: torch.dtype, master: bool):
+    """Empty, one element, around the vector width, around one vector per thread of a
+    block, around the chunk, and two chunks and a bit: as chunk and vector sizes follow."""
+    chunk = host.cuda_launch_plan([1], 1, element_size(dtype))["chunk_elements"]
+    width = 16 // max(element_size(dtype), 4 if master else element_size(dtype))  # 16-byte vectors
+    return sorted({0, 1, width - 1, width, width + 1, 256 * width - 1, 256 * width + 1, chunk - 1, chunk,
+                   chunk + 1, 2 * chunk + width + 1})
+
+
+class Counting:
+    """One counting run: params p0 (small integers) between guard bytes, grads -1."""
+
+    def __init__(self, variant, sizes, dtype, master, backend, steps):
+        make, options, increments, self.expected_state = COUNTING[variant]
+        self.increments = increments[:steps]
+        self.dtype, self.steps = dtype, steps
+        self.guarded = Guarded()
+        self.alignments = [ALIGNMENTS[k % len(ALIGNMENTS)] for k in range(len(sizes))]
+        self.initial = [(torch.arange(n, dtype=torch.float64) % 29 - 14).to(dtype) for n in sizes]
+        self.params = [torch.nn.Parameter(self.guarded.place(v, shifts(a)["param"]))
+                       for v, a in zip(self.initial, self.alignments)]
+        self.optimizer = make(self.params, backend=backend, master_weights=master, **options)
+        guard_new_state(self.optimizer, self.guarded, {id(p): a for p, a in zip(self.params, self.alignments)})
+
+    def run(self):
+        for _ in range(self.steps):
+            for p, a in zip(self.params, self.alignments):
+                p.grad = self.guarded.place(torch.full(p.shape, -1.0, dtype=self.dtype), shifts(a)["grad"])
+            self.optimizer.step()
+
+    def check(self):
+        total = sum(self.increments)
+        for i, (p, p0) in enumerate(zip(self.params, self.initial)):
+            expected = (p0.double() + total).to(self.dtype)
+            grown = p.detach().double() - p0.double()
+            assert_same_bits(p.detach(), expected, f"tensor {i} of {p.numel()} elements: grown by "
+                             f"{sorted(set(grown.tolist()))[:5]} where every element must grow by {total}")
+            state = self.optimizer.state[p]
+            for key, value in self.expected_state.items():
+                value = value[self.steps - 1] if isinstance(value, tuple) else value
+                assert_same_bits(state[key], torch.full_like(state[key], value), f"tensor {i} state {key!r}")
+            if "step" in state:
+                assert state["step"].item() == self.steps, f"tensor {i}: step {state['step'].item()}"
+            if "master_param" in state:
+                assert_same_bits(state["master_param"], p0.float() + total, f"tensor {i} master copy")
+        self.guarded.check()
+        check_launches_succeeded()
+
+
+ORDERS = [("cuda_host", False), ("cuda_host_classic", True)]
+
+
+@pytest.mark.parametrize("backend, reverse", ORDERS, ids=["device0-forward", "device1-reverse"])
+@pytest.mark.parametrize("dtype, master", DTYPE_CONFIGS, ids=DTYPE_IDS)
+@pytest.mark.parametrize("variant", COUNTING)
+def test_every_element_is_updated_exactly_once(variant, dtype, master, backend, reverse):
+    """Sizes around the chunk and vector boundaries, each twice at different alignments;
+    blocks and threads run in index order on device 0, in reverse on device 1."""
+    host.host_set_reverse_order(reverse)
+    sizes = boundary_sizes(dtype, master) * 2
+    run = Counting(variant, sizes, dtype, master, backend, steps=2)
+    run.run()
+    run.check()
+
+
+@pytest.mark.parametrize("variant, dtype, master, device", [
+    ("Adam-amsgrad", torch.bfloat16, True, LARGE_BLOCKS_DEVICE),
+    ("RMSprop-momentum", torch.float64, False, LARGE_BLOCKS_DEVICE),
+    ("SGD-momentum", torch.float32, False, CLASSIC_BLOCKS_DEVICE),
+    ("Adam", torch.float16, False, CLASSIC_BLOCKS_DEVICE),
+], ids=["adam-amsgrad-bf16-master-device0", "rmsprop-momentum-f64-device0", "sgd-momentum-f32-device1",
+        "adam-f16-device1"])
+def test_more_tensors_than_one_launch_holds(variant, dtype, master, device):
+    """A table that needs several launches (of 32 KB parameter blocks on device 0, 4 KB on
+    device 1), with empty tensors among tiny ones."""
+    backend = "cuda_host" if device == LARGE_BLOCKS_DEVICE else "cuda_host_classic"
+    # One probe step creates the state that tells how many addresses a record carries.
+    probe = Counting(variant, [1], dtype, master, backend, steps=1)
+    probe.run()
+    capacity = host.cuda_launch_plan([1] * 5000, record_addresses(probe.optimizer), element_size(dtype),
+                                     large_parameter_block=device == LARGE_BLOCKS_DEVICE)["tensors_per_launch"][0]
+    sizes = []
+    while sum(n > 0 for n in sizes) < capacity + 20:
+        sizes.append(0 if len(sizes) % 9 == 0 else len(sizes) % 5 + 1)
+    host.host_clear_launch_log()
+    run = Counting(variant, sizes, dtype, master, backend, steps=1)
+    run.run()
+    run.check()
+    launches = update_launches()
+    assert len(launches) >= 2
+    if device == LARGE_BLOCKS_DEVICE:
+        assert any(entry["parameter_bytes"] > 4096 for entry in launches)
+    assert sum(entry["blocks_run"] for entry in launches) == sum(n > 0 for n in sizes)  # one chunk each
+
+
+def record_addresses(optimizer) -> int:
+    """Addresses a tensor's record carries in the update launch (adam.cu, sgd.cu, rmsprop.cu):
+    param, grad, Adam's step counter (RMSprop's is incremented by a kernel of its own), and
+    every other state tensor, master copy included."""
+    state = optimizer.state[optimizer.param_groups[0]["params"][0]]
+    return 2 + len(state) - ("step" in state) + (optimizer.kind == "adam")
+
+
+# --------------------------------------------------------------------------- offsets past 2^31
+@pytest.mark.parametrize("alignment", ["aligned", "all_shifted"])
+def test_the_last_block_of_a_tensor_past_two_to_the_31_elements(alignment):
+    """The last chunk of a float32 tensor of 2^31 + 100 elements starts at element 2^31: the
+    kernel's element offsets must be 64-bit. Only that block (and the one after it, of the
+    next tensor) runs, on addresses that put the tensor's end on real memory."""
+    big = 2**31 + 100
+    chunk = host.cuda_launch_plan([1], 1, 4)["chunk_elements"]
+    last_begin = (big - 1) // chunk * chunk
+    assert last_begin >= 2**31
+    tail = big - last_begin
+    guarded = Guarded()
+    shift = shifts(alignment)
+    params = [guarded.place(torch.arange(tail, dtype=torch.float32), shift["param"]),
+              guarded.place(torch.arange(5, dtype=torch.float32), shift["param"])]
+    grads = [guarded.place(torch.full((tail,), -1.0), shift["grad"]), guarded.place(torch.full((5,), -1.0))]
+    if params[0].data_ptr() < 2**40:
+        pytest.skip("the host's heap lies too low to address 8 GiB below it")
+    numels = [big, 5]
+    table = array.array("q", numels + [params[0].data_ptr() - 4 * last_begin, params[1].data_ptr()]
+                        + [grads[0].data_ptr() - 4 * last_begin, grads[1].data_ptr()] + [0, 0])
+    plan = host.cuda_launch_plan(numels, 2, 4, large_parameter_block=False)
+    assert plan["launches"] == 1
+    next_tensor_block = plan["first_chunk"][1]
+    host.host_set_block_window(next_tensor_block - 1, next_tensor_block + 1)
+    batch = TensorBatch(params, grads, None, [], torch.device("cpu"), torch.float32, table, 0)
+    config = SGDConfig(lr=1.0, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
+                       first_step=False)
+    backends.get("cuda_host").sgd(batch, config)
+    assert [entry["blocks_run"] for entry in host.host_launch_log()] == [2]
+    assert_same_bits(params[0], torch.arange(tail, dtype=torch.float32) + 1, "the tail past 2^31")
+    assert_same_bits(params[1], torch.arange(5, dtype=torch.float32) + 1, "the next tensor")
+    guarded.check()
+
+
+# --------------------------------------------------------------------------- the shim itself
+def test_the_shims_16_bit_conversions_round_as_torch():
+    """The GPU conversions of the host build (round to nearest even; NaN becomes 0x7FFF)
+    against torch's, on a million random float32 bit patterns and the edge cases."""
+    g = torch.Generator().manual_seed(0)
+    random_bits = torch.randint(-2**31, 2**31, (1 << 20,), generator=g, dtype=torch.int64).to(torch.int32)
+    edges = torch.tensor([0.0, -0.0, 65504.0, 65519.99, 65520.0, 2.0**-24, 2.0**-25, 2.0**-25 * 1.0001, 2.0**-14,
+                          2.0**-14 * (1 - 2.0**-11), 3.0 * 2.0**-26, 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11,
+                          3.3895e38, float("inf"), -float("inf")], dtype=torch.float32)
+    x = torch.cat([random_bits.view(torch.float32), edges])
+    x = x[~x.isnan()]
+    for convert, dtype in ((host.host_float_to_half_bits, torch.float16),
+                           (host.host_float_to_bfloat16_bits, torch.bfloat16)):
+        out = torch.empty(x.numel(), dtype=torch.int16)
+        convert(x.data_ptr(), out.data_ptr(), x.numel())
+        assert_same_bits(out, x.to(dtype).view(torch.int16), f"float32 -> {dtype}")
+        nan = torch.tensor([float("nan"), -float("nan")], dtype=torch.float32)
+        out = torch.empty(2, dtype=torch.int16)
+        convert(nan.data_ptr(), out.data_ptr(), 2)
+        assert out.tolist() == [0x7FFF, 0x7FFF]
+    every_half = torch.arange(-2**15, 2**15, dtype=torch.int32).to(torch.int16)
+    out = torch.empty(every_half.numel(), dtype=torch.float32)
+    host.host_half_bits_to_float(every_half.data_ptr(), out.data_ptr(), every_half.numel())
+    assert_same_bits(out, every_half.view(torch.float16).float(), "float16 -> float32")
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_syncthreads_orders_every_threads_writes(reverse):
+    """Three rounds of: write shared[t], barrier, read shared[t + 1], barrier. Any thread
+    running past a barrier early reads a stale neighbour."""
+    host.host_set_reverse_order(reverse)
+    threads, blocks = 256, 3
+    out = host.host_selftest("neighbour_exchange", blocks)
+    expected = [((t + 3) % threads) + 1000 * b + 3 for b in range(blocks) for t in range(threads)]
+    assert out == expected
+
+
+@pytest.mark.parametrize("kernel", ["early_return", "different_barriers"])
+def test_a_barrier_not_all_threads_reach_fails_the_launch(kernel):
+    with pytest.raises(RuntimeError, match="__syncthreads"):
+        host.host_selftest(kernel)
+    assert host.host_launch_log()[-1]["error"] == "cudaErrorLaunchFailure"
+
+
+@pytest.mark.parametrize("kernel, message", [
+    ("misaligned_load", r"thread \(0, 0, 0\): .*misaligned address .* 16-byte alignment"),
+    ("null_store", r"thread \(7, 0, 0\): store to a null pointer"),
+    ("wild_store", r"thread \(3, 0, 0\): illegal address 0x40"),
+    ("stack_overflow", r"thread \(0, 0, 0\): the thread overflowed its 256 KiB stack"),
+])
+def test_an_illegal_access_fails_the_launch(kernel, message):
+    """Where a GPU stops a kernel with a misaligned or illegal address, so does the host
+    build, naming the thread: the compiler's alignment and null checks on every access of
+    the kernels, and memory faults during a launch."""
+    with pytest.raises(RuntimeError, match=message):
+        host.host_selftest(kernel)
+    assert host.host_launch_log()[-1]["error"] == "cudaErrorLaunchFailure"
+    assert host.host_selftest("neighbour_exchange")[:2] == [6, 7]  # the next launch runs as usual
+
+
+def test_an_unknown_device_is_an_error_naming_the_op():
+    table = array.array("q", [1, 0, 0, 0])
+    with pytest.raises(RuntimeError, match="fusedopt cuda sgd"):
+        host.cuda_sgd(table.buffer_info()[0], 1, 0, 0.1, 0.0, 0.0, 0.0, False, False, False, False, 0, 0, 0, 7, 0)
+
+
+@pytest.mark.parametrize("device, refused", [(LARGE_BLOCKS_DEVICE, False), (CLASSIC_BLOCKS_DEVICE, True)])
+def test_parameters_over_the_devices_limit_fail_the_launch(device, refused):
+    """A kernel with 5,000 bytes of parameters runs on device 0 and is refused by device 1,
+    as by a GPU without large parameter blocks; every test checks its launches this way."""
+    if refused:
+        with pytest.raises(RuntimeError, match="accepts 4096"):
+            host.host_selftest("large_parameters", device=device)
+        assert host.host_launch_log()[-1]["error"] == "cudaErrorInvalidValue"
+    else:
+        assert host.host_selftest("large_parameters", device=device)[:3] == [5000, 5000, 5000]
