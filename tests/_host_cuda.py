@@ -50,9 +50,9 @@ class HostCUDABackend(Backend):
     def rmsprop(self, batch: TensorBatch, config: RMSpropConfig) -> None:
         host.cuda_rmsprop(*_native_arguments(batch, config), self.device, 0)
 
-    def grad_sum_of_squares(self, batch: TensorBatch) -> torch.Tensor:
+    def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
         # The clip coefficient must be the CPU backend's, so that only the update differs.
-        return fusedopt.backends.get("cpu").grad_sum_of_squares(batch)
+        return fusedopt.backends.get("cpu").sum_of_squares(grads)
 
 
 def register_host_backends(monkeypatch) -> None:
