@@ -9,6 +9,7 @@ Environment knobs (read here and passed on to CMake):
   MAX_JOBS=N                parallel compile jobs
 """
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,10 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DFUSEDOPT_VERSION={self.distribution.get_version()}",
         ]
+        # The cache of an earlier build remembers the ninja of the environment it was configured
+        # in, which pip deletes after an isolated build: name the current one every time.
+        if shutil.which("ninja"):
+            cmake_args.append(f"-DCMAKE_MAKE_PROGRAM={shutil.which('ninja')}")
         if _flag("FUSEDOPT_NO_CUDA"):
             cmake_args.append("-DFUSEDOPT_NO_CUDA=ON")
         cmake_args.append(f"-DFUSEDOPT_SANITIZE={'ON' if sanitize else 'OFF'}")
