@@ -3,13 +3,16 @@
 Environment knobs (read here and passed on to CMake):
   FUSEDOPT_NO_CUDA=1        build the CPU kernels only, even where nvcc exists
   FUSEDOPT_CUDA_ARCHS=...   CMake CUDA_ARCHITECTURES list, default "80-real;90-real;90-virtual"
-  FUSEDOPT_BUILD_TYPE=...   CMake build type, default Release
+  FUSEDOPT_BUILD_TYPE=...   CMake build type, default Release (RelWithDebInfo with FUSEDOPT_SANITIZE)
   FUSEDOPT_CUDA_HOST=0|1    build fusedopt._cuda_host, the CUDA kernels compiled as host C++ for
                             the tests (no nvcc needed); default: for editable (`pip install -e`)
                             and in-place builds only, so wheels and `pip install .` leave it out
+  FUSEDOPT_SANITIZE=1       build the CPU kernels with AddressSanitizer and UndefinedBehaviorSanitizer
+                            (-O1; for tests only: import it with the runtimes preloaded, see .ci/sanitize)
   MAX_JOBS=N                parallel compile jobs
 """
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +22,10 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 HOST_MODULE = "fusedopt._cuda_host"
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0") not in ("", "0")
 
 
 class CMakeExtension(Extension):
@@ -43,21 +50,31 @@ class CMakeBuild(build_ext):
         import pybind11
 
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        build_dir = Path(self.build_temp).resolve() / "cmake"
+        sanitize = _flag("FUSEDOPT_SANITIZE")
+        # A build folder of its own: switching to and from a sanitized build rebuilds nothing.
+        build_dir = Path(self.build_temp).resolve() / ("cmake" + ("-sanitize" if sanitize else ""))
         build_dir.mkdir(parents=True, exist_ok=True)
+        # RelWithDebInfo under sanitizers: pybind11 strips Release modules, and a report needs
+        # the symbols to name the kernel's source line.
+        build_type = os.environ.get("FUSEDOPT_BUILD_TYPE") or ("RelWithDebInfo" if sanitize else "Release")
         cmake_args = [
             f"-S{ROOT}",
             f"-B{build_dir}",
             "-GNinja",
-            f"-DCMAKE_BUILD_TYPE={os.environ.get('FUSEDOPT_BUILD_TYPE', 'Release')}",
+            f"-DCMAKE_BUILD_TYPE={build_type}",
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DFUSEDOPT_VERSION={self.distribution.get_version()}",
             f"-DFUSEDOPT_CUDA_HOST={'ON' if self.cuda_host else 'OFF'}",
         ]
-        if os.environ.get("FUSEDOPT_NO_CUDA", "0") not in ("", "0"):
+        # The cache of an earlier build remembers the ninja of the environment it was configured
+        # in, which pip deletes after an isolated build: name the current one every time.
+        if shutil.which("ninja"):
+            cmake_args.append(f"-DCMAKE_MAKE_PROGRAM={shutil.which('ninja')}")
+        if _flag("FUSEDOPT_NO_CUDA"):
             cmake_args.append("-DFUSEDOPT_NO_CUDA=ON")
+        cmake_args.append(f"-DFUSEDOPT_SANITIZE={'ON' if sanitize else 'OFF'}")
         if os.environ.get("FUSEDOPT_CUDA_ARCHS"):
             cmake_args.append(f"-DFUSEDOPT_CUDA_ARCHS={os.environ['FUSEDOPT_CUDA_ARCHS']}")
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)

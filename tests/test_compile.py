@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import fusedopt
+import fusedopt._ops  # noqa: F401  registers torch.ops.fusedopt.update_ (else only the first compiled step does)
 
 
 def _model():
