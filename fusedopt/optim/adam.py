@@ -39,7 +39,8 @@ class Adam(FusedOptimizer):
             for group in self.param_groups:
                 group["decoupled_weight_decay"] = True
 
-    def state_keys(self, group: dict) -> Tuple[str, ...]:
+    @staticmethod
+    def state_keys(group: dict) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
     def config_fields(self, group: dict) -> Dict[str, Any]:

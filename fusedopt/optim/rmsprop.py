@@ -26,7 +26,8 @@ class RMSprop(FusedOptimizer):
         )
         super().__init__(params, defaults)
 
-    def state_keys(self, group: dict) -> Tuple[str, ...]:
+    @staticmethod
+    def state_keys(group: dict) -> Tuple[str, ...]:
         keys = ("square_avg",)
         if group["centered"]:
             keys += ("grad_avg",)

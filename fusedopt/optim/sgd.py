@@ -32,7 +32,8 @@ class SGD(FusedOptimizer):
         )
         super().__init__(params, defaults)
 
-    def state_keys(self, group: dict) -> Tuple[str, ...]:
+    @staticmethod
+    def state_keys(group: dict) -> Tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
     def config_fields(self, group: dict) -> Dict[str, Any]:
