@@ -1,7 +1,8 @@
 """fusedopt's steps as a torch.library op, so torch.compile sees them as real ops.
 
-`fusedopt::update_` mutates the params and state tensors it is given (declared, so
-functionalisation and CUDA-graph trees know) and returns nothing; its fake kernel does
+`fusedopt::update_` mutates the params, step counters and state tensors it is given, and
+the grads when it unscales or clips them (all declared, so functionalisation and
+CUDA-graph trees know), and returns nothing; its fake kernel does
 nothing. Under torch.compile, FusedOptimizer.step calls `compiled_step`, which dynamo
 traces: plain list and dict work, lazy state creation, then one op call per group and
 dtype. The op validates its tensors exactly as the eager path does (fusedopt/_buckets.py)
@@ -19,7 +20,7 @@ from ._buckets import split_into_buckets
 from .clip import CLIP_EPSILON
 from .backends.base import GradTransform
 from .optim import RMSprop, SGD, Adam
-from .optim._base import LOW_PRECISION, MASTER_KEY
+from .optim._base import LOW_PRECISION, MASTER_KEY, return_copied_grads
 from .optim._update import CONFIGS, run_update
 
 _BOOL_FIELDS = {kind: {f.name for f in dataclasses.fields(c) if f.type in ("bool", bool)} for kind, c in CONFIGS.items()}
@@ -30,7 +31,7 @@ _FIELD_NAMES = {kind: tuple(f.name for f in dataclasses.fields(c) if f.name not 
 _OPTIMIZERS = {"adam": Adam, "sgd": SGD, "rmsprop": RMSprop}
 
 
-@torch.library.custom_op("fusedopt::update_", mutates_args=("params", "steps", "states"))
+@torch.library.custom_op("fusedopt::update_", mutates_args=("params", "grads", "steps", "states"))
 def update_(
     kind: str,
     params: List[torch.Tensor],
@@ -50,7 +51,8 @@ def update_(
     """One optimizer step over `params` (all with grads). `states` holds one row of
     len(params) tensors per name in the comma-separated `state_keys`, flattened; `steps`
     holds a float32 step counter per param for Adam and RMSprop and is empty for SGD.
-    `field_names` (comma-separated) names `field_values`, the config. Every argument is checked here, before
+    `field_names` (comma-separated) names `field_values`, the config. With grad_scale or
+    clip_coef the grads are written (GradTransform). Every argument is checked here, before
     any kernel runs: a malformed call raises ValueError (its shape: kind, counts, names) or
     RuntimeError (a tensor that cannot serve), never reaches native code."""
     keys, fields = _checked_arguments(kind, params, grads, steps, states, state_keys, field_names, field_values,
@@ -75,6 +77,8 @@ def update_(
         fresh = list(range(len(batch))) if first_step else []
         run_update(kind, backends.resolve(backend, bucket.device), batch, fresh, fields,
                    master_weights=master_weights, grad_transform=transform)
+        if transform.writes_grad():
+            return_copied_grads([grad_of[id(p)] for p in bucket.params], batch.grads)
 
 
 def _checked_arguments(kind, params, grads, steps, states, state_keys, field_names, field_values, master_weights,

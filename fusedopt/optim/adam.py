@@ -46,7 +46,7 @@ class Adam(FusedOptimizer):
     def config_fields(self, group: dict) -> Dict[str, Any]:
         beta1, beta2 = group["betas"]
         return dict(
-            lr=scalar(group["lr"]), beta1=scalar(beta1), beta2=scalar(beta2), eps=group["eps"],
+            lr=group["lr"], beta1=scalar(beta1), beta2=scalar(beta2), eps=group["eps"],
             weight_decay=group["weight_decay"], amsgrad=group["amsgrad"], maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"], optimized_update=group["optimized_update"],
         )

@@ -37,6 +37,6 @@ class RMSprop(FusedOptimizer):
 
     def config_fields(self, group: dict) -> Dict[str, Any]:
         return dict(
-            lr=scalar(group["lr"]), alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
+            lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
             momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"],
         )

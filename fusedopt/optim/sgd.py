@@ -38,6 +38,6 @@ class SGD(FusedOptimizer):
 
     def config_fields(self, group: dict) -> Dict[str, Any]:
         return dict(
-            lr=scalar(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
+            lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
             weight_decay=scalar(group["weight_decay"]), nesterov=group["nesterov"], maximize=group["maximize"],
         )
