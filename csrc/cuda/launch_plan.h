@@ -32,9 +32,9 @@ namespace fusedopt::cuda {
 constexpr int kThreadsPerBlock = 256;
 // Blocks an update kernel is compiled to fit on a multiprocessor (its launch bounds): 4
 // for float32 math (at most 64 registers a thread, 50% occupancy), 3 for float64 math,
-// which spills at 64 registers (80). Left to itself ptxas used up to 101 registers (2
-// blocks). An op may ask for fewer (Op::kMinBlocks); tests/test_ptxas.py checks that no
-// update kernel spills or uses stack at its bound.
+// which spills at 64 registers (at most 80). Left to itself ptxas used up to 97 registers
+// (RMSprop, 16-bit params with master weights: 2 blocks). An op may choose another bound
+// (Op::kMinBlocks); tests/test_ptxas.py checks that no update kernel spills or uses stack.
 template <typename MathType>
 constexpr int kMinBlocksFor = sizeof(MathType) == 8 ? 3 : 4;
 constexpr int64_t kVectorBytes = 16;

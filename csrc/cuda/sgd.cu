@@ -23,7 +23,9 @@ struct SGDChunkOp {
   using Coefficients = SGDCoefficients<T>;
   static constexpr int kSlots = kSGDSlots;
   static constexpr bool kMasterWeights = !std::is_same_v<S, SS>;
-  static constexpr int kMinBlocks = kMinBlocksFor<T>;
+  // SGD's update needs fewer registers: float64 fits 4 blocks (60 registers) and float32
+  // math without a master copy 5 (48); with a master copy it spills at 5.
+  static constexpr int kMinBlocks = sizeof(T) == 8 || kMasterWeights ? 4 : 5;
 
   SGDConfig config;
   SharedPrepared<Coefficients> shared;
