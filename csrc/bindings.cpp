@@ -43,21 +43,25 @@ GradTransform grad_transform(uintptr_t grad_scale, uintptr_t found_inf, uintptr_
                        reinterpret_cast<const float*>(clip_coef)};
 }
 
+const double* lr_tensor_at(uintptr_t address) { return reinterpret_cast<const double*>(address); }
+
 AdamConfig adam_config(double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-                       bool maximize, bool decoupled, bool optimized_update, bool master_weights,
+                       bool maximize, bool decoupled, bool optimized_update, bool master_weights, uintptr_t lr_tensor,
                        GradTransform transform) {
   return AdamConfig{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, optimized_update,
-                    master_weights, transform};
+                    master_weights, lr_tensor_at(lr_tensor), transform};
 }
 
 SGDConfig sgd_config(double lr, double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
-                     bool first_step, bool master_weights, GradTransform transform) {
-  return SGDConfig{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step, master_weights, transform};
+                     bool first_step, bool master_weights, uintptr_t lr_tensor, GradTransform transform) {
+  return SGDConfig{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step, master_weights,
+                   lr_tensor_at(lr_tensor), transform};
 }
 
 RMSpropConfig rmsprop_config(double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
-                             bool maximize, bool master_weights, GradTransform transform) {
-  return RMSpropConfig{lr, alpha, eps, weight_decay, momentum, centered, maximize, master_weights, transform};
+                             bool maximize, bool master_weights, uintptr_t lr_tensor, GradTransform transform) {
+  return RMSpropConfig{lr, alpha, eps, weight_decay, momentum, centered, maximize, master_weights,
+                       lr_tensor_at(lr_tensor), transform};
 }
 
 py::dict build_info() {
@@ -69,6 +73,8 @@ py::dict build_info() {
   info["cuda_archs"] = FUSEDOPT_CUDA_ARCHS;
   info["cuda_compiler_version"] = FUSEDOPT_CUDA_VERSION;
   info["cuda_host"] = bool(FUSEDOPT_CUDA_HOST);
+  info["cuda_default_chunk_bytes"] = cuda::default_chunk_bytes();
+  info["cuda_workspace_bytes_per_tensor"] = cuda::kWorkspaceBytesPerTensor;
 #else
   info["cuda"] = false;
 #endif
@@ -82,31 +88,34 @@ PYBIND11_MODULE(FUSEDOPT_MODULE_NAME, m) {
   m.def("build_info", &build_info);
   const auto no_gil = py::call_guard<py::gil_scoped_release>();
   // Every op takes (table address, tensor count, dtype code, hyper-parameters..., master_weights,
-  // grad_scale, found_inf, clip_coef addresses) and then threads (CPU) or device, stream (CUDA).
+  // lr_tensor, grad_scale, found_inf, clip_coef addresses) and then threads (CPU) or workspace
+  // address, workspace bytes, chunk bytes, device, stream (CUDA).
 
   m.def("cpu_adam", [](uintptr_t table, int64_t n, int dtype, double lr, double beta1, double beta2, double eps,
                        double weight_decay, bool amsgrad, bool maximize, bool decoupled, bool optimized_update,
-                       bool master_weights, uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef,
-                       int threads) {
+                       bool master_weights, uintptr_t lr_tensor, uintptr_t grad_scale, uintptr_t found_inf,
+                       uintptr_t clip_coef, int threads) {
           cpu::adam(table_at(table, n), dtype_from(dtype),
                     adam_config(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, optimized_update,
-                                master_weights, grad_transform(grad_scale, found_inf, clip_coef)),
+                                master_weights, lr_tensor, grad_transform(grad_scale, found_inf, clip_coef)),
                     threads);
         }, no_gil);
   m.def("cpu_sgd", [](uintptr_t table, int64_t n, int dtype, double lr, double momentum, double dampening,
                       double weight_decay, bool nesterov, bool maximize, bool first_step, bool master_weights,
-                      uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, int threads) {
+                      uintptr_t lr_tensor, uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef,
+                      int threads) {
           cpu::sgd(table_at(table, n), dtype_from(dtype),
                    sgd_config(lr, momentum, dampening, weight_decay, nesterov, maximize, first_step, master_weights,
-                              grad_transform(grad_scale, found_inf, clip_coef)),
+                              lr_tensor, grad_transform(grad_scale, found_inf, clip_coef)),
                    threads);
         }, no_gil);
   m.def("cpu_rmsprop", [](uintptr_t table, int64_t n, int dtype, double lr, double alpha, double eps,
                           double weight_decay, double momentum, bool centered, bool maximize, bool master_weights,
-                          uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, int threads) {
+                          uintptr_t lr_tensor, uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef,
+                          int threads) {
           cpu::rmsprop(table_at(table, n), dtype_from(dtype),
                        rmsprop_config(lr, alpha, eps, weight_decay, momentum, centered, maximize, master_weights,
-                                      grad_transform(grad_scale, found_inf, clip_coef)),
+                                      lr_tensor, grad_transform(grad_scale, found_inf, clip_coef)),
                        threads);
         }, no_gil);
   m.def("cpu_sum_of_squares", [](uintptr_t table, int64_t n, int dtype, int threads) {
@@ -117,33 +126,38 @@ PYBIND11_MODULE(FUSEDOPT_MODULE_NAME, m) {
   m.def("cuda_unusable_reason", &cuda::unusable_reason, py::arg("device"));
   m.def("cuda_adam", [](uintptr_t table, int64_t n, int dtype, double lr, double beta1, double beta2, double eps,
                         double weight_decay, bool amsgrad, bool maximize, bool decoupled, bool optimized_update,
-                        bool master_weights, uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef,
+                        bool master_weights, uintptr_t lr_tensor, uintptr_t grad_scale, uintptr_t found_inf,
+                        uintptr_t clip_coef, uintptr_t workspace, int64_t workspace_bytes, int64_t chunk_bytes,
                         int device, uintptr_t stream) {
           cuda::adam(table_at(table, n), dtype_from(dtype),
                      adam_config(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, optimized_update,
-                                 master_weights, grad_transform(grad_scale, found_inf, clip_coef)),
-                     device, stream);
+                                 master_weights, lr_tensor, grad_transform(grad_scale, found_inf, clip_coef)),
+                     cuda::LaunchResources{workspace, workspace_bytes, chunk_bytes}, device, stream);
         }, no_gil);
   m.def("cuda_sgd", [](uintptr_t table, int64_t n, int dtype, double lr, double momentum, double dampening,
                        double weight_decay, bool nesterov, bool maximize, bool first_step, bool master_weights,
-                       uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, int device, uintptr_t stream) {
+                       uintptr_t lr_tensor, uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef,
+                       uintptr_t workspace, int64_t workspace_bytes, int64_t chunk_bytes, int device,
+                       uintptr_t stream) {
           cuda::sgd(table_at(table, n), dtype_from(dtype),
                     sgd_config(lr, momentum, dampening, weight_decay, nesterov, maximize, first_step, master_weights,
-                               grad_transform(grad_scale, found_inf, clip_coef)),
-                    device, stream);
+                               lr_tensor, grad_transform(grad_scale, found_inf, clip_coef)),
+                    cuda::LaunchResources{workspace, workspace_bytes, chunk_bytes}, device, stream);
         }, no_gil);
   m.def("cuda_rmsprop", [](uintptr_t table, int64_t n, int dtype, double lr, double alpha, double eps,
                            double weight_decay, double momentum, bool centered, bool maximize, bool master_weights,
-                           uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, int device,
+                           uintptr_t lr_tensor, uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef,
+                           uintptr_t workspace, int64_t workspace_bytes, int64_t chunk_bytes, int device,
                            uintptr_t stream) {
           cuda::rmsprop(table_at(table, n), dtype_from(dtype),
                         rmsprop_config(lr, alpha, eps, weight_decay, momentum, centered, maximize, master_weights,
-                                       grad_transform(grad_scale, found_inf, clip_coef)),
-                        device, stream);
+                                       lr_tensor, grad_transform(grad_scale, found_inf, clip_coef)),
+                        cuda::LaunchResources{workspace, workspace_bytes, chunk_bytes}, device, stream);
         }, no_gil);
   m.def("cuda_launch_plan", [](const std::vector<int64_t>& numels, int64_t tensor_lists, int64_t element_bytes,
-                               bool large_parameter_block) {
-          auto plan = cuda::describe_launch_plan(numels, tensor_lists, element_bytes, large_parameter_block);
+                               bool large_parameter_block, int64_t chunk_bytes) {
+          auto plan =
+              cuda::describe_launch_plan(numels, tensor_lists, element_bytes, large_parameter_block, chunk_bytes);
           py::dict out;
           out["launches"] = plan.launches;
           out["tensors_per_launch"] = plan.tensors_per_launch;
@@ -155,7 +169,7 @@ PYBIND11_MODULE(FUSEDOPT_MODULE_NAME, m) {
           out["first_chunk"] = plan.first_chunk;
           return out;
         }, py::arg("numels"), py::arg("tensor_lists"), py::arg("element_bytes"),
-        py::arg("large_parameter_block") = true);
+        py::arg("large_parameter_block") = true, py::arg("chunk_bytes") = 0);
 #endif
 #if FUSEDOPT_CUDA_HOST
   cuda_host::define_host_controls(m);

@@ -1,15 +1,16 @@
-"""fusedopt.info(): what was built and which backend `auto` picks on each visible device."""
+"""fusedopt.info(): what was built, which backend `auto` picks on each visible device, and
+why a backend (or a GPU) is refused."""
 from __future__ import annotations
 
 import os
 import platform
 import warnings
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from . import backends
-from ._native import build_info, load_error
+from ._native import build_info, load_error, native
 
 
 def _devices() -> List[torch.device]:
@@ -17,6 +18,28 @@ def _devices() -> List[torch.device]:
     if torch.cuda.is_available():
         devices += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     return devices
+
+
+def _refusals(device: torch.device) -> Dict[str, str]:
+    """Why each compiled backend that could serve `device` cannot (the sentence the backend
+    gives, e.g. a driver too old for this build); empty when all can."""
+    names = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
+    reasons = {name: backends.unusable_reason(name, device) for name in names}
+    return {name: reason for name, reason in reasons.items() if reason}
+
+
+def _gpu_status(built: Dict[str, Any]) -> Optional[str]:
+    """None when torch sees a GPU; else why none is used, in the CUDA kernels' words when
+    they were built (no driver, a driver too old, ...)."""
+    if torch.cuda.is_available():
+        return None
+    if built.get("cuda"):
+        reason = native.cuda_unusable_reason(0)
+        if reason:
+            return reason
+    if torch.version.cuda is None:
+        return "this torch build has no CUDA support (a CPU-only wheel)"
+    return "torch sees no CUDA device (torch.cuda.is_available() is False)"
 
 
 def _triton_version() -> str | None:
@@ -51,6 +74,7 @@ def info() -> Dict[str, Any]:
         auto[str(device)] = {
             "auto": chosen,
             "available": backends.available(device),
+            "refused": _refusals(device),
             "name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
             or platform.machine(),
         }
@@ -62,7 +86,9 @@ def info() -> Dict[str, Any]:
             "built": bool(built.get("cuda")),
             "architectures": [_arch_name(a) for a in built.get("cuda_archs", "").split(",")] if built.get("cuda") else [],
             "nvcc_version": built.get("cuda_compiler_version"),
+            "default_chunk_bytes": built.get("cuda_default_chunk_bytes"),
         },
+        "gpus_unused_because": _gpu_status(built),
         "triton": _triton_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
@@ -71,18 +97,29 @@ def info() -> Dict[str, Any]:
     }
 
 
+def _cuda_line(cuda: Dict[str, Any]) -> str:
+    if not cuda["built"]:
+        return "not built"
+    return (f"built for {', '.join(cuda['architectures'])} (nvcc {cuda['nvcc_version']}; "
+            f"chunks of {cuda['default_chunk_bytes']} bytes per list)")
+
+
 def format_info(data: Dict[str, Any]) -> str:
     cuda = data["cuda_kernels"]
     lines = [
         f"fusedopt {data['version']}",
         f"  native module : {data['native_module']}",
         f"  CPU kernels   : {'built, ' + str(data['cpu_kernels']['instruction_set']) if data['cpu_kernels']['built'] else 'not built'}",
-        f"  CUDA kernels  : {'built for ' + ', '.join(cuda['architectures']) + ' (nvcc ' + str(cuda['nvcc_version']) + ')' if cuda['built'] else 'not built'}",
+        f"  CUDA kernels  : {_cuda_line(cuda)}",
         f"  Triton        : {data['triton'] or 'not installed'}",
         f"  torch         : {data['torch']} (CUDA {data['torch_cuda'] or 'none'})",
         f"  {backends.ENV_VARIABLE}: {data['backend_env'] or '(unset)'}",
         "  devices:",
     ]
+    if data.get("gpus_unused_because"):
+        lines.insert(-1, f"  GPUs          : none used: {data['gpus_unused_because']}")
     for device, d in data["devices"].items():
         lines.append(f"    {device:8s} {d['name']}: auto -> {d['auto']}; available: {', '.join(d['available'])}")
+        for name, reason in d.get("refused", {}).items():
+            lines.append(f"      {name} refused: {reason}")
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """fusedopt's steps as a torch.library op, so torch.compile sees them as real ops.
 
-`fusedopt::update_` mutates the params and state tensors it is given (declared, so
-functionalisation and CUDA-graph trees know) and returns nothing; its fake kernel does
+`fusedopt::update_` mutates the params, step counters and state tensors it is given, and
+the grads when it unscales or clips them (all declared, so functionalisation and
+CUDA-graph trees know), and returns nothing; its fake kernel does
 nothing. Under torch.compile, FusedOptimizer.step calls `compiled_step`, which dynamo
 traces: plain list and dict work, lazy state creation, then one op call per group and
 dtype. The op validates its tensors exactly as the eager path does (fusedopt/_buckets.py)
@@ -10,7 +11,7 @@ and runs the same backend op.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -18,12 +19,19 @@ from . import backends
 from ._buckets import kernel_view, split_into_buckets
 from .clip import clip_coefficient, global_norm
 from .backends.base import GradTransform
+from .optim import RMSprop, SGD, Adam
+from .optim._base import LOW_PRECISION, MASTER_KEY, return_copied_grads
 from .optim._update import CONFIGS, run_update
 
 _BOOL_FIELDS = {kind: {f.name for f in dataclasses.fields(c) if f.type in ("bool", bool)} for kind, c in CONFIGS.items()}
+# The config fields the op fills itself; `field_names` names all the others.
+_OP_FIELDS = ("first_step", "master_weights", "lr_tensor", "grad_transform")
+_FIELD_NAMES = {kind: tuple(f.name for f in dataclasses.fields(c) if f.name not in _OP_FIELDS)
+                for kind, c in CONFIGS.items()}
+_OPTIMIZERS = {"adam": Adam, "sgd": SGD, "rmsprop": RMSprop}
 
 
-@torch.library.custom_op("fusedopt::update_", mutates_args=("params", "steps", "states"))
+@torch.library.custom_op("fusedopt::update_", mutates_args=("params", "grads", "steps", "states"))
 def update_(
     kind: str,
     params: List[torch.Tensor],
@@ -42,28 +50,72 @@ def update_(
 ) -> None:
     """One optimizer step over `params` (all with grads). `states` holds one row of
     len(params) tensors per name in the comma-separated `state_keys`, flattened; `steps`
-    is empty for SGD. `field_names` (comma-separated) names `field_values`, the config."""
+    holds a float32 step counter per param for Adam and RMSprop and is empty for SGD.
+    `field_names` (comma-separated) names `field_values`, the config. With grad_scale or
+    clip_coef the grads are written (GradTransform). Every argument is checked here, before
+    any kernel runs: a malformed call raises ValueError (its shape: kind, counts, names) or
+    RuntimeError (a tensor that cannot serve), never reaches native code."""
+    keys, fields = _checked_arguments(kind, params, grads, steps, states, state_keys, field_names, field_values,
+                                      master_weights, backend)
     n = len(params)
-    state_keys = tuple(k for k in state_keys.split(",") if k)
-    field_names = field_names.split(",")
     grad_of = {id(p): g for p, g in zip(params, grads)}
     views: Dict[torch.Tensor, dict] = {}
     for i, p in enumerate(params):
-        views[p] = {key: states[row * n + i] for row, key in enumerate(state_keys)}
+        views[p] = {key: states[row * n + i] for row, key in enumerate(keys)}
         if steps:
             views[p]["step"] = steps[i]
-    fields = {
-        name: bool(value) if name in _BOOL_FIELDS[kind] else value for name, value in zip(field_names, field_values)
-    }
     transform = GradTransform(grad_scale, found_inf, clip_coef)
-    for bucket in split_into_buckets(params, f"fusedopt::{kind}", strict=True):
+    prepared = []
+    for bucket in split_into_buckets(params, f"fusedopt::{kind}", strict=True):  # all checked before any runs
+        transform.check(bucket.device)
         batch, _ = bucket.batch(
-            views, state_keys, bool(steps), _no_initialisation,
+            views, keys, bool(steps), _no_initialisation,
             torch.float32 if master_weights else None, [grad_of[id(p)] for p in bucket.params],
         )
+        prepared.append((bucket, batch))
+    for bucket, batch in prepared:
         fresh = list(range(len(batch))) if first_step else []
         run_update(kind, backends.resolve(backend, bucket.device), batch, fresh, fields,
                    master_weights=master_weights, grad_transform=transform)
+        if transform.writes_grad():
+            return_copied_grads([grad_of[id(p)] for p in bucket.params], batch.grads)
+
+
+def _checked_arguments(kind, params, grads, steps, states, state_keys, field_names, field_values, master_weights,
+                       backend) -> Tuple[Tuple[str, ...], dict]:
+    """(state keys, config fields) of a call, after checking that the arguments fit together.
+    Native code trusts the table these become: a missing step counter or state row would
+    be read as a null or stray pointer."""
+    where = "fusedopt::update_"
+    if kind not in CONFIGS:
+        raise ValueError(f"{where}: unknown kind {kind!r}; expected one of {', '.join(CONFIGS)}")
+    backends.check_name(backend)
+    n = len(params)
+    if len(grads) != n:
+        raise ValueError(f"{where}: {len(grads)} grads for {n} params")
+    names = field_names.split(",") if field_names else []
+    expected_names = _FIELD_NAMES[kind]
+    if len(names) != len(set(names)) or set(names) != set(expected_names):
+        raise ValueError(f"{where}: field_names must name each of {','.join(expected_names)} once "
+                         f"for {kind}, got {field_names!r}")
+    if len(field_values) != len(names):
+        raise ValueError(f"{where}: {len(field_values)} field_values for {len(names)} field_names")
+    fields = {name: bool(value) if name in _BOOL_FIELDS[kind] else value for name, value in zip(names, field_values)}
+    if master_weights and any(p.dtype not in LOW_PRECISION for p in params):
+        raise ValueError(f"{where}: master_weights applies to float16 and bfloat16 params only")
+    optimizer = _OPTIMIZERS[kind]
+    expected_keys = (*optimizer.state_keys(fields), *((MASTER_KEY,) if master_weights else ()))
+    keys = tuple(state_keys.split(",")) if state_keys else ()
+    if keys != expected_keys:
+        raise ValueError(f"{where}: state_keys must be {','.join(expected_keys)!r} for {kind} with these options, "
+                         f"got {state_keys!r}")
+    if len(states) != len(keys) * n:
+        raise ValueError(f"{where}: {len(states)} states for {len(keys)} state keys x {n} params")
+    if optimizer.has_step_counter and len(steps) != n:
+        raise ValueError(f"{where}: {kind} needs a step counter per param, got {len(steps)} for {n} params")
+    if not optimizer.has_step_counter and steps:
+        raise ValueError(f"{where}: {kind} keeps no step counter, so steps must be empty (got {len(steps)})")
+    return keys, fields
 
 
 @torch.library.custom_op("fusedopt::sum_of_squares", mutates_args=())

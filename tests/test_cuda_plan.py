@@ -74,9 +74,10 @@ def check_fits_parameter_block(result, tensor_lists):
     limit = result["parameter_block_limit"]
     assert limit in (CLASSIC_LIMIT, LARGE_LIMIT)
     for tensors, used in zip(result["tensors_per_launch"], result["parameter_bytes_per_launch"]):
-        # Header, one record per tensor (element count + addresses, 8 bytes each), the
-        # tensors' first blocks (4 bytes each, plus the end), and the op's share.
-        assert used == 16 + tensors * (8 * (1 + tensor_lists) + 4) + 4 + 256
+        # Header (counts and the chunk length: 24 bytes), one record per tensor (element
+        # count + addresses, 8 bytes each), the tensors' first blocks (4 bytes each, plus
+        # the end), and the op's share.
+        assert used == 24 + tensors * (8 * (1 + tensor_lists) + 4) + 4 + 256
         assert used <= limit
     for chunks in result["chunks_per_launch"]:
         assert 0 < chunks <= 2**31 - 1  # gridDim.x

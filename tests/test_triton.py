@@ -577,13 +577,14 @@ from triton.compiler import ASTSource
 from fusedopt.backends import triton as backend
 
 FLOAT_POINTERS = {"grad_scale_ptr", "found_inf_ptr", "clip_coef_ptr"}
-DEFAULTS = dict(COMPUTE=tl.float32, MASTER=False, GRAD_SCALE=False, FOUND_INF=False, CLIP_COEF=False, ALIGNED=True,
-                BLOCK=1024, CHUNK=16384)
+DEFAULTS = dict(COMPUTE=tl.float32, MASTER=False, GRAD_SCALE=False, FOUND_INF=False, CLIP_COEF=False,
+                LR_TENSOR=False, ALIGNED=True, BLOCK=1024, CHUNK=16384)
 
 def ptx(kernel, **constexprs):
     constexprs = {**DEFAULTS, "STATE": constexprs["DTYPE"], **constexprs}
     signature = {name: "constexpr" if name in constexprs else "*fp32" if name in FLOAT_POINTERS
-                 else "*i64" if name.endswith("_ptr") else "i32" if name == "n" else "fp64"
+                 else "*fp64" if name == "lr_ptr" else "*i64" if name.endswith("_ptr") else "i32" if name == "n"
+                 else "fp64"
                  for name in kernel.arg_names}
     compiled = triton.compile(ASTSource(kernel, signature=signature, constexprs=constexprs),
                               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, enable_fp_fusion=False))
@@ -591,19 +592,21 @@ def ptx(kernel, **constexprs):
 
 amp = dict(GRAD_SCALE=True, FOUND_INF=True, CLIP_COEF=True)
 kernels = {
-    "adam": ptx(backend._adam_kernel, DTYPE=tl.float32, L2=True, AMSGRAD=True, OPTIMIZED_UPDATE=True),
+    "adam": ptx(backend._adam_kernel, DTYPE=tl.float32, L2=True, DECOUPLED=False, AMSGRAD=True,
+                OPTIMIZED_UPDATE=True),
     "sgd": ptx(backend._sgd_kernel, DTYPE=tl.bfloat16, WEIGHT_DECAY=True, MOMENTUM=True, NESTEROV=True,
                FIRST_STEP=False),
     "rmsprop": ptx(backend._rmsprop_kernel, DTYPE=tl.float16, WEIGHT_DECAY=True, CENTERED=True, MOMENTUM=True),
-    "adam-f64": ptx(backend._adam_kernel, DTYPE=tl.float64, COMPUTE=tl.float64, L2=False, AMSGRAD=False,
-                    OPTIMIZED_UPDATE=False, ALIGNED=False),
+    "adam-f64": ptx(backend._adam_kernel, DTYPE=tl.float64, COMPUTE=tl.float64, L2=False, DECOUPLED=True,
+                    AMSGRAD=False, OPTIMIZED_UPDATE=False, ALIGNED=False),
     # bf16/fp16 params with fp32 master weights and states, GradScaler and max_grad_norm
+    # (the grads written back), a learning rate read from a tensor
     "adam-master": ptx(backend._adam_kernel, DTYPE=tl.bfloat16, STATE=tl.float32, MASTER=True, L2=False,
-                       AMSGRAD=True, OPTIMIZED_UPDATE=False, **amp),
+                       DECOUPLED=True, AMSGRAD=True, OPTIMIZED_UPDATE=False, LR_TENSOR=True, **amp),
     "sgd-master": ptx(backend._sgd_kernel, DTYPE=tl.float16, STATE=tl.float32, MASTER=True, WEIGHT_DECAY=True,
-                      MOMENTUM=True, NESTEROV=False, FIRST_STEP=False, **amp),
+                      MOMENTUM=True, NESTEROV=False, FIRST_STEP=False, LR_TENSOR=True, **amp),
     "rmsprop-master": ptx(backend._rmsprop_kernel, DTYPE=tl.bfloat16, STATE=tl.float32, MASTER=True,
-                          WEIGHT_DECAY=False, CENTERED=True, MOMENTUM=True, **amp),
+                          WEIGHT_DECAY=False, CENTERED=True, MOMENTUM=True, LR_TENSOR=True, **amp),
 }
 for name, text in kernels.items():
     found = sorted(set(re.findall(r"(?:ld|st)\.global\.v4\.b32|div\.rn\.f32|fma\.rn\.f32|sqrt\.approx", text)))

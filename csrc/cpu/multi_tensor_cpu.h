@@ -59,6 +59,15 @@ inline void store_param(S* p, float* master, int64_t j, typename OpMath<S>::type
   p[j] = from_opmath<S>(value);
 }
 
+// Calls body(std::true_type{}) or body(std::false_type{}): a run-time option as a template
+// argument, so each loop is compiled without the branch (a conditional store in the loop
+// would stop the compiler from vectorising it).
+template <typename Body>
+void with_flag(bool flag, Body&& body) {
+  if (flag) body(std::true_type{});
+  else body(std::false_type{});
+}
+
 // Increments each tensor's step counter and returns the per-tensor coefficients, computing
 // them once per distinct step value (all tensors of a bucket usually share one).
 template <typename Coefficients, typename Make>

@@ -14,24 +14,48 @@
 
 namespace fusedopt::cuda {
 
-// Empty when the CUDA kernels can run on `device`, else a sentence saying why not
-// (no driver, driver older than the toolkit, no kernel image for the GPU's architecture).
+// Empty when the CUDA kernels can run on `device`, else a sentence saying why not: no
+// driver, a driver too old for this build's CUDA major version, or no kernel the driver
+// can load for the GPU (no machine code for its architecture and PTX the driver is too
+// old to compile). Decided by loading an update kernel, so a driver older than the
+// toolkit that can run the machine code (CUDA's minor-version compatibility) is accepted.
 std::string unusable_reason(int device);
 
-// Each op increments the step counters it uses (kStepRow) on the device and updates all
+// What an op call gets besides the table and the config (fusedopt/backends/native.py
+// provides it): device memory the op's prologue kernel writes the update's coefficients
+// into (see multi_tensor_apply.cuh), and the chunk size. The workspace belongs to the
+// call's stream: the next call on that stream may reuse it.
+constexpr int64_t kWorkspaceBytesPerTensor = 128;  // one coefficient record
+struct LaunchResources {
+  uintptr_t workspace = 0;    // device address, 16-byte aligned, `workspace_bytes` long
+  int64_t workspace_bytes = 0;
+  int64_t chunk_bytes = 0;    // bytes of each param-dtype list one thread block updates (0: the default)
+};
+// Workspace bytes a call on a table of `tensors` tensors needs: a launch-wide record, then
+// one record per tensor.
+inline int64_t workspace_bytes(int64_t tensors) { return (tensors + 1) * kWorkspaceBytesPerTensor; }
+// The chunk size calls use unless told otherwise (launch_plan.h says why this one).
+int64_t default_chunk_bytes();
+
+// Each op advances the step counters it uses (kStepRow) on the device and updates all
 // tensors of the table in as few launches as the parameter block allows, on `stream`
-// (a cudaStream_t as an integer). Errors are thrown as std::runtime_error naming the op.
-void adam(const TensorTable& table, DType dtype, const AdamConfig& config, int device, uintptr_t stream);
-void sgd(const TensorTable& table, DType dtype, const SGDConfig& config, int device, uintptr_t stream);
-void rmsprop(const TensorTable& table, DType dtype, const RMSpropConfig& config, int device, uintptr_t stream);
+// (a cudaStream_t as an integer). Errors are thrown as std::runtime_error naming the op;
+// bad arguments (a workspace too small, a chunk size that is no multiple of 4 KB) as
+// std::invalid_argument, before anything is launched.
+void adam(const TensorTable& table, DType dtype, const AdamConfig& config, const LaunchResources& resources,
+          int device, uintptr_t stream);
+void sgd(const TensorTable& table, DType dtype, const SGDConfig& config, const LaunchResources& resources,
+         int device, uintptr_t stream);
+void rmsprop(const TensorTable& table, DType dtype, const RMSpropConfig& config, const LaunchResources& resources,
+             int device, uintptr_t stream);
 
 // The launch plan: how the tensors of a table are cut into chunks and the chunks grouped
 // into launches. Pure host code, exposed so the CPU tests can check it: it runs the
 // planner the launcher runs, on a table whose carried rows hold each tensor's index, and
 // reports what the filled parameter blocks say. `tensor_lists` is the number of addresses
-// each tensor carries (Adam: param, grad, step, exp_avg, exp_avg_sq[, max_exp_avg_sq]);
+// each tensor carries (Adam: param, grad, coefficients, exp_avg, exp_avg_sq[, ...]);
 // `large_parameter_block` describes a GPU and driver that accept 32 KB parameter blocks
-// (false: the classic 4 KB layout every GPU accepts).
+// (false: the classic 4 KB layout every GPU accepts); `chunk_bytes` 0 means the default.
 struct LaunchPlanSummary {
   int64_t launches = 0;
   std::vector<int64_t> tensors_per_launch;
@@ -45,6 +69,7 @@ struct LaunchPlanSummary {
   std::vector<int64_t> first_chunk;
 };
 LaunchPlanSummary describe_launch_plan(const std::vector<int64_t>& numels, int64_t tensor_lists,
-                                       int64_t element_bytes, bool large_parameter_block = true);
+                                       int64_t element_bytes, bool large_parameter_block = true,
+                                       int64_t chunk_bytes = 0);
 
 }  // namespace fusedopt::cuda

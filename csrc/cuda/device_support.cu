@@ -1,5 +1,6 @@
 // Whether and how the CUDA kernels can run on a device: unusable_reason for Python's
-// backend choice, and the parameter-block size the launcher may use.
+// backend choice (and `python -m fusedopt`), and the parameter-block size the launcher
+// may use.
 #include <atomic>
 #include <stdexcept>
 #include <string>
@@ -13,10 +14,6 @@
 
 namespace fusedopt::cuda {
 namespace {
-
-// Built with the same architectures as every other kernel of fusedopt: if the driver can
-// load it on a device, it can load them all.
-__global__ void kernel_image_probe() {}
 
 std::string version_string(int version) {  // 12040 -> "12.4"
   return std::to_string(version / 1000) + "." + std::to_string(version % 1000 / 10);
@@ -39,10 +36,19 @@ std::string built_architectures() {
 #endif
 }
 
-std::string kernel_image_problem(int device) {
+std::string driver_too_old(int driver) {
+  return "the NVIDIA driver supports CUDA " + version_string(driver) + ", and fusedopt was built with CUDA " +
+         version_string(CUDART_VERSION) + ", which needs a driver for CUDA " + std::to_string(CUDART_VERSION / 1000) +
+         ".0 or newer; update the driver, or reinstall fusedopt with a CUDA toolkit the driver supports";
+}
+
+// Whether the driver can load fusedopt's kernels on `device`: asks for an update kernel's
+// attributes, which loads its module. The driver's version alone does not decide it: with
+// CUDA's minor-version compatibility an older driver of the same major version runs the
+// machine code (but cannot compile newer PTX, which this probe then reports).
+std::string kernel_image_problem(int device, int driver) {
   const DeviceScope scope("unusable_reason", device);
-  cudaFuncAttributes attributes;
-  const cudaError_t error = cudaFuncGetAttributes(&attributes, kernel_image_probe);
+  const cudaError_t error = probe_update_kernel();
   if (error == cudaSuccess) return "";
   cudaGetLastError();
   int major = 0, minor = 0;
@@ -55,8 +61,11 @@ std::string kernel_image_problem(int device) {
            "; reinstall with FUSEDOPT_CUDA_ARCHS=\"" + std::to_string(major) + std::to_string(minor) +
            "-real\" (or a list including it) in the environment of `pip install .`";
   if (error == cudaErrorUnsupportedPtxVersion)
-    return "the NVIDIA driver is too old to compile fusedopt's PTX for " + gpu +
-           "; update the driver, or reinstall with FUSEDOPT_CUDA_ARCHS naming this GPU's architecture";
+    return "the NVIDIA driver (CUDA " + version_string(driver) + ") is too old to compile the PTX of fusedopt (CUDA " +
+           version_string(CUDART_VERSION) + ") for " + gpu +
+           ", and there is no machine code for it; update the driver, or reinstall with FUSEDOPT_CUDA_ARCHS=\"" +
+           std::to_string(major) + std::to_string(minor) + "-real\"";
+  if (error == cudaErrorInsufficientDriver || error == cudaErrorCallRequiresNewerDriver) return driver_too_old(driver);
   return "loading fusedopt's CUDA kernels on " + gpu + " failed: " + cudaGetErrorString(error);
 }
 
@@ -77,6 +86,8 @@ bool supports_large_parameter_blocks(const char* op, int device) {
     const int8_t known = cache[device].load(std::memory_order_relaxed);
     if (known != kUnknown) return known == kYes;
   }
+  // A 12.0 driver runs a 12.1+ build through minor-version compatibility, without the
+  // large parameter blocks, which need a 12.1 driver.
   int driver = 0, major = 0;
   check_cuda(op, cudaDriverGetVersion(&driver));
   check_cuda(op, cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -96,13 +107,12 @@ std::string unusable_reason(int device) {
     cudaGetLastError();
     return "no NVIDIA driver was found; install one (`nvidia-smi` should list the GPU)";
   }
-  if (driver < CUDART_VERSION)
-    return "the NVIDIA driver supports CUDA " + version_string(driver) + ", older than the CUDA " +
-           version_string(CUDART_VERSION) +
-           " fusedopt was built with; update the driver, or reinstall fusedopt with a CUDA toolkit no newer than " +
-           version_string(driver);
   int count = 0;
   const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error == cudaErrorInsufficientDriver) {  // an older major version: no compatibility
+    cudaGetLastError();
+    return driver_too_old(driver);
+  }
   if (error != cudaSuccess) {
     cudaGetLastError();
     return std::string("CUDA reports no usable GPU (") + cudaGetErrorString(error) + "); check `nvidia-smi`";
@@ -110,7 +120,7 @@ std::string unusable_reason(int device) {
   if (device < 0 || device >= count)
     return "there is no CUDA device " + std::to_string(device) + " (" + std::to_string(count) + " visible)";
   try {
-    return kernel_image_problem(device);
+    return kernel_image_problem(device, driver);
   } catch (const std::runtime_error& e) {  // making the device current failed
     return e.what();
   }

@@ -10,7 +10,6 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 
 #include "cuda/launch_plan.h"
@@ -41,21 +40,25 @@ template <> __device__ __forceinline__ BFloat16 from_math<BFloat16>(float x) {
 // are stored as the param's dtype S, the others (states, master copy) as the state dtype
 // SS: S itself, or float32 for a 16-bit param with master weights. List l lives at
 // data[l] (nullptr when the op's options leave it out), is loaded before the update if
-// load[l] (false for a write-only list, such as SGD's new momentum buffer) and stored
-// after it if store[l] (false for read-only lists, such as the gradient). A list neither
-// loaded nor stored costs no memory traffic.
+// bit l of `loads` is set (not for a write-only list, such as SGD's new momentum buffer)
+// and stored after it if bit l of `stores` is (not for read-only lists, such as the
+// gradient when the step does not write it back). A list neither loaded nor stored costs
+// no memory traffic. (The flags are bit masks, two registers, rather than bool arrays.)
 template <typename S, typename SS, int kLists>
 struct ElementLists {
+  static_assert(kLists <= 32, "one bit per list");
   static constexpr int kParamLists = 2;
   void* data[kLists] = {};
-  bool load[kLists] = {};
-  bool store[kLists] = {};
+  uint32_t loads = 0;
+  uint32_t stores = 0;
 
-  __device__ void set(int l, void* address, bool load_it, bool store_it) {
+  __device__ __forceinline__ void set(int l, void* address, bool load_it, bool store_it) {
     data[l] = address;
-    load[l] = load_it && address != nullptr;
-    store[l] = store_it && address != nullptr;
+    loads |= uint32_t(load_it && address != nullptr) << l;
+    stores |= uint32_t(store_it && address != nullptr) << l;
   }
+  __device__ __forceinline__ bool load(int l) const { return (loads >> l) & 1u; }
+  __device__ __forceinline__ bool store(int l) const { return (stores >> l) & 1u; }
 };
 
 // Elements of every list one thread moves per vector access: 16 bytes of the wider of
@@ -63,41 +66,62 @@ struct ElementLists {
 template <typename S, typename SS>
 constexpr int kVectorWidth = int(kVectorBytes / (sizeof(S) > sizeof(SS) ? sizeof(S) : sizeof(SS)));
 
-// kWidth consecutive elements of type E as one 16-byte (or, for the 16-bit lists beside
-// float32 states, 8-byte) access.
+// kWidth consecutive elements of type E, as one 16-byte (or, for the 16-bit lists beside
+// float32 states, 8-byte) access, kept in registers in their storage form: a thread
+// converts one element at a time to the math type and back, so a vector of eight 16-bit
+// values occupies four registers, not eight floats' worth.
 template <typename E, int kWidth>
-using VectorBits = std::conditional_t<kWidth * sizeof(E) == 16, uint4, uint2>;
+struct RawVector {
+  static constexpr int kWords = int(kWidth * sizeof(E) / 4);
+  static_assert(kWords == 2 || kWords == 4, "one 8- or 16-byte access");
+  uint32_t word[kWords];  // indexed by constants only (loops unrolled): stays in registers
 
-template <typename E, int kWidth, typename T>
-__device__ __forceinline__ void load_vector(const void* data, int64_t v, T* out) {
-  using Bits = VectorBits<E, kWidth>;
-  static_assert(sizeof(Bits) == kWidth * sizeof(E), "no single access of this width");
-  const Bits bits = static_cast<const Bits*>(data)[v];
-  E elements[kWidth];
-  memcpy(elements, &bits, sizeof(bits));
+  __device__ __forceinline__ void load(const void* data, int64_t v) {
+    if constexpr (kWords == 4) {
+      const uint4 bits = static_cast<const uint4*>(data)[v];
+      word[0] = bits.x, word[1] = bits.y, word[2] = bits.z, word[3] = bits.w;
+    } else {
+      const uint2 bits = static_cast<const uint2*>(data)[v];
+      word[0] = bits.x, word[1] = bits.y;
+    }
+  }
+  __device__ __forceinline__ void store(void* data, int64_t v) const {
+    if constexpr (kWords == 4) static_cast<uint4*>(data)[v] = make_uint4(word[0], word[1], word[2], word[3]);
+    else static_cast<uint2*>(data)[v] = make_uint2(word[0], word[1]);
+  }
+  __device__ __forceinline__ void clear() {
 #pragma unroll
-  for (int e = 0; e < kWidth; ++e) out[e] = to_math(elements[e]);
-}
+    for (int w = 0; w < kWords; ++w) word[w] = 0;
+  }
 
-template <typename E, int kWidth, typename T>
-__device__ __forceinline__ void store_vector(void* data, int64_t v, const T* in) {
-  using Bits = VectorBits<E, kWidth>;
-  E elements[kWidth];
-#pragma unroll
-  for (int e = 0; e < kWidth; ++e) elements[e] = from_math<E>(in[e]);
-  Bits bits;
-  memcpy(&bits, elements, sizeof(bits));
-  static_cast<Bits*>(data)[v] = bits;
-}
+  // Element e (a constant) in the math type, and back.
+  __device__ __forceinline__ typename OpMath<E>::type get(int e) const {
+    if constexpr (sizeof(E) == 2) return to_math(E{uint16_t(word[e / 2] >> (16 * (e % 2)))});
+    else if constexpr (sizeof(E) == 4) return __uint_as_float(word[e]);
+    else return __hiloint2double(int(word[2 * e + 1]), int(word[2 * e]));
+  }
+  __device__ __forceinline__ void set(int e, typename OpMath<E>::type x) {
+    if constexpr (sizeof(E) == 2) {
+      const uint32_t bits = from_math<E>(x).bits, shift = 16 * (e % 2);
+      word[e / 2] = (word[e / 2] & ~(0xffffu << shift)) | (bits << shift);
+    } else if constexpr (sizeof(E) == 4) {
+      word[e] = __float_as_uint(x);
+    } else {
+      word[2 * e] = uint32_t(__double2loint(x));
+      word[2 * e + 1] = uint32_t(__double2hiint(x));
+    }
+  }
+};
 
-// Elements [begin, end) one at a time, kIlp per thread per pass, all loads of a pass
+// Elements [begin, end) one at a time, a few per thread per pass (as many as a 16-byte
+// vector of the math type holds: the registers the vector path uses), all loads of a pass
 // before its stores, so that each thread keeps several loads in flight.
 template <typename S, typename SS, int kLists, typename Update>
 __device__ __forceinline__ void update_scalars(const ElementLists<S, SS, kLists>& lists, int64_t begin, int64_t end,
                                                const Update& update) {
   using T = typename OpMath<S>::type;
   constexpr int kParamLists = ElementLists<S, SS, kLists>::kParamLists;
-  constexpr int kIlp = 4;
+  constexpr int kIlp = int(kVectorBytes / sizeof(T));
   for (int64_t base = begin + threadIdx.x; base < end; base += int64_t(kThreadsPerBlock) * kIlp) {
     T values[kIlp][kLists];
 #pragma unroll
@@ -106,7 +130,7 @@ __device__ __forceinline__ void update_scalars(const ElementLists<S, SS, kLists>
 #pragma unroll
       for (int l = 0; l < kLists; ++l) {
         values[e][l] = T(0);
-        if (i < end && lists.load[l])
+        if (i < end && lists.load(l))
           values[e][l] = l < kParamLists ? T(to_math(static_cast<const S*>(lists.data[l])[i]))
                                          : T(to_math(static_cast<const SS*>(lists.data[l])[i]));
       }
@@ -119,7 +143,7 @@ __device__ __forceinline__ void update_scalars(const ElementLists<S, SS, kLists>
       const int64_t i = base + int64_t(e) * kThreadsPerBlock;
 #pragma unroll
       for (int l = 0; l < kLists; ++l) {
-        if (i >= end || !lists.store[l]) continue;
+        if (i >= end || !lists.store(l)) continue;
         if (l < kParamLists) static_cast<S*>(lists.data[l])[i] = from_math<S>(values[e][l]);
         else static_cast<SS*>(lists.data[l])[i] = from_math<SS>(values[e][l]);
       }
@@ -136,29 +160,36 @@ __device__ __forceinline__ void update_vectors(const ElementLists<S, SS, kLists>
   constexpr int kParamLists = ElementLists<S, SS, kLists>::kParamLists;
   constexpr int kWidth = kVectorWidth<S, SS>;
   for (int64_t v = first + threadIdx.x; v < last; v += kThreadsPerBlock) {
-    T values[kLists][kWidth];
+    RawVector<S, kWidth> params[kParamLists];
+    RawVector<SS, kWidth> states[kLists - kParamLists];
 #pragma unroll
     for (int l = 0; l < kLists; ++l) {
-#pragma unroll
-      for (int e = 0; e < kWidth; ++e) values[l][e] = T(0);
-      if (!lists.load[l]) continue;
-      if (l < kParamLists) load_vector<S, kWidth>(lists.data[l], v, values[l]);
-      else load_vector<SS, kWidth>(lists.data[l], v, values[l]);
+      if (l < kParamLists) {
+        if (lists.load(l)) params[l].load(lists.data[l], v);
+        else params[l].clear();
+      } else {
+        if (lists.load(l)) states[l - kParamLists].load(lists.data[l], v);
+        else states[l - kParamLists].clear();
+      }
     }
 #pragma unroll
     for (int e = 0; e < kWidth; ++e) {
       T element[kLists];
 #pragma unroll
-      for (int l = 0; l < kLists; ++l) element[l] = values[l][e];
+      for (int l = 0; l < kLists; ++l) element[l] = l < kParamLists ? params[l].get(e) : states[l - kParamLists].get(e);
       update(element);
 #pragma unroll
-      for (int l = 0; l < kLists; ++l) values[l][e] = element[l];
+      for (int l = 0; l < kLists; ++l) {
+        if (!lists.store(l)) continue;
+        if (l < kParamLists) params[l].set(e, element[l]);
+        else states[l - kParamLists].set(e, element[l]);
+      }
     }
 #pragma unroll
     for (int l = 0; l < kLists; ++l) {
-      if (!lists.store[l]) continue;
-      if (l < kParamLists) store_vector<S, kWidth>(lists.data[l], v, values[l]);
-      else store_vector<SS, kWidth>(lists.data[l], v, values[l]);
+      if (!lists.store(l)) continue;
+      if (l < kParamLists) params[l].store(lists.data[l], v);
+      else states[l - kParamLists].store(lists.data[l], v);
     }
   }
 }

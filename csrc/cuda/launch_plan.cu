@@ -1,5 +1,4 @@
 // describe_launch_plan: the launcher's planner run on the host alone, for the tests.
-#include <numeric>
 #include <stdexcept>
 #include <string>
 
@@ -8,9 +7,11 @@
 
 namespace fusedopt::cuda {
 
+int64_t default_chunk_bytes() { return kDefaultChunkBytes; }
+
 LaunchPlanSummary describe_launch_plan(const std::vector<int64_t>& numels, int64_t tensor_lists,
-                                       int64_t element_bytes, bool large_parameter_block) {
-  check_element_bytes(element_bytes);
+                                       int64_t element_bytes, bool large_parameter_block, int64_t chunk_bytes) {
+  const int64_t chunk = chunk_elements(chunk_bytes == 0 ? kDefaultChunkBytes : chunk_bytes, element_bytes);
   if (tensor_lists < 1 || tensor_lists > kMaxAddresses)
     throw std::invalid_argument("fusedopt cuda: tensor_lists must be 1 to " + std::to_string(kMaxAddresses));
   const int64_t n = int64_t(numels.size());
@@ -26,12 +27,11 @@ LaunchPlanSummary describe_launch_plan(const std::vector<int64_t>& numels, int64
     for (int64_t row = 1; row <= tensor_lists; ++row) data[size_t(row * n + i)] = i;
   }
   const TensorTable table{data.data(), n};
-  std::vector<int64_t> rows(static_cast<size_t>(tensor_lists));
-  std::iota(rows.begin(), rows.end(), int64_t(1));
+  const auto address_of = [&](int64_t i, int slot) { return uint64_t(data[size_t((1 + slot) * n + i)]); };
   const int addresses = int(tensor_lists);
 
   LaunchPlanSummary summary;
-  summary.chunk_elements = chunk_elements(element_bytes);
+  summary.chunk_elements = chunk;
   const auto record = [&](const auto& args) {
     summary.parameter_block_limit = args.kLimit;
     ++summary.launches;
@@ -44,13 +44,13 @@ LaunchPlanSummary describe_launch_plan(const std::vector<int64_t>& numels, int64
     }
   };
 #if FUSEDOPT_LARGE_PARAMETER_BLOCKS
-  const bool large = large_parameter_block && needs_large_parameter_block(table, addresses, element_bytes);
+  const bool large = large_parameter_block && needs_large_parameter_block(table, addresses, chunk);
 #else
   (void)large_parameter_block;  // this build has the classic layout only
   const bool large = false;
 #endif
-  if (large) plan_launches<kLargeParameterLimit>(table, rows.data(), addresses, element_bytes, record);
-  else plan_launches<kClassicParameterLimit>(table, rows.data(), addresses, element_bytes, record);
+  if (large) plan_launches<kLargeParameterLimit>(table, address_of, addresses, chunk, record);
+  else plan_launches<kClassicParameterLimit>(table, address_of, addresses, chunk, record);
   if (summary.launches == 0) summary.parameter_block_limit = large ? kLargeParameterLimit : kClassicParameterLimit;
   return summary;
 }

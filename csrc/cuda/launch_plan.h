@@ -27,21 +27,45 @@
 namespace fusedopt::cuda {
 
 // ---- chunks ------------------------------------------------------------------------------
-// One thread block per chunk. On the aligned path every thread moves kVectorsPerThread
-// 16-byte vectors of each list, so a chunk is 32 KB per list whatever the dtype (8,192
-// float32 elements): small enough that one large tensor still fills every SM.
+// One thread block per chunk; a chunk is a number of bytes of each param-dtype list (the
+// float32 lists beside 16-bit params move twice as many), chosen at run time per call.
 constexpr int kThreadsPerBlock = 256;
+// Blocks an update kernel is compiled to fit on a multiprocessor (its launch bounds): 4
+// for float32 math (at most 64 registers a thread, 50% occupancy), 3 for float64 math,
+// which spills at 64 registers (at most 80). Left to itself ptxas used up to 97 registers
+// (RMSprop, 16-bit params with master weights: 2 blocks). An op may choose another bound
+// (Op::kMinBlocks); tests/test_ptxas.py checks that no update kernel spills or uses stack.
+template <typename MathType>
+constexpr int kMinBlocksFor = sizeof(MathType) == 8 ? 3 : 4;
 constexpr int64_t kVectorBytes = 16;
-constexpr int64_t kVectorsPerThread = 8;
-
-constexpr int64_t chunk_elements(int64_t element_bytes) {
-  return kThreadsPerBlock * kVectorsPerThread * (kVectorBytes / element_bytes);
-}
+// Chunks are whole 16-byte vectors for every thread of the block.
+constexpr int64_t kChunkGranuleBytes = kThreadsPerBlock * kVectorBytes;
+// The default chunk: 32 KB per list (8,192 float32 elements), 8 vectors per thread. Not
+// yet tuned on a GPU: ATen uses 65,536 elements (256 KB of float32); smaller chunks give
+// a large tensor more blocks to spread over the SMs, larger ones amortise each block's
+// start (its tensor's lookup and coefficient load) over more elements. The bench sweeps
+// it (`python -m fusedopt.bench --cuda-chunk-bytes ...`); set the winner here.
+constexpr int64_t kDefaultChunkBytes = 32 * 1024;
+constexpr int64_t kMaxChunkBytes = int64_t(1) << 30;
 
 inline void check_element_bytes(int64_t element_bytes) {
   if (element_bytes != 2 && element_bytes != 4 && element_bytes != 8)
     throw std::invalid_argument("fusedopt cuda: element size must be 2, 4 or 8 bytes, not " +
                                 std::to_string(element_bytes));
+}
+
+inline void check_chunk_bytes(int64_t chunk_bytes) {
+  if (chunk_bytes < kChunkGranuleBytes || chunk_bytes > kMaxChunkBytes || chunk_bytes % kChunkGranuleBytes != 0)
+    throw std::invalid_argument("fusedopt cuda: the chunk size must be a multiple of " +
+                                std::to_string(kChunkGranuleBytes) + " bytes up to 2^30, not " +
+                                std::to_string(chunk_bytes));
+}
+
+// Elements per chunk for a param dtype of `element_bytes` (checked: 2, 4 or 8).
+inline int64_t chunk_elements(int64_t chunk_bytes, int64_t element_bytes) {
+  check_chunk_bytes(chunk_bytes);
+  check_element_bytes(element_bytes);
+  return chunk_bytes / element_bytes;
 }
 
 // ---- the parameter block -----------------------------------------------------------------
@@ -52,11 +76,13 @@ constexpr int64_t kLargeParameterLimit = 32764;
 constexpr int64_t kOpParameterBytes = 256;
 // Blocks of one launch: the limit of gridDim.x.
 constexpr int64_t kMaxChunksPerLaunch = 2147483647;
-// Most table rows a tensor's record may carry (param, grad, step and up to five states).
+// Most addresses a tensor's record may carry (param, grad, a coefficient record and up to
+// five states).
 constexpr int kMaxAddresses = 8;
 
-// The tensors of one launch, passed by value as the kernel's first parameter. The payload
-// is 32-bit cells (R = 2 * (1 + addresses) cells per record):
+// The tensors of one launch, passed by value as the kernel's first parameter. The header
+// says how many tensors it carries and how long a chunk is; the payload is 32-bit cells
+// (R = 2 * (1 + addresses) cells per record):
 //   records       cells [t*R, (t+1)*R): tensor t's element count, then its addresses, each
 //                 64-bit value as two cells, low half first;
 //   first chunks  cell capacity*R + t, for t in [0, tensors]: tensor t owns the blocks
@@ -67,13 +93,14 @@ constexpr int kMaxAddresses = 8;
 template <int64_t kParameterLimit>
 struct MultiTensorArgs {
   static constexpr int64_t kLimit = kParameterLimit;
-  static constexpr int64_t kHeaderBytes = 16;
+  static constexpr int64_t kHeaderBytes = 24;
   static constexpr int64_t kCells = ((kParameterLimit - kOpParameterBytes) / 8 * 8 - kHeaderBytes) / 4;
 
   int32_t tensors;
   int32_t record_cells;
   int32_t capacity;  // tensors that fit, for this record size
   uint32_t chunks;   // blocks of the launch
+  int64_t chunk_elements;
   uint32_t cells[kCells];
 
   static constexpr int32_t capacity_for(int addresses) {
@@ -85,7 +112,8 @@ struct MultiTensorArgs {
   }
 
   // ---- host: filling
-  void reset(int addresses) {
+  void reset(int addresses, int64_t chunk) {
+    chunk_elements = chunk;
     tensors = 0;
     chunks = 0;
     record_cells = 2 * (1 + addresses);
@@ -137,25 +165,28 @@ struct MultiTensorArgs {
 static_assert(sizeof(MultiTensorArgs<kClassicParameterLimit>) + kOpParameterBytes <= kClassicParameterLimit);
 static_assert(sizeof(MultiTensorArgs<kLargeParameterLimit>) + kOpParameterBytes <= kLargeParameterLimit);
 
-// The step counters one launch of the increment kernel carries, and GradScaler's
-// found_inf (a skipped step advances no counter).
+// The prologue kernel's parameters (multi_tensor_apply.cuh): the step counters one launch
+// advances, where it writes the coefficients of those tensors (the Prepared record of
+// counters[0], the next ones kPreparedBytes apart; null when they are launch-wide) and the
+// launch-wide record thread 0 writes (null when there is none, or another launch writes it).
 template <int64_t kParameterLimit>
-struct StepCounterArgs {
+struct PrologueArgs {
   static constexpr int64_t kLimit = kParameterLimit;
-  static constexpr int64_t kCapacity = (kParameterLimit - int64_t(sizeof(GradTransform)) - 8) / 8;
-  GradTransform transform;
+  static constexpr int64_t kHeaderBytes = 24;
+  static constexpr int64_t kCapacity = (kParameterLimit - kOpParameterBytes - kHeaderBytes) / 8;
+  void* per_tensor;
+  void* shared;
   int32_t count;
   float* counters[kCapacity];
 };
 
-static_assert(sizeof(StepCounterArgs<kClassicParameterLimit>) <= kClassicParameterLimit);
-static_assert(sizeof(StepCounterArgs<kLargeParameterLimit>) <= kLargeParameterLimit);
+static_assert(sizeof(PrologueArgs<kClassicParameterLimit>) + kOpParameterBytes <= kClassicParameterLimit);
+static_assert(sizeof(PrologueArgs<kLargeParameterLimit>) + kOpParameterBytes <= kLargeParameterLimit);
 
 // ---- the planner -------------------------------------------------------------------------
 // Whether a table needs the large parameter block: only when it does not fit one classic
 // launch, because every launch copies its whole parameter block (32 KB instead of 4 KB).
-inline bool needs_large_parameter_block(const TensorTable& table, int addresses, int64_t element_bytes) {
-  const int64_t chunk = chunk_elements(element_bytes);
+inline bool needs_large_parameter_block(const TensorTable& table, int addresses, int64_t chunk) {
   int64_t tensors = 0, chunks = 0;
   for (int64_t i = 0; i < table.n; ++i) {
     const int64_t numel = table.numel(i);
@@ -165,20 +196,19 @@ inline bool needs_large_parameter_block(const TensorTable& table, int addresses,
   return tensors > MultiTensorArgs<kClassicParameterLimit>::capacity_for(addresses) || chunks > kMaxChunksPerLaunch;
 }
 
-// Calls launch(args) once per launch, covering every chunk of every non-empty tensor of
-// `table` exactly once, in table order. Each record carries the table rows
-// rows[0 .. addresses) of its tensor. A tensor never spans two launches: a launch closes
-// when the next tensor's record or chunks would not fit.
-template <int64_t kParameterLimit, typename Launch>
-void plan_launches(const TensorTable& table, const int64_t* rows, int addresses, int64_t element_bytes,
+// Calls launch(args) once per launch, covering every chunk (of `chunk` elements) of every
+// non-empty tensor of `table` exactly once, in table order. Record slot s of tensor i
+// carries address_of(i, s) for s in [0, addresses). A tensor never spans two launches: a
+// launch closes when the next tensor's record or chunks would not fit.
+template <int64_t kParameterLimit, typename AddressOf, typename Launch>
+void plan_launches(const TensorTable& table, AddressOf&& address_of, int addresses, int64_t chunk,
                    Launch&& launch) {
-  check_element_bytes(element_bytes);
   if (addresses < 1 || addresses > kMaxAddresses)
     throw std::invalid_argument("fusedopt cuda: a tensor carries 1 to " + std::to_string(kMaxAddresses) +
                                 " addresses, not " + std::to_string(addresses));
-  const int64_t chunk = chunk_elements(element_bytes);
+  if (chunk < 1) throw std::invalid_argument("fusedopt cuda: a chunk must hold at least one element");
   MultiTensorArgs<kParameterLimit> args;  // only the part reset() and add() write is meaningful
-  args.reset(addresses);
+  args.reset(addresses, chunk);
   for (int64_t i = 0; i < table.n; ++i) {
     const int64_t numel = table.numel(i);
     if (numel <= 0) continue;
@@ -188,9 +218,9 @@ void plan_launches(const TensorTable& table, const int64_t* rows, int addresses,
                               " elements needs more thread blocks than one launch can have");
     if (!args.has_room(chunks)) {
       launch(args);
-      args.reset(addresses);
+      args.reset(addresses, chunk);
     }
-    args.add(numel, chunks, [&](int slot) { return table.data[rows[slot] * table.n + i]; });
+    args.add(numel, chunks, [&](int slot) { return address_of(i, slot); });
   }
   if (args.tensors > 0) launch(args);
 }

@@ -1,29 +1,42 @@
 // The multi-tensor launcher: runs an op over every chunk of every tensor of a table in as
-// few kernel launches as the parameter block allows (launch_plan.h plans them), with
-// no device memory, no host synchronisation and only stream work, so a whole step can be
-// captured in a CUDA graph.
+// few kernel launches as the parameter block allows (launch_plan.h plans them), with only
+// stream work, no host synchronisation and no memory of its own (the coefficient records
+// live in the workspace Python passes), so a whole step can be captured in a CUDA graph.
 //
-// An op is a small struct, passed by value as the kernel's second parameter, with
+// A step is two kernels. The prologue kernel (a thread per tensor) advances the step
+// counters and computes the update's coefficients once (Adam: per tensor, from its step;
+// the others: once for the launch) from what only the device knows: the counters,
+// GradScaler's scale and found_inf, the clip coefficient, a learning rate given as a
+// tensor. It writes them as Prepared records. Every block of the update kernel then reads
+// its record: no block recomputes them, and none waits at a barrier for one thread to.
+// SGD with none of those device values skips the prologue: its host computes the record.
+//
+// An op is a small struct, passed by value as both kernels' second parameter, with
 //   using Storage = <the param dtype: float, double, Half or BFloat16>;
+//   using Coefficients = <what the update needs, e.g. AdamCoefficients<T>>;
 //   static constexpr int kSlots = <most addresses a tensor's record carries>;
-//   __device__ void operator()(const TensorChunk<kSlots>&) const;   // called by every thread
+//   static constexpr int kMinBlocks = <the update kernel's launch bound: kMinBlocksFor<T>>;
+//   __device__ Coefficients coefficients(double step) const;       // in the prologue
+//   __device__ const Prepared<Coefficients>& prepared(const TensorChunk<kSlots>&) const;
+//   __device__ void operator()(const TensorChunk<kSlots>&, const Coefficients&) const;
+// and a member `config` whose grad_transform says whether the step is skipped.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <new>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 
+#include "cuda/cuda_ops.h"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/launch_plan.h"
 #include "fusedopt/tensor_table.h"
 
 namespace fusedopt::cuda {
 
-// What a block hands its op: one tensor's addresses, in the order of the rows the launcher
+// What a block hands its op: one tensor's addresses, in the order of the slots the launcher
 // was given (nullptr in the slots a shorter record leaves out), and the element range of
 // the block's chunk.
 template <int kSlots>
@@ -41,46 +54,126 @@ struct TensorChunk {
   }
 };
 
+// The prologue's result for one tensor, or for a whole launch: the coefficients, and
+// whether GradScaler found an inf or NaN (then nothing is updated and the coefficients
+// are not computed).
+template <typename Coefficients>
+struct Prepared {
+  Coefficients coefficients;
+  int32_t skip;
+};
+
+// A launch-wide record: the prologue's, in the workspace, or the one the host computed
+// (SGD without device values), which travels in the kernel's parameters.
+template <typename Coefficients>
+struct SharedPrepared {
+  const Prepared<Coefficients>* device = nullptr;
+  Prepared<Coefficients> host = {};
+
+  __device__ __forceinline__ const Prepared<Coefficients>& get() const { return device != nullptr ? *device : host; }
+};
+
+// The records in a call's workspace: the launch-wide one, then one per table column.
+struct WorkspaceRecords {
+  uintptr_t base;
+  void* shared() const { return reinterpret_cast<void*>(base); }
+  void* tensor(int64_t column) const { return reinterpret_cast<void*>(base + (column + 1) * kWorkspaceBytesPerTensor); }
+};
+
 template <typename Op, int64_t kParameterLimit>
-__global__ void __launch_bounds__(kThreadsPerBlock)
+__global__ void __launch_bounds__(kThreadsPerBlock, Op::kMinBlocks)
     multi_tensor_kernel(const __grid_constant__ MultiTensorArgs<kParameterLimit> args, const __grid_constant__ Op op) {
-  constexpr int64_t kChunkElements = chunk_elements(sizeof(typename Op::Storage));
   const uint32_t chunk = blockIdx.x;
   const int t = args.tensor_of_chunk(chunk);
   TensorChunk<Op::kSlots> tensor;
 #pragma unroll
   for (int slot = 0; slot < Op::kSlots; ++slot)
     tensor.address[slot] = slot < args.addresses() ? reinterpret_cast<void*>(args.address(t, slot)) : nullptr;
-  tensor.begin = int64_t(chunk - args.first_chunk(t)) * kChunkElements;
+  tensor.begin = int64_t(chunk - args.first_chunk(t)) * args.chunk_elements;
   const int64_t numel = args.numel(t);
-  tensor.end = tensor.begin + kChunkElements < numel ? tensor.begin + kChunkElements : numel;
-  op(tensor);
+  tensor.end = tensor.begin + args.chunk_elements < numel ? tensor.begin + args.chunk_elements : numel;
+  const Prepared<typename Op::Coefficients>& prepared = op.prepared(tensor);
+  if (prepared.skip) return;  // the same for every thread of the block
+  const typename Op::Coefficients coefficients = prepared.coefficients;  // once, into registers
+  op(tensor, coefficients);
 }
 
-// The coefficients of a block's update, computed once by thread 0 and shared: they depend
-// on device memory (the step counter, GradScaler's scale, the clip coefficient), which one
-// thread reads instead of all. Returns false, in every thread, when GradScaler found an
-// inf or NaN: the step is skipped. Every thread of the block must call it.
-template <typename Coefficients, typename Make>
-__device__ __forceinline__ bool block_coefficients(const GradTransform& transform, const Make& make,
-                                                   Coefficients& coefficients) {
-  // Raw storage: a __shared__ variable cannot have a constructor run for it.
-  alignas(Coefficients) __shared__ unsigned char shared[sizeof(Coefficients)];
-  __shared__ bool skipped;
-  if (threadIdx.x == 0) {
-    skipped = step_skipped(transform);
-    if (!skipped) new (shared) Coefficients(make());
+constexpr int kPrologueThreadsPerBlock = 128;
+
+template <typename Op>
+__device__ __forceinline__ void prepare(void* record, const Op& op, bool skip, double step) {
+  auto* out = static_cast<Prepared<typename Op::Coefficients>*>(record);
+  out->skip = skip;
+  if (!skip) out->coefficients = op.coefficients(step);
+}
+
+// Thread i advances counters[i] (unless the step is skipped) and, when the launch has
+// per-tensor records, writes that tensor's; thread 0 writes the launch-wide record.
+template <typename Op, int64_t kParameterLimit>
+__global__ void __launch_bounds__(kPrologueThreadsPerBlock)
+    prologue_kernel(const __grid_constant__ PrologueArgs<kParameterLimit> args, const __grid_constant__ Op op) {
+  const int i = int(blockIdx.x) * kPrologueThreadsPerBlock + int(threadIdx.x);
+  const bool skip = step_skipped(op.config.grad_transform);
+  if (i == 0 && args.shared != nullptr) prepare(args.shared, op, skip, 0.0);
+  if (i >= args.count) return;
+  float* step = args.counters[i];
+  if (!skip) *step += 1.0f;
+  if (args.per_tensor != nullptr)
+    prepare(static_cast<char*>(args.per_tensor) + int64_t(i) * kWorkspaceBytesPerTensor, op, skip, double(*step));
+}
+
+// What the prologue does for one call.
+struct PrologueWork {
+  bool advance_steps;  // Adam, RMSprop: every tensor's counter (empty tensors' too: torch advances them)
+  bool per_tensor;     // Adam: a record per tensor, from its advanced counter
+  bool shared;         // a launch-wide record
+};
+
+template <typename Op, int64_t kParameterLimit>
+void prologue_with(const TensorTable& table, const Op& op, const PrologueWork& work, const WorkspaceRecords& records,
+                   const OpCall& call) {
+  using Args = PrologueArgs<kParameterLimit>;
+  const int64_t columns = work.advance_steps ? table.n : 0;
+  for (int64_t first = 0; first == 0 || first < columns; first += Args::kCapacity) {
+    Args args;  // only counters[0 .. count) is meaningful
+    args.count = int32_t(columns - first < Args::kCapacity ? columns - first : Args::kCapacity);
+    args.per_tensor = work.per_tensor ? records.tensor(first) : nullptr;
+    args.shared = work.shared && first == 0 ? records.shared() : nullptr;
+    for (int32_t i = 0; i < args.count; ++i) args.counters[i] = table.ptr<float>(kStepRow, first + i);
+    const int threads = args.count > 0 ? args.count : 1;
+    const unsigned blocks = unsigned((threads + kPrologueThreadsPerBlock - 1) / kPrologueThreadsPerBlock);
+    prologue_kernel<Op, kParameterLimit><<<blocks, kPrologueThreadsPerBlock, 0, call.stream()>>>(args, op);
+    call.check_launch();
   }
-  __syncthreads();
-  if (skipped) return false;
-  coefficients = *reinterpret_cast<const Coefficients*>(shared);
-  return true;
 }
 
-// Adds 1 to the float32 step counter (row kStepRow) of every tensor of the table, unless
-// GradScaler skips the step, in a kernel of its own queued before the update: every block
-// of the update then reads the incremented counter, and none races with the increment.
-void increment_step_counters(const TensorTable& table, const GradTransform& transform, const OpCall& call);
+// Queues the prologue before the update on the call's stream: every block of the update
+// then reads finished records and advanced counters, and none races with the prologue.
+template <typename Op>
+void run_prologue(const TensorTable& table, const Op& op, const PrologueWork& work, const WorkspaceRecords& records,
+                  const OpCall& call) {
+  static_assert(sizeof(Op) <= kOpParameterBytes, "the op's parameters outgrow their share of the block");
+  static_assert(sizeof(Prepared<typename Op::Coefficients>) <= kWorkspaceBytesPerTensor,
+                "a coefficient record outgrows its share of the workspace");
+#if FUSEDOPT_LARGE_PARAMETER_BLOCKS
+  if (call.large_parameter_blocks() && work.advance_steps &&
+      table.n > PrologueArgs<kClassicParameterLimit>::kCapacity) {
+    prologue_with<Op, kLargeParameterLimit>(table, op, work, records, call);
+    return;
+  }
+#endif
+  prologue_with<Op, kClassicParameterLimit>(table, op, work, records, call);
+}
+
+// The workspace of a call, checked: it must hold a launch-wide record and one per tensor.
+inline WorkspaceRecords workspace_records(const char* op, const TensorTable& table, const LaunchResources& resources) {
+  if (resources.workspace == 0 || resources.workspace % 16 != 0 ||
+      resources.workspace_bytes < workspace_bytes(table.n))
+    throw std::invalid_argument(std::string("fusedopt cuda ") + op + ": the workspace must be 16-byte aligned and " +
+                                std::to_string(workspace_bytes(table.n)) + " bytes long for " +
+                                std::to_string(table.n) + " tensors");
+  return WorkspaceRecords{resources.workspace};
+}
 
 // The frame of every optimizer's entry point: on `device` and `stream`, with errors naming
 // `op`, calls body(ParamStorage{}, StateStorage{}, call) for the table's storage types.
@@ -91,27 +184,36 @@ void run_for_storage(const char* op, DType dtype, bool master_weights, int devic
     throw std::invalid_argument(std::string("fusedopt cuda ") + op + ": unknown dtype code");
 }
 
-// Runs `op` over every element of every tensor of `table`. Each tensor's record carries the
-// table rows rows[0 .. addresses), which the op sees as its slots in that order.
+// A slot of a tensor's record: a table row, or kCoefficientRecord for the tensor's Prepared
+// record in the workspace.
+constexpr int64_t kCoefficientRecord = -1;
+
+// Runs `op` over every element of every tensor of `table`, in chunks of `chunk_bytes` (0:
+// the default) of each param-dtype list. Each tensor's record carries slots[0 ..
+// addresses), which the op sees in that order.
 template <typename Op>
-void multi_tensor_apply(const TensorTable& table, const int64_t* rows, int addresses, const Op& op,
-                        const OpCall& call) {
+void multi_tensor_apply(const TensorTable& table, const int64_t* slots, int addresses, const Op& op,
+                        const WorkspaceRecords& records, int64_t chunk_bytes, const OpCall& call) {
   static_assert(sizeof(Op) <= kOpParameterBytes, "the op's parameters outgrow their share of the block");
   static_assert(std::is_trivially_copyable_v<Op>, "an op travels by value in the parameter block");
-  constexpr int64_t element_bytes = sizeof(typename Op::Storage);
   if (addresses > Op::kSlots) throw std::invalid_argument("fusedopt cuda: more addresses than the op has slots");
+  const int64_t chunk = chunk_elements(chunk_bytes > 0 ? chunk_bytes : kDefaultChunkBytes, sizeof(typename Op::Storage));
+  const auto address_of = [&](int64_t i, int slot) -> uint64_t {
+    return slots[slot] == kCoefficientRecord ? uint64_t(reinterpret_cast<uintptr_t>(records.tensor(i)))
+                                             : uint64_t(table.data[slots[slot] * table.n + i]);
+  };
   const auto launch = [&](const auto& args) {
     constexpr int64_t kLimit = std::decay_t<decltype(args)>::kLimit;
     multi_tensor_kernel<Op, kLimit><<<args.chunks, kThreadsPerBlock, 0, call.stream()>>>(args, op);
     call.check_launch();
   };
 #if FUSEDOPT_LARGE_PARAMETER_BLOCKS
-  if (call.large_parameter_blocks() && needs_large_parameter_block(table, addresses, element_bytes)) {
-    plan_launches<kLargeParameterLimit>(table, rows, addresses, element_bytes, launch);
+  if (call.large_parameter_blocks() && needs_large_parameter_block(table, addresses, chunk)) {
+    plan_launches<kLargeParameterLimit>(table, address_of, addresses, chunk, launch);
     return;
   }
 #endif
-  plan_launches<kClassicParameterLimit>(table, rows, addresses, element_bytes, launch);
+  plan_launches<kClassicParameterLimit>(table, address_of, addresses, chunk, launch);
 }
 
 }  // namespace fusedopt::cuda

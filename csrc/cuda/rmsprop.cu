@@ -1,6 +1,6 @@
 // RMSprop on the GPU: the op that applies fusedopt/rmsprop.h's update to one chunk, and
 // its entry point. The step counter does not enter RMSprop's math, but torch keeps and
-// advances it, so the entry point increments it too.
+// advances it, so the prologue advances it, and computes the launch-wide coefficients.
 #include "cuda/cuda_ops.h"
 #include "cuda/element_access.cuh"
 #include "cuda/multi_tensor_apply.cuh"
@@ -19,18 +19,25 @@ template <typename S, typename SS>
 struct RMSpropChunkOp {
   using Storage = S;
   using T = typename OpMath<S>::type;
+  using Coefficients = RMSpropCoefficients<T>;
   static constexpr int kSlots = kRMSpropSlots;
   static constexpr bool kMasterWeights = !std::is_same_v<S, SS>;
+  static constexpr int kMinBlocks = kMinBlocksFor<T>;
 
   RMSpropConfig config;
+  SharedPrepared<Coefficients> shared;
 
-  __device__ __forceinline__ void operator()(const TensorChunk<kSlots>& tensor) const {
-    RMSpropCoefficients<T> k;
-    if (!block_coefficients(config.grad_transform, [&] { return rmsprop_coefficients<T>(config); }, k)) return;
+  __device__ __forceinline__ Coefficients coefficients(double) const { return rmsprop_coefficients<T>(config); }
+
+  __device__ __forceinline__ const Prepared<Coefficients>& prepared(const TensorChunk<kSlots>&) const {
+    return shared.get();
+  }
+
+  __device__ __forceinline__ void operator()(const TensorChunk<kSlots>& tensor, const Coefficients& k) const {
     const bool centered = config.centered, momentum = config.momentum > 0.0;
     ElementLists<S, SS, kRMSpropLists> lists;
     lists.set(kParam, tensor.address[kParamSlot], !kMasterWeights, true);  // the master copy holds the value
-    lists.set(kGrad, tensor.address[kGradSlot], true, false);
+    lists.set(kGrad, tensor.address[kGradSlot], true, writes_grad(config.grad_transform));
     lists.set(kSquareAvg, tensor.address[kSquareAvgSlot], true, true);
     if (centered) lists.set(kGradAvg, tensor.address[kOptionalSlot], true, true);
     if (momentum) lists.set(kBuffer, tensor.at(kOptionalSlot + int(centered)), true, true);
@@ -49,20 +56,23 @@ struct RMSpropChunkOp {
 
 }  // namespace
 
-void rmsprop(const TensorTable& table, DType dtype, const RMSpropConfig& config, int device, uintptr_t stream) {
+void rmsprop(const TensorTable& table, DType dtype, const RMSpropConfig& config, const LaunchResources& resources,
+             int device, uintptr_t stream) {
   if (table.n == 0) return;
+  const WorkspaceRecords records = workspace_records("rmsprop", table, resources);
   run_for_storage("rmsprop", dtype, config.master_weights, device, stream,
                   [&](auto param, auto state, const OpCall& call) {
-    using S = decltype(param);
-    using SS = decltype(state);
-    int64_t rows[kRMSpropSlots] = {kParamRow, kGradRow, kStateRow};
+    using Op = RMSpropChunkOp<decltype(param), decltype(state)>;
+    Op op{config};
+    op.shared.device = static_cast<const Prepared<typename Op::Coefficients>*>(records.shared());
+    int64_t slots[kRMSpropSlots] = {kParamRow, kGradRow, kStateRow};
     int addresses = kOptionalSlot;
     int64_t next_state = kStateRow + 1;
-    if (config.centered) rows[addresses++] = next_state++;
-    if (config.momentum > 0.0) rows[addresses++] = next_state++;
-    if (RMSpropChunkOp<S, SS>::kMasterWeights) rows[addresses++] = next_state++;
-    increment_step_counters(table, config.grad_transform, call);
-    multi_tensor_apply(table, rows, addresses, RMSpropChunkOp<S, SS>{config}, call);
+    if (config.centered) slots[addresses++] = next_state++;
+    if (config.momentum > 0.0) slots[addresses++] = next_state++;
+    if (Op::kMasterWeights) slots[addresses++] = next_state++;
+    run_prologue(table, op, PrologueWork{true, false, true}, records, call);
+    multi_tensor_apply(table, slots, addresses, op, records, resources.chunk_bytes, call);
   });
 }
 

@@ -20,6 +20,13 @@ class GradTransform:
     grad_scale: torch.amp.GradScaler's scale; grads are divided by it.
     found_inf:  nonzero skips the whole step (params, state and step counters unchanged).
     clip_coef:  max_grad_norm's clip coefficient; grads are multiplied by it.
+
+    With a scale or a clip coefficient every backend also writes the grad it used
+    (`grad / grad_scale * clip_coef`, before maximize and weight decay) back into the grad,
+    so p.grad after `scaler.step(optimizer)` is what torch leaves there: torch's fused
+    optimizers store grad / scale, and `scaler.unscale_` + `clip_grad_norm_` leave the
+    grads unscaled and clipped. A skipped step writes nothing (torch's fused optimizers
+    return before touching the grads).
     """
 
     grad_scale: Optional[torch.Tensor] = None
@@ -41,12 +48,22 @@ class GradTransform:
         self.check(device)
         return tuple(0 if t is None else t.data_ptr() for t in (self.grad_scale, self.found_inf, self.clip_coef))
 
+    def writes_grad(self) -> bool:
+        """Whether the step stores the transformed grad back (see the class docstring)."""
+        return self.grad_scale is not None or self.clip_coef is not None
+
     def skips_step(self) -> bool:
         """Host-side check, for backends that may synchronise (the reference)."""
         return self.found_inf is not None and bool(self.found_inf.item() != 0)
 
 
 NO_GRAD_TRANSFORM = GradTransform()
+
+# LR_TENSOR. A learning rate given as a tensor (torch accepts one; schedulers then write it
+# in place) reaches the backends that read it from memory (`Backend.reads_lr_tensor`) as
+# the configs' `lr_tensor`: a 0-dim float64 tensor on the params' device, read by the
+# kernel, so a step captured in a CUDA graph follows the tensor's value at each replay and
+# nothing waits on the host. `lr` is then NaN. Other backends get `lr` as a float.
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,7 @@ class AdamConfig:
     decoupled_weight_decay: bool  # AdamW
     optimized_update: bool  # eps added to sqrt(v) before bias correction (Kingma & Ba, sec. 2)
     master_weights: bool = False  # 16-bit params: update the fp32 master (last state) and round into the param
+    lr_tensor: Optional[torch.Tensor] = None  # see LR_TENSOR
     grad_transform: GradTransform = NO_GRAD_TRANSFORM
 
 
@@ -74,6 +92,7 @@ class SGDConfig:
     maximize: bool
     first_step: bool  # momentum buffers are new: they start as a copy of the gradient
     master_weights: bool = False  # 16-bit params: update the fp32 master (last state) and round into the param
+    lr_tensor: Optional[torch.Tensor] = None  # see LR_TENSOR
     grad_transform: GradTransform = NO_GRAD_TRANSFORM
 
 
@@ -87,6 +106,7 @@ class RMSpropConfig:
     centered: bool
     maximize: bool
     master_weights: bool = False  # 16-bit params: update the fp32 master (last state) and round into the param
+    lr_tensor: Optional[torch.Tensor] = None  # see LR_TENSOR
     grad_transform: GradTransform = NO_GRAD_TRANSFORM
 
 
@@ -137,6 +157,7 @@ class Backend:
 
     name: str = ""
     dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    reads_lr_tensor: bool = False  # takes the configs' lr_tensor (see LR_TENSOR)
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         """None when this backend can update tensors on `device`, else why not and how to fix it."""

@@ -31,11 +31,14 @@ def _columns(batch: TensorBatch, config) -> Iterator[Tuple[int, torch.Tensor, Li
 
     The param value is the fp32 master copy (the last state) with master weights; after the
     caller's update the values are written back and the param gets the rounded master.
+    With a scale or clip coefficient the transformed grad is written back into the grad
+    (GradTransform's docstring says why); the caller must not modify it in place.
     """
     transform = config.grad_transform
     scale = transform.grad_scale
     clip = transform.clip_coef
     for i, (param, grad) in enumerate(zip(batch.params, batch.grads)):
+        stored_grad = grad
         states = [s[i] for s in batch.states]
         master = states.pop() if config.master_weights else None
         targets = [param if master is None else master, *states]
@@ -47,6 +50,8 @@ def _columns(batch: TensorBatch, config) -> Iterator[Tuple[int, torch.Tensor, Li
             grad = grad * clip.to(grad.dtype)
         yield i, grad, values
         _write_back(targets, values)
+        if transform.writes_grad():
+            stored_grad.copy_(grad)
         if master is not None:
             param.copy_(master)
 

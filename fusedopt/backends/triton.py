@@ -23,8 +23,9 @@ Scalars arrive as float64 and are rounded once to the math type in the kernel, a
 
 What every optimizer does first (config.grad_transform, csrc/include/fusedopt/common.h):
 each grad becomes `g / grad_scale * clip_coef * sign` in the math type (a missing factor's
-operation is left out, as exact as multiplying by 1), and a nonzero `*found_inf` skips the
-whole step. The three factors are one-element float32 tensors on the device, passed to
+operation is left out, as exact as multiplying by 1), `g / grad_scale * clip_coef` is
+stored back into the grad when either factor is given, and a nonzero `*found_inf` skips
+the whole step. The three factors are one-element float32 tensors on the device, passed to
 the kernel as pointers and read there (`_grad_factors`, `_work_item`), so neither
 GradScaler nor max_grad_norm makes a step wait on the host.
 
@@ -129,10 +130,11 @@ _STATE_ROW = tl.constexpr(FIRST_STATE_ROW)
 # the pieces that carry meaning (and inline into one function in a compiled kernel anyway).
 #
 # The three kernels share their signature's frame: (table_ptr, work_ptr, n, grad_scale_ptr,
-# found_inf_ptr, clip_coef_ptr, <float64 hyper-parameters>) and the constexprs DTYPE (params
-# and grads), STATE (states: DTYPE, or float32 with master weights), COMPUTE, MASTER,
-# GRAD_SCALE, FOUND_INF, CLIP_COEF (which of the three pointers are real), <options>,
-# ALIGNED, BLOCK, CHUNK; `_launch` below fills it in.
+# found_inf_ptr, clip_coef_ptr, lr_ptr, <float64 hyper-parameters, lr first>) and the
+# constexprs DTYPE (params and grads), STATE (states: DTYPE, or float32 with master
+# weights), COMPUTE, MASTER, GRAD_SCALE, FOUND_INF, CLIP_COEF, LR_TENSOR (which of the four
+# pointers are real; with LR_TENSOR the lr argument is NaN and the float64 at lr_ptr is the
+# learning rate), <options>, ALIGNED, BLOCK, CHUNK; `_launch` below fills it in.
 @triton.jit
 def _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF: tl.constexpr, BLOCK: tl.constexpr,
                CHUNK: tl.constexpr):
@@ -245,31 +247,52 @@ def _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE: tl.constexpr, CLIP_
 
 
 @triton.jit
-def _transformed_grad(grad, param, divisor, multiplier, grad_sign, weight_decay, GRAD_SCALE: tl.constexpr,
-                      CLIP_COEF: tl.constexpr, WEIGHT_DECAY: tl.constexpr):
-    """The gradient the update uses: transformed_grad (common.h), `g / scale * clip * sign`
-    (sign -1 with maximize), plus weight_decay * param (L2). A missing factor's operation
-    is left out, which is exact: dividing or multiplying by 1 changes nothing."""
+def _transformed_grad(grad_ptr, offsets, mask, param, divisor, multiplier, grad_sign, weight_decay,
+                      GRAD_SCALE: tl.constexpr, CLIP_COEF: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
+                      DTYPE: tl.constexpr, COMPUTE: tl.constexpr):
+    """The gradient the update uses, loaded: unscaled_grad (common.h), `g / scale * clip`,
+    stored back into the grad when either factor is given (GradTransform), then times
+    grad_sign (-1 with maximize) plus weight_decay * param (L2). A missing factor's
+    operation is left out, which is exact: dividing or multiplying by 1 changes nothing."""
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE)
     if GRAD_SCALE:
         grad = _div(grad, divisor)
     if CLIP_COEF:
         grad = grad * multiplier
+    if GRAD_SCALE or CLIP_COEF:
+        tl.store(grad_ptr + offsets, _rounded(grad, DTYPE), mask=mask)
     grad = grad * grad_sign
     if WEIGHT_DECAY:
         grad = grad + weight_decay * param
     return grad
 
 
+@triton.jit
+def _learning_rate(lr, lr_ptr, LR_TENSOR: tl.constexpr):
+    """learning_rate (common.h), as float64: read from the device with LR_TENSOR (the
+    configs' lr_tensor, so a captured graph follows a schedule), else the argument."""
+    if LR_TENSOR:
+        return tl.load(lr_ptr)
+    else:
+        return tl.full((), lr, tl.float64)
+
+
 # ----------------------------------------------------------------------------- Adam / AdamW
 @triton.jit
-def _adam_coefficients(step, lr, beta1, beta2, eps, grad_sign, l2_decay, param_scale,
+def _adam_coefficients(step, lr, beta1, beta2, eps, grad_sign, weight_decay, DECOUPLED: tl.constexpr,
                        OPTIMIZED_UPDATE: tl.constexpr, COMPUTE: tl.constexpr):
     """adam_coefficients (csrc/include/fusedopt/adam.h): the bias corrections of this
     tensor's (already incremented) step in float64, every scalar rounded once to COMPUTE.
-    A skipped first step leaves the counter at 0: its coefficients go unused, and counting
-    it as 1 keeps them finite."""
+    `lr` is float64 (_learning_rate). A skipped first step leaves the counter at 0: its
+    coefficients go unused, and counting it as 1 keeps them finite."""
     step = tl.maximum(step, 1.0).to(tl.float64)
-    lr = tl.full((), lr, tl.float64)
+    weight_decay = tl.full((), weight_decay, tl.float64)
+    if DECOUPLED:  # AdamW: p *= 1 - lr*wd; no L2 term
+        l2_decay = 0.0
+        param_scale = 1.0 - lr * weight_decay
+    else:
+        l2_decay = weight_decay
+        param_scale = 1.0
     beta1 = tl.full((), beta1, tl.float64)
     beta2 = tl.full((), beta2, tl.float64)
     bias_correction1 = 1.0 - tl.exp2(step * tl.log2(beta1))  # 1 - beta1 ** step
@@ -293,10 +316,10 @@ def _adam_block(offsets, mask, param_ptr, master_ptr, grad_ptr, exp_avg_ptr, exp
                 STATE: tl.constexpr, COMPUTE: tl.constexpr):
     """adam_update (csrc/include/fusedopt/adam.h) on one block of elements."""
     param = _load_param(param_ptr, master_ptr, offsets, mask, MASTER, COMPUTE)
-    grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE)
     exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(COMPUTE)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(COMPUTE)
-    grad = _transformed_grad(grad, param, divisor, multiplier, grad_sign, l2_decay, GRAD_SCALE, CLIP_COEF, L2)
+    grad = _transformed_grad(grad_ptr, offsets, mask, param, divisor, multiplier, grad_sign, l2_decay, GRAD_SCALE,
+                             CLIP_COEF, L2, DTYPE, COMPUTE)
     param = param * param_scale  # AdamW's decay; 1 for Adam
     exp_avg = _lerp(exp_avg, grad, one_minus_beta1)
     exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
@@ -313,12 +336,12 @@ def _adam_block(offsets, mask, param_ptr, master_ptr, grad_ptr, exp_avg_ptr, exp
 
 
 @triton.jit
-def _adam_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef_ptr, lr: tl.float64,
-                 beta1: tl.float64, beta2: tl.float64, eps: tl.float64, grad_sign: tl.float64, l2_decay: tl.float64,
-                 param_scale: tl.float64, DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
+def _adam_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef_ptr, lr_ptr, lr: tl.float64,
+                 beta1: tl.float64, beta2: tl.float64, eps: tl.float64, grad_sign: tl.float64,
+                 weight_decay: tl.float64, DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
                  MASTER: tl.constexpr, GRAD_SCALE: tl.constexpr, FOUND_INF: tl.constexpr, CLIP_COEF: tl.constexpr,
-                 L2: tl.constexpr, AMSGRAD: tl.constexpr, OPTIMIZED_UPDATE: tl.constexpr, ALIGNED: tl.constexpr,
-                 BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+                 LR_TENSOR: tl.constexpr, L2: tl.constexpr, DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr,
+                 OPTIMIZED_UPDATE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     column, start, end = _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF, BLOCK, CHUNK)
     param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
     grad_ptr = _row_pointer(table_ptr, n, _GRAD_ROW, column, DTYPE, ALIGNED)
@@ -331,8 +354,8 @@ def _adam_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coe
         max_exp_avg_sq_ptr = exp_avg_sq_ptr  # never touched
     master_ptr = _master_pointer(table_ptr, n, _STATE_ROW + 2 + AMSGRAD, column, param_ptr, MASTER, ALIGNED)
     step = tl.load(_row_pointer(table_ptr, n, _STEP_ROW, column, tl.float32, False))
-    coefficients = _adam_coefficients(step, lr, beta1, beta2, eps, grad_sign, l2_decay, param_scale,
-                                      OPTIMIZED_UPDATE, COMPUTE)
+    coefficients = _adam_coefficients(step, _learning_rate(lr, lr_ptr, LR_TENSOR), beta1, beta2, eps, grad_sign,
+                                      weight_decay, DECOUPLED, OPTIMIZED_UPDATE, COMPUTE)
     factors = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF, COMPUTE)
 
     for k in range(0, CHUNK // BLOCK):  # see "Block loop" above
@@ -351,8 +374,8 @@ def _adam_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coe
 # ----------------------------------------------------------------------------- SGD
 @triton.jit
 def _sgd_coefficients(lr, momentum, dampening, weight_decay, grad_sign, COMPUTE: tl.constexpr):
-    """sgd_coefficients (csrc/include/fusedopt/sgd.h): float64 arithmetic, rounded once to COMPUTE."""
-    lr = tl.full((), lr, tl.float64)
+    """sgd_coefficients (csrc/include/fusedopt/sgd.h): float64 arithmetic (`lr` is float64,
+    from _learning_rate), rounded once to COMPUTE."""
     dampening = tl.full((), dampening, tl.float64)
     return (tl.full((), grad_sign, COMPUTE), tl.full((), weight_decay, COMPUTE), tl.full((), momentum, COMPUTE),
             tl.full((), 1.0 - dampening, COMPUTE), tl.full((), -lr, COMPUTE))
@@ -365,9 +388,8 @@ def _sgd_block(offsets, mask, param_ptr, master_ptr, grad_ptr, buffer_ptr, divis
                FIRST_STEP: tl.constexpr, DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr):
     """sgd_update (csrc/include/fusedopt/sgd.h) on one block of elements."""
     param = _load_param(param_ptr, master_ptr, offsets, mask, MASTER, COMPUTE)
-    grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE)
-    grad = _transformed_grad(grad, param, divisor, multiplier, grad_sign, weight_decay, GRAD_SCALE, CLIP_COEF,
-                             WEIGHT_DECAY)
+    grad = _transformed_grad(grad_ptr, offsets, mask, param, divisor, multiplier, grad_sign, weight_decay,
+                             GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, DTYPE, COMPUTE)
     if MOMENTUM:
         if FIRST_STEP:  # torch's rule: a new momentum buffer starts as a copy of the gradient
             buffer = grad
@@ -382,11 +404,11 @@ def _sgd_block(offsets, mask, param_ptr, master_ptr, grad_ptr, buffer_ptr, divis
 
 
 @triton.jit
-def _sgd_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef_ptr, lr: tl.float64,
+def _sgd_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef_ptr, lr_ptr, lr: tl.float64,
                 momentum: tl.float64, dampening: tl.float64, weight_decay: tl.float64, grad_sign: tl.float64,
                 DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, MASTER: tl.constexpr,
                 GRAD_SCALE: tl.constexpr, FOUND_INF: tl.constexpr, CLIP_COEF: tl.constexpr,
-                WEIGHT_DECAY: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
+                LR_TENSOR: tl.constexpr, WEIGHT_DECAY: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
                 FIRST_STEP: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     column, start, end = _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF, BLOCK, CHUNK)
     param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
@@ -397,7 +419,8 @@ def _sgd_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef
     else:
         buffer_ptr = param_ptr  # no buffer row; never touched
     master_ptr = _master_pointer(table_ptr, n, _STATE_ROW + MOMENTUM, column, param_ptr, MASTER, ALIGNED)
-    coefficients = _sgd_coefficients(lr, momentum, dampening, weight_decay, grad_sign, COMPUTE)
+    coefficients = _sgd_coefficients(_learning_rate(lr, lr_ptr, LR_TENSOR), momentum, dampening, weight_decay,
+                                     grad_sign, COMPUTE)
     factors = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF, COMPUTE)
 
     for k in range(0, CHUNK // BLOCK):  # see "Block loop" above
@@ -415,8 +438,8 @@ def _sgd_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef
 # ----------------------------------------------------------------------------- RMSprop
 @triton.jit
 def _rmsprop_coefficients(lr, alpha, eps, weight_decay, momentum, grad_sign, COMPUTE: tl.constexpr):
-    """rmsprop_coefficients (csrc/include/fusedopt/rmsprop.h): float64 arithmetic, rounded once to COMPUTE."""
-    lr = tl.full((), lr, tl.float64)
+    """rmsprop_coefficients (csrc/include/fusedopt/rmsprop.h): float64 arithmetic (`lr` is
+    float64, from _learning_rate), rounded once to COMPUTE."""
     alpha = tl.full((), alpha, tl.float64)
     return (tl.full((), grad_sign, COMPUTE), tl.full((), weight_decay, COMPUTE), tl.full((), alpha, COMPUTE),
             tl.full((), 1.0 - alpha, COMPUTE), tl.full((), eps, COMPUTE), tl.full((), momentum, COMPUTE),
@@ -431,9 +454,8 @@ def _rmsprop_block(offsets, mask, param_ptr, master_ptr, grad_ptr, square_avg_pt
                    DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr):
     """rmsprop_update (csrc/include/fusedopt/rmsprop.h) on one block of elements."""
     param = _load_param(param_ptr, master_ptr, offsets, mask, MASTER, COMPUTE)
-    grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE)
-    grad = _transformed_grad(grad, param, divisor, multiplier, grad_sign, weight_decay, GRAD_SCALE, CLIP_COEF,
-                             WEIGHT_DECAY)
+    grad = _transformed_grad(grad_ptr, offsets, mask, param, divisor, multiplier, grad_sign, weight_decay,
+                             GRAD_SCALE, CLIP_COEF, WEIGHT_DECAY, DTYPE, COMPUTE)
     square_avg = tl.load(square_avg_ptr + offsets, mask=mask).to(COMPUTE) * alpha + one_minus_alpha * grad * grad
     tl.store(square_avg_ptr + offsets, _rounded(square_avg, STATE), mask=mask)
     if CENTERED:
@@ -453,11 +475,11 @@ def _rmsprop_block(offsets, mask, param_ptr, master_ptr, grad_ptr, square_avg_pt
 
 
 @triton.jit
-def _rmsprop_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef_ptr, lr: tl.float64,
+def _rmsprop_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef_ptr, lr_ptr, lr: tl.float64,
                     alpha: tl.float64, eps: tl.float64, weight_decay: tl.float64, momentum: tl.float64,
                     grad_sign: tl.float64, DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
                     MASTER: tl.constexpr, GRAD_SCALE: tl.constexpr, FOUND_INF: tl.constexpr,
-                    CLIP_COEF: tl.constexpr, WEIGHT_DECAY: tl.constexpr, CENTERED: tl.constexpr,
+                    CLIP_COEF: tl.constexpr, LR_TENSOR: tl.constexpr, WEIGHT_DECAY: tl.constexpr, CENTERED: tl.constexpr,
                     MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     column, start, end = _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF, BLOCK, CHUNK)
     param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
@@ -474,7 +496,8 @@ def _rmsprop_kernel(table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_
         buffer_ptr = square_avg_ptr  # never touched
     master_ptr = _master_pointer(table_ptr, n, _STATE_ROW + 1 + CENTERED + MOMENTUM, column, param_ptr, MASTER,
                                  ALIGNED)
-    coefficients = _rmsprop_coefficients(lr, alpha, eps, weight_decay, momentum, grad_sign, COMPUTE)
+    coefficients = _rmsprop_coefficients(_learning_rate(lr, lr_ptr, LR_TENSOR), alpha, eps, weight_decay, momentum,
+                                         grad_sign, COMPUTE)
     factors = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF, COMPUTE)
 
     for k in range(0, CHUNK // BLOCK):  # see "Block loop" above
@@ -584,7 +607,7 @@ def _launch(kernel, tables: _DeviceTables, batch: TensorBatch, config, scalars: 
     """One launch of `kernel` over the batch: the signature frame the three kernels share
     (see "shared pieces"), with the optimizer's float64 `scalars` and constexpr `options`."""
     transform = config.grad_transform
-    factors = (transform.grad_scale, transform.found_inf, transform.clip_coef)
+    factors = (transform.grad_scale, transform.found_inf, transform.clip_coef, config.lr_tensor)
     dtype = _TRITON_DTYPES[batch.dtype]
     master = bool(config.master_weights) and batch.dtype in _LOW_PRECISION  # as dispatch_storage in C++
     kernel[(tables.programs,)](
@@ -594,7 +617,7 @@ def _launch(kernel, tables: _DeviceTables, batch: TensorBatch, config, scalars: 
         *_floats(*scalars),
         DTYPE=dtype, STATE=tl.float32 if master else dtype, COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32,
         MASTER=master, GRAD_SCALE=factors[0] is not None, FOUND_INF=factors[1] is not None,
-        CLIP_COEF=factors[2] is not None, **options,
+        CLIP_COEF=factors[2] is not None, LR_TENSOR=factors[3] is not None, **options,
         ALIGNED=tables.aligned, BLOCK=tables.block, CHUNK=tables.chunk, num_warps=tables.num_warps,
         enable_fp_fusion=False,
     )
@@ -603,9 +626,9 @@ def _launch(kernel, tables: _DeviceTables, batch: TensorBatch, config, scalars: 
 def _launch_adam(tables: _DeviceTables, batch: TensorBatch, c: AdamConfig) -> None:
     decoupled = c.decoupled_weight_decay
     _launch(_adam_kernel, tables, batch, c,
-            (c.lr, c.beta1, c.beta2, c.eps, -1.0 if c.maximize else 1.0, 0.0 if decoupled else c.weight_decay,
-             1.0 - c.lr * c.weight_decay if decoupled else 1.0),
-            L2=c.weight_decay != 0 and not decoupled, AMSGRAD=c.amsgrad, OPTIMIZED_UPDATE=c.optimized_update)
+            (c.lr, c.beta1, c.beta2, c.eps, -1.0 if c.maximize else 1.0, c.weight_decay),
+            L2=c.weight_decay != 0 and not decoupled, DECOUPLED=decoupled, AMSGRAD=c.amsgrad,
+            OPTIMIZED_UPDATE=c.optimized_update)
 
 
 def _launch_sgd(tables: _DeviceTables, batch: TensorBatch, c: SGDConfig) -> None:
@@ -641,6 +664,7 @@ def _interpreted() -> bool:
 
 class TritonBackend(Backend):
     name = "triton"
+    reads_lr_tensor = True
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         interpreted = _interpreted()
@@ -672,6 +696,9 @@ class TritonBackend(Backend):
 
     def _run(self, launch: Callable[[_DeviceTables, TensorBatch, object], None], batch: TensorBatch, config) -> None:
         config.grad_transform.check(batch.device)
+        lr = config.lr_tensor
+        if lr is not None and (lr.dtype != torch.float64 or lr.numel() != 1 or lr.device != batch.device):
+            raise RuntimeError(f"lr_tensor must be a one-element float64 tensor on {batch.device}")
         if batch.steps is not None:
             _advance_steps(batch.steps, config.grad_transform)
         # Triton launches on the current device, on its current stream.

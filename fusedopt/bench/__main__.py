@@ -12,6 +12,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     options = parse_arguments(argv)
     config = build_config(options)
+    if options.cuda_chunk_bytes:
+        import fusedopt.backends
+
+        fusedopt.backends.get("cuda").chunk_bytes = options.cuda_chunk_bytes
     result, environment = measure(config, "python -m fusedopt.bench", argv, options.threads)
     print(format_report(result, config, environment))
     if options.json:

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"untimed steps per contender first (default: {_defaults_help(0)})")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch.set_num_threads before timing (default: torch's choice)")
+    parser.add_argument("--cuda-chunk-bytes", type=positive_int, default=None,
+                        help="bytes of each param-dtype list one thread block of fusedopt's CUDA kernels"
+                             " updates (a multiple of 4096; default: the build's, shown by"
+                             " `python -m fusedopt`): run once per size to compare")
     parser.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
     parser.add_argument("--plot", metavar="PATH", help="write a bandwidth bar chart (PNG; needs matplotlib)")
     return parser

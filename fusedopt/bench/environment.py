@@ -10,6 +10,8 @@ from typing import Dict, Optional, Sequence
 import torch
 
 import fusedopt
+import fusedopt.backends
+from fusedopt._native import build_info
 
 
 def describe_environment(device: torch.device, program: str, argv: Sequence[str]) -> Dict[str, object]:
@@ -26,11 +28,17 @@ def describe_environment(device: torch.device, program: str, argv: Sequence[str]
         "triton_version": _installed_version("triton"),
         "fusedopt_version": fusedopt.__version__,
         "fusedopt_info": _fusedopt_info(),
+        "cuda_chunk_bytes": cuda_chunk_bytes(),
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "command_line": " ".join([program, *map(shlex.quote, argv)]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def cuda_chunk_bytes() -> Optional[int]:
+    """The chunk size fusedopt's CUDA kernels run with (None without them)."""
+    return fusedopt.backends.get("cuda").chunk_bytes or build_info().get("cuda_default_chunk_bytes")
 
 
 def load_average() -> float:

@@ -21,7 +21,9 @@ def format_report(result: BenchResult, config: BenchConfig, environment: Mapping
         f" load average {environment['load_average_start']:.1f} at start,"
         f" {environment['load_average_end']:.1f} at end",
         f"torch {environment['torch_version']}, triton {environment['triton_version']},"
-        f" fusedopt {environment['fusedopt_version']}",
+        f" fusedopt {environment['fusedopt_version']}"
+        + (f" (CUDA chunks of {environment['cuda_chunk_bytes']} bytes per list)"
+           if environment.get("cuda_chunk_bytes") else ""),
         f"copy bandwidth: {result.copy.gbps:.1f} GB/s"
         f" (dst.copy_(src) of {result.copy.tensor_bytes / 2**20:.0f} MiB, bytes read + written)",
         f"each row: median of {config.steps} timed steps after {config.warmup} warm-up;"

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .. import backends
-from .._buckets import Bucket, StateMap, _RegroupNeeded, split_into_buckets
+from .._buckets import Bucket, StateMap, _RegroupNeeded, local, split_into_buckets
 from ..backends.base import GradTransform, TensorBatch
 from ..clip import clip_coefficient, global_norm
 from ._update import run_update
@@ -32,6 +32,15 @@ def compiled_step(optimizer) -> None:
     traced(optimizer)
 
 Prepared = List[Tuple[Bucket, TensorBatch, List[int]]]
+
+
+def return_copied_grads(grads: List[torch.Tensor], used: List[torch.Tensor]) -> None:
+    """The kernels wrote the unscaled grads into the tensors they read (GradTransform); where
+    that was a copy in the param's layout (a grad laid out unlike its param, see
+    Bucket._validated_grads), put the values into the user's grad."""
+    for grad, written in zip(grads, used):
+        if written is not grad:
+            grad.copy_(written)
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -52,12 +61,16 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._check_backend_runs(group)
 
     # ----------------------------------------------------------------- subclass API
-    def state_keys(self, group: dict) -> Tuple[str, ...]:
-        """Names of the per-param state tensors the kernels read and write, in table order."""
+    @staticmethod
+    def state_keys(group: dict) -> Tuple[str, ...]:
+        """Names of the per-param state tensors the kernels read and write, in table order.
+        Reads only the options the backend config shares (amsgrad, momentum, centered), so
+        the torch.library op can ask it about a config's fields."""
         raise NotImplementedError
 
     def config_fields(self, group: dict) -> Dict[str, Any]:
-        """The group's hyper-parameters as fields of the backend config (backends/base.py)."""
+        """The group's hyper-parameters as fields of the backend config (backends/base.py),
+        `lr` as the group holds it: a number or a tensor (run_update decides how it travels)."""
         raise NotImplementedError
 
     kind: str = ""  # "adam", "sgd" or "rmsprop": the backend op and its config
@@ -148,11 +161,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         for group, batches in zip(self.param_groups, prepared):
             fields = self.config_fields(group)
             for bucket, batch, fresh in batches:
+                transform = transforms(group, bucket.device)
                 run_update(
                     self.kind, backends.resolve(group["backend"], bucket.device), batch, fresh, fields,
-                    master_weights=self._uses_master(group, bucket.dtype),
-                    grad_transform=transforms(group, bucket.device),
+                    master_weights=self._uses_master(group, bucket.dtype), grad_transform=transform,
                 )
+                if transform.writes_grad() and bucket._grads_copied:
+                    return_copied_grads([local(p.grad) for p in bucket.params if p.grad is not None], batch.grads)
         return loss
 
     # ----------------------------------------------------------------- state

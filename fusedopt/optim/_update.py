@@ -2,7 +2,10 @@
 group's fields, shared by the eager step and the torch.library op (fusedopt/_ops.py)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
 
 from .._buckets import select
 from ..backends.base import AdamConfig, Backend, RMSpropConfig, SGDConfig, TensorBatch
@@ -10,12 +13,27 @@ from ..backends.base import AdamConfig, Backend, RMSpropConfig, SGDConfig, Tenso
 CONFIGS = {"adam": AdamConfig, "sgd": SGDConfig, "rmsprop": RMSpropConfig}
 
 
+def learning_rate(lr, backend: Backend, device: torch.device) -> Tuple[float, Optional[torch.Tensor]]:
+    """(lr, lr_tensor) for a config (see LR_TENSOR in backends/base.py): a tensor lr on the
+    params' device goes to a backend that reads it as a float64 tensor, with no host sync
+    (a float32 one is converted on the device); anything else is read here."""
+    if not isinstance(lr, torch.Tensor):
+        return float(lr), None
+    if backend.reads_lr_tensor and lr.device == device and lr.numel() == 1 and lr.is_floating_point():
+        return math.nan, lr.detach().to(torch.float64).reshape(())
+    return float(lr.item()), None
+
+
 def run_update(kind: str, backend: Backend, batch: TensorBatch, fresh: List[int], fields: Dict[str, Any],
                **common) -> None:
-    """`fields`: the optimizer's hyper-parameters; `common`: master_weights, grad_transform.
-    `fresh`: batch indices whose state was just created (SGD's first-step rule needs them)."""
+    """`fields`: the optimizer's hyper-parameters (`lr` a number or a one-element tensor);
+    `common`: master_weights, grad_transform. `fresh`: batch indices whose state was just
+    created (SGD's first-step rule needs them)."""
     config_class = CONFIGS[kind]
     op = getattr(backend, kind)
+    lr, lr_tensor = learning_rate(fields["lr"], backend, batch.device)
+    fields = dict(fields, lr=lr)
+    common = dict(common, lr_tensor=lr_tensor)
     if "first_step" not in config_class.__dataclass_fields__:
         op(batch, config_class(**fields, **common))
     elif not fresh or len(fresh) == len(batch):

@@ -45,13 +45,14 @@ class Adam(FusedOptimizer):
             for group in self.param_groups:
                 group["decoupled_weight_decay"] = True
 
-    def state_keys(self, group: dict) -> Tuple[str, ...]:
+    @staticmethod
+    def state_keys(group: dict) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
     def config_fields(self, group: dict) -> Dict[str, Any]:
         beta1, beta2 = group["betas"]
         return dict(
-            lr=scalar(group["lr"]), beta1=scalar(beta1), beta2=scalar(beta2), eps=group["eps"],
+            lr=group["lr"], beta1=scalar(beta1), beta2=scalar(beta2), eps=group["eps"],
             weight_decay=group["weight_decay"], amsgrad=group["amsgrad"], maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"], optimized_update=group["optimized_update"],
         )

@@ -30,7 +30,8 @@ class RMSprop(FusedOptimizer):
         )
         super().__init__(params, defaults)
 
-    def state_keys(self, group: dict) -> Tuple[str, ...]:
+    @staticmethod
+    def state_keys(group: dict) -> Tuple[str, ...]:
         keys = ("square_avg",)
         if group["centered"]:
             keys += ("grad_avg",)
@@ -40,6 +41,6 @@ class RMSprop(FusedOptimizer):
 
     def config_fields(self, group: dict) -> Dict[str, Any]:
         return dict(
-            lr=scalar(group["lr"]), alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
+            lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
             momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"],
         )

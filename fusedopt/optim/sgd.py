@@ -35,11 +35,12 @@ class SGD(FusedOptimizer):
         )
         super().__init__(params, defaults)
 
-    def state_keys(self, group: dict) -> Tuple[str, ...]:
+    @staticmethod
+    def state_keys(group: dict) -> Tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
     def config_fields(self, group: dict) -> Dict[str, Any]:
         return dict(
-            lr=scalar(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
+            lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
             weight_decay=scalar(group["weight_decay"]), nesterov=group["nesterov"], maximize=group["maximize"],
         )

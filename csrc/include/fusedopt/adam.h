@@ -16,11 +16,12 @@ struct AdamConfig {
   bool decoupled_weight_decay;  // AdamW: p *= 1 - lr*wd, instead of g += wd*p
   bool optimized_update;        // Kingma & Ba's "efficient" form: eps added to sqrt(v) unscaled
   bool master_weights = false;  // 16-bit params: fp32 master copy (last state row) and fp32 moments
+  const double* lr_tensor = nullptr;  // when set, lr is read from here (see learning_rate)
   GradTransform grad_transform = {};
 };
 
 // Scalars that depend on the tensor's step, computed in double (as torch does in Python)
-// and rounded once to the math type.
+// and rounded once to the math type. `step` is the counter after this step's increment.
 template <typename T> struct AdamCoefficients {
   T one_minus_beta1, beta2, one_minus_beta2, eps;
   T grad_sign;        // -1 with maximize; multiplying by +-1 is exact
@@ -33,8 +34,9 @@ template <typename T> struct AdamCoefficients {
 
 template <typename T>
 FUSEDOPT_HD AdamCoefficients<T> adam_coefficients(const AdamConfig& c, double step) {
-  const double bias_correction1 = 1.0 - std::pow(c.beta1, step);
-  const double bias_correction2_sqrt = std::sqrt(1.0 - std::pow(c.beta2, step));
+  const double lr = learning_rate(c.lr_tensor, c.lr);
+  const double bias_correction1 = 1.0 - step_power(c.beta1, step);
+  const double bias_correction2_sqrt = std::sqrt(1.0 - step_power(c.beta2, step));
   AdamCoefficients<T> k;
   k.one_minus_beta1 = T(1.0 - c.beta1);
   k.beta2 = T(c.beta2);
@@ -43,21 +45,23 @@ FUSEDOPT_HD AdamCoefficients<T> adam_coefficients(const AdamConfig& c, double st
   k.grad_sign = c.maximize ? T(-1) : T(1);
   k.grad = grad_factors<T>(c.grad_transform);
   k.l2_decay = c.decoupled_weight_decay ? T(0) : T(c.weight_decay);
-  k.param_scale = c.decoupled_weight_decay ? T(1.0 - c.lr * c.weight_decay) : T(1);
+  k.param_scale = c.decoupled_weight_decay ? T(1.0 - lr * c.weight_decay) : T(1);
   if (c.optimized_update) {
-    k.neg_step_size = T(-c.lr * bias_correction2_sqrt / bias_correction1);
+    k.neg_step_size = T(-lr * bias_correction2_sqrt / bias_correction1);
     k.denom_divisor = T(1);
   } else {
-    k.neg_step_size = T(-c.lr / bias_correction1);
+    k.neg_step_size = T(-lr / bias_correction1);
     k.denom_divisor = T(bias_correction2_sqrt);
   }
   return k;
 }
 
-// One element. `max_v` is only touched when AMSGRAD.
+// One element. `g` comes in as stored and leaves unscaled and clipped (what the caller
+// writes back when writes_grad). `max_v` is only touched when AMSGRAD.
 template <bool AMSGRAD, typename T>
-FUSEDOPT_HD void adam_update(T& p, T g, T& m, T& v, T& max_v, const AdamCoefficients<T>& k) {
-  g = transformed_grad(g, k.grad, k.grad_sign);
+FUSEDOPT_HD void adam_update(T& p, T& g_in, T& m, T& v, T& max_v, const AdamCoefficients<T>& k) {
+  g_in = unscaled_grad(g_in, k.grad);
+  T g = g_in * k.grad_sign;
   g = k.l2_decay != T(0) ? g + k.l2_decay * p : g;  // a select, not a branch: keeps loops vectorisable
   p = p * k.param_scale;
   m = lerp(m, g, k.one_minus_beta1);

@@ -2,6 +2,7 @@
 // float storage types with their conversions. No libtorch, no CUDA headers on the host.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -93,6 +94,13 @@ template <> FUSEDOPT_HD BFloat16 from_opmath<BFloat16>(float x) { return float_t
 // NaN was found), and the clip coefficient of max_grad_norm (grad * coef). Each is a
 // pointer to one float32 beside the params (host memory for the CPU kernels, device memory
 // for the GPU ones) or null, so a GPU step reads them without a host sync.
+//
+// When a scale or a clip coefficient is given, the kernels also store the gradient they
+// used (grad / scale * coef, before maximize's sign and weight decay, rounded to the grad's
+// dtype) back into the grad: torch's fused optimizers write grad / scale back under
+// GradScaler, and torch's scaler.unscale_ + clip_grad_norm_ leave the grads unscaled and
+// clipped, so p.grad after the step is what torch leaves. A skipped step (found_inf)
+// writes nothing, as torch's fused optimizers, which return before touching the grads.
 struct GradTransform {
   const float* grad_scale = nullptr;
   const float* found_inf = nullptr;
@@ -100,6 +108,9 @@ struct GradTransform {
 };
 
 FUSEDOPT_HD bool step_skipped(const GradTransform& t) { return t.found_inf != nullptr && *t.found_inf != 0.0f; }
+
+// Whether the kernels store the transformed gradient back (see GradTransform).
+FUSEDOPT_HD bool writes_grad(const GradTransform& t) { return t.grad_scale != nullptr || t.clip_coef != nullptr; }
 
 template <typename T> struct GradFactors {
   T divisor = T(1);     // dividing by 1 and multiplying by 1 are exact: no branch needed
@@ -113,8 +124,38 @@ template <typename T> FUSEDOPT_HD GradFactors<T> grad_factors(const GradTransfor
   return f;
 }
 
-template <typename T> FUSEDOPT_HD T transformed_grad(T g, const GradFactors<T>& f, T sign) {
-  return g / f.divisor * f.multiplier * sign;
+// The gradient the update uses, and the one written back: unscaled and clipped.
+template <typename T> FUSEDOPT_HD T unscaled_grad(T g, const GradFactors<T>& f) { return g / f.divisor * f.multiplier; }
+
+// The learning rate: a number from Python, or read from memory when Python passed a
+// float64 tensor (`lr_tensor`), so a captured CUDA graph follows a schedule.
+FUSEDOPT_HD double learning_rate(const double* lr_tensor, double lr) { return lr_tensor != nullptr ? *lr_tensor : lr; }
+
+// base ** step for a step counter (a whole number stored as a float32), the same bits on
+// the CPU and the GPU: std::pow and CUDA's pow differ in the last place, so neither is
+// used. Squaring in double-double arithmetic (fma gives each product's rounding error
+// exactly) keeps ~100 bits, and the one final rounding is the correctly rounded result
+// except within ~2^-100 of a tie. Only IEEE operations: the host and device compilers'
+// fma, and no contraction of the rest (-ffp-contract=off, nvcc --fmad=false). A counter
+// that is not a whole number (never written by fusedopt) falls back to std::pow.
+FUSEDOPT_HD void two_product(double a_hi, double a_lo, double b_hi, double b_lo, double& hi, double& lo) {
+  const double product = a_hi * b_hi;
+  double error = std::fma(a_hi, b_hi, -product);
+  error = error + (a_hi * b_lo + a_lo * b_hi);
+  hi = product + error;
+  lo = error - (hi - product);
+}
+
+FUSEDOPT_HD double step_power(double base, double step) {
+  if (!(step >= 0.0 && step <= 4294967295.0) || step != double(uint64_t(step))) return std::pow(base, step);
+  uint64_t n = uint64_t(step);
+  double result_hi = 1.0, result_lo = 0.0, square_hi = base, square_lo = 0.0;
+  while (n != 0) {
+    if (n & 1u) two_product(result_hi, result_lo, square_hi, square_lo, result_hi, result_lo);
+    n >>= 1;
+    if (n != 0) two_product(square_hi, square_lo, square_hi, square_lo, square_hi, square_lo);
+  }
+  return result_hi + result_lo;
 }
 
 // torch's lerp: the two-sided formula keeps the result exact at weight 0 and 1.

@@ -12,6 +12,7 @@ struct RMSpropConfig {
   double lr, alpha, eps, weight_decay, momentum;
   bool centered, maximize;
   bool master_weights = false;  // see AdamConfig
+  const double* lr_tensor = nullptr;  // see AdamConfig
   GradTransform grad_transform = {};
 };
 
@@ -22,7 +23,7 @@ template <typename T> struct RMSpropCoefficients {
 
 template <typename T> FUSEDOPT_HD RMSpropCoefficients<T> rmsprop_coefficients(const RMSpropConfig& c) {
   RMSpropCoefficients<T> k;
-  k.neg_lr = T(-c.lr);
+  k.neg_lr = T(-learning_rate(c.lr_tensor, c.lr));
   k.alpha = T(c.alpha);
   k.one_minus_alpha = T(1.0 - c.alpha);
   k.eps = T(c.eps);
@@ -33,11 +34,13 @@ template <typename T> FUSEDOPT_HD RMSpropCoefficients<T> rmsprop_coefficients(co
   return k;
 }
 
-// One element. `grad_avg` is only touched when CENTERED, `buf` only when MOMENTUM.
+// One element. `g` as in adam_update; `grad_avg` is only touched when CENTERED, `buf`
+// only when MOMENTUM.
 template <bool CENTERED, bool MOMENTUM, typename T>
-FUSEDOPT_HD void rmsprop_update(T& p, T g, T& square_avg, T& grad_avg, T& buf,
+FUSEDOPT_HD void rmsprop_update(T& p, T& g_in, T& square_avg, T& grad_avg, T& buf,
                                 const RMSpropCoefficients<T>& k) {
-  g = transformed_grad(g, k.grad, k.grad_sign);
+  g_in = unscaled_grad(g_in, k.grad);
+  T g = g_in * k.grad_sign;
   g = k.weight_decay != T(0) ? g + k.weight_decay * p : g;  // a select: see adam.h
   square_avg = square_avg * k.alpha + k.one_minus_alpha * g * g;
   T avg;

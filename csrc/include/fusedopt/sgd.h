@@ -12,6 +12,7 @@ struct SGDConfig {
   // torch's first-step rule: a missing momentum buffer starts as a copy of the gradient.
   bool first_step;
   bool master_weights = false;  // see AdamConfig
+  const double* lr_tensor = nullptr;  // see AdamConfig
   GradTransform grad_transform = {};
 };
 
@@ -23,7 +24,7 @@ template <typename T> struct SGDCoefficients {
 
 template <typename T> FUSEDOPT_HD SGDCoefficients<T> sgd_coefficients(const SGDConfig& c) {
   SGDCoefficients<T> k;
-  k.neg_lr = T(-c.lr);
+  k.neg_lr = T(-learning_rate(c.lr_tensor, c.lr));
   k.weight_decay = T(c.weight_decay);
   k.momentum = T(c.momentum);
   k.one_minus_dampening = T(1.0 - c.dampening);
@@ -34,10 +35,11 @@ template <typename T> FUSEDOPT_HD SGDCoefficients<T> sgd_coefficients(const SGDC
   return k;
 }
 
-// One element. `buf` is only touched when MOMENTUM.
+// One element. `g` as in adam_update; `buf` is only touched when MOMENTUM.
 template <bool MOMENTUM, typename T>
-FUSEDOPT_HD void sgd_update(T& p, T g, T& buf, const SGDCoefficients<T>& k) {
-  g = transformed_grad(g, k.grad, k.grad_sign);
+FUSEDOPT_HD void sgd_update(T& p, T& g_in, T& buf, const SGDCoefficients<T>& k) {
+  g_in = unscaled_grad(g_in, k.grad);
+  T g = g_in * k.grad_sign;
   g = k.weight_decay != T(0) ? g + k.weight_decay * p : g;  // a select: see adam.h
   if (MOMENTUM) {
     buf = k.first_step ? g : buf * k.momentum + k.one_minus_dampening * g;

@@ -1,0 +1,143 @@
+"""The CUDA kernels as ptxas compiles them, checked without a GPU (issue 9, part 2).
+
+Each optimizer's source is compiled for sm_90 with the flags CMakeLists.txt uses, keeping
+ptxas's resource report (-Xptxas -v) and the PTX. Every update kernel must
+- spill nothing and use no stack (local memory: a spill per element of a memory-bound loop
+  costs as much as the update's own traffic),
+- fit the blocks of 256 threads its launch bounds ask for on a multiprocessor (the PTX's
+  .minnctapersm, launch_plan.h's kMinBlocksFor: 4, at most 64 registers, for float32
+  math; 3, at most 80, for float64) -- and ask for at least 3,
+- contain no fused multiply-add in its PTX: the CPU kernels are built with
+  -ffp-contract=off, and the CUDA ones must round every operation of the shared math the
+  same way (--fmad=false) to compute the same bits. (The prologue kernels keep the
+  explicit fma of fusedopt::step_power.)
+The registers of every kernel are printed. Slow (a minute or two on two cores).
+"""
+import concurrent.futures
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NVCC = shutil.which("nvcc")
+SOURCES = ("adam", "sgd", "rmsprop")
+ARCH = "90"
+# CMakeLists.txt's FUSEDOPT_CUDA_FLAGS (test_flags_match_cmakelists keeps them in step).
+FLAGS = ("-O3", "--expt-relaxed-constexpr", "--fmad=false")
+THREADS_PER_BLOCK, REGISTERS_PER_SM = 256, 65536
+
+
+def max_registers(blocks: int) -> int:
+    """Registers a thread may use for `blocks` blocks to fit (allocated in units of 8)."""
+    return REGISTERS_PER_SM // (THREADS_PER_BLOCK * blocks) // 8 * 8
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(NVCC is None, reason="needs nvcc (the CUDA toolkit)")]
+
+
+def _compile(source: str, out: Path) -> str:
+    keep = out / source
+    keep.mkdir()
+    command = [NVCC, "-std=c++17", *FLAGS, f"-I{ROOT / 'csrc/include'}", f"-I{ROOT / 'csrc'}",
+               f"-gencode=arch=compute_{ARCH},code=sm_{ARCH}", "-Xptxas", "-v", "--keep", "--keep-dir", str(keep),
+               "-c", str(ROOT / "csrc/cuda" / f"{source}.cu"), "-o", str(keep / f"{source}.o")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stderr
+
+
+def parse_resource_usage(report: str) -> dict:
+    """{mangled kernel name: {"registers", "stack", "spill_stores", "spill_loads"}} from -Xptxas -v."""
+    kernels, current = {}, None
+    for line in report.splitlines():
+        match = re.search(r"Compiling entry function '([^']+)' for 'sm_\d+'", line)
+        if match:
+            current = kernels.setdefault(match.group(1), {})
+            continue
+        match = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if match and current is not None:
+            current.update(stack=int(match[1]), spill_stores=int(match[2]), spill_loads=int(match[3]))
+        match = re.search(r"Used (\d+) registers", line)
+        if match and current is not None:
+            current["registers"] = int(match[1])
+    return kernels
+
+
+def ptx_entries(ptx: str) -> dict:
+    """{entry name: its PTX body} of a .ptx file."""
+    starts = [(m.start(), m.group(1)) for m in re.finditer(r"\.entry\s+(\S+?)\(", ptx)]
+    ends = [m.start() for m in re.finditer(r"\n(?:\.visible\s+|\.weak\s+)*\.(?:entry|func)\s", ptx)] + [len(ptx)]
+    entries = {}
+    for start, name in starts:
+        end = min(e for e in ends if e > start + 1)
+        entries[name] = ptx[start:end]
+    return entries
+
+
+def readable(name: str) -> str:
+    """_ZN8fusedopt4cuda19multi_tensor_kernelI...AdamChunkOpIffEELl4096E... -> a short label."""
+    kind = "update" if "multi_tensor_kernel" in name else "prologue" if "prologue_kernel" in name else name
+    op = re.search(r"(Adam|SGD|RMSprop)ChunkOp(I.*?E)E", name)
+    types = {"f": "float", "d": "double", "NS_4HalfE": "half", "NS_8BFloat16E": "bfloat16"}
+    storage = re.findall(r"NS_4HalfE|NS_8BFloat16E|S4_|[fd]", op.group(2)[1:-1]) if op else []
+    names = []
+    for t in storage:
+        names.append(names[-1] if t == "S4_" else types[t])
+    limit = re.search(r"ELl(\d+)EE", name)
+    return f"{kind:8s} {op.group(1) if op else '?':7s} {'/'.join(names):15s} {limit.group(1) if limit else ''}"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ptxas")
+    with concurrent.futures.ThreadPoolExecutor(len(SOURCES)) as pool:
+        reports = dict(zip(SOURCES, pool.map(lambda s: _compile(s, out), SOURCES)))
+    usage, ptx = {}, {}
+    for source in SOURCES:
+        usage.update(parse_resource_usage(reports[source]))
+        (ptx_file,) = (out / source).glob(f"*{source}*.ptx")
+        ptx.update(ptx_entries(ptx_file.read_text()))
+    return usage, ptx
+
+
+def test_flags_match_cmakelists():
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    (line,) = [line for line in cmake.splitlines() if line.strip().startswith("set(FUSEDOPT_CUDA_FLAGS")]
+    assert line.split("FUSEDOPT_CUDA_FLAGS", 1)[1].strip(" )").split() == list(FLAGS)
+
+
+def min_blocks(body: str) -> int:
+    match = re.search(r"\.minnctapersm\s+(\d+)", body)
+    return int(match.group(1)) if match else 1
+
+
+def test_update_kernels_neither_spill_nor_crowd_out_blocks(compiled, capsys):
+    usage, ptx = compiled
+    update = {name: u for name, u in usage.items() if "multi_tensor_kernel" in name}
+    assert len(update) == 3 * 6 * 2  # optimizers x storage combinations x parameter-block sizes
+    with capsys.disabled():
+        print(f"\nptxas, sm_{ARCH}: registers / stack / spill stores / spill loads / launch-bound blocks per kernel")
+        for name in sorted(usage, key=readable):
+            u = usage[name]
+            print(f"  {u['registers']:4d}  {u['stack']:3d}  {u['spill_stores']:3d}  {u['spill_loads']:3d}  "
+                  f"{min_blocks(ptx[name]):2d}  {readable(name)}")
+    problems = [f"{readable(name)}: {u}" for name, u in usage.items()
+                if u["spill_stores"] or u["spill_loads"] or u["stack"]]
+    assert not problems, "kernels spilling or using local memory:\n" + "\n".join(problems)
+    crowded = [f"{readable(name)}: {u['registers']} registers for {min_blocks(ptx[name])} blocks"
+               for name, u in update.items()
+               if min_blocks(ptx[name]) < 3 or u["registers"] > max_registers(min_blocks(ptx[name]))]
+    assert not crowded, "update kernels that fit fewer than 3 blocks, or not their launch bounds:\n" + "\n".join(crowded)
+
+
+def test_update_kernels_contract_no_multiply_add(compiled):
+    _, ptx = compiled
+    update = {name: body for name, body in ptx.items() if "multi_tensor_kernel" in name}
+    assert len(update) == 3 * 6 * 2
+    for name, body in update.items():
+        assert "call" not in re.findall(r"^\s*(call)\b", body, re.MULTILINE), f"{readable(name)} calls a function"
+        fused = re.findall(r"^\s*((?:fma|mad)\.\S+)", body, re.MULTILINE)
+        assert not fused, f"{readable(name)}: {sorted(set(fused))}"
+        assert re.search(r"^\s*(?:mul|add)\.rn\.f(?:32|64)", body, re.MULTILINE), f"{readable(name)}: no float math?"
