@@ -41,14 +41,21 @@ class HostCUDABackend(Backend):
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         return None if device.type == "cpu" else f"{self.name} runs the CUDA kernels on CPU tensors"
 
+    def _launch(self, op, batch: TensorBatch, config) -> None:
+        # As CUDABackend._launch: a workspace for the prologue kernel's coefficient records
+        # (host memory here, fresh each call so a stale record cannot hide), the build's chunk size.
+        per_tensor = host.build_info()["cuda_workspace_bytes_per_tensor"]
+        workspace = torch.empty((len(batch) + 1) * per_tensor, dtype=torch.uint8)
+        op(*_native_arguments(batch, config), workspace.data_ptr(), workspace.numel(), 0, self.device, 0)
+
     def adam(self, batch: TensorBatch, config: AdamConfig) -> None:
-        host.cuda_adam(*_native_arguments(batch, config), self.device, 0)
+        self._launch(host.cuda_adam, batch, config)
 
     def sgd(self, batch: TensorBatch, config: SGDConfig) -> None:
-        host.cuda_sgd(*_native_arguments(batch, config), self.device, 0)
+        self._launch(host.cuda_sgd, batch, config)
 
     def rmsprop(self, batch: TensorBatch, config: RMSpropConfig) -> None:
-        host.cuda_rmsprop(*_native_arguments(batch, config), self.device, 0)
+        self._launch(host.cuda_rmsprop, batch, config)
 
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
         # The clip coefficient must be the CPU backend's, so that only the update differs.

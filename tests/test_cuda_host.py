@@ -404,7 +404,8 @@ def test_an_illegal_access_fails_the_launch(kernel, message):
 def test_an_unknown_device_is_an_error_naming_the_op():
     table = array.array("q", [1, 0, 0, 0])
     with pytest.raises(RuntimeError, match="fusedopt cuda sgd"):
-        host.cuda_sgd(table.buffer_info()[0], 1, 0, 0.1, 0.0, 0.0, 0.0, False, False, False, False, 0, 0, 0, 7, 0)
+        host.cuda_sgd(table.buffer_info()[0], 1, 0, 0.1, 0.0, 0.0, 0.0, False, False, False, False, 0, 0, 0, 0,
+                      0, 0, 0, 7, 0)  # ..., lr tensor, scale, found_inf, clip, workspace, its size, chunk, device, stream
 
 
 @pytest.mark.parametrize("device, refused", [(LARGE_BLOCKS_DEVICE, False), (CLASSIC_BLOCKS_DEVICE, True)])

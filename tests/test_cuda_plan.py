@@ -184,9 +184,9 @@ MAX_CHUNKS_PER_LAUNCH = 2**31 - 1  # gridDim.x
 
 def capacity(limit, tensor_lists):
     """Tensors one parameter block holds (csrc/cuda/launch_plan.h): 32-bit cells after a
-    16-byte header, the op's 256 bytes kept aside; per tensor a record of 2 * (1 + lists)
+    24-byte header, the op's 256 bytes kept aside; per tensor a record of 2 * (1 + lists)
     cells and a first-chunk cell, plus the closing first-chunk cell."""
-    cells = ((limit - 256) // 8 * 8 - 16) // 4
+    cells = ((limit - 256) // 8 * 8 - 24) // 4
     return (cells - 1) // (2 * (1 + tensor_lists) + 1)
 
 

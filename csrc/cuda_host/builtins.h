@@ -101,6 +101,16 @@ template <typename To, typename From> inline To bits_as(From from) {
 
 inline unsigned int __float_as_uint(float x) { return fusedopt::cuda_host::bits_as<unsigned int>(x); }
 inline float __uint_as_float(unsigned int x) { return fusedopt::cuda_host::bits_as<float>(x); }
+inline double __hiloint2double(int hi, int lo) {
+  return fusedopt::cuda_host::bits_as<double>((static_cast<unsigned long long>(static_cast<unsigned int>(hi)) << 32) |
+                                              static_cast<unsigned int>(lo));
+}
+inline int __double2hiint(double x) {
+  return static_cast<int>(static_cast<unsigned int>(fusedopt::cuda_host::bits_as<unsigned long long>(x) >> 32));
+}
+inline int __double2loint(double x) {
+  return static_cast<int>(static_cast<unsigned int>(fusedopt::cuda_host::bits_as<unsigned long long>(x)));
+}
 inline int __float_as_int(float x) { return fusedopt::cuda_host::bits_as<int>(x); }
 inline float __int_as_float(int x) { return fusedopt::cuda_host::bits_as<float>(x); }
 inline long long __double_as_longlong(double x) { return fusedopt::cuda_host::bits_as<long long>(x); }
