@@ -83,7 +83,7 @@ class Guarded:
     """
 
     def __init__(self):
-        self._buffers: List[Tuple[torch.Tensor, int, int, torch.Tensor]] = []
+        self._buffers: List[Tuple[torch.Tensor, int, int, torch.Tensor, torch.Tensor]] = []
 
     def place(self, t: torch.Tensor, shift: int = 0) -> torch.Tensor:
         size = t.element_size()
@@ -91,23 +91,30 @@ class Guarded:
         buffer = torch.empty(start + t.numel() + GUARD_BYTES // size, dtype=t.dtype)
         assert buffer.data_ptr() % 64 == 0, "torch's CPU allocator aligns to 64 bytes"
         raw = buffer.view(torch.uint8)
-        pattern = (torch.arange(raw.numel(), dtype=torch.int64) * 37 + 11 + len(self._buffers)) % 251
-        raw.copy_(pattern.to(torch.uint8))
+        begin, end = start * size, (start + t.numel()) * size
+        head, tail = _pattern(begin, len(self._buffers)), _pattern(raw.numel() - end, len(self._buffers) + 1)
+        raw[:begin] = head
+        raw[end:] = tail
         view = buffer[start:start + t.numel()].view(t.shape)
         view.copy_(t)
-        self._buffers.append((raw, start * size, (start + t.numel()) * size, raw.clone()))
+        self._buffers.append((raw, begin, end, head, tail))
         return view
 
     def check(self) -> None:
-        for index, (raw, begin, end, before) in enumerate(self._buffers):
-            for name, part in (("before", slice(0, begin)), ("after", slice(end, raw.numel()))):
-                changed = (raw[part] != before[part]).nonzero()
+        for index, (raw, begin, end, head, tail) in enumerate(self._buffers):
+            for name, part, expected in (("before", slice(0, begin), head), ("after", slice(end, None), tail)):
+                changed = (raw[part] != expected).nonzero()
                 assert changed.numel() == 0, (
                     f"buffer {index}: {changed.numel()} guard bytes {name} the tensor were written "
-                    f"(first at byte {int(changed[0]) + part.start} of {raw.numel()})")
+                    f"(first at byte {int(changed[0]) + (part.start or 0)} of {raw.numel()})")
 
     def __len__(self) -> int:
         return len(self._buffers)
+
+
+def _pattern(count: int, seed: int) -> torch.Tensor:
+    """Bytes no kernel writes by chance: no run of equal bytes, different per buffer."""
+    return ((torch.arange(count, dtype=torch.int32) * 37 + 11 + seed) % 251).to(torch.uint8)
 
 
 # Which of a tensor's lists sit one element past an aligned address: all, none, or one kind.

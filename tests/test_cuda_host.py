@@ -22,7 +22,6 @@ kernels, so (a) says the CUDA sources compute the CPU's bits when compiled that 
 from __future__ import annotations
 
 import array
-import math
 
 import pytest
 import torch
@@ -276,8 +275,9 @@ def test_every_element_is_updated_exactly_once(variant, dtype, master, backend, 
 ], ids=["adam-amsgrad-bf16-master-device0", "rmsprop-momentum-f64-device0", "sgd-momentum-f32-device1",
         "adam-f16-device1"])
 def test_more_tensors_than_one_launch_holds(variant, dtype, master, device):
-    """A table that needs several launches (of 32 KB parameter blocks on device 0, 4 KB on
-    device 1), with empty tensors among tiny ones."""
+    """A table that needs several update launches (of 32 KB parameter blocks on device 0,
+    4 KB on device 1), with empty tensors among tiny ones; on device 1 the step counters
+    too take more than one launch (508 fit a 4 KB block)."""
     backend = "cuda_host" if device == LARGE_BLOCKS_DEVICE else "cuda_host_classic"
     # One probe step creates the state that tells how many addresses a record carries.
     probe = Counting(variant, [1], dtype, master, backend, steps=1)
@@ -285,7 +285,7 @@ def test_more_tensors_than_one_launch_holds(variant, dtype, master, device):
     capacity = host.cuda_launch_plan([1] * 5000, record_addresses(probe.optimizer), element_size(dtype),
                                      large_parameter_block=device == LARGE_BLOCKS_DEVICE)["tensors_per_launch"][0]
     sizes = []
-    while sum(n > 0 for n in sizes) < capacity + 20:
+    while sum(n > 0 for n in sizes) < capacity + 20 or len(sizes) < STEP_COUNTERS_PER_CLASSIC_LAUNCH + 20:
         sizes.append(0 if len(sizes) % 9 == 0 else len(sizes) % 5 + 1)
     host.host_clear_launch_log()
     run = Counting(variant, sizes, dtype, master, backend, steps=1)
@@ -296,6 +296,12 @@ def test_more_tensors_than_one_launch_holds(variant, dtype, master, device):
     if device == LARGE_BLOCKS_DEVICE:
         assert any(entry["parameter_bytes"] > 4096 for entry in launches)
     assert sum(entry["blocks_run"] for entry in launches) == sum(n > 0 for n in sizes)  # one chunk each
+    increments = [entry for entry in host.host_launch_log() if "StepCounterArgs" in entry["parameters"]]
+    if "step" in run.optimizer.state[run.params[0]]:
+        assert len(increments) == (1 if device == LARGE_BLOCKS_DEVICE else 2)
+
+
+STEP_COUNTERS_PER_CLASSIC_LAUNCH = (4096 - 3 * 8 - 8) // 8  # launch_plan.h's StepCounterArgs
 
 
 def record_addresses(optimizer) -> int:

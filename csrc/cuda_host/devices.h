@@ -1,4 +1,5 @@
 // The two devices the host build emulates, and the executor's controls for the tests.
+// Plain C++ (no CUDA built-ins), so that bindings.cpp can include it through controls.h.
 //
 // Device 0 is an H100/H200-like GPU (compute capability 9.0) whose driver accepts the
 // 32,764-byte kernel parameter blocks of CUDA 12.1+; device 1 is a Pascal GPU (6.0) that
@@ -28,7 +29,7 @@ const DeviceDescription* device_description(int device);
 // What one launch asked for, and how many of its blocks ran.
 struct LaunchRecord {
   int device;
-  dim3 grid, block;
+  unsigned grid[3], block[3];  // x, y, z
   size_t parameter_bytes;
   std::string parameters;  // the kernel's parameter types, demangled
   uint64_t blocks_run;
@@ -49,5 +50,11 @@ void set_block_window(uint64_t first, uint64_t last);
 // threads of `device` and returns what they wrote; throws std::runtime_error when the
 // launch fails.
 std::vector<unsigned> run_selftest(const std::string& name, unsigned blocks, int device);
+
+// The shim's 16-bit conversions (the GPU's cvt.rn; builtins.h) over arrays, for the tests
+// to compare with torch's.
+void float_to_half_bits(const float* in, uint16_t* out, int64_t count);
+void float_to_bfloat16_bits(const float* in, uint16_t* out, int64_t count);
+void half_bits_to_float(const uint16_t* in, float* out, int64_t count);
 
 }  // namespace fusedopt::cuda_host

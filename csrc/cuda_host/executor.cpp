@@ -264,7 +264,9 @@ const DeviceDescription* device_description(int device) {
 void execute(const LaunchConfig& config, size_t parameter_bytes, const std::type_info& parameters,
              void (*run)(void*), void* context) {
   const std::lock_guard<std::mutex> lock(g_launch_mutex);
-  LaunchRecord record{t_device, config.grid, config.block, parameter_bytes, demangled(parameters), 0, cudaSuccess};
+  LaunchRecord record{t_device, {config.grid.x, config.grid.y, config.grid.z},
+                      {config.block.x, config.block.y, config.block.z}, parameter_bytes, demangled(parameters), 0,
+                      cudaSuccess};
   cudaError_t error = cudaSuccess;
   std::string problem = configuration_problem(config, parameter_bytes, *device_description(t_device), error);
   if (problem.empty()) {
@@ -429,6 +431,8 @@ cudaError_t cudaMemset(void* to, int value, size_t bytes) {
   return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* to, int value, size_t bytes, cudaStream_t) { return cudaMemset(to, value, bytes); }
+cudaError_t cudaMallocAsync(void** pointer, size_t bytes, cudaStream_t) { return cudaMalloc(pointer, bytes); }
+cudaError_t cudaFreeAsync(void* pointer, cudaStream_t) { return cudaFree(pointer); }
 
 // ---- illegal accesses ------------------------------------------------------------------------------
 // The kernels are compiled with -fsanitize=alignment,null, whose checks call this handler

@@ -1,4 +1,5 @@
-// Kernels that check the executor itself (tests/test_cuda_host.py): __syncthreads must
+// What the tests of the shim and the executor call (tests/test_cuda_host.py): the shim's
+// 16-bit conversions, and kernels that check the executor itself: __syncthreads must
 // order shared-memory writes before reads for every thread, any number of times; a block
 // whose threads do not all meet at the same barrier, a misaligned, null or unmapped access,
 // a thread's stack overflow and parameters over the device's limit must fail the launch.
@@ -6,6 +7,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "cuda_host/devices.h"
 
 namespace fusedopt::cuda_host {
 namespace {
@@ -113,6 +116,16 @@ std::vector<unsigned> run_selftest(const std::string& name, unsigned blocks, int
   const cudaError_t error = cudaGetLastError();
   if (error != cudaSuccess) throw std::runtime_error(cudaGetErrorString(error));
   return out;
+}
+
+void float_to_half_bits(const float* in, uint16_t* out, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) out[i] = __half_as_ushort(__float2half_rn(in[i]));
+}
+void float_to_bfloat16_bits(const float* in, uint16_t* out, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(in[i]));
+}
+void half_bits_to_float(const uint16_t* in, float* out, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) out[i] = __half2float(__ushort_as_half(in[i]));
 }
 
 }  // namespace fusedopt::cuda_host
