@@ -34,6 +34,16 @@ def storage_problem(t: torch.Tensor) -> Optional[str]:
     return None
 
 
+def overlaps_itself(t: torch.Tensor) -> bool:
+    """True when two elements of t share memory (an expanded view): it cannot be written."""
+    reach = 0
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
+        if stride <= reach:
+            return True
+        reach += (size - 1) * stride
+    return False
+
+
 def storage_problem_strided(t: torch.Tensor) -> Optional[str]:
     """storage_problem for any strided tensor (a broadcast or sliced grad torch will copy)."""
     if t.numel() == 0:

@@ -3,8 +3,9 @@
 torch's fused optimizers, given GradScaler's scale, store grad / scale back into p.grad;
 a step skipped for an inf or NaN returns before touching the grads. torch's
 `scaler.unscale_` + `clip_grad_norm_` leave the grads unscaled and clipped. fusedopt's
-kernels unscale (and clip) on every backend and write that grad back, so p.grad after
-`scaler.step(optimizer)` is torch's, bit for bit where torch's arithmetic is the same.
+kernels, given GradScaler's scale, unscale (and clip) on every backend and write that grad
+back, so p.grad after `scaler.step(optimizer)` is torch's, bit for bit where torch's
+arithmetic is the same; max_grad_norm alone writes nothing back.
 
 The grads are handed to both sides as given tensors (not from a backward pass), so that
 the two runs see the same bits whatever their params' rounding.
@@ -118,17 +119,35 @@ def test_grads_after_clipped_step_are_torch_clip_grad_norm_ones(device, backend,
 
 @pytest.mark.parametrize("device,backend", CASES, ids=CASE_IDS)
 def test_grads_after_clipped_step_without_scaler(device, backend):
-    """max_grad_norm alone leaves p.grad clipped, as clip_grad_norm_ does."""
+    """max_grad_norm alone leaves p.grad as it was: the clip is applied while the grads are
+    read, and writing them back would cost a write of every grad element in a memory-bound
+    step (torch's fused optimizers write back only GradScaler's unscaled grads)."""
     params = _params(device, torch.float32)
-    twins = _params(device, torch.float32)
     optimizer = fusedopt.AdamW(params, backend=backend, max_grad_norm=0.5)
     given = _grads(params, 1.0, 0)
-    for p, q, g in zip(params, twins, given):
-        p.grad, q.grad = g.clone(), g.clone()
+    for p, g in zip(params, given):
+        p.grad = g.clone()
     optimizer.step()
-    torch.nn.utils.clip_grad_norm_(twins, 0.5)
-    for p, q in zip(params, twins):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7)
+    for p, g in zip(params, given):
+        assert torch.equal(p.grad, g)
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=CASE_IDS)
+def test_expanded_grad_with_scaler_is_refused_before_any_write(device, backend):
+    """The unscaled grad cannot be written back into an expanded view; torch's unscale_
+    refuses it too. Nothing may change before the error."""
+    param = torch.randn(3, 4, device=device, requires_grad=True)
+    before = param.detach().clone()
+    param.grad = torch.randn(4, device=device).expand(3, 4)
+    optimizer = fusedopt.Adam([param], backend=backend)
+    with pytest.raises(RuntimeError, match="single memory location"):  # torch's GradScaler refuses it first
+        _scaler(device, 4.0).step(optimizer)
+    optimizer.grad_scale = torch.tensor(4.0, device=device)  # as GradScaler hands it over
+    optimizer.found_inf = torch.tensor(0.0, device=device)
+    with pytest.raises(RuntimeError, match="expanded"):
+        optimizer.step()
+    assert torch.equal(param.detach(), before)
+    assert all(not value.any() for value in optimizer.state[param].values())  # as lazily created: no step taken
 
 
 @pytest.mark.parametrize("device,backend", CASES, ids=CASE_IDS)

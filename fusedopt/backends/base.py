@@ -50,7 +50,7 @@ class GradTransform:
 
     def writes_grad(self) -> bool:
         """Whether the step stores the transformed grad back (see the class docstring)."""
-        return self.grad_scale is not None or self.clip_coef is not None
+        return self.grad_scale is not None
 
     def skips_step(self) -> bool:
         """Host-side check, for backends that may synchronise (the reference)."""

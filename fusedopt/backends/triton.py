@@ -259,7 +259,7 @@ def _transformed_grad(grad_ptr, offsets, mask, param, divisor, multiplier, grad_
         grad = _div(grad, divisor)
     if CLIP_COEF:
         grad = grad * multiplier
-    if GRAD_SCALE or CLIP_COEF:
+    if GRAD_SCALE:  # only with GradScaler's scale, as the C++ header's writes_grad
         tl.store(grad_ptr + offsets, _rounded(grad, DTYPE), mask=mask)
     grad = grad * grad_sign
     if WEIGHT_DECAY:

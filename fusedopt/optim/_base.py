@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .. import backends
-from .._buckets import Bucket, StateMap, _RegroupNeeded, local, split_into_buckets
+from .._buckets import Bucket, StateMap, _RegroupNeeded, kernel_view, split_into_buckets
+from .._memory import overlaps_itself
 from ..backends.base import GradTransform, TensorBatch
 from ..clip import clip_coefficient, global_norm
 from ._update import run_update
@@ -158,6 +159,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             return loss
         prepared = [self._prepare_group(index, group) for index, group in enumerate(self.param_groups)]
         transforms = self._grad_transforms(prepared)
+        if getattr(self, "grad_scale", None) is not None:
+            _check_grads_writable(prepared)
         for group, batches in zip(self.param_groups, prepared):
             fields = self.config_fields(group)
             for bucket, batch, fresh in batches:
@@ -167,7 +170,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     master_weights=self._uses_master(group, bucket.dtype), grad_transform=transform,
                 )
                 if transform.writes_grad() and bucket._grads_copied:
-                    return_copied_grads([local(p.grad) for p in bucket.params if p.grad is not None], batch.grads)
+                    return_copied_grads([kernel_view(p.grad) for p in bucket.params if p.grad is not None], batch.grads)
         return loss
 
     # ----------------------------------------------------------------- state
@@ -267,6 +270,17 @@ class FusedOptimizer(torch.optim.Optimizer):
         """A backend named explicitly must be able to run on the group's devices: say so now."""
         for device in {p.device for p in group["params"]}:
             backends.resolve(group["backend"], device)
+
+
+def _check_grads_writable(prepared: List[Prepared]) -> None:
+    """GradScaler's unscaled grads are written back into p.grad (as torch's fused optimizers
+    do), so a grad whose elements share memory (an expanded view) is refused before any
+    kernel runs, as torch's own unscale_ refuses it."""
+    for batches in prepared:
+        for bucket, batch, _ in batches:
+            if bucket._grads_copied and any(overlaps_itself(p.grad) for p in bucket.params if p.grad is not None):
+                raise RuntimeError("GradScaler: a grad's elements share memory (an expanded view), so the unscaled "
+                                   "grad cannot be written back into it; give each param a grad of its own memory")
 
 
 def _same_value(value, default) -> bool:

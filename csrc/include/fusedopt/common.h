@@ -110,7 +110,9 @@ struct GradTransform {
 FUSEDOPT_HD bool step_skipped(const GradTransform& t) { return t.found_inf != nullptr && *t.found_inf != 0.0f; }
 
 // Whether the kernels store the transformed gradient back (see GradTransform).
-FUSEDOPT_HD bool writes_grad(const GradTransform& t) { return t.grad_scale != nullptr || t.clip_coef != nullptr; }
+// Only with GradScaler's scale, as torch's fused optimizers do: max_grad_norm alone leaves
+// the grads as they were, which spares a write of every grad element in a memory-bound step.
+FUSEDOPT_HD bool writes_grad(const GradTransform& t) { return t.grad_scale != nullptr; }
 
 template <typename T> struct GradFactors {
   T divisor = T(1);     // dividing by 1 and multiplying by 1 are exact: no branch needed
