@@ -474,6 +474,9 @@ def _construct(scenario: Scenario, backend: str, fused: Run, oracle: Run) -> Opt
     # fusedopt checks its own options before torch's checks: either error is right
     own_option = isinstance(fused_error, ValueError) and str(fused_error).startswith("Invalid max_grad_norm") \
         and not (options["max_grad_norm"] or 0) > 0
+    # A param listed twice: torch warns and updates it twice; fusedopt refuses the group.
+    own_option = own_option or (isinstance(fused_error, ValueError) and "same parameter twice" in str(fused_error)
+                                and len(set(scenario.order)) < len(scenario.order))
     if torch_error is not None and not own_option and (
             fused_error is None or type(fused_error) is not type(torch_error) or str(fused_error) != str(torch_error)):
         fail("error_mismatch", f"construction: torch.optim raised {type(torch_error).__name__}: {torch_error}; "
@@ -577,10 +580,20 @@ def run_example(scenario: Scenario, backend: str) -> str:
             for m in step.mutations + ((scenario.breaking,) if last and scenario.breaking else ()):
                 if m.kind in BREAKING:
                     oracle.kind = None  # torch.optim itself corrupts the heap on these: never hand them to it
+                if m.kind == "load_state_dict" and (m.variant == 4 or oracle.kind == "kingma_ba"):
+                    # The oracle cannot step with another optimizer's hyper-parameters (and
+                    # fusedopt refuses such a state_dict with a ValueError where torch loads it).
+                    oracle.kind = None
+                if m.kind == "replace_state" and m.variant == 1 and oracle.kind in ("torch", "kingma_ba"):
+                    # torch.optim computes in a replaced state's own dtype (float64 promotes the
+                    # update); fusedopt computes in the param's math type or refuses it.
+                    oracle.kind = None
                 if not _on_both(fused, oracle, lambda run: run.mutate(m, donors), name, f"{where}, {m}"):
                     return f"{m.kind} raised at {where}"
-                if m.kind == "load_state_dict" and (m.variant == 4 or oracle.kind == "kingma_ba"):
-                    oracle.kind = None  # the oracle cannot step with another optimizer's hyper-parameters
+                if m.kind == "load_state_dict" and oracle.kind == "torch" and donors.get(m.variant) is not None:
+                    # A torch.optim checkpoint has no max_grad_norm: the loaded group takes its
+                    # default (None), as torch's __setstate__ defaults its own missing flags.
+                    oracle.stepper, clipped = oracle.optimizer, False
             for i, kind in enumerate(step.grad_kinds(len(scenario.params))):
                 if not _on_both(fused, oracle, lambda run: run.set_grad(i, kind, index), name,
                                 f"{where}, grad {i} {kind}"):

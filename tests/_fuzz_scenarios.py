@@ -173,7 +173,7 @@ def scenarios(draw, max_params: int = 40) -> Scenario:
     odd = _rarely(draw, st.frozensets(st.sampled_from(("layout", "dtype", "overlap", "duplicates")), min_size=1),
                   frozenset(), one_in=4)
     # mostly a few params (a step over many small ones costs more and finds little more)
-    size = _rarely(draw, st.integers(9, max_params), draw(st.integers(1, min(8, max_params))), one_in=4)
+    size = _rarely(draw, st.integers(min(9, max_params), max_params), draw(st.integers(1, min(8, max_params))), one_in=4)
     size = _rarely(draw, st.just(0), size, one_in=20)
     params = tuple(draw(st.lists(_param_spec(pool, odd), min_size=size, max_size=size)))
     order = tuple(range(len(params)))

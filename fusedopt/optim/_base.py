@@ -121,6 +121,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         # The backend is how this process runs the step, not part of the training state:
         # keep the one each group was given here rather than the checkpoint's.
         chosen = [group["backend"] for group in self.param_groups]
+        defaulted = {*self._setstate_defaults, *self._own_setstate_defaults}
+        for index, group in enumerate(state_dict.get("param_groups", ())):
+            missing = [key for key in self.defaults if key not in group and key not in defaulted]
+            if missing:  # torch would load it, then fail at the next step with a KeyError
+                raise ValueError(f"{type(self).__name__}: load_state_dict: param group {index} has no "
+                                 f"{', '.join(map(repr, missing))}; is this another optimizer's state_dict?")
         super().load_state_dict(state_dict)
         for group, backend in zip(self.param_groups, chosen):
             group["backend"] = backend
