@@ -296,7 +296,7 @@ def test_more_tensors_than_one_launch_holds(variant, dtype, master, device):
     if device == LARGE_BLOCKS_DEVICE:
         assert any(entry["parameter_bytes"] > 4096 for entry in launches)
     assert sum(entry["blocks_run"] for entry in launches) == sum(n > 0 for n in sizes)  # one chunk each
-    increments = [entry for entry in host.host_launch_log() if "StepCounterArgs" in entry["parameters"]]
+    increments = [entry for entry in host.host_launch_log() if "PrologueArgs" in entry["parameters"]]
     if "step" in run.optimizer.state[run.params[0]]:
         assert len(increments) == (1 if device == LARGE_BLOCKS_DEVICE else 2)
 
