@@ -23,7 +23,12 @@ from _compare import ALL_CASES, REPRESENTATIVE_CASES
 BUILT_WITH_CUDA = bool(build_info().get("cuda"))
 gpu = pytest.mark.skipif(not (torch.cuda.is_available() and BUILT_WITH_CUDA),
                          reason="needs a CUDA GPU and fusedopt's CUDA kernels")
-needs_cuda_build = pytest.mark.skipif(not BUILT_WITH_CUDA, reason="fusedopt was built without CUDA kernels")
+_skip_without_cuda_build = pytest.mark.skipif(not BUILT_WITH_CUDA, reason="fusedopt was built without CUDA kernels")
+
+
+def needs_cuda_build(test):
+    """A check of the CUDA build that needs no GPU: it runs in CI, and in the GPU check too."""
+    return pytest.mark.cuda(_skip_without_cuda_build(test))
 
 # Sizes around the default chunk (8,192 float32 elements) and the 16-byte vectors, an
 # empty tensor; the last is placed one element past an aligned address.

@@ -47,6 +47,7 @@ def test_info_lists_no_refusal_where_every_backend_runs():
     assert "refused" not in info_module.format_info(data)
 
 
+@pytest.mark.no_gpu_needed
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
 def test_info_says_why_no_gpu_is_used():
     data = fusedopt.info()
@@ -57,6 +58,7 @@ def test_info_says_why_no_gpu_is_used():
     assert f"  GPUs          : none used: {reason}" in info_module.format_info(data).splitlines()
 
 
+@pytest.mark.no_gpu_needed
 @pytest.mark.skipif(torch.cuda.is_available() or not build_info().get("cuda"),
                     reason="needs a build with CUDA kernels on a machine without a usable GPU")
 def test_cuda_kernels_say_why_they_cannot_run_here():

@@ -34,7 +34,7 @@ def max_registers(blocks: int) -> int:
     """Registers a thread may use for `blocks` blocks to fit (allocated in units of 8)."""
     return REGISTERS_PER_SM // (THREADS_PER_BLOCK * blocks) // 8 * 8
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(NVCC is None, reason="needs nvcc (the CUDA toolkit)")]
+pytestmark = [pytest.mark.slow, pytest.mark.no_gpu_needed, pytest.mark.skipif(NVCC is None, reason="needs nvcc (the CUDA toolkit)")]
 
 
 def _compile(source: str, out: Path) -> str:

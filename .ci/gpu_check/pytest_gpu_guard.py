@@ -88,8 +88,11 @@ def pytest_collection_finish(session):
     if os.environ.get("FUSEDOPT_GPU_CHECK") == "audit":
         selected, unmarked = [], []
         for item in session.items:
-            if {mark.name for mark in item.iter_markers()} & {"cuda", "triton"}:
+            names = {mark.name for mark in item.iter_markers()}
+            if names & {"cuda", "triton"}:
                 selected.append(item.nodeid)
+                continue
+            if "no_gpu_needed" in names:  # skips name CUDA, but no GPU is needed (nvcc, no-GPU messages)
                 continue
             reasons = [str(mark.kwargs.get("reason", "")) for mark in item.iter_markers("skipif")]
             if any(_GPU_REASON.search(reason) for reason in reasons):
