@@ -252,3 +252,13 @@ def test_state_replaced_by_any_dict_mutation_is_used(how, backend):
     # A stale exp_avg is off by about 0.4 here; rounding differences are below 1e-6.
     torch.testing.assert_close(m, expected_m, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(p, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_sum_of_squares_op_reads_no_tensor_by_a_wrong_size():
+    """fusedopt::sum_of_squares is public: a mixed-dtype list must not make the kernel read a
+    float32 tensor as float64 (twice its bytes); it is summed by torch instead."""
+    import fusedopt._ops  # noqa: F401  (registers the op)
+    grads = [torch.randn(3, dtype=torch.float64), torch.randn(1000, dtype=torch.float32)]
+    total = torch.ops.fusedopt.sum_of_squares(grads, "cpu")
+    expected = sum(g.double().square().sum() for g in grads)
+    torch.testing.assert_close(total, expected, rtol=1e-6, atol=0)

@@ -66,7 +66,13 @@ class CPUBackend(Backend):
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
         """The native kernel (double accumulation) where every tensor is a contiguous block
         inside its storage (the caller checked dtype and device); torch's otherwise."""
-        if not all(t.is_contiguous() and storage_problem(t) is None for t in grads):
+        # Also the body of the public op fusedopt::sum_of_squares, which gets any list: every
+        # fact the kernel relies on (CPU, one supported dtype, dense, inside its storage) is
+        # checked here; anything else goes to torch.
+        dtype = grads[0].dtype
+        if dtype not in DTYPE_CODES or not all(
+                t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
+                and storage_problem(t) is None for t in grads):
             return super().sum_of_squares(grads)
         table = array.array("q", [t.numel() for t in grads] + [t.data_ptr() for t in grads])
         total = native.cpu_sum_of_squares(table.buffer_info()[0], len(grads), DTYPE_CODES[grads[0].dtype],
