@@ -1,0 +1,150 @@
+"""What Python and the kernels agree on, in one leaf module (imports only torch): the rows
+of the address table and the dtype codes (csrc/include/fusedopt/tensor_table.h and
+common.h), the batch of tensors one backend call updates, the gradient transform every
+optimizer applies first, and the config of one update call.
+
+Every backend and the bucket code import these from here; nothing here imports fusedopt.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+# Rows of the address table; must match csrc/include/fusedopt/tensor_table.h.
+NUMEL_ROW, PARAM_ROW, GRAD_ROW, STEP_ROW, FIRST_STATE_ROW = range(5)
+
+# Dtype codes; must match enum class DType in csrc/include/fusedopt/common.h.
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+SUPPORTED_DTYPES = tuple(DTYPE_CODES)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+STEP_DTYPE = torch.float32
+MASTER_KEY = "master_param"  # the fp32 master copy of a 16-bit param: the last state row
+
+CLIP_EPSILON = 1e-6  # torch's clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1
+
+
+@dataclass(frozen=True)
+class GradTransform:
+    """What happens to every gradient before the optimizer's math (mirrors struct
+    GradTransform in csrc/include/fusedopt/common.h). Each is None or a one-element float32
+    tensor on the params' device, read by the kernel itself, so no step waits on the host:
+
+    grad_scale: torch.amp.GradScaler's scale; grads are divided by it.
+    found_inf:  nonzero skips the whole step (params, state and step counters unchanged).
+    clip_coef:  max_grad_norm's clip coefficient; grads are multiplied by it.
+
+    With a scale every backend also writes the grad it used (`grad / grad_scale *
+    clip_coef`, before maximize and weight decay) back into the grad, so p.grad after
+    `scaler.step(optimizer)` is what torch's fused optimizers leave there (grad / scale).
+    A skipped step writes nothing (torch's fused optimizers return before touching the
+    grads). max_grad_norm alone leaves the grads as they are.
+    """
+
+    grad_scale: Optional[torch.Tensor] = None
+    found_inf: Optional[torch.Tensor] = None
+    clip_coef: Optional[torch.Tensor] = None
+
+    def check(self, device: torch.device) -> None:
+        """Kernels read each through a raw pointer as one float32 beside the params: refuse
+        anything else before a launch (the optimizers pass such tensors; the torch.library
+        op passes what it is given)."""
+        for name in ("grad_scale", "found_inf", "clip_coef"):
+            t = getattr(self, name)
+            if t is not None and (t.dtype != torch.float32 or t.numel() != 1 or t.device != device):
+                raise RuntimeError(f"{name} must be a one-element float32 tensor on {device}, "
+                                   f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+
+    def addresses(self, device: torch.device) -> Tuple[int, int, int]:
+        """The three addresses for native code (0 for none), checked."""
+        self.check(device)
+        return tuple(0 if t is None else t.data_ptr() for t in (self.grad_scale, self.found_inf, self.clip_coef))
+
+    def writes_grad(self) -> bool:
+        """Whether the step stores the transformed grad back (see the class docstring)."""
+        return self.grad_scale is not None
+
+    def skips_step(self) -> bool:
+        """Host-side check, for backends that may synchronise (the reference)."""
+        return self.found_inf is not None and bool(self.found_inf.item() != 0)
+
+
+NO_GRAD_TRANSFORM = GradTransform()
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """One backend call's inputs besides the tensors: `Backend.update(kind, batch, config)`.
+
+    hyper: the optimizer's own hyper-parameters **by name** (its OptimizerSpec's
+        `hyperparameters`: floats and bools; `lr` is not among them). Native code receives
+        them as named fields of a struct generated from the math header's list, so a
+        missing, unknown or misspelled name is an error, never a silent reordering.
+    lr: the learning rate as a float; NaN when `lr_tensor` carries it. LR_TENSOR: a
+        learning rate given as a tensor (torch accepts one; schedulers write it in place)
+        reaches backends that read it from memory (`Backend.reads_lr_tensor`) as a 0-dim
+        float64 tensor on the params' device, read by the kernel, so a step captured in a
+        CUDA graph follows the tensor at each replay and nothing waits on the host.
+    first_step: every state tensor of the batch was created for this step (SGD's
+        first-step rule: a new momentum buffer starts as a copy of the gradient).
+    master_weights: 16-bit params whose states are float32 and whose last state row is
+        the fp32 master copy the math updates (then rounded once into the param).
+    """
+
+    hyper: Mapping[str, Any]
+    lr: float
+    lr_tensor: Optional[torch.Tensor] = None
+    first_step: bool = False
+    master_weights: bool = False
+    grad_transform: GradTransform = NO_GRAD_TRANSFORM
+
+    def __getattr__(self, name: str) -> Any:
+        """`config.beta1` reads the hyper-parameter of that name (the reference and Triton
+        updates read them this way)."""
+        hyper = self.__dict__.get("hyper")
+        if hyper is not None and name in hyper:
+            return hyper[name]
+        raise AttributeError(f"UpdateConfig has no field or hyper-parameter {name!r}")
+
+
+class TensorBatch:
+    """The tensors one backend call updates: params with grads of one device and dtype.
+
+    `states[k]` lists the k-th state tensor of every param in the optimizer's order (its
+    OptimizerSpec's `state_keys`, then MASTER_KEY with master weights). `steps` are the
+    float32 step counters (None for optimizers without one); a backend increments each
+    exactly once per call (unless GradScaler's found_inf skips the step).
+
+    `table` is the int64 address table of csrc/include/fusedopt/tensor_table.h (rows:
+    numel, param, grad, step, states...), already validated; `table_version` changes
+    whenever any address in it changes, so backends may cache what they derive from it.
+    """
+
+    __slots__ = ("params", "grads", "steps", "states", "device", "dtype", "table", "table_version")
+
+    def __init__(
+        self,
+        params: List[torch.Tensor],
+        grads: List[torch.Tensor],
+        steps: Optional[List[torch.Tensor]],
+        states: Sequence[List[torch.Tensor]],
+        device: torch.device,
+        dtype: torch.dtype,
+        table,
+        table_version: int,
+    ):
+        self.params = params
+        self.grads = grads
+        self.steps = steps
+        self.states = states
+        self.device = device
+        self.dtype = dtype
+        self.table = table  # array.array('q'), rows * len(params)
+        self.table_version = table_version
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def table_address(self) -> int:
+        return self.table.buffer_info()[0]

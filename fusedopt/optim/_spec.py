@@ -1,0 +1,77 @@
+"""The registry: one OptimizerSpec per optimizer kind, from which the rest follows.
+
+An optimizer is described once, in its own module (fusedopt/optim/<module>.py), by a
+FusedOptimizer subclass whose `spec` names:
+
+- `kind`, which also names its per-element math (csrc/include/fusedopt/optimizers/<kind>.h,
+  picked up by the build with no list to edit), its reference update
+  (fusedopt/backends/reference/<kind>.py) and its Triton update
+  (fusedopt/backends/triton/<kind>.py);
+- `hyperparameters`: the names (and types) of what the kernels read, lr excepted, which
+  reach native code by name (UpdateConfig.hyper);
+- `state_keys(hyper)`: its state tensors in table order for given options, all starting
+  as zeros in the param's layout;
+- whether it keeps a float32 step counter, and whether new state follows a first-step rule.
+
+Registering happens when the class is defined (FusedOptimizer.__init_subclass__); the
+optimizer modules are imported by fusedopt.optim, so `spec(kind)` and `registered()` see
+every optimizer once fusedopt is imported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Tuple, Type
+
+FLOAT, BOOL = float, bool
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    kind: str
+    hyperparameters: Tuple[Tuple[str, type], ...]  # (name, float or bool): what the math reads, by name
+    state_keys: Callable[[Mapping[str, Any]], Tuple[str, ...]]  # hyper -> state tensor names in table order
+    step_counter: bool = True  # keeps a float32 state['step'] the kernels advance
+    first_step_rule: bool = False  # new state depends on the first grad (SGD's buf = grad)
+
+    def hyper_names(self) -> Tuple[str, ...]:
+        return tuple(name for name, _ in self.hyperparameters)
+
+    def coerce(self, values: Mapping[str, Any]) -> Dict[str, Any]:
+        """`values` as this spec's hyper dict: exactly its names (a ValueError names what is
+        missing or unknown), each a Python float or bool."""
+        names = self.hyper_names()
+        if set(values) != set(names):
+            missing = [n for n in names if n not in values]
+            unknown = [n for n in values if n not in names]
+            raise ValueError(f"{self.kind}: hyper-parameters must be exactly {', '.join(names)}"
+                             f"{'; missing ' + ', '.join(missing) if missing else ''}"
+                             f"{'; unknown ' + ', '.join(unknown) if unknown else ''}")
+        return {name: kind(_plain(values[name])) for name, kind in self.hyperparameters}
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+_SPECS: Dict[str, OptimizerSpec] = {}
+_CLASSES: Dict[str, Type] = {}
+
+
+def register(spec: OptimizerSpec, optimizer_class: Type) -> None:
+    known = _SPECS.get(spec.kind)
+    if known is not None and known != spec:
+        raise ValueError(f"optimizer kind {spec.kind!r} is registered twice with different specs")
+    _SPECS[spec.kind] = spec
+    _CLASSES.setdefault(spec.kind, optimizer_class)  # the first class of a kind (Adam, not AdamW)
+
+
+def spec(kind: str) -> OptimizerSpec:
+    try:
+        return _SPECS[kind]
+    except KeyError:
+        raise ValueError(f"unknown optimizer kind {kind!r}; expected one of {', '.join(_SPECS)}") from None
+
+
+def registered() -> Dict[str, OptimizerSpec]:
+    """Every registered kind and its spec, in registration order."""
+    return dict(_SPECS)
