@@ -7,8 +7,9 @@ compiled C++ on the CPU.
 from ._info import info
 from .clip import clip_grad_norm_
 from .backends import available as available_backends
-from .optim import SGD, Adam, AdamW, RMSprop
+from . import optim
+from .optim import *  # noqa: F401,F403  (every registered optimizer class)
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "AdamW", "RMSprop", "SGD", "available_backends", "clip_grad_norm_", "info", "__version__"]
+__all__ = [*optim.__all__, "available_backends", "clip_grad_norm_", "info", "__version__"]

@@ -19,17 +19,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ._layout import (FIRST_STATE_ROW, GRAD_ROW, NUMEL_ROW, PARAM_ROW, STEP_DTYPE, STEP_ROW, SUPPORTED_DTYPES,
+                      TensorBatch)
 from ._memory import is_dense, storage_problem, storage_problem_strided
-from .backends.base import TensorBatch
 
-SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # Complex params are updated as torch.optim does: through torch.view_as_real views of the
 # param, its grad and its state, so the kernels see pairs of real numbers.
 COMPLEX_TO_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
-STEP_DTYPE = torch.float32
-
-# Rows of the address table; must match csrc/include/fusedopt/tensor_table.h.
-NUMEL_ROW, PARAM_ROW, GRAD_ROW, STEP_ROW, FIRST_STATE_ROW = range(5)
 
 
 def check_param(p: torch.Tensor, optimizer: str) -> None:

@@ -10,25 +10,17 @@ and runs the same backend op.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from . import backends
 from ._buckets import kernel_view, split_into_buckets
+from ._layout import LOW_PRECISION, GradTransform
 from .clip import clip_coefficient, global_norm
-from .backends.base import GradTransform
-from .optim import RMSprop, SGD, Adam
-from .optim._base import LOW_PRECISION, MASTER_KEY, return_copied_grads
-from .optim._update import CONFIGS, run_update
-
-_BOOL_FIELDS = {kind: {f.name for f in dataclasses.fields(c) if f.type in ("bool", bool)} for kind, c in CONFIGS.items()}
-# The config fields the op fills itself; `field_names` names all the others.
-_OP_FIELDS = ("first_step", "master_weights", "lr_tensor", "grad_transform")
-_FIELD_NAMES = {kind: tuple(f.name for f in dataclasses.fields(c) if f.name not in _OP_FIELDS)
-                for kind, c in CONFIGS.items()}
-_OPTIMIZERS = {"adam": Adam, "sgd": SGD, "rmsprop": RMSprop}
+from .optim import _spec
+from .optim._base import return_copied_grads
+from .optim._plan import bucket_state_keys, group_hyper, run_update, split_fresh
 
 
 @torch.library.custom_op("fusedopt::update_", mutates_args=("params", "grads", "steps", "states"))
@@ -51,11 +43,12 @@ def update_(
     """One optimizer step over `params` (all with grads). `states` holds one row of
     len(params) tensors per name in the comma-separated `state_keys`, flattened; `steps`
     holds a float32 step counter per param for Adam and RMSprop and is empty for SGD.
-    `field_names` (comma-separated) names `field_values`, the config. With grad_scale or
+    `field_names` (comma-separated) names `field_values`: `lr` and the kind's hyper-parameters
+    (its OptimizerSpec's), in any order. With grad_scale or
     clip_coef the grads are written (GradTransform). Every argument is checked here, before
     any kernel runs: a malformed call raises ValueError (its shape: kind, counts, names) or
     RuntimeError (a tensor that cannot serve), never reaches native code."""
-    keys, fields = _checked_arguments(kind, params, grads, steps, states, state_keys, field_names, field_values,
+    spec, keys, hyper, lr = _checked_arguments(kind, params, grads, steps, states, state_keys, field_names, field_values,
                                       master_weights, backend)
     n = len(params)
     grad_of = {id(p): g for p, g in zip(params, grads)}
@@ -75,47 +68,49 @@ def update_(
         prepared.append((bucket, batch))
     for bucket, batch in prepared:
         fresh = list(range(len(batch))) if first_step else []
-        run_update(kind, backends.resolve(backend, bucket.device), batch, fresh, fields,
-                   master_weights=master_weights, grad_transform=transform)
+        run_update(spec, backends.resolve(backend, bucket.device), batch, fresh, hyper, lr, master_weights, transform)
         if transform.writes_grad():
             return_copied_grads([grad_of[id(p)] for p in bucket.params], batch.grads)
 
 
 def _checked_arguments(kind, params, grads, steps, states, state_keys, field_names, field_values, master_weights,
-                       backend) -> Tuple[Tuple[str, ...], dict]:
-    """(state keys, config fields) of a call, after checking that the arguments fit together.
+                       backend) -> Tuple[_spec.OptimizerSpec, Tuple[str, ...], dict, float]:
+    """(spec, state keys, hyper-parameters, lr) of a call, after checking that the arguments fit together.
     Native code trusts the table these become: a missing step counter or state row would
     be read as a null or stray pointer."""
     where = "fusedopt::update_"
-    if kind not in CONFIGS:
-        raise ValueError(f"{where}: unknown kind {kind!r}; expected one of {', '.join(CONFIGS)}")
+    specs = _spec.registered()
+    if kind not in specs:
+        raise ValueError(f"{where}: unknown kind {kind!r}; expected one of {', '.join(specs)}")
+    spec = specs[kind]
     backends.check_name(backend)
     n = len(params)
     if len(grads) != n:
         raise ValueError(f"{where}: {len(grads)} grads for {n} params")
     names = field_names.split(",") if field_names else []
-    expected_names = _FIELD_NAMES[kind]
+    expected_names = ("lr", *spec.hyper_names())
     if len(names) != len(set(names)) or set(names) != set(expected_names):
         raise ValueError(f"{where}: field_names must name each of {','.join(expected_names)} once "
                          f"for {kind}, got {field_names!r}")
     if len(field_values) != len(names):
         raise ValueError(f"{where}: {len(field_values)} field_values for {len(names)} field_names")
-    fields = {name: bool(value) if name in _BOOL_FIELDS[kind] else value for name, value in zip(names, field_values)}
+    values = dict(zip(names, field_values))
+    lr = values.pop("lr")
+    hyper = spec.coerce(values)
     if master_weights and any(p.dtype not in LOW_PRECISION for p in params):
         raise ValueError(f"{where}: master_weights applies to float16 and bfloat16 params only")
-    optimizer = _OPTIMIZERS[kind]
-    expected_keys = (*optimizer.state_keys(fields), *((MASTER_KEY,) if master_weights else ()))
+    expected_keys = bucket_state_keys(spec, hyper, master_weights)
     keys = tuple(state_keys.split(",")) if state_keys else ()
     if keys != expected_keys:
         raise ValueError(f"{where}: state_keys must be {','.join(expected_keys)!r} for {kind} with these options, "
                          f"got {state_keys!r}")
     if len(states) != len(keys) * n:
         raise ValueError(f"{where}: {len(states)} states for {len(keys)} state keys x {n} params")
-    if optimizer.has_step_counter and len(steps) != n:
+    if spec.step_counter and len(steps) != n:
         raise ValueError(f"{where}: {kind} needs a step counter per param, got {len(steps)} for {n} params")
-    if not optimizer.has_step_counter and steps:
+    if not spec.step_counter and steps:
         raise ValueError(f"{where}: {kind} keeps no step counter, so steps must be empty (got {len(steps)})")
-    return keys, fields
+    return spec, keys, hyper, lr
 
 
 @torch.library.custom_op("fusedopt::sum_of_squares", mutates_args=())
@@ -156,9 +151,9 @@ def compiled_step(optimizer) -> None:
                     sums.append(torch.ops.fusedopt.sum_of_squares(grads, group["backend"]))
         norm = global_norm(sums, grad_scale)
     for group, params in groups:
-        fields = optimizer.config_fields(group)
-        names = list(fields)
-        values = [float(v) for v in fields.values()]
+        hyper = group_hyper(optimizer, group)
+        names = ["lr", *hyper]
+        values = [float(group["lr"]), *map(float, hyper.values())]
         coef = None
         if group.get("max_grad_norm") is not None:
             coef = clip_coefficient(group["max_grad_norm"], norm).float()
@@ -167,14 +162,9 @@ def compiled_step(optimizer) -> None:
             master = optimizer._uses_master(group, dtype)
             keys = list(optimizer._bucket_state_keys(group, dtype))
             init = optimizer._init_state(group, dtype)
-            fresh, seasoned = [], []
-            for p in selected:
-                state = optimizer.state[p]
-                if any(key not in state for key in keys) or (optimizer.has_step_counter and "step" not in state):
-                    init(p, state)
-                    fresh.append(p)
-                else:
-                    seasoned.append(p)
+            fresh, seasoned = split_fresh(selected, optimizer.state, keys, optimizer.spec.step_counter, init)
+            if not optimizer.spec.first_step_rule:
+                fresh, seasoned = [], selected
             # State created just now takes SGD's first-step rule; the op applies one rule per call.
             for subset, is_fresh in ((fresh, True), (seasoned, False)):
                 if subset:
@@ -193,7 +183,7 @@ def _call(optimizer, group, params: Sequence[torch.Tensor], keys, names, values,
     state = optimizer.state
     torch.ops.fusedopt.update_(
         optimizer.kind, list(params), [p.grad for p in params],
-        [state[p]["step"] for p in params] if optimizer.has_step_counter else [],
+        [state[p]["step"] for p in params] if optimizer.spec.step_counter else [],
         [state[p][key] for key in keys for p in params], ",".join(keys), ",".join(names), values,
         fresh, master, grad_scale, found_inf, coef, group["backend"],
     )

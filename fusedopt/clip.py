@@ -7,10 +7,8 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 import torch
 
 from . import backends
-from ._buckets import SUPPORTED_DTYPES
+from ._layout import CLIP_EPSILON, SUPPORTED_DTYPES
 from ._memory import storage_problem_strided
-
-CLIP_EPSILON = 1e-6  # torch's: coef = max_norm / (norm + 1e-6), clamped to 1
 
 
 def _grads_by_device_and_dtype(params: List[torch.Tensor]) -> List[Tuple[torch.device, List[torch.Tensor]]]:

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .base import AdamConfig, Backend, RMSpropConfig, SGDConfig, TensorBatch
+from .base import Backend, TensorBatch, UpdateConfig
 from .native import CPUBackend, CUDABackend
 from .reference import ReferenceBackend
 
@@ -120,6 +120,6 @@ def available(device) -> List[str]:
 
 
 __all__ = [
-    "AdamConfig", "Backend", "BACKEND_NAMES", "RMSpropConfig", "SGDConfig", "TensorBatch",
+    "Backend", "BACKEND_NAMES", "TensorBatch", "UpdateConfig",
     "available", "check_name", "get", "register", "resolve", "unusable_reason",
 ]

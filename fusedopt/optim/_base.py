@@ -1,8 +1,9 @@
 """The torch.optim.Optimizer subclass all fusedopt optimizers share.
 
-A subclass supplies its hyper-parameter checks and defaults, which state tensors it keeps
-(in the order the kernels expect) and how to call its backend op. This class owns the
-rest: buckets per param group, the per-step loop, what every optimizer does to gradients
+A subclass supplies its constructor (torch.optim's signature, defaults and checks), its
+OptimizerSpec (fusedopt/optim/_spec.py: kind, hyper-parameters by name, state tensors,
+step counter) and, where its group keys differ from the spec's names, `hyper(group)`.
+Defining the class registers the spec. This class owns the rest: buckets per param group, the per-step loop, what every optimizer does to gradients
 first (GradScaler's unscale/skip, max_grad_norm's clip), fp32 master weights,
 state_dict compatibility with torch.optim, and backend resolution.
 """
@@ -16,13 +17,11 @@ import torch
 
 from .. import backends
 from .._buckets import Bucket, StateMap, _RegroupNeeded, kernel_view, split_into_buckets
+from .._layout import LOW_PRECISION, MASTER_KEY, GradTransform, TensorBatch
 from .._memory import overlaps_itself
-from ..backends.base import GradTransform, TensorBatch
 from ..clip import clip_coefficient, global_norm
-from ._update import run_update
-
-LOW_PRECISION = (torch.float16, torch.bfloat16)
-MASTER_KEY = "master_param"
+from ._plan import bucket_state_keys, group_hyper, run_update, uses_master
+from ._spec import OptimizerSpec, register
 
 
 def compiled_step(optimizer) -> None:
@@ -45,8 +44,7 @@ def return_copied_grads(grads: List[torch.Tensor], used: List[torch.Tensor]) -> 
 
 
 class FusedOptimizer(torch.optim.Optimizer):
-    has_step_counter: bool = True  # keeps state['step'] (Adam, RMSprop) or not (SGD)
-    has_first_step_rule: bool = False  # new state depends on the first grad (SGD's momentum buffer)
+    spec: OptimizerSpec  # set by every optimizer class; defining the class registers it
     # torch.amp.GradScaler hands this optimizer `grad_scale` and `found_inf` instead of
     # unscaling the grads itself; the kernels unscale, and skip the step on inf/NaN.
     _step_supports_amp_scaling = True
@@ -61,20 +59,28 @@ class FusedOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             self._check_backend_runs(group)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "spec" in cls.__dict__:
+            register(cls.spec, cls)
+
     # ----------------------------------------------------------------- subclass API
-    @staticmethod
-    def state_keys(group: dict) -> Tuple[str, ...]:
-        """Names of the per-param state tensors the kernels read and write, in table order.
-        Reads only the options the backend config shares (amsgrad, momentum, centered), so
-        the torch.library op can ask it about a config's fields."""
-        raise NotImplementedError
+    def hyper(self, group: dict) -> Dict[str, Any]:
+        """The group's values of the spec's hyper-parameters, by name (before coercion to
+        float/bool). Subclasses whose group keys differ (Adam's `betas`) override it."""
+        return {name: group[name] for name in self.spec.hyper_names()}
 
-    def config_fields(self, group: dict) -> Dict[str, Any]:
-        """The group's hyper-parameters as fields of the backend config (backends/base.py),
-        `lr` as the group holds it: a number or a tensor (run_update decides how it travels)."""
-        raise NotImplementedError
+    def state_keys(self, group: dict) -> Tuple[str, ...]:
+        """Names of the per-param state tensors the kernels read and write, in table order."""
+        return tuple(self.spec.state_keys(group_hyper(self, group)))
 
-    kind: str = ""  # "adam", "sgd" or "rmsprop": the backend op and its config
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def has_step_counter(self) -> bool:
+        return self.spec.step_counter
     # Values for flags missing from a loaded param group (a checkpoint of an older torch or
     # fusedopt): torch.optim's __setstate__ defaults for its own keys, which are the
     # historical behaviour, not this optimizer's constructor arguments.
@@ -153,7 +159,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         found_inf = getattr(self, "found_inf", None)
-        if (self.has_first_step_rule and found_inf is not None and found_inf.device.type == "cpu"
+        if (self.spec.first_step_rule and found_inf is not None and found_inf.device.type == "cpu"
                 and not torch.compiler.is_compiling() and found_inf.item() != 0):
             # Reading a CPU tensor costs no sync: skip before any lazy state is created, so a
             # skipped first step leaves SGD's first-step rule (buf = grad) for the next one.
@@ -168,24 +174,21 @@ class FusedOptimizer(torch.optim.Optimizer):
         if getattr(self, "grad_scale", None) is not None:
             _check_grads_writable(prepared)
         for group, batches in zip(self.param_groups, prepared):
-            fields = self.config_fields(group)
+            hyper = group_hyper(self, group)
             for bucket, batch, fresh in batches:
                 transform = transforms(group, bucket.device)
-                run_update(
-                    self.kind, backends.resolve(group["backend"], bucket.device), batch, fresh, fields,
-                    master_weights=self._uses_master(group, bucket.dtype), grad_transform=transform,
-                )
+                run_update(self.spec, backends.resolve(group["backend"], bucket.device), batch, fresh, hyper,
+                           group["lr"], self._uses_master(group, bucket.dtype), transform)
                 if transform.writes_grad() and bucket._grads_copied:
                     return_copied_grads([kernel_view(p.grad) for p in bucket.params if p.grad is not None], batch.grads)
         return loss
 
     # ----------------------------------------------------------------- state
     def _uses_master(self, group: dict, dtype: torch.dtype) -> bool:
-        return bool(group.get("master_weights")) and dtype in LOW_PRECISION
+        return uses_master(group, dtype)
 
     def _bucket_state_keys(self, group: dict, dtype: torch.dtype) -> Tuple[str, ...]:
-        keys = self.state_keys(group)
-        return (*keys, MASTER_KEY) if self._uses_master(group, dtype) else keys
+        return bucket_state_keys(self.spec, group_hyper(self, group), self._uses_master(group, dtype))
 
     def _init_state(self, group: dict, dtype: torch.dtype) -> Callable[[torch.Tensor, dict], None]:
         """A function filling a param's missing state entries (lazy initialisation): torch's

@@ -1,10 +1,13 @@
 """Adam and AdamW: torch.optim's math, defaults, errors and state layout, fused."""
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 from ._base import FusedOptimizer
 from ._checks import check_adam_hyperparameters, check_torch_flags, scalar
+from ._spec import BOOL, FLOAT, OptimizerSpec
+
+__all__ = ["Adam", "AdamW"]
 
 
 class Adam(FusedOptimizer):
@@ -15,7 +18,13 @@ class Adam(FusedOptimizer):
     ``p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``. They differ in where eps enters.
     """
 
-    kind = "adam"
+    spec = OptimizerSpec(
+        kind="adam",
+        hyperparameters=(("beta1", FLOAT), ("beta2", FLOAT), ("eps", FLOAT), ("weight_decay", FLOAT),
+                         ("amsgrad", BOOL), ("maximize", BOOL), ("decoupled_weight_decay", BOOL),
+                         ("optimized_update", BOOL)),
+        state_keys=lambda h: ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if h["amsgrad"] else ("exp_avg", "exp_avg_sq"),
+    )
     _decoupled_weight_decay = False
     # torch.optim.Adam.__setstate__'s defaults for flags an older checkpoint lacks
     _setstate_defaults = dict(amsgrad=False, maximize=False, foreach=None, capturable=False, differentiable=False,
@@ -46,14 +55,11 @@ class Adam(FusedOptimizer):
                 group["decoupled_weight_decay"] = True
 
     @staticmethod
-    def state_keys(group: dict) -> Tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
-
-    def config_fields(self, group: dict) -> Dict[str, Any]:
+    def hyper(group: dict) -> Dict[str, Any]:
         beta1, beta2 = group["betas"]
         return dict(
-            lr=group["lr"], beta1=scalar(beta1), beta2=scalar(beta2), eps=group["eps"],
-            weight_decay=group["weight_decay"], amsgrad=group["amsgrad"], maximize=group["maximize"],
+            beta1=scalar(beta1), beta2=scalar(beta2), eps=group["eps"], weight_decay=group["weight_decay"],
+            amsgrad=group["amsgrad"], maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"], optimized_update=group["optimized_update"],
         )
 

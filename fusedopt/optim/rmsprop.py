@@ -1,16 +1,27 @@
 """RMSprop: torch.optim's math (centered, momentum), fused. torch has no fused RMSprop."""
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
-
 from ._base import FusedOptimizer
-from ._checks import check_lr, check_non_negative, check_torch_flags, scalar
+from ._checks import check_lr, check_non_negative, check_torch_flags
+from ._spec import BOOL, FLOAT, OptimizerSpec
+
+__all__ = ["RMSprop"]
+
+
+def _state_keys(hyper) -> tuple:
+    return ("square_avg", *(("grad_avg",) if hyper["centered"] else ()),
+            *(("momentum_buffer",) if hyper["momentum"] > 0 else ()))
 
 
 class RMSprop(FusedOptimizer):
     """torch.optim.RMSprop, every param tensor of a group updated in one fused call."""
 
-    kind = "rmsprop"
+    spec = OptimizerSpec(
+        kind="rmsprop",
+        hyperparameters=(("alpha", FLOAT), ("eps", FLOAT), ("weight_decay", FLOAT), ("momentum", FLOAT),
+                         ("centered", BOOL), ("maximize", BOOL)),
+        state_keys=_state_keys,
+    )
     _setstate_defaults = dict(momentum=0, centered=False, foreach=None, maximize=False, differentiable=False,
                               capturable=False)
 
@@ -29,18 +40,3 @@ class RMSprop(FusedOptimizer):
             master_weights=master_weights, max_grad_norm=max_grad_norm,
         )
         super().__init__(params, defaults)
-
-    @staticmethod
-    def state_keys(group: dict) -> Tuple[str, ...]:
-        keys = ("square_avg",)
-        if group["centered"]:
-            keys += ("grad_avg",)
-        if group["momentum"] > 0:
-            keys += ("momentum_buffer",)
-        return keys
-
-    def config_fields(self, group: dict) -> Dict[str, Any]:
-        return dict(
-            lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
-            momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"],
-        )

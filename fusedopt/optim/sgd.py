@@ -1,20 +1,26 @@
 """SGD: torch.optim's math (momentum, dampening, Nesterov, first-step rule), fused."""
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
-
 from ._base import FusedOptimizer
-from ._checks import check_lr, check_torch_flags, scalar
+from ._checks import check_lr, check_torch_flags
+from ._spec import BOOL, FLOAT, OptimizerSpec
+
+__all__ = ["SGD"]
 
 
 class SGD(FusedOptimizer):
     """torch.optim.SGD, every param tensor of a group updated in one fused call."""
 
-    kind = "sgd"
-    has_step_counter = False
     # New momentum buffers (zeros, so a GradScaler-skipped first step leaves no garbage)
-    # follow torch's first-step rule, buf = grad: the config's first_step.
-    has_first_step_rule = True
+    # follow torch's first-step rule, buf = grad: UpdateConfig.first_step.
+    spec = OptimizerSpec(
+        kind="sgd",
+        hyperparameters=(("momentum", FLOAT), ("dampening", FLOAT), ("weight_decay", FLOAT), ("nesterov", BOOL),
+                         ("maximize", BOOL)),
+        state_keys=lambda h: ("momentum_buffer",) if h["momentum"] != 0 else (),
+        step_counter=False,
+        first_step_rule=True,
+    )
     _setstate_defaults = dict(nesterov=False, maximize=False, foreach=None, differentiable=False, fused=False)
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
@@ -34,13 +40,3 @@ class SGD(FusedOptimizer):
             master_weights=master_weights, max_grad_norm=max_grad_norm,
         )
         super().__init__(params, defaults)
-
-    @staticmethod
-    def state_keys(group: dict) -> Tuple[str, ...]:
-        return ("momentum_buffer",) if group["momentum"] != 0 else ()
-
-    def config_fields(self, group: dict) -> Dict[str, Any]:
-        return dict(
-            lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-            weight_decay=scalar(group["weight_decay"]), nesterov=group["nesterov"], maximize=group["maximize"],
-        )

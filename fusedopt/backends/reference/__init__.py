@@ -1,0 +1,79 @@
+"""The readable specification: each update in plain PyTorch, one tensor at a time.
+
+Every other backend must agree with this one. The operations and their order are
+torch.optim's single-tensor ones; 16-bit params are computed in float32 and rounded
+once at the end, as torch's fused kernels and fusedopt's compiled kernels do.
+
+This module owns what every optimizer shares (the grad transform, master weights, the
+step counter, write-back); each optimizer's math is one function in
+fusedopt/backends/reference/<kind>.py:
+
+    def update(param, grad, states, step, config) -> None
+
+`param` and `states` (the spec's state tensors for these options, in table order) are
+updated in place, in the math type; `grad` is the transformed gradient (do not modify it
+in place); `step` is the advanced step counter as a float (None without one); `config`
+is the UpdateConfig (`config.lr`, `config.first_step`, hyper-parameters by name).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from ..._layout import LOW_PRECISION, TensorBatch, UpdateConfig
+from ..base import Backend
+
+_UPDATES: Dict[str, Callable] = {}
+
+
+def update_function(kind: str) -> Callable:
+    """fusedopt.backends.reference.<kind>.update, imported on first use."""
+    function = _UPDATES.get(kind)
+    if function is None:
+        function = _UPDATES[kind] = importlib.import_module(f"{__name__}.{kind}").update
+    return function
+
+
+def _in_opmath(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in LOW_PRECISION else t
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+
+    def unusable_reason(self, device: torch.device) -> Optional[str]:
+        return None  # plain PyTorch runs wherever the tensors are
+
+    def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
+        transform = config.grad_transform
+        if transform.skips_step():
+            return
+        if config.lr_tensor is not None:  # never sent here (reads_lr_tensor is False), but honour it
+            config = UpdateConfig(config.hyper, float(config.lr_tensor.item()), None, config.first_step,
+                                  config.master_weights, transform)
+        update = update_function(kind)
+        scale, clip = transform.grad_scale, transform.clip_coef
+        for i, (param, stored_grad) in enumerate(zip(batch.params, batch.grads)):
+            step = None
+            if batch.steps:
+                batch.steps[i] += 1
+                step = float(batch.steps[i].item())
+            states: List[torch.Tensor] = [s[i] for s in batch.states]
+            master = states.pop() if config.master_weights else None
+            targets = [param if master is None else master, *states]
+            values = [_in_opmath(t) for t in targets]
+            grad = _in_opmath(stored_grad)
+            if scale is not None:
+                grad = grad / scale.to(grad.dtype)
+            if clip is not None:
+                grad = grad * clip.to(grad.dtype)
+            update(values[0], grad, values[1:], step, config)
+            for target, value in zip(targets, values):
+                if value is not target:
+                    target.copy_(value)
+            if transform.writes_grad():
+                stored_grad.copy_(grad)
+            if master is not None:
+                param.copy_(master)

@@ -1,0 +1,81 @@
+"""The step planner: what the eager step (FusedOptimizer.step) and the torch.compile path
+(fusedopt/_ops.py) both decide the same way, so the two cannot drift apart:
+
+- a group's hyper-parameters by name (`group_hyper`), coerced to the spec's types;
+- the state keys of a bucket, the master copy last (`bucket_state_keys`);
+- how the learning rate travels (`learning_rate`);
+- the split of a batch into new and seasoned state for a first-step rule, and the
+  UpdateConfig each backend call gets (`run_update`).
+
+The clip norm is shared through fusedopt/clip.py (Backend.sum_of_squares per bucket, then
+global_norm and clip_coefficient), in bucket order on both paths.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from .._buckets import select
+from .._layout import LOW_PRECISION, MASTER_KEY, GradTransform, TensorBatch, UpdateConfig
+from ..backends.base import Backend
+from ._spec import OptimizerSpec
+
+
+def group_hyper(optimizer, group: dict) -> Dict[str, Any]:
+    """The group's hyper-parameters as the kernels read them: by name, floats and bools."""
+    return optimizer.spec.coerce(optimizer.hyper(group))
+
+
+def uses_master(group: Mapping[str, Any], dtype: torch.dtype) -> bool:
+    return bool(group.get("master_weights")) and dtype in LOW_PRECISION
+
+
+def bucket_state_keys(spec: OptimizerSpec, hyper: Mapping[str, Any], master: bool) -> Tuple[str, ...]:
+    """State tensor names in table order: the spec's for these options, then the master copy."""
+    keys = spec.state_keys(hyper)
+    return (*keys, MASTER_KEY) if master else tuple(keys)
+
+
+def learning_rate(lr, backend: Backend, device: torch.device) -> Tuple[float, Optional[torch.Tensor]]:
+    """(lr, lr_tensor) for an UpdateConfig: a tensor lr on the params' device goes to a
+    backend that reads it as a float64 tensor, with no host sync (a float32 one is converted
+    on the device); anything else is read here."""
+    if not isinstance(lr, torch.Tensor):
+        return float(lr), None
+    if backend.reads_lr_tensor and lr.device == device and lr.numel() == 1 and lr.is_floating_point():
+        return math.nan, lr.detach().to(torch.float64).reshape(())
+    return float(lr.item()), None
+
+
+def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh: Sequence[int],
+               hyper: Mapping[str, Any], lr, master_weights: bool, grad_transform: GradTransform) -> None:
+    """One backend call per batch, or two when only some of its state is new and the
+    optimizer has a first-step rule (`fresh`: batch indices whose state was just created)."""
+    lr, lr_tensor = learning_rate(lr, backend, batch.device)
+
+    def call(part: TensorBatch, first_step: bool) -> None:
+        backend.update(spec.kind, part, UpdateConfig(hyper, lr, lr_tensor, first_step, master_weights, grad_transform))
+
+    if not spec.first_step_rule or not fresh or len(fresh) == len(batch):
+        call(batch, spec.first_step_rule and bool(fresh))
+    else:
+        fresh_set = set(fresh)
+        call(select(batch, list(fresh)), True)
+        call(select(batch, [i for i in range(len(batch)) if i not in fresh_set]), False)
+
+
+def split_fresh(params: Sequence[torch.Tensor], state: Mapping, keys: Sequence[str], step_counter: bool,
+                init) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """(fresh, seasoned) params for the compiled path: `init` fills what is missing first;
+    the eager path learns the same split from Bucket.batch."""
+    fresh, seasoned = [], []
+    for p in params:
+        s = state[p]
+        if any(key not in s for key in keys) or (step_counter and "step" not in s):
+            init(p, s)
+            fresh.append(p)
+        else:
+            seasoned.append(p)
+    return fresh, seasoned
