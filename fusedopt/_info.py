@@ -68,7 +68,7 @@ def info() -> Dict[str, Any]:
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             try:
-                chosen = backends._resolve_uncached("auto", device).name
+                chosen = backends.choose("auto", device).name
             except RuntimeError as error:
                 chosen = f"none ({error})"
         auto[str(device)] = {

@@ -87,12 +87,13 @@ def resolve(name: str, device: torch.device) -> Backend:
     key = (name, device.type, device.index)
     backend = _resolved.get(key)
     if backend is None:
-        backend = _resolve_uncached(name, device)
+        backend = choose(name, device)
         _resolved[key] = backend
     return backend
 
 
-def _resolve_uncached(name: str, device: torch.device) -> Backend:
+def choose(name: str, device: torch.device) -> Backend:
+    """The backend `name` resolves to on `device`, decided afresh (resolve() caches it)."""
     if name != "auto":
         reason = unusable_reason(name, device)
         if reason:
@@ -121,5 +122,5 @@ def available(device) -> List[str]:
 
 __all__ = [
     "Backend", "BACKEND_NAMES", "TensorBatch", "UpdateConfig",
-    "available", "check_name", "get", "register", "resolve", "unusable_reason",
+    "available", "check_name", "choose", "get", "register", "resolve", "unusable_reason",
 ]

@@ -20,27 +20,12 @@ from .._buckets import Bucket, StateMap, _RegroupNeeded, kernel_view, split_into
 from .._layout import LOW_PRECISION, MASTER_KEY, GradTransform, TensorBatch
 from .._memory import overlaps_itself
 from ..clip import clip_coefficient, global_norm
-from ._plan import bucket_state_keys, group_hyper, run_update, uses_master
+from ._ops import compiled_step
+from ._plan import bucket_state_keys, group_hyper, return_copied_grads, run_update, uses_master
 from ._spec import OptimizerSpec, register
 
 
-def compiled_step(optimizer) -> None:
-    """The step's torch.compile path (fusedopt/_ops.py), imported on first use: _ops
-    imports this package."""
-    from .._ops import compiled_step as traced
-
-    traced(optimizer)
-
 Prepared = List[Tuple[Bucket, TensorBatch, List[int]]]
-
-
-def return_copied_grads(grads: List[torch.Tensor], used: List[torch.Tensor]) -> None:
-    """The kernels wrote the unscaled grads into the tensors they read (GradTransform); where
-    that was a copy in the param's layout (a grad laid out unlike its param, see
-    Bucket._validated_grads), put the values into the user's grad."""
-    for grad, written in zip(grads, used):
-        if written is not grad:
-            grad.copy_(written)
 
 
 class FusedOptimizer(torch.optim.Optimizer):

@@ -79,3 +79,12 @@ def split_fresh(params: Sequence[torch.Tensor], state: Mapping, keys: Sequence[s
         else:
             seasoned.append(p)
     return fresh, seasoned
+
+
+def return_copied_grads(grads: List[torch.Tensor], used: List[torch.Tensor]) -> None:
+    """The kernels wrote the unscaled grads into the tensors they read (GradTransform); where
+    that was a copy in the param's layout (a grad laid out unlike its param, see
+    Bucket._validated_grads), put the values into the user's grad."""
+    for grad, written in zip(grads, used):
+        if written is not grad:
+            grad.copy_(written)

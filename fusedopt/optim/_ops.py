@@ -1,0 +1,188 @@
+"""fusedopt's steps as a torch.library op, so torch.compile sees them as real ops.
+
+`fusedopt::update_` mutates the params, step counters and state tensors it is given, and
+the grads when it unscales or clips them (all declared, so functionalisation and
+CUDA-graph trees know), and returns nothing; its fake kernel does
+nothing. Under torch.compile, FusedOptimizer.step calls `compiled_step`, which dynamo
+traces: plain list and dict work, lazy state creation, then one op call per group and
+dtype. The op validates its tensors exactly as the eager path does (fusedopt/_buckets.py)
+and runs the same backend op.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .. import backends
+from .._buckets import kernel_view, split_into_buckets
+from .._layout import LOW_PRECISION, GradTransform
+from ..clip import clip_coefficient, global_norm
+from . import _spec
+from ._plan import bucket_state_keys, group_hyper, return_copied_grads, run_update, split_fresh
+
+
+@torch.library.custom_op("fusedopt::update_", mutates_args=("params", "grads", "steps", "states"))
+def update_(
+    kind: str,
+    params: List[torch.Tensor],
+    grads: List[torch.Tensor],
+    steps: List[torch.Tensor],
+    states: List[torch.Tensor],
+    state_keys: str,
+    field_names: str,
+    field_values: List[float],
+    first_step: bool,
+    master_weights: bool,
+    grad_scale: Optional[torch.Tensor],
+    found_inf: Optional[torch.Tensor],
+    clip_coef: Optional[torch.Tensor],
+    backend: str,
+) -> None:
+    """One optimizer step over `params` (all with grads). `states` holds one row of
+    len(params) tensors per name in the comma-separated `state_keys`, flattened; `steps`
+    holds a float32 step counter per param for Adam and RMSprop and is empty for SGD.
+    `field_names` (comma-separated) names `field_values`: `lr` and the kind's hyper-parameters
+    (its OptimizerSpec's), in any order. With grad_scale or
+    clip_coef the grads are written (GradTransform). Every argument is checked here, before
+    any kernel runs: a malformed call raises ValueError (its shape: kind, counts, names) or
+    RuntimeError (a tensor that cannot serve), never reaches native code."""
+    spec, keys, hyper, lr = _checked_arguments(kind, params, grads, steps, states, state_keys, field_names, field_values,
+                                      master_weights, backend)
+    n = len(params)
+    grad_of = {id(p): g for p, g in zip(params, grads)}
+    views: Dict[torch.Tensor, dict] = {}
+    for i, p in enumerate(params):
+        views[p] = {key: states[row * n + i] for row, key in enumerate(keys)}
+        if steps:
+            views[p]["step"] = steps[i]
+    transform = GradTransform(grad_scale, found_inf, clip_coef)
+    prepared = []
+    for bucket in split_into_buckets(params, f"fusedopt::{kind}", strict=True):  # all checked before any runs
+        transform.check(bucket.device)
+        batch, _ = bucket.batch(
+            views, keys, bool(steps), _no_initialisation,
+            torch.float32 if master_weights else None, [grad_of[id(p)] for p in bucket.params],
+        )
+        prepared.append((bucket, batch))
+    for bucket, batch in prepared:
+        fresh = list(range(len(batch))) if first_step else []
+        run_update(spec, backends.resolve(backend, bucket.device), batch, fresh, hyper, lr, master_weights, transform)
+        if transform.writes_grad():
+            return_copied_grads([grad_of[id(p)] for p in bucket.params], batch.grads)
+
+
+def _checked_arguments(kind, params, grads, steps, states, state_keys, field_names, field_values, master_weights,
+                       backend) -> Tuple[_spec.OptimizerSpec, Tuple[str, ...], dict, float]:
+    """(spec, state keys, hyper-parameters, lr) of a call, after checking that the arguments fit together.
+    Native code trusts the table these become: a missing step counter or state row would
+    be read as a null or stray pointer."""
+    where = "fusedopt::update_"
+    specs = _spec.registered()
+    if kind not in specs:
+        raise ValueError(f"{where}: unknown kind {kind!r}; expected one of {', '.join(specs)}")
+    spec = specs[kind]
+    backends.check_name(backend)
+    n = len(params)
+    if len(grads) != n:
+        raise ValueError(f"{where}: {len(grads)} grads for {n} params")
+    names = field_names.split(",") if field_names else []
+    expected_names = ("lr", *spec.hyper_names())
+    if len(names) != len(set(names)) or set(names) != set(expected_names):
+        raise ValueError(f"{where}: field_names must name each of {','.join(expected_names)} once "
+                         f"for {kind}, got {field_names!r}")
+    if len(field_values) != len(names):
+        raise ValueError(f"{where}: {len(field_values)} field_values for {len(names)} field_names")
+    values = dict(zip(names, field_values))
+    lr = values.pop("lr")
+    hyper = spec.coerce(values)
+    if master_weights and any(p.dtype not in LOW_PRECISION for p in params):
+        raise ValueError(f"{where}: master_weights applies to float16 and bfloat16 params only")
+    expected_keys = bucket_state_keys(spec, hyper, master_weights)
+    keys = tuple(state_keys.split(",")) if state_keys else ()
+    if keys != expected_keys:
+        raise ValueError(f"{where}: state_keys must be {','.join(expected_keys)!r} for {kind} with these options, "
+                         f"got {state_keys!r}")
+    if len(states) != len(keys) * n:
+        raise ValueError(f"{where}: {len(states)} states for {len(keys)} state keys x {n} params")
+    if spec.step_counter and len(steps) != n:
+        raise ValueError(f"{where}: {kind} needs a step counter per param, got {len(steps)} for {n} params")
+    if not spec.step_counter and steps:
+        raise ValueError(f"{where}: {kind} keeps no step counter, so steps must be empty (got {len(steps)})")
+    return spec, keys, hyper, lr
+
+
+@torch.library.custom_op("fusedopt::sum_of_squares", mutates_args=())
+def sum_of_squares(grads: List[torch.Tensor], backend: str) -> torch.Tensor:
+    """Backend.sum_of_squares of one bucket's grads, as the eager step computes it."""
+    return backends.resolve(backend, grads[0].device).sum_of_squares(grads)
+
+
+@sum_of_squares.register_fake
+def _(grads, backend) -> torch.Tensor:
+    return grads[0].new_empty((), dtype=torch.float64)
+
+
+@update_.register_fake
+def _(kind, params, grads, steps, states, state_keys, field_names, field_values, first_step, master_weights,
+      grad_scale, found_inf, clip_coef, backend) -> None:
+    return None
+
+
+def _no_initialisation(param: torch.Tensor, state: dict) -> None:
+    raise RuntimeError("fusedopt::update_: every state tensor must be passed in")
+
+
+def compiled_step(optimizer) -> None:
+    """FusedOptimizer.step's traceable form (see the module docstring)."""
+    grad_scale = getattr(optimizer, "grad_scale", None)
+    found_inf = getattr(optimizer, "found_inf", None)
+    groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in optimizer.param_groups]
+    norm = None
+    if any(g.get("max_grad_norm") is not None for g, _ in groups):
+        # The eager step's norm (FusedOptimizer._grad_norm), bit for bit: one sum of squares
+        # per bucket, buckets in first-appearance order of (device, dtype) in each group.
+        sums = []
+        for group, params in groups:
+            for bucket in _buckets_in_order(group["params"]):
+                grads = [kernel_view(p.grad) for p in bucket if p.grad is not None]
+                if grads:
+                    sums.append(torch.ops.fusedopt.sum_of_squares(grads, group["backend"]))
+        norm = global_norm(sums, grad_scale)
+    for group, params in groups:
+        hyper = group_hyper(optimizer, group)
+        names = ["lr", *hyper]
+        values = [float(group["lr"]), *map(float, hyper.values())]
+        coef = None
+        if group.get("max_grad_norm") is not None:
+            coef = clip_coefficient(group["max_grad_norm"], norm).float()
+        for dtype in {p.dtype for p in params}:
+            selected = [p for p in params if p.dtype == dtype]
+            master = optimizer._uses_master(group, dtype)
+            keys = list(optimizer._bucket_state_keys(group, dtype))
+            init = optimizer._init_state(group, dtype)
+            fresh, seasoned = split_fresh(selected, optimizer.state, keys, optimizer.spec.step_counter, init)
+            if not optimizer.spec.first_step_rule:
+                fresh, seasoned = [], selected
+            # State created just now takes SGD's first-step rule; the op applies one rule per call.
+            for subset, is_fresh in ((fresh, True), (seasoned, False)):
+                if subset:
+                    _call(optimizer, group, subset, keys, names, values, is_fresh, master, grad_scale, found_inf, coef)
+
+
+def _buckets_in_order(params) -> List[List[torch.Tensor]]:
+    buckets: Dict[tuple, List[torch.Tensor]] = {}
+    for p in params:
+        buckets.setdefault((p.device, p.dtype), []).append(p)
+    return list(buckets.values())
+
+
+def _call(optimizer, group, params: Sequence[torch.Tensor], keys, names, values, fresh, master, grad_scale,
+          found_inf, coef) -> None:
+    state = optimizer.state
+    torch.ops.fusedopt.update_(
+        optimizer.kind, list(params), [p.grad for p in params],
+        [state[p]["step"] for p in params] if optimizer.spec.step_counter else [],
+        [state[p][key] for key in keys for p in params], ",".join(keys), ",".join(names), values,
+        fresh, master, grad_scale, found_inf, coef, group["backend"],
+    )
