@@ -178,17 +178,20 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _init_state(self, group: dict, dtype: torch.dtype) -> Callable[[torch.Tensor, dict], None]:
         """A function filling a param's missing state entries (lazy initialisation): torch's
         float32 step counter (kept beside the param, so GPU kernels read it without a
-        sync), zeros for every state tensor, and the fp32 master copy of a 16-bit param."""
+        sync), every state tensor (zeros, or the spec's initial value), and the fp32 master
+        copy of a 16-bit param."""
         keys = self.state_keys(group)
         with_step = self.has_step_counter
         state_dtype = torch.float32 if self._uses_master(group, dtype) else None
+        fills = {key: group[source] for key, source in self.spec.initial_values}
 
         def init(p: torch.Tensor, state: dict) -> None:
             if with_step:
                 state.setdefault("step", torch.tensor(0.0, dtype=torch.float32, device=p.device))
             for key in keys:
                 if key not in state:
-                    state[key] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+                    value = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+                    state[key] = value if key not in fills else value.fill_(fills[key])
             if state_dtype is not None and MASTER_KEY not in state:
                 state[MASTER_KEY] = p.detach().to(torch.float32, copy=True)
 

@@ -21,12 +21,16 @@ def check_non_negative(value, what: str) -> None:
         raise ValueError(f"Invalid {what}: {value}")
 
 
-def check_adam_hyperparameters(lr, betas, eps, weight_decay) -> None:
-    check_lr(lr)
-    check_non_negative(eps, "epsilon value")
+def check_betas(betas) -> None:
     for index, beta in enumerate(betas):
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
+
+
+def check_adam_hyperparameters(lr, betas, eps, weight_decay) -> None:
+    check_lr(lr)
+    check_non_negative(eps, "epsilon value")
+    check_betas(betas)
     check_non_negative(weight_decay, "weight_decay value")
     if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
             or (isinstance(betas[0], torch.Tensor) and isinstance(betas[1], torch.Tensor))):

@@ -9,8 +9,9 @@ FusedOptimizer subclass whose `spec` names:
   (fusedopt/backends/triton/<kind>.py);
 - `hyperparameters`: the names (and types) of what the kernels read, lr excepted, which
   reach native code by name (UpdateConfig.hyper);
-- `state_keys(hyper)`: its state tensors in table order for given options, all starting
-  as zeros in the param's layout;
+- `state_keys(hyper)`: its state tensors in table order for given options, each starting
+  in the param's layout as zeros, or filled with a group value (`initial_values`:
+  Adagrad's `sum` starts at `initial_accumulator_value`, Rprop's `step_size` at `lr`);
 - whether it keeps a float32 step counter, and whether new state follows a first-step rule.
 
 Registering happens when the class is defined (FusedOptimizer.__init_subclass__); the
@@ -32,6 +33,7 @@ class OptimizerSpec:
     state_keys: Callable[[Mapping[str, Any]], Tuple[str, ...]]  # hyper -> state tensor names in table order
     step_counter: bool = True  # keeps a float32 state['step'] the kernels advance
     first_step_rule: bool = False  # new state depends on the first grad (SGD's buf = grad)
+    initial_values: Tuple[Tuple[str, str], ...] = ()  # (state key, group key whose value fills it); else zeros
 
     def hyper_names(self) -> Tuple[str, ...]:
         return tuple(name for name, _ in self.hyperparameters)

@@ -1,0 +1,40 @@
+"""Adagrad: torch.optim.Adagrad's math, defaults, errors and state layout, fused (dense grads)."""
+from __future__ import annotations
+
+from ._base import FusedOptimizer
+from ._checks import check_lr, check_non_negative, check_torch_flags
+from ._spec import BOOL, FLOAT, OptimizerSpec
+
+__all__ = ["Adagrad"]
+
+
+class Adagrad(FusedOptimizer):
+    """torch.optim.Adagrad, every param tensor of a group updated in one fused call.
+
+    torch creates the state (`sum` at `initial_accumulator_value`, `step` at 0) in the
+    constructor; fusedopt creates it at the first step, as for its other optimizers, with
+    the same values, so training and checkpoints after a step are the same.
+    """
+
+    spec = OptimizerSpec(
+        kind="adagrad",
+        hyperparameters=(("lr_decay", FLOAT), ("eps", FLOAT), ("weight_decay", FLOAT), ("maximize", BOOL)),
+        state_keys=lambda h: ("sum",),
+        initial_values=(("sum", "initial_accumulator_value"),),
+    )
+    _setstate_defaults = dict(foreach=None, maximize=False, differentiable=False, fused=None)
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
+                 foreach=None, *, maximize=False, differentiable=False, fused=None, backend="auto",
+                 master_weights=False, max_grad_norm=None):
+        check_lr(lr)
+        check_non_negative(lr_decay, "lr_decay value")
+        check_non_negative(weight_decay, "weight_decay value")
+        check_non_negative(initial_accumulator_value, "initial_accumulator_value value")
+        check_non_negative(eps, "epsilon value")
+        check_torch_flags(foreach, fused, differentiable)
+        defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+                        initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
+                        differentiable=differentiable, fused=fused, backend=backend, master_weights=master_weights,
+                        max_grad_norm=max_grad_norm)
+        super().__init__(params, defaults)

@@ -1,0 +1,43 @@
+"""RAdam (rectified Adam): torch.optim.RAdam's math, defaults, errors and state layout, fused."""
+from __future__ import annotations
+
+from ._base import FusedOptimizer
+from ._checks import check_betas, check_lr, check_non_negative, check_torch_flags, scalar
+from ._spec import BOOL, FLOAT, OptimizerSpec
+
+__all__ = ["RAdam"]
+
+
+class RAdam(FusedOptimizer):
+    """torch.optim.RAdam, every param tensor of a group updated in one fused call. The
+    rectification term depends only on the step, so it is a per-tensor coefficient, like
+    Adam's bias corrections."""
+
+    spec = OptimizerSpec(
+        kind="radam",
+        hyperparameters=(("beta1", FLOAT), ("beta2", FLOAT), ("eps", FLOAT), ("weight_decay", FLOAT),
+                         ("decoupled_weight_decay", BOOL), ("maximize", BOOL)),
+        state_keys=lambda h: ("exp_avg", "exp_avg_sq"),
+    )
+    _setstate_defaults = dict(foreach=None, maximize=False, differentiable=False, decoupled_weight_decay=False,
+                              capturable=False)
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, decoupled_weight_decay=False,
+                 *, foreach=None, maximize=False, capturable=False, differentiable=False, backend="auto",
+                 master_weights=False, max_grad_norm=None):
+        check_lr(lr)
+        check_non_negative(eps, "epsilon value")
+        check_betas(betas)
+        check_non_negative(weight_decay, "weight_decay value")
+        check_torch_flags(foreach, None, differentiable)
+        defaults = dict(lr=lr, betas=tuple(scalar(b) for b in betas), eps=eps, weight_decay=weight_decay,
+                        maximize=maximize, foreach=foreach, capturable=capturable,
+                        decoupled_weight_decay=decoupled_weight_decay, differentiable=differentiable,
+                        backend=backend, master_weights=master_weights, max_grad_norm=max_grad_norm)
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def hyper(group: dict) -> dict:
+        beta1, beta2 = group["betas"]
+        return dict(beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                    decoupled_weight_decay=group["decoupled_weight_decay"], maximize=group["maximize"])
