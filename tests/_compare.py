@@ -19,6 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 import fusedopt
+from optimizer_specs import ROWS, SpecRow
+from optimizer_specs import row as spec_row
 
 # --------------------------------------------------------------------------- data
 # A multi-tensor param list: empty, one element, odd, 4097 (not a multiple of any
@@ -53,8 +55,9 @@ LOW_PRECISION: Dict[torch.dtype, Dict[str, float]] = {
 }
 
 # --------------------------------------------------------------------------- the option grid
-LR = {"Adam": 1e-2, "AdamW": 1e-2, "SGD": 5e-2, "RMSprop": 1e-2}
-FUSEDOPT_ONLY_KEYS = ("optimized_update",)  # options torch.optim does not have
+# Every optimizer's row (lr, option grid, representative options, what it must equal)
+# lives in optimizer_specs.py; the cases below are built from the rows.
+LR = {r.name: r.lr for r in ROWS}
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,10 @@ class Case:
 
     optimizer: str
     options: Tuple[Tuple[str, object], ...] = ()
+
+    @property
+    def row(self) -> SpecRow:
+        return spec_row(self.optimizer)
 
     @property
     def kwargs(self) -> dict:
@@ -90,77 +97,39 @@ class Case:
         return getattr(fusedopt, self.optimizer)(params, backend=backend, **{**self.kwargs, **extra})
 
     def expected(self, params, fused_torch: bool = False) -> torch.optim.Optimizer:
-        """What the fusedopt optimizer must compute: torch.optim's namesake (single-tensor
-        path, or fused=True where asked and torch has it), or KingmaBaAdam."""
-        kwargs = self.kwargs
-        if self.optimized_update:
-            kwargs.pop("optimized_update")
-            return KingmaBaAdam(params, decoupled=self.optimizer == "AdamW", **kwargs)
-        kwargs = {k: v for k, v in kwargs.items() if k not in FUSEDOPT_ONLY_KEYS}
-        if fused_torch:
-            if self.optimizer == "RMSprop":  # torch has no fused RMSprop: emulate one
-                return RoundedOpmath(params, lambda ps: torch.optim.RMSprop(ps, foreach=False, **kwargs))
-            return getattr(torch.optim, self.optimizer)(params, fused=True, **kwargs)
-        return getattr(torch.optim, self.optimizer)(params, foreach=False, **kwargs)
+        """What the fusedopt optimizer must compute: the row's expected optimizer, or
+        torch.optim's namesake (single-tensor path, or fused=True where asked and torch has
+        it; an emulated fused run where torch has none, see RoundedOpmath)."""
+        kwargs, row = self.kwargs, self.row
+        if fused_torch and not any(kwargs.get(key) for key in row.fusedopt_only):
+            kwargs = {k: v for k, v in kwargs.items() if k not in row.fusedopt_only}
+            if row.torch_fused:
+                return getattr(torch.optim, self.optimizer)(params, fused=True, **kwargs)
+            return RoundedOpmath(params, lambda ps: _expected_optimizer(row, ps, kwargs))
+        return _expected_optimizer(row, params, kwargs)
 
     def torch_default_form(self) -> "Case":
-        """The same case with torch's bias-correction form."""
-        return Case(self.optimizer, tuple((k, v) for k, v in self.options if k != "optimized_update"))
+        """The same case without fusedopt-only options (torch's bias-correction form)."""
+        return Case(self.optimizer, tuple((k, v) for k, v in self.options if k not in self.row.fusedopt_only))
 
 
-def _grid(optimizer: str, **axes: Sequence) -> List[Case]:
-    keys = list(axes)
-    return [Case(optimizer, tuple(zip(keys, values))) for values in itertools.product(*axes.values())]
+def _expected_optimizer(row: SpecRow, params, kwargs: dict):
+    if row.expected is not None:
+        return row.expected(params, **kwargs)
+    return getattr(torch.optim, row.name)(params, foreach=False, **kwargs)
 
 
-def _valid_sgd(case: Case) -> bool:
-    o = dict(case.options)
-    if o["nesterov"] and (o["momentum"] == 0 or o["dampening"] != 0):
-        return False  # torch rejects these
-    return not (o["momentum"] == 0 and o["dampening"] != 0)  # dampening without momentum: no-op
+def _grid(row: SpecRow) -> List[Case]:
+    keys = list(row.grid)
+    cases = [Case(row.name, tuple(zip(keys, values))) for values in itertools.product(*row.grid.values())]
+    return [case for case in cases if row.valid(dict(case.options))]
 
 
-ADAM_CASES = [
-    case
-    for name in ("Adam", "AdamW")
-    for case in _grid(name, amsgrad=(False, True), maximize=(False, True), weight_decay=(0.0, 0.1),
-                      optimized_update=(False, True))
-]
-SGD_CASES = [
-    case for case in _grid("SGD", momentum=(0.0, 0.9), dampening=(0.0, 0.5), nesterov=(False, True),
-                           weight_decay=(0.0, 0.1), maximize=(False, True))
-    if _valid_sgd(case)
-]
-RMSPROP_CASES = _grid("RMSprop", alpha=(0.99, 0.8), centered=(False, True), momentum=(0.0, 0.9),
-                      weight_decay=(0.0, 0.1), maximize=(False, True))
-ALL_CASES = ADAM_CASES + SGD_CASES + RMSPROP_CASES
+ALL_CASES = [case for r in ROWS for case in _grid(r)]
 
-# A few cases that between them exercise every state tensor, for the tests that do not
-# need the whole grid (state_dict, schedulers, training).
-REPRESENTATIVE_CASES = [
-    Case("Adam", (("amsgrad", True), ("weight_decay", 0.1))),
-    Case("AdamW", (("weight_decay", 0.1),)),
-    Case("AdamW", (("optimized_update", True),)),
-    Case("SGD", (("momentum", 0.9), ("nesterov", True), ("weight_decay", 0.1))),
-    Case("SGD", (("momentum", 0.9), ("dampening", 0.5))),
-    Case("SGD"),
-    Case("RMSprop", (("centered", True), ("momentum", 0.9), ("weight_decay", 0.1))),
-    Case("RMSprop"),
-]
-
-# What torch.optim keeps per param (the contract: fusedopt keeps exactly the same).
-def expected_state_keys(case: Case) -> set:
-    o = dict(case.options)
-    if case.optimizer in ("Adam", "AdamW"):
-        return {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if o.get("amsgrad") else set())
-    if case.optimizer == "SGD":
-        return {"momentum_buffer"} if o.get("momentum", 0) != 0 else set()
-    keys = {"step", "square_avg"}
-    if o.get("centered"):
-        keys.add("grad_avg")
-    if o.get("momentum", 0) > 0:
-        keys.add("momentum_buffer")
-    return keys
+# A few cases per optimizer that between them exercise every state tensor, for the tests
+# that do not need the whole grid (state_dict, schedulers, training).
+REPRESENTATIVE_CASES = [Case(r.name, tuple(options.items())) for r in ROWS for options in r.representative]
 
 
 # --------------------------------------------------------------------------- Kingma & Ba
