@@ -227,15 +227,21 @@ def optimizer_classes() -> List[Type]:
 
 @functools.lru_cache(maxsize=None)
 def all_cases() -> Tuple[OptimizerCase, ...]:
-    cases = []
-    for cls in optimizer_classes():
-        family = cls.__name__.lower()
-        for suffix, options, extra in _CASE_OPTIONS.get(cls.__name__, (("", {}, ()),)):
-            hyper = {"lr": _default_lr(cls), **options}
-            variants = (FusedoptVariant(""), *(FusedoptVariant(name, {name: True}) for name in extra))
-            cases.append(OptimizerCase(f"{family}-{suffix}" if suffix else family, family, cls, hyper,
-                                       _spec_hyper(cls, hyper), fusedopt_variants=variants))
-    return tuple(cases)
+    return tuple(
+        optimizer_case(cls, options, suffix, extra)
+        for cls in optimizer_classes()
+        for suffix, options, extra in _CASE_OPTIONS.get(cls.__name__, (("", {}, ()),))
+    )
+
+
+def optimizer_case(cls: Type, options: Mapping, suffix: str = "", extra: Sequence[str] = ()) -> OptimizerCase:
+    """``cls`` with ``options`` (and its default lr); each of ``extra`` (boolean options)
+    adds a fusedopt row with that option on."""
+    family = cls.__name__.lower()
+    hyper = {"lr": _default_lr(cls), **options}
+    variants = (FusedoptVariant(""), *(FusedoptVariant(name, {name: True}) for name in extra))
+    return OptimizerCase(f"{family}-{suffix}" if suffix else family, family, cls, hyper, _spec_hyper(cls, hyper),
+                         fusedopt_variants=variants)
 
 
 def families() -> Tuple[str, ...]:
