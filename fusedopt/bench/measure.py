@@ -105,6 +105,7 @@ def measure_copy_bandwidth(
     size = source.numel() * source.element_size()
     return CopyBandwidth(size, 2 * size, median_ms, 2 * size / median_ms / 1e6)
 
+
 # ----------------------------------------------------------------------------- bytes moved
 # Short names used in the printed formulas; a state key not listed prints as itself.
 _SYMBOLS = {
@@ -112,7 +113,6 @@ _SYMBOLS = {
     "exp_avg": "m", "exp_avg_sq": "v", "max_exp_avg_sq": "vmax",
     "momentum_buffer": "buf", "square_avg": "sq", "grad_avg": "gavg",
 }
-_STEP_COUNTER_BYTES = torch.empty((), dtype=STEP_DTYPE).element_size()
 
 
 @dataclass(frozen=True)
@@ -160,14 +160,14 @@ def traffic(case: OptimizerCase, dtype: torch.dtype, master_weights: bool = Fals
     float32 and the master copy is read instead of the param, which is only written. With
     a GradScaler the unscaled grad is written back.
     """
+    spec = case.optimizer_class.spec
     param_size = _itemsize(dtype)
     master = master_weights and uses_master(dtype)
-    states = bucket_state_keys(case.spec, case.spec_hyper, master)
-    state_size = 4 if master else param_size
-    state_rows = tuple((key, state_size) for key in states)
-    reads = (() if master else (("param", param_size),)) + (("grad", param_size),) + state_rows
-    writes = (("param", param_size),) + ((("grad", param_size),) if grad_scaler else ()) + state_rows
-    return Traffic(reads, writes, 2 * _STEP_COUNTER_BYTES if case.spec.step_counter else 0)
+    state_size = _itemsize(torch.float32) if master else param_size
+    states = tuple((key, state_size) for key in bucket_state_keys(spec, case.spec_hyper, master))
+    reads = (() if master else (("param", param_size),)) + (("grad", param_size),) + states
+    writes = (("param", param_size),) + ((("grad", param_size),) if grad_scaler else ()) + states
+    return Traffic(reads, writes, 2 * _itemsize(STEP_DTYPE) if spec.step_counter else 0)
 
 
 def uses_master(dtype: torch.dtype) -> bool:

@@ -16,7 +16,7 @@ import torch
 
 import fusedopt.optim
 from fusedopt.optim._plan import group_hyper
-from fusedopt.optim._spec import OptimizerSpec, registered
+from fusedopt.optim._spec import registered
 
 SCALES = ("full", "quick", "tiny")
 SHAPE_NAMES = ("large", "gpt2-small", "gpt2-xl", "many-small", "many-4096", "host-overhead")
@@ -206,10 +206,6 @@ class OptimizerCase:
     @property
     def class_name(self) -> str:
         return self.optimizer_class.__name__
-
-    @property
-    def spec(self) -> OptimizerSpec:
-        return self.optimizer_class.spec
 
     @property
     def label(self) -> str:
