@@ -1,21 +1,26 @@
-"""Smoke tests of the benchmark harness (fusedopt.bench) and bench/cpu_bars.py.
+"""Smoke tests of the benchmark harness (fusedopt.bench, its `bars` subcommand and the
+bench/cpu_bars.py wrapper), and exact tests of the bytes it derives from each spec.
 
 They run the real harness in-process at the hidden --tiny scale and check
 the shape of what it reports, never how fast anything was.
 """
-import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import fusedopt
+import fusedopt.optim
+from fusedopt.bench import bars as cpu_bars
 from fusedopt.bench.__main__ import main
-from fusedopt.bench.cases import CASES_BY_KEY
 from fusedopt.bench.contenders import fusedopt_backends
-from fusedopt.bench.timing import round_robin
-from fusedopt.bench.workloads import GPT2_SMALL, GPT2_XL, build_workloads, default_shape_names, gpt2_parameter_shapes
+from fusedopt.bench.measure import round_robin, traffic
+from fusedopt.bench.workloads import (GPT2_SMALL, GPT2_XL, all_cases, build_workloads, cases_by_key,
+                                      default_shape_names, families, gpt2_parameter_shapes, optimizer_case)
 
 REPO = Path(__file__).resolve().parents[1]
 # One thread: tiny steps gain nothing from two, and a busy machine would make each
@@ -99,7 +104,7 @@ def test_rows_cover_every_shape_dtype_and_optimizer(tiny_run):
     measured = {(row["shape"], row["dtype"], row["optimizer"]) for row in tiny_run["results"]}
     for shape in ("large", "gpt2-small", "many-small"):
         for dtype in ("float32", "bfloat16"):
-            for case in CASES_BY_KEY:
+            for case in cases_by_key():
                 assert (shape, dtype, case) in measured
     host_rows = {row["optimizer"] for row in tiny_run["results"] if row["shape"] == "host-overhead"}
     assert host_rows == {"adam"}
@@ -150,7 +155,7 @@ def test_plot_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("arguments", [["--optimizers", "adagrad"], ["--shapes", "huge"],
+@pytest.mark.parametrize("arguments", [["--optimizers", "no-such-optimizer"], ["--shapes", "huge"],
                                        ["--dtypes", "int8"], ["--steps", "0"]])
 def test_bad_options_are_rejected(arguments):
     with pytest.raises(SystemExit) as exit_info:
@@ -170,18 +175,68 @@ def test_bad_options_are_rejected(arguments):
         ("rmsprop-centered", torch.bfloat16, 18),
     ],
 )
-def test_bytes_per_element(case, dtype, expected):
-    assert CASES_BY_KEY[case].traffic.bytes_per_element(dtype) == expected
+def test_bytes_per_element_of_the_timed_cases(case, dtype, expected):
+    assert traffic(cases_by_key()[case], dtype).bytes_per_element == expected
 
 
-@pytest.mark.parametrize(
-    "class_name, hyper, expected",
-    [("Adam", {"amsgrad": True}, 36), ("SGD", {"momentum": 0.0}, 12), ("RMSprop", {"momentum": 0.9}, 28)],
-)
-def test_bytes_per_element_follows_the_options(class_name, hyper, expected):
-    from fusedopt.bench.traffic import traffic_for
+# Written out by hand from each optimizer's math, not from its spec: (class, options, dtype,
+# master weights, GradScaler) -> (bytes read, bytes written, per-tensor step counter bytes).
+HAND_WRITTEN_TRAFFIC = [
+    # p, g, m, v read; p, m, v written (DESIGN.md: fp32 Adam moves 16 + 12 bytes); step counter
+    ("Adam", {}, torch.float32, False, False, (16, 12, 8)),
+    ("AdamW", {}, torch.float32, False, False, (16, 12, 8)),
+    ("Adam", {}, torch.bfloat16, False, False, (8, 6, 8)),
+    ("Adam", {"amsgrad": True}, torch.float32, False, False, (20, 16, 8)),  # + vmax both ways
+    ("Adam", {}, torch.float32, False, True, (16, 16, 8)),  # GradScaler writes the unscaled grad
+    # master weights: g (2 B) and fp32 m, v, master read; p (2 B) and fp32 m, v, master written
+    ("Adam", {}, torch.bfloat16, True, False, (14, 14, 8)),
+    ("Adam", {}, torch.float32, True, False, (16, 12, 8)),  # fp32 params have no master copy
+    ("SGD", {"momentum": 0.9}, torch.float32, False, False, (12, 8, 0)),  # p, g, buf; p, buf; no counter
+    ("SGD", {}, torch.float32, False, False, (8, 4, 0)),  # p, g; p
+    ("SGD", {"momentum": 0.9}, torch.float16, True, False, (10, 10, 0)),  # g, buf, master; p, buf, master
+    ("RMSprop", {}, torch.float32, False, False, (12, 8, 8)),  # p, g, sq; p, sq
+    ("RMSprop", {"momentum": 0.9}, torch.float32, False, False, (16, 12, 8)),  # + buf
+    ("RMSprop", {"centered": True, "momentum": 0.9}, torch.float32, False, False, (20, 16, 8)),  # + gavg, buf
+    ("RMSprop", {"centered": True, "momentum": 0.9}, torch.bfloat16, True, False, (18, 18, 8)),
+]
 
-    assert traffic_for(class_name, hyper).bytes_per_element(torch.float32) == expected
+
+@pytest.mark.parametrize("class_name, options, dtype, master, scaler, expected", HAND_WRITTEN_TRAFFIC,
+                         ids=[f"{c}{o or ''}-{str(d)[6:]}{'-master' if m else ''}{'-scaler' if s else ''}"
+                              for c, o, d, m, s, _ in HAND_WRITTEN_TRAFFIC])
+def test_traffic_derived_from_the_spec_matches_the_hand_count(class_name, options, dtype, master, scaler, expected):
+    moved = traffic(optimizer_case(getattr(fusedopt, class_name), options), dtype, master, grad_scaler=scaler)
+    assert (moved.read_bytes, moved.write_bytes, moved.bytes_per_tensor) == expected
+    assert moved.formula.endswith(f"= {moved.bytes_per_element} B/elem")
+
+
+def test_fp32_adam_formula_is_printed_as_before():
+    moved = traffic(cases_by_key()["adam"], torch.float32)
+    assert moved.formula == "reads p,g,m,v + writes p,m,v = 7 x 4 B = 28 B/elem"
+    master = traffic(cases_by_key()["adam"], torch.bfloat16, master_weights=True)
+    assert master.formula == "reads g,m,v,p32 + writes p,m,v,p32 = 2 x 2 B + 6 x 4 B = 28 B/elem"
+
+
+@pytest.mark.parametrize("master", [False, True])
+@pytest.mark.parametrize("key", sorted(cases_by_key()))
+def test_counted_state_is_the_state_the_optimizer_keeps(key, master):
+    """The tensors counted per element are exactly the per-element state one step creates."""
+    case = cases_by_key()[key]
+    dtype = torch.bfloat16 if master else torch.float32
+    param = torch.zeros(3, dtype=dtype, requires_grad=True)
+    param.grad = torch.ones_like(param)
+    optimizer = case.optimizer_class([param], **case.hyper, backend="reference", master_weights=master)
+    optimizer.step()
+    kept = {name for name, value in optimizer.state[param].items() if value.numel() == param.numel()}
+    moved = traffic(case, dtype, master)
+    assert {name for name, _ in moved.writes} - {"param"} == kept
+    assert ("step" in optimizer.state[param]) == (moved.bytes_per_tensor > 0)
+
+
+def test_every_exported_optimizer_class_is_benchmarked():
+    classes = {name for name in fusedopt.optim.__all__ if hasattr(getattr(fusedopt.optim, name), "spec")}
+    assert {case.class_name for case in all_cases()} == classes
+    assert set(families()) == {name.lower() for name in classes}
 
 
 def test_gpt2_shapes_have_the_published_parameter_counts():
@@ -217,17 +272,23 @@ def test_round_robin_alternates_and_rotates_the_first_contender():
     assert "".join(calls) == "abc" + "abc" + "bca" + "cab"
 
 
-def test_cpu_bars_script_reports_every_bar(tmp_path):
-    spec = importlib.util.spec_from_file_location("cpu_bars", REPO / "bench" / "cpu_bars.py")
-    cpu_bars = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cpu_bars)
+def test_bars_subcommand_reports_every_bar(tmp_path):
     path = tmp_path / "bars.json"
-    status = cpu_bars.main(["--tiny", "--steps", "2", "--warmup", "1", "--threads", "1", "--json", str(path)])
-    bars = json.loads(path.read_text())["bars"]
-    assert len(bars) == len(cpu_bars.BARS)
+    status = main(["bars", "--tiny", "--steps", "2", "--warmup", "1", "--threads", "1", "--json", str(path)])
+    document = json.loads(path.read_text())
+    bars = document["bars"]
+    assert [bar["bar"] for bar in bars] == [bar.name for bar in cpu_bars.BARS]
     assert status == (0 if all(bar["passed"] for bar in bars) else 1)
     for bar in bars:
         assert_positive_finite(bar["ratio"], bar["bar"])
+    assert document["benchmarks"][0]["environment"]["command_line"].startswith("python -m fusedopt.bench bars --tiny")
+
+
+def test_cpu_bars_script_is_the_bars_subcommand():
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "cpu_bars.py"), "--help"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("usage: python -m fusedopt.bench bars")
 
 
 def test_many_4096_is_ten_thousand_tensors_of_4096_elements_and_runs_by_default_on_gpus_only():
@@ -268,4 +329,4 @@ def test_master_weights_rows_on_16_bit_params_count_the_fp32_bytes(tmp_path):
 @pytest.mark.parametrize("case, dtype, expected", [("adam", torch.bfloat16, 28), ("adam", torch.float32, 28),
                                                    ("sgd", torch.float16, 20), ("rmsprop-centered", torch.bfloat16, 36)])
 def test_bytes_per_element_with_master_weights(case, dtype, expected):
-    assert CASES_BY_KEY[case].traffic.bytes_per_element(dtype, master_weights=True) == expected
+    assert traffic(cases_by_key()[case], dtype, master_weights=True).bytes_per_element == expected

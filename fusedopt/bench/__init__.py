@@ -1,10 +1,9 @@
 """Benchmark harness: fusedopt against torch.optim on the same parameters.
 
-Run ``python -m fusedopt.bench --help``. The modules, top to bottom:
-``cli`` (options), ``workloads`` (what is updated), ``cases`` (optimizer
-configurations), ``traffic`` (bytes an update must move), ``contenders``
-(torch.optim variants and fusedopt backends), ``timing`` (clocks and
-round-robin sampling), ``runner`` (the measurement loop), ``report``,
-``plot`` and ``progress`` (output), ``environment`` (what it ran on),
-``session`` (one run as an entry point makes it).
+Run ``python -m fusedopt.bench --help`` (``bars --help`` for the CPU bars). The modules:
+``workloads`` (what is updated: shapes, and one optimizer case per registered optimizer
+class), ``contenders`` (what is timed: torch.optim variants and fusedopt backends),
+``measure`` (clocks, copy bandwidth, bytes moved from each optimizer's spec, environment,
+the run loop), ``report`` (table, JSON, plot, progress), ``cli`` (the harness's options
+and one measured run), ``bars`` (the CPU performance bars), ``__main__`` (subcommands).
 """

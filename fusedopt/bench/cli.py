@@ -1,14 +1,16 @@
-"""Command-line options of `python -m fusedopt.bench` and the BenchConfig they select."""
+"""`python -m fusedopt.bench`: its options, the BenchConfig they select, and one measured
+run as every subcommand makes it (progress on stderr, what it ran on)."""
 import argparse
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .cases import FAMILIES, cases_for_families
 from .contenders import TORCH_VARIANTS, fusedopt_backends
-from .plot import check_matplotlib
-from .runner import BenchConfig
-from .workloads import SHAPE_NAMES, build_workloads, default_shape_names
+from .measure import (BenchConfig, BenchResult, busy_machine_warning, count_units, describe_environment,
+                      load_average, run_benchmark)
+from .report import Progress, check_matplotlib, format_report, plot_bandwidth, to_json_document, write_json
+from .workloads import SHAPE_NAMES, build_workloads, cases_for_families, default_shape_names, families
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,12 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
             " same parameters, and report ms/step, achieved GB/s, % of copy bandwidth and"
             " speed-ups."
         ),
+        epilog="`python -m fusedopt.bench bars` checks the CPU performance bars instead (see its --help).",
     )
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", choices=("cpu", "cuda"), default=default_device,
                         help=f"device to run on (default: {default_device})")
-    parser.add_argument("--optimizers", type=_comma_list(FAMILIES), default=list(FAMILIES),
-                        help=f"comma-separated subset of {','.join(FAMILIES)} (default: all)")
+    parser.add_argument("--optimizers", type=_comma_list(families()), default=list(families()),
+                        help=f"comma-separated subset of {','.join(families())} (default: all)")
     parser.add_argument("--backend", type=_comma_list(None), default=None,
                         help="fusedopt backend(s) to time, comma-separated (default: every backend"
                              " available on the device, less Triton's interpreter on the CPU)")
@@ -67,6 +70,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
     parser.add_argument("--plot", metavar="PATH", help="write a bandwidth bar chart (PNG; needs matplotlib)")
     return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """The harness: time, print the table, write --json and --plot."""
+    options = parse_arguments(argv)
+    config = build_config(options)
+    if options.cuda_chunk_bytes:
+        import fusedopt.backends
+
+        fusedopt.backends.get("cuda").chunk_bytes = options.cuda_chunk_bytes
+    result, environment = measure(config, "python -m fusedopt.bench", argv, options.threads)
+    print(format_report(result, config, environment))
+    if options.json:
+        write_json(options.json, to_json_document(result, config, environment, settings_of(options, config)))
+        print(f"\nwrote {options.json}")
+    if options.plot:
+        title = f"{environment['device_name']}: optimizer step bandwidth"
+        plot_bandwidth(result, options.plot, title)
+        print(f"wrote {options.plot}")
+    return 0
+
+
+def measure(
+    config: BenchConfig, program: str, argv: Sequence[str], threads: Optional[int]
+) -> Tuple[BenchResult, Dict[str, object]]:
+    """Run ``config`` with progress on stderr; return the results and what they ran on.
+
+    ``program`` and ``argv`` are recorded as the command line.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    environment = describe_environment(config.device, program, argv)
+    warning = busy_machine_warning(environment)
+    if warning:
+        print(warning, file=sys.stderr)
+    progress = Progress(total=count_units(config) + 1)  # + 1: the copy measurement
+    result = run_benchmark(config, progress)
+    progress.close()
+    environment["load_average_end"] = load_average()
+    return result, environment
 
 
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:

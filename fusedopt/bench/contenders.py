@@ -1,4 +1,5 @@
-"""Who updates the parameters: torch.optim's implementations and fusedopt's backends."""
+"""What is timed: torch.optim's implementations of each case's optimizer (where torch has
+one of that name) and fusedopt's backends, each row a Contender."""
 import inspect
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
@@ -7,7 +8,7 @@ import torch
 
 import fusedopt
 
-from .cases import OptimizerCase
+from .workloads import OptimizerCase
 
 OptimizerFactory = Callable[[List[torch.Tensor]], torch.optim.Optimizer]
 
@@ -31,8 +32,11 @@ class Contender:
 
 def torch_contenders(case: OptimizerCase, variants: Sequence[str]) -> List[Contender]:
     """torch.optim's implementations of ``case`` among ``variants``, leaving out those
-    its constructor does not offer (RMSprop has no ``fused``)."""
-    optimizer_class = getattr(torch.optim, case.class_name)
+    its constructor does not offer (RMSprop has no ``fused``); none where torch.optim has
+    no optimizer of that name."""
+    optimizer_class = getattr(torch.optim, case.class_name, None)
+    if optimizer_class is None:
+        return []
     offered = inspect.signature(optimizer_class).parameters
     return [
         Contender(
@@ -49,7 +53,7 @@ def torch_contenders(case: OptimizerCase, variants: Sequence[str]) -> List[Conte
 def fusedopt_contenders(case: OptimizerCase, backends: Sequence[str], master_weights: bool = False) -> List[Contender]:
     """Each backend's rows for ``case``; with ``master_weights`` (asked for, on 16-bit params)
     one more row per backend, ``fusedopt[<backend>,master_weights]``."""
-    optimizer_class = getattr(fusedopt, case.class_name)
+    optimizer_class = case.optimizer_class
     contenders = []
     for backend in backends:
         for extra in case.fusedopt_variants:

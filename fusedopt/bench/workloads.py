@@ -1,14 +1,22 @@
-"""The parameter lists the optimizers update ("shapes" of work).
+"""What the benchmark updates: the parameter lists ("shapes" of work) and the optimizer
+cases, one per fusedopt optimizer class (fusedopt.optim.__all__) and so per registered
+OptimizerSpec, with a few extra option sets for the existing ones.
 
 Sizes depend on the device and on the scale: "full" (the real sizes),
 "quick" (a run under a minute on a small CPU) and "tiny" (tests only).
 """
+import functools
+import inspect
 import math
 import random
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
+
+import fusedopt.optim
+from fusedopt.optim._plan import group_hyper
+from fusedopt.optim._spec import registered
 
 SCALES = ("full", "quick", "tiny")
 SHAPE_NAMES = ("large", "gpt2-small", "gpt2-xl", "many-small", "many-4096", "host-overhead")
@@ -165,3 +173,96 @@ def _split_unevenly(total: int, count: int, seed: int) -> List[int]:
     sizes = [1 + int(weight * scale) for weight in weights]
     sizes[-1] += total - sum(sizes)
     return sizes
+
+
+# ----------------------------------------------------------------------------- optimizer cases
+# Option sets timed beyond each class's defaults, by class name: (key suffix, options,
+# fusedopt-only boolean options that each get a row of their own). A class not named here
+# (a new optimizer) is timed once with its defaults, with no edit here.
+_CASE_OPTIONS: Mapping[str, Tuple[Tuple[str, Mapping, Tuple[str, ...]], ...]] = {
+    "AdamW": (("", {"weight_decay": 1e-2}, ("optimized_update",)),),
+    "SGD": (("", {"momentum": 0.9}, ()),),
+    "RMSprop": (("", {}, ()), ("centered", {"centered": True, "momentum": 0.9}, ())),
+}
+
+
+@dataclass(frozen=True)
+class FusedoptVariant:
+    """A fusedopt-only option timed as its own row, e.g. AdamW's optimized_update."""
+
+    suffix: str  # appended to the row label: fusedopt[cpu,<suffix>]
+    kwargs: Mapping = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimizerCase:
+    key: str  # unique id used in JSON, e.g. "rmsprop-centered"
+    family: str  # the `--optimizers` name that selects it: the class name, lower case
+    optimizer_class: Type  # fusedopt's class; torch.optim's of the same name, where it has one
+    hyper: Mapping  # constructor options every contender gets (lr: the fusedopt default)
+    spec_hyper: Mapping  # the same options as the spec's hyper-parameters, by name
+    fusedopt_variants: Tuple[FusedoptVariant, ...] = (FusedoptVariant(""),)
+
+    @property
+    def class_name(self) -> str:
+        return self.optimizer_class.__name__
+
+    @property
+    def label(self) -> str:
+        args = ", ".join(f"{name}={value}" for name, value in self.hyper.items() if name != "lr")
+        return f"{self.class_name}({args})"
+
+
+def optimizer_classes() -> List[Type]:
+    """fusedopt's optimizer classes in fusedopt.optim.__all__ order, each carrying a
+    registered spec (AdamW is kind adam with decoupled weight decay)."""
+    kinds = registered()
+    classes = [getattr(fusedopt.optim, name) for name in fusedopt.optim.__all__]
+    return [cls for cls in classes if isinstance(cls, type) and getattr(cls, "spec", None) in kinds.values()]
+
+
+@functools.lru_cache(maxsize=None)
+def all_cases() -> Tuple[OptimizerCase, ...]:
+    return tuple(
+        optimizer_case(cls, options, suffix, extra)
+        for cls in optimizer_classes()
+        for suffix, options, extra in _CASE_OPTIONS.get(cls.__name__, (("", {}, ()),))
+    )
+
+
+def optimizer_case(cls: Type, options: Mapping, suffix: str = "", extra: Sequence[str] = ()) -> OptimizerCase:
+    """``cls`` with ``options`` (and its default lr); each of ``extra`` (boolean options)
+    adds a fusedopt row with that option on."""
+    family = cls.__name__.lower()
+    hyper = {"lr": _default_lr(cls), **options}
+    variants = (FusedoptVariant(""), *(FusedoptVariant(name, {name: True}) for name in extra))
+    return OptimizerCase(f"{family}-{suffix}" if suffix else family, family, cls, hyper, _spec_hyper(cls, hyper),
+                         fusedopt_variants=variants)
+
+
+def families() -> Tuple[str, ...]:
+    """What `--optimizers` accepts; a family may expand to several cases."""
+    return tuple(dict.fromkeys(case.family for case in all_cases()))
+
+
+def cases_by_key() -> Dict[str, OptimizerCase]:
+    return {case.key: case for case in all_cases()}
+
+
+def cases_for_families(names: Sequence[str]) -> List[OptimizerCase]:
+    """The cases selected by `--optimizers`, in the canonical order."""
+    unknown = set(names) - set(families())
+    if unknown:
+        raise ValueError(f"unknown optimizer(s) {sorted(unknown)}; choose from {list(families())}")
+    return [case for case in all_cases() if case.family in names]
+
+
+def _default_lr(cls: Type) -> float:
+    default = inspect.signature(cls).parameters["lr"].default
+    return 1e-3 if default is inspect.Parameter.empty else default
+
+
+def _spec_hyper(cls: Type, hyper: Mapping) -> Dict:
+    """``hyper`` as the class maps its param group onto its spec's names (Adam's betas)."""
+    optimizer = cls([torch.zeros(1, requires_grad=True)], **hyper, backend="reference")
+    return group_hyper(optimizer, optimizer.param_groups[0])
