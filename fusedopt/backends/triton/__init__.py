@@ -77,8 +77,8 @@ alignment promised to the compiler when every address of the batch is 16-byte al
 they become vector loads), the block holding the tensor's end is masked, and blocks past it
 do nothing. (A loop bounded by the run-time count of full blocks is what the interpreter of
 triton <= 3.6 cannot run with numpy >= 2.4: it turns the bound into a Python int with
-`int()` of a one-element array, which such numpy refuses.) `step_power`'s loop has a
-constant bound for the same reason.
+`int()` of a one-element array, which such numpy refuses; a `while` loop, as in
+`_math.step_power`, runs there.)
 
 Triton versions: everything here runs on triton 3.6 (the GPU machine's) and later. The
 two features beyond plain scalars are used the way 3.6 supports them: JITFunction

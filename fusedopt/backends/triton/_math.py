@@ -14,13 +14,16 @@ same bits (the kernels are compiled without multiply-add contraction).
   float32 `/` and tl.sqrt may be approximate).
 - `lerp` is fusedopt::lerp (torch's two-sided formula).
 - `step_power` is fusedopt::step_power: base ** step by squaring in double-double, so the
-  bias corrections are the C++ kernels' bits. The product's rounding error comes from
-  Dekker's exact product (Veltkamp splitting) instead of fma: both give the exact error of
-  a double product, but only plain multiplies and adds mean the same thing to the compiler
-  and to the interpreter (whose fma is a rounded multiply then add). The loop runs 32
-  times (the C++ loop stops at the counter's top bit; the extra squarings of a base in
-  [0, 1] change nothing used). Where a product underflows (powers below ~2^-960) the two
-  error terms may differ, which no bias correction sees: 1 - x is then 1 in both.
+  bias corrections are the C++ kernels' bits. The one change: each product's rounding
+  error comes from Dekker's exact product (Veltkamp splitting) instead of an fma. Both
+  give the exact error of a double product, but triton 3.6's interpreter computes tl.fma
+  as a multiply then an add (rounding twice), which would make the tests' bits differ
+  from the compiled kernel's; plain multiplies and adds (no contraction) mean the same
+  everywhere. The loop is C++'s, once per bit of the counter (a `while`, which the
+  interpreters of triton 3.6 and later run with numpy >= 2.4); it squares once more after
+  the top bit, a value C++ skips and nothing uses. Where a product underflows (powers
+  below ~2^-960) the two error terms may differ, which no bias correction sees: 1 - x is
+  then 1 either way.
 
 Conventions: scalars arrive as float64 and are rounded once to the math type with
 `tl.full((), x, T)` (C++'s `T(double)`; under the interpreter they are Python floats,
@@ -108,10 +111,11 @@ def step_power(base, step):
     result_lo = tl.full((), 0.0, tl.float64)
     square_hi = base
     square_lo = tl.full((), 0.0, tl.float64)
-    for k in range(0, 32):  # a constant bound (see "Block loop" in __init__)
+    while n != 0:  # fusedopt::step_power's loop (a `while`, which every interpreter runs)
         hi, lo = _two_product(result_hi, result_lo, square_hi, square_lo)
-        odd = ((n >> k) & 1) != 0
+        odd = (n & 1) != 0
         result_hi = tl.where(odd, hi, result_hi)
         result_lo = tl.where(odd, lo, result_lo)
+        n = n >> 1
         square_hi, square_lo = _two_product(square_hi, square_lo, square_hi, square_lo)
     return tl.where(whole, result_hi + result_lo, tl.exp2(step * tl.log2(base)))
