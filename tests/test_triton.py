@@ -59,7 +59,11 @@ STEPS = 10
 
 
 def _rebuild_kernels() -> None:
-    importlib.reload(triton_backend)  # re-runs the @triton.jit decorators under the current environment
+    # Every module of the package re-runs its @triton.jit decorators under the current
+    # environment: drop them all, so the reload imports the skeleton and kinds afresh.
+    for name in [m for m in sys.modules if m.startswith(triton_backend.__name__ + ".")]:
+        del sys.modules[name]
+    importlib.reload(triton_backend)
     backends.register(triton_backend.TritonBackend())
     for key in [k for k, b in backends._resolved.items() if b.name == "triton"]:
         del backends._resolved[key]
@@ -438,22 +442,23 @@ def test_chunks_and_blocks_cover_every_element(monkeypatch):
     assert_all_close(params, expected, **TOLERANCE[torch.float32])
 
 
-def _counting(monkeypatch, launcher_name):
+def _counting(monkeypatch, kind):
+    """The launches of optimizer `kind`'s update: (programs, tensors) each."""
     calls = []
-    launcher = getattr(triton_backend, launcher_name)
+    launch = triton_backend._launch
 
-    def counted(tables, batch, config):
-        calls.append((tables.programs, len(batch)))
-        return launcher(tables, batch, config)
+    def counted(launched, tables, batch, config):
+        if launched == kind:
+            calls.append((tables.programs, len(batch)))
+        return launch(launched, tables, batch, config)
 
-    monkeypatch.setattr(triton_backend, launcher_name, counted)
+    monkeypatch.setattr(triton_backend, "_launch", counted)
     return calls
 
 
-@pytest.mark.parametrize("name,launcher", [("Adam", "_launch_adam"), ("SGD", "_launch_sgd"),
-                                           ("RMSprop", "_launch_rmsprop")])
-def test_one_launch_per_batch(monkeypatch, name, launcher):
-    calls = _counting(monkeypatch, launcher)
+@pytest.mark.parametrize("name,kind", [("Adam", "adam"), ("SGD", "sgd"), ("RMSprop", "rmsprop")])
+def test_one_launch_per_batch(monkeypatch, name, kind):
+    calls = _counting(monkeypatch, kind)
     params = make_params(torch.float32)
     optimizer = getattr(fusedopt, name)(params, lr=0.01, backend="triton")
     for step in range(2):
@@ -467,7 +472,7 @@ def test_one_launch_per_batch(monkeypatch, name, launcher):
 
 def test_one_launch_per_bucket(monkeypatch):
     """Two dtypes in one group and a second group: three batches, three launches a step."""
-    calls = _counting(monkeypatch, "_launch_adam")
+    calls = _counting(monkeypatch, "adam")
     first = make_params(torch.float32, sizes=(3, 5)) + make_params(torch.bfloat16, sizes=(7,), misaligned=0)
     second = make_params(torch.float32, sizes=(11,), misaligned=0)
     optimizer = fusedopt.Adam([{"params": first}, {"params": second, "lr": 0.1}], backend="triton")
@@ -498,7 +503,7 @@ def test_steps_and_grads_set_to_none():
 
 def test_empty_tensors_only(monkeypatch):
     """Nothing to launch, but the step counters still move."""
-    calls = _counting(monkeypatch, "_launch_adam")
+    calls = _counting(monkeypatch, "adam")
     params = make_params(torch.float32, sizes=(0, 0), misaligned=0)
     optimizer = fusedopt.Adam(params, backend="triton")
     for p in params:
@@ -544,7 +549,7 @@ def test_device_tables_are_cached_and_alignment_is_detected():
 
 # ----------------------------------------------------------------------------- selection
 def test_backend_triton_and_environment_route_to_the_kernels(monkeypatch):
-    calls = _counting(monkeypatch, "_launch_sgd")
+    calls = _counting(monkeypatch, "sgd")
     assert backends.resolve("triton", DEVICE).name == "triton"
     params = make_params(torch.float32, sizes=(5,), misaligned=0)
     params[0].grad = torch.ones_like(params[0])
@@ -574,14 +579,27 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from fusedopt._layout import UpdateConfig
 from fusedopt.backends import triton as backend
+from fusedopt.backends.triton import _kernel
 
+kernel = _kernel.multi_tensor_kernel
 FLOAT_POINTERS = {"grad_scale_ptr", "found_inf_ptr", "clip_coef_ptr"}
 DEFAULTS = dict(COMPUTE=tl.float32, MASTER=False, GRAD_SCALE=False, FOUND_INF=False, CLIP_COEF=False,
                 LR_TENSOR=False, ALIGNED=True, BLOCK=1024, CHUNK=16384)
+HYPER = {
+    "adam": dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
+                 decoupled_weight_decay=False, optimized_update=False),
+    "sgd": dict(momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False),
+    "rmsprop": dict(alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False),
+}
 
-def ptx(kernel, **constexprs):
-    constexprs = {**DEFAULTS, "STATE": constexprs["DTYPE"], **constexprs}
+def ptx(kind, num_states, hyper=(), **constexprs):
+    module = backend.kind_module(kind)
+    scalars, options = module.arguments(UpdateConfig(hyper={**HYPER[kind], **dict(hyper)}, lr=0.1))
+    constexprs = {**DEFAULTS, "STATE": constexprs["DTYPE"], **constexprs, "COEFFICIENTS": module.coefficients,
+                  "UPDATE": module.update, "SLOT": backend._slots(type(scalars)), "OPTIONS": options,
+                  "NUM_STATES": num_states, "COUNTER": kind != "sgd"}
     signature = {name: "constexpr" if name in constexprs else "*fp32" if name in FLOAT_POINTERS
                  else "*fp64" if name == "lr_ptr" else "*i64" if name.endswith("_ptr") else "i32" if name == "n"
                  else "fp64"
@@ -592,21 +610,19 @@ def ptx(kernel, **constexprs):
 
 amp = dict(GRAD_SCALE=True, FOUND_INF=True, CLIP_COEF=True)
 kernels = {
-    "adam": ptx(backend._adam_kernel, DTYPE=tl.float32, L2=True, DECOUPLED=False, AMSGRAD=True,
-                OPTIMIZED_UPDATE=True),
-    "sgd": ptx(backend._sgd_kernel, DTYPE=tl.bfloat16, WEIGHT_DECAY=True, MOMENTUM=True, NESTEROV=True,
-               FIRST_STEP=False),
-    "rmsprop": ptx(backend._rmsprop_kernel, DTYPE=tl.float16, WEIGHT_DECAY=True, CENTERED=True, MOMENTUM=True),
-    "adam-f64": ptx(backend._adam_kernel, DTYPE=tl.float64, COMPUTE=tl.float64, L2=False, DECOUPLED=True,
-                    AMSGRAD=False, OPTIMIZED_UPDATE=False, ALIGNED=False),
+    "adam": ptx("adam", 3, dict(weight_decay=0.1, amsgrad=True, optimized_update=True), DTYPE=tl.float32),
+    "sgd": ptx("sgd", 1, dict(weight_decay=0.1, nesterov=True), DTYPE=tl.bfloat16),
+    "rmsprop": ptx("rmsprop", 3, dict(weight_decay=0.1, centered=True, momentum=0.9), DTYPE=tl.float16),
+    "adam-f64": ptx("adam", 2, dict(weight_decay=0.1, decoupled_weight_decay=True), DTYPE=tl.float64,
+                    COMPUTE=tl.float64, ALIGNED=False),
     # bf16/fp16 params with fp32 master weights and states, GradScaler and max_grad_norm
     # (the grads written back), a learning rate read from a tensor
-    "adam-master": ptx(backend._adam_kernel, DTYPE=tl.bfloat16, STATE=tl.float32, MASTER=True, L2=False,
-                       DECOUPLED=True, AMSGRAD=True, OPTIMIZED_UPDATE=False, LR_TENSOR=True, **amp),
-    "sgd-master": ptx(backend._sgd_kernel, DTYPE=tl.float16, STATE=tl.float32, MASTER=True, WEIGHT_DECAY=True,
-                      MOMENTUM=True, NESTEROV=False, FIRST_STEP=False, LR_TENSOR=True, **amp),
-    "rmsprop-master": ptx(backend._rmsprop_kernel, DTYPE=tl.bfloat16, STATE=tl.float32, MASTER=True,
-                          WEIGHT_DECAY=False, CENTERED=True, MOMENTUM=True, LR_TENSOR=True, **amp),
+    "adam-master": ptx("adam", 3, dict(weight_decay=0.1, decoupled_weight_decay=True, amsgrad=True),
+                       DTYPE=tl.bfloat16, STATE=tl.float32, MASTER=True, LR_TENSOR=True, **amp),
+    "sgd-master": ptx("sgd", 1, dict(weight_decay=0.1), DTYPE=tl.float16, STATE=tl.float32, MASTER=True,
+                      LR_TENSOR=True, **amp),
+    "rmsprop-master": ptx("rmsprop", 3, dict(centered=True, momentum=0.9), DTYPE=tl.bfloat16, STATE=tl.float32,
+                          MASTER=True, LR_TENSOR=True, **amp),
 }
 for name, text in kernels.items():
     found = sorted(set(re.findall(r"(?:ld|st)\.global\.v4\.b32|div\.rn\.f32|fma\.rn\.f32|sqrt\.approx", text)))

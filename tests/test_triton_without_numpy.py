@@ -24,7 +24,7 @@ import sys
 sys.modules["numpy"] = None  # from here on, `import numpy` raises ImportError
 import torch
 import fusedopt
-from fusedopt._buckets import NUMEL_ROW
+from fusedopt._layout import NUMEL_ROW
 from fusedopt.backends import triton as triton_backend
 
 GPU = torch.cuda.is_available()
@@ -39,7 +39,7 @@ if not GPU:
     # instead of running the kernel.
     triton_backend._interpreted = lambda: True
 
-    def check_launch(kernel, tables, batch, config, scalars, **options):
+    def check_launch(kind, tables, batch, config):
         n = len(batch)
         numels = batch.table[NUMEL_ROW * n:(NUMEL_ROW + 1) * n]
         work = tables.work.tolist()

@@ -1,0 +1,166 @@
+"""The one multi-tensor kernel every optimizer runs: table walk, loads and stores, GradScaler's
+skip, the grad transform, master weights, aligned and masked blocks. The optimizer's own
+math arrives as two @triton.jit functions passed as compile-time arguments (Triton treats a
+JITFunction argument as a constexpr): COEFFICIENTS, called once per program, and UPDATE,
+called on each block of elements (see fusedopt/backends/triton/__init__.py for what a
+`<kind>.py` defines).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..._layout import FIRST_STATE_ROW, GRAD_ROW, NUMEL_ROW, PARAM_ROW, STEP_ROW
+from ._math import div, rounded
+
+VECTOR_BYTES = tl.constexpr(16)  # alignment that lets full blocks use 16-byte loads and stores
+
+# Table rows as compile-time constants (Triton kernels may only read constexpr globals).
+_PARAM_ROW = tl.constexpr(PARAM_ROW)
+_GRAD_ROW = tl.constexpr(GRAD_ROW)
+_STEP_ROW = tl.constexpr(STEP_ROW)
+_NUMEL_ROW = tl.constexpr(NUMEL_ROW)
+_STATE_ROW = tl.constexpr(FIRST_STATE_ROW)
+
+
+@triton.jit
+def _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF: tl.constexpr, BLOCK: tl.constexpr,
+               CHUNK: tl.constexpr):
+    """This program's tensor (its column in the table) and element range [start, end).
+
+    The range is empty when GradScaler found an inf or NaN (`*found_inf != 0`, read here on
+    the device: no host sync), so a skipped step loads and stores nothing.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    column = tl.load(work_ptr + 2 * pid)
+    start = tl.multiple_of(tl.load(work_ptr + 2 * pid + 1), BLOCK)  # chunks start on block boundaries
+    end = tl.minimum(start + CHUNK, tl.load(table_ptr + _NUMEL_ROW * n + column))
+    if FOUND_INF:
+        end = tl.where(tl.load(found_inf_ptr) != 0.0, start, end)
+    return column, start, end
+
+
+@triton.jit
+def _row_pointer(table_ptr, n, row, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in `row` of the table for tensor `column`, as a pointer to DTYPE."""
+    pointer = tl.load(table_ptr + row * n + column).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        pointer = tl.multiple_of(pointer, VECTOR_BYTES)
+    return pointer
+
+
+@triton.jit
+def _state_pointer(table_ptr, n, k, column, fallback, NUM_STATES: tl.constexpr, STATE: tl.constexpr,
+                   ALIGNED: tl.constexpr):
+    """The k-th state tensor's pointer, or `fallback` (never dereferenced) past the last one."""
+    if k < NUM_STATES:
+        return _row_pointer(table_ptr, n, _STATE_ROW + k, column, STATE, ALIGNED)
+    else:
+        return fallback
+
+
+@triton.jit
+def _load_param(param_ptr, master_ptr, offsets, mask, MASTER: tl.constexpr, COMPUTE: tl.constexpr):
+    """The value the math updates (load_param, csrc/cpu/multi_tensor_cpu.h): the float32
+    master copy with master weights, else the param itself."""
+    if MASTER:
+        return tl.load(master_ptr + offsets, mask=mask)
+    else:
+        return tl.load(param_ptr + offsets, mask=mask).to(COMPUTE)
+
+
+@triton.jit
+def _store_param(param_ptr, master_ptr, offsets, mask, value, MASTER: tl.constexpr, DTYPE: tl.constexpr):
+    """store_param: the master copy keeps the float32 value, the param gets it rounded once."""
+    if MASTER:
+        tl.store(master_ptr + offsets, value, mask=mask)
+    tl.store(param_ptr + offsets, rounded(value, DTYPE), mask=mask)
+
+
+@triton.jit
+def _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE: tl.constexpr, CLIP_COEF: tl.constexpr,
+                  COMPUTE: tl.constexpr):
+    """grad_factors (common.h): GradScaler's scale (the divisor) and max_grad_norm's clip
+    coefficient (the multiplier), read on the device and converted to COMPUTE; 1 when
+    absent (and then `_unscaled_grad` leaves the operation out)."""
+    divisor = tl.full((), 1.0, COMPUTE)
+    multiplier = tl.full((), 1.0, COMPUTE)
+    if GRAD_SCALE:
+        divisor = tl.load(grad_scale_ptr).to(COMPUTE)
+    if CLIP_COEF:
+        multiplier = tl.load(clip_coef_ptr).to(COMPUTE)
+    return divisor, multiplier
+
+
+@triton.jit
+def _unscaled_grad(grad_ptr, offsets, mask, divisor, multiplier, GRAD_SCALE: tl.constexpr, CLIP_COEF: tl.constexpr,
+                   DTYPE: tl.constexpr, COMPUTE: tl.constexpr):
+    """unscaled_grad (common.h), loaded: `g / scale * clip`, stored back into the grad with
+    GradScaler's scale (writes_grad). A missing factor's operation is left out, which is
+    exact: dividing or multiplying by 1 changes nothing."""
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE)
+    if GRAD_SCALE:
+        grad = div(grad, divisor)
+    if CLIP_COEF:
+        grad = grad * multiplier
+    if GRAD_SCALE:
+        tl.store(grad_ptr + offsets, rounded(grad, DTYPE), mask=mask)
+    return grad
+
+
+@triton.jit
+def _block(offsets, mask, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor, multiplier,
+           UPDATE: tl.constexpr, OPTIONS: tl.constexpr, MASTER: tl.constexpr, GRAD_SCALE: tl.constexpr,
+           CLIP_COEF: tl.constexpr, DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr):
+    """One block of elements: load, transform the grad, the optimizer's UPDATE, store."""
+    param = _load_param(param_ptr, master_ptr, offsets, mask, MASTER, COMPUTE)
+    grad = _unscaled_grad(grad_ptr, offsets, mask, divisor, multiplier, GRAD_SCALE, CLIP_COEF, DTYPE, COMPUTE)
+    param = UPDATE(param, grad, offsets, mask, states, coefficients, OPTIONS, STATE, COMPUTE)
+    _store_param(param_ptr, master_ptr, offsets, mask, param, MASTER, DTYPE)
+
+
+@triton.jit
+def multi_tensor_kernel(
+        table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef_ptr, lr_ptr, lr: tl.float64,
+        h0: tl.float64, h1: tl.float64, h2: tl.float64, h3: tl.float64,
+        h4: tl.float64, h5: tl.float64, h6: tl.float64, h7: tl.float64,
+        COEFFICIENTS: tl.constexpr, UPDATE: tl.constexpr, SLOT: tl.constexpr, OPTIONS: tl.constexpr,
+        DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, NUM_STATES: tl.constexpr,
+        MASTER: tl.constexpr, COUNTER: tl.constexpr, GRAD_SCALE: tl.constexpr, FOUND_INF: tl.constexpr,
+        CLIP_COEF: tl.constexpr, LR_TENSOR: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+        CHUNK: tl.constexpr):
+    """One program: one chunk of one tensor. h0..h7 are the optimizer's float64 scalars
+    (its `arguments`' first namedtuple, padded with zeros; SLOT names their positions)."""
+    column, start, end = _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF, BLOCK, CHUNK)
+    param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
+    grad_ptr = _row_pointer(table_ptr, n, _GRAD_ROW, column, DTYPE, ALIGNED)
+    # The optimizer's states in table order (fewer than four: the rest stand in as the
+    # param's pointer, never dereferenced), then the master copy with master weights.
+    states = (_state_pointer(table_ptr, n, 0, column, param_ptr, NUM_STATES, STATE, ALIGNED),
+              _state_pointer(table_ptr, n, 1, column, param_ptr, NUM_STATES, STATE, ALIGNED),
+              _state_pointer(table_ptr, n, 2, column, param_ptr, NUM_STATES, STATE, ALIGNED),
+              _state_pointer(table_ptr, n, 3, column, param_ptr, NUM_STATES, STATE, ALIGNED))
+    if MASTER:
+        master_ptr = _row_pointer(table_ptr, n, _STATE_ROW + NUM_STATES, column, tl.float32, ALIGNED)
+    else:
+        master_ptr = param_ptr  # never dereferenced
+    if COUNTER:  # this tensor's counter, already advanced (see "Step counters")
+        step = tl.load(_row_pointer(table_ptr, n, _STEP_ROW, column, tl.float32, False))
+    else:
+        step = tl.full((), 0.0, tl.float32)
+    if LR_TENSOR:  # learning_rate (common.h): read on the device, so a captured graph follows a schedule
+        lr = tl.load(lr_ptr)
+    else:
+        lr = tl.full((), lr, tl.float64)
+    coefficients = COEFFICIENTS(step, lr, (h0, h1, h2, h3, h4, h5, h6, h7), SLOT, OPTIONS, COMPUTE)
+    divisor, multiplier = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF, COMPUTE)
+
+    for k in range(0, CHUNK // BLOCK):  # see "Block loop" in __init__
+        block_start = start + k * BLOCK
+        offsets = block_start + tl.arange(0, BLOCK)
+        if block_start + BLOCK <= end:
+            _block(offsets, None, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor, multiplier,
+                   UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, DTYPE, STATE, COMPUTE)
+        elif block_start < end:
+            _block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor,
+                   multiplier, UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, DTYPE, STATE, COMPUTE)
