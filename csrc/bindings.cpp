@@ -113,6 +113,11 @@ template <typename Kind> void bind_optimizer(py::module_& optimizers, const char
   cls.def(py::init([kind](const py::dict& values) { return hyper_from<Kind>(kind, values); }), py::arg("values"));
   cls.def(py::init([kind](const py::kwargs& values) { return hyper_from<Kind>(kind, values); }));
   Hyper::fields([&](const char* name, auto member) { cls.def_readonly(name, member); });
+  // The traits Python's spec restates (tests/test_native_registry.py compares them).
+  cls.attr("step_counter") = Kind::kStepCounter;
+  cls.attr("step_dependent") = Kind::kStepDependent;  // a coefficient record per tensor (CUDA: one more address)
+  cls.attr("reads_state_on_first_step") = Kind::kReadsStateOnFirstStep;
+  cls.attr("max_states") = Kind::kStates;
   cls.def("states", [](const Hyper& h) { return state_count(Kind::active_states(h)); },
           "state tensors these options use (the master copy not counted)");
   cls.def("__repr__", [kind](const Hyper& h) {
