@@ -76,8 +76,9 @@ template <typename Kind> typename Kind::Hyper hyper_from(const char* kind, const
   size_t found = 0;
   Kind::Hyper::fields([&](const char* name, auto member) {
     using V = std::remove_reference_t<decltype(hyper.*member)>;
-    if (!values.contains(name)) throw py::value_error(std::string(kind) + ": missing hyper-parameter '" + name + "'");
-    hyper.*member = field_value<V>(kind, name, values[name]);
+    PyObject* value = PyDict_GetItemString(values.ptr(), name);  // borrowed; one lookup
+    if (value == nullptr) throw py::value_error(std::string(kind) + ": missing hyper-parameter '" + name + "'");
+    hyper.*member = field_value<V>(kind, name, py::handle(value));
     ++found;
   });
   if (found != values.size()) {
@@ -109,7 +110,8 @@ template <typename Kind> py::list hyper_description() {
 template <typename Kind> void bind_optimizer(py::module_& optimizers, const char* kind, py::dict& described) {
   using Hyper = typename Kind::Hyper;
   const auto no_gil = py::call_guard<py::gil_scoped_release>();
-  py::class_<Hyper> cls(optimizers, kind);
+  // module_local: fusedopt._cuda_host binds the same C++ types again, in the same process.
+  py::class_<Hyper> cls(optimizers, kind, py::module_local());
   cls.def(py::init([kind](const py::dict& values) { return hyper_from<Kind>(kind, values); }), py::arg("values"));
   cls.def(py::init([kind](const py::kwargs& values) { return hyper_from<Kind>(kind, values); }));
   Hyper::fields([&](const char* name, auto member) { cls.def_readonly(name, member); });
@@ -118,8 +120,13 @@ template <typename Kind> void bind_optimizer(py::module_& optimizers, const char
   cls.attr("step_dependent") = Kind::kStepDependent;  // a coefficient record per tensor (CUDA: one more address)
   cls.attr("reads_state_on_first_step") = Kind::kReadsStateOnFirstStep;
   cls.attr("max_states") = Kind::kStates;
-  cls.def("states", [](const Hyper& h) { return state_count(Kind::active_states(h)); },
-          "state tensors these options use (the master copy not counted)");
+  cls.def("states", [kind](const Hyper& h) {
+            const uint32_t active = Kind::active_states(h);
+            if (!is_variant<Kind>(active))
+              throw std::logic_error(std::string(kind) + ": active_states gives a set of states that is not one of "
+                                     "its Variants (csrc/include/fusedopt/optimizers/" + kind + ".h)");
+            return state_count(active);
+          }, "state tensors these options use (the master copy not counted)");
   cls.def("__repr__", [kind](const Hyper& h) {
     std::string out = std::string(kind) + "(";
     Hyper::fields([&](const char* name, auto member) {
@@ -157,6 +164,11 @@ py::dict build_info() {
   py::dict info;
   info["version"] = FUSEDOPT_VERSION;
   info["cpu_isa"] = cpu::isa_name();
+  py::list kinds;
+#define FUSEDOPT_LIST_OPTIMIZER(kind) kinds.append(#kind);
+  FUSEDOPT_FOR_EACH_OPTIMIZER(FUSEDOPT_LIST_OPTIMIZER)
+#undef FUSEDOPT_LIST_OPTIMIZER
+  info["optimizers"] = kinds;
 #if FUSEDOPT_WITH_CUDA
   info["cuda"] = true;
   info["cuda_archs"] = FUSEDOPT_CUDA_ARCHS;

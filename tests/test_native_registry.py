@@ -31,6 +31,7 @@ def native_kinds():
 def test_every_spec_has_a_native_optimizer_and_the_reverse():
     assert set(native_kinds()) == set(registered()), (
         "kinds with a math header (csrc/include/fusedopt/optimizers/) and kinds with a Python spec differ")
+    assert native.build_info()["optimizers"] == sorted(native_kinds())  # as `python -m fusedopt` reports them
 
 
 @pytest.mark.parametrize("kind", sorted(registered()))

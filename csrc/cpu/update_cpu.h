@@ -5,6 +5,7 @@
 // compiler vectorises.
 #pragma once
 
+#include <stdexcept>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -71,6 +72,7 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
   const UpdateOptions& options = config.options;
   if (step_skipped(options.grad_transform)) return;
   const uint32_t active = Kind::active_states(config.hyper);
+  if (!is_variant<Kind>(active)) throw std::invalid_argument("fusedopt cpu: these options select states no variant has");
   dispatch_storage(dtype, options.master_weights, [&](auto param_tag, auto state_tag) {
     using S = decltype(param_tag);
     using SS = decltype(state_tag);

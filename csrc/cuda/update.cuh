@@ -11,6 +11,8 @@
 // parameters.
 #pragma once
 
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "cuda/cuda_ops.h"
@@ -116,6 +118,8 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
   const bool prologue = work.advance_steps || work.per_tensor || work.shared;
   const WorkspaceRecords records = prologue ? workspace_records(name, table, resources) : WorkspaceRecords{0};
   const uint32_t active = Kind::active_states(config.hyper);
+  if (!is_variant<Kind>(active))
+    throw std::invalid_argument(std::string("fusedopt cuda ") + name + ": these options select states no variant has");
   run_for_storage(name, dtype, options.master_weights, device, stream, [&](auto param, auto state, const OpCall& call) {
     using Op = UpdateChunkOp<Kind, decltype(param), decltype(state)>;
     using T = typename Op::T;

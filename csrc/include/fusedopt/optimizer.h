@@ -90,8 +90,14 @@ constexpr int state_count(uint32_t active) { return int(state_position(active, 3
 // Calls body(std::integral_constant<uint32_t, mask>{}) for the variant whose mask is
 // `active`; false when none is (an optimizer's active_states outside its Variants).
 template <uint32_t... kMasks, typename Body>
-FUSEDOPT_HD bool with_variant(StateVariants<kMasks...>, uint32_t active, Body&& body) {
+FUSEDOPT_HD constexpr bool with_variant(StateVariants<kMasks...>, uint32_t active, Body&& body) {
   return ((active == kMasks ? (body(std::integral_constant<uint32_t, kMasks>{}), true) : false) || ...);
+}
+
+// Whether `active` is one of Kind's variants (a header whose active_states strays outside
+// its Variants would otherwise update nothing): the entry points check it before any work.
+template <typename Kind> constexpr bool is_variant(uint32_t active) {
+  return with_variant(typename Kind::Variants{}, active, [](auto) {});
 }
 
 // ---- the scalars of one update -------------------------------------------------------------
