@@ -72,8 +72,8 @@ class CMakeBuild(build_ext):
         # in, which pip deletes after an isolated build: name the current one every time.
         if shutil.which("ninja"):
             cmake_args.append(f"-DCMAKE_MAKE_PROGRAM={shutil.which('ninja')}")
-        if _flag("FUSEDOPT_NO_CUDA"):
-            cmake_args.append("-DFUSEDOPT_NO_CUDA=ON")
+        # Always said, ON or OFF: the cache of an earlier FUSEDOPT_NO_CUDA=1 build would keep it on.
+        cmake_args.append(f"-DFUSEDOPT_NO_CUDA={'ON' if _flag('FUSEDOPT_NO_CUDA') else 'OFF'}")
         cmake_args.append(f"-DFUSEDOPT_SANITIZE={'ON' if sanitize else 'OFF'}")
         if os.environ.get("FUSEDOPT_CUDA_ARCHS"):
             cmake_args.append(f"-DFUSEDOPT_CUDA_ARCHS={os.environ['FUSEDOPT_CUDA_ARCHS']}")

@@ -3,7 +3,8 @@ compiled as host C++) as a backend, tensors placed between guard bytes, and bit-
 comparison.
 
 The backend calls the CUDA entry points exactly as fusedopt/backends/native.py's
-CUDABackend does (same arguments, from the same validated address table), on CPU tensors,
+CUDABackend does (each kind's bound hyper-parameters, built by name, and the same common
+arguments from the same validated address table), on CPU tensors,
 with the device index choosing the emulated GPU: 0 accepts 32 KB kernel parameter blocks,
 1 only the classic 4 KB (csrc/cuda_host/devices.h).
 """
@@ -16,8 +17,8 @@ import pytest
 import torch
 
 import fusedopt.backends
-from fusedopt.backends.base import Backend, RMSpropConfig, SGDConfig, AdamConfig, TensorBatch
-from fusedopt.backends.native import _native_arguments
+from fusedopt.backends.base import Backend, TensorBatch, UpdateConfig
+from fusedopt.backends.native import NativeKinds, common_arguments
 
 if os.environ.get("FUSEDOPT_CUDA_HOST", "") not in ("", "0"):
     from fusedopt import _cuda_host as host  # asked for: a missing module is an error, not a skip
@@ -28,6 +29,7 @@ else:
     )
 
 LARGE_BLOCKS_DEVICE, CLASSIC_BLOCKS_DEVICE = 0, 1
+HOST_KINDS = NativeKinds(host)  # each kind's class of fusedopt._cuda_host, checked against its spec
 HOST_BACKENDS = {"cuda_host": LARGE_BLOCKS_DEVICE, "cuda_host_classic": CLASSIC_BLOCKS_DEVICE}
 
 
@@ -41,21 +43,13 @@ class HostCUDABackend(Backend):
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         return None if device.type == "cpu" else f"{self.name} runs the CUDA kernels on CPU tensors"
 
-    def _launch(self, op, batch: TensorBatch, config) -> None:
-        # As CUDABackend._launch: a workspace for the prologue kernel's coefficient records
+    def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
+        # As CUDABackend.update: a workspace for the prologue kernel's coefficient records
         # (host memory here, fresh each call so a stale record cannot hide), the build's chunk size.
         per_tensor = host.build_info()["cuda_workspace_bytes_per_tensor"]
         workspace = torch.empty((len(batch) + 1) * per_tensor, dtype=torch.uint8)
-        op(*_native_arguments(batch, config), workspace.data_ptr(), workspace.numel(), 0, self.device, 0)
-
-    def adam(self, batch: TensorBatch, config: AdamConfig) -> None:
-        self._launch(host.cuda_adam, batch, config)
-
-    def sgd(self, batch: TensorBatch, config: SGDConfig) -> None:
-        self._launch(host.cuda_sgd, batch, config)
-
-    def rmsprop(self, batch: TensorBatch, config: RMSpropConfig) -> None:
-        self._launch(host.cuda_rmsprop, batch, config)
+        HOST_KINDS.hyper(kind, config.hyper).cuda_update(*common_arguments(batch, config), workspace.data_ptr(),
+                                                          workspace.numel(), 0, self.device, 0)
 
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
         # The clip coefficient must be the CPU backend's, so that only the update differs.

@@ -33,8 +33,8 @@ from _host_cuda import (
     register_host_backends, shifts,
 )
 from fusedopt import backends
-from fusedopt.backends.base import GradTransform, SGDConfig, TensorBatch
-from fusedopt.optim._update import run_update
+from fusedopt.backends.base import GradTransform, TensorBatch, UpdateConfig
+from fusedopt.optim._plan import group_hyper, run_update, uses_master
 
 DTYPE_CONFIGS = [
     (torch.float32, False), (torch.float64, False), (torch.float16, False), (torch.float16, True),
@@ -165,8 +165,8 @@ def test_found_inf_skips_the_step_inside_the_kernel(case, dtype, master):
                                    clip_coef=torch.tensor(0.5))
     for index, group in enumerate(optimizer.param_groups):
         for bucket, batch, fresh in optimizer._prepare_group(index, group):
-            run_update(optimizer.kind, backends.get("cuda_host"), batch, fresh, optimizer.config_fields(group),
-                       master_weights=optimizer._uses_master(group, bucket.dtype), grad_transform=grad_transform)
+            run_update(optimizer.spec, backends.get("cuda_host"), batch, fresh, group_hyper(optimizer, group),
+                       group["lr"], uses_master(group, bucket.dtype), grad_transform)
     for i, (before, after) in enumerate(zip(snapshot, _all_tensors(optimizer))):
         assert_same_bits(after, before, f"tensor {i} after a skipped step")
     twins.guarded.check()
@@ -305,11 +305,11 @@ STEP_COUNTERS_PER_CLASSIC_LAUNCH = (4096 - 3 * 8 - 8) // 8  # launch_plan.h's St
 
 
 def record_addresses(optimizer) -> int:
-    """Addresses a tensor's record carries in the update launch (adam.cu, sgd.cu, rmsprop.cu):
-    param, grad, Adam's step counter (RMSprop's is incremented by a kernel of its own), and
-    every other state tensor, master copy included."""
+    """Addresses a tensor's record carries in the update launch (cuda/update.cuh): param,
+    grad, the coefficient record of an optimizer whose coefficients follow the step counter
+    (Adam), and every other state tensor, master copy included."""
     state = optimizer.state[optimizer.param_groups[0]["params"][0]]
-    return 2 + len(state) - ("step" in state) + (optimizer.kind == "adam")
+    return 2 + len(state) - ("step" in state) + getattr(host.optimizers, optimizer.kind).step_dependent
 
 
 # --------------------------------------------------------------------------- offsets past 2^31
@@ -338,9 +338,8 @@ def test_the_last_block_of_a_tensor_past_two_to_the_31_elements(alignment):
     next_tensor_block = plan["first_chunk"][1]
     host.host_set_block_window(next_tensor_block - 1, next_tensor_block + 1)
     batch = TensorBatch(params, grads, None, [], torch.device("cpu"), torch.float32, table, 0)
-    config = SGDConfig(lr=1.0, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
-                       first_step=False)
-    backends.get("cuda_host").sgd(batch, config)
+    config = UpdateConfig(dict(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False), lr=1.0)
+    backends.get("cuda_host").update("sgd", batch, config)
     assert [entry["blocks_run"] for entry in host.host_launch_log()] == [2]
     assert_same_bits(params[0], torch.arange(tail, dtype=torch.float32) + 1, "the tail past 2^31")
     assert_same_bits(params[1], torch.arange(5, dtype=torch.float32) + 1, "the next tensor")
@@ -409,9 +408,11 @@ def test_an_illegal_access_fails_the_launch(kernel, message):
 
 def test_an_unknown_device_is_an_error_naming_the_op():
     table = array.array("q", [1, 0, 0, 0])
+    sgd = host.optimizers.sgd(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False)
     with pytest.raises(RuntimeError, match="fusedopt cuda sgd"):
-        host.cuda_sgd(table.buffer_info()[0], 1, 0, 0.1, 0.0, 0.0, 0.0, False, False, False, False, 0, 0, 0, 0,
-                      0, 0, 0, 7, 0)  # ..., lr tensor, scale, found_inf, clip, workspace, its size, chunk, device, stream
+        sgd.cuda_update(table.buffer_info()[0], 1, 0, 0.1, 0, False, False, 0, 0, 0, 0, 0, 0, 7, 0)
+        # table, count, dtype, lr, lr tensor, first step, master, scale, found_inf, clip, workspace, its size,
+        # chunk, device, stream
 
 
 @pytest.mark.parametrize("device, refused", [(LARGE_BLOCKS_DEVICE, False), (CLASSIC_BLOCKS_DEVICE, True)])

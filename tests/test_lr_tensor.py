@@ -79,13 +79,13 @@ def test_lr_tensor_gives_the_bits_of_the_number(name, backend, lr_dtype):
 def test_which_backends_read_the_tensor(backend, by_pointer, monkeypatch):
     seen = []
     implementation = fusedopt.backends.get(backend)
-    original = implementation.adam
+    original = implementation.update
 
-    def spy(batch, config):
+    def spy(kind, batch, config):
         seen.append(config)
-        return original(batch, config)
+        return original(kind, batch, config)
 
-    monkeypatch.setattr(implementation, "adam", spy)
+    monkeypatch.setattr(implementation, "update", spy)
     lr = torch.tensor(1e-3)
     params = _params(torch.float32)
     optimizer = fusedopt.Adam(params, lr=lr, backend=backend)
@@ -104,7 +104,7 @@ def test_which_backends_read_the_tensor(backend, by_pointer, monkeypatch):
 def test_how_run_update_passes_the_learning_rate():
     """Numbers as numbers; a tensor on the params' device, to a backend that reads tensors,
     as a float64 tensor; any other tensor through .item()."""
-    from fusedopt.optim._update import learning_rate
+    from fusedopt.optim._plan import learning_rate
 
     cpu, reference = fusedopt.backends.get("cpu"), fusedopt.backends.get("reference")
     assert learning_rate(0.5, cpu, torch.device("cpu")) == (0.5, None)

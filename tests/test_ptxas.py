@@ -1,11 +1,12 @@
 """The CUDA kernels as ptxas compiles them, checked without a GPU (issue 9, part 2).
 
-Each optimizer's source is compiled for sm_90 with the flags CMakeLists.txt uses, keeping
-ptxas's resource report (-Xptxas -v) and the PTX. Every update kernel must
+Each optimizer's CUDA unit (csrc/cuda/update_unit.cu.in for every header of
+csrc/include/fusedopt/optimizers, as CMakeLists.txt generates it) is compiled for sm_90
+with the flags CMakeLists.txt uses, keeping ptxas's resource report (-Xptxas -v) and the PTX. Every update kernel must
 - spill nothing and use no stack (local memory: a spill per element of a memory-bound loop
   costs as much as the update's own traffic),
 - fit the blocks of 256 threads its launch bounds ask for on a multiprocessor (the PTX's
-  .minnctapersm, launch_plan.h's kMinBlocksFor: 4, at most 64 registers, for float32
+  .minnctapersm, the optimizer's min_blocks: usually 4, at most 64 registers, for float32
   math; 3, at most 80, for float64) -- and ask for at least 3,
 - contain no fused multiply-add in its PTX: the CPU kernels are built with
   -ffp-contract=off, and the CUDA ones must round every operation of the shared math the
@@ -23,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NVCC = shutil.which("nvcc")
-SOURCES = ("adam", "sgd", "rmsprop")
+SOURCES = tuple(sorted(header.stem for header in (ROOT / "csrc/include/fusedopt/optimizers").glob("*.h")))
 ARCH = "90"
 # CMakeLists.txt's FUSEDOPT_CUDA_FLAGS (test_flags_match_cmakelists keeps them in step).
 FLAGS = ("-O3", "--expt-relaxed-constexpr", "--fmad=false")
@@ -40,9 +41,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.no_gpu_needed, pytest.mark.skipif(NV
 def _compile(source: str, out: Path) -> str:
     keep = out / source
     keep.mkdir()
+    unit = keep / f"update_{source}.cu"  # as CMakeLists.txt's configure_file writes it
+    unit.write_text((ROOT / "csrc/cuda/update_unit.cu.in").read_text().replace("@FUSEDOPT_KIND@", source))
     command = [NVCC, "-std=c++17", *FLAGS, f"-I{ROOT / 'csrc/include'}", f"-I{ROOT / 'csrc'}",
                f"-gencode=arch=compute_{ARCH},code=sm_{ARCH}", "-Xptxas", "-v", "--keep", "--keep-dir", str(keep),
-               "-c", str(ROOT / "csrc/cuda" / f"{source}.cu"), "-o", str(keep / f"{source}.o")]
+               "-c", str(unit), "-o", str(keep / f"{source}.o")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stderr
@@ -77,14 +80,15 @@ def ptx_entries(ptx: str) -> dict:
 
 
 def readable(name: str) -> str:
-    """_ZN8fusedopt4cuda19multi_tensor_kernelI...AdamChunkOpIffEELl4096E... -> a short label."""
+    """_ZN8fusedopt4cuda19multi_tensor_kernelINS0_13UpdateChunkOpINS_10optimizers4adamEffEELl4096E...
+    -> a short label."""
     kind = "update" if "multi_tensor_kernel" in name else "prologue" if "prologue_kernel" in name else name
-    op = re.search(r"(Adam|SGD|RMSprop)ChunkOp(I.*?E)E", name)
+    op = re.search(r"UpdateChunkOpINS_10optimizers\d+([a-z0-9_]+)E(.*?)EELl", name)
     types = {"f": "float", "d": "double", "NS_4HalfE": "half", "NS_8BFloat16E": "bfloat16"}
-    storage = re.findall(r"NS_4HalfE|NS_8BFloat16E|S4_|[fd]", op.group(2)[1:-1]) if op else []
+    storage = re.findall(r"NS_4HalfE|NS_8BFloat16E|S\d*_|[fd]", op.group(2)) if op else []
     names = []
     for t in storage:
-        names.append(names[-1] if t == "S4_" else types[t])
+        names.append(names[-1] if t.startswith("S") else types[t])
     limit = re.search(r"ELl(\d+)EE", name)
     return f"{kind:8s} {op.group(1) if op else '?':7s} {'/'.join(names):15s} {limit.group(1) if limit else ''}"
 
@@ -97,7 +101,7 @@ def compiled(tmp_path_factory):
     usage, ptx = {}, {}
     for source in SOURCES:
         usage.update(parse_resource_usage(reports[source]))
-        (ptx_file,) = (out / source).glob(f"*{source}*.ptx")
+        (ptx_file,) = (out / source).glob(f"update_{source}*.ptx")
         ptx.update(ptx_entries(ptx_file.read_text()))
     return usage, ptx
 
@@ -116,7 +120,7 @@ def min_blocks(body: str) -> int:
 def test_update_kernels_neither_spill_nor_crowd_out_blocks(compiled, capsys):
     usage, ptx = compiled
     update = {name: u for name, u in usage.items() if "multi_tensor_kernel" in name}
-    assert len(update) == 3 * 6 * 2  # optimizers x storage combinations x parameter-block sizes
+    assert len(update) == len(SOURCES) * 6 * 2  # optimizers x storage combinations x parameter-block sizes
     with capsys.disabled():
         print(f"\nptxas, sm_{ARCH}: registers / stack / spill stores / spill loads / launch-bound blocks per kernel")
         for name in sorted(usage, key=readable):
@@ -135,7 +139,7 @@ def test_update_kernels_neither_spill_nor_crowd_out_blocks(compiled, capsys):
 def test_update_kernels_contract_no_multiply_add(compiled):
     _, ptx = compiled
     update = {name: body for name, body in ptx.items() if "multi_tensor_kernel" in name}
-    assert len(update) == 3 * 6 * 2
+    assert len(update) == len(SOURCES) * 6 * 2
     for name, body in update.items():
         assert "call" not in re.findall(r"^\s*(call)\b", body, re.MULTILINE), f"{readable(name)} calls a function"
         fused = re.findall(r"^\s*((?:fma|mad)\.\S+)", body, re.MULTILINE)

@@ -7,9 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "fusedopt/adam.h"
-#include "fusedopt/rmsprop.h"
-#include "fusedopt/sgd.h"
+#include "fusedopt/optimizer.h"
 #include "fusedopt/tensor_table.h"
 
 namespace fusedopt::cuda {
@@ -37,23 +35,21 @@ inline int64_t workspace_bytes(int64_t tensors) { return (tensors + 1) * kWorksp
 // The chunk size calls use unless told otherwise (launch_plan.h says why this one).
 int64_t default_chunk_bytes();
 
-// Each op advances the step counters it uses (kStepRow) on the device and updates all
-// tensors of the table in as few launches as the parameter block allows, on `stream`
-// (a cudaStream_t as an integer). Errors are thrown as std::runtime_error naming the op;
-// bad arguments (a workspace too small, a chunk size that is no multiple of 4 KB) as
-// std::invalid_argument, before anything is launched.
-void adam(const TensorTable& table, DType dtype, const AdamConfig& config, const LaunchResources& resources,
-          int device, uintptr_t stream);
-void sgd(const TensorTable& table, DType dtype, const SGDConfig& config, const LaunchResources& resources,
-         int device, uintptr_t stream);
-void rmsprop(const TensorTable& table, DType dtype, const RMSpropConfig& config, const LaunchResources& resources,
-             int device, uintptr_t stream);
+// update<Kind> (cuda/update.cuh, instantiated for every optimizer of the generated list)
+// advances the step counters the optimizer keeps (kStepRow) on the device and updates all
+// tensors of the table in as few launches as the parameter block allows, on `stream` (a
+// cudaStream_t as an integer). Errors are thrown as std::runtime_error naming the op
+// (`name`, the optimizer's kind); bad arguments (a workspace too small, a chunk size that
+// is no multiple of 4 KB) as std::invalid_argument, before anything is launched.
+template <typename Kind>
+void update(const char* name, const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config,
+            const LaunchResources& resources, int device, uintptr_t stream);
 
 // The launch plan: how the tensors of a table are cut into chunks and the chunks grouped
 // into launches. Pure host code, exposed so the CPU tests can check it: it runs the
 // planner the launcher runs, on a table whose carried rows hold each tensor's index, and
 // reports what the filled parameter blocks say. `tensor_lists` is the number of addresses
-// each tensor carries (Adam: param, grad, coefficients, exp_avg, exp_avg_sq[, ...]);
+// each tensor carries (param, grad, Adam's coefficient record, the states...);
 // `large_parameter_block` describes a GPU and driver that accept 32 KB parameter blocks
 // (false: the classic 4 KB layout every GPU accepts); `chunk_bytes` 0 means the default.
 struct LaunchPlanSummary {

@@ -16,10 +16,10 @@ inline void check_cuda(const char* op, cudaError_t error) {
   if (error != cudaSuccess) throw_cuda_error(op, error);
 }
 
-// cudaFuncGetAttributes of an update kernel (adam.cu) on the current device: cudaSuccess
-// when the driver can load fusedopt's kernels there. All kernels are built for the same
-// architectures with the same toolkit, so one stands for all.
-cudaError_t probe_update_kernel();
+// cudaFuncGetAttributes of an optimizer's update kernel (update.cuh) on the current device:
+// cudaSuccess when the driver can load fusedopt's kernels there. All kernels are built for
+// the same architectures with the same toolkit, so each stands for all.
+template <typename Kind> cudaError_t probe_update_kernel();
 
 // Whether launches on `device` may use a 32 KB parameter block: fusedopt was built for
 // it, the driver is CUDA 12.1 or newer (minor-version compatibility lets a 12.0 driver

@@ -30,13 +30,12 @@ namespace fusedopt::cuda {
 // One thread block per chunk; a chunk is a number of bytes of each param-dtype list (the
 // float32 lists beside 16-bit params move twice as many), chosen at run time per call.
 constexpr int kThreadsPerBlock = 256;
-// Blocks an update kernel is compiled to fit on a multiprocessor (its launch bounds): 4
-// for float32 math (at most 64 registers a thread, 50% occupancy), 3 for float64 math,
-// which spills at 64 registers (at most 80). Left to itself ptxas used up to 97 registers
-// (RMSprop, 16-bit params with master weights: 2 blocks). An op may choose another bound
-// (Op::kMinBlocks); tests/test_ptxas.py checks that no update kernel spills or uses stack.
-template <typename MathType>
-constexpr int kMinBlocksFor = sizeof(MathType) == 8 ? 3 : 4;
+// Blocks an update kernel is compiled to fit on a multiprocessor (its launch bounds) are
+// the optimizer's choice (min_blocks, usually fusedopt/optimizer.h's default_min_blocks: 4
+// for float32 math, at most 64 registers a thread, 50% occupancy; 3 for float64 math,
+// which spills at 64 registers, at most 80). Left to itself ptxas used up to 97 registers
+// (RMSprop, 16-bit params with master weights: 2 blocks); tests/test_ptxas.py checks that
+// no update kernel spills or uses stack.
 constexpr int64_t kVectorBytes = 16;
 // Chunks are whole 16-byte vectors for every thread of the block.
 constexpr int64_t kChunkGranuleBytes = kThreadsPerBlock * kVectorBytes;

@@ -11,15 +11,16 @@
 // its record: no block recomputes them, and none waits at a barrier for one thread to.
 // SGD with none of those device values skips the prologue: its host computes the record.
 //
-// An op is a small struct, passed by value as both kernels' second parameter, with
+// An op (update.cuh's UpdateChunkOp) is a small struct, passed by value as both kernels'
+// second parameter, with
 //   using Storage = <the param dtype: float, double, Half or BFloat16>;
-//   using Coefficients = <what the update needs, e.g. AdamCoefficients<T>>;
+//   using Coefficients = <what the update needs: Scalars<Kind, T>>;
 //   static constexpr int kSlots = <most addresses a tensor's record carries>;
-//   static constexpr int kMinBlocks = <the update kernel's launch bound: kMinBlocksFor<T>>;
+//   static constexpr int kMinBlocks = <the update kernel's launch bound: Kind::min_blocks>;
 //   __device__ Coefficients coefficients(double step) const;       // in the prologue
 //   __device__ const Prepared<Coefficients>& prepared(const TensorChunk<kSlots>&) const;
 //   __device__ void operator()(const TensorChunk<kSlots>&, const Coefficients&) const;
-// and a member `config` whose grad_transform says whether the step is skipped.
+// and a member `config` whose options.grad_transform says whether the step is skipped.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -113,7 +114,7 @@ template <typename Op, int64_t kParameterLimit>
 __global__ void __launch_bounds__(kPrologueThreadsPerBlock)
     prologue_kernel(const __grid_constant__ PrologueArgs<kParameterLimit> args, const __grid_constant__ Op op) {
   const int i = int(blockIdx.x) * kPrologueThreadsPerBlock + int(threadIdx.x);
-  const bool skip = step_skipped(op.config.grad_transform);
+  const bool skip = step_skipped(op.config.options.grad_transform);
   if (i == 0 && args.shared != nullptr) prepare(args.shared, op, skip, 0.0);
   if (i >= args.count) return;
   float* step = args.counters[i];

@@ -3,34 +3,34 @@
 Python has validated every address in the batch's table (fusedopt/_buckets.py); these
 classes only pass the table and the scalars across, and for CUDA the workspace its
 kernels write their coefficients into and the chunk size.
+
+Every optimizer kind is one class of the native module, `<module>.optimizers.<kind>`,
+generated from its math header (csrc/include/fusedopt/optimizers/<kind>.h): built from the
+hyper-parameters **by name** (a missing or unknown name is a ValueError, a bool given for a
+float a TypeError), with `cpu_update(...)` and `cuda_update(...)` taking the options every
+kind shares in one fixed signature (`common_arguments`).
 """
 from __future__ import annotations
 
 import array
-import dataclasses
 import functools
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from .._layout import DTYPE_CODES, TensorBatch, UpdateConfig
 from .._memory import storage_problem
 from .._native import build_info, load_error, native
-from .base import AdamConfig, Backend, GradTransform, RMSpropConfig, SGDConfig, TensorBatch
-
-# Must match enum class DType in csrc/include/fusedopt/common.h.
-DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+from .base import Backend
 
 
-def _native_arguments(batch: TensorBatch, config) -> tuple:
-    """(table, count, dtype code, the config's fields in order): the bindings take a
-    config's fields in the order backends/base.py declares them, with lr_tensor as its
-    address and grad_transform as its three addresses, all checked."""
-    fields = [getattr(config, f.name) for f in dataclasses.fields(config)]
-    transform = fields.pop()
-    lr_tensor = fields.pop()
-    assert isinstance(transform, GradTransform)  # the last two fields of every config
-    return (batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], *fields,
-            _lr_tensor_address(lr_tensor, batch.device), *transform.addresses(batch.device))
+def common_arguments(batch: TensorBatch, config: UpdateConfig) -> tuple:
+    """(table, count, dtype code, lr, lr_tensor address, first_step, master_weights,
+    grad_scale, found_inf, clip_coef addresses): the arguments `cpu_update` and
+    `cuda_update` of every kind start with, all checked."""
+    return (batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], config.lr,
+            _lr_tensor_address(config.lr_tensor, batch.device), config.first_step, config.master_weights,
+            *config.grad_transform.addresses(batch.device))
 
 
 def _lr_tensor_address(lr_tensor: Optional[torch.Tensor], device: torch.device) -> int:
@@ -41,6 +41,48 @@ def _lr_tensor_address(lr_tensor: Optional[torch.Tensor], device: torch.device) 
         raise RuntimeError(f"lr_tensor must be a one-element float64 tensor on {device}, "
                            f"got {tuple(lr_tensor.shape)} {lr_tensor.dtype} on {lr_tensor.device}")
     return lr_tensor.data_ptr()
+
+
+class NativeKinds:
+    """The optimizer classes of one native module (fusedopt._C, or the tests'
+    fusedopt._cuda_host): `hyper(kind, values)` is the bound hyper-parameter object of
+    `kind` for these values. Building one takes a few microseconds, about what a cache key
+    that tells 0.0 from -0.0 and False would cost, so each call builds its own."""
+
+    def __init__(self, module: Any):
+        self._module = module
+        self._checked: Dict[str, Any] = {}
+
+    def hyper(self, kind: str, values: Mapping[str, Any]) -> Any:
+        cls = self._checked.get(kind) or self._check(kind)
+        return cls(values if type(values) is dict else dict(values))
+
+    def _check(self, kind: str) -> Any:
+        """The native class of `kind`, once its hyper-parameter names are checked against
+        the Python spec's (fusedopt/optim/_spec.py): a header and a spec that disagree would
+        bind values to the wrong math."""
+        from ..optim._spec import spec  # the optimizers register their specs; imported late
+
+        described = self._module.hyperparameters()
+        expected = spec(kind).hyper_names()
+        if kind not in described:
+            raise RuntimeError(f"optimizer kind {kind!r} has a Python spec (hyper-parameters {', '.join(expected)}) "
+                               f"but no native class in {self._module.__name__}, which has "
+                               f"{', '.join(described)}; add csrc/include/fusedopt/optimizers/{kind}.h and rebuild")
+        names = tuple(name for name, _ in described[kind])
+        if names != tuple(expected):
+            raise RuntimeError(f"optimizer {kind!r}: the native hyper-parameters ({', '.join(names)}; "
+                               f"csrc/include/fusedopt/optimizers/{kind}.h) differ from the Python spec's "
+                               f"({', '.join(expected)}; fusedopt.optim); make them the same names in the same "
+                               "order, and rebuild")
+        cls = getattr(self._module.optimizers, kind)
+        self._checked[kind] = cls
+        return cls
+
+
+@functools.lru_cache(maxsize=None)
+def _native_kinds() -> NativeKinds:
+    return NativeKinds(native)
 
 
 class CPUBackend(Backend):
@@ -54,14 +96,9 @@ class CPUBackend(Backend):
             return f"fusedopt._C could not be loaded ({load_error}); reinstall fusedopt with `pip install .`"
         return None
 
-    def adam(self, batch: TensorBatch, config: AdamConfig) -> None:
-        native.cpu_adam(*_native_arguments(batch, config), torch.get_num_threads())
-
-    def sgd(self, batch: TensorBatch, config: SGDConfig) -> None:
-        native.cpu_sgd(*_native_arguments(batch, config), torch.get_num_threads())
-
-    def rmsprop(self, batch: TensorBatch, config: RMSpropConfig) -> None:
-        native.cpu_rmsprop(*_native_arguments(batch, config), torch.get_num_threads())
+    def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
+        _native_kinds().hyper(kind, config.hyper).cpu_update(*common_arguments(batch, config),
+                                                             torch.get_num_threads())
 
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
         """The native kernel (double accumulation) where every tensor is a contiguous block
@@ -108,12 +145,13 @@ class CUDABackend(Backend):
         reason = native.cuda_unusable_reason(_device_index(device))
         return reason or None
 
-    def _launch(self, op, batch: TensorBatch, config) -> None:
+    def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         index = _device_index(batch.device)
         stream = torch.cuda.current_stream(index).cuda_stream
         workspace = self._workspace(index, stream, len(batch))
-        op(*_native_arguments(batch, config), workspace.data_ptr(), workspace.numel(), self.chunk_bytes or 0,
-           index, stream)
+        _native_kinds().hyper(kind, config.hyper).cuda_update(
+            *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), self.chunk_bytes or 0,
+            index, stream)
 
     def _workspace(self, index: int, stream: int, tensors: int) -> torch.Tensor:
         """Device memory for the coefficient records of a call on `stream` (used by the calls
@@ -126,15 +164,6 @@ class CUDABackend(Backend):
                 workspace = torch.empty(size, dtype=torch.uint8, device=torch.device("cuda", index))
             self._workspaces[(index, stream)] = workspace
         return workspace
-
-    def adam(self, batch: TensorBatch, config: AdamConfig) -> None:
-        self._launch(native.cuda_adam, batch, config)
-
-    def sgd(self, batch: TensorBatch, config: SGDConfig) -> None:
-        self._launch(native.cuda_sgd, batch, config)
-
-    def rmsprop(self, batch: TensorBatch, config: RMSpropConfig) -> None:
-        self._launch(native.cuda_rmsprop, batch, config)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,151 @@
+// Any optimizer (fusedopt/optimizer.h's traits) on the GPU: the op that applies its
+// update to one chunk, and the entry point that queues the prologue (step counters and
+// coefficient records) and the update. CMakeLists.txt instantiates it for each optimizer
+// in a generated unit (csrc/cuda/update_unit.cu.in).
+//
+// The coefficients need a prologue kernel when they depend on values only the device
+// knows: per tensor when they follow its step counter (Adam's bias corrections), once for
+// the launch when the step counters must advance (RMSprop) or the call reads GradScaler's
+// scale or found_inf, the clip coefficient or a tensor learning rate. Otherwise (SGD
+// without those) the host computes the launch-wide record and it travels in the kernel's
+// parameters.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "cuda/cuda_ops.h"
+#include "cuda/element_access.cuh"
+#include "cuda/multi_tensor_apply.cuh"
+
+namespace fusedopt::cuda {
+namespace detail {
+
+// Calls f(std::integral_constant<int, 0>{}), ..., up to N - 1.
+template <typename F, int... kIndex>
+__host__ __device__ __forceinline__ void for_each_index(F&& f, std::integer_sequence<int, kIndex...>) {
+  (f(std::integral_constant<int, kIndex>{}), ...);
+}
+template <int N, typename F>
+__host__ __device__ __forceinline__ void for_each_index(F&& f) {
+  for_each_index(f, std::make_integer_sequence<int, N>{});
+}
+
+}  // namespace detail
+
+template <typename Kind, typename S, typename SS>
+struct UpdateChunkOp {
+  using Storage = S;
+  using T = typename OpMath<S>::type;
+  using Coefficients = Scalars<Kind, T>;
+  static constexpr bool kMasterWeights = !std::is_same_v<S, SS>;
+  static constexpr bool kPerTensorRecord = Kind::kStepDependent;
+  // Record slots: param, grad, the tensor's coefficient record (kPerTensorRecord), the
+  // active states in table order, then the float32 master copy with master weights.
+  static constexpr int kParamSlot = 0, kGradSlot = 1, kStateSlot = 2 + int(kPerTensorRecord);
+  static constexpr int kSlots = kStateSlot + Kind::kStates + 1;
+  // Element lists: param, grad, every state (inactive ones neither loaded nor stored), master.
+  static constexpr int kParam = 0, kGrad = 1, kState = 2, kMaster = kState + Kind::kStates;
+  static constexpr int kLists = kMaster + 1;
+  static constexpr int kMinBlocks = Kind::template min_blocks<S, SS>();
+
+  UpdateConfig<Kind> config;
+  SharedPrepared<Coefficients> shared;
+
+  __device__ __forceinline__ Coefficients coefficients(double step) const { return scalars<Kind, T>(config, step); }
+
+  __device__ __forceinline__ const Prepared<Coefficients>& prepared(const TensorChunk<kSlots>& tensor) const {
+    if constexpr (kPerTensorRecord) return *static_cast<const Prepared<Coefficients>*>(tensor.address[2]);
+    else return shared.get();
+  }
+
+  __device__ __forceinline__ void operator()(const TensorChunk<kSlots>& tensor, const Coefficients& c) const {
+    const UpdateOptions& options = config.options;
+    const uint32_t active = Kind::active_states(config.hyper);
+    const bool first_step = skips_state_loads<Kind>(options);
+    ElementLists<S, SS, kLists> lists;
+    lists.set(kParam, tensor.address[kParamSlot], !kMasterWeights, true);  // the master copy holds the value
+    lists.set(kGrad, tensor.address[kGradSlot], true, writes_grad(options.grad_transform));
+    detail::for_each_index<Kind::kStates>([&](auto state) {
+      constexpr int s = decltype(state)::value;
+      // A state every variant has before this one sits at a fixed slot; otherwise pick it
+      // by selects (TensorChunk::at).
+      constexpr uint32_t kBelow = (1u << s) - 1u;
+      constexpr bool kFixed = (Kind::Variants::kAlways & kBelow) == kBelow;
+      if ((active >> s) & 1u) {
+        void* address = kFixed ? tensor.address[kStateSlot + s] : tensor.at(kStateSlot + int(state_position(active, s)));
+        // A new state that is written before it is read (SGD's first step) is not loaded.
+        lists.set(kState + s, address, !first_step, true);
+      }
+    });
+    if (kMasterWeights) lists.set(kMaster, tensor.at(kStateSlot + state_count(active)), true, true);
+    const auto& k = c.k;
+    update_elements(lists, tensor.begin, tensor.end, [&](T (&x)[kLists]) {
+      T p = kMasterWeights ? x[kMaster] : x[kParam];
+      x[kGrad] = unscaled_grad(x[kGrad], c.grad);
+      with_variant(typename Kind::Variants{}, active, [&](auto variant) {
+        Kind::template update<decltype(variant)::value>(p, x[kGrad], x + kState, k, first_step);
+      });
+      x[kParam] = p;
+      x[kMaster] = p;
+    });
+  }
+};
+
+// Whether the coefficients depend on values in device memory.
+inline bool reads_device_values(const UpdateOptions& options) {
+  const GradTransform& t = options.grad_transform;
+  return options.lr_tensor != nullptr || t.grad_scale != nullptr || t.found_inf != nullptr || t.clip_coef != nullptr;
+}
+
+template <typename Kind>
+cudaError_t probe_update_kernel() {
+  cudaFuncAttributes attributes;
+  return cudaFuncGetAttributes(&attributes,
+                               multi_tensor_kernel<UpdateChunkOp<Kind, float, float>, kClassicParameterLimit>);
+}
+
+template <typename Kind>
+void update(const char* name, const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config,
+            const LaunchResources& resources, int device, uintptr_t stream) {
+  static_assert(Kind::kStates <= kMaxStates, "more states than a record has slots for");
+  static_assert(!Kind::kStepDependent || Kind::kStepCounter, "step-dependent coefficients need a step counter");
+  if (table.n == 0) return;
+  const UpdateOptions& options = config.options;
+  const PrologueWork work{Kind::kStepCounter, Kind::kStepDependent,
+                          !Kind::kStepDependent && (Kind::kStepCounter || reads_device_values(options))};
+  const bool prologue = work.advance_steps || work.per_tensor || work.shared;
+  const WorkspaceRecords records = prologue ? workspace_records(name, table, resources) : WorkspaceRecords{0};
+  const uint32_t active = Kind::active_states(config.hyper);
+  if (!is_variant<Kind>(active))
+    throw std::invalid_argument(std::string("fusedopt cuda ") + name + ": these options select states no variant has");
+  run_for_storage(name, dtype, options.master_weights, device, stream, [&](auto param, auto state, const OpCall& call) {
+    using Op = UpdateChunkOp<Kind, decltype(param), decltype(state)>;
+    using T = typename Op::T;
+    Op op{config};
+    if (work.shared) {
+      op.shared.device = static_cast<const Prepared<typename Op::Coefficients>*>(records.shared());
+    } else if (!work.per_tensor) {
+      op.shared.host.coefficients = scalars<Kind, T>(config, 0.0);  // reads no pointer: there is none
+      op.shared.host.skip = 0;
+    }
+    int64_t slots[Op::kSlots] = {kParamRow, kGradRow};
+    int addresses = 2;
+    if (Op::kPerTensorRecord) slots[addresses++] = kCoefficientRecord;
+    const int states = state_count(active);
+    for (int s = 0; s < states; ++s) slots[addresses++] = kStateRow + s;
+    if (Op::kMasterWeights) slots[addresses++] = kStateRow + states;
+    if (prologue) run_prologue(table, op, work, records, call);
+    multi_tensor_apply(table, slots, addresses, op, records, resources.chunk_bytes, call);
+  });
+}
+
+}  // namespace fusedopt::cuda
+
+// The instantiation a generated unit (csrc/cuda/update_unit.cu.in) makes.
+#define FUSEDOPT_INSTANTIATE_CUDA_UPDATE(kind)                                                             \
+  template void fusedopt::cuda::update<fusedopt::optimizers::kind>(                                      \
+      const char*, const fusedopt::TensorTable&, fusedopt::DType, const fusedopt::UpdateConfig<fusedopt::optimizers::kind>&, \
+      const fusedopt::cuda::LaunchResources&, int, uintptr_t);                                             \
+  template cudaError_t fusedopt::cuda::probe_update_kernel<fusedopt::optimizers::kind>();

@@ -1,0 +1,134 @@
+// What every optimizer header (csrc/include/fusedopt/optimizers/<kind>.h) builds on, and
+// what the generic CPU loop, CUDA functor and bindings read from it.
+//
+// An optimizer is a traits struct fusedopt::optimizers::<kind> (the name of its header, and
+// the `kind` Python's OptimizerSpec uses) with:
+//
+//   FUSEDOPT_HYPERPARAMETERS(LIST)   where LIST(X) is X(double, name) X(bool, name) ...:
+//                                    struct Hyper with those fields, and Hyper::fields(f),
+//                                    which calls f("name", &Hyper::name) for each, in order;
+//   static constexpr int kStates;    state tensors it may use (at most kMaxStates), table order
+//   using Variants = StateVariants<mask, ...>;   the sets of active states its options allow
+//                                    (bit s: state s), each a compile-time variant of the loops
+//   static constexpr uint32_t active_states(const Hyper&);   the set for these options
+//   static constexpr bool kStepCounter;          keeps a float32 step counter (advanced per step)
+//   static constexpr bool kStepDependent;        its coefficients depend on that counter
+//                                                (computed per tensor from it), else once per call
+//   static constexpr bool kReadsStateOnFirstStep;   false: on UpdateOptions::first_step the
+//                                                active states are written, never read (SGD)
+//   template <typename S, typename SS> static constexpr int min_blocks();   CUDA launch bound
+//                                                (blocks per multiprocessor) per storage types
+//   template <typename T> struct Coefficients;   the scalars of one update, in the math type T
+//   template <typename T> static FUSEDOPT_HD Coefficients<T> coefficients(const Hyper&, double lr,
+//                                                                         double step);
+//   template <uint32_t kActive, typename T, typename FirstStep>
+//   static FUSEDOPT_HD void update(T& p, T g, T* state, const Coefficients<T>& k, FirstStep first);
+//                                    one element: p the param (or its fp32 master copy), g the
+//                                    gradient already unscaled and clipped, state[s] for each
+//                                    active s (others hold 0 and are not stored), `first` a
+//                                    bool or std::bool_constant saying UpdateOptions::first_step.
+//
+// GradScaler's unscale and skip, clipping, master weights, step counters, the write-back of
+// the grad and the learning rate given as a tensor are handled by the generic code, for
+// every optimizer alike.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "fusedopt/common.h"
+
+namespace fusedopt {
+
+// Most state tensors an optimizer may keep (the CUDA records carry param, grad, a coefficient
+// record, these and the master copy: launch_plan.h's kMaxAddresses).
+constexpr int kMaxStates = 4;
+
+// What every optimizer's call has besides its own hyper-parameters (fusedopt/_layout.py's
+// UpdateConfig): the learning rate, given as a number or read from a float64 in memory
+// (lr_tensor, when not null), the first-step rule, master weights and the grad transform.
+struct UpdateOptions {
+  double lr = 0.0;
+  const double* lr_tensor = nullptr;
+  bool first_step = false;      // every state of the call was created for this step
+  bool master_weights = false;  // 16-bit params: fp32 master copy (last state row) and fp32 states
+  GradTransform grad_transform = {};
+};
+
+// One call's configuration: the optimizer's hyper-parameters and the common options.
+template <typename Kind>
+struct UpdateConfig {
+  typename Kind::Hyper hyper;
+  UpdateOptions options;
+};
+
+// ---- hyper-parameters, declared once ----------------------------------------------------
+#define FUSEDOPT_HYPER_FIELD_(type, name) type name = type{};
+#define FUSEDOPT_HYPER_VISIT_(type, name) f(#name, &Hyper::name);
+// Inside an optimizer's traits struct: the Hyper struct with LIST's fields and a visitor
+// over them by name, so bindings and checks follow the one list.
+#define FUSEDOPT_HYPERPARAMETERS(LIST)                                        \
+  struct Hyper {                                                              \
+    LIST(FUSEDOPT_HYPER_FIELD_)                                               \
+    template <typename F> static void fields(F&& f) { LIST(FUSEDOPT_HYPER_VISIT_) } \
+  }
+
+// ---- state variants ---------------------------------------------------------------------
+template <uint32_t... kMasks>
+struct StateVariants {
+  static constexpr uint32_t kAlways = (kMasks & ... & ~0u);  // states every variant has
+};
+
+// The table row of state s (the states before it that are active come first).
+constexpr int64_t state_position(uint32_t active, int s) {
+  int64_t position = 0;
+  for (int b = 0; b < s; ++b) position += (active >> b) & 1u;
+  return position;
+}
+constexpr int state_count(uint32_t active) { return int(state_position(active, 32)); }
+
+// Calls body(std::integral_constant<uint32_t, mask>{}) for the variant whose mask is
+// `active`; false when none is (an optimizer's active_states outside its Variants).
+template <uint32_t... kMasks, typename Body>
+FUSEDOPT_HD constexpr bool with_variant(StateVariants<kMasks...>, uint32_t active, Body&& body) {
+  return ((active == kMasks ? (body(std::integral_constant<uint32_t, kMasks>{}), true) : false) || ...);
+}
+
+// Whether `active` is one of Kind's variants (a header whose active_states strays outside
+// its Variants would otherwise update nothing): the entry points check it before any work.
+template <typename Kind> constexpr bool is_variant(uint32_t active) {
+  return with_variant(typename Kind::Variants{}, active, [](auto) {});
+}
+
+// ---- the scalars of one update -------------------------------------------------------------
+// The optimizer's coefficients and the grad's unscale/clip factors, as the prologue kernel
+// (CUDA) or the host (CPU) computes them once per tensor or per call.
+template <typename Kind, typename T>
+struct Scalars {
+  typename Kind::template Coefficients<T> k;
+  GradFactors<T> grad;
+};
+
+template <typename Kind, typename T>
+FUSEDOPT_HD Scalars<Kind, T> scalars(const UpdateConfig<Kind>& c, double step) {
+  Scalars<Kind, T> s;
+  s.k = Kind::template coefficients<T>(c.hyper, learning_rate(c.options.lr_tensor, c.options.lr), step);
+  s.grad = grad_factors<T>(c.options.grad_transform);
+  return s;
+}
+
+// Whether a call reads no state tensor it updates: a first step of an optimizer whose new
+// states are written before they are read.
+template <typename Kind>
+FUSEDOPT_HD bool skips_state_loads(const UpdateOptions& o) {
+  return o.first_step && !Kind::kReadsStateOnFirstStep;
+}
+
+// CUDA launch bound most optimizers use: 4 blocks of 256 threads (at most 64 registers) for
+// float32 math, 3 (at most 80) for float64 math, which spills at 64 (cuda/launch_plan.h).
+template <typename S>
+constexpr int default_min_blocks() {
+  return sizeof(typename OpMath<S>::type) == 8 ? 3 : 4;
+}
+
+}  // namespace fusedopt
