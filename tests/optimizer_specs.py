@@ -31,6 +31,40 @@ class SpecRow:
     torch_fused: bool = False  # torch.optim.<name> has fused=True on CPU (a 16-bit yardstick)
 
 
+class PaperLion(torch.optim.Optimizer):
+    """Lion exactly as Program 1 of Chen et al. 2023 writes it, for the tests:
+
+        update = sign(b1*m + (1-b1)*g);  p -= lr * (update + wd*p);  m = b2*m + (1-b2)*g
+
+    (decay inside the update: p*(1 - lr*wd) - lr*update, the same in exact arithmetic as
+    fusedopt's decoupled form, to rounding)."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                m = state["exp_avg"]
+                g = -p.grad if group["maximize"] else p.grad
+                update = (beta1 * m + (1 - beta1) * g).sign()
+                p.sub_(lr * (update + wd * p))
+                m.mul_(beta2).add_((1 - beta2) * g)
+        return loss
+
+
 def _sgd_valid(o: dict) -> bool:
     if o.get("nesterov") and (o.get("momentum", 0) == 0 or o.get("dampening", 0) != 0):
         return False  # torch rejects these
@@ -75,6 +109,8 @@ ROWS: List[SpecRow] = [
     SpecRow("Rprop", 1e-2, dict(etas=((0.5, 1.2), (0.3, 1.5)), step_sizes=((1e-6, 50), (1e-4, 0.02)),
                                 maximize=(False, True)),
             representative=({"step_sizes": (1e-4, 0.02)},)),
+    SpecRow("Lion", 1e-3, dict(betas=((0.9, 0.99), (0.95, 0.98)), weight_decay=(0.0, 0.1), maximize=(False, True)),
+            representative=({"weight_decay": 0.1},), expected=PaperLion),
 ]
 
 

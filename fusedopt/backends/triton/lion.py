@@ -1,0 +1,35 @@
+"""Lion on Triton: the coefficients and update of csrc/include/fusedopt/optimizers/lion.h."""
+from collections import namedtuple
+
+import triton
+import triton.language as tl
+
+from ._math import lerp, rounded
+
+Scalars = namedtuple("Scalars", "beta1 beta2 weight_decay grad_sign")
+Options = namedtuple("Options", "")
+
+
+def arguments(config):
+    return Scalars(config.beta1, config.beta2, config.weight_decay, -1.0 if config.maximize else 1.0), Options()
+
+
+@triton.jit
+def coefficients(step, lr, hyper, SLOT: tl.constexpr, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
+    return (tl.full((), hyper[SLOT.grad_sign], COMPUTE), tl.full((), 1.0 - hyper[SLOT.beta1], COMPUTE),
+            tl.full((), 1.0 - hyper[SLOT.beta2], COMPUTE), tl.full((), 1.0 - lr * hyper[SLOT.weight_decay], COMPUTE),
+            tl.full((), -lr, COMPUTE))
+
+
+@triton.jit
+def update(param, grad, offsets, mask, states, coefficients, OPTIONS: tl.constexpr, STATE: tl.constexpr,
+           COMPUTE: tl.constexpr):
+    """One block; states: exp_avg."""
+    grad_sign, one_minus_beta1, one_minus_beta2, param_scale, neg_lr = coefficients
+    exp_avg_ptr, _, _, _ = states
+    grad = grad * grad_sign
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(COMPUTE)
+    interpolated = lerp(exp_avg, grad, one_minus_beta1)
+    direction = tl.where(interpolated > 0.0, 1.0, tl.where(interpolated < 0.0, -1.0, 0.0))  # torch.sign
+    tl.store(exp_avg_ptr + offsets, rounded(lerp(exp_avg, grad, one_minus_beta2), STATE), mask=mask)
+    return param * param_scale + neg_lr * direction
