@@ -54,6 +54,19 @@ LOW_PRECISION: Dict[torch.dtype, Dict[str, float]] = {
     torch.float16: dict(factor=2.0, slack=2.0**-12),
 }
 
+# Two backends against each other in a 16-bit dtype (the same float32 math, rounded once):
+# a value within a float32 ulp of a rounding boundary may round the other way, one ulp of
+# the dtype at the params' scale (~1).
+ONE_ULP: Dict[torch.dtype, Dict[str, float]] = {
+    dtype: dict(rtol=torch.finfo(dtype).eps, atol=torch.finfo(dtype).eps) for dtype in (torch.bfloat16, torch.float16)
+}
+
+# On a GPU, against a float64 truth: error allowed on top of twice the reference backend's,
+# per unit of the tensor's largest value (about two units in the last place at 1.0), and
+# the float64 tolerance of long runs (atol per unit of the tensor's largest value).
+SLACK = {torch.float32: 2.0**-22, torch.float16: 2.0**-9, torch.bfloat16: 2.0**-6}
+FLOAT64_LONG_RUN = dict(rtol=1e-10, atol=1e-12)
+
 # --------------------------------------------------------------------------- the option grid
 # Every optimizer's row (lr, option grid, representative options, what it must equal)
 # lives in optimizer_specs.py; the cases below are built from the rows.

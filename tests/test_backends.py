@@ -24,14 +24,13 @@ def calls(monkeypatch):
     record = {}
     for name in ("reference", "cpu"):
         backend = fusedopt.backends.get(name)
-        for op in ("adam", "sgd", "rmsprop"):
-            original = getattr(backend, op)
+        original = backend.update
 
-            def spy(batch, config, _name=name, _op=op, _original=original):
-                record.setdefault(_name, []).append(_op)
-                return _original(batch, config)
+        def spy(kind, batch, config, _name=name, _original=original):
+            record.setdefault(_name, []).append(kind)
+            return _original(kind, batch, config)
 
-            monkeypatch.setattr(backend, op, spy)
+        monkeypatch.setattr(backend, "update", spy)
     return record
 
 

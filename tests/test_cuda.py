@@ -18,7 +18,7 @@ import torch
 fusedopt = pytest.importorskip("fusedopt")
 _C = pytest.importorskip("fusedopt._C")
 
-from _compare import ALL_CASES, REPRESENTATIVE_CASES  # noqa: E402  (imports fusedopt)
+from _compare import ALL_CASES, FLOAT64_LONG_RUN, REPRESENTATIVE_CASES, SLACK  # noqa: E402  (imports fusedopt)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -27,10 +27,7 @@ pytestmark = [
 ]
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-FLOAT64_TOLERANCE = dict(rtol=1e-10, atol=1e-12)  # atol per unit of the tensor's largest value
-# Error allowed on top of twice the reference's, per unit of the tensor's largest value:
-# about two units in the last place of the dtype at 1.0.
-SLACK = {torch.float32: 2.0**-22, torch.float16: 2.0**-9, torch.bfloat16: 2.0**-6}
+FLOAT64_TOLERANCE = FLOAT64_LONG_RUN  # the suite's tolerance table, tests/_compare.py
 STEPS = 25
 # Sizes around the chunk (8,192 float32 elements) and vector (16 bytes) boundaries, an empty
 # tensor and a matrix; the param at MISALIGNED starts one element past an aligned address.

@@ -33,6 +33,7 @@ pytest.importorskip("triton")
 import fusedopt  # noqa: E402
 from fusedopt import backends  # noqa: E402
 from fusedopt.backends import triton as triton_backend  # noqa: E402
+from _compare import ONE_ULP, TOLERANCES  # noqa: E402
 
 pytestmark = pytest.mark.triton
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -41,20 +42,10 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 SIZES = (1, 3, 0, 17, 1000, 4097)
 MISALIGNED = 33  # one more param: elements 1..33 of a 34-element allocation
 
-# One tolerance per dtype, for the kernels against torch.optim and the reference backend.
-# float32/float64: the same operations in the same order with IEEE division and square
-# root; torch's CPU kernels fuse some multiply-adds (the kernels do not), and the kernels
-# compute beta**step as exp2(step*log2(beta)) in float64 where Python calls libm's pow.
-# Each costs at most an ulp per operation: a few ulps after 10 steps (rtol 1e-5 is ~80
-# float32 ulps; atol covers elements near zero). 16-bit, against the reference backend
-# (the same float32 math, rounded once): a value within a float32 ulp of a rounding
-# boundary may round the other way, one ulp of the dtype at the params' scale (~1).
-TOLERANCE = {
-    torch.float32: dict(rtol=1e-5, atol=1e-6),
-    torch.float64: dict(rtol=1e-12, atol=1e-14),
-    torch.bfloat16: dict(rtol=torch.finfo(torch.bfloat16).eps, atol=torch.finfo(torch.bfloat16).eps),
-    torch.float16: dict(rtol=torch.finfo(torch.float16).eps, atol=torch.finfo(torch.float16).eps),
-}
+# The suite's tolerance table (_compare.py): float32/float64 against torch.optim (torch's
+# CPU kernels fuse some multiply-adds, the kernels do not: a few ulps after 10 steps), and
+# one ulp of a 16-bit dtype against the reference backend.
+TOLERANCE = {**TOLERANCES, **ONE_ULP}
 STEPS = 10
 
 
@@ -326,7 +317,7 @@ def amp_run(name, kwargs, backend, dtype, *, grad_scale=None, found_inf=False, m
         optimizer.step()
         if found_inf and step in SKIPPED:
             after = params + state_tensors(optimizer, params)
-            if step == 0 and optimizer.has_first_step_rule:  # SGD returns before creating any state
+            if step == 0 and optimizer.spec.first_step_rule:  # SGD returns before creating any state
                 assert all(len(optimizer.state[p]) == 0 for p in params)
                 after = after[:len(params)]
             elif step == 0:  # the state was created by this step: zeros, step 0, the master a copy of the param
