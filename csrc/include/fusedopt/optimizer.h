@@ -79,13 +79,16 @@ struct StateVariants {
   static constexpr uint32_t kAlways = (kMasks & ... & ~0u);  // states every variant has
 };
 
-// The table row of state s (the states before it that are active come first).
-constexpr int64_t state_position(uint32_t active, int s) {
-  int64_t position = 0;
-  for (int b = 0; b < s; ++b) position += (active >> b) & 1u;
-  return position;
+// How many bits of `bits` are set (a few integer operations, no loop: the kernels compute it
+// once per block from a run-time set of states).
+FUSEDOPT_HD constexpr int bit_count(uint32_t bits) {
+  bits = bits - ((bits >> 1) & 0x55555555u);
+  bits = (bits & 0x33333333u) + ((bits >> 2) & 0x33333333u);
+  return int((((bits + (bits >> 4)) & 0x0f0f0f0fu) * 0x01010101u) >> 24);
 }
-constexpr int state_count(uint32_t active) { return int(state_position(active, 32)); }
+// The position among the table's state rows of state s: the active states before it come first.
+FUSEDOPT_HD constexpr int state_position(uint32_t active, int s) { return bit_count(active & ((1u << s) - 1u)); }
+FUSEDOPT_HD constexpr int state_count(uint32_t active) { return bit_count(active); }
 
 // Calls body(std::integral_constant<uint32_t, mask>{}) for the variant whose mask is
 // `active`; false when none is (an optimizer's active_states outside its Variants).
