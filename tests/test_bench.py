@@ -95,7 +95,8 @@ def test_every_row_is_complete_and_every_number_positive_and_finite(tiny_run):
             assert_positive_finite(row[key], f"{row['implementation']} {key}")
         for sample in row["samples_ms"]:
             assert_positive_finite(sample, f"{row['implementation']} sample")
-        assert row["speedup_vs"], "every row is compared with at least one torch variant"
+        if row["optimizer"] != "lion":  # Lion is not in torch.optim
+            assert row["speedup_vs"], "every row is compared with at least one torch variant"
         for variant, ratio in row["speedup_vs"].items():
             assert_positive_finite(ratio, f"{row['implementation']} speed-up vs {variant}")
 
@@ -112,8 +113,11 @@ def test_rows_cover_every_shape_dtype_and_optimizer(tiny_run):
 
 def test_torch_fused_is_timed_exactly_where_torch_offers_it(tiny_run):
     fused_cases = {row["optimizer"] for row in tiny_run["results"] if row["implementation"] == "torch[fused]"}
-    assert fused_cases == {"adam", "adamw", "sgd"}
+    assert fused_cases == {"adagrad", "adam", "adamw", "sgd"}  # torch 2.13's fused CPU optimizers
     for row in tiny_run["results"]:
+        if row["optimizer"] == "lion":  # not in torch.optim: nothing to compare with
+            assert row["speedup_vs"] == {}
+            continue
         torch_variants = {"for-loop", "foreach"} | ({"fused"} if row["optimizer"] in fused_cases else set())
         assert set(row["speedup_vs"]) == torch_variants
 

@@ -117,6 +117,16 @@ def min_blocks(body: str) -> int:
     return int(match.group(1)) if match else 1
 
 
+# Kernels allowed 2 blocks per multiprocessor instead of 3: Rprop's float64 update needs 86
+# registers (3 blocks give 80, and spill); float64 Rprop on a GPU is rare enough that two
+# blocks beat a spill. Known gap, named here so no other kernel slips below 3 unnoticed.
+FEWER_BLOCKS = ("rprop   double/double",)
+
+
+def minimum_blocks(readable_name: str) -> int:
+    return 2 if any(kernel in readable_name for kernel in FEWER_BLOCKS) else 3
+
+
 def test_update_kernels_neither_spill_nor_crowd_out_blocks(compiled, capsys):
     usage, ptx = compiled
     update = {name: u for name, u in usage.items() if "multi_tensor_kernel" in name}
@@ -132,7 +142,8 @@ def test_update_kernels_neither_spill_nor_crowd_out_blocks(compiled, capsys):
     assert not problems, "kernels spilling or using local memory:\n" + "\n".join(problems)
     crowded = [f"{readable(name)}: {u['registers']} registers for {min_blocks(ptx[name])} blocks"
                for name, u in update.items()
-               if min_blocks(ptx[name]) < 3 or u["registers"] > max_registers(min_blocks(ptx[name]))]
+               if min_blocks(ptx[name]) < minimum_blocks(readable(name))
+               or u["registers"] > max_registers(min_blocks(ptx[name]))]
     assert not crowded, "update kernels that fit fewer than 3 blocks, or not their launch bounds:\n" + "\n".join(crowded)
 
 
