@@ -136,7 +136,7 @@ def test_a_new_header_joins_the_generated_list_with_no_other_edit(tmp_path):
     shutil.copytree(ROOT / "csrc", source / "csrc")
     sgd = (source / "csrc/include/fusedopt/optimizers/sgd.h").read_text()
     (source / "csrc/include/fusedopt/optimizers/probe_kind.h").write_text(
-        sgd.replace("struct sgd {", "struct probe_kind {").replace("FUSEDOPT_SGD_", "FUSEDOPT_PROBE_KIND_"))
+        sgd.replace("struct sgd ", "struct probe_kind ").replace("FUSEDOPT_SGD_", "FUSEDOPT_PROBE_KIND_"))
     build = tmp_path / "build"
     result = subprocess.run(["cmake", f"-S{source}", f"-B{build}", f"-DPython_EXECUTABLE={sys.executable}",
                              f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", "-DFUSEDOPT_NO_CUDA=ON"],

@@ -2,7 +2,8 @@
 // what the generic CPU loop, CUDA functor and bindings read from it.
 //
 // An optimizer is a traits struct fusedopt::optimizers::<kind> (the name of its header, and
-// the `kind` Python's OptimizerSpec uses) with:
+// the `kind` Python's OptimizerSpec uses), usually derived from OptimizerDefaults<kStates>
+// below, which supplies every member marked (default), with:
 //
 //   FUSEDOPT_HYPERPARAMETERS(LIST)   where LIST(X) is X(double, name) X(bool, name) ...:
 //                                    struct Hyper with those fields, and Hyper::fields(f),
@@ -10,14 +11,19 @@
 //   static constexpr int kStates;    state tensors it may use (at most kMaxStates), table order
 //   using Variants = StateVariants<mask, ...>;   the sets of active states its options allow
 //                                    (bit s: state s), each a compile-time variant of the loops
-//   static constexpr uint32_t active_states(const Hyper&);   the set for these options
-//   static constexpr bool kStepCounter;          keeps a float32 step counter (advanced per step)
+//                                    (default: all states, always)
+//   static constexpr uint32_t active_states(const Hyper&);   the set for these options (default: all)
+//   static constexpr bool kStepCounter;          keeps a float32 step counter (advanced per step;
+//                                                default false)
 //   static constexpr bool kStepDependent;        its coefficients depend on that counter
-//                                                (computed per tensor from it), else once per call
+//                                                (computed per tensor from it), else once per
+//                                                call (default false)
 //   static constexpr bool kReadsStateOnFirstStep;   false: on UpdateOptions::first_step the
-//                                                active states are written, never read (SGD)
+//                                                active states are written, never read (SGD;
+//                                                default true)
 //   template <typename S, typename SS> static constexpr int min_blocks();   CUDA launch bound
 //                                                (blocks per multiprocessor) per storage types
+//                                                (default: default_min_blocks<S>())
 //   template <typename T> struct Coefficients;   the scalars of one update, in the math type T
 //   template <typename T> static FUSEDOPT_HD Coefficients<T> coefficients(const Hyper&, double lr,
 //                                                                         double step);
@@ -133,5 +139,21 @@ template <typename S>
 constexpr int default_min_blocks() {
   return sizeof(typename OpMath<S>::type) == 8 ? 3 : 4;
 }
+
+// The defaults an optimizer inherits and may restate (a name in the derived struct hides the
+// base's): kStates states, all of them always active; no step counter; new states read like
+// any other; the default CUDA launch bounds. `struct lion : OptimizerDefaults<1> { ... }`
+// then only adds its Hyper, Coefficients, coefficients() and update().
+template <int kStateCount>
+struct OptimizerDefaults {
+  static constexpr int kStates = kStateCount;
+  static constexpr uint32_t kAllStates = (1u << kStateCount) - 1u;
+  using Variants = StateVariants<kAllStates>;
+  template <typename Hyper> static constexpr uint32_t active_states(const Hyper&) { return kAllStates; }
+  static constexpr bool kStepCounter = false;
+  static constexpr bool kStepDependent = false;
+  static constexpr bool kReadsStateOnFirstStep = true;
+  template <typename S, typename SS> static constexpr int min_blocks() { return default_min_blocks<S>(); }
+};
 
 }  // namespace fusedopt

@@ -10,7 +10,7 @@
 
 namespace fusedopt::optimizers {
 
-struct adam {
+struct adam : OptimizerDefaults<3> {
 #define FUSEDOPT_ADAM_HYPERPARAMETERS(X)                                  \
   X(double, beta1) X(double, beta2) X(double, eps) X(double, weight_decay) \
   X(bool, amsgrad) X(bool, maximize)                                       \
@@ -19,13 +19,11 @@ struct adam {
   FUSEDOPT_HYPERPARAMETERS(FUSEDOPT_ADAM_HYPERPARAMETERS);
 
   enum State { kExpAvg, kExpAvgSq, kMaxExpAvgSq };
-  static constexpr int kStates = 3;
   using Variants = StateVariants<0b011, 0b111>;
   static constexpr uint32_t active_states(const Hyper& h) { return h.amsgrad ? 0b111 : 0b011; }
 
   static constexpr bool kStepCounter = true;
   static constexpr bool kStepDependent = true;  // the bias corrections
-  static constexpr bool kReadsStateOnFirstStep = true;
 
   // bfloat16 without master weights: at 64 registers ptxas (CUDA 13.0) gives it an 8-byte
   // stack frame, so 80 as for float64.

@@ -9,13 +9,12 @@
 
 namespace fusedopt::optimizers {
 
-struct rmsprop {
+struct rmsprop : OptimizerDefaults<3> {
 #define FUSEDOPT_RMSPROP_HYPERPARAMETERS(X) \
   X(double, alpha) X(double, eps) X(double, weight_decay) X(double, momentum) X(bool, centered) X(bool, maximize)
   FUSEDOPT_HYPERPARAMETERS(FUSEDOPT_RMSPROP_HYPERPARAMETERS);
 
   enum State { kSquareAvg, kGradAvg, kMomentumBuffer };
-  static constexpr int kStates = 3;
   using Variants = StateVariants<0b001, 0b011, 0b101, 0b111>;
   static constexpr uint32_t active_states(const Hyper& h) {
     return 0b001u | (h.centered ? 0b010u : 0u) | (h.momentum > 0.0 ? 0b100u : 0u);
@@ -23,10 +22,6 @@ struct rmsprop {
 
   // The step counter does not enter RMSprop's math, but torch keeps and advances it.
   static constexpr bool kStepCounter = true;
-  static constexpr bool kStepDependent = false;
-  static constexpr bool kReadsStateOnFirstStep = true;
-
-  template <typename S, typename SS> static constexpr int min_blocks() { return default_min_blocks<S>(); }
 
   template <typename T> struct Coefficients {
     T neg_lr, alpha, one_minus_alpha, eps, weight_decay, momentum, grad_sign;

@@ -7,18 +7,15 @@
 
 namespace fusedopt::optimizers {
 
-struct sgd {
+struct sgd : OptimizerDefaults<1> {
 #define FUSEDOPT_SGD_HYPERPARAMETERS(X) \
   X(double, momentum) X(double, dampening) X(double, weight_decay) X(bool, nesterov) X(bool, maximize)
   FUSEDOPT_HYPERPARAMETERS(FUSEDOPT_SGD_HYPERPARAMETERS);
 
   enum State { kMomentumBuffer };
-  static constexpr int kStates = 1;
   using Variants = StateVariants<0b0, 0b1>;
   static constexpr uint32_t active_states(const Hyper& h) { return h.momentum != 0.0 ? 0b1 : 0b0; }
 
-  static constexpr bool kStepCounter = false;
-  static constexpr bool kStepDependent = false;
   // torch's first-step rule: a missing momentum buffer starts as a copy of the gradient.
   static constexpr bool kReadsStateOnFirstStep = false;
 
