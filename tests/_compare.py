@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 import fusedopt
-from optimizer_specs import ROWS, SpecRow
+from optimizer_specs import ROWS, KingmaBaAdam, SpecRow  # noqa: F401  (KingmaBaAdam re-exported)
 from optimizer_specs import row as spec_row
 
 # --------------------------------------------------------------------------- data
@@ -143,62 +143,6 @@ ALL_CASES = [case for r in ROWS for case in _grid(r)]
 # A few cases per optimizer that between them exercise every state tensor, for the tests
 # that do not need the whole grid (state_dict, schedulers, training).
 REPRESENTATIVE_CASES = [Case(r.name, tuple(options.items())) for r in ROWS for options in r.representative]
-
-
-# --------------------------------------------------------------------------- Kingma & Ba
-class KingmaBaAdam(torch.optim.Optimizer):
-    """Adam in Kingma & Ba's "efficient" form (section 2 of the paper), written for the
-    tests, computing in the params' dtype:
-
-        step = lr * sqrt(1 - b2^t) / (1 - b1^t);   p -= step * m / (sqrt(v) + eps)
-
-    AdamW decays first (p *= 1 - lr*wd); Adam adds wd*p to the gradient. Same state
-    layout as torch.optim.Adam.
-    """
-
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=None, amsgrad=False,
-                 maximize=False, decoupled=False):
-        if weight_decay is None:  # the defaults of torch.optim.AdamW and torch.optim.Adam
-            weight_decay = 1e-2 if decoupled else 0.0
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize, decoupled=decoupled))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                    if group["amsgrad"]:
-                        state["max_exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"].item()
-                g = -p.grad if group["maximize"] else p.grad
-                if wd != 0:
-                    if group["decoupled"]:
-                        p.mul_(1 - lr * wd)
-                    else:
-                        g = g + wd * p
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                if group["amsgrad"]:
-                    torch.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-                    v = state["max_exp_avg_sq"]
-                step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-                p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
-        return loss
 
 
 class RoundedOpmath:

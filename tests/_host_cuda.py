@@ -126,8 +126,8 @@ def guard_new_state(optimizer: torch.optim.Optimizer, guarded: Guarded, alignmen
     any kernel sees it."""
     make_init = optimizer._init_state
 
-    def init_state(group, dtype):
-        init = make_init(group, dtype)
+    def init_state(group, dtype, hyper):
+        init = make_init(group, dtype, hyper)
 
         def guarded_init(p, state):
             before = set(state)

@@ -12,6 +12,7 @@ Adding an optimizer to the suite is adding its row here.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -31,8 +32,67 @@ class SpecRow:
     torch_fused: bool = False  # torch.optim.<name> has fused=True on CPU (a 16-bit yardstick)
 
 
-class PaperLion(torch.optim.Optimizer):
-    """Lion exactly as Program 1 of Chen et al. 2023 writes it, for the tests:
+class PerParamOptimizer(torch.optim.Optimizer):
+    """A readable optimizer written for the tests: step() runs the closure with grad enabled,
+    then `update(p, grad, state, group)` for every param with a grad, in the param's dtype."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.update(p, -p.grad if group["maximize"] else p.grad, self.state[p], group)
+        return loss
+
+
+class KingmaBaAdam(PerParamOptimizer):
+    """Adam in Kingma & Ba's "efficient" form (section 2 of the paper):
+
+        step = lr * sqrt(1 - b2^t) / (1 - b1^t);   p -= step * m / (sqrt(v) + eps)
+
+    AdamW decays first (p *= 1 - lr*wd); Adam adds wd*p to the gradient. Same state
+    layout as torch.optim.Adam.
+    """
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=None, amsgrad=False,
+                 maximize=False, decoupled=False):
+        if weight_decay is None:  # the defaults of torch.optim.AdamW and torch.optim.Adam
+            weight_decay = 1e-2 if decoupled else 0.0
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize, decoupled=decoupled))
+
+    def update(self, p, g, state, group):
+        beta1, beta2 = group["betas"]
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        t = state["step"].item()
+        if wd != 0:
+            if group["decoupled"]:
+                p.mul_(1 - lr * wd)
+            else:
+                g = g + wd * p
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        if group["amsgrad"]:
+            torch.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+            v = state["max_exp_avg_sq"]
+        step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+        p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
+
+
+class PaperLion(PerParamOptimizer):
+    """Lion exactly as Program 1 of Chen et al. 2023 writes it:
 
         update = sign(b1*m + (1-b1)*g);  p -= lr * (update + wd*p);  m = b2*m + (1-b2)*g
 
@@ -42,27 +102,14 @@ class PaperLion(torch.optim.Optimizer):
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False):
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                m = state["exp_avg"]
-                g = -p.grad if group["maximize"] else p.grad
-                update = (beta1 * m + (1 - beta1) * g).sign()
-                p.sub_(lr * (update + wd * p))
-                m.mul_(beta2).add_((1 - beta2) * g)
-        return loss
+    def update(self, p, g, state, group):
+        beta1, beta2 = group["betas"]
+        if not state:
+            state["exp_avg"] = torch.zeros_like(p)
+        m = state["exp_avg"]
+        update = (beta1 * m + (1 - beta1) * g).sign()
+        p.sub_(group["lr"] * (update + group["weight_decay"] * p))
+        m.mul_(beta2).add_((1 - beta2) * g)
 
 
 def _sgd_valid(o: dict) -> bool:
@@ -74,7 +121,6 @@ def _sgd_valid(o: dict) -> bool:
 def _adam_expected(decoupled: bool):
     def expected(params, optimized_update=False, **kwargs):
         if optimized_update:
-            from _compare import KingmaBaAdam
             return KingmaBaAdam(params, decoupled=decoupled, **kwargs)
         return getattr(torch.optim, "AdamW" if decoupled else "Adam")(params, foreach=False, **kwargs)
     return expected

@@ -164,8 +164,9 @@ def test_found_inf_skips_the_step_inside_the_kernel(case, dtype, master):
     grad_transform = GradTransform(grad_scale=torch.tensor(4.0), found_inf=torch.tensor(1.0),
                                    clip_coef=torch.tensor(0.5))
     for index, group in enumerate(optimizer.param_groups):
-        for bucket, batch, fresh in optimizer._prepare_group(index, group):
-            run_update(optimizer.spec, backends.get("cuda_host"), batch, fresh, group_hyper(optimizer, group),
+        hyper = group_hyper(optimizer, group)
+        for bucket, batch, fresh in optimizer._prepare_group(index, group, hyper):
+            run_update(optimizer.spec, backends.get("cuda_host"), batch, fresh, hyper,
                        group["lr"], uses_master(group, bucket.dtype), grad_transform)
     for i, (before, after) in enumerate(zip(snapshot, _all_tensors(optimizer))):
         assert_same_bits(after, before, f"tensor {i} after a skipped step")

@@ -154,12 +154,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         if torch.compiler.is_compiling():
             compiled_step(self)  # traced by dynamo: one torch.library op per group and dtype
             return loss
-        prepared = [self._prepare_group(index, group) for index, group in enumerate(self.param_groups)]
+        # The groups' hyper-parameters, read once per step: the state keys, lazy state and the
+        # backend calls below all follow from them.
+        hypers = [group_hyper(self, group) for group in self.param_groups]
+        prepared = [self._prepare_group(index, group, hyper)
+                    for index, (group, hyper) in enumerate(zip(self.param_groups, hypers))]
         transforms = self._grad_transforms(prepared)
         if getattr(self, "grad_scale", None) is not None:
             _check_grads_writable(prepared)
-        for group, batches in zip(self.param_groups, prepared):
-            hyper = group_hyper(self, group)
+        for group, hyper, batches in zip(self.param_groups, hypers, prepared):
             for bucket, batch, fresh in batches:
                 transform = transforms(group, bucket.device)
                 run_update(self.spec, backends.resolve(group["backend"], bucket.device), batch, fresh, hyper,
@@ -172,15 +175,15 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _uses_master(self, group: dict, dtype: torch.dtype) -> bool:
         return uses_master(group, dtype)
 
-    def _bucket_state_keys(self, group: dict, dtype: torch.dtype) -> Tuple[str, ...]:
-        return bucket_state_keys(self.spec, group_hyper(self, group), self._uses_master(group, dtype))
+    def _bucket_state_keys(self, group: dict, dtype: torch.dtype, hyper: dict) -> Tuple[str, ...]:
+        return bucket_state_keys(self.spec, hyper, self._uses_master(group, dtype))
 
-    def _init_state(self, group: dict, dtype: torch.dtype) -> Callable[[torch.Tensor, dict], None]:
+    def _init_state(self, group: dict, dtype: torch.dtype, hyper: dict) -> Callable[[torch.Tensor, dict], None]:
         """A function filling a param's missing state entries (lazy initialisation): torch's
         float32 step counter (kept beside the param, so GPU kernels read it without a
         sync), every state tensor (zeros, or the spec's initial value), and the fp32 master
         copy of a 16-bit param."""
-        keys = self.state_keys(group)
+        keys = self.spec.state_keys(hyper)
         with_step = self.has_step_counter
         state_dtype = torch.float32 if self._uses_master(group, dtype) else None
         fills = {key: group[source] for key, source in self.spec.initial_values}
@@ -198,7 +201,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         return init
 
     # ----------------------------------------------------------------- per step
-    def _prepare_group(self, index: int, group: dict) -> Prepared:
+    def _prepare_group(self, index: int, group: dict, hyper: dict) -> Prepared:
         """Validated batches of every bucket of the group, before any kernel runs."""
         for attempt in range(2):
             try:
@@ -206,8 +209,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 for bucket in self._group_buckets(index, group):
                     master = self._uses_master(group, bucket.dtype)
                     batch, fresh = bucket.batch(
-                        self.state, self._bucket_state_keys(group, bucket.dtype), self.has_step_counter,
-                        self._init_state(group, bucket.dtype), torch.float32 if master else None,
+                        self.state, self._bucket_state_keys(group, bucket.dtype, hyper), self.has_step_counter,
+                        self._init_state(group, bucket.dtype, hyper), torch.float32 if master else None,
                     )
                     if batch is not None:
                         prepared.append((bucket, batch, fresh))

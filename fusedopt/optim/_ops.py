@@ -159,8 +159,8 @@ def compiled_step(optimizer) -> None:
         for dtype in {p.dtype for p in params}:
             selected = [p for p in params if p.dtype == dtype]
             master = optimizer._uses_master(group, dtype)
-            keys = list(optimizer._bucket_state_keys(group, dtype))
-            init = optimizer._init_state(group, dtype)
+            keys = list(optimizer._bucket_state_keys(group, dtype, hyper))
+            init = optimizer._init_state(group, dtype, hyper)
             fresh, seasoned = split_fresh(selected, optimizer.state, keys, optimizer.spec.step_counter, init)
             if not optimizer.spec.first_step_rule:
                 fresh, seasoned = [], selected

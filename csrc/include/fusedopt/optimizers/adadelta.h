@@ -8,19 +8,13 @@
 
 namespace fusedopt::optimizers {
 
-struct adadelta {
+struct adadelta : OptimizerDefaults<2> {
 #define FUSEDOPT_ADADELTA_HYPERPARAMETERS(X) X(double, rho) X(double, eps) X(double, weight_decay) X(bool, maximize)
   FUSEDOPT_HYPERPARAMETERS(FUSEDOPT_ADADELTA_HYPERPARAMETERS);
 
   enum State { kSquareAvg, kAccDelta };
-  static constexpr int kStates = 2;
-  using Variants = StateVariants<0b11>;
-  static constexpr uint32_t active_states(const Hyper&) { return 0b11; }
 
   static constexpr bool kStepCounter = true;  // advanced, as torch does, but unused by the math
-  static constexpr bool kStepDependent = false;
-  static constexpr bool kReadsStateOnFirstStep = true;
-  template <typename S, typename SS> static constexpr int min_blocks() { return default_min_blocks<S>(); }
 
   template <typename T> struct Coefficients {
     T rho, one_minus_rho, eps, weight_decay, grad_sign, neg_lr;

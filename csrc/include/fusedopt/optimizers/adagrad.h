@@ -8,19 +8,14 @@
 
 namespace fusedopt::optimizers {
 
-struct adagrad {
+struct adagrad : OptimizerDefaults<1> {
 #define FUSEDOPT_ADAGRAD_HYPERPARAMETERS(X) X(double, lr_decay) X(double, eps) X(double, weight_decay) X(bool, maximize)
   FUSEDOPT_HYPERPARAMETERS(FUSEDOPT_ADAGRAD_HYPERPARAMETERS);
 
   enum State { kSum };
-  static constexpr int kStates = 1;
-  using Variants = StateVariants<0b1>;
-  static constexpr uint32_t active_states(const Hyper&) { return 0b1; }
 
   static constexpr bool kStepCounter = true;
   static constexpr bool kStepDependent = true;  // lr / (1 + (step - 1) * lr_decay)
-  static constexpr bool kReadsStateOnFirstStep = true;
-  template <typename S, typename SS> static constexpr int min_blocks() { return default_min_blocks<S>(); }
 
   template <typename T> struct Coefficients {
     T eps, weight_decay, grad_sign, neg_clr;

@@ -8,20 +8,15 @@
 
 namespace fusedopt::optimizers {
 
-struct adamax {
+struct adamax : OptimizerDefaults<2> {
 #define FUSEDOPT_ADAMAX_HYPERPARAMETERS(X) \
   X(double, beta1) X(double, beta2) X(double, eps) X(double, weight_decay) X(bool, maximize)
   FUSEDOPT_HYPERPARAMETERS(FUSEDOPT_ADAMAX_HYPERPARAMETERS);
 
   enum State { kExpAvg, kExpInf };
-  static constexpr int kStates = 2;
-  using Variants = StateVariants<0b11>;
-  static constexpr uint32_t active_states(const Hyper&) { return 0b11; }
 
   static constexpr bool kStepCounter = true;
   static constexpr bool kStepDependent = true;  // the bias correction of exp_avg
-  static constexpr bool kReadsStateOnFirstStep = true;
-  template <typename S, typename SS> static constexpr int min_blocks() { return default_min_blocks<S>(); }
 
   template <typename T> struct Coefficients {
     T one_minus_beta1, beta2, eps, weight_decay, grad_sign, neg_step_size;

@@ -7,19 +7,11 @@
 
 namespace fusedopt::optimizers {
 
-struct lion {
+struct lion : OptimizerDefaults<1> {
 #define FUSEDOPT_LION_HYPERPARAMETERS(X) X(double, beta1) X(double, beta2) X(double, weight_decay) X(bool, maximize)
   FUSEDOPT_HYPERPARAMETERS(FUSEDOPT_LION_HYPERPARAMETERS);
 
   enum State { kExpAvg };
-  static constexpr int kStates = 1;
-  using Variants = StateVariants<0b1>;
-  static constexpr uint32_t active_states(const Hyper&) { return 0b1; }
-
-  static constexpr bool kStepCounter = false;
-  static constexpr bool kStepDependent = false;
-  static constexpr bool kReadsStateOnFirstStep = true;
-  template <typename S, typename SS> static constexpr int min_blocks() { return default_min_blocks<S>(); }
 
   template <typename T> struct Coefficients {
     T one_minus_beta1, one_minus_beta2, neg_lr, param_scale, grad_sign;

@@ -10,21 +10,16 @@
 
 namespace fusedopt::optimizers {
 
-struct radam {
+struct radam : OptimizerDefaults<2> {
 #define FUSEDOPT_RADAM_HYPERPARAMETERS(X)                                  \
   X(double, beta1) X(double, beta2) X(double, eps) X(double, weight_decay) \
   X(bool, decoupled_weight_decay) X(bool, maximize)
   FUSEDOPT_HYPERPARAMETERS(FUSEDOPT_RADAM_HYPERPARAMETERS);
 
   enum State { kExpAvg, kExpAvgSq };
-  static constexpr int kStates = 2;
-  using Variants = StateVariants<0b11>;
-  static constexpr uint32_t active_states(const Hyper&) { return 0b11; }
 
   static constexpr bool kStepCounter = true;
   static constexpr bool kStepDependent = true;  // bias corrections and rectification
-  static constexpr bool kReadsStateOnFirstStep = true;
-  template <typename S, typename SS> static constexpr int min_blocks() { return default_min_blocks<S>(); }
 
   template <typename T> struct Coefficients {
     T one_minus_beta1, beta2, one_minus_beta2, eps, grad_sign, l2_decay, param_scale;

@@ -9,19 +9,14 @@
 
 namespace fusedopt::optimizers {
 
-struct rprop {
+struct rprop : OptimizerDefaults<2> {
 #define FUSEDOPT_RPROP_HYPERPARAMETERS(X) \
   X(double, etaminus) X(double, etaplus) X(double, step_size_min) X(double, step_size_max) X(bool, maximize)
   FUSEDOPT_HYPERPARAMETERS(FUSEDOPT_RPROP_HYPERPARAMETERS);
 
   enum State { kPrev, kStepSize };
-  static constexpr int kStates = 2;
-  using Variants = StateVariants<0b11>;
-  static constexpr uint32_t active_states(const Hyper&) { return 0b11; }
 
   static constexpr bool kStepCounter = true;  // advanced, as torch does, but unused by the math
-  static constexpr bool kStepDependent = false;
-  static constexpr bool kReadsStateOnFirstStep = true;
   // float64 math spills at 3 blocks' 80 registers (ptxas, CUDA 13.0, 86 needed): 2 blocks
   // (tests/test_ptxas.py allows this one kernel fewer blocks rather than a spill).
   template <typename S, typename SS> static constexpr int min_blocks() {
