@@ -48,7 +48,7 @@ class HostCUDABackend(Backend):
         # (host memory here, fresh each call so a stale record cannot hide), the build's chunk size.
         per_tensor = host.build_info()["cuda_workspace_bytes_per_tensor"]
         workspace = torch.empty((len(batch) + 1) * per_tensor, dtype=torch.uint8)
-        HOST_KINDS.hyper(kind, config.hyper).cuda_update(*common_arguments(batch, config), workspace.data_ptr(),
+        HOST_KINDS.for_batch(kind, batch, config).cuda_update(*common_arguments(batch, config), workspace.data_ptr(),
                                                           workspace.numel(), 0, self.device, 0)
 
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:

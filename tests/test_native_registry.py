@@ -151,3 +151,23 @@ def test_a_new_header_joins_the_generated_list_with_no_other_edit(tmp_path):
         assert f"FUSEDOPT_INSTANTIATE_CPU_UPDATE({kind})" in (generated / f"cpu/update_{kind}.cpp").read_text()
         assert f"FUSEDOPT_INSTANTIATE_CUDA_UPDATE({kind})" in (generated / f"cuda/update_{kind}.cu").read_text()
     assert "probe_kind" in kinds
+
+
+def test_a_table_with_other_state_rows_than_the_kernels_read_is_refused():
+    """The kernels index a table's state rows by the count their header gives for the options:
+    a batch carrying another count (a spec that disagreed with its header) is refused before
+    any native call, so no address past the table is read."""
+    import array
+
+    from fusedopt._layout import TensorBatch, UpdateConfig
+    from fusedopt.backends.native import CPUBackend
+
+    p, g, buf = torch.zeros(4), torch.ones(4), torch.zeros(4)
+    table = array.array("q", [4, p.data_ptr(), g.data_ptr(), 0, buf.data_ptr()])  # one state row
+    batch = TensorBatch([p], [g], None, [[buf]], p.device, p.dtype, table, 1)
+    hyper = dict(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False)  # reads none
+    with pytest.raises(RuntimeError, match="state rows"):
+        CPUBackend().update("sgd", batch, UpdateConfig(hyper, 0.1))
+    assert torch.equal(p, torch.zeros(4))
+    CPUBackend().update("sgd", batch, UpdateConfig(dict(hyper, momentum=0.9), 0.1, first_step=True))
+    assert torch.allclose(p, torch.full((4,), -0.1)) and torch.equal(buf, g)

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from .._layout import DTYPE_CODES, TensorBatch, UpdateConfig
+from .._layout import DTYPE_CODES, FIRST_STATE_ROW, TensorBatch, UpdateConfig
 from .._memory import storage_problem
 from .._native import build_info, load_error, native
 from .base import Backend
@@ -56,6 +56,20 @@ class NativeKinds:
     def hyper(self, kind: str, values: Mapping[str, Any]) -> Any:
         cls = self._checked.get(kind) or self._check(kind)
         return cls(values if type(values) is dict else dict(values))
+
+    def for_batch(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> Any:
+        """hyper(kind, config.hyper), after checking that the batch's table has exactly the
+        state rows the native kind reads for these options (plus the master copy): the kernels
+        index rows by that count, so a spec whose state keys disagreed with its header would
+        read addresses past the table."""
+        hyper = self.hyper(kind, config.hyper)
+        rows = len(batch.table) // len(batch) - FIRST_STATE_ROW if len(batch) else 0
+        expected = hyper.states() + bool(config.master_weights)
+        if len(batch) and rows != expected:
+            raise RuntimeError(f"optimizer {kind!r}: the batch carries {rows} state rows but the native kernels "
+                               f"read {expected} for these options; its spec's state_keys and "
+                               f"csrc/include/fusedopt/optimizers/{kind}.h disagree")
+        return hyper
 
     def _check(self, kind: str) -> Any:
         """The native class of `kind`, once its hyper-parameter names are checked against
@@ -97,7 +111,7 @@ class CPUBackend(Backend):
         return None
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
-        _native_kinds().hyper(kind, config.hyper).cpu_update(*common_arguments(batch, config),
+        _native_kinds().for_batch(kind, batch, config).cpu_update(*common_arguments(batch, config),
                                                              torch.get_num_threads())
 
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
@@ -149,7 +163,7 @@ class CUDABackend(Backend):
         index = _device_index(batch.device)
         stream = torch.cuda.current_stream(index).cuda_stream
         workspace = self._workspace(index, stream, len(batch))
-        _native_kinds().hyper(kind, config.hyper).cuda_update(
+        _native_kinds().for_batch(kind, batch, config).cuda_update(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), self.chunk_bytes or 0,
             index, stream)
 
