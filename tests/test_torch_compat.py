@@ -121,3 +121,37 @@ def test_load_state_dict_and_step_hooks_run(backend):
     opt.step()
     opt.load_state_dict(opt.state_dict())
     assert calls == ["step-pre", "step-post", "load-pre", "load-post"]
+
+
+# Tensor betas stay tensors in the group (and so in state_dict), as torch.optim keeps them;
+# the kernels read their values at each step, so one changed in place takes effect.
+TENSOR_BETAS = ["Adam", "AdamW", "Adamax", "RAdam"]
+
+
+@pytest.mark.parametrize("name", TENSOR_BETAS)
+@pytest.mark.parametrize("beta_dtype", [torch.float64, torch.float32])
+def test_tensor_betas_are_kept_and_train_as_torchs(name, beta_dtype, backend):
+    torch.manual_seed(0)
+    start = torch.randn(9, dtype=torch.float64)
+    grads = [torch.randn(9, dtype=torch.float64) for _ in range(20)]
+    runs = []
+    for make in (getattr(fusedopt, name), getattr(torch.optim, name)):
+        p = torch.nn.Parameter(start.clone())
+        betas = (torch.tensor(0.8, dtype=beta_dtype), torch.tensor(0.95, dtype=beta_dtype))
+        kwargs = dict(backend=backend) if make.__module__.startswith("fusedopt") else dict(foreach=False)
+        opt = make([p], lr=0.01, betas=betas, **kwargs)
+        assert opt.param_groups[0]["betas"][0] is betas[0]
+        for step, grad in enumerate(grads):
+            if step == 10:
+                betas[1].fill_(0.9)  # changed in place: both read the new value from here on
+            p.grad = grad.clone()
+            opt.step()
+        runs.append((p, opt))
+    (ours, ours_opt), (theirs, theirs_opt) = runs
+    # torch computes float32 tensor betas' bias corrections in float32; fusedopt in float64
+    tolerance = dict(rtol=1e-13, atol=1e-15) if beta_dtype == torch.float64 else dict(rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(ours, theirs, **tolerance)
+    saved = ours_opt.state_dict()["param_groups"][0]["betas"]
+    assert all(isinstance(b, torch.Tensor) and b.dtype == beta_dtype for b in saved)
+    theirs_opt.load_state_dict(ours_opt.state_dict())  # and torch.optim takes them as its own
+    assert torch.equal(theirs_opt.param_groups[0]["betas"][1], torch.tensor(0.9, dtype=beta_dtype))

@@ -38,7 +38,7 @@ class Adam(FusedOptimizer):
         check_adam_hyperparameters(lr, betas, eps, weight_decay)
         check_torch_flags(foreach, fused, differentiable)
         defaults = dict(
-            lr=lr, betas=tuple(scalar(b) for b in betas), eps=eps, weight_decay=weight_decay,
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
             amsgrad=amsgrad, maximize=maximize,
             # torch.optim.Adam's own keys, so checkpoints load into it with the same meaning
             foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused,

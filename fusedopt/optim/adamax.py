@@ -3,7 +3,7 @@ state layout, fused."""
 from __future__ import annotations
 
 from ._base import FusedOptimizer
-from ._checks import check_betas, check_lr, check_non_negative, check_torch_flags, scalar
+from ._checks import check_betas, check_lr, check_non_negative, check_torch_flags
 from ._spec import BOOL, FLOAT, OptimizerSpec
 
 __all__ = ["Adamax"]
@@ -28,7 +28,7 @@ class Adamax(FusedOptimizer):
         check_betas(betas)
         check_non_negative(weight_decay, "weight_decay value")
         check_torch_flags(foreach, None, differentiable)
-        defaults = dict(lr=lr, betas=tuple(scalar(b) for b in betas), eps=eps, weight_decay=weight_decay,
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         foreach=foreach, maximize=maximize, differentiable=differentiable, capturable=capturable,
                         backend=backend, master_weights=master_weights, max_grad_norm=max_grad_norm)
         super().__init__(params, defaults)

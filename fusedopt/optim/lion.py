@@ -4,7 +4,7 @@ so every element moves by exactly lr (plus decoupled weight decay)."""
 from __future__ import annotations
 
 from ._base import FusedOptimizer
-from ._checks import check_lr, check_non_negative, check_torch_flags, scalar
+from ._checks import check_lr, check_non_negative, check_torch_flags
 from ._spec import BOOL, FLOAT, OptimizerSpec
 
 __all__ = ["Lion"]
@@ -34,7 +34,7 @@ class Lion(FusedOptimizer):
             if not 0.0 <= beta <= 1.0:
                 raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
         check_non_negative(weight_decay, "weight_decay value")
-        defaults = dict(lr=lr, betas=tuple(scalar(b) for b in betas), weight_decay=weight_decay, maximize=maximize,
+        defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach, differentiable=differentiable, fused=fused, backend=backend,
                         master_weights=master_weights, max_grad_norm=max_grad_norm)
         super().__init__(params, defaults)
