@@ -155,3 +155,30 @@ def test_tensor_betas_are_kept_and_train_as_torchs(name, beta_dtype, backend):
     assert all(isinstance(b, torch.Tensor) and b.dtype == beta_dtype for b in saved)
     theirs_opt.load_state_dict(ours_opt.state_dict())  # and torch.optim takes them as its own
     assert torch.equal(theirs_opt.param_groups[0]["betas"][1], torch.tensor(0.9, dtype=beta_dtype))
+
+
+def test_hooks_see_and_shape_the_state_dict_as_torchs_do(backend):
+    """A state_dict post-hook sees the final form (no `backend`, which fusedopt leaves out),
+    and a load pre-hook may convert a checkpoint before fusedopt judges it."""
+    p = _param()
+    opt = fusedopt.Adam([p], lr=0.1, backend=backend)
+    opt.step()
+    seen = []
+    opt.register_state_dict_post_hook(lambda o, sd: seen.append(set(sd["param_groups"][0])))
+    saved = opt.state_dict()
+    assert seen == [set(saved["param_groups"][0])] and "backend" not in seen[0]
+
+    legacy = opt.state_dict()
+    del legacy["param_groups"][0]["eps"]  # a converter's job: a pre-hook restores it
+
+    def restore_eps(optimizer, state_dict):
+        state_dict["param_groups"] = [dict(group, eps=1e-8) for group in state_dict["param_groups"]]
+        return state_dict
+
+    for make in (lambda: fusedopt.Adam([p], lr=0.1, backend=backend), lambda: torch.optim.Adam([p], lr=0.1)):
+        other = make()
+        other.register_load_state_dict_pre_hook(restore_eps)
+        other.load_state_dict(legacy)
+        assert other.param_groups[0]["eps"] == 1e-8
+    with pytest.raises(ValueError, match="eps"):  # without the hook, fusedopt says what is missing
+        fusedopt.Adam([p], lr=0.1, backend=backend).load_state_dict(legacy)

@@ -95,7 +95,15 @@ class FusedOptimizer(torch.optim.Optimizer):
                 group.setdefault(key, value)
 
     def state_dict(self) -> dict:
-        state_dict = super().state_dict()
+        # fusedopt's shaping runs as the first post-hook, so the user's post-hooks see (and
+        # may change) the state dict in its final form, as they would torch.optim's.
+        handle = self.register_state_dict_post_hook(FusedOptimizer._shape_state_dict, prepend=True)
+        try:
+            return super().state_dict()
+        finally:
+            handle.remove()
+
+    def _shape_state_dict(self, state_dict: dict) -> dict:
         # Plain dicts, as torch.optim's: torch.load(weights_only=True) accepts nothing else.
         # Entries that are not dicts (a hook may store anything) pass through as torch's do.
         state_dict["state"] = {key: dict(value) if isinstance(value, dict) else value
@@ -112,16 +120,30 @@ class FusedOptimizer(torch.optim.Optimizer):
         # The backend is how this process runs the step, not part of the training state:
         # keep the one each group was given here rather than the checkpoint's.
         chosen = [group["backend"] for group in self.param_groups]
+        loaded = []
+
+        def check_after_user_hooks(optimizer, state_dict):
+            # The last pre-hook: the user's may have converted the checkpoint, so judge (and
+            # later restore fp32 state from) what they return, as torch.optim loads it.
+            self._check_loadable(state_dict)
+            loaded.append(state_dict)
+
+        handle = self.register_load_state_dict_pre_hook(check_after_user_hooks)
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            handle.remove()
+        for group, backend in zip(self.param_groups, chosen):
+            group["backend"] = backend
+        self._restore_fp32_state(loaded[0])
+
+    def _check_loadable(self, state_dict: dict) -> None:
         defaulted = {*self._setstate_defaults, *self._own_setstate_defaults}
         for index, group in enumerate(state_dict.get("param_groups", ())):
             missing = [key for key in self.defaults if key not in group and key not in defaulted]
             if missing:  # torch would load it, then fail at the next step with a KeyError
                 raise ValueError(f"{type(self).__name__}: load_state_dict: param group {index} has no "
                                  f"{', '.join(map(repr, missing))}; is this another optimizer's state_dict?")
-        super().load_state_dict(state_dict)
-        for group, backend in zip(self.param_groups, chosen):
-            group["backend"] = backend
-        self._restore_fp32_state(state_dict)
 
     def _restore_fp32_state(self, state_dict: dict) -> None:
         """torch's load casts every floating state tensor to its param's dtype; master
