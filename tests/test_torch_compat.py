@@ -1,19 +1,19 @@
 """Lines copied from torch code run unchanged: torch.optim's implementation keywords,
 its __setstate__ defaults for checkpoints that lack a flag, and state_dict hooks that
 store entries which are not per-param dicts."""
+import inspect
+
 import pytest
 import torch
 
 import fusedopt
 
-CLASSES = {
-    "Adam": (fusedopt.Adam, torch.optim.Adam),
-    "AdamW": (fusedopt.AdamW, torch.optim.AdamW),
-    "SGD": (fusedopt.SGD, torch.optim.SGD),
-    "RMSprop": (fusedopt.RMSprop, torch.optim.RMSprop),
-}
-FLAGS = {"Adam": ("foreach", "fused"), "AdamW": ("foreach", "fused"), "SGD": ("foreach", "fused"),
-         "RMSprop": ("foreach",)}
+# Every fusedopt optimizer torch.optim also has, and the implementation switches its
+# torch namesake takes.
+CLASSES = {name: (getattr(fusedopt, name), getattr(torch.optim, name))
+           for name in fusedopt.optim.__all__ if hasattr(torch.optim, name)}
+FLAGS = {name: tuple(flag for flag in ("foreach", "fused") if flag in inspect.signature(theirs).parameters)
+         for name, (_, theirs) in CLASSES.items()}
 
 
 def _param():
@@ -182,3 +182,23 @@ def test_hooks_see_and_shape_the_state_dict_as_torchs_do(backend):
         assert other.param_groups[0]["eps"] == 1e-8
     with pytest.raises(ValueError, match="eps"):  # without the hook, fusedopt says what is missing
         fusedopt.Adam([p], lr=0.1, backend=backend).load_state_dict(legacy)
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_every_flag_torch_defaults_on_load_is_defaulted_alike(name):
+    """For each flag torch.optim.<name>.__setstate__ fills in when a loaded group lacks it,
+    fusedopt fills in the same value (found by asking torch, not by restating its table)."""
+    ours, theirs = CLASSES[name]
+    probe = theirs([_param()])
+    flags = [key for key, value in probe.param_groups[0].items() if isinstance(value, bool) or value is None]
+    assert flags
+    for flag in flags:
+        saved = probe.state_dict()
+        del saved["param_groups"][0][flag]
+        torch_loaded = theirs([_param()])
+        torch_loaded.load_state_dict(saved)
+        if flag not in torch_loaded.param_groups[0]:
+            continue  # torch has no default for it either
+        ours_loaded = ours([_param()])
+        ours_loaded.load_state_dict(saved)
+        assert ours_loaded.param_groups[0][flag] == torch_loaded.param_groups[0][flag], flag
