@@ -17,7 +17,7 @@ import fusedopt
 import fusedopt.optim
 from fusedopt.bench import bars as cpu_bars
 from fusedopt.bench.__main__ import main
-from fusedopt.bench.contenders import fusedopt_backends
+from fusedopt.bench.contenders import TORCH_VARIANTS, fusedopt_backends, torch_contenders
 from fusedopt.bench.measure import round_robin, traffic
 from fusedopt.bench.workloads import (GPT2_SMALL, GPT2_XL, all_cases, build_workloads, cases_by_key,
                                       default_shape_names, families, gpt2_parameter_shapes, optimizer_case)
@@ -214,6 +214,39 @@ def test_traffic_derived_from_the_spec_matches_the_hand_count(class_name, option
     assert moved.formula.endswith(f"= {moved.bytes_per_element} B/elem")
 
 
+# Issue 11's family, by hand from each optimizer's math: (class, options, dtype, master
+# weights) -> (bytes read, bytes written, per-tensor step counter bytes).
+FAMILY_TRAFFIC = [
+    ("Adagrad", {}, torch.float32, False, (12, 8, 8)),  # p, g, sum; p, sum
+    ("Adagrad", {}, torch.bfloat16, True, (10, 10, 8)),  # g, sum, master; p, sum, master
+    ("Adadelta", {}, torch.float32, False, (16, 12, 8)),  # p, g, square_avg, acc_delta; p, both
+    ("Adamax", {}, torch.float32, False, (16, 12, 8)),  # p, g, exp_avg, exp_inf; p, both
+    ("RAdam", {}, torch.float32, False, (16, 12, 8)),  # p, g, exp_avg, exp_avg_sq; p, both
+    ("Rprop", {}, torch.float32, False, (16, 12, 8)),  # p, g, prev, step_size; p, both
+    ("Lion", {}, torch.float32, False, (12, 8, 0)),  # p, g, exp_avg; p, exp_avg: SGD momentum's bytes
+    ("Lion", {}, torch.float16, False, (6, 4, 0)),
+    ("ASGD", {}, torch.float32, False, (12, 8, 8)),  # p, g, ax; p, ax (eta, mu: one each per tensor)
+    ("NAdam", {}, torch.float32, False, (16, 12, 8)),  # p, g, exp_avg, exp_avg_sq; p, both
+]
+
+
+@pytest.mark.parametrize("class_name, options, dtype, master, expected", FAMILY_TRAFFIC,
+                         ids=[f"{c}-{str(d)[6:]}{'-master' if m else ''}" for c, _, d, m, _ in FAMILY_TRAFFIC])
+def test_traffic_of_the_family_matches_the_hand_count(class_name, options, dtype, master, expected):
+    if not hasattr(fusedopt, class_name):
+        pytest.skip(f"fusedopt.{class_name} is not in this checkout")
+    moved = traffic(optimizer_case(getattr(fusedopt, class_name), options), dtype, master)
+    assert (moved.read_bytes, moved.write_bytes, moved.bytes_per_tensor) == expected
+    assert moved.formula.endswith(f"= {moved.bytes_per_element} B/elem")
+
+
+def test_lion_moves_the_bytes_of_its_stand_in():
+    """Lion's throughput bar is against SGD with momentum because both move p, g and one state."""
+    lion, stand_in = cases_by_key()["lion"], cases_by_key()[cpu_bars.STAND_INS["lion"]]
+    for dtype in (torch.float32, torch.bfloat16):
+        assert traffic(lion, dtype).bytes_per_element == traffic(stand_in, dtype).bytes_per_element
+
+
 def test_fp32_adam_formula_is_printed_as_before():
     moved = traffic(cases_by_key()["adam"], torch.float32)
     assert moved.formula == "reads p,g,m,v + writes p,m,v = 7 x 4 B = 28 B/elem"
@@ -276,16 +309,122 @@ def test_round_robin_alternates_and_rotates_the_first_contender():
     assert "".join(calls) == "abc" + "abc" + "bca" + "cab"
 
 
-def test_bars_subcommand_reports_every_bar(tmp_path):
+BARS_TINY = ["bars", "--tiny", "--steps", "2", "--warmup", "1", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bars(tmp_path_factory):
+    """One tiny run of every bar: (exit status, JSON document)."""
+    path = tmp_path_factory.mktemp("bars") / "bars.json"
+    status = main(BARS_TINY + ["--json", str(path)])
+    return status, json.loads(path.read_text())
+
+
+def test_bars_subcommand_measures_every_bar(tiny_bars):
+    status, document = tiny_bars
+    verdicts = document["bars"]
+    assert [verdict["bar"] for verdict in verdicts] == [bar.name for bar in cpu_bars.all_bars()]
+    assert status == (0 if all(verdict["passed"] for verdict in verdicts) else 1)
+    for verdict in verdicts:  # a bar that could not be measured has no ratio
+        assert_positive_finite(verdict["ratio"], verdict["bar"])
+        assert verdict["ratio"] == pytest.approx(verdict["fusedopt_ms"] / verdict["baseline_ms"])
+    assert len(document["benchmarks"]) == 1
+    benchmark = document["benchmarks"][0]
+    assert benchmark["environment"]["command_line"].startswith("python -m fusedopt.bench bars --tiny")
+    assert benchmark["skipped"] == []
+    assert benchmark["settings"]["bars"] == [bar.name for bar in cpu_bars.all_bars()]
+
+
+def test_each_bar_times_exactly_its_own_contenders_together(tiny_bars):
+    """A bar's unit holds its fusedopt row and its baseline's rows, nothing else (no third
+    contender between the two compared), all in one round-robin group."""
+    _, document = tiny_bars
+    rows = document["benchmarks"][0]["results"]
+    for unit, (bar, verdict) in enumerate(zip(cpu_bars.all_bars(), document["bars"])):
+        timed = {(row["optimizer"], row["implementation"]) for row in rows if row["unit"] == unit}
+        assert {row["group"] for row in rows if row["unit"] == unit} == {0}
+        assert {row["shape"] for row in rows if row["unit"] == unit} == {bar.shape}
+        expected = {(bar.subject.optimizer, bar.subject.implementation)}
+        if bar.baseline.implementation == cpu_bars.TORCH_FASTEST:
+            baseline_case = cases_by_key()[bar.baseline.optimizer]
+            torch_rows = {(bar.baseline.optimizer, c.label) for c in torch_contenders(baseline_case, TORCH_VARIANTS)}
+            assert {"for-loop", "foreach"} <= {label[6:-1] for _, label in torch_rows}
+            expected |= torch_rows
+            fastest = min((row for row in rows if row["unit"] == unit and row["kind"] == "torch"),
+                          key=lambda row: row["median_ms"])
+            assert verdict["baseline"] == fastest["implementation"]
+            assert verdict["baseline_ms"] == fastest["median_ms"]
+        else:
+            expected.add((bar.baseline.optimizer, bar.baseline.implementation))
+            assert verdict["baseline"] == bar.baseline.implementation
+        assert timed == expected, bar.name
+
+
+# Issue 11's bars, written out by hand: family -> (bar case, fusedopt row, throughput
+# baseline (case, row), its limit). Every family's host-overhead bar is against torch's
+# fastest implementation of the throughput baseline's case, at 0.25.
+ISSUE_BARS = {
+    "adam": ("adam", "fusedopt[cpu]", ("adam", "torch[fused]"), 1.05),
+    "adamw": ("adamw", "fusedopt[cpu,optimized_update]", ("adamw", "torch[fused]"), 1.05),
+    "sgd": ("sgd", "fusedopt[cpu]", ("sgd", "torch[fused]"), 1.05),
+    "rmsprop": ("rmsprop-centered", "fusedopt[cpu]", ("rmsprop-centered", "torch[foreach]"), 1 / 3),
+    "adagrad": ("adagrad", "fusedopt[cpu]", ("adagrad", "torch[fused]"), 1.05),
+    **{family: (family, "fusedopt[cpu]", (family, "torch[foreach]"), 1 / 3)
+       for family in ("adadelta", "adamax", "asgd", "nadam", "radam", "rprop")},
+    "lion": ("lion", "fusedopt[cpu]", ("sgd", "fusedopt[cpu]"), 1.05),  # torch has no Lion
+}
+
+
+@pytest.mark.parametrize("family", sorted(ISSUE_BARS))
+def test_bars_of_the_issues_optimizers(family):
+    if family not in families():
+        pytest.skip(f"{family} is not registered in this checkout")
+    case, row, (baseline_case, baseline_row), limit = ISSUE_BARS[family]
+    bars = {bar.shape: bar for bar in cpu_bars.select_bars([family])}
+    assert sorted(bars) == ["host-overhead", "large", "many-small"]
+    for shape in ("large", "many-small"):
+        assert bars[shape] == cpu_bars.Bar(shape, cpu_bars.Side(case, row),
+                                           cpu_bars.Side(baseline_case, baseline_row), limit)
+    host = cpu_bars.Side(baseline_case, cpu_bars.TORCH_FASTEST)
+    assert bars["host-overhead"] == cpu_bars.Bar("host-overhead", cpu_bars.Side(case, row), host, 0.25)
+
+
+def test_every_registered_optimizer_has_its_three_bars():
+    """A new optimizer gets its bars from the registry, with no edit to bars.py."""
+    for family in families():
+        bars = cpu_bars.select_bars([family])
+        assert sorted(bar.shape for bar in bars) == ["host-overhead", "large", "many-small"], family
+        for bar in bars:
+            assert bar.subject.implementation.startswith("fusedopt[cpu")
+            assert cpu_bars.contenders_of(bar.subject) and cpu_bars.contenders_of(bar.baseline), bar.name
+
+
+def test_an_optimizer_torch_lacks_needs_a_stand_in(monkeypatch):
+    monkeypatch.setattr(cpu_bars, "STAND_INS", {})
+    with pytest.raises(ValueError, match="STAND_INS"):
+        cpu_bars.derive_bars("lion")
+
+
+def test_bars_filter_and_list(tmp_path, capsys):
+    assert main(["bars", "--list", "--optimizers", "lion,adagrad", "--shapes", "large"]) == 0
+    listed = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split(":")[0] for line in listed] == ["large Adagrad()", "large Lion()"]
     path = tmp_path / "bars.json"
-    status = main(["bars", "--tiny", "--steps", "2", "--warmup", "1", "--threads", "1", "--json", str(path)])
+    main(BARS_TINY + ["--optimizers", "lion", "--shapes", "large", "--json", str(path)])
     document = json.loads(path.read_text())
-    bars = document["bars"]
-    assert [bar["bar"] for bar in bars] == [bar.name for bar in cpu_bars.BARS]
-    assert status == (0 if all(bar["passed"] for bar in bars) else 1)
-    for bar in bars:
-        assert_positive_finite(bar["ratio"], bar["bar"])
-    assert document["benchmarks"][0]["environment"]["command_line"].startswith("python -m fusedopt.bench bars --tiny")
+    assert [verdict["bar"] for verdict in document["bars"]] == [
+        "large Lion(): fusedopt[cpu] / SGD(momentum=0.9) fusedopt[cpu]"]
+    rows = document["benchmarks"][0]["results"]
+    assert {(row["optimizer"], row["implementation"]) for row in rows} == {("lion", "fusedopt[cpu]"),
+                                                                           ("sgd", "fusedopt[cpu]")}
+    assert all(row["speedup_vs"] == {} for row in rows)  # no torch row in this unit
+
+
+@pytest.mark.parametrize("arguments", [["--optimizers", "no-such-optimizer"], ["--shapes", "gpt2-small"]])
+def test_bars_bad_options_are_rejected(arguments):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bars", "--list"] + arguments)
+    assert exit_info.value.code == 2
 
 
 def test_cpu_bars_script_is_the_bars_subcommand():

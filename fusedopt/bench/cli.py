@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .contenders import TORCH_VARIANTS, fusedopt_backends
-from .measure import (BenchConfig, BenchResult, busy_machine_warning, count_units, describe_environment,
+from .measure import (BenchConfig, BenchResult, Unit, busy_machine_warning, count_units, describe_environment,
                       load_average, run_benchmark)
 from .report import Progress, check_matplotlib, format_report, plot_bandwidth, to_json_document, write_json
 from .workloads import SHAPE_NAMES, build_workloads, cases_for_families, default_shape_names, families
@@ -38,17 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", choices=("cpu", "cuda"), default=default_device,
                         help=f"device to run on (default: {default_device})")
-    parser.add_argument("--optimizers", type=_comma_list(families()), default=list(families()),
+    parser.add_argument("--optimizers", type=comma_list(families()), default=list(families()),
                         help=f"comma-separated subset of {','.join(families())} (default: all)")
-    parser.add_argument("--backend", type=_comma_list(None), default=None,
+    parser.add_argument("--backend", type=comma_list(None), default=None,
                         help="fusedopt backend(s) to time, comma-separated (default: every backend"
                              " available on the device, less Triton's interpreter on the CPU)")
-    parser.add_argument("--dtypes", type=_comma_list(DTYPES), default=["float32", "bfloat16"],
+    parser.add_argument("--dtypes", type=comma_list(DTYPES), default=["float32", "bfloat16"],
                         help="comma-separated parameter dtypes (default: float32,bfloat16)")
-    parser.add_argument("--shapes", type=_comma_list(SHAPE_NAMES), default=None,
+    parser.add_argument("--shapes", type=comma_list(SHAPE_NAMES), default=None,
                         help=f"comma-separated subset of {','.join(SHAPE_NAMES)}"
                              " (default: all but gpt2-xl on the CPU)")
-    parser.add_argument("--torch-variants", type=_comma_list(TORCH_VARIANTS), default=list(TORCH_VARIANTS),
+    parser.add_argument("--torch-variants", type=comma_list(TORCH_VARIANTS), default=list(TORCH_VARIANTS),
                         help=f"comma-separated subset of torch.optim's {','.join(TORCH_VARIANTS)} to time"
                              " (default: all; for-loop takes seconds per step on 10,000 tensors)")
     parser.add_argument("--master-weights", action="store_true",
@@ -93,9 +93,11 @@ def main(argv: Sequence[str]) -> int:
 
 
 def measure(
-    config: BenchConfig, program: str, argv: Sequence[str], threads: Optional[int]
+    config: BenchConfig, program: str, argv: Sequence[str], threads: Optional[int],
+    units: Optional[Sequence[Unit]] = None,
 ) -> Tuple[BenchResult, Dict[str, object]]:
-    """Run ``config`` with progress on stderr; return the results and what they ran on.
+    """Run ``config`` (its ``units`` when given) with progress on stderr; return the
+    results and what they ran on.
 
     ``program`` and ``argv`` are recorded as the command line.
     """
@@ -105,8 +107,8 @@ def measure(
     warning = busy_machine_warning(environment)
     if warning:
         print(warning, file=sys.stderr)
-    progress = Progress(total=count_units(config) + 1)  # + 1: the copy measurement
-    result = run_benchmark(config, progress)
+    progress = Progress(total=count_units(config, units) + 1)  # + 1: the copy measurement
+    result = run_benchmark(config, progress, units)
     progress.close()
     environment["load_average_end"] = load_average()
     return result, environment
@@ -188,7 +190,7 @@ def _defaults_help(index: int) -> str:
     )
 
 
-def _comma_list(choices: Optional[Sequence[str]]):
+def comma_list(choices: Optional[Sequence[str]]):
     def parse(text: str) -> List[str]:
         items = [item.strip() for item in text.split(",") if item.strip()]
         unknown = [item for item in items if choices is not None and item not in choices]

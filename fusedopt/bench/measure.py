@@ -1,6 +1,7 @@
 """How the benchmark measures: clocks and round-robin sampling, the copy bandwidth, the
 bytes an update must move (derived from each optimizer's spec), what it ran on, and the
-loop over every workload x dtype x optimizer case x contender."""
+loop over the timing units (by default every workload x dtype x optimizer case, with all
+its contenders)."""
 import datetime
 import gc
 import importlib.metadata
@@ -300,7 +301,8 @@ class Row:
     pct_of_copy: float
     # torch variant -> torch's median time / this row's median time (> 1: this row is faster)
     speedup_vs: Dict[str, float]
-    group: int  # contenders with the same group were timed round-robin together
+    unit: int  # index of the Unit this row was timed in
+    group: int  # rows of one unit and group were timed round-robin together
 
 
 @dataclass(frozen=True)
@@ -322,52 +324,76 @@ class BenchResult:
 Progress = Callable[[str], None]
 
 
-def run_benchmark(config: BenchConfig, progress: Optional[Progress] = None) -> BenchResult:
+@dataclass(frozen=True)
+class Unit:
+    """Contenders timed round-robin together on one workload and dtype, each with the
+    optimizer case it steps. The harness makes one unit per (workload, dtype, case); a
+    bar makes its own, which may mix cases (Lion against SGD) and holds only the
+    contenders it compares, so no third one runs between them."""
+
+    workload: Workload
+    dtype: torch.dtype
+    entries: Tuple[Tuple[OptimizerCase, Contender], ...]
+
+    @property
+    def label(self) -> str:
+        cases = " vs ".join(dict.fromkeys(case.label for case, _ in self.entries))
+        return f"{self.workload.name} {dtype_name(self.dtype)} {cases}"
+
+
+def run_benchmark(config: BenchConfig, progress: Optional[Progress] = None,
+                  units: Optional[Sequence[Unit]] = None) -> BenchResult:
+    """Time every unit (by default the harness's: each workload x dtype x case of ``config``
+    with all its contenders); contenders that cannot step this device and dtype are skipped."""
     progress = progress or (lambda message: None)
+    units = harness_units(config) if units is None else units
     clock = clock_for(config.device)
     progress("copy bandwidth")
     result = BenchResult(measure_copy_bandwidth(config.device, config.copy_bytes, config.copy_repeats, clock))
-    for workload, dtype, case in _units(config):
-        progress(f"{workload.name} {dtype_name(dtype)} {case.label}")
-        contenders = torch_contenders(case, config.torch_variants)
-        contenders += fusedopt_contenders(case, config.fusedopt_backends,
-                                          master_weights=config.master_weights and uses_master(dtype))
+    for index, unit in enumerate(units):
+        progress(unit.label)
         runnable = []
-        for contender in contenders:
-            reason = probe(contender, config.device, dtype)
+        for case, contender in unit.entries:
+            reason = probe(contender, config.device, unit.dtype)
             if reason is None:
-                runnable.append(contender)
+                runnable.append((case, contender))
             else:
-                skipped = Skipped(workload.name, dtype_name(dtype), case.key, contender.label, reason)
+                skipped = Skipped(unit.workload.name, dtype_name(unit.dtype), case.key, contender.label, reason)
                 result.skipped.append(skipped)
         if runnable:
-            result.rows += _time_unit(config, clock, workload, dtype, case, runnable, result.copy)
+            result.rows += _time_unit(config, clock, index, unit.workload, unit.dtype, runnable, result.copy)
     return result
 
 
-def _units(config: BenchConfig) -> List[Tuple[Workload, torch.dtype, OptimizerCase]]:
-    return [
-        (workload, dtype, case)
-        for workload in config.workloads
-        for dtype in config.dtypes
-        for case in config.cases
-        if workload.families is None or case.family in workload.families
-    ]
+def harness_units(config: BenchConfig) -> List[Unit]:
+    """One unit per workload x dtype x case (a workload may restrict its families), with
+    each of the case's torch variants and fusedopt backends."""
+    units = []
+    for workload in config.workloads:
+        for dtype in config.dtypes:
+            for case in config.cases:
+                if workload.families is not None and case.family not in workload.families:
+                    continue
+                contenders = torch_contenders(case, config.torch_variants)
+                contenders += fusedopt_contenders(case, config.fusedopt_backends,
+                                                  master_weights=config.master_weights and uses_master(dtype))
+                units.append(Unit(workload, dtype, tuple((case, contender) for contender in contenders)))
+    return units
 
 
-def count_units(config: BenchConfig) -> int:
+def count_units(config: BenchConfig, units: Optional[Sequence[Unit]] = None) -> int:
     """How many progress messages a run prints after the copy measurement."""
-    return len(_units(config))
+    return len(harness_units(config) if units is None else units)
 
 
-def _time_unit(config, clock, workload, dtype, case, contenders, copy) -> List[Row]:
+def _time_unit(config, clock, unit_index, workload, dtype, entries, copy) -> List[Row]:
     params = workload.make_tensors(dtype, config.device, PARAM_SEED)
     grads = workload.make_tensors(dtype, config.device, GRAD_SEED)
-    bytes_per_contender = workload.numel * max(_bytes_held(case, dtype, c.master_weights) for c in contenders)
+    bytes_per_contender = workload.numel * max(_bytes_held(case, dtype, c.master_weights) for case, c in entries)
     samples: List[List[float]] = []
     groups: List[int] = []
-    for group_index, group in enumerate(_groups(contenders, bytes_per_contender, config.device)):
-        steps = [contender.make(_clone(params, grads)).step for contender in group]
+    for group_index, group in enumerate(_groups(list(entries), bytes_per_contender, config.device)):
+        steps = [contender.make(_clone(params, grads)).step for _, contender in group]
         samples += round_robin(steps, config.warmup, config.steps, clock)
         groups += [group_index] * len(group)
         # Free this group's parameters and state before anything else allocates.
@@ -377,11 +403,13 @@ def _time_unit(config, clock, workload, dtype, case, contenders, copy) -> List[R
         if bytes_per_contender * len(group) >= _COLLECT_ABOVE_BYTES:
             gc.collect()
     medians = [statistics.median(times) for times in samples]
-    torch_medians = {
-        contender.variant: med for contender, med in zip(contenders, medians) if contender.kind == "torch"
-    }
+    # Speed-ups compare a row with torch's rows of its own case only.
+    torch_medians: Dict[str, Dict[str, float]] = {}
+    for (case, contender), med in zip(entries, medians):
+        if contender.kind == "torch":
+            torch_medians.setdefault(case.key, {})[contender.variant] = med
     rows = []
-    for contender, times, med, group in zip(contenders, samples, medians, groups):
+    for (case, contender), times, med, group in zip(entries, samples, medians, groups):
         bytes_per_element = traffic(case, dtype, contender.master_weights).bytes_per_element
         gbps = bytes_per_element * workload.numel / med / 1e6
         rows.append(
@@ -401,7 +429,9 @@ def _time_unit(config, clock, workload, dtype, case, contenders, copy) -> List[R
                 samples_ms=times,
                 gbps=gbps,
                 pct_of_copy=100.0 * gbps / copy.gbps,
-                speedup_vs={variant: torch_ms / med for variant, torch_ms in torch_medians.items()},
+                speedup_vs={variant: torch_ms / med
+                            for variant, torch_ms in torch_medians.get(case.key, {}).items()},
+                unit=unit_index,
                 group=group,
             )
         )
@@ -426,7 +456,8 @@ def _bytes_held(case: OptimizerCase, dtype: torch.dtype, master_weights: bool) -
     return held if master_weights and uses_master(dtype) else held + _itemsize(dtype)
 
 
-def _groups(contenders: List[Contender], bytes_each: int, device: torch.device) -> List[List[Contender]]:
+def _groups(contenders: List[Tuple[OptimizerCase, Contender]], bytes_each: int,
+            device: torch.device) -> List[List[Tuple[OptimizerCase, Contender]]]:
     """Split contenders into groups that fit in memory together (usually one group).
 
     Timing all contenders round-robin is the fairest comparison, but GPT-2 XL's
