@@ -117,23 +117,31 @@ class Case:
         it; an emulated fused run where torch has none, see RoundedOpmath), with the
         gradient options done around it (optimizer_specs.WithGradOptions)."""
         kwargs, row = self.kwargs, self.row
-        if fused_torch and not any(kwargs.get(key) for key in (*row.fusedopt_only, *GRAD_OPTIONS)):
+        if fused_torch and not any(kwargs.get(key) for key in row.fusedopt_only):
             kwargs = {k: v for k, v in kwargs.items() if k not in row.fusedopt_only}
             if row.torch_fused:
-                return getattr(torch.optim, self.optimizer)(params, fused=True, **kwargs)
+                def fused(ps, **options):
+                    return getattr(torch.optim, self.optimizer)(ps, fused=True, **options)
+                return with_grad_options(fused, list(params), kwargs, _default_weight_decay(row))
+            # the gradient options on the float32 copies, as a fused kernel would do them
             return RoundedOpmath(params, lambda ps: _expected_optimizer(row, ps, kwargs))
         return _expected_optimizer(row, params, kwargs)
 
     def torch_default_form(self) -> "Case":
-        """The same case without fusedopt-only options (torch's bias-correction form, no
-        gradient options): what a torch.optim checkpoint can say."""
+        """The same case without fusedopt-only options (torch's bias-correction form); the
+        gradient options stay (the expected optimizer does them around torch.optim's)."""
+        return Case(self.optimizer, tuple((k, v) for k, v in self.options if k not in self.row.fusedopt_only))
+
+    def torch_plain_form(self) -> "Case":
+        """torch.optim's namesake as it is, without any fusedopt-only option or gradient option:
+        what a torch.optim checkpoint can say."""
         dropped = (*self.row.fusedopt_only, *GRAD_OPTIONS)
         return Case(self.optimizer, tuple((k, v) for k, v in self.options if k not in dropped))
 
     @property
     def torch_expressible(self) -> bool:
         """Whether torch.optim's namesake runs this case as it is (no fusedopt-only option)."""
-        return self.torch_default_form() == self
+        return self.torch_plain_form() == self
 
 
 def _expected_optimizer(row: SpecRow, params, kwargs: dict):
@@ -142,9 +150,13 @@ def _expected_optimizer(row: SpecRow, params, kwargs: dict):
             return row.expected(params, **kwargs)
         return getattr(torch.optim, row.name)(params, foreach=False, **kwargs)
 
+    return with_grad_options(make, list(params), kwargs, _default_weight_decay(row))
+
+
+def _default_weight_decay(row: SpecRow) -> float:
+    """The optimizer's default weight_decay (AdamW's 1e-2), which absolute decay then uses."""
     weight_decay = inspect.signature(getattr(fusedopt, row.name)).parameters.get("weight_decay")
-    default_weight_decay = 0.0 if weight_decay is None else weight_decay.default
-    return with_grad_options(make, list(params), kwargs, default_weight_decay)
+    return 0.0 if weight_decay is None else weight_decay.default
 
 
 def _grid(row: SpecRow) -> List[Case]:

@@ -101,7 +101,7 @@ class WithGradOptions(torch.optim.Optimizer):
                 loss = closure()
         with torch.no_grad():
             params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-            if self.clip_value is not None:
+            if self.clip_value is not None and params:  # torch's clip_grad_value_ refuses an empty list
                 torch.nn.utils.clip_grad_value_(params, self.clip_value)
             if self.absolute_decay:
                 for p in params:

@@ -21,7 +21,7 @@ def steps(optimizer, params, grads):
 
 
 def torch_optimizer(case, params):
-    return case.torch_default_form().expected(params)
+    return case.torch_plain_form().expected(params)
 
 
 def through_bytes(obj):
