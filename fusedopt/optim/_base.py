@@ -21,9 +21,9 @@ from .._buckets import Bucket, StateMap, _RegroupNeeded, kernel_view, split_into
 from .._layout import LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_value
 from .._memory import overlaps_itself
 from ..clip import clip_coefficient, global_norm
+from ._checks import check_weight_decay_mode
 from ._ops import compiled_step
 from ._plan import bucket_state_keys, group_hyper, return_copied_grads, run_update, uses_master
-from ._checks import check_weight_decay_mode
 from ._spec import OptimizerSpec, register
 
 
