@@ -7,6 +7,7 @@ Every backend and the bucket code import these from here; nothing here imports f
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
@@ -27,29 +28,39 @@ CLIP_EPSILON = 1e-6  # torch's clip_grad_norm_: coef = max_norm / (norm + 1e-6),
 
 @dataclass(frozen=True)
 class GradTransform:
-    """What happens to every gradient before the optimizer's math (mirrors struct
-    GradTransform in csrc/include/fusedopt/common.h). Each is None or a one-element float32
-    tensor on the params' device, read by the kernel itself, so no step waits on the host:
+    """What happens to every gradient before the optimizer's math, in this order (mirrors
+    struct GradTransform in csrc/include/fusedopt/common.h). The first three are None or a
+    one-element float32 tensor on the params' device, read by the kernel itself, so no step
+    waits on the host:
 
     grad_scale: torch.amp.GradScaler's scale; grads are divided by it.
     found_inf:  nonzero skips the whole step (params, state and step counters unchanged).
-    clip_coef:  max_grad_norm's clip coefficient; grads are multiplied by it.
+    clip_coef:  max_grad_norm's clip coefficient; grads are multiplied by it (the norm is
+                that of the unclamped, unscaled grads).
+    clip_value: clip_grad_value, a plain number (None: no clamp); each grad element is then
+                clamped to [-clip_value, clip_value] in the math type.
 
-    With a scale every backend also writes the grad it used (`grad / grad_scale *
-    clip_coef`, before maximize and weight decay) back into the grad, so p.grad after
+    So the grad an optimizer sees is torch's after `scaler.unscale_(opt)`,
+    `clip_grad_norm_(params, max_grad_norm)` and `clip_grad_value_(params, clip_value)`;
+    maximize and weight decay come after, in the optimizer's own math.
+
+    With a scale every backend also writes the grad it used (`clamp(grad / grad_scale *
+    clip_coef)`, before maximize and weight decay) back into the grad, so p.grad after
     `scaler.step(optimizer)` is what torch's fused optimizers leave there (grad / scale).
     A skipped step writes nothing (torch's fused optimizers return before touching the
-    grads). max_grad_norm alone leaves the grads as they are.
+    grads). max_grad_norm or clip_value alone leave the grads as they are.
     """
 
     grad_scale: Optional[torch.Tensor] = None
     found_inf: Optional[torch.Tensor] = None
     clip_coef: Optional[torch.Tensor] = None
+    clip_value: Optional[float] = None
 
     def check(self, device: torch.device) -> None:
         """Kernels read each through a raw pointer as one float32 beside the params: refuse
         anything else before a launch (the optimizers pass such tensors; the torch.library
-        op passes what it is given)."""
+        op passes what it is given). clip_value must be a finite number > 0."""
+        check_clip_value(self.clip_value)
         for name in ("grad_scale", "found_inf", "clip_coef"):
             t = getattr(self, name)
             if t is not None and (t.dtype != torch.float32 or t.numel() != 1 or t.device != device):
@@ -71,6 +82,14 @@ class GradTransform:
 
 
 NO_GRAD_TRANSFORM = GradTransform()
+
+
+def check_clip_value(value) -> None:
+    """clip_grad_value: None, or a finite number > 0 (a bool is not a number here)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
+        raise ValueError(f"Invalid clip_grad_value: {value!r} (None or a finite number > 0)")
 
 
 @dataclass(frozen=True)

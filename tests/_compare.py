@@ -11,6 +11,7 @@ of backends the suite runs lives in conftest.py.
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 import fusedopt
-from optimizer_specs import ROWS, KingmaBaAdam, SpecRow  # noqa: F401  (KingmaBaAdam re-exported)
+from optimizer_specs import (GRAD_OPTION_ROWS, GRAD_OPTIONS, ROWS, KingmaBaAdam, SpecRow,  # noqa: F401
+                             with_grad_options)
 from optimizer_specs import row as spec_row
 
 # --------------------------------------------------------------------------- data
@@ -112,37 +114,66 @@ class Case:
     def expected(self, params, fused_torch: bool = False) -> torch.optim.Optimizer:
         """What the fusedopt optimizer must compute: the row's expected optimizer, or
         torch.optim's namesake (single-tensor path, or fused=True where asked and torch has
-        it; an emulated fused run where torch has none, see RoundedOpmath)."""
+        it; an emulated fused run where torch has none, see RoundedOpmath), with the
+        gradient options done around it (optimizer_specs.WithGradOptions)."""
         kwargs, row = self.kwargs, self.row
         if fused_torch and not any(kwargs.get(key) for key in row.fusedopt_only):
             kwargs = {k: v for k, v in kwargs.items() if k not in row.fusedopt_only}
             if row.torch_fused:
-                return getattr(torch.optim, self.optimizer)(params, fused=True, **kwargs)
+                def fused(ps, **options):
+                    return getattr(torch.optim, self.optimizer)(ps, fused=True, **options)
+                return with_grad_options(fused, list(params), kwargs, _default_weight_decay(row))
+            # the gradient options on the float32 copies, as a fused kernel would do them
             return RoundedOpmath(params, lambda ps: _expected_optimizer(row, ps, kwargs))
         return _expected_optimizer(row, params, kwargs)
 
     def torch_default_form(self) -> "Case":
-        """The same case without fusedopt-only options (torch's bias-correction form)."""
+        """The same case without fusedopt-only options (torch's bias-correction form); the
+        gradient options stay (the expected optimizer does them around torch.optim's)."""
         return Case(self.optimizer, tuple((k, v) for k, v in self.options if k not in self.row.fusedopt_only))
+
+    def torch_plain_form(self) -> "Case":
+        """torch.optim's namesake as it is, without any fusedopt-only option or gradient option:
+        what a torch.optim checkpoint can say."""
+        dropped = (*self.row.fusedopt_only, *GRAD_OPTIONS)
+        return Case(self.optimizer, tuple((k, v) for k, v in self.options if k not in dropped))
+
+    @property
+    def torch_expressible(self) -> bool:
+        """Whether torch.optim's namesake runs this case as it is (no fusedopt-only option)."""
+        return self.torch_plain_form() == self
 
 
 def _expected_optimizer(row: SpecRow, params, kwargs: dict):
-    if row.expected is not None:
-        return row.expected(params, **kwargs)
-    return getattr(torch.optim, row.name)(params, foreach=False, **kwargs)
+    def make(params, **kwargs):
+        if row.expected is not None:
+            return row.expected(params, **kwargs)
+        return getattr(torch.optim, row.name)(params, foreach=False, **kwargs)
+
+    return with_grad_options(make, list(params), kwargs, _default_weight_decay(row))
+
+
+def _default_weight_decay(row: SpecRow) -> float:
+    """The optimizer's default weight_decay (AdamW's 1e-2), which absolute decay then uses."""
+    weight_decay = inspect.signature(getattr(fusedopt, row.name)).parameters.get("weight_decay")
+    return 0.0 if weight_decay is None else weight_decay.default
 
 
 def _grid(row: SpecRow) -> List[Case]:
     keys = list(row.grid)
     cases = [Case(row.name, tuple(zip(keys, values))) for values in itertools.product(*row.grid.values())]
-    return [case for case in cases if row.valid(dict(case.options))]
+    cases = [case for case in cases if row.valid(dict(case.options))]
+    return cases + [Case(row.name, tuple(options.items())) for options in row.grad_options]
 
 
 ALL_CASES = [case for r in ROWS for case in _grid(r)]
 
 # A few cases per optimizer that between them exercise every state tensor, for the tests
 # that do not need the whole grid (state_dict, schedulers, training).
-REPRESENTATIVE_CASES = [Case(r.name, tuple(options.items())) for r in ROWS for options in r.representative]
+# The gradient options' representative cases come last, so the indices other tests pick
+# (REPRESENTATIVE_CASES[:4] ...) keep naming the same cases.
+REPRESENTATIVE_CASES = ([Case(r.name, tuple(options.items())) for r in ROWS for options in r.representative]
+                        + [Case(r.name, tuple(r.grad_options[0].items())) for r in ROWS if r.name in GRAD_OPTION_ROWS])
 
 
 class RoundedOpmath:

@@ -8,6 +8,12 @@ namesake by default, or `expected(params, **kwargs)` where torch has no such opt
 optimized_update: _compare.KingmaBaAdam). State keys are never listed: the tests
 take them from the expected optimizer's own state.
 
+fusedopt's two gradient options, which every optimizer takes and torch.optim does not
+(`clip_grad_value`, and `weight_decay_mode` where the decay is decoupled), are tested in
+a few option sets per row (`grad_options`, appended to the grid's and the representative
+cases rather than multiplied into the grid); the expected optimizer gets them from
+WithGradOptions, which does what a torch user would write around torch.optim.
+
 Adding an optimizer to the suite is adding its row here.
 """
 from __future__ import annotations
@@ -28,8 +34,94 @@ class SpecRow:
     representative: Tuple[Dict[str, object], ...] = ({},)
     # (params, **kwargs) -> an optimizer computing what fusedopt must; None: torch.optim.<name>
     expected: Optional[Callable] = None
-    fusedopt_only: Tuple[str, ...] = ()  # options torch.optim.<name> does not take
+    fusedopt_only: Tuple[str, ...] = ()  # options torch.optim.<name> does not take (besides GRAD_OPTIONS)
     torch_fused: bool = False  # torch.optim.<name> has fused=True on CPU (a 16-bit yardstick)
+    # Option sets with fusedopt's gradient options (GRAD_OPTIONS): cases of their own, added to
+    # the grid's cases; the first is also representative for the rows in GRAD_OPTION_ROWS.
+    grad_options: Tuple[Dict[str, object], ...] = ()
+
+
+# fusedopt's own gradient options, which torch.optim has no keyword for: the expected
+# optimizer gets them from WithGradOptions.
+GRAD_OPTIONS = ("clip_grad_value", "weight_decay_mode")
+# Rows whose first grad_options set joins the representative cases (every backend, the slow
+# tests): the clamp with L2 decay, with momentum, and with each optimizer's absolute decay.
+GRAD_OPTION_ROWS = ("Adam", "AdamW", "SGD", "RAdam", "Lion")
+
+
+class WithGradOptions(torch.optim.Optimizer):
+    """An expected optimizer with fusedopt's gradient options done as a torch user would:
+    before each step (after the closure, if any) `torch.nn.utils.clip_grad_value_` on the
+    grads, then, for weight_decay_mode="absolute", `p *= 1 - wd` on every param with a grad,
+    around an inner optimizer built with weight_decay=0.
+
+    Why that order is exactly fusedopt's: AdamW, RAdam(decoupled_weight_decay=True) and Lion
+    multiply p by their decay factor before anything else reads p, and nothing else of
+    their step reads the decay, so decaying first and then stepping without decay is the
+    same arithmetic; the clamp precedes maximize's sign (symmetric, so either order) and the
+    decay, and follows GradScaler's unscale_ (torch's scaler unscales before calling step).
+
+    Shares the inner optimizer's param_groups and state (schedulers, GradScaler and
+    state_dict see the inner optimizer's)."""
+
+    def __init__(self, inner: torch.optim.Optimizer, clip_value: Optional[float] = None, absolute_decay: float = 0.0):
+        # No Optimizer.__init__: everything but step is the inner optimizer's.
+        self.inner, self.clip_value, self.absolute_decay = inner, clip_value, absolute_decay
+
+    def __getattr__(self, name):
+        if name == "inner":  # not set yet (copy, pickle): avoid recursing
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def param_groups(self):
+        return self.inner.param_groups
+
+    @property
+    def state(self):
+        return self.inner.state
+
+    @property
+    def defaults(self):
+        return self.inner.defaults
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.inner.load_state_dict(state_dict)
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.inner.zero_grad(set_to_none)
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+            if self.clip_value is not None and params:  # torch's clip_grad_value_ refuses an empty list
+                torch.nn.utils.clip_grad_value_(params, self.clip_value)
+            if self.absolute_decay:
+                for p in params:
+                    p.mul_(1 - self.absolute_decay)
+        self.inner.step()
+        return loss
+
+
+def with_grad_options(make: Callable, params, kwargs: dict, default_weight_decay: float):
+    """make(params, **kwargs) without GRAD_OPTIONS, wrapped in WithGradOptions where they are set."""
+    kwargs = dict(kwargs)
+    clip_value = kwargs.pop("clip_grad_value", None)
+    absolute_decay = 0.0
+    if kwargs.pop("weight_decay_mode", "decoupled") == "absolute":
+        absolute_decay = kwargs.get("weight_decay", default_weight_decay)
+        kwargs["weight_decay"] = 0.0
+    inner = make(params, **kwargs)
+    if clip_value is None and not absolute_decay:
+        return inner
+    return WithGradOptions(inner, clip_value, absolute_decay)
 
 
 class PerParamOptimizer(torch.optim.Optimizer):
@@ -118,6 +210,12 @@ def _sgd_valid(o: dict) -> bool:
     return not (o.get("momentum", 0) == 0 and o.get("dampening", 0) != 0)  # dampening without momentum: no-op
 
 
+# clip_grad_value 0.5 clamps about a third of the tests' grads (randn times 0.5 to 1.5): both
+# sides of the clamp are exercised. Absolute decay is 0.01 per step, lr-independent.
+CLIP = {"clip_grad_value": 0.5}
+ABSOLUTE = {"weight_decay_mode": "absolute", "weight_decay": 0.01}
+
+
 def _adam_expected(decoupled: bool):
     def expected(params, optimized_update=False, **kwargs):
         if optimized_update:
@@ -130,33 +228,40 @@ ADAM_GRID = dict(amsgrad=(False, True), maximize=(False, True), weight_decay=(0.
 
 ROWS: List[SpecRow] = [
     SpecRow("Adam", 1e-2, ADAM_GRID, representative=({"amsgrad": True, "weight_decay": 0.1},),
-            expected=_adam_expected(False), fusedopt_only=("optimized_update",), torch_fused=True),
+            expected=_adam_expected(False), fusedopt_only=("optimized_update",), torch_fused=True,
+            grad_options=({**CLIP, "weight_decay": 0.1, "maximize": True},
+                          {**CLIP, **ABSOLUTE, "decoupled_weight_decay": True, "amsgrad": True})),
     SpecRow("AdamW", 1e-2, ADAM_GRID, representative=({"weight_decay": 0.1}, {"optimized_update": True}),
-            expected=_adam_expected(True), fusedopt_only=("optimized_update",), torch_fused=True),
+            expected=_adam_expected(True), fusedopt_only=("optimized_update",), torch_fused=True,
+            grad_options=({**CLIP, **ABSOLUTE}, {**ABSOLUTE, "optimized_update": True, "maximize": True})),
     SpecRow("SGD", 5e-2, dict(momentum=(0.0, 0.9), dampening=(0.0, 0.5), nesterov=(False, True),
                               weight_decay=(0.0, 0.1), maximize=(False, True)), valid=_sgd_valid,
             representative=({"momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
-                            {"momentum": 0.9, "dampening": 0.5}, {}), torch_fused=True),
+                            {"momentum": 0.9, "dampening": 0.5}, {}), torch_fused=True,
+            grad_options=({**CLIP, "momentum": 0.9, "weight_decay": 0.1},)),
     SpecRow("RMSprop", 1e-2, dict(alpha=(0.99, 0.8), centered=(False, True), momentum=(0.0, 0.9),
                                   weight_decay=(0.0, 0.1), maximize=(False, True)),
-            representative=({"centered": True, "momentum": 0.9, "weight_decay": 0.1}, {})),
+            representative=({"centered": True, "momentum": 0.9, "weight_decay": 0.1}, {}),
+            grad_options=({**CLIP, "centered": True, "momentum": 0.9},)),
     # The element-wise family (issue 11).
     SpecRow("Adagrad", 5e-2, dict(lr_decay=(0.0, 0.01), initial_accumulator_value=(0.0, 0.1),
                                   weight_decay=(0.0, 0.1), maximize=(False, True)),
             representative=({"lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.1},),
-            torch_fused=True),
+            torch_fused=True, grad_options=({**CLIP, "weight_decay": 0.1},)),
     SpecRow("Adadelta", 1.0, dict(rho=(0.9, 0.5), weight_decay=(0.0, 0.1), maximize=(False, True)),
-            representative=({"weight_decay": 0.1},)),
+            representative=({"weight_decay": 0.1},), grad_options=({**CLIP, "maximize": True},)),
     SpecRow("Adamax", 1e-2, dict(betas=((0.9, 0.999), (0.8, 0.9)), weight_decay=(0.0, 0.1), maximize=(False, True)),
-            representative=({"weight_decay": 0.1},)),
+            representative=({"weight_decay": 0.1},), grad_options=({**CLIP, "weight_decay": 0.1},)),
     SpecRow("RAdam", 1e-2, dict(weight_decay=(0.0, 0.1), decoupled_weight_decay=(False, True),
                                 maximize=(False, True)),
-            representative=({"weight_decay": 0.1, "decoupled_weight_decay": True},)),
+            representative=({"weight_decay": 0.1, "decoupled_weight_decay": True},),
+            grad_options=({**CLIP, **ABSOLUTE, "decoupled_weight_decay": True},)),
     SpecRow("Rprop", 1e-2, dict(etas=((0.5, 1.2), (0.3, 1.5)), step_sizes=((1e-6, 50), (1e-4, 0.02)),
                                 maximize=(False, True)),
-            representative=({"step_sizes": (1e-4, 0.02)},)),
+            representative=({"step_sizes": (1e-4, 0.02)},), grad_options=({**CLIP},)),
     SpecRow("Lion", 1e-3, dict(betas=((0.9, 0.99), (0.95, 0.98)), weight_decay=(0.0, 0.1), maximize=(False, True)),
-            representative=({"weight_decay": 0.1},), expected=PaperLion),
+            representative=({"weight_decay": 0.1},), expected=PaperLion,
+            grad_options=({**CLIP, **ABSOLUTE}, {**ABSOLUTE, "maximize": True})),
 ]
 
 

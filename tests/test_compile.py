@@ -108,7 +108,8 @@ def test_update_op_passes_opcheck():
     grad = torch.randn(5)
     args = (
         "adam", [param], [grad], [torch.tensor(0.0)], [torch.zeros(5), torch.zeros(5)], "exp_avg,exp_avg_sq",
-        "lr,beta1,beta2,eps,weight_decay,amsgrad,maximize,decoupled_weight_decay,optimized_update",
-        [1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 1.0, 0.0], False, False, None, None, None, "cpu",
+        "lr,beta1,beta2,eps,weight_decay,amsgrad,maximize,decoupled_weight_decay,optimized_update,absolute_weight_decay",
+        [1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0], False, False, None, None, None, "cpu",
     )
     torch.library.opcheck(torch.ops.fusedopt.update_.default, args)
+    torch.library.opcheck(torch.ops.fusedopt.update_.default, (*args, 0.5))  # clip_grad_value's bound

@@ -411,9 +411,9 @@ def test_an_unknown_device_is_an_error_naming_the_op():
     table = array.array("q", [1, 0, 0, 0])
     sgd = host.optimizers.sgd(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False)
     with pytest.raises(RuntimeError, match="fusedopt cuda sgd"):
-        sgd.cuda_update(table.buffer_info()[0], 1, 0, 0.1, 0, False, False, 0, 0, 0, 0, 0, 0, 7, 0)
-        # table, count, dtype, lr, lr tensor, first step, master, scale, found_inf, clip, workspace, its size,
-        # chunk, device, stream
+        sgd.cuda_update(table.buffer_info()[0], 1, 0, 0.1, 0, False, False, 0, 0, 0, 0.0, 0, 0, 0, 7, 0)
+        # table, count, dtype, lr, lr tensor, first step, master, scale, found_inf, clip coef, clip value,
+        # workspace, its size, chunk, device, stream
 
 
 @pytest.mark.parametrize("device, refused", [(LARGE_BLOCKS_DEVICE, False), (CLASSIC_BLOCKS_DEVICE, True)])

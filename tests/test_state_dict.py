@@ -21,7 +21,7 @@ def steps(optimizer, params, grads):
 
 
 def torch_optimizer(case, params):
-    return case.torch_default_form().expected(params)
+    return case.torch_plain_form().expected(params)
 
 
 def through_bytes(obj):
@@ -71,7 +71,7 @@ def test_deepcopy_of_params_and_optimizer(case, backend):
 
 
 @pytest.mark.parametrize("direction", ["torch->fusedopt", "fusedopt->torch"])
-@pytest.mark.parametrize("case", [c for c in REPRESENTATIVE_CASES if not c.optimized_update], ids=str)
+@pytest.mark.parametrize("case", [c for c in REPRESENTATIVE_CASES if c.torch_expressible], ids=str)
 def test_cross_loading_continues_torchs_trajectory(case, direction, backend):
     """A checkpoint written by one library loads into the other (through torch.save), and
     the continued run matches the uninterrupted torch.optim run."""

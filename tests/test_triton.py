@@ -577,10 +577,10 @@ from fusedopt.backends.triton import _kernel
 kernel = _kernel.multi_tensor_kernel
 FLOAT_POINTERS = {"grad_scale_ptr", "found_inf_ptr", "clip_coef_ptr"}
 DEFAULTS = dict(COMPUTE=tl.float32, MASTER=False, GRAD_SCALE=False, FOUND_INF=False, CLIP_COEF=False,
-                LR_TENSOR=False, ALIGNED=True, BLOCK=1024, CHUNK=16384)
+                CLIP_VALUE=False, LR_TENSOR=False, ALIGNED=True, BLOCK=1024, CHUNK=16384)
 HYPER = {
     "adam": dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
-                 decoupled_weight_decay=False, optimized_update=False),
+                 decoupled_weight_decay=False, optimized_update=False, absolute_weight_decay=False),
     "sgd": dict(momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False),
     "rmsprop": dict(alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False),
 }

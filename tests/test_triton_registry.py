@@ -55,7 +55,7 @@ for (b, n), got in zip(pairs, out.tolist()):
 
 # Adam, float64, counters that differ between tensors.
 hyper = dict(beta1=0.8, beta2=0.99, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
-             decoupled_weight_decay=False, optimized_update=False)
+             decoupled_weight_decay=False, optimized_update=False, absolute_weight_decay=False)
 starts = (0.0, 4.0, 99.0)
 generator = torch.Generator().manual_seed(0)
 params = [torch.randn(n, generator=generator, dtype=torch.float64).to(device) for n in (5, 1000, 33)]

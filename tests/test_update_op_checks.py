@@ -14,8 +14,8 @@ import torch
 
 import fusedopt._ops  # noqa: F401  (registers the op)
 
-ADAM_FIELDS = "lr,beta1,beta2,eps,weight_decay,amsgrad,maximize,decoupled_weight_decay,optimized_update"
-ADAM_VALUES = [1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 1.0, 0.0]
+ADAM_FIELDS = "lr,beta1,beta2,eps,weight_decay,amsgrad,maximize,decoupled_weight_decay,optimized_update,absolute_weight_decay"
+ADAM_VALUES = [1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
 SGD_FIELDS = "lr,momentum,dampening,weight_decay,nesterov,maximize"
 RMSPROP_FIELDS = "lr,alpha,eps,weight_decay,momentum,centered,maximize"
 
@@ -54,8 +54,8 @@ CHILD = textwrap.dedent("""
         for steps in (0, 1):
             if kind == "adam":
                 keys, states = "exp_avg,exp_avg_sq", [torch.zeros(5) for _ in range(2 * n)]
-                fields = "lr,beta1,beta2,eps,weight_decay,amsgrad,maximize,decoupled_weight_decay,optimized_update"
-                values = [1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 1.0, 0.0]
+                fields = "lr,beta1,beta2,eps,weight_decay,amsgrad,maximize,decoupled_weight_decay,optimized_update,absolute_weight_decay"
+                values = [1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
             else:
                 keys, states = "square_avg", [torch.zeros(5) for _ in range(n)]
                 fields, values = "lr,alpha,eps,weight_decay,momentum,centered,maximize", [1e-2, .99, 1e-8, 0, 0, 0, 0]
@@ -86,12 +86,12 @@ def test_missing_step_counters_raise_instead_of_crashing():
     (dict(state_keys="exp_avg"), "state_keys must be 'exp_avg,exp_avg_sq'"),
     (dict(state_keys="exp_avg_sq,exp_avg"), "state_keys must be"),
     # amsgrad on: the kernels would read a third state row the table does not have
-    (dict(field_values=[1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, 0.0, 1.0, 0.0]), "exp_avg,exp_avg_sq,max_exp_avg_sq"),
+    (dict(field_values=[1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]), "exp_avg,exp_avg_sq,max_exp_avg_sq"),
     (dict(master_weights=True), "master_weights applies to float16 and bfloat16"),
     (dict(field_names=ADAM_FIELDS.replace("eps,", "")), "field_names must name each of"),
     (dict(field_names=ADAM_FIELDS + ",lr"), "field_names must name each of"),
     (dict(field_names=ADAM_FIELDS.replace("lr", "momentum")), "field_names must name each of"),
-    (dict(field_values=ADAM_VALUES[:-1]), "8 field_values for 9 field_names"),
+    (dict(field_values=ADAM_VALUES[:-1]), "9 field_values for 10 field_names"),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(v))
 def test_malformed_arguments_raise_value_error(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -26,11 +26,12 @@ from .base import Backend
 
 def common_arguments(batch: TensorBatch, config: UpdateConfig) -> tuple:
     """(table, count, dtype code, lr, lr_tensor address, first_step, master_weights,
-    grad_scale, found_inf, clip_coef addresses): the arguments `cpu_update` and
-    `cuda_update` of every kind start with, all checked."""
+    grad_scale, found_inf, clip_coef addresses, clip_value (0: none)): the arguments
+    `cpu_update` and `cuda_update` of every kind start with, all checked."""
+    transform = config.grad_transform
     return (batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], config.lr,
             _lr_tensor_address(config.lr_tensor, batch.device), config.first_step, config.master_weights,
-            *config.grad_transform.addresses(batch.device))
+            *transform.addresses(batch.device), transform.clip_value or 0.0)
 
 
 def _lr_tensor_address(lr_tensor: Optional[torch.Tensor], device: torch.device) -> int:

@@ -3,9 +3,10 @@
 A subclass supplies its constructor (torch.optim's signature, defaults and checks), its
 OptimizerSpec (fusedopt/optim/_spec.py: kind, hyper-parameters by name, state tensors,
 step counter) and, where its group keys differ from the spec's names, `hyper(group)`.
-Defining the class registers the spec. This class owns the rest: buckets per param group, the per-step loop, what every optimizer does to gradients
-first (GradScaler's unscale/skip, max_grad_norm's clip), fp32 master weights,
-state_dict compatibility with torch.optim, and backend resolution.
+Defining the class registers the spec. This class owns the rest: buckets per param group,
+the per-step loop, what every optimizer does to gradients first (GradScaler's unscale/skip,
+max_grad_norm's clip, clip_grad_value's clamp, in that order: GradTransform), fp32 master
+weights, state_dict compatibility with torch.optim, and backend resolution.
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import torch
 
 from .. import backends
 from .._buckets import Bucket, StateMap, _RegroupNeeded, kernel_view, split_into_buckets
-from .._layout import LOW_PRECISION, MASTER_KEY, GradTransform, TensorBatch
+from .._layout import LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_value
 from .._memory import overlaps_itself
 from ..clip import clip_coefficient, global_norm
+from ._checks import check_weight_decay_mode
 from ._ops import compiled_step
 from ._plan import bucket_state_keys, group_hyper, return_copied_grads, run_update, uses_master
 from ._spec import OptimizerSpec, register
@@ -75,7 +77,11 @@ class FusedOptimizer(torch.optim.Optimizer):
     # backend, which is how this process runs, not training state), so a fusedopt
     # checkpoint has torch's key set and loads both ways under DCP's default planner,
     # which refuses a destination key the checkpoint lacks.
-    _own_setstate_defaults = dict(backend="auto", master_weights=False, max_grad_norm=None)
+    # clip_grad_value: every grad element clamped to [-c, c] after GradScaler's unscale and
+    # max_grad_norm's clip (whose norm is that of the unclamped grads), before maximize and
+    # weight decay; a plain number per group (None: off). Optimizers with decoupled weight
+    # decay add weight_decay_mode="decoupled" (or "absolute") to their own defaults.
+    _own_setstate_defaults = dict(backend="auto", master_weights=False, max_grad_norm=None, clip_grad_value=None)
 
     # ----------------------------------------------------------------- torch.optim API
     def add_param_group(self, param_group: dict) -> None:
@@ -83,6 +89,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             backends.check_name(param_group["backend"])
         _refuse_duplicates(param_group)
         super().add_param_group(param_group)
+        self._check_group_options(self.param_groups[-1])
         if hasattr(self, "_buckets"):  # torch's __init__ calls this before ours has finished
             self._check_backend_runs(self.param_groups[-1])
 
@@ -248,7 +255,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         clipped = any(group.get("max_grad_norm") is not None for group in self.param_groups)
         if grad_scale is None and found_inf is None and not clipped:
-            return lambda group, device: GradTransform()
+            return _value_clip_only
         norm = self._grad_norm(prepared, grad_scale) if clipped else None
         on_device: Dict[Any, Optional[torch.Tensor]] = {}
 
@@ -264,7 +271,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             coef = None
             if max_norm is not None:
                 coef = placed(("clip", max_norm), clip_coefficient(max_norm, norm), device)
-            return GradTransform(placed("scale", grad_scale, device), placed("inf", found_inf, device), coef)
+            return GradTransform(placed("scale", grad_scale, device), placed("inf", found_inf, device), coef,
+                                 group.get("clip_grad_value"))
 
         return transform
 
@@ -288,10 +296,31 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._buckets[index] = (list(params), buckets)
         return buckets
 
+    def _check_group_options(self, group: dict) -> None:
+        """fusedopt's own group options, checked when the group is added (the constructor's
+        defaults included): clip_grad_value, and weight_decay_mode, which only optimizers
+        with decoupled weight decay take (their `hyper` checks it against the group's form
+        of decay; anywhere else a group asking for absolute decay is refused, not ignored)."""
+        try:
+            check_clip_value(group.get("clip_grad_value"))
+            if "weight_decay_mode" in self.defaults:
+                self.spec.coerce(self.hyper(group))
+            elif "weight_decay_mode" in group:
+                check_weight_decay_mode(group["weight_decay_mode"], decoupled=False)
+        except ValueError:
+            self.param_groups.pop()  # as if never added, as torch's own checks leave it
+            raise
+
     def _check_backend_runs(self, group: dict) -> None:
         """A backend named explicitly must be able to run on the group's devices: say so now."""
         for device in {p.device for p in group["params"]}:
             backends.resolve(group["backend"], device)
+
+
+def _value_clip_only(group: dict, device: torch.device) -> GradTransform:
+    """The transform of a step without GradScaler and max_grad_norm: clip_grad_value's alone."""
+    value = group.get("clip_grad_value")
+    return NO_GRAD_TRANSFORM if value is None else GradTransform(clip_value=value)
 
 
 def _check_grads_writable(prepared: List[Prepared]) -> None:

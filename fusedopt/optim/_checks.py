@@ -50,3 +50,27 @@ def check_torch_flags(foreach, fused, differentiable) -> None:
     for name, value in (("foreach", foreach), ("fused", fused)):
         if value is not None and not isinstance(value, bool):
             raise TypeError(f"{name} must be None or a bool, got {value!r}")
+
+
+WEIGHT_DECAY_MODES = ("decoupled", "absolute")
+
+
+def check_weight_decay_mode(mode, decoupled: bool = True) -> None:
+    """weight_decay_mode: "decoupled" (torch's p *= 1 - lr*wd) or "absolute" (labml's
+    p *= 1 - wd, independent of lr). Absolute decay is a form of decoupled decay: where the
+    weight decay is L2 (added to the gradient), asking for it is an error, not a no-op."""
+    if not isinstance(mode, str) or mode not in WEIGHT_DECAY_MODES:
+        raise ValueError(f"Invalid weight_decay_mode: {mode!r} (expected one of "
+                         f"{', '.join(map(repr, WEIGHT_DECAY_MODES))})")
+    if mode == "absolute" and not decoupled:
+        raise ValueError("weight_decay_mode='absolute' applies to decoupled weight decay, and this weight decay is "
+                         "L2 (added to the gradient); set decoupled_weight_decay=True or use "
+                         "weight_decay_mode='decoupled'")
+
+
+def absolute_weight_decay(group: dict, decoupled: bool = True) -> bool:
+    """The group's weight_decay_mode as the kernels' bool hyper-parameter, checked (a group
+    edited after construction is checked again at the step)."""
+    mode = group["weight_decay_mode"]
+    check_weight_decay_mode(mode, decoupled)
+    return mode == "absolute"

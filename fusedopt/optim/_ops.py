@@ -38,13 +38,15 @@ def update_(
     found_inf: Optional[torch.Tensor],
     clip_coef: Optional[torch.Tensor],
     backend: str,
+    clip_value: Optional[float] = None,
 ) -> None:
     """One optimizer step over `params` (all with grads). `states` holds one row of
     len(params) tensors per name in the comma-separated `state_keys`, flattened; `steps`
     holds a float32 step counter per param for Adam and RMSprop and is empty for SGD.
     `field_names` (comma-separated) names `field_values`: `lr` and the kind's hyper-parameters
-    (its OptimizerSpec's), in any order. With grad_scale or
-    clip_coef the grads are written (GradTransform). Every argument is checked here, before
+    (its OptimizerSpec's), in any order. clip_value: clip_grad_value's bound (None: no clamp),
+    applied after the grad_scale and clip_coef (GradTransform). With grad_scale the grads
+    are written back (GradTransform). Every argument is checked here, before
     any kernel runs: a malformed call raises ValueError (its shape: kind, counts, names) or
     RuntimeError (a tensor that cannot serve), never reaches native code."""
     spec, keys, hyper, lr = _checked_arguments(kind, params, grads, steps, states, state_keys, field_names, field_values,
@@ -56,7 +58,7 @@ def update_(
         views[p] = {key: states[row * n + i] for row, key in enumerate(keys)}
         if steps:
             views[p]["step"] = steps[i]
-    transform = GradTransform(grad_scale, found_inf, clip_coef)
+    transform = GradTransform(grad_scale, found_inf, clip_coef, clip_value)
     prepared = []
     for bucket in split_into_buckets(params, f"fusedopt::{kind}", strict=True):  # all checked before any runs
         transform.check(bucket.device)
@@ -125,7 +127,7 @@ def _(grads, backend) -> torch.Tensor:
 
 @update_.register_fake
 def _(kind, params, grads, steps, states, state_keys, field_names, field_values, first_step, master_weights,
-      grad_scale, found_inf, clip_coef, backend) -> None:
+      grad_scale, found_inf, clip_coef, backend, clip_value=None) -> None:
     return None
 
 
@@ -184,5 +186,5 @@ def _call(optimizer, group, params: Sequence[torch.Tensor], keys, names, values,
         optimizer.kind, list(params), [p.grad for p in params],
         [state[p]["step"] for p in params] if optimizer.spec.step_counter else [],
         [state[p][key] for key in keys for p in params], ",".join(keys), ",".join(names), values,
-        fresh, master, grad_scale, found_inf, coef, group["backend"],
+        fresh, master, grad_scale, found_inf, coef, group["backend"], group.get("clip_grad_value"),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from ._base import FusedOptimizer
-from ._checks import check_adam_hyperparameters, check_torch_flags, scalar
+from ._checks import absolute_weight_decay, check_adam_hyperparameters, check_torch_flags, scalar
 from ._spec import BOOL, FLOAT, OptimizerSpec
 
 __all__ = ["Adam", "AdamW"]
@@ -16,25 +16,33 @@ class Adam(FusedOptimizer):
     `optimized_update=True` uses the bias-correction form of Kingma & Ba, section 2:
     ``p -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)``; the default is torch's
     ``p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``. They differ in where eps enters.
+
+    `weight_decay_mode="absolute"` (with decoupled weight decay: AdamW, or
+    decoupled_weight_decay=True) decays ``p *= 1 - wd`` independent of lr (labml's absolute
+    weight decay) instead of ``p *= 1 - lr*wd``; with Adam's L2 decay it is a ValueError.
+    `clip_grad_value=c` clamps every grad element to [-c, c] after GradScaler's unscale and
+    max_grad_norm's clip (whose norm is taken over the unclamped grads), before maximize and
+    weight decay: torch's ``unscale_``, ``clip_grad_norm_``, ``clip_grad_value_``, then the step.
     """
 
     spec = OptimizerSpec(
         kind="adam",
         hyperparameters=(("beta1", FLOAT), ("beta2", FLOAT), ("eps", FLOAT), ("weight_decay", FLOAT),
                          ("amsgrad", BOOL), ("maximize", BOOL), ("decoupled_weight_decay", BOOL),
-                         ("optimized_update", BOOL)),
+                         ("optimized_update", BOOL), ("absolute_weight_decay", BOOL)),
         state_keys=lambda h: ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if h["amsgrad"] else ("exp_avg", "exp_avg_sq"),
     )
     _decoupled_weight_decay = False
     # torch.optim.Adam.__setstate__'s defaults for flags an older checkpoint lacks
     _setstate_defaults = dict(amsgrad=False, maximize=False, foreach=None, capturable=False, differentiable=False,
                               decoupled_weight_decay=False, fused=None)
-    _own_setstate_defaults = dict(FusedOptimizer._own_setstate_defaults, optimized_update=False)
+    _own_setstate_defaults = dict(FusedOptimizer._own_setstate_defaults, optimized_update=False,
+                                  weight_decay_mode="decoupled")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
                  decoupled_weight_decay=False, optimized_update=False, backend="auto",
-                 master_weights=False, max_grad_norm=None):
+                 master_weights=False, max_grad_norm=None, clip_grad_value=None, weight_decay_mode="decoupled"):
         check_adam_hyperparameters(lr, betas, eps, weight_decay)
         check_torch_flags(foreach, fused, differentiable)
         defaults = dict(
@@ -44,7 +52,8 @@ class Adam(FusedOptimizer):
             foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused,
             decoupled_weight_decay=bool(decoupled_weight_decay or self._decoupled_weight_decay),
             optimized_update=optimized_update, backend=backend,
-            master_weights=master_weights, max_grad_norm=max_grad_norm,
+            master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value,
+            weight_decay_mode=weight_decay_mode,
         )
         super().__init__(params, defaults)
 
@@ -61,6 +70,7 @@ class Adam(FusedOptimizer):
             beta1=scalar(beta1), beta2=scalar(beta2), eps=group["eps"], weight_decay=group["weight_decay"],
             amsgrad=group["amsgrad"], maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"], optimized_update=group["optimized_update"],
+            absolute_weight_decay=absolute_weight_decay(group, group["decoupled_weight_decay"]),
         )
 
 
@@ -71,8 +81,10 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
-                 optimized_update=False, backend="auto", master_weights=False, max_grad_norm=None):
+                 optimized_update=False, backend="auto", master_weights=False, max_grad_norm=None,
+                 clip_grad_value=None, weight_decay_mode="decoupled"):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
                          optimized_update=optimized_update, backend=backend, master_weights=master_weights,
-                         max_grad_norm=max_grad_norm)
+                         max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value,
+                         weight_decay_mode=weight_decay_mode)

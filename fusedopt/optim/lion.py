@@ -4,7 +4,7 @@ so every element moves by exactly lr (plus decoupled weight decay)."""
 from __future__ import annotations
 
 from ._base import FusedOptimizer
-from ._checks import check_lr, check_non_negative, check_torch_flags
+from ._checks import absolute_weight_decay, check_lr, check_non_negative, check_torch_flags
 from ._spec import BOOL, FLOAT, OptimizerSpec
 
 __all__ = ["Lion"]
@@ -15,19 +15,24 @@ class Lion(FusedOptimizer):
 
     One state tensor, ``exp_avg``; no step counter. Defaults are the paper's
     (lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0); its authors suggest an lr 3-10x
-    smaller than AdamW's and a weight decay 3-10x larger.
+    smaller than AdamW's and a weight decay 3-10x larger. `weight_decay_mode="absolute"`
+    decays ``p *= 1 - wd`` instead (labml's absolute weight decay, independent of lr);
+    `clip_grad_value` as for every fusedopt optimizer (see Adam).
     """
 
     spec = OptimizerSpec(
         kind="lion",
-        hyperparameters=(("beta1", FLOAT), ("beta2", FLOAT), ("weight_decay", FLOAT), ("maximize", BOOL)),
+        hyperparameters=(("beta1", FLOAT), ("beta2", FLOAT), ("weight_decay", FLOAT), ("maximize", BOOL),
+                         ("absolute_weight_decay", BOOL)),
         state_keys=lambda h: ("exp_avg",),
         step_counter=False,
     )
     _setstate_defaults = dict(maximize=False, foreach=None, differentiable=False, fused=None)
+    _own_setstate_defaults = dict(FusedOptimizer._own_setstate_defaults, weight_decay_mode="decoupled")
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, foreach=None,
-                 differentiable=False, fused=None, backend="auto", master_weights=False, max_grad_norm=None):
+                 differentiable=False, fused=None, backend="auto", master_weights=False, max_grad_norm=None,
+                 clip_grad_value=None, weight_decay_mode="decoupled"):
         check_lr(lr)
         check_torch_flags(foreach, fused, differentiable)
         for index, beta in enumerate(betas):
@@ -36,10 +41,12 @@ class Lion(FusedOptimizer):
         check_non_negative(weight_decay, "weight_decay value")
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach, differentiable=differentiable, fused=fused, backend=backend,
-                        master_weights=master_weights, max_grad_norm=max_grad_norm)
+                        master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value,
+                        weight_decay_mode=weight_decay_mode)
         super().__init__(params, defaults)
 
     @staticmethod
     def hyper(group: dict) -> dict:
         beta1, beta2 = group["betas"]
-        return dict(beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], maximize=group["maximize"])
+        return dict(beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], maximize=group["maximize"],
+                    absolute_weight_decay=absolute_weight_decay(group))

@@ -89,45 +89,59 @@ template <> FUSEDOPT_HD double from_opmath<double>(double x) { return x; }
 template <> FUSEDOPT_HD Half from_opmath<Half>(float x) { return float_to_half(x); }
 template <> FUSEDOPT_HD BFloat16 from_opmath<BFloat16>(float x) { return float_to_bf16(x); }
 
-// What every optimizer does to a gradient before its own math: torch.amp.GradScaler's
-// unscale (grad / scale) and skip (the whole step, step counters included, when an inf or
-// NaN was found), and the clip coefficient of max_grad_norm (grad * coef). Each is a
-// pointer to one float32 beside the params (host memory for the CPU kernels, device memory
-// for the GPU ones) or null, so a GPU step reads them without a host sync.
+// What every optimizer does to a gradient before its own math, in this order:
+// torch.amp.GradScaler's unscale (grad / scale) and skip (the whole step, step counters
+// included, when an inf or NaN was found), the clip coefficient of max_grad_norm
+// (grad * coef; the norm is taken over the unclamped grads), then clip_grad_value's clamp to
+// [-clip_value, clip_value] -- the same as torch's scaler.unscale_, clip_grad_norm_,
+// clip_grad_value_ and then the step. Maximize's sign and weight decay are the optimizer's
+// and come after. grad_scale, found_inf and clip_coef each point to one float32 beside the
+// params (host memory for the CPU kernels, device memory for the GPU ones) or are null, so a
+// GPU step reads them without a host sync; clip_value is a plain number from the param group
+// (0: no clamp).
 //
-// When a scale or a clip coefficient is given, the kernels also store the gradient they
-// used (grad / scale * coef, before maximize's sign and weight decay, rounded to the grad's
-// dtype) back into the grad: torch's fused optimizers write grad / scale back under
-// GradScaler, and torch's scaler.unscale_ + clip_grad_norm_ leave the grads unscaled and
-// clipped, so p.grad after the step is what torch leaves. A skipped step (found_inf)
-// writes nothing, as torch's fused optimizers, which return before touching the grads.
+// With GradScaler's scale the kernels also store the gradient they used (grad / scale * coef,
+// clamped, before maximize's sign and weight decay, rounded to the grad's dtype) back into
+// the grad: torch's fused optimizers write grad / scale back under GradScaler, and torch's
+// scaler.unscale_ + clip_grad_norm_ + clip_grad_value_ leave the grads unscaled and clipped,
+// so p.grad after the step is what torch leaves. A skipped step (found_inf) writes nothing,
+// as torch's fused optimizers, which return before touching the grads.
 struct GradTransform {
   const float* grad_scale = nullptr;
   const float* found_inf = nullptr;
   const float* clip_coef = nullptr;
+  double clip_value = 0.0;  // clip_grad_value: > 0 clamps every grad element to [-clip_value, clip_value]
 };
 
 FUSEDOPT_HD bool step_skipped(const GradTransform& t) { return t.found_inf != nullptr && *t.found_inf != 0.0f; }
 
 // Whether the kernels store the transformed gradient back (see GradTransform).
-// Only with GradScaler's scale, as torch's fused optimizers do: max_grad_norm alone leaves
-// the grads as they were, which spares a write of every grad element in a memory-bound step.
+// Only with GradScaler's scale, as torch's fused optimizers do: max_grad_norm or
+// clip_grad_value alone leave the grads as they were, which spares a write of every grad
+// element in a memory-bound step.
 FUSEDOPT_HD bool writes_grad(const GradTransform& t) { return t.grad_scale != nullptr; }
 
 template <typename T> struct GradFactors {
   T divisor = T(1);     // dividing by 1 and multiplying by 1 are exact: no branch needed
   T multiplier = T(1);
+  T bound = T(INFINITY);  // clamping to [-inf, inf] changes nothing (NaN included): no branch either
 };
 
 template <typename T> FUSEDOPT_HD GradFactors<T> grad_factors(const GradTransform& t) {
   GradFactors<T> f;
   if (t.grad_scale != nullptr) f.divisor = T(*t.grad_scale);
   if (t.clip_coef != nullptr) f.multiplier = T(*t.clip_coef);
+  if (t.clip_value > 0.0) f.bound = T(t.clip_value);  // rounded to the math type, as torch.clamp's scalar
   return f;
 }
 
-// The gradient the update uses, and the one written back: unscaled and clipped.
-template <typename T> FUSEDOPT_HD T unscaled_grad(T g, const GradFactors<T>& f) { return g / f.divisor * f.multiplier; }
+// The gradient the update uses, and the one written back: unscaled, clipped by norm, then
+// clamped. The clamp is written as torch.clamp computes it: selects that keep a NaN a NaN.
+template <typename T> FUSEDOPT_HD T unscaled_grad(T g, const GradFactors<T>& f) {
+  g = g / f.divisor * f.multiplier;
+  g = g > f.bound ? f.bound : g;
+  return g < -f.bound ? -f.bound : g;
+}
 
 // The learning rate: a number from Python, or read from memory when Python passed a
 // float64 tensor (`lr_tensor`), so a captured CUDA graph follows a schedule.

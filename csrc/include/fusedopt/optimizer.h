@@ -109,6 +109,14 @@ template <typename Kind> constexpr bool is_variant(uint32_t active) {
   return with_variant(typename Kind::Variants{}, active, [](auto) {});
 }
 
+// ---- decoupled weight decay ----------------------------------------------------------------
+// The factor a decoupled weight decay multiplies the param by, computed in double: torch's
+// `1 - lr*wd` (AdamW, Lion, RAdam's decoupled form), or labml's absolute decay `1 - wd`,
+// independent of lr (weight_decay_mode="absolute", an optimizer's absolute_weight_decay).
+FUSEDOPT_HD double decoupled_scale(double weight_decay, double lr, bool absolute) {
+  return absolute ? 1.0 - weight_decay : 1.0 - lr * weight_decay;
+}
+
 // ---- the scalars of one update -------------------------------------------------------------
 // The optimizer's coefficients and the grad's unscale/clip factors, as the prologue kernel
 // (CUDA) or the host (CPU) computes them once per tensor or per call.

@@ -11,8 +11,8 @@ fusedopt/backends/reference/<kind>.py:
     def update(param, grad, states, step, config) -> None
 
 `param` and `states` (the spec's state tensors for these options, in table order) are
-updated in place, in the math type; `grad` is the transformed gradient (do not modify it
-in place); `step` is the advanced step counter as a float (None without one); `config`
+updated in place, in the math type; `grad` is the transformed gradient (unscaled, clipped
+by norm, clamped by value: GradTransform's order; do not modify it in place); `step` is the advanced step counter as a float (None without one); `config`
 is the UpdateConfig (`config.lr`, `config.first_step`, hyper-parameters by name).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from ..._layout import LOW_PRECISION, TensorBatch, UpdateConfig
+from ..._layout import LOW_PRECISION, TensorBatch, UpdateConfig, check_clip_value
 from ..base import Backend
 
 _UPDATES: Dict[str, Callable] = {}
@@ -48,13 +48,14 @@ class ReferenceBackend(Backend):
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         transform = config.grad_transform
+        check_clip_value(transform.clip_value)
         if transform.skips_step():
             return
         if config.lr_tensor is not None:  # never sent here (reads_lr_tensor is False), but honour it
             config = UpdateConfig(config.hyper, float(config.lr_tensor.item()), None, config.first_step,
                                   config.master_weights, transform)
         update = update_function(kind)
-        scale, clip = transform.grad_scale, transform.clip_coef
+        scale, clip, bound = transform.grad_scale, transform.clip_coef, transform.clip_value
         for i, (param, stored_grad) in enumerate(zip(batch.params, batch.grads)):
             step = None
             if batch.steps:
@@ -69,6 +70,8 @@ class ReferenceBackend(Backend):
                 grad = grad / scale.to(grad.dtype)
             if clip is not None:
                 grad = grad * clip.to(grad.dtype)
+            if bound is not None:  # clip_grad_value, after the norm's coefficient (GradTransform)
+                grad = grad.clamp(-bound, bound)
             update(values[0], grad, values[1:], step, config)
             for target, value in zip(targets, values):
                 if value is not target:

@@ -1,5 +1,6 @@
 """Adam and AdamW, as torch.optim.Adam's single-tensor path; `optimized_update` is Kingma &
-Ba's section-2 form (eps added to sqrt(v) before the bias correction)."""
+Ba's section-2 form (eps added to sqrt(v) before the bias correction); decoupled decay is
+`p *= 1 - lr*wd`, or `p *= 1 - wd` with absolute_weight_decay (labml's absolute decay)."""
 import math
 
 import torch
@@ -11,7 +12,7 @@ def update(param, grad, states, step, c) -> None:
         grad = -grad
     if c.weight_decay != 0:
         if c.decoupled_weight_decay:
-            param.mul_(1 - c.lr * c.weight_decay)
+            param.mul_(1 - (c.weight_decay if c.absolute_weight_decay else c.lr * c.weight_decay))
         else:
             grad = grad.add(param, alpha=c.weight_decay)
     exp_avg.lerp_(grad, 1 - c.beta1)

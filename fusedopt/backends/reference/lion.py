@@ -8,7 +8,7 @@ def update(param, grad, states, step, c) -> None:
     if c.maximize:
         grad = -grad
     if c.weight_decay != 0:
-        param.mul_(1 - c.lr * c.weight_decay)
+        param.mul_(1 - (c.weight_decay if c.absolute_weight_decay else c.lr * c.weight_decay))
     direction = torch.sign(exp_avg.lerp(grad, 1 - c.beta1))
     param.add_(direction, alpha=-c.lr)
     exp_avg.lerp_(grad, 1 - c.beta2)

@@ -8,7 +8,7 @@ def update(param, grad, states, step, c) -> None:
         grad = -grad
     if c.weight_decay != 0:
         if c.decoupled_weight_decay:
-            param.mul_(1 - c.lr * c.weight_decay)
+            param.mul_(1 - (c.weight_decay if c.absolute_weight_decay else c.lr * c.weight_decay))
         else:
             grad = grad.add(param, alpha=c.weight_decay)
     exp_avg.lerp_(grad, 1 - c.beta1)

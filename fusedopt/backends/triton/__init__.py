@@ -49,11 +49,13 @@ Scalars arrive as float64 and are rounded once to the math type in the kernel, a
 `T(double)` does in C++.
 
 What every optimizer does first (config.grad_transform, csrc/include/fusedopt/common.h):
-each grad becomes `g / grad_scale * clip_coef` in the math type (a missing factor's
-operation is left out, as exact as multiplying by 1), that value is stored back into the
-grad with GradScaler's scale, and a nonzero `*found_inf` skips the whole step. The three
-factors are one-element float32 tensors on the device, passed to the kernel as pointers
-and read there, so neither GradScaler nor max_grad_norm makes a step wait on the host.
+each grad becomes `g / grad_scale * clip_coef` in the math type, clamped to
+[-clip_value, clip_value] (a missing factor's operation is left out, as exact as
+multiplying by 1), that value is stored back into the grad with GradScaler's scale, and a
+nonzero `*found_inf` skips the whole step. The three factors are one-element float32
+tensors on the device, passed to the kernel as pointers and read there, so neither
+GradScaler nor max_grad_norm makes a step wait on the host; clip_value (clip_grad_value)
+is a plain float64 argument.
 
 Master weights (config.master_weights, 16-bit params): the states are float32 and the
 table's last state row holds each param's float32 master copy. The math reads the master
@@ -307,11 +309,12 @@ def _launch(kind: str, tables: _DeviceTables, batch: TensorBatch, config: Update
         tables.table, tables.work, len(batch),
         # An absent factor's pointer is never read (its flag below is off): any device tensor will do.
         *(tables.table if t is None else t for t in factors),
-        float(config.lr), *hyper,
+        float(config.lr), float(transform.clip_value or 0.0), *hyper,
         COEFFICIENTS=module.coefficients, UPDATE=module.update, SLOT=_slots(type(scalars)), OPTIONS=options,
         DTYPE=dtype, STATE=tl.float32 if master else dtype, COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32,
         NUM_STATES=num_states, MASTER=master, COUNTER=batch.steps is not None, GRAD_SCALE=factors[0] is not None,
-        FOUND_INF=factors[1] is not None, CLIP_COEF=factors[2] is not None, LR_TENSOR=factors[3] is not None,
+        FOUND_INF=factors[1] is not None, CLIP_COEF=factors[2] is not None,
+        CLIP_VALUE=transform.clip_value is not None, LR_TENSOR=factors[3] is not None,
         ALIGNED=tables.aligned, BLOCK=tables.block, CHUNK=tables.chunk, num_warps=tables.num_warps,
         enable_fp_fusion=False,
     )

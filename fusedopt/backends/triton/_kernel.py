@@ -93,28 +93,34 @@ def _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE: tl.constexpr, CLIP_
 
 
 @triton.jit
-def _unscaled_grad(grad_ptr, offsets, mask, divisor, multiplier, GRAD_SCALE: tl.constexpr, CLIP_COEF: tl.constexpr,
-                   DTYPE: tl.constexpr, COMPUTE: tl.constexpr):
-    """unscaled_grad (common.h), loaded: `g / scale * clip`, stored back into the grad with
+def _unscaled_grad(grad_ptr, offsets, mask, divisor, multiplier, bound, GRAD_SCALE: tl.constexpr,
+                   CLIP_COEF: tl.constexpr, CLIP_VALUE: tl.constexpr, DTYPE: tl.constexpr, COMPUTE: tl.constexpr):
+    """unscaled_grad (common.h), loaded: `g / scale * clip`, then clamped to [-bound, bound]
+    (clip_grad_value, as torch.clamp: a NaN stays NaN), stored back into the grad with
     GradScaler's scale (writes_grad). A missing factor's operation is left out, which is
-    exact: dividing or multiplying by 1 changes nothing."""
+    exact: dividing or multiplying by 1, or clamping to [-inf, inf], changes nothing."""
     grad = tl.load(grad_ptr + offsets, mask=mask).to(COMPUTE)
     if GRAD_SCALE:
         grad = div(grad, divisor)
     if CLIP_COEF:
         grad = grad * multiplier
+    if CLIP_VALUE:
+        grad = tl.where(grad > bound, bound, grad)
+        grad = tl.where(grad < -bound, -bound, grad)
     if GRAD_SCALE:
         tl.store(grad_ptr + offsets, rounded(grad, DTYPE), mask=mask)
     return grad
 
 
 @triton.jit
-def _block(offsets, mask, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor, multiplier,
+def _block(offsets, mask, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor, multiplier, bound,
            UPDATE: tl.constexpr, OPTIONS: tl.constexpr, MASTER: tl.constexpr, GRAD_SCALE: tl.constexpr,
-           CLIP_COEF: tl.constexpr, DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr):
+           CLIP_COEF: tl.constexpr, CLIP_VALUE: tl.constexpr, DTYPE: tl.constexpr, STATE: tl.constexpr,
+           COMPUTE: tl.constexpr):
     """One block of elements: load, transform the grad, the optimizer's UPDATE, store."""
     param = _load_param(param_ptr, master_ptr, offsets, mask, MASTER, COMPUTE)
-    grad = _unscaled_grad(grad_ptr, offsets, mask, divisor, multiplier, GRAD_SCALE, CLIP_COEF, DTYPE, COMPUTE)
+    grad = _unscaled_grad(grad_ptr, offsets, mask, divisor, multiplier, bound, GRAD_SCALE, CLIP_COEF, CLIP_VALUE,
+                          DTYPE, COMPUTE)
     param = UPDATE(param, grad, offsets, mask, states, coefficients, OPTIONS, STATE, COMPUTE)
     _store_param(param_ptr, master_ptr, offsets, mask, param, MASTER, DTYPE)
 
@@ -122,15 +128,18 @@ def _block(offsets, mask, param_ptr, master_ptr, grad_ptr, states, coefficients,
 @triton.jit
 def multi_tensor_kernel(
         table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef_ptr, lr_ptr, lr: tl.float64,
+        clip_value: tl.float64,
         h0: tl.float64, h1: tl.float64, h2: tl.float64, h3: tl.float64,
         h4: tl.float64, h5: tl.float64, h6: tl.float64, h7: tl.float64,
         COEFFICIENTS: tl.constexpr, UPDATE: tl.constexpr, SLOT: tl.constexpr, OPTIONS: tl.constexpr,
         DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, NUM_STATES: tl.constexpr,
         MASTER: tl.constexpr, COUNTER: tl.constexpr, GRAD_SCALE: tl.constexpr, FOUND_INF: tl.constexpr,
-        CLIP_COEF: tl.constexpr, LR_TENSOR: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
-        CHUNK: tl.constexpr):
+        CLIP_COEF: tl.constexpr, CLIP_VALUE: tl.constexpr, LR_TENSOR: tl.constexpr, ALIGNED: tl.constexpr,
+        BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """One program: one chunk of one tensor. h0..h7 are the optimizer's float64 scalars
-    (its `arguments`' first namedtuple, padded with zeros; SLOT names their positions)."""
+    (its `arguments`' first namedtuple, padded with zeros; SLOT names their positions);
+    clip_value is clip_grad_value's bound (read only with CLIP_VALUE), rounded once to
+    COMPUTE as grad_factors does."""
     column, start, end = _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF, BLOCK, CHUNK)
     param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
     grad_ptr = _row_pointer(table_ptr, n, _GRAD_ROW, column, DTYPE, ALIGNED)
@@ -154,13 +163,15 @@ def multi_tensor_kernel(
         lr = tl.full((), lr, tl.float64)
     coefficients = COEFFICIENTS(step, lr, (h0, h1, h2, h3, h4, h5, h6, h7), SLOT, OPTIONS, COMPUTE)
     divisor, multiplier = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF, COMPUTE)
+    bound = tl.full((), clip_value, COMPUTE)
 
     for k in range(0, CHUNK // BLOCK):  # see "Block loop" in __init__
         block_start = start + k * BLOCK
         offsets = block_start + tl.arange(0, BLOCK)
         if block_start + BLOCK <= end:
-            _block(offsets, None, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor, multiplier,
-                   UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, DTYPE, STATE, COMPUTE)
+            _block(offsets, None, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor, multiplier, bound,
+                   UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, CLIP_VALUE, DTYPE, STATE, COMPUTE)
         elif block_start < end:
             _block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor,
-                   multiplier, UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, DTYPE, STATE, COMPUTE)
+                   multiplier, bound, UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, CLIP_VALUE, DTYPE, STATE,
+                   COMPUTE)

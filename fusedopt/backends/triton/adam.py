@@ -7,14 +7,14 @@ import triton.language as tl
 from ._math import div, lerp, rounded, signed_grad, sqrt, step_power
 
 Scalars = namedtuple("Scalars", "beta1 beta2 eps weight_decay grad_sign")
-Options = namedtuple("Options", "l2 decoupled amsgrad optimized_update")
+Options = namedtuple("Options", "l2 decoupled amsgrad optimized_update absolute")
 
 
 def arguments(config):
     decoupled = bool(config.decoupled_weight_decay)
     return (Scalars(config.beta1, config.beta2, config.eps, config.weight_decay, -1.0 if config.maximize else 1.0),
             Options(config.weight_decay != 0 and not decoupled, decoupled, bool(config.amsgrad),
-                    bool(config.optimized_update)))
+                    bool(config.optimized_update), bool(config.absolute_weight_decay)))
 
 
 @triton.jit
@@ -34,7 +34,9 @@ def coefficients(step, lr, hyper, SLOT: tl.constexpr, OPTIONS: tl.constexpr, COM
     else:
         neg_step_size = -lr / bias_correction1
         denom_divisor = bias_correction2_sqrt
-    param_scale = 1.0 - lr * weight_decay if OPTIONS.decoupled else 1.0  # AdamW's decay
+    # AdamW's decay (decoupled_scale, optimizer.h): 1 - lr*wd, or 1 - wd when absolute
+    decay_rate = 1.0 if OPTIONS.absolute else lr
+    param_scale = 1.0 - decay_rate * weight_decay if OPTIONS.decoupled else 1.0
     return (tl.full((), hyper[SLOT.grad_sign], COMPUTE), tl.full((), weight_decay, COMPUTE),
             tl.full((), param_scale, COMPUTE), tl.full((), 1.0 - beta1, COMPUTE), tl.full((), beta2, COMPUTE),
             tl.full((), 1.0 - beta2, COMPUTE), tl.full((), hyper[SLOT.eps], COMPUTE),

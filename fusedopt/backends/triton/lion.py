@@ -7,17 +7,22 @@ import triton.language as tl
 from ._math import lerp, rounded
 
 Scalars = namedtuple("Scalars", "beta1 beta2 weight_decay grad_sign")
-Options = namedtuple("Options", "")
+Options = namedtuple("Options", "absolute")
 
 
 def arguments(config):
-    return Scalars(config.beta1, config.beta2, config.weight_decay, -1.0 if config.maximize else 1.0), Options()
+    return (Scalars(config.beta1, config.beta2, config.weight_decay, -1.0 if config.maximize else 1.0),
+            Options(bool(config.absolute_weight_decay)))
 
 
 @triton.jit
 def coefficients(step, lr, hyper, SLOT: tl.constexpr, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
+    # decoupled_scale (optimizer.h): 1 - lr*wd, or 1 - wd; in float64 (a bare scalar may be a
+    # float32 under the interpreter)
+    weight_decay = tl.full((), hyper[SLOT.weight_decay], tl.float64)
+    param_scale = 1.0 - weight_decay if OPTIONS.absolute else 1.0 - lr * weight_decay
     return (tl.full((), hyper[SLOT.grad_sign], COMPUTE), tl.full((), 1.0 - hyper[SLOT.beta1], COMPUTE),
-            tl.full((), 1.0 - hyper[SLOT.beta2], COMPUTE), tl.full((), 1.0 - lr * hyper[SLOT.weight_decay], COMPUTE),
+            tl.full((), 1.0 - hyper[SLOT.beta2], COMPUTE), tl.full((), param_scale, COMPUTE),
             tl.full((), -lr, COMPUTE))
 
 

@@ -7,13 +7,13 @@ import triton.language as tl
 from ._math import div, lerp, rounded, signed_grad, sqrt, step_power
 
 Scalars = namedtuple("Scalars", "beta1 beta2 eps weight_decay grad_sign")
-Options = namedtuple("Options", "l2 decoupled")
+Options = namedtuple("Options", "l2 decoupled absolute")
 
 
 def arguments(config):
     decoupled = bool(config.decoupled_weight_decay)
     return (Scalars(config.beta1, config.beta2, config.eps, config.weight_decay, -1.0 if config.maximize else 1.0),
-            Options(config.weight_decay != 0 and not decoupled, decoupled))
+            Options(config.weight_decay != 0 and not decoupled, decoupled, bool(config.absolute_weight_decay)))
 
 
 @triton.jit
@@ -31,7 +31,8 @@ def coefficients(step, lr, hyper, SLOT: tl.constexpr, OPTIONS: tl.constexpr, COM
     rectified = rho_t > 5.0
     safe_rho_t = tl.where(rectified, rho_t, 6.0)  # keeps the unused branch's sqrt real
     rect = tl.sqrt((safe_rho_t - 4.0) * (safe_rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * safe_rho_t))
-    param_scale = 1.0 - lr * weight_decay if OPTIONS.decoupled else 1.0
+    decay_rate = 1.0 if OPTIONS.absolute else lr  # decoupled_scale (optimizer.h)
+    param_scale = 1.0 - decay_rate * weight_decay if OPTIONS.decoupled else 1.0
     return (tl.full((), hyper[SLOT.grad_sign], COMPUTE), tl.full((), weight_decay, COMPUTE),
             tl.full((), param_scale, COMPUTE), tl.full((), 1.0 - beta1, COMPUTE), tl.full((), beta2, COMPUTE),
             tl.full((), 1.0 - beta2, COMPUTE), tl.full((), hyper[SLOT.eps], COMPUTE),

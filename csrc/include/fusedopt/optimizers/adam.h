@@ -15,7 +15,8 @@ struct adam : OptimizerDefaults<3> {
   X(double, beta1) X(double, beta2) X(double, eps) X(double, weight_decay) \
   X(bool, amsgrad) X(bool, maximize)                                       \
   X(bool, decoupled_weight_decay) /* AdamW: p *= 1 - lr*wd, instead of g += wd*p */ \
-  X(bool, optimized_update)       /* Kingma & Ba's "efficient" form: eps added to sqrt(v) unscaled */
+  X(bool, optimized_update)       /* Kingma & Ba's "efficient" form: eps added to sqrt(v) unscaled */ \
+  X(bool, absolute_weight_decay)  /* weight_decay_mode="absolute": decoupled decay p *= 1 - wd, without lr */
   FUSEDOPT_HYPERPARAMETERS(FUSEDOPT_ADAM_HYPERPARAMETERS);
 
   enum State { kExpAvg, kExpAvgSq, kMaxExpAvgSq };
@@ -37,7 +38,7 @@ struct adam : OptimizerDefaults<3> {
     T one_minus_beta1, beta2, one_minus_beta2, eps;
     T grad_sign;        // -1 with maximize; multiplying by +-1 is exact
     T l2_decay;         // Adam's weight decay added to the gradient (0 for AdamW)
-    T param_scale;      // AdamW's 1 - lr*wd (1 for Adam)
+    T param_scale;      // AdamW's 1 - lr*wd, or 1 - wd with absolute_weight_decay (1 for Adam)
     T neg_step_size;    // -lr / (1 - beta1^t), or the optimized form's -lr*sqrt(1-beta2^t)/(1-beta1^t)
     T denom_divisor;    // sqrt(1 - beta2^t); 1 in the optimized form
   };
@@ -53,7 +54,7 @@ struct adam : OptimizerDefaults<3> {
     k.eps = T(c.eps);
     k.grad_sign = c.maximize ? T(-1) : T(1);
     k.l2_decay = c.decoupled_weight_decay ? T(0) : T(c.weight_decay);
-    k.param_scale = c.decoupled_weight_decay ? T(1.0 - lr * c.weight_decay) : T(1);
+    k.param_scale = c.decoupled_weight_decay ? T(decoupled_scale(c.weight_decay, lr, c.absolute_weight_decay)) : T(1);
     if (c.optimized_update) {
       k.neg_step_size = T(-lr * bias_correction2_sqrt / bias_correction1);
       k.denom_divisor = T(1);

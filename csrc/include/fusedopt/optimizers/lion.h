@@ -8,7 +8,9 @@
 namespace fusedopt::optimizers {
 
 struct lion : OptimizerDefaults<1> {
-#define FUSEDOPT_LION_HYPERPARAMETERS(X) X(double, beta1) X(double, beta2) X(double, weight_decay) X(bool, maximize)
+#define FUSEDOPT_LION_HYPERPARAMETERS(X)                                  \
+  X(double, beta1) X(double, beta2) X(double, weight_decay) X(bool, maximize) \
+  X(bool, absolute_weight_decay) /* weight_decay_mode="absolute": p *= 1 - wd, without lr */
   FUSEDOPT_HYPERPARAMETERS(FUSEDOPT_LION_HYPERPARAMETERS);
 
   enum State { kExpAvg };
@@ -23,7 +25,7 @@ struct lion : OptimizerDefaults<1> {
     k.one_minus_beta1 = T(1.0 - c.beta1);
     k.one_minus_beta2 = T(1.0 - c.beta2);
     k.neg_lr = T(-lr);
-    k.param_scale = T(1.0 - lr * c.weight_decay);  // exactly 1 without weight decay
+    k.param_scale = T(decoupled_scale(c.weight_decay, lr, c.absolute_weight_decay));  // exactly 1 without decay
     k.grad_sign = c.maximize ? T(-1) : T(1);
     return k;
   }

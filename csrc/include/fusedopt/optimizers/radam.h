@@ -13,7 +13,8 @@ namespace fusedopt::optimizers {
 struct radam : OptimizerDefaults<2> {
 #define FUSEDOPT_RADAM_HYPERPARAMETERS(X)                                  \
   X(double, beta1) X(double, beta2) X(double, eps) X(double, weight_decay) \
-  X(bool, decoupled_weight_decay) X(bool, maximize)
+  X(bool, decoupled_weight_decay) X(bool, maximize)                        \
+  X(bool, absolute_weight_decay) /* weight_decay_mode="absolute": decoupled decay p *= 1 - wd */
   FUSEDOPT_HYPERPARAMETERS(FUSEDOPT_RADAM_HYPERPARAMETERS);
 
   enum State { kExpAvg, kExpAvgSq };
@@ -40,7 +41,7 @@ struct radam : OptimizerDefaults<2> {
     k.eps = T(c.eps);
     k.grad_sign = c.maximize ? T(-1) : T(1);
     k.l2_decay = c.decoupled_weight_decay ? T(0) : T(c.weight_decay);
-    k.param_scale = c.decoupled_weight_decay ? T(1.0 - lr * c.weight_decay) : T(1);
+    k.param_scale = c.decoupled_weight_decay ? T(decoupled_scale(c.weight_decay, lr, c.absolute_weight_decay)) : T(1);
     k.bias_correction1 = T(1.0 - step_power(c.beta1, step));
     k.lr = T(lr);
     k.bias_correction2_sqrt = T(std::sqrt(bias_correction2));
