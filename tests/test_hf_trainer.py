@@ -14,7 +14,7 @@ import fusedopt
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers accelerate)")
 pytest.importorskip("accelerate", reason="the Trainer needs accelerate (pip install accelerate)")
 
-pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 

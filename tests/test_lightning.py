@@ -13,7 +13,7 @@ import fusedopt
 
 pl = pytest.importorskip("lightning.pytorch", reason="lightning is not installed (pip install lightning)")
 
-pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 STEPS = 6
