@@ -11,6 +11,7 @@ weights, state_dict compatibility with torch.optim, and backend resolution.
 from __future__ import annotations
 
 import operator
+import sys
 from itertools import chain
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -32,9 +33,16 @@ Prepared = List[Tuple[Bucket, TensorBatch, List[int]]]
 
 class FusedOptimizer(torch.optim.Optimizer):
     spec: OptimizerSpec  # set by every optimizer class; defining the class registers it
-    # torch.amp.GradScaler hands this optimizer `grad_scale` and `found_inf` instead of
-    # unscaling the grads itself; the kernels unscale, and skip the step on inf/NaN.
-    _step_supports_amp_scaling = True
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """True to torch (GradScaler.step): it then hands this optimizer `grad_scale` and
+        `found_inf` instead of unscaling the grads itself; the kernels unscale and skip the
+        step on inf/NaN, with no sync. False to everyone else: frameworks read the flag as
+        "step() unscales, so grads must not be unscaled before it" and refuse to clip
+        (Lightning, even under bf16 where no scaler exists). That is not so here: after an
+        explicit scaler.unscale_(), GradScaler.step hands over found_inf alone."""
+        return _called_from_torch(sys._getframe(1))
 
     def __init__(self, params, defaults: Dict[str, Any]):
         defaults["backend"] = backends.check_name(defaults.get("backend", "auto"))
@@ -332,6 +340,11 @@ def _check_grads_writable(prepared: List[Prepared]) -> None:
             if bucket._grads_copied and any(overlaps_itself(p.grad) for p in bucket.params if p.grad is not None):
                 raise RuntimeError("GradScaler: a grad's elements share memory (an expanded view), so the unscaled "
                                    "grad cannot be written back into it; give each param a grad of its own memory")
+
+
+def _called_from_torch(frame) -> bool:
+    module = frame.f_globals.get("__name__", "") if frame is not None else ""
+    return module == "torch" or module.startswith("torch.")
 
 
 def _same_value(value, default) -> bool:
