@@ -7,7 +7,8 @@
 #
 # Environment: PYTHON (the interpreter the venv is made from, default python3; its version
 # must match the wheel's tag), EXPECT_CUDA=1 (the wheel must carry the CUDA kernels; prints
-# their architectures), KEEP=1 (keep the temporary folder), PYTEST_ARGS (extra pytest options).
+# their architectures), KEEP=1 (keep the temporary folder), TESTS (the test files to run, default
+# the whole suite: tests), PYTEST_ARGS (extra pytest options).
 #
 # Only what needs the checkout, a compiler or the test-only module is left out, each with
 # its reason (see SOURCE_TREE_TESTS and the second pytest run below).
@@ -112,8 +113,12 @@ ignores=()
 for test in "${SOURCE_TREE_TESTS[@]}"; do ignores+=("--ignore=$test"); done
 status=0
 # shellcheck disable=SC2086
-python -m pytest tests -q -rs -p no:cacheprovider "${ignores[@]}" ${PYTEST_ARGS:-} || status=$?
-say "suite without a compiler: exit status $status ($(( $(date +%s) - start )) s)"
+python -m pytest ${TESTS:-tests} -q -rs -p no:cacheprovider "${ignores[@]}" ${PYTEST_ARGS:-} || status=$?
+say "${TESTS:-tests} without a compiler: exit status $status ($(( $(date +%s) - start )) s)"
+if [[ ${TESTS:-tests} != tests ]]; then
+  say "torch $TORCH_VERSION, $(basename "$WHEEL"), ${TESTS}: $([[ $status -eq 0 ]] && echo PASSED || echo FAILED)"
+  exit "$status"
+fi
 # torch.compile needs a C++ compiler for inductor's CPU code whatever the optimizer: the
 # same installed wheel, with the original PATH.
 compile_status=0
