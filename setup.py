@@ -2,7 +2,11 @@
 
 Environment knobs (read here and passed on to CMake):
   FUSEDOPT_NO_CUDA=1        build the CPU kernels only, even where nvcc exists
-  FUSEDOPT_CUDA_ARCHS=...   CMake CUDA_ARCHITECTURES list, default "80-real;90-real;90-virtual"
+  FUSEDOPT_CUDA_ARCHS=...   CMake CUDA_ARCHITECTURES list (e.g. "90-real;90-virtual"), or "release":
+                            sm_80, sm_90, sm_100 and sm_120 machine code (those this nvcc supports)
+                            plus PTX for the newest of them. Default: "release" for wheels and
+                            `pip install .`; "80-real;90-real;90-virtual" for editable and in-place
+                            builds, which compile faster
   FUSEDOPT_BUILD_TYPE=...   CMake build type, default Release (RelWithDebInfo with FUSEDOPT_SANITIZE)
   FUSEDOPT_CUDA_HOST=0|1    build fusedopt._cuda_host, the CUDA kernels compiled as host C++ for
                             the tests (no nvcc needed); default: for editable (`pip install -e`)
@@ -22,6 +26,8 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 HOST_MODULE = "fusedopt._cuda_host"
+# The GPUs of the machines the CUDA kernels are developed and tested on (A100, H100/H200).
+DEV_CUDA_ARCHS = "80-real;90-real;90-virtual"
 
 
 def _flag(name: str) -> bool:
@@ -36,6 +42,11 @@ class CMakeExtension(Extension):
 def wants_cuda_host(in_place: bool) -> bool:
     requested = os.environ.get("FUSEDOPT_CUDA_HOST", "")
     return in_place if requested == "" else requested != "0"
+
+
+def cuda_archs(in_place: bool) -> str:
+    """The FUSEDOPT_CUDA_ARCHS handed to CMake (see the module docstring)."""
+    return os.environ.get("FUSEDOPT_CUDA_ARCHS") or (DEV_CUDA_ARCHS if in_place else "release")
 
 
 class CMakeBuild(build_ext):
@@ -75,8 +86,9 @@ class CMakeBuild(build_ext):
         # Always said, ON or OFF: the cache of an earlier FUSEDOPT_NO_CUDA=1 build would keep it on.
         cmake_args.append(f"-DFUSEDOPT_NO_CUDA={'ON' if _flag('FUSEDOPT_NO_CUDA') else 'OFF'}")
         cmake_args.append(f"-DFUSEDOPT_SANITIZE={'ON' if sanitize else 'OFF'}")
-        if os.environ.get("FUSEDOPT_CUDA_ARCHS"):
-            cmake_args.append(f"-DFUSEDOPT_CUDA_ARCHS={os.environ['FUSEDOPT_CUDA_ARCHS']}")
+        # Always said: one build folder serves in-place and wheel builds, and the cache would
+        # keep whichever list came first.
+        cmake_args.append(f"-DFUSEDOPT_CUDA_ARCHS={cuda_archs(bool(self.inplace))}")
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
         subprocess.run(["cmake", *cmake_args], check=True)
         target = ext.name.rsplit(".", 1)[-1]
