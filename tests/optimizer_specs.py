@@ -155,6 +155,14 @@ ROWS: List[SpecRow] = [
     SpecRow("Rprop", 1e-2, dict(etas=((0.5, 1.2), (0.3, 1.5)), step_sizes=((1e-6, 50), (1e-4, 0.02)),
                                 maximize=(False, True)),
             representative=({"step_sizes": (1e-4, 0.02)},)),
+    # t0=5 starts ASGD's averaging (mu < 1) within the tests' 20 steps; torch's default 1e6 never does.
+    SpecRow("ASGD", 5e-2, dict(lambd=(1e-4, 0.1), alpha=(0.75, 0.5), t0=(1e6, 5.0), weight_decay=(0.0, 0.1),
+                               maximize=(False, True)),
+            representative=({"t0": 5.0, "lambd": 0.1, "weight_decay": 0.1}, {})),
+    SpecRow("NAdam", 1e-2, dict(weight_decay=(0.0, 0.1), decoupled_weight_decay=(False, True),
+                                momentum_decay=(4e-3, 0.1), maximize=(False, True)),
+            representative=({"weight_decay": 0.1, "momentum_decay": 0.1},
+                            {"weight_decay": 0.1, "decoupled_weight_decay": True})),
     SpecRow("Lion", 1e-3, dict(betas=((0.9, 0.99), (0.95, 0.98)), weight_decay=(0.0, 0.1), maximize=(False, True)),
             representative=({"weight_decay": 0.1},), expected=PaperLion),
 ]
