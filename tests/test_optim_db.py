@@ -11,7 +11,8 @@ pytest.importorskip("expecttest")  # common_optimizers imports torch's test util
 common_optimizers = pytest.importorskip("torch.testing._internal.common_optimizers")
 OptimizerErrorEnum = common_optimizers.OptimizerErrorEnum
 
-IMPLEMENTED = {"Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW, "SGD": fusedopt.SGD, "RMSprop": fusedopt.RMSprop}
+IMPLEMENTED = {"Adam": fusedopt.Adam, "AdamW": fusedopt.AdamW, "SGD": fusedopt.SGD, "RMSprop": fusedopt.RMSprop,
+               "ASGD": fusedopt.ASGD, "NAdam": fusedopt.NAdam}
 INFOS = {info.optim_cls.__name__: info for info in common_optimizers.optim_db
          if info.optim_cls.__name__ in IMPLEMENTED}
 
