@@ -121,6 +121,7 @@ template <typename Kind> void bind_optimizer(py::module_& optimizers, const char
   cls.attr("step_dependent") = Kind::kStepDependent;  // a coefficient record per tensor (CUDA: one more address)
   cls.attr("reads_state_on_first_step") = Kind::kReadsStateOnFirstStep;
   cls.attr("max_states") = Kind::kStates;
+  cls.attr("scalar_states") = Kind::kScalarStates;  // table rows after the states and the master copy
   cls.def("states", [kind](const Hyper& h) {
             const uint32_t active = Kind::active_states(h);
             if (!is_variant<Kind>(active))

@@ -185,7 +185,8 @@ def select(batch: TensorBatch, indices: Sequence[int]) -> TensorBatch:
     table = array.array("q", (batch.table[r * n + i] for r in range(rows) for i in indices))
     pick = lambda ts: [ts[i] for i in indices]  # noqa: E731
     return TensorBatch(pick(batch.params), pick(batch.grads), batch.steps and pick(batch.steps),
-                       [pick(ts) for ts in batch.states], batch.device, batch.dtype, table, next(_versions))
+                       [pick(ts) for ts in batch.states], batch.device, batch.dtype, table, next(_versions),
+                       [pick(ts) for ts in batch.scalars])
 
 
 class _CountsChanges:
@@ -283,6 +284,7 @@ class Bucket:
         "_key", "_active", "_param_ptrs", "_grads_seen", "_grads", "_grad_ptrs", "_steps", "_states",
         "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_strict",
         "_distributed", "_viewed", "param_dtype", "_states_seen", "_memory", "_grad_memory", "_grads_copied", "_layout", "_written",
+        "_scalars",
     )
 
     def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False):
@@ -310,11 +312,13 @@ class Bucket:
         init_state: Callable[[torch.Tensor, dict], None],
         state_dtype: Optional[torch.dtype] = None,
         grads: Optional[List[Optional[torch.Tensor]]] = None,
+        scalar_keys: Tuple[str, ...] = (),
     ) -> Tuple[Optional[TensorBatch], List[int]]:
         """The batch of params that have grads, and the indices (into the batch) of params
         whose state `init_state` created just now. (None, []) when no param has a grad.
         State tensors must have `state_dtype` (default: the param's dtype). `grads` defaults
-        to the params' .grad."""
+        to the params' .grad. `scalar_keys`: the per-param float32 scalar states (checked
+        like the step counter; their rows follow the state rows in the table)."""
         params = self.params
         if grads is None:
             grads = list(map(_grad, params))
@@ -329,22 +333,22 @@ class Bucket:
         owners = params  # the keys of optimizer.state, which own the state tensors
         if self._viewed:
             params, grads = list(map(kernel_view, params)), list(map(kernel_view, grads))
-        key = (active, state_keys, has_step, state_dtype)
+        key = (active, state_keys, has_step, state_dtype, scalar_keys)
         try:
             if key != self._key:
                 raise _Stale
-            self._check_unchanged(owners, params, grads, state, state_keys, has_step)
+            self._check_unchanged(owners, params, grads, state, state_keys, has_step, scalar_keys)
             self._fresh = []
         except (_Stale, KeyError):
             self._rebuild(key, owners, params, grads, state, state_keys, has_step, init_state,
-                          state_dtype or self.dtype)
+                          state_dtype or self.dtype, scalar_keys)
         return (
             TensorBatch(params, self._grads, self._steps, self._states, self.device, self.dtype,
-                        self._table, self._version),
+                        self._table, self._version, self._scalars),
             self._fresh,
         )
 
-    def _check_unchanged(self, owners, params, grads, state, state_keys, has_step) -> None:
+    def _check_unchanged(self, owners, params, grads, state, state_keys, has_step, scalar_keys) -> None:
         """Raise _Stale unless every address, layout and size in the table still holds.
 
         Params and grads: address, strides and byte count (`p.data` swapped, `t_()`, a grad
@@ -357,7 +361,7 @@ class Bucket:
                 or not _same_layout(params, self._layout)
                 or not self._memory[0].unchanged() or not self._memory[1].unchanged()):
             raise _Stale
-        if state_keys or has_step:
+        if state_keys or has_step or scalar_keys:
             unchanged = (state is self._state_map and state.version == self._state_map_version
                          and state.all_counted)
             if not unchanged:  # something may have been replaced: compare identities
@@ -367,6 +371,9 @@ class Bucket:
                         raise _Stale
                 if has_step and not all(map(operator.is_, map(operator.itemgetter("step"), states), self._steps)):
                     raise _Stale
+                for key, cached in zip(scalar_keys, self._scalars):
+                    if not all(map(operator.is_, map(operator.itemgetter(key), states), cached)):
+                        raise _Stale
         if (self._grads_copied or not all(map(operator.is_, grads, self._grads_seen))
                 or list(map(_data_ptr, grads)) != self._grad_ptrs or list(map(_nbytes, grads)) != self._nbytes
                 or not _same_layout(grads, self._layout) or not self._grad_memory.unchanged()):
@@ -375,7 +382,8 @@ class Bucket:
             self._install_grads(grads, used)
 
     # ----------------------------------------------------------------- rebuilds
-    def _rebuild(self, key, owners, params, grads, state, state_keys, has_step, init_state, state_dtype) -> None:
+    def _rebuild(self, key, owners, params, grads, state, state_keys, has_step, init_state, state_dtype,
+                 scalar_keys=()) -> None:
         name = self.optimizer
         for owner, p in zip(owners, params):
             if owner.device != self.device or owner.dtype != self.param_dtype:
@@ -392,22 +400,25 @@ class Bucket:
         self._check_not_aliased(used_grads)
         fresh = []
         states_per_param = []
-        for i, owner in enumerate(owners if state_keys or has_step else ()):  # SGD without momentum: no state
+        for i, owner in enumerate(owners if state_keys or has_step or scalar_keys else ()):  # SGD: no state
             s = state[owner]
-            missing = [k for k in state_keys if k not in s] or (has_step and "step" not in s)
+            missing = ([k for k in (*state_keys, *scalar_keys) if k not in s]
+                       or (has_step and "step" not in s))
             if missing:
                 init_state(owner, s)
                 fresh.append(i)
             states_per_param.append(s)
         self._fresh = fresh
         if len(fresh) > 1 and not self._distributed and not self._strict:
-            consolidate([states_per_param[i] for i in fresh], (*state_keys, "step") if has_step else state_keys)
+            consolidate([states_per_param[i] for i in fresh],
+                        (*state_keys, *(("step",) if has_step else ()), *scalar_keys))
         self._states_seen = [[self._checked_state(s, k, p, state_dtype) for s, p in zip(states_per_param, params)]
                              for k in state_keys]
         self._states = [list(map(kernel_view, row)) for row in self._states_seen] if self._viewed else self._states_seen
-        self._steps = [self._checked_step(s, p) for s, p in zip(states_per_param, params)] if has_step else None
+        self._steps = [self._checked_scalar(s, "step", p) for s, p in zip(states_per_param, params)] if has_step else None
+        self._scalars = [[self._checked_scalar(s, k, p) for s, p in zip(states_per_param, params)] for k in scalar_keys]
         self._param_ptrs = [p.data_ptr() for p in params]
-        rows = FIRST_STATE_ROW + len(state_keys)
+        rows = FIRST_STATE_ROW + len(state_keys) + len(scalar_keys)
         self._table = array.array("q", bytes(8 * rows * n))
         self._fill_row(NUMEL_ROW, [p.numel() for p in params])
         self._fill_row(PARAM_ROW, self._param_ptrs)
@@ -415,12 +426,14 @@ class Bucket:
             self._fill_row(STEP_ROW, [t.data_ptr() for t in self._steps])
         for r, tensors in enumerate(self._states):
             self._fill_row(FIRST_STATE_ROW + r, [t.data_ptr() for t in tensors])
+        for r, tensors in enumerate(self._scalars):  # after the states and the master copy (_layout.py)
+            self._fill_row(FIRST_STATE_ROW + len(state_keys) + r, [t.data_ptr() for t in tensors])
         # State tensors are checked by identity each step (cheaply, through the StateMap
         # count), not by address: reading 3,000 addresses a step doubled the host time of
         # 1,000 small params. Memory moved behind a state tensor's back (`.data =`, set_())
         # is therefore not noticed, but the kernels can never write freed memory: the
         # table's storages are held here, and each step checks that none was resized.
-        state_tensors = [*itertools.chain(*self._states), *(self._steps or ())]
+        state_tensors = [*itertools.chain(*self._states), *(self._steps or ()), *itertools.chain(*self._scalars)]
         written = [*params, *state_tensors]
         # Params' own addresses are rechecked each step; state tensors' are not (see above).
         self._memory = (HeldMemory(params, with_addresses=False), HeldMemory(state_tensors, with_addresses=True))
@@ -464,22 +477,28 @@ class Bucket:
             s[key] = owner
         return owner
 
-    def _checked_step(self, s: dict, p: torch.Tensor) -> torch.Tensor:
-        step = s["step"]
-        if not (isinstance(step, torch.Tensor) and step.dtype == STEP_DTYPE and step.device == p.device
-                and step.numel() == 1 and step.dim() == 0):
-            # Checkpoints keep the step as a CPU tensor or a number; kernels need a float32
-            # scalar beside the param.
+    def _checked_scalar(self, s: dict, key: str, p: torch.Tensor) -> torch.Tensor:
+        """s[key], a per-param scalar (the step counter, ASGD's eta): a float32 0-dim tensor on
+        the param's device, replaced by one where it is not."""
+        value = s[key]
+        if not (isinstance(value, torch.Tensor) and value.dtype == STEP_DTYPE and value.device == p.device
+                and value.numel() == 1 and value.dim() == 0):
+            # Checkpoints keep these as CPU tensors (torch.optim's load casts them to the
+            # param's dtype, save the step) or numbers; kernels need a float32 scalar beside
+            # the param.
             if self._strict:
-                raise RuntimeError(f"{self.optimizer}: state 'step' must be a float32 scalar on {p.device}; "
+                raise RuntimeError(f"{self.optimizer}: state '{key}' must be a float32 scalar on {p.device}; "
                                    "take one eager step (outside torch.compile) after loading a checkpoint")
-            value = float(step.item() if isinstance(step, torch.Tensor) else step)
-            step = torch.tensor(value, dtype=STEP_DTYPE, device=p.device)
-            s["step"] = step
-        problem = storage_problem(step)
+            if isinstance(value, torch.Tensor) and value.numel() != 1:
+                raise RuntimeError(f"{self.optimizer}: state '{key}' of a param must hold one number, "
+                                   f"got shape {tuple(value.shape)}")
+            number = float(value.item() if isinstance(value, torch.Tensor) else value)
+            value = torch.tensor(number, dtype=STEP_DTYPE, device=p.device)
+            s[key] = value
+        problem = storage_problem(value)
         if problem:
-            raise RuntimeError(f"{self.optimizer}: state 'step' of a param {problem}")
-        return step
+            raise RuntimeError(f"{self.optimizer}: state '{key}' of a param {problem}")
+        return value
 
     def _check_not_aliased(self, grads: List[torch.Tensor]) -> None:
         if self._written.overlapped_by(grads):

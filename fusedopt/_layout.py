@@ -13,7 +13,10 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-# Rows of the address table; must match csrc/include/fusedopt/tensor_table.h.
+# Rows of the address table; must match csrc/include/fusedopt/tensor_table.h. After the
+# state rows (FIRST_STATE_ROW + k), the master copy (with master weights), then one row per
+# scalar state (OptimizerSpec.scalar_states, in order): float32 0-dim tensors that only the
+# per-tensor coefficient code reads and writes.
 NUMEL_ROW, PARAM_ROW, GRAD_ROW, STEP_ROW, FIRST_STATE_ROW = range(5)
 
 # Dtype codes; must match enum class DType in csrc/include/fusedopt/common.h.
@@ -135,12 +138,16 @@ class TensorBatch:
     float32 step counters (None for optimizers without one); a backend increments each
     exactly once per call (unless GradScaler's found_inf skips the step).
 
+    `scalars[j]` lists the j-th scalar state (OptimizerSpec.scalar_states: ASGD's eta and mu,
+    NAdam's mu_product) of every param: float32 0-dim tensors, advanced with the step
+    counters (and, like them, left alone when found_inf skips the step).
+
     `table` is the int64 address table of csrc/include/fusedopt/tensor_table.h (rows:
-    numel, param, grad, step, states...), already validated; `table_version` changes
+    numel, param, grad, step, states..., master copy, scalar states...), already validated; `table_version` changes
     whenever any address in it changes, so backends may cache what they derive from it.
     """
 
-    __slots__ = ("params", "grads", "steps", "states", "device", "dtype", "table", "table_version")
+    __slots__ = ("params", "grads", "steps", "states", "device", "dtype", "table", "table_version", "scalars")
 
     def __init__(
         self,
@@ -152,6 +159,7 @@ class TensorBatch:
         dtype: torch.dtype,
         table,
         table_version: int,
+        scalars: Sequence[List[torch.Tensor]] = (),
     ):
         self.params = params
         self.grads = grads
@@ -161,6 +169,7 @@ class TensorBatch:
         self.dtype = dtype
         self.table = table  # array.array('q'), rows * len(params)
         self.table_version = table_version
+        self.scalars = scalars
 
     def __len__(self) -> int:
         return len(self.params)

@@ -33,6 +33,11 @@ STEPS = 20
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 DTYPE_IDS = {torch.float64: "f64", torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
+# torch.optim's per-param scalar states besides `step` (ASGD's eta and mu, NAdam's
+# mu_product): float32 0-dim tensors whatever the params' dtype.
+SCALAR_STATE_KEYS = frozenset(key for spec in fusedopt.optim._spec.registered().values()
+                              for key in spec.scalar_state_keys())
+
 # --------------------------------------------------------------------------- tolerances
 # float64: the CPU kernels contract a*b+c into fused multiply-adds where torch rounds
 # twice, so results differ from torch's by a few ulp per step; over 20 steps that stays
@@ -197,7 +202,7 @@ class RoundedOpmath:
             p.copy_(s)
             s.copy_(p)
             for key, value in self.inner.state[s].items():
-                if key != "step":
+                if key not in SCALAR_STATE_KEYS:  # per-param float32 scalars stay float32
                     value.copy_(value.to(p.dtype))
 
 
@@ -266,6 +271,11 @@ def assert_same_state(actual_opt: torch.optim.Optimizer, expected_opt: torch.opt
             assert isinstance(value, torch.Tensor), f"param {i}: state[{key!r}] is a {type(value).__name__}"
             if key == "step":
                 assert value.dim() == 0 and value.item() == expected.item(), f"param {i}: step {value} != {expected}"
+                continue
+            if key in SCALAR_STATE_KEYS:  # float32 0-dim, as torch.optim keeps them
+                assert value.dim() == 0 and value.dtype == torch.float32, f"param {i}: state[{key!r}] layout"
+                if dtype is not None:
+                    close(value.cpu(), expected.to(torch.float32).cpu(), torch.float32, f"param {i}: state[{key!r}]")
                 continue
             assert value.dtype == pa.dtype and value.shape == pa.shape, f"param {i}: state[{key!r}] layout"
             if dtype is not None:

@@ -28,6 +28,9 @@ CASES = {
     "SGD-momentum": (fusedopt.SGD, {"lr": 1e-2, "momentum": 0.9}),
     "RMSprop-centered": (fusedopt.RMSprop, {"lr": 1e-3, "centered": True, "momentum": 0.5}),
     "AdamW-clipped": (fusedopt.AdamW, {"lr": 1e-2, "max_grad_norm": 0.01}),
+    # per-param scalar states (eta and mu; mu_product) travel through the op with the states
+    "ASGD-averaging": (fusedopt.ASGD, {"lr": 1e-2, "t0": 2.0, "lambd": 0.1}),
+    "NAdam-decoupled": (fusedopt.NAdam, {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True}),
 }
 
 

@@ -200,6 +200,8 @@ COUNTING = {
     "RMSprop": (fusedopt.RMSprop, dict(lr=1.0, alpha=0.0, eps=0.0), (1.0, 1.0), {"square_avg": 1.0}),
     "RMSprop-momentum": (fusedopt.RMSprop, dict(lr=1.0, alpha=0.0, eps=0.0, momentum=0.5), (1.0, 1.5),
                          {"square_avg": 1.0, "momentum_buffer": (-1.0, -1.5)}),
+    # lambd=0 keeps eta at lr=1 and t0=1e6 mu at 1 (ax = p): scalar states ride in the prologue
+    "ASGD": (fusedopt.ASGD, dict(lr=1.0, lambd=0.0), (1.0, 1.0), {}),
 }
 
 
@@ -273,8 +275,9 @@ def test_every_element_is_updated_exactly_once(variant, dtype, master, backend, 
     ("RMSprop-momentum", torch.float64, False, LARGE_BLOCKS_DEVICE),
     ("SGD-momentum", torch.float32, False, CLASSIC_BLOCKS_DEVICE),
     ("Adam", torch.float16, False, CLASSIC_BLOCKS_DEVICE),
+    ("ASGD", torch.bfloat16, True, CLASSIC_BLOCKS_DEVICE),
 ], ids=["adam-amsgrad-bf16-master-device0", "rmsprop-momentum-f64-device0", "sgd-momentum-f32-device1",
-        "adam-f16-device1"])
+        "adam-f16-device1", "asgd-bf16-master-device1"])
 def test_more_tensors_than_one_launch_holds(variant, dtype, master, device):
     """A table that needs several update launches (of 32 KB parameter blocks on device 0,
     4 KB on device 1), with empty tensors among tiny ones; on device 1 the step counters
@@ -299,7 +302,10 @@ def test_more_tensors_than_one_launch_holds(variant, dtype, master, device):
     assert sum(entry["blocks_run"] for entry in launches) == sum(n > 0 for n in sizes)  # one chunk each
     increments = [entry for entry in host.host_launch_log() if "PrologueArgs" in entry["parameters"]]
     if "step" in run.optimizer.state[run.params[0]]:
-        assert len(increments) == (1 if device == LARGE_BLOCKS_DEVICE else 2)
+        # Each tensor's counter and scalar states (ASGD's eta and mu) take a pointer each.
+        pointers = 1 + len(run.optimizer.spec.scalar_states)
+        per_launch = (LIMITS[device] - 256 - 24) // 8 // pointers  # launch_plan.h's PrologueArgs
+        assert len(increments) == -(-len(sizes) // per_launch) >= (1 if device == LARGE_BLOCKS_DEVICE else 2)
 
 
 STEP_COUNTERS_PER_CLASSIC_LAUNCH = (4096 - 3 * 8 - 8) // 8  # launch_plan.h's StepCounterArgs
@@ -310,7 +316,9 @@ def record_addresses(optimizer) -> int:
     grad, the coefficient record of an optimizer whose coefficients follow the step counter
     (Adam), and every other state tensor, master copy included."""
     state = optimizer.state[optimizer.param_groups[0]["params"][0]]
-    return 2 + len(state) - ("step" in state) + getattr(host.optimizers, optimizer.kind).step_dependent
+    native = getattr(host.optimizers, optimizer.kind)
+    # The scalar states (ASGD's eta and mu) are read by the prologue only, not carried.
+    return 2 + len(state) - ("step" in state) - native.scalar_states + native.step_dependent
 
 
 # --------------------------------------------------------------------------- offsets past 2^31

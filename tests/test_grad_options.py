@@ -19,9 +19,9 @@ from fusedopt.optim._ops import compiled_step
 
 BACKENDS = ("reference", "cpu", "triton")
 SHAPES = ((7, 5), (33,), (1,))
-ALL_OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "RAdam", "Rprop", "Lion")
+ALL_OPTIMIZERS = tuple(fusedopt.optim.__all__)  # every optimizer takes clip_grad_value
 DECOUPLED = {"AdamW": {}, "Adam": {"decoupled_weight_decay": True}, "RAdam": {"decoupled_weight_decay": True},
-             "Lion": {}}
+             "NAdam": {"decoupled_weight_decay": True}, "Lion": {}}
 
 
 def _usable(backend):
@@ -192,7 +192,7 @@ def test_bad_weight_decay_mode_is_a_value_error(name):
         optimizer.step()
 
 
-@pytest.mark.parametrize("name", ["Adam", "RAdam"])
+@pytest.mark.parametrize("name", ["Adam", "RAdam", "NAdam"])
 def test_absolute_decay_with_l2_decay_is_a_value_error(name):
     """Adam and RAdam add their weight decay to the gradient unless decoupled_weight_decay:
     absolute decay would have no meaning there, so it is refused rather than ignored."""
@@ -204,7 +204,7 @@ def test_absolute_decay_with_l2_decay_is_a_value_error(name):
     getattr(fusedopt, name)(_params(), decoupled_weight_decay=True, weight_decay_mode="absolute")
 
 
-@pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Rprop"])
+@pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Rprop", "ASGD"])
 def test_optimizers_with_l2_decay_take_no_weight_decay_mode(name):
     """No keyword where the decay is L2 (Python's TypeError names it); a param group asking
     for absolute decay (or a mode that does not exist) is a ValueError, not ignored."""

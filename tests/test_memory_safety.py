@@ -13,6 +13,8 @@ OPTIMIZERS = {
     "SGD": lambda ps, b: fusedopt.SGD(ps, lr=0.1, momentum=0.9, backend=b),
     "Adam": lambda ps, b: fusedopt.Adam(ps, lr=0.1, backend=b),
     "RMSprop": lambda ps, b: fusedopt.RMSprop(ps, lr=0.1, centered=True, backend=b),
+    "ASGD": lambda ps, b: fusedopt.ASGD(ps, lr=0.1, t0=0.0, backend=b),  # per-param scalars eta, mu
+    "NAdam": lambda ps, b: fusedopt.NAdam(ps, lr=0.1, backend=b),  # per-param scalar mu_product
 }
 
 
@@ -78,6 +80,30 @@ def test_state_storage_freed_in_place_raises(key, backend):
     with pytest.raises(RuntimeError, match="storage"):
         opt.step()
     assert_untouched(opt, [p], before)
+
+
+@pytest.mark.parametrize("name, key", [("ASGD", "eta"), ("ASGD", "mu"), ("NAdam", "mu_product")])
+def test_scalar_state_storage_freed_in_place_raises(name, key, backend):
+    """A per-param scalar state is written through the table like the step counter: its
+    storage freed under the same tensor object is noticed before any kernel runs."""
+    p, opt = started(name, backend, shape=(1000,))
+    before = snapshot(opt, [p])
+    opt.state[p][key].untyped_storage().resize_(0)
+    with pytest.raises(RuntimeError, match="storage"):
+        opt.step()
+    assert_untouched(opt, [p], before)
+
+
+@pytest.mark.parametrize("name, key", [("ASGD", "eta"), ("NAdam", "mu_product")])
+def test_scalar_state_of_several_numbers_raises(name, key, backend):
+    """A scalar state replaced by a tensor of several elements is refused by name (one
+    number is taken, of any dtype or device, as torch's checkpoints hold it)."""
+    p, opt = started(name, backend, shape=(1000,))
+    before = snapshot(opt, [p])
+    opt.state[p][key] = torch.ones(3)
+    with pytest.raises(RuntimeError, match=f"state '{key}' of a param must hold one number"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0][0])
 
 
 def test_param_storage_smaller_than_its_shape_raises(backend):

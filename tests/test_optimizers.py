@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fusedopt
-from _compare import (ALL_CASES, DTYPE_IDS, LR, KingmaBaAdam, assert_low_precision_ok, assert_params_close, assert_same_state, expected_run, gradients, initial_values, max_error, run)
+from _compare import (ALL_CASES, SCALAR_STATE_KEYS, DTYPE_IDS, LR, KingmaBaAdam, assert_low_precision_ok, assert_params_close, assert_same_state, expected_run, gradients, initial_values, max_error, run)
 
 EXACT_DTYPES = [torch.float64, torch.float32]
 LOW_DTYPES = [torch.bfloat16, torch.float16]
@@ -33,7 +33,7 @@ def test_low_precision_error_at_most_twice_torchs(case, dtype, backend):
     for p in params:
         assert p.dtype == dtype and torch.isfinite(p).all()
         for key, value in opt.state[p].items():
-            assert value.dtype == (torch.float32 if key == "step" else dtype), key
+            assert value.dtype == (torch.float32 if key == "step" or key in SCALAR_STATE_KEYS else dtype), key
     assert_low_precision_ok(max_error(params, truth), max_error(torch_params, torch_truth), dtype, case.id)
 
 
@@ -78,7 +78,7 @@ def test_state_layout(case, backend):
     # Each state tensor is a buffer of its own (no aliasing of each other or of the param).
     for p in params:
         if p.numel():
-            tensors = [p] + [t for k, t in opt.state.get(p, {}).items() if k != "step"]
+            tensors = [p] + [t for k, t in opt.state.get(p, {}).items() if k != "step" and k not in SCALAR_STATE_KEYS]
             assert len({t.data_ptr() for t in tensors}) == len(tensors)
 
 

@@ -577,12 +577,15 @@ from fusedopt.backends.triton import _kernel
 kernel = _kernel.multi_tensor_kernel
 FLOAT_POINTERS = {"grad_scale_ptr", "found_inf_ptr", "clip_coef_ptr"}
 DEFAULTS = dict(COMPUTE=tl.float32, MASTER=False, GRAD_SCALE=False, FOUND_INF=False, CLIP_COEF=False,
-                CLIP_VALUE=False, LR_TENSOR=False, ALIGNED=True, BLOCK=1024, CHUNK=16384)
+                CLIP_VALUE=False, LR_TENSOR=False, ALIGNED=True, BLOCK=1024, CHUNK=16384, NUM_SCALARS=0)
 HYPER = {
     "adam": dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
                  decoupled_weight_decay=False, optimized_update=False, absolute_weight_decay=False),
     "sgd": dict(momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False),
     "rmsprop": dict(alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False),
+    "asgd": dict(lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False),
+    "nadam": dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+                  decoupled_weight_decay=False, maximize=False, absolute_weight_decay=False),
 }
 
 def ptx(kind, num_states, hyper=(), **constexprs):
@@ -597,6 +600,22 @@ def ptx(kind, num_states, hyper=(), **constexprs):
                  for name in kernel.arg_names}
     compiled = triton.compile(ASTSource(kernel, signature=signature, constexprs=constexprs),
                               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, enable_fp_fusion=False))
+    return compiled.asm["ptx"]
+
+def scalar_state_ptx(kind, num_states, num_scalars, **constexprs):
+    # The launch that stores each tensor's next scalar states (ASGD's eta and mu).
+    module = backend.kind_module(kind)
+    scalars, options = module.arguments(UpdateConfig(hyper=HYPER[kind], lr=0.1))
+    advance = _kernel.scalar_state_kernel
+    constexprs = dict(ADVANCE=module.advance_scalars, SLOT=backend._slots(type(scalars)), OPTIONS=options,
+                      NUM_STATES=num_states, MASTER=False, NUM_SCALARS=num_scalars, FOUND_INF=True, LR_TENSOR=True,
+                      **constexprs)
+    signature = {name: "constexpr" if name in constexprs else "*fp32" if name == "found_inf_ptr"
+                 else "*fp64" if name == "lr_ptr" else "*i64" if name.endswith("_ptr") else "i32" if name == "n"
+                 else "fp64"
+                 for name in advance.arg_names}
+    compiled = triton.compile(ASTSource(advance, signature=signature, constexprs=constexprs),
+                              target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1, enable_fp_fusion=False))
     return compiled.asm["ptx"]
 
 amp = dict(GRAD_SCALE=True, FOUND_INF=True, CLIP_COEF=True)
@@ -614,6 +633,12 @@ kernels = {
                       LR_TENSOR=True, **amp),
     "rmsprop-master": ptx("rmsprop", 3, dict(centered=True, momentum=0.9), DTYPE=tl.bfloat16, STATE=tl.float32,
                           MASTER=True, LR_TENSOR=True, **amp),
+    # kinds whose coefficients read per-tensor scalar states (rows after the states and master copy)
+    "asgd": ptx("asgd", 1, dict(weight_decay=0.1), DTYPE=tl.float32, NUM_SCALARS=2),
+    "nadam-master": ptx("nadam", 2, dict(weight_decay=0.1), DTYPE=tl.bfloat16, STATE=tl.float32, MASTER=True,
+                        LR_TENSOR=True, NUM_SCALARS=1, **amp),
+    "asgd-scalars": scalar_state_ptx("asgd", 1, 2),
+    "nadam-scalars": scalar_state_ptx("nadam", 2, 1),
 }
 for name, text in kernels.items():
     found = sorted(set(re.findall(r"(?:ld|st)\.global\.v4\.b32|div\.rn\.f32|fma\.rn\.f32|sqrt\.approx", text)))
@@ -641,5 +666,7 @@ def test_kernels_compile_for_h100():
     assert found["adam-f64"] == set()
     # Master weights and the grad transform keep the vector accesses (the bf16/fp16 params
     # and grads included); dividing by GradScaler's scale is IEEE division.
-    for name in ("adam-master", "sgd-master", "rmsprop-master"):
+    for name in ("adam-master", "sgd-master", "rmsprop-master", "nadam-master"):
         assert found[name] == vectors | {"div.rn.f32"}, name
+    assert found["asgd"] == vectors  # no division in ASGD's element update
+    assert found["asgd-scalars"] == found["nadam-scalars"] == set()  # float64 math, no float32 fma

@@ -84,4 +84,21 @@ std::vector<Coefficients> advance_steps(const TensorTable& table, Make&& make) {
   return out;
 }
 
+// For kinds with scalar states (ASGD's eta, NAdam's mu_product): increments each tensor's
+// step counter and returns its coefficients, make(step, scalars) reading and advancing the
+// tensor's kScalarStates scalars (rows from `first_row`), once per tensor: they differ per
+// tensor, so nothing is shared between tensors.
+template <typename Coefficients, int kScalarStates, typename Make>
+std::vector<Coefficients> advance_steps_and_scalars(const TensorTable& table, int64_t first_row, Make&& make) {
+  std::vector<Coefficients> out(table.n);
+  for (int64_t i = 0; i < table.n; ++i) {
+    float* step = table.ptr<float>(kStepRow, i);
+    *step += 1.0f;
+    float* scalars[kScalarStates];
+    for (int j = 0; j < kScalarStates; ++j) scalars[j] = table.ptr<float>(first_row + j, i);
+    out[i] = make(double(*step), static_cast<float* const*>(scalars));
+  }
+  return out;
+}
+
 }  // namespace fusedopt::cpu

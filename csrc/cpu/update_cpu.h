@@ -69,6 +69,8 @@ template <typename Kind>
 void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config, int threads) {
   static_assert(Kind::kStates <= kMaxStates, "more states than the loop has parameters for");
   static_assert(!Kind::kStepDependent || Kind::kStepCounter, "step-dependent coefficients need a step counter");
+  static_assert(Kind::kScalarStates <= kMaxScalarStates, "more scalar states than kMaxScalarStates");
+  static_assert(Kind::kScalarStates == 0 || Kind::kStepDependent, "scalar states are advanced per tensor");
   const UpdateOptions& options = config.options;
   if (step_skipped(options.grad_transform)) return;
   const uint32_t active = Kind::active_states(config.hyper);
@@ -80,7 +82,11 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
     using Prepared = Scalars<Kind, T>;
     std::vector<Prepared> per_tensor;
     Prepared shared{};
-    if constexpr (Kind::kStepDependent) {
+    if constexpr (Kind::kScalarStates > 0) {
+      const int64_t first_row = scalar_state_row(state_count(active), !std::is_same_v<S, SS>);
+      per_tensor = advance_steps_and_scalars<Prepared, Kind::kScalarStates>(
+          table, first_row, [&](double step, float* const* states) { return scalars<Kind, T>(config, step, states); });
+    } else if constexpr (Kind::kStepDependent) {
       per_tensor = advance_steps<Prepared>(table, [&](double step) { return scalars<Kind, T>(config, step); });
     } else {
       if constexpr (Kind::kStepCounter)

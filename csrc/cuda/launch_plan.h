@@ -168,6 +168,9 @@ static_assert(sizeof(MultiTensorArgs<kLargeParameterLimit>) + kOpParameterBytes 
 // advances, where it writes the coefficients of those tensors (the Prepared record of
 // counters[0], the next ones kPreparedBytes apart; null when they are launch-wide) and the
 // launch-wide record thread 0 writes (null when there is none, or another launch writes it).
+// With scalar states (Kind::kScalarStates = K) each tensor has 1 + K pointers: its counter,
+// then its scalar states, so counters[i * (1 + K) + j] and a launch carries kCapacity / (1 + K)
+// tensors.
 template <int64_t kParameterLimit>
 struct PrologueArgs {
   static constexpr int64_t kLimit = kParameterLimit;

@@ -17,7 +17,8 @@
 //   using Coefficients = <what the update needs: Scalars<Kind, T>>;
 //   static constexpr int kSlots = <most addresses a tensor's record carries>;
 //   static constexpr int kMinBlocks = <the update kernel's launch bound: Kind::min_blocks>;
-//   __device__ Coefficients coefficients(double step) const;       // in the prologue
+//   static constexpr int kScalarStates = <per-tensor float32 scalars the prologue advances>;
+//   __device__ Coefficients coefficients(double step, float* const* scalars) const;  // in the prologue
 //   __device__ const Prepared<Coefficients>& prepared(const TensorChunk<kSlots>&) const;
 //   __device__ void operator()(const TensorChunk<kSlots>&, const Coefficients&) const;
 // and a member `config` whose options.grad_transform says whether the step is skipped.
@@ -101,26 +102,35 @@ __global__ void __launch_bounds__(kThreadsPerBlock, Op::kMinBlocks)
 
 constexpr int kPrologueThreadsPerBlock = 128;
 
+// A skipped step computes nothing: the tensor's scalar states, like its counter, stay.
 template <typename Op>
-__device__ __forceinline__ void prepare(void* record, const Op& op, bool skip, double step) {
+__device__ __forceinline__ void prepare(void* record, const Op& op, bool skip, double step, float* const* scalars) {
   auto* out = static_cast<Prepared<typename Op::Coefficients>*>(record);
   out->skip = skip;
-  if (!skip) out->coefficients = op.coefficients(step);
+  if (!skip) out->coefficients = op.coefficients(step, scalars);
 }
 
-// Thread i advances counters[i] (unless the step is skipped) and, when the launch has
-// per-tensor records, writes that tensor's; thread 0 writes the launch-wide record.
+// Pointers per tensor in PrologueArgs::counters: the step counter, then the scalar states.
+template <typename Op>
+constexpr int kProloguePointers = 1 + Op::kScalarStates;
+
+// Thread i advances tensor i's counter (unless the step is skipped) and, when the launch has
+// per-tensor records, writes that tensor's, advancing its scalar states (the only thread
+// that touches them: the update kernel reads only the record); thread 0 writes the
+// launch-wide record.
 template <typename Op, int64_t kParameterLimit>
 __global__ void __launch_bounds__(kPrologueThreadsPerBlock)
     prologue_kernel(const __grid_constant__ PrologueArgs<kParameterLimit> args, const __grid_constant__ Op op) {
   const int i = int(blockIdx.x) * kPrologueThreadsPerBlock + int(threadIdx.x);
   const bool skip = step_skipped(op.config.options.grad_transform);
-  if (i == 0 && args.shared != nullptr) prepare(args.shared, op, skip, 0.0);
+  if (i == 0 && args.shared != nullptr) prepare(args.shared, op, skip, 0.0, nullptr);
   if (i >= args.count) return;
-  float* step = args.counters[i];
+  float* const* pointers = args.counters + int64_t(i) * kProloguePointers<Op>;
+  float* step = pointers[0];
   if (!skip) *step += 1.0f;
   if (args.per_tensor != nullptr)
-    prepare(static_cast<char*>(args.per_tensor) + int64_t(i) * kWorkspaceBytesPerTensor, op, skip, double(*step));
+    prepare(static_cast<char*>(args.per_tensor) + int64_t(i) * kWorkspaceBytesPerTensor, op, skip, double(*step),
+            pointers + 1);
 }
 
 // What the prologue does for one call.
@@ -128,19 +138,25 @@ struct PrologueWork {
   bool advance_steps;  // Adam, RMSprop: every tensor's counter (empty tensors' too: torch advances them)
   bool per_tensor;     // Adam: a record per tensor, from its advanced counter
   bool shared;         // a launch-wide record
+  int64_t scalar_row = 0;  // the first scalar-state row of the table (kinds with kScalarStates)
 };
 
 template <typename Op, int64_t kParameterLimit>
 void prologue_with(const TensorTable& table, const Op& op, const PrologueWork& work, const WorkspaceRecords& records,
                    const OpCall& call) {
   using Args = PrologueArgs<kParameterLimit>;
+  constexpr int kPointers = kProloguePointers<Op>;
+  constexpr int64_t kTensors = Args::kCapacity / kPointers;  // tensors one launch carries
   const int64_t columns = work.advance_steps ? table.n : 0;
-  for (int64_t first = 0; first == 0 || first < columns; first += Args::kCapacity) {
-    Args args;  // only counters[0 .. count) is meaningful
-    args.count = int32_t(columns - first < Args::kCapacity ? columns - first : Args::kCapacity);
+  for (int64_t first = 0; first == 0 || first < columns; first += kTensors) {
+    Args args;  // only counters[0 .. count * kPointers) is meaningful
+    args.count = int32_t(columns - first < kTensors ? columns - first : kTensors);
     args.per_tensor = work.per_tensor ? records.tensor(first) : nullptr;
     args.shared = work.shared && first == 0 ? records.shared() : nullptr;
-    for (int32_t i = 0; i < args.count; ++i) args.counters[i] = table.ptr<float>(kStepRow, first + i);
+    for (int32_t i = 0; i < args.count; ++i) {
+      args.counters[i * kPointers] = table.ptr<float>(kStepRow, first + i);
+      for (int j = 1; j < kPointers; ++j) args.counters[i * kPointers + j] = table.ptr<float>(work.scalar_row + j - 1, first + i);
+    }
     const int threads = args.count > 0 ? args.count : 1;
     const unsigned blocks = unsigned((threads + kPrologueThreadsPerBlock - 1) / kPrologueThreadsPerBlock);
     prologue_kernel<Op, kParameterLimit><<<blocks, kPrologueThreadsPerBlock, 0, call.stream()>>>(args, op);
@@ -158,7 +174,7 @@ void run_prologue(const TensorTable& table, const Op& op, const PrologueWork& wo
                 "a coefficient record outgrows its share of the workspace");
 #if FUSEDOPT_LARGE_PARAMETER_BLOCKS
   if (call.large_parameter_blocks() && work.advance_steps &&
-      table.n > PrologueArgs<kClassicParameterLimit>::kCapacity) {
+      table.n > PrologueArgs<kClassicParameterLimit>::kCapacity / kProloguePointers<Op>) {
     prologue_with<Op, kLargeParameterLimit>(table, op, work, records, call);
     return;
   }

@@ -41,6 +41,7 @@ struct UpdateChunkOp {
   using Coefficients = Scalars<Kind, T>;
   static constexpr bool kMasterWeights = !std::is_same_v<S, SS>;
   static constexpr bool kPerTensorRecord = Kind::kStepDependent;
+  static constexpr int kScalarStates = Kind::kScalarStates;
   // Record slots: param, grad, the tensor's coefficient record (kPerTensorRecord), the
   // active states in table order, then the float32 master copy with master weights.
   static constexpr int kParamSlot = 0, kGradSlot = 1, kStateSlot = 2 + int(kPerTensorRecord);
@@ -53,7 +54,11 @@ struct UpdateChunkOp {
   UpdateConfig<Kind> config;
   SharedPrepared<Coefficients> shared;
 
-  __device__ __forceinline__ Coefficients coefficients(double step) const { return scalars<Kind, T>(config, step); }
+  // In the prologue, by the one thread of this tensor (or of the launch-wide record, with no
+  // scalar states): `scalar_states` are the tensor's Kind::kScalarStates scalars.
+  __device__ __forceinline__ Coefficients coefficients(double step, float* const* scalar_states) const {
+    return scalars<Kind, T>(config, step, scalar_states);
+  }
 
   __device__ __forceinline__ const Prepared<Coefficients>& prepared(const TensorChunk<kSlots>& tensor) const {
     if constexpr (kPerTensorRecord) return *static_cast<const Prepared<Coefficients>*>(tensor.address[2]);
@@ -111,15 +116,17 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
             const LaunchResources& resources, int device, uintptr_t stream) {
   static_assert(Kind::kStates <= kMaxStates, "more states than a record has slots for");
   static_assert(!Kind::kStepDependent || Kind::kStepCounter, "step-dependent coefficients need a step counter");
+  static_assert(Kind::kScalarStates <= kMaxScalarStates, "more scalar states than kMaxScalarStates");
+  static_assert(Kind::kScalarStates == 0 || Kind::kStepDependent, "scalar states are advanced per tensor");
   if (table.n == 0) return;
   const UpdateOptions& options = config.options;
-  const PrologueWork work{Kind::kStepCounter, Kind::kStepDependent,
-                          !Kind::kStepDependent && (Kind::kStepCounter || reads_device_values(options))};
-  const bool prologue = work.advance_steps || work.per_tensor || work.shared;
-  const WorkspaceRecords records = prologue ? workspace_records(name, table, resources) : WorkspaceRecords{0};
   const uint32_t active = Kind::active_states(config.hyper);
   if (!is_variant<Kind>(active))
     throw std::invalid_argument(std::string("fusedopt cuda ") + name + ": these options select states no variant has");
+  PrologueWork work{Kind::kStepCounter, Kind::kStepDependent,
+                    !Kind::kStepDependent && (Kind::kStepCounter || reads_device_values(options))};
+  const bool prologue = work.advance_steps || work.per_tensor || work.shared;
+  const WorkspaceRecords records = prologue ? workspace_records(name, table, resources) : WorkspaceRecords{0};
   run_for_storage(name, dtype, options.master_weights, device, stream, [&](auto param, auto state, const OpCall& call) {
     using Op = UpdateChunkOp<Kind, decltype(param), decltype(state)>;
     using T = typename Op::T;
@@ -136,6 +143,7 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
     const int states = state_count(active);
     for (int s = 0; s < states; ++s) slots[addresses++] = kStateRow + s;
     if (Op::kMasterWeights) slots[addresses++] = kStateRow + states;
+    work.scalar_row = scalar_state_row(states, Op::kMasterWeights);  // after the master copy, if any
     if (prologue) run_prologue(table, op, work, records, call);
     multi_tensor_apply(table, slots, addresses, op, records, resources.chunk_bytes, call);
   });

@@ -60,12 +60,13 @@ class NativeKinds:
 
     def for_batch(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> Any:
         """hyper(kind, config.hyper), after checking that the batch's table has exactly the
-        state rows the native kind reads for these options (plus the master copy): the kernels
+        state rows the native kind reads for these options (plus the master copy and its scalar
+        states): the kernels
         index rows by that count, so a spec whose state keys disagreed with its header would
         read addresses past the table."""
         hyper = self.hyper(kind, config.hyper)
         rows = len(batch.table) // len(batch) - FIRST_STATE_ROW if len(batch) else 0
-        expected = hyper.states() + bool(config.master_weights)
+        expected = hyper.states() + bool(config.master_weights) + type(hyper).scalar_states
         if len(batch) and rows != expected:
             raise RuntimeError(f"optimizer {kind!r}: the batch carries {rows} state rows but the native kernels "
                                f"read {expected} for these options; its spec's state_keys and "

@@ -121,8 +121,9 @@ class Traffic:
     """The least one element's update must move: each tensor it reads read once, each
     tensor it writes written once, as (tensor name, bytes per element).
 
-    The per-tensor step counter (one float32 read and written per param tensor, not per
-    element) is `bytes_per_tensor`; GB/s counts only the per-element bytes.
+    The per-tensor step counter and scalar states (ASGD's eta and mu: each one float32 read
+    and written per param tensor, not per element) are `bytes_per_tensor`; GB/s counts only
+    the per-element bytes.
     """
 
     reads: Tuple[Tuple[str, int], ...]
@@ -168,7 +169,8 @@ def traffic(case: OptimizerCase, dtype: torch.dtype, master_weights: bool = Fals
     states = tuple((key, state_size) for key in bucket_state_keys(spec, case.spec_hyper, master))
     reads = (() if master else (("param", param_size),)) + (("grad", param_size),) + states
     writes = (("param", param_size),) + ((("grad", param_size),) if grad_scaler else ()) + states
-    return Traffic(reads, writes, 2 * _itemsize(STEP_DTYPE) if spec.step_counter else 0)
+    per_tensor = (int(spec.step_counter) + len(spec.scalar_states)) * 2 * _itemsize(STEP_DTYPE)  # read + written
+    return Traffic(reads, writes, per_tensor)
 
 
 def uses_master(dtype: torch.dtype) -> bool:

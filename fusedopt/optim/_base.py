@@ -217,17 +217,24 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _init_state(self, group: dict, dtype: torch.dtype, hyper: dict) -> Callable[[torch.Tensor, dict], None]:
         """A function filling a param's missing state entries (lazy initialisation): torch's
-        float32 step counter (kept beside the param, so GPU kernels read it without a
-        sync), every state tensor (zeros, or the spec's initial value), and the fp32 master
+        float32 step counter and scalar states (kept beside the param, so GPU kernels read
+        them without a sync), every state tensor (zeros, or the spec's initial value), and the fp32 master
         copy of a 16-bit param."""
         keys = self.spec.state_keys(hyper)
         with_step = self.has_step_counter
         state_dtype = torch.float32 if self._uses_master(group, dtype) else None
         fills = {key: group[source] for key, source in self.spec.initial_values}
+        # torch.optim's per-param scalars (ASGD's eta starts at the group's lr, its mu at 1):
+        # float32, beside the param; a tensor lr is read only when such state is created.
+        scalars = self.spec.scalar_states
 
         def init(p: torch.Tensor, state: dict) -> None:
             if with_step:
                 state.setdefault("step", torch.tensor(0.0, dtype=torch.float32, device=p.device))
+            for key, start in scalars:
+                if key not in state:
+                    value = float(group[start]) if isinstance(start, str) else float(start)
+                    state[key] = torch.tensor(value, dtype=torch.float32, device=p.device)
             for key in keys:
                 if key not in state:
                     value = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
@@ -248,6 +255,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     batch, fresh = bucket.batch(
                         self.state, self._bucket_state_keys(group, bucket.dtype, hyper), self.has_step_counter,
                         self._init_state(group, bucket.dtype, hyper), torch.float32 if master else None,
+                        scalar_keys=self.spec.scalar_state_keys(),
                     )
                     if batch is not None:
                         prepared.append((bucket, batch, fresh))

@@ -41,7 +41,8 @@ def update_(
     clip_value: Optional[float] = None,
 ) -> None:
     """One optimizer step over `params` (all with grads). `states` holds one row of
-    len(params) tensors per name in the comma-separated `state_keys`, flattened; `steps`
+    len(params) tensors per name in the comma-separated `state_keys` (the kind's state
+    tensors, the master copy, then its scalar states such as ASGD's eta), flattened; `steps`
     holds a float32 step counter per param for Adam and RMSprop and is empty for SGD.
     `field_names` (comma-separated) names `field_values`: `lr` and the kind's hyper-parameters
     (its OptimizerSpec's), in any order. clip_value: clip_grad_value's bound (None: no clamp),
@@ -51,6 +52,8 @@ def update_(
     RuntimeError (a tensor that cannot serve), never reaches native code."""
     spec, keys, hyper, lr = _checked_arguments(kind, params, grads, steps, states, state_keys, field_names, field_values,
                                       master_weights, backend)
+    scalar_keys = spec.scalar_state_keys()
+    tensor_keys = keys[:len(keys) - len(scalar_keys)]
     n = len(params)
     grad_of = {id(p): g for p, g in zip(params, grads)}
     views: Dict[torch.Tensor, dict] = {}
@@ -63,8 +66,8 @@ def update_(
     for bucket in split_into_buckets(params, f"fusedopt::{kind}", strict=True):  # all checked before any runs
         transform.check(bucket.device)
         batch, _ = bucket.batch(
-            views, keys, bool(steps), _no_initialisation,
-            torch.float32 if master_weights else None, [grad_of[id(p)] for p in bucket.params],
+            views, tensor_keys, bool(steps), _no_initialisation,
+            torch.float32 if master_weights else None, [grad_of[id(p)] for p in bucket.params], scalar_keys,
         )
         prepared.append((bucket, batch))
     for bucket, batch in prepared:
@@ -100,7 +103,7 @@ def _checked_arguments(kind, params, grads, steps, states, state_keys, field_nam
     hyper = spec.coerce(values)
     if master_weights and any(p.dtype not in LOW_PRECISION for p in params):
         raise ValueError(f"{where}: master_weights applies to float16 and bfloat16 params only")
-    expected_keys = bucket_state_keys(spec, hyper, master_weights)
+    expected_keys = (*bucket_state_keys(spec, hyper, master_weights), *spec.scalar_state_keys())
     keys = tuple(state_keys.split(",")) if state_keys else ()
     if keys != expected_keys:
         raise ValueError(f"{where}: state_keys must be {','.join(expected_keys)!r} for {kind} with these options, "
@@ -161,7 +164,7 @@ def compiled_step(optimizer) -> None:
         for dtype in {p.dtype for p in params}:
             selected = [p for p in params if p.dtype == dtype]
             master = optimizer._uses_master(group, dtype)
-            keys = list(optimizer._bucket_state_keys(group, dtype, hyper))
+            keys = [*optimizer._bucket_state_keys(group, dtype, hyper), *optimizer.spec.scalar_state_keys()]
             init = optimizer._init_state(group, dtype, hyper)
             fresh, seasoned = split_fresh(selected, optimizer.state, keys, optimizer.spec.step_counter, init)
             if not optimizer.spec.first_step_rule:

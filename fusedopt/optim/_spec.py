@@ -12,7 +12,12 @@ FusedOptimizer subclass whose `spec` names:
 - `state_keys(hyper)`: its state tensors in table order for given options, each starting
   in the param's layout as zeros, or filled with a group value (`initial_values`:
   Adagrad's `sum` starts at `initial_accumulator_value`, Rprop's `step_size` at `lr`);
-- whether it keeps a float32 step counter, and whether new state follows a first-step rule.
+- whether it keeps a float32 step counter, and whether new state follows a first-step rule;
+- `scalar_states`: its per-param scalar states besides the step (ASGD's `eta` and `mu`,
+  NAdam's `mu_product`), each a 0-dim float32 tensor beside the param, as torch.optim keeps
+  them, starting at a group value (a group key) or a number. Like the step counter they
+  are read and written once per tensor per step where its coefficients are computed
+  (csrc/include/fusedopt/optimizer.h's kScalarStates), never by the element loops.
 
 Registering happens when the class is defined (FusedOptimizer.__init_subclass__); the
 optimizer modules are imported by fusedopt.optim, so `spec(kind)` and `registered()` see
@@ -21,7 +26,7 @@ every optimizer once fusedopt is imported.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Tuple, Type
+from typing import Any, Callable, Dict, Mapping, Tuple, Type, Union
 
 FLOAT, BOOL = float, bool
 
@@ -34,6 +39,11 @@ class OptimizerSpec:
     step_counter: bool = True  # keeps a float32 state['step'] the kernels advance
     first_step_rule: bool = False  # new state depends on the first grad (SGD's buf = grad)
     initial_values: Tuple[Tuple[str, str], ...] = ()  # (state key, group key whose value fills it); else zeros
+    # (key, group key or number it starts at): per-param float32 scalars, in table order
+    scalar_states: Tuple[Tuple[str, Union[str, float]], ...] = ()
+
+    def scalar_state_keys(self) -> Tuple[str, ...]:
+        return tuple(key for key, _ in self.scalar_states)
 
     def hyper_names(self) -> Tuple[str, ...]:
         return tuple(name for name, _ in self.hyperparameters)

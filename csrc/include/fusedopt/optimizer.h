@@ -21,6 +21,20 @@
 //   static constexpr bool kReadsStateOnFirstStep;   false: on UpdateOptions::first_step the
 //                                                active states are written, never read (SGD;
 //                                                default true)
+//   static constexpr int kScalarStates;          per-tensor float32 scalar states besides the step
+//                                                counter (ASGD's eta and mu, NAdam's mu_product;
+//                                                at most kMaxScalarStates; default 0). Such a kind
+//                                                is step dependent, and its coefficients() takes
+//                                                a fourth argument, `float* const* scalars`:
+//                                                scalars[j] points to the tensor's j-th scalar
+//                                                state (table rows after the states and master
+//                                                copy, tensor_table.h), holding the value the
+//                                                previous step stored; coefficients() reads it and
+//                                                stores the new one. It is called exactly once
+//                                                per tensor per step that is not skipped (the CPU
+//                                                host loop, the CUDA prologue's thread for that
+//                                                tensor), never by the element loops, so no two
+//                                                threads touch a scalar state.
 //   template <typename S, typename SS> static constexpr int min_blocks();   CUDA launch bound
 //                                                (blocks per multiprocessor) per storage types
 //                                                (default: default_min_blocks<S>())
@@ -49,6 +63,8 @@ namespace fusedopt {
 // Most state tensors an optimizer may keep (the CUDA records carry param, grad, a coefficient
 // record, these and the master copy: launch_plan.h's kMaxAddresses).
 constexpr int kMaxStates = 4;
+// Most per-tensor scalar states (kScalarStates) an optimizer may keep.
+constexpr int kMaxScalarStates = 2;
 
 // What every optimizer's call has besides its own hyper-parameters (fusedopt/_layout.py's
 // UpdateConfig): the learning rate, given as a number or read from a float64 in memory
@@ -126,10 +142,14 @@ struct Scalars {
   GradFactors<T> grad;
 };
 
+// `scalar_states`: the tensor's scalar states (Kind::kScalarStates of them, read and
+// advanced here), null for kinds without.
 template <typename Kind, typename T>
-FUSEDOPT_HD Scalars<Kind, T> scalars(const UpdateConfig<Kind>& c, double step) {
+FUSEDOPT_HD Scalars<Kind, T> scalars(const UpdateConfig<Kind>& c, double step, float* const* scalar_states = nullptr) {
   Scalars<Kind, T> s;
-  s.k = Kind::template coefficients<T>(c.hyper, learning_rate(c.options.lr_tensor, c.options.lr), step);
+  const double lr = learning_rate(c.options.lr_tensor, c.options.lr);
+  if constexpr (Kind::kScalarStates > 0) s.k = Kind::template coefficients<T>(c.hyper, lr, step, scalar_states);
+  else s.k = Kind::template coefficients<T>(c.hyper, lr, step);
   s.grad = grad_factors<T>(c.options.grad_transform);
   return s;
 }
@@ -160,6 +180,7 @@ struct OptimizerDefaults {
   template <typename Hyper> static constexpr uint32_t active_states(const Hyper&) { return kAllStates; }
   static constexpr bool kStepCounter = false;
   static constexpr bool kStepDependent = false;
+  static constexpr int kScalarStates = 0;
   static constexpr bool kReadsStateOnFirstStep = true;
   template <typename S, typename SS> static constexpr int min_blocks() { return default_min_blocks<S>(); }
 };

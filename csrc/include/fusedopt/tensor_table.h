@@ -16,7 +16,15 @@ enum TableRow : int64_t {
   kGradRow = 2,
   kStepRow = 3,   // float32 scalar step counter of the param (0 where the optimizer has none)
   kStateRow = 4,  // first state tensor; the optimizer fixes the order of the rest
+  // Then, after the active states: the float32 master copy (master weights only), then one
+  // row per scalar state (Kind::kScalarStates: float32 scalars such as ASGD's eta, read and
+  // written only where the tensor's coefficients are computed; fusedopt/_layout.py).
 };
+
+// The first scalar-state row of a table with `states` active state rows.
+FUSEDOPT_HD constexpr int64_t scalar_state_row(int states, bool master_copy) {
+  return kStateRow + states + (master_copy ? 1 : 0);
+}
 
 struct TensorTable {
   const int64_t* data;

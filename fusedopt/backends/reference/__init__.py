@@ -12,8 +12,12 @@ fusedopt/backends/reference/<kind>.py:
 
 `param` and `states` (the spec's state tensors for these options, in table order) are
 updated in place, in the math type; `grad` is the transformed gradient (unscaled, clipped
-by norm, clamped by value: GradTransform's order; do not modify it in place); `step` is the advanced step counter as a float (None without one); `config`
+by norm, clamped by value: GradTransform's order; do not modify it in place); `step` is
+the advanced step counter as a float (None without one); `config`
 is the UpdateConfig (`config.lr`, `config.first_step`, hyper-parameters by name).
+A kind with scalar states (OptimizerSpec.scalar_states: ASGD's eta and mu) takes them as a
+sixth argument, `scalars`: that param's 0-dim float32 tensors in spec order, which it
+reads and updates in place, once per step.
 """
 from __future__ import annotations
 
@@ -72,7 +76,10 @@ class ReferenceBackend(Backend):
                 grad = grad * clip.to(grad.dtype)
             if bound is not None:  # clip_grad_value, after the norm's coefficient (GradTransform)
                 grad = grad.clamp(-bound, bound)
-            update(values[0], grad, values[1:], step, config)
+            if batch.scalars:
+                update(values[0], grad, values[1:], step, config, [s[i] for s in batch.scalars])
+            else:
+                update(values[0], grad, values[1:], step, config)
             for target, value in zip(targets, values):
                 if value is not target:
                     target.copy_(value)

@@ -25,6 +25,20 @@ use (so a new optimizer adds one file here and edits nothing else). That module 
         they are stand-ins never to be dereferenced); it loads and stores its states
         (rounded with `_math.rounded(x, STATE)`) and returns the new param value.
 
+A kind with scalar states (OptimizerSpec.scalar_states: ASGD's eta and mu, NAdam's
+mu_product) also takes them in `coefficients`, as a seventh argument `scalars` (a pair of
+float32 values, as the previous step stored them; 0 past its count), and defines
+
+    @triton.jit advance_scalars(step, lr, hyper, scalars, SLOT: constexpr, OPTIONS: constexpr)
+        -> the pair of next values (float32), which `scalar_state_kernel` stores.
+
+Scalar states: every program of a tensor reads them (its coefficients need them), so none
+of those programs may write them. A second launch on the same stream, one program per
+tensor, stores the next values (`_kernel.scalar_state_kernel`): each tensor's scalars
+then have exactly one writer, which runs after every reader, as in the CUDA prologue. It
+stores nothing when found_inf skips the step. (The step counters are advanced before the
+update, see below, so both launches see this step's counter.)
+
 How many state tensors a batch has comes from its table (its rows after the fixed ones,
 less the master copy), which the optimizer's `state_keys(hyper)` made; the update knows
 from OPTIONS which of them are there.
@@ -183,6 +197,9 @@ def kind_module(kind: str) -> ModuleType:
         raise ValueError(f"the Triton backend has no update for optimizer kind {kind!r}: "
                          f"fusedopt/backends/triton/{kind}.py is missing") from None
     missing = [attr for attr in ("arguments", "coefficients", "update") if not hasattr(module, attr)]
+    from ...optim._spec import spec as _spec_of  # registered by fusedopt.optim (imported late)
+    if _spec_of(kind).scalar_states and not hasattr(module, "advance_scalars"):
+        missing.append("advance_scalars")
     if missing:
         raise TypeError(f"{name} must define {', '.join(missing)} (see fusedopt.backends.triton)")
     kernel_type = type(_kernel.multi_tensor_kernel)
@@ -300,24 +317,36 @@ def _launch(kind: str, tables: _DeviceTables, batch: TensorBatch, config: Update
     factors = (transform.grad_scale, transform.found_inf, transform.clip_coef, config.lr_tensor)
     dtype = _TRITON_DTYPES[batch.dtype]
     master = bool(config.master_weights) and batch.dtype in LOW_PRECISION  # as dispatch_storage in C++
-    num_states = tables.rows - FIRST_STATE_ROW - master
+    num_scalars = len(batch.scalars)
+    if num_scalars > 2:
+        raise ValueError(f"the Triton kernel hands a kind at most 2 scalar states; {kind!r} has {num_scalars}")
+    num_states = tables.rows - FIRST_STATE_ROW - master - num_scalars
     if not 0 <= num_states <= MAX_STATES:
         raise ValueError(f"the Triton kernel hands an update at most {MAX_STATES} state tensors; "
                          f"this batch of {kind!r} has {num_states}")
     hyper = tuple(map(float, scalars)) + (0.0,) * (MAX_SCALARS - len(scalars))
-    _kernel.multi_tensor_kernel[(tables.programs,)](
-        tables.table, tables.work, len(batch),
-        # An absent factor's pointer is never read (its flag below is off): any device tensor will do.
-        *(tables.table if t is None else t for t in factors),
-        float(config.lr), float(transform.clip_value or 0.0), *hyper,
-        COEFFICIENTS=module.coefficients, UPDATE=module.update, SLOT=_slots(type(scalars)), OPTIONS=options,
-        DTYPE=dtype, STATE=tl.float32 if master else dtype, COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32,
-        NUM_STATES=num_states, MASTER=master, COUNTER=batch.steps is not None, GRAD_SCALE=factors[0] is not None,
-        FOUND_INF=factors[1] is not None, CLIP_COEF=factors[2] is not None,
-        CLIP_VALUE=transform.clip_value is not None, LR_TENSOR=factors[3] is not None,
-        ALIGNED=tables.aligned, BLOCK=tables.block, CHUNK=tables.chunk, num_warps=tables.num_warps,
-        enable_fp_fusion=False,
-    )
+    if tables.programs:  # none when every tensor is empty (their scalar states still advance, below)
+        _kernel.multi_tensor_kernel[(tables.programs,)](
+            tables.table, tables.work, len(batch),
+            # An absent factor's pointer is never read (its flag below is off): any device tensor will do.
+            *(tables.table if t is None else t for t in factors),
+            float(config.lr), float(transform.clip_value or 0.0), *hyper,
+            COEFFICIENTS=module.coefficients, UPDATE=module.update, SLOT=_slots(type(scalars)), OPTIONS=options,
+            DTYPE=dtype, STATE=tl.float32 if master else dtype, COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32,
+            NUM_STATES=num_states, MASTER=master, COUNTER=batch.steps is not None, GRAD_SCALE=factors[0] is not None,
+            FOUND_INF=factors[1] is not None, CLIP_COEF=factors[2] is not None,
+            CLIP_VALUE=transform.clip_value is not None, LR_TENSOR=factors[3] is not None,
+            ALIGNED=tables.aligned, BLOCK=tables.block, CHUNK=tables.chunk, NUM_SCALARS=num_scalars,
+            num_warps=tables.num_warps, enable_fp_fusion=False,
+        )
+    if num_scalars:
+        _kernel.scalar_state_kernel[(len(batch),)](
+            tables.table, len(batch), tables.table if factors[1] is None else factors[1],
+            tables.table if factors[3] is None else factors[3], float(config.lr), *hyper,
+            ADVANCE=module.advance_scalars, SLOT=_slots(type(scalars)), OPTIONS=options, NUM_STATES=num_states,
+            MASTER=master, NUM_SCALARS=num_scalars, FOUND_INF=factors[1] is not None,
+            LR_TENSOR=factors[3] is not None, num_warps=1, enable_fp_fusion=False,
+        )
 
 
 def _advance_steps(steps: List[torch.Tensor], transform: GradTransform) -> None:
@@ -367,7 +396,7 @@ class TritonBackend(Backend):
         on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
         with on_device:
             tables = _device_tables(batch)
-            if tables.programs:  # none when every tensor is empty
+            if tables.programs or batch.scalars:  # nothing to do when every tensor is empty, but scalars
                 _launch(kind, tables, batch, config)
 
 

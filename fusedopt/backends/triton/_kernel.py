@@ -126,6 +126,48 @@ def _block(offsets, mask, param_ptr, master_ptr, grad_ptr, states, coefficients,
 
 
 @triton.jit
+def _scalar_states(table_ptr, n, column, NUM_STATES: tl.constexpr, MASTER: tl.constexpr,
+                   NUM_SCALARS: tl.constexpr):
+    """The tensor's scalar states (float32; rows after the states and the master copy) as
+    a pair, 0 past NUM_SCALARS."""
+    first = _STATE_ROW + NUM_STATES + MASTER
+    first_value = tl.full((), 0.0, tl.float32)
+    second_value = tl.full((), 0.0, tl.float32)
+    if NUM_SCALARS > 0:
+        first_value = tl.load(_row_pointer(table_ptr, n, first, column, tl.float32, False))
+    if NUM_SCALARS > 1:
+        second_value = tl.load(_row_pointer(table_ptr, n, first + 1, column, tl.float32, False))
+    return first_value, second_value
+
+
+@triton.jit
+def scalar_state_kernel(
+        table_ptr, n, found_inf_ptr, lr_ptr, lr: tl.float64,
+        h0: tl.float64, h1: tl.float64, h2: tl.float64, h3: tl.float64,
+        h4: tl.float64, h5: tl.float64, h6: tl.float64, h7: tl.float64,
+        ADVANCE: tl.constexpr, SLOT: tl.constexpr, OPTIONS: tl.constexpr, NUM_STATES: tl.constexpr,
+        MASTER: tl.constexpr, NUM_SCALARS: tl.constexpr, FOUND_INF: tl.constexpr, LR_TENSOR: tl.constexpr):
+    """One program per tensor, after the update kernel on the same stream: stores the
+    tensor's next scalar states (ADVANCE, the kind's `advance_scalars`) from the values the
+    update kernel read. The one writer of each tensor's scalars; nothing when found_inf."""
+    column = tl.program_id(0).to(tl.int64)
+    step = tl.load(_row_pointer(table_ptr, n, _STEP_ROW, column, tl.float32, False))
+    if LR_TENSOR:
+        lr = tl.load(lr_ptr)
+    else:
+        lr = tl.full((), lr, tl.float64)
+    scalars = _scalar_states(table_ptr, n, column, NUM_STATES, MASTER, NUM_SCALARS)
+    advanced = ADVANCE(step, lr, (h0, h1, h2, h3, h4, h5, h6, h7), scalars, SLOT, OPTIONS)
+    keep = tl.full((), 1, tl.int1)
+    if FOUND_INF:
+        keep = tl.load(found_inf_ptr) == 0.0
+    first = _STATE_ROW + NUM_STATES + MASTER
+    tl.store(_row_pointer(table_ptr, n, first, column, tl.float32, False), advanced[0], mask=keep)
+    if NUM_SCALARS > 1:
+        tl.store(_row_pointer(table_ptr, n, first + 1, column, tl.float32, False), advanced[1], mask=keep)
+
+
+@triton.jit
 def multi_tensor_kernel(
         table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef_ptr, lr_ptr, lr: tl.float64,
         clip_value: tl.float64,
@@ -135,7 +177,7 @@ def multi_tensor_kernel(
         DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, NUM_STATES: tl.constexpr,
         MASTER: tl.constexpr, COUNTER: tl.constexpr, GRAD_SCALE: tl.constexpr, FOUND_INF: tl.constexpr,
         CLIP_COEF: tl.constexpr, CLIP_VALUE: tl.constexpr, LR_TENSOR: tl.constexpr, ALIGNED: tl.constexpr,
-        BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+        BLOCK: tl.constexpr, CHUNK: tl.constexpr, NUM_SCALARS: tl.constexpr):
     """One program: one chunk of one tensor. h0..h7 are the optimizer's float64 scalars
     (its `arguments`' first namedtuple, padded with zeros; SLOT names their positions);
     clip_value is clip_grad_value's bound (read only with CLIP_VALUE), rounded once to
@@ -161,7 +203,11 @@ def multi_tensor_kernel(
         lr = tl.load(lr_ptr)
     else:
         lr = tl.full((), lr, tl.float64)
-    coefficients = COEFFICIENTS(step, lr, (h0, h1, h2, h3, h4, h5, h6, h7), SLOT, OPTIONS, COMPUTE)
+    if NUM_SCALARS > 0:  # the tensor's scalar states as the previous step left them (read only here)
+        scalars = _scalar_states(table_ptr, n, column, NUM_STATES, MASTER, NUM_SCALARS)
+        coefficients = COEFFICIENTS(step, lr, (h0, h1, h2, h3, h4, h5, h6, h7), SLOT, OPTIONS, COMPUTE, scalars)
+    else:
+        coefficients = COEFFICIENTS(step, lr, (h0, h1, h2, h3, h4, h5, h6, h7), SLOT, OPTIONS, COMPUTE)
     divisor, multiplier = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF, COMPUTE)
     bound = tl.full((), clip_value, COMPUTE)
 

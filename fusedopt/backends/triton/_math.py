@@ -119,3 +119,12 @@ def step_power(base, step):
         n = n >> 1
         square_hi, square_lo = _two_product(square_hi, square_lo, square_hi, square_lo)
     return tl.where(whole, result_hi + result_lo, tl.exp2(step * tl.log2(base)))
+
+
+@triton.jit
+def power(base, exponent):
+    """base ** exponent in float64 for a positive base and any exponent, where C++ calls
+    std::pow (ASGD's eta, NAdam's momentum schedule): exp2(exponent * log2(base)), since
+    Triton's interpreter has no pow. It may differ from std::pow in the last bits; what
+    reads it is rounded to float32, or is a coefficient within float64 tolerances."""
+    return tl.exp2(exponent * tl.log2(base))
