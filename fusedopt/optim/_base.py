@@ -241,6 +241,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                     state[key] = value if key not in fills else value.fill_(fills[key])
             if state_dtype is not None and MASTER_KEY not in state:
                 state[MASTER_KEY] = p.detach().to(torch.float32, copy=True)
+                # master_weights turned on for state kept in the param's 16-bit dtype (a torch
+                # checkpoint, or a group switched over): its moments go on in float32
+                for key in keys:
+                    if state[key].dtype != state_dtype:
+                        state[key] = state[key].to(state_dtype)
 
         return init
 
