@@ -215,7 +215,8 @@ def test_traffic_derived_from_the_spec_matches_the_hand_count(class_name, option
 
 
 # Issue 11's family, by hand from each optimizer's math: (class, options, dtype, master
-# weights) -> (bytes read, bytes written, per-tensor step counter bytes).
+# weights) -> (bytes read, bytes written, per-tensor bytes: step counter and scalar states,
+# each read and written once).
 FAMILY_TRAFFIC = [
     ("Adagrad", {}, torch.float32, False, (12, 8, 8)),  # p, g, sum; p, sum
     ("Adagrad", {}, torch.bfloat16, True, (10, 10, 8)),  # g, sum, master; p, sum, master
@@ -225,8 +226,9 @@ FAMILY_TRAFFIC = [
     ("Rprop", {}, torch.float32, False, (16, 12, 8)),  # p, g, prev, step_size; p, both
     ("Lion", {}, torch.float32, False, (12, 8, 0)),  # p, g, exp_avg; p, exp_avg: SGD momentum's bytes
     ("Lion", {}, torch.float16, False, (6, 4, 0)),
-    ("ASGD", {}, torch.float32, False, (12, 8, 8)),  # p, g, ax; p, ax (eta, mu: one each per tensor)
-    ("NAdam", {}, torch.float32, False, (16, 12, 8)),  # p, g, exp_avg, exp_avg_sq; p, both
+    # the per-tensor scalar states are read and written once per tensor, like the step counter
+    ("ASGD", {}, torch.float32, False, (12, 8, 24)),  # p, g, ax; p, ax; step, eta, mu per tensor
+    ("NAdam", {}, torch.float32, False, (16, 12, 16)),  # p, g, exp_avg, exp_avg_sq; p, both; step, mu_product
 ]
 
 
