@@ -5,18 +5,13 @@ import math
 
 import torch
 
+from ._moments import decayed_grad, update_moments
+
 
 def update(param, grad, states, step, c) -> None:
     exp_avg, exp_avg_sq, *rest = states
-    if c.maximize:
-        grad = -grad
-    if c.weight_decay != 0:
-        if c.decoupled_weight_decay:
-            param.mul_(1 - (c.weight_decay if c.absolute_weight_decay else c.lr * c.weight_decay))
-        else:
-            grad = grad.add(param, alpha=c.weight_decay)
-    exp_avg.lerp_(grad, 1 - c.beta1)
-    exp_avg_sq.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
+    grad = decayed_grad(param, grad, c)
+    update_moments(exp_avg, exp_avg_sq, grad, c)
     second_moment = exp_avg_sq
     if c.amsgrad:
         torch.maximum(rest[0], exp_avg_sq, out=rest[0])

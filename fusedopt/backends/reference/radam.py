@@ -1,18 +1,12 @@
 """RAdam, as torch.optim.RAdam's single-tensor path: below a variance-tractability
 threshold (rho_t <= 5) the step is un-adapted momentum SGD."""
+from ._moments import decayed_grad, update_moments
 
 
 def update(param, grad, states, step, c) -> None:
     exp_avg, exp_avg_sq = states
-    if c.maximize:
-        grad = -grad
-    if c.weight_decay != 0:
-        if c.decoupled_weight_decay:
-            param.mul_(1 - (c.weight_decay if c.absolute_weight_decay else c.lr * c.weight_decay))
-        else:
-            grad = grad.add(param, alpha=c.weight_decay)
-    exp_avg.lerp_(grad, 1 - c.beta1)
-    exp_avg_sq.mul_(c.beta2).addcmul_(grad, grad, value=1 - c.beta2)
+    grad = decayed_grad(param, grad, c)
+    update_moments(exp_avg, exp_avg_sq, grad, c)
     bias_correction1 = 1 - c.beta1**step
     bias_correction2 = 1 - c.beta2**step
     bias_corrected_exp_avg = exp_avg / bias_correction1
