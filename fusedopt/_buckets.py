@@ -4,18 +4,20 @@ validated address table that lets one native call update all of them.
 Everything that makes a raw address safe to hand to C++ is checked here, in Python,
 before any kernel runs: dtype and device of every tensor, element counts and layouts
 equal to the param's, dense (non-overlapping) memory, no two written tensors sharing
-memory. The table is rebuilt only when something it depends on changes (grads set to
-None and re-created, `p.data` swapped, state replaced or loaded), which the per-step
-checks below notice at a cost of a few list comparisons.
+memory. The table is rebuilt only when something it depends on changes (`p.data`
+swapped, state replaced or loaded), which the per-step checks below notice at a cost of a
+few list comparisons; new grads (a zero_grad(set_to_none=True) loop makes them every step)
+rewrite only the grad row, after a check that reads each fact once for all grads.
 """
 from __future__ import annotations
 
 import array
+import bisect
 import collections
 import itertools
 import operator
 from itertools import repeat
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -81,6 +83,11 @@ _is_contiguous = torch.Tensor.is_contiguous
 _nbytes = operator.attrgetter("nbytes")
 _grad = operator.attrgetter("grad")
 _shape = operator.attrgetter("shape")
+_dtype = operator.attrgetter("dtype")
+_tensor_layout = operator.attrgetter("layout")
+_get_device = torch.Tensor.get_device
+_storage_offset = torch.Tensor.storage_offset
+_untyped_storage = torch.Tensor.untyped_storage
 
 
 def _same_layout(tensors: List[torch.Tensor], strides: Optional[List[tuple]]) -> bool:
@@ -106,15 +113,19 @@ class HeldMemory:
 
     __slots__ = ("storages", "sizes", "addresses", "addressed")
 
-    def __init__(self, tensors, with_addresses: bool):
-        unique = {}
-        for t in tensors:
-            storage = t.untyped_storage()
-            unique.setdefault((storage.data_ptr(), storage.nbytes()), storage)
+    def __init__(self, tensors, with_addresses: bool, storages=None, sizes=None):
+        """`storages` and `sizes`: the tensors' storages and their byte counts, when the
+        caller has read them already (the grads' check, every step grads are new)."""
+        if storages is None:
+            storages = list(map(_untyped_storage, tensors))
+            sizes = list(map(_storage_nbytes, storages))
+        # One entry per distinct storage; the dict is built in C, which matters for the
+        # thousand fresh grads a zero_grad(set_to_none=True) loop brings every step.
+        unique = dict(zip(zip(map(_storage_ptr, storages), sizes), storages))
         self.storages = list(unique.values())
-        self.sizes = list(map(_storage_nbytes, self.storages))
+        self.sizes = [size for _, size in unique]
         self.addressed = with_addresses
-        self.addresses = list(map(_storage_ptr, self.storages)) if with_addresses else None
+        self.addresses = [address for address, _ in unique] if with_addresses else None
 
     def unchanged(self) -> bool:
         return (list(map(_storage_nbytes, self.storages)) == self.sizes
@@ -153,30 +164,38 @@ class WrittenSpans:
     """Byte ranges of the tensors a kernel writes (params, states, steps), sorted, checked
     to be disjoint; answers whether any tensor it only reads (a grad) overlaps them. The
     kernels declare their pointers __restrict: a grad sharing a param's memory
-    (`p.grad = p.detach()`) is undefined behaviour that no sanitizer reports."""
+    (`p.grad = p.detach()`) is undefined behaviour that no sanitizer reports.
 
-    __slots__ = ("starts", "ends")
+    Plain lists and bisect, not tensors: the check runs every step grads are new, and a
+    torch op parallelised over a thousand entries costs milliseconds on a busy machine."""
+
+    __slots__ = ("starts", "ends_before")
 
     def __init__(self, written, optimizer: str):
         spans = sorted(_spans(written))
-        bounds = torch.tensor(spans, dtype=torch.int64).reshape(-1, 2)
-        self.starts, self.ends = bounds[:, 0].contiguous(), bounds[:, 1].contiguous()
-        if len(spans) > 1 and bool((self.ends[:-1] > self.starts[1:]).any()):
+        self.starts = [start for start, _ in spans]
+        ends = [end for _, end in spans]
+        if any(map(operator.gt, ends[:-1], self.starts[1:])):
             raise RuntimeError(
                 f"{optimizer}: params or their state tensors share memory (a param passed twice, or "
                 "views of one tensor that overlap); each param must own its memory"
             )
+        # ends_before[i]: the end of the span before starts[i] (0: none), so that a bisect
+        # result indexes it directly.
+        self.ends_before = [0, *ends]
 
-    def overlapped_by(self, tensors) -> bool:
-        spans = _spans(tensors)
-        if not spans or len(self.starts) == 0:
+    def overlapped_by(self, starts: List[int], sizes: List[int]) -> bool:
+        """Whether any read span [start, start + size) of nonzero size meets a written one."""
+        if not self.starts:
             return False
-        read = torch.tensor(spans, dtype=torch.int64)
+        if 0 in sizes:  # an empty span meets nothing
+            starts = list(itertools.compress(starts, sizes))
+            sizes = list(filter(None, sizes))
+        read_ends = list(map(operator.add, starts, sizes))
         # Written spans are sorted and disjoint, so their ends are sorted too: the last
         # written span starting before a read span ends is the only one that can overlap it.
-        before = torch.searchsorted(self.starts, read[:, 1].contiguous(), side="left") - 1
-        candidates = before >= 0
-        return bool((self.ends[before.clamp(min=0)] > read[:, 0])[candidates].any())
+        before = map(bisect.bisect_left, repeat(self.starts), read_ends)
+        return any(map(operator.gt, map(self.ends_before.__getitem__, before), starts))
 
 
 def select(batch: TensorBatch, indices: Sequence[int]) -> TensorBatch:
@@ -187,6 +206,17 @@ def select(batch: TensorBatch, indices: Sequence[int]) -> TensorBatch:
     return TensorBatch(pick(batch.params), pick(batch.grads), batch.steps and pick(batch.steps),
                        [pick(ts) for ts in batch.states], batch.device, batch.dtype, table, next(_versions),
                        [pick(ts) for ts in batch.scalars])
+
+
+class GradRow(NamedTuple):
+    """What one check of a bucket's grads found: the tensors the kernels read (the grads, or
+    copies in their params' layouts), their addresses and byte counts, and their storages
+    with the bytes each holds (the storages stay held until the next check)."""
+    tensors: List[torch.Tensor]
+    addresses: List[int]
+    nbytes: List[int]
+    storages: List[torch.UntypedStorage]
+    storage_sizes: List[int]
 
 
 class _CountsChanges:
@@ -284,7 +314,7 @@ class Bucket:
         "_key", "_active", "_param_ptrs", "_grads_seen", "_grads", "_grad_ptrs", "_steps", "_states",
         "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_strict",
         "_distributed", "_viewed", "param_dtype", "_states_seen", "_memory", "_grad_memory", "_grads_copied", "_layout", "_written",
-        "_scalars",
+        "_scalars", "_shapes",
     )
 
     def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False):
@@ -377,9 +407,9 @@ class Bucket:
         if (self._grads_copied or not all(map(operator.is_, grads, self._grads_seen))
                 or list(map(_data_ptr, grads)) != self._grad_ptrs or list(map(_nbytes, grads)) != self._nbytes
                 or not _same_layout(grads, self._layout) or not self._grad_memory.unchanged()):
-            used = self._validated_grads(grads)
-            self._check_not_aliased(used)
-            self._install_grads(grads, used)
+            row = self._validated_grads(grads)
+            self._check_not_aliased(row)
+            self._install_grads(grads, row)
 
     # ----------------------------------------------------------------- rebuilds
     def _rebuild(self, key, owners, params, grads, state, state_keys, has_step, init_state, state_dtype,
@@ -395,9 +425,10 @@ class Bucket:
         self._strides = list(map(_stride, params))
         self._layout = None if all(map(_is_contiguous, params)) else self._strides
         self._nbytes = list(map(_nbytes, params))
-        used_grads = self._validated_grads(grads)  # before any state is created: a bad grad changes nothing
+        self._shapes = list(map(_shape, params))
+        grad_row = self._validated_grads(grads)  # before any state is created: a bad grad changes nothing
         self._written = WrittenSpans(params, name)
-        self._check_not_aliased(used_grads)
+        self._check_not_aliased(grad_row)
         fresh = []
         states_per_param = []
         for i, owner in enumerate(owners if state_keys or has_step or scalar_keys else ()):  # SGD: no state
@@ -440,8 +471,8 @@ class Bucket:
         # Recorded after _checked_state/_checked_step, which may have replaced entries.
         self._state_map, self._state_map_version = (state, state.version) if isinstance(state, StateMap) else (None, 0)
         self._written = WrittenSpans(written, name)
-        self._check_not_aliased(used_grads)
-        self._install_grads(grads, used_grads)
+        self._check_not_aliased(grad_row)
+        self._install_grads(grads, grad_row)
         self._key = key
 
     def _fill_row(self, row: int, values: List[int]) -> None:
@@ -500,42 +531,62 @@ class Bucket:
             raise RuntimeError(f"{self.optimizer}: state '{key}' of a param {problem}")
         return value
 
-    def _check_not_aliased(self, grads: List[torch.Tensor]) -> None:
-        if self._written.overlapped_by(grads):
+    def _check_not_aliased(self, row: "GradRow") -> None:
+        if self._written.overlapped_by(row.addresses, row.nbytes):
             raise RuntimeError(
                 f"{self.optimizer}: a grad shares memory with a param or a state tensor (p.grad = p.detach()?); "
                 "the kernels read grads while writing params and state, so give each grad its own memory "
                 "(p.grad = p.detach().clone())"
             )
 
-    def _validated_grads(self, grads: List[torch.Tensor]) -> List[torch.Tensor]:
-        """The grads the kernels will read: these, once checked, or copies in the param's
-        layout where a grad is laid out differently. Raises on a grad that cannot serve.
+    def _validated_grads(self, grads: List[torch.Tensor]) -> "GradRow":
+        """The grads the kernels will read, with their addresses, sizes and storages: these
+        grads, once checked, or copies in the param's layout where a grad is laid out
+        differently. Raises on a grad that cannot serve.
 
-        The fast path (every grad laid out like its param) checks each grad's shape, not
-        only its byte count and strides, and that its elements lie inside its storage."""
+        Every step of a `zero_grad(set_to_none=True)` loop brings new grad tensors, so the
+        common case (every grad laid out like its param) is checked a fact at a time over
+        all grads, each fact read once, in C (map): its dtype, device, layout, shape,
+        strides, and that its elements lie inside its storage. Anything else goes through
+        the per-grad checks, which name the problem."""
+        row = self._plain_grad_row(grads)
+        if row is not None:
+            return row
+        used = [self._checked_grad(g, p) for g, p in zip(grads, self._active)]
+        storages = list(map(_untyped_storage, used))
+        return GradRow(used, list(map(_data_ptr, used)), list(map(_nbytes, used)), storages,
+                       list(map(_storage_nbytes, storages)))
+
+    def _plain_grad_row(self, grads: List[torch.Tensor]) -> Optional["GradRow"]:
+        """The GradRow of `grads` when each is exactly what its param's row needs, else None."""
         try:
-            if (list(map(_nbytes, grads)) == self._nbytes
-                    and {g.dtype for g in grads} == {self.dtype}
-                    and {g.get_device() for g in grads} == {self._device_index}
-                    and _same_layout(grads, self._layout)
-                    and all(g.layout == torch.strided for g in grads)
-                    and list(map(_shape, grads)) == list(map(_shape, self._active))
-                    and not any(map(storage_problem, grads))):
-                return grads
-        except (RuntimeError, NotImplementedError):  # sparse grads have no strides
-            pass
-        return [self._checked_grad(g, p) for g, p in zip(grads, self._active)]
+            if (set(map(_tensor_layout, grads)) != {torch.strided} or set(map(_dtype, grads)) != {self.dtype}
+                    or set(map(_get_device, grads)) != {self._device_index}):
+                return None
+            if list(map(_shape, grads)) != self._shapes or not _same_layout(grads, self._layout):
+                return None
+            nbytes = self._nbytes  # the params', as shapes and dtype are
+            storages = list(map(_untyped_storage, grads))
+            sizes = list(map(_storage_nbytes, storages))
+            # Dense and laid out like the param: [offset, offset + nbytes) of the storage.
+            ends = map(operator.add, map(operator.mul, map(_storage_offset, grads), repeat(self.dtype.itemsize)),
+                       nbytes)
+            if not all(map(operator.le, ends, sizes)):
+                return None  # the per-grad check says which (a zero-size grad may still pass)
+        except (RuntimeError, NotImplementedError):  # a sparse grad has no strides or storage
+            return None
+        return GradRow(grads, list(map(_data_ptr, grads)), nbytes, storages, sizes)
 
-    def _install_grads(self, grads: List[torch.Tensor], used: List[torch.Tensor]) -> None:
+    def _install_grads(self, grads: List[torch.Tensor], row: "GradRow") -> None:
         """Write the addresses of validated grads into the table."""
         self._grads_seen = grads
-        self._grads = used
+        self._grads = row.tensors
         # A copy holds the values of one step: recheck (and recopy) every step.
-        self._grads_copied = any(map(operator.is_not, grads, used))
-        self._grad_ptrs = list(map(_data_ptr, grads))
-        self._grad_memory = HeldMemory(used, with_addresses=False)  # grads' own addresses are rechecked
-        self._fill_row(GRAD_ROW, list(map(_data_ptr, used)))
+        self._grads_copied = row.tensors is not grads and any(map(operator.is_not, grads, row.tensors))
+        self._grad_ptrs = row.addresses if row.tensors is grads else list(map(_data_ptr, grads))
+        # grads' own addresses are rechecked each step, their storages' are not
+        self._grad_memory = HeldMemory(row.tensors, False, row.storages, row.storage_sizes)
+        self._fill_row(GRAD_ROW, row.addresses)
         self._version = next(_versions)
 
     def _checked_grad(self, g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

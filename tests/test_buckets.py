@@ -422,3 +422,92 @@ def test_state_memory_moved(move, backend):
         assert param_diff < 1e-5 and state_diff < 1e-5, result
     else:  # the params still follow torch's: the kernels kept a consistent (held) copy of the state
         assert param_diff < 1e-5, result
+
+
+# --------------------------------------------------------------------------- fresh grads
+def test_written_spans_overlap_matches_brute_force():
+    """WrittenSpans (bisect over sorted spans, run every step grads are new) against the
+    definition: a read span of nonzero size meets a written one where the two intersect."""
+    from fusedopt._buckets import WrittenSpans
+
+    class Span:  # the two facts WrittenSpans reads from a tensor
+        def __init__(self, start, size):
+            self.start, self.nbytes = start, size
+
+        def data_ptr(self):
+            return self.start
+
+        def numel(self):
+            return self.nbytes
+
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        edges = sorted(torch.randint(0, 200, (8,), generator=rng).tolist())
+        written = [Span(a, b - a) for a, b in zip(edges[::2], edges[1::2])]
+        spans = WrittenSpans(written, "test")
+        starts = torch.randint(0, 210, (6,), generator=rng).tolist()
+        sizes = torch.randint(0, 12, (6,), generator=rng).tolist()
+        expected = any(size and w.nbytes and start < w.start + w.nbytes and w.start < start + size
+                       for start, size in zip(starts, sizes) for w in written)
+        assert spans.overlapped_by(starts, sizes) == expected, (edges, starts, sizes)
+
+
+def _shrunk(t, nbytes):
+    t.untyped_storage().resize_(nbytes)  # the tensor still promises all its elements
+    return t
+
+
+BAD_FRESH_GRADS = {
+    # (how the bad grad is made from its param p, the words the error must contain)
+    "outside its storage": (lambda p: _shrunk(torch.randn(p.shape), 12), "storage"),
+    "aliasing its param": (lambda p: p.detach(), "shares memory"),
+    "aliasing another param's state": (None, "shares memory"),
+    "sparse": (lambda p: torch.zeros_like(p).to_sparse(), "sparse"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_FRESH_GRADS, ids=str)
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_one_bad_grad_among_many_fresh_ones_raises(bad, backend):
+    """A zero_grad(set_to_none=True) loop brings a thousand new grads every step, checked a
+    fact at a time over all of them; one bad grad among them, on the third step, is still
+    refused with its own error, and nothing is updated."""
+    make_bad, words = BAD_FRESH_GRADS[bad]
+    if make_bad is None:  # (torch itself refuses grads of another dtype, shape or device)
+        make_bad = lambda p: opt.state[params[3]]["exp_avg"]  # noqa: E731
+    params = [torch.nn.Parameter(torch.randn(8)) for _ in range(1000)]
+    opt = fusedopt.Adam(params, backend=backend)
+    for step in range(3):
+        for p in params:
+            p.grad = torch.randn(8)
+        if step == 2:
+            params[617].grad = make_bad(params[617])
+            before = [p.detach().clone() for p in params]
+            with pytest.raises(RuntimeError, match=words):
+                opt.step()
+            assert all(torch.equal(p, b) for p, b in zip(params, before))
+        else:
+            opt.step()
+
+
+def test_fresh_grads_every_step_match_torch():
+    """New grad tensors every step, some laid out unlike their params (read through a
+    copy): bit for bit the run with contiguous grads, and torch.optim.Adam's trajectory."""
+    shapes = [(3, 5)] * 40 + [(7,)] * 40
+    grads = random_grads(shapes, 6)
+    start = [torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(shapes)]
+    runs = {name: [torch.nn.Parameter(v.clone()) for v in start] for name in ("mixed", "contiguous", "torch")}
+    optimizers = {"mixed": fusedopt.Adam(runs["mixed"], lr=0.01), "contiguous": fusedopt.Adam(runs["contiguous"], lr=0.01),
+                  "torch": torch.optim.Adam(runs["torch"], lr=0.01, foreach=False)}
+    for step, step_grads in enumerate(grads):
+        for index, g in enumerate(step_grads):
+            g = g.float()
+            transposed = g.dim() == 2 and (index + step) % 3 == 0
+            runs["mixed"][index].grad = g.t().contiguous().t() if transposed else g.clone()
+            runs["contiguous"][index].grad = g.clone()
+            runs["torch"][index].grad = g.clone()
+        for opt in optimizers.values():
+            opt.step()
+        for a, b, c in zip(runs["mixed"], runs["contiguous"], runs["torch"]):
+            assert torch.equal(a, b)
+            torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)
