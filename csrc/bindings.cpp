@@ -44,12 +44,14 @@ DType dtype_from(int code) {
 // The pointers arrive as integers, 0 for "none", and clip_value as a number, 0 for "no clamp"
 // (see fusedopt/backends/native.py).
 UpdateOptions update_options(double lr, uintptr_t lr_tensor, bool first_step, bool master_weights,
-                             uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, double clip_value) {
+                             uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, double clip_value,
+                             bool bf16_states) {
   UpdateOptions o;
   o.lr = lr;
   o.lr_tensor = reinterpret_cast<const double*>(lr_tensor);
   o.first_step = first_step;
   o.master_weights = master_weights;
+  o.bf16_states = bf16_states;
   o.grad_transform = GradTransform{reinterpret_cast<const float*>(grad_scale), reinterpret_cast<const float*>(found_inf),
                                    reinterpret_cast<const float*>(clip_coef), clip_value};
   return o;
@@ -138,26 +140,26 @@ template <typename Kind> void bind_optimizer(py::module_& optimizers, const char
   });
   cls.def("cpu_update", [](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor,
                            bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,
-                           uintptr_t clip_coef, double clip_value, int threads) {
+                           uintptr_t clip_coef, double clip_value, int threads, bool bf16_states) {
             const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
-                                                              found_inf, clip_coef, clip_value)};
+                                                              found_inf, clip_coef, clip_value, bf16_states)};
             cpu::update<Kind>(table_at(table, n), dtype_from(dtype), config, threads);
           }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
           py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
-          py::arg("clip_coef"), py::arg("clip_value"), py::arg("threads"));
+          py::arg("clip_coef"), py::arg("clip_value"), py::arg("threads"), py::arg("bf16_states") = false);
 #if FUSEDOPT_WITH_CUDA
   cls.def("cuda_update", [kind](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor,
                                 bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,
                                 uintptr_t clip_coef, double clip_value, uintptr_t workspace, int64_t workspace_bytes,
-                                int64_t chunk_bytes, int device, uintptr_t stream) {
+                                int64_t chunk_bytes, int device, uintptr_t stream, bool bf16_states) {
             const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
-                                                              found_inf, clip_coef, clip_value)};
+                                                              found_inf, clip_coef, clip_value, bf16_states)};
             cuda::update<Kind>(kind, table_at(table, n), dtype_from(dtype), config,
                                cuda::LaunchResources{workspace, workspace_bytes, chunk_bytes}, device, stream);
           }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
           py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
           py::arg("clip_coef"), py::arg("clip_value"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("chunk_bytes"),
-          py::arg("device"), py::arg("stream"));
+          py::arg("device"), py::arg("stream"), py::arg("bf16_states") = false);
 #endif
   described[kind] = hyper_description<Kind>();
 }

@@ -49,7 +49,8 @@ class HostCUDABackend(Backend):
         per_tensor = host.build_info()["cuda_workspace_bytes_per_tensor"]
         workspace = torch.empty((len(batch) + 1) * per_tensor, dtype=torch.uint8)
         HOST_KINDS.for_batch(kind, batch, config).cuda_update(*common_arguments(batch, config), workspace.data_ptr(),
-                                                          workspace.numel(), 0, self.device, 0)
+                                                          workspace.numel(), 0, self.device, 0,
+                                                          **state_arguments(config))
 
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
         # The clip coefficient must be the CPU backend's, so that only the update differs.

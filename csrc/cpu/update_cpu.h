@@ -22,7 +22,9 @@ namespace detail {
 // state) is a template argument, not a run-time flag: a conditional load of a 16-bit struct
 // stops GCC from vectorising the loop (bf16 SGD ran 7x slower than torch's).
 // WRITE_GRAD: store the unscaled, clipped grad back (writes_grad, fusedopt/common.h).
-template <typename Kind, typename S, typename SS, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD>
+// SS: the states' storage type (fusedopt/common.h's dispatch_storage); kMaster: a float32
+// master copy holds the param's value.
+template <typename Kind, typename S, typename SS, bool kMaster, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD>
 void update_loop(S* __restrict p, S* __restrict g, SS* __restrict s0, SS* __restrict s1, SS* __restrict s2,
                  SS* __restrict s3, float* __restrict master, int64_t count,
                  const Scalars<Kind, typename OpMath<S>::type>& scalars) {
@@ -32,7 +34,7 @@ void update_loop(S* __restrict p, S* __restrict g, SS* __restrict s0, SS* __rest
   const auto k = scalars.k;
   const auto factors = scalars.grad;
   for (int64_t j = 0; j < count; ++j) {
-    T pj = load_param<S, SS>(p, master, j);
+    T pj = load_param<S, kMaster>(p, master, j);
     T gj = unscaled_grad(to_opmath(g[j]), factors);
     T s[kMaxStates] = {T(0), T(0), T(0), T(0)};
     if constexpr (kLoads && (kActive & 1u)) s[0] = to_opmath(s0[j]);
@@ -40,7 +42,7 @@ void update_loop(S* __restrict p, S* __restrict g, SS* __restrict s0, SS* __rest
     if constexpr (kLoads && (kActive & 4u)) s[2] = to_opmath(s2[j]);
     if constexpr (kLoads && (kActive & 8u)) s[3] = to_opmath(s3[j]);
     Kind::template update<kActive>(pj, gj, s, k, std::bool_constant<FIRST_STEP>{});
-    store_param<S, SS>(p, master, j, pj);
+    store_param<S, kMaster>(p, master, j, pj);
     if (WRITE_GRAD) g[j] = from_opmath<S>(gj);
     if constexpr (bool(kActive & 1u)) s0[j] = from_opmath<SS>(s[0]);
     if constexpr (bool(kActive & 2u)) s1[j] = from_opmath<SS>(s[1]);
@@ -51,14 +53,14 @@ void update_loop(S* __restrict p, S* __restrict g, SS* __restrict s0, SS* __rest
 
 // Elements [lo, hi) of tensor i: the state rows are the active states in order, then the
 // master copy.
-template <typename Kind, typename S, typename SS, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD>
+template <typename Kind, typename S, typename SS, bool kMaster, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD>
 void update_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
                   const Scalars<Kind, typename OpMath<S>::type>& scalars) {
   const auto state = [&](int s) -> SS* {
     return (kActive >> s) & 1u ? t.ptr<SS>(kStateRow + state_position(kActive, s), i) + lo : nullptr;
   };
-  float* master = std::is_same_v<S, SS> ? nullptr : t.ptr<float>(kStateRow + state_count(kActive), i) + lo;
-  update_loop<Kind, S, SS, kActive, FIRST_STEP, WRITE_GRAD>(t.ptr<S>(kParamRow, i) + lo, t.ptr<S>(kGradRow, i) + lo,
+  float* master = !kMaster ? nullptr : t.ptr<float>(kStateRow + state_count(kActive), i) + lo;
+  update_loop<Kind, S, SS, kMaster, kActive, FIRST_STEP, WRITE_GRAD>(t.ptr<S>(kParamRow, i) + lo, t.ptr<S>(kGradRow, i) + lo,
                                                             state(0), state(1), state(2), state(3), master, hi - lo,
                                                             scalars);
 }
@@ -75,15 +77,16 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
   if (step_skipped(options.grad_transform)) return;
   const uint32_t active = Kind::active_states(config.hyper);
   if (!is_variant<Kind>(active)) throw std::invalid_argument("fusedopt cpu: these options select states no variant has");
-  dispatch_storage(dtype, options.master_weights, [&](auto param_tag, auto state_tag) {
+  dispatch_storage(dtype, options.master_weights, options.bf16_states, [&](auto param_tag, auto state_tag, auto master) {
     using S = decltype(param_tag);
     using SS = decltype(state_tag);
+    constexpr bool kMaster = decltype(master)::value;
     using T = typename OpMath<S>::type;
     using Prepared = Scalars<Kind, T>;
     std::vector<Prepared> per_tensor;
     Prepared shared{};
     if constexpr (Kind::kScalarStates > 0) {
-      const int64_t first_row = scalar_state_row(state_count(active), !std::is_same_v<S, SS>);
+      const int64_t first_row = scalar_state_row(state_count(active), kMaster);
       per_tensor = advance_steps_and_scalars<Prepared, Kind::kScalarStates>(
           table, first_row, [&](double step, float* const* states) { return scalars<Kind, T>(config, step, states); });
     } else if constexpr (Kind::kStepDependent) {
@@ -99,7 +102,7 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
         with_flag(writes_grad(options.grad_transform), [&](auto write_grad) {
           for_each_slice(table, threads, [&](int64_t i, int64_t lo, int64_t hi) {
             const Prepared& s = Kind::kStepDependent ? per_tensor[size_t(i)] : shared;
-            detail::update_slice<Kind, S, SS, kActive, decltype(first_step)::value, decltype(write_grad)::value>(
+            detail::update_slice<Kind, S, SS, kMaster, kActive, decltype(first_step)::value, decltype(write_grad)::value>(
                 table, i, lo, hi, s);
           });
         });

@@ -34,6 +34,12 @@ def common_arguments(batch: TensorBatch, config: UpdateConfig) -> tuple:
             *transform.addresses(batch.device), transform.clip_value or 0.0)
 
 
+def state_arguments(config: UpdateConfig) -> dict:
+    """The keyword arguments `cpu_update` and `cuda_update` take after the common ones:
+    the states' storage (bf16_states; issue 13)."""
+    return {"bf16_states": config.bf16_states} if config.bf16_states else {}
+
+
 def _lr_tensor_address(lr_tensor: Optional[torch.Tensor], device: torch.device) -> int:
     """The kernels read a config's lr_tensor as one float64 on the params' device."""
     if lr_tensor is None:
@@ -114,7 +120,7 @@ class CPUBackend(Backend):
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         _native_kinds().for_batch(kind, batch, config).cpu_update(*common_arguments(batch, config),
-                                                             torch.get_num_threads())
+                                                             torch.get_num_threads(), **state_arguments(config))
 
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
         """The native kernel (double accumulation) where every tensor is a contiguous block
@@ -167,7 +173,7 @@ class CUDABackend(Backend):
         workspace = self._workspace(index, stream, len(batch))
         _native_kinds().for_batch(kind, batch, config).cuda_update(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), self.chunk_bytes or 0,
-            index, stream)
+            index, stream, **state_arguments(config))
 
     def _workspace(self, index: int, stream: int, tensors: int) -> torch.Tensor:
         """Device memory for the coefficient records of a call on `stream` (used by the calls

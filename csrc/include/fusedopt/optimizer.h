@@ -74,6 +74,7 @@ struct UpdateOptions {
   const double* lr_tensor = nullptr;
   bool first_step = false;      // every state of the call was created for this step
   bool master_weights = false;  // 16-bit params: fp32 master copy (last state row) and fp32 states
+  bool bf16_states = false;     // state_dtype=bfloat16: states stored as bf16 (master copy stays fp32)
   GradTransform grad_transform = {};
 };
 

@@ -71,6 +71,9 @@ tensors on the device, passed to the kernel as pointers and read there, so neith
 GradScaler nor max_grad_norm makes a step wait on the host; clip_value (clip_grad_value)
 is a plain float64 argument.
 
+bf16 states (config.bf16_states, state_dtype=torch.bfloat16): STATE is bfloat16, whatever
+the param's dtype; loaded into float32 and stored with `_math.rounded` (nearest even).
+
 Master weights (config.master_weights, 16-bit params): the states are float32 and the
 table's last state row holds each param's float32 master copy. The math reads the master
 instead of the param, updates it and the states in float32, and stores the master rounded
@@ -213,6 +216,15 @@ def kind_module(kind: str) -> ModuleType:
 _SLOTS: Dict[type, tuple] = {}
 
 
+def _state_type(config: UpdateConfig, master: bool, dtype):
+    """The states' storage type, as dispatch_storage in C++: bfloat16 with bf16_states
+    (state_dtype=torch.bfloat16; the master copy stays float32), float32 with master weights,
+    else the param's."""
+    if config.bf16_states:
+        return tl.bfloat16
+    return tl.float32 if master else dtype
+
+
 def _slots(scalars_type: type) -> tuple:
     """The namedtuple of the scalars' positions among h0..h7, by field name: SLOT.beta1."""
     slots = _SLOTS.get(scalars_type)
@@ -332,7 +344,8 @@ def _launch(kind: str, tables: _DeviceTables, batch: TensorBatch, config: Update
             *(tables.table if t is None else t for t in factors),
             float(config.lr), float(transform.clip_value or 0.0), *hyper,
             COEFFICIENTS=module.coefficients, UPDATE=module.update, SLOT=_slots(type(scalars)), OPTIONS=options,
-            DTYPE=dtype, STATE=tl.float32 if master else dtype, COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32,
+            DTYPE=dtype, STATE=_state_type(config, master, dtype),
+            COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32,
             NUM_STATES=num_states, MASTER=master, COUNTER=batch.steps is not None, GRAD_SCALE=factors[0] is not None,
             FOUND_INF=factors[1] is not None, CLIP_COEF=factors[2] is not None,
             CLIP_VALUE=transform.clip_value is not None, LR_TENSOR=factors[3] is not None,
