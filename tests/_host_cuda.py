@@ -18,7 +18,7 @@ import torch
 
 import fusedopt.backends
 from fusedopt.backends.base import Backend, TensorBatch, UpdateConfig
-from fusedopt.backends.native import NativeKinds, common_arguments
+from fusedopt.backends.native import NativeKinds, common_arguments, state_arguments
 
 if os.environ.get("FUSEDOPT_CUDA_HOST", "") not in ("", "0"):
     from fusedopt import _cuda_host as host  # asked for: a missing module is an error, not a skip
