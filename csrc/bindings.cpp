@@ -201,6 +201,23 @@ PYBIND11_MODULE(FUSEDOPT_MODULE_NAME, m) {
   m.def("cpu_sum_of_squares", [](uintptr_t table, int64_t n, int dtype, int threads) {
           return cpu::sum_of_squares(table_at(table, n), dtype_from(dtype), threads);
         }, no_gil);
+  // Adafactor (the "factored" kernel shape): one call per bucket runs every pass
+  // (fusedopt/factored.h); the table is fusedopt/_factored.py's, checked there.
+  m.def("cpu_adafactor", [](uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor, double beta2_decay,
+                            double eps1, double eps2, double d, double weight_decay, bool maximize, int threads) {
+          AdafactorOptions o;
+          o.lr = lr;
+          o.lr_tensor = reinterpret_cast<const double*>(lr_tensor);
+          o.beta2_decay = beta2_decay;
+          o.eps1 = eps1;
+          o.eps2 = eps2;
+          o.d = d;
+          o.weight_decay = weight_decay;
+          o.maximize = maximize;
+          cpu::adafactor(table_at(table, n), dtype_from(dtype), o, threads);
+        }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
+        py::arg("beta2_decay"), py::arg("eps1"), py::arg("eps2"), py::arg("d"), py::arg("weight_decay"),
+        py::arg("maximize"), py::arg("threads"));
 
 #if FUSEDOPT_WITH_CUDA
   m.def("cuda_unusable_reason", &cuda::unusable_reason, py::arg("device"));

@@ -77,6 +77,10 @@ FUSEDOPT_FOR_EACH_OPTIMIZER(FUSEDOPT_INSTANTIATE_DISPATCH)
 
 double sum_of_squares(const TensorTable& t, DType d, int threads) { FUSEDOPT_DISPATCH(sum_of_squares, t, d, threads) }
 
+void adafactor(const TensorTable& t, DType d, const AdafactorOptions& o, int threads) {
+  FUSEDOPT_DISPATCH(adafactor, t, d, o, threads)
+}
+
 const char* isa_name() {
   switch (kIsa) {
     case Isa::Avx512: return "avx512";
