@@ -8,9 +8,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/factored_kernels.h"
 #include "cpu/kernels.h"
 #include "cpu/multi_tensor_cpu.h"
-#include "fusedopt/factored.h"
 
 namespace fusedopt::cpu::FUSEDOPT_CPU_ISA {
 namespace {

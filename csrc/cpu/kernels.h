@@ -5,7 +5,6 @@
 #pragma once
 
 #include "fusedopt/common.h"
-#include "fusedopt/factored.h"
 #include "fusedopt/optimizer.h"
 #include "fusedopt/tensor_table.h"
 
@@ -14,7 +13,6 @@
   template <typename Kind>                                                                       \
   void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config, int threads); \
   double sum_of_squares(const TensorTable& table, DType dtype, int threads);                      \
-  void adafactor(const TensorTable& table, DType dtype, const AdafactorOptions& options, int threads); \
   }
 
 namespace fusedopt::cpu {
@@ -23,8 +21,6 @@ template <typename Kind>
 void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config, int threads);
 // Sum of squares of every tensor of a table whose rows are (numel, address): for grad norms.
 double sum_of_squares(const TensorTable& table, DType dtype, int threads);
-// Adafactor's step over a table of fusedopt/_factored.py (rows: fusedopt/factored.h).
-void adafactor(const TensorTable& table, DType dtype, const AdafactorOptions& options, int threads);
 // The instruction set dispatch.cpp chose on this CPU ("avx512", "avx2" or "baseline").
 const char* isa_name();
 }  // namespace fusedopt::cpu
