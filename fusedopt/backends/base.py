@@ -14,6 +14,16 @@ class Backend:
     name: str = ""
     dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
     reads_lr_tensor: bool = False  # takes the configs' lr_tensor (see LR_TENSOR)
+    # The kernel shapes this backend runs (OptimizerSpec.kernel): "elementwise" through
+    # update(); "factored" (Adafactor's row/column reductions) through update_factored().
+    kernels = ("elementwise",)
+
+    def kernel_missing_reason(self, kernel: str) -> Optional[str]:
+        """None when this backend has kernels of shape `kernel`, else a sentence saying not."""
+        if kernel in self.kernels:
+            return None
+        return (f"backend {self.name!r} has no {kernel} kernels yet (it runs {', '.join(self.kernels)} ones); "
+                f"choose backend='auto' or one of the backends that have them")
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         """None when this backend can update tensors on `device`, else why not and how to fix it."""
@@ -24,6 +34,11 @@ class Backend:
         over every tensor of `batch`, in as few launches as the backend can: advance the step
         counters (if the kind keeps them), apply config.grad_transform, update params and states."""
         raise NotImplementedError
+
+    def update_factored(self, kind: str, batch, config) -> None:
+        """One step of a "factored" kind (Adafactor) over a FactoredBatch with a
+        FactoredConfig (fusedopt/_factored.py), for backends whose `kernels` list the shape."""
+        raise NotImplementedError(self.kernel_missing_reason("factored"))
 
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
         """Sum of the squares of every element of these dense real tensors of one dtype and

@@ -104,6 +104,21 @@ def _native_kinds() -> NativeKinds:
 class CPUBackend(Backend):
     name = "cpu"
     reads_lr_tensor = True
+    kernels = ("elementwise", "factored")
+
+    def kernel_missing_reason(self, kernel: str) -> Optional[str]:
+        reason = super().kernel_missing_reason(kernel)
+        if reason is None and kernel == "factored" and not load_error and not hasattr(native, "cpu_adafactor"):
+            return "this build of fusedopt._C predates its factored (Adafactor) kernels; rebuild it"
+        return reason
+
+    def update_factored(self, kind: str, batch, config) -> None:
+        """Adafactor: every pass over the bucket in one native call (csrc/cpu/factored_cpu.cpp)."""
+        if kind != "adafactor":
+            raise ValueError(f"backend 'cpu' has no factored kernels for {kind!r}")
+        native.cpu_adafactor(batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], config.lr,
+                             _lr_tensor_address(config.lr_tensor, batch.device), config.beta2_decay, config.eps1,
+                             config.eps2, config.d, config.weight_decay, config.maximize, torch.get_num_threads())
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         if device.type != "cpu":

@@ -83,7 +83,7 @@ def _checked_arguments(kind, params, grads, steps, states, state_keys, field_nam
     Native code trusts the table these become: a missing step counter or state row would
     be read as a null or stray pointer."""
     where = "fusedopt::update_"
-    specs = _spec.registered()
+    specs = _spec.elementwise_kinds()  # the op runs the element-wise kernel (Adafactor's is another shape)
     if kind not in specs:
         raise ValueError(f"{where}: unknown kind {kind!r}; expected one of {', '.join(specs)}")
     spec = specs[kind]

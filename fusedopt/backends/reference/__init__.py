@@ -15,6 +15,8 @@ updated in place, in the math type; `grad` is the transformed gradient (unscaled
 by norm, clamped by value: GradTransform's order; do not modify it in place); `step` is
 the advanced step counter as a float (None without one); `config`
 is the UpdateConfig (`config.lr`, `config.first_step`, hyper-parameters by name).
+A "factored" kind (Adafactor: OptimizerSpec.kernel) has instead
+`update_factored(batch, config)` over the whole FactoredBatch (fusedopt/_factored.py).
 A kind with scalar states (OptimizerSpec.scalar_states: ASGD's eta and mu) takes them as a
 sixth argument, `scalars`: that param's 0-dim float32 tensors in spec order, which it
 reads and updates in place, once per step.
@@ -46,9 +48,14 @@ def _in_opmath(t: torch.Tensor) -> torch.Tensor:
 
 class ReferenceBackend(Backend):
     name = "reference"
+    kernels = ("elementwise", "factored")
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         return None  # plain PyTorch runs wherever the tensors are
+
+    def update_factored(self, kind: str, batch, config) -> None:
+        """A factored kind (Adafactor): fusedopt/backends/reference/<kind>.py's update_factored."""
+        importlib.import_module(f"{__name__}.{kind}").update_factored(batch, config)
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         transform = config.grad_transform
