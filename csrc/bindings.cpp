@@ -45,14 +45,17 @@ DType dtype_from(int code) {
 // The pointers arrive as integers, 0 for "none", and clip_value as a number, 0 for "no clamp"
 // (see fusedopt/backends/native.py).
 UpdateOptions update_options(double lr, uintptr_t lr_tensor, bool first_step, bool master_weights,
-                             uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, double clip_value) {
+                             uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, double clip_value,
+                             uintptr_t tensor_clip, uintptr_t tensor_scale) {
   UpdateOptions o;
   o.lr = lr;
   o.lr_tensor = reinterpret_cast<const double*>(lr_tensor);
   o.first_step = first_step;
   o.master_weights = master_weights;
   o.grad_transform = GradTransform{reinterpret_cast<const float*>(grad_scale), reinterpret_cast<const float*>(found_inf),
-                                   reinterpret_cast<const float*>(clip_coef), clip_value};
+                                   reinterpret_cast<const float*>(clip_coef), clip_value,
+                                   reinterpret_cast<const float*>(tensor_clip)};
+  o.tensor_scale = reinterpret_cast<const double*>(tensor_scale);
   return o;
 }
 
@@ -139,26 +142,42 @@ template <typename Kind> void bind_optimizer(py::module_& optimizers, const char
   });
   cls.def("cpu_update", [](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor,
                            bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,
-                           uintptr_t clip_coef, double clip_value, int threads) {
+                           uintptr_t clip_coef, double clip_value, int threads, uintptr_t tensor_clip,
+                           uintptr_t tensor_scale) {
             const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
-                                                              found_inf, clip_coef, clip_value)};
+                                                              found_inf, clip_coef, clip_value, tensor_clip,
+                                                              tensor_scale)};
             cpu::update<Kind>(table_at(table, n), dtype_from(dtype), config, threads);
           }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
           py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
-          py::arg("clip_coef"), py::arg("clip_value"), py::arg("threads"));
+          py::arg("clip_coef"), py::arg("clip_value"), py::arg("threads"), py::arg("tensor_clip") = 0,
+          py::arg("tensor_scale") = 0);
+  // The reduction pass of a kind with one (LAMB): out holds 2 * n float64 (host memory).
+  cls.attr("norm_pass") = Kind::kNormPass;
+  cls.def("cpu_norms", [](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor,
+                          bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,
+                          uintptr_t clip_coef, double clip_value, int threads, uintptr_t tensor_clip, uintptr_t out) {
+            const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
+                                                              found_inf, clip_coef, clip_value, tensor_clip, 0)};
+            cpu::norms<Kind>(table_at(table, n), dtype_from(dtype), config, threads, reinterpret_cast<double*>(out));
+          }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
+          py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
+          py::arg("clip_coef"), py::arg("clip_value"), py::arg("threads"), py::arg("tensor_clip"), py::arg("out"));
 #if FUSEDOPT_WITH_CUDA
   cls.def("cuda_update", [kind](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor,
                                 bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,
                                 uintptr_t clip_coef, double clip_value, uintptr_t workspace, int64_t workspace_bytes,
-                                int64_t chunk_bytes, int device, uintptr_t stream) {
+                                int64_t chunk_bytes, int device, uintptr_t stream, uintptr_t tensor_clip,
+                                uintptr_t tensor_scale) {
             const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
-                                                              found_inf, clip_coef, clip_value)};
+                                                              found_inf, clip_coef, clip_value, tensor_clip,
+                                                              tensor_scale)};
             cuda::update<Kind>(kind, table_at(table, n), dtype_from(dtype), config,
                                cuda::LaunchResources{workspace, workspace_bytes, chunk_bytes}, device, stream);
           }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
           py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
           py::arg("clip_coef"), py::arg("clip_value"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("chunk_bytes"),
-          py::arg("device"), py::arg("stream"));
+          py::arg("device"), py::arg("stream"), py::arg("tensor_clip") = 0, py::arg("tensor_scale") = 0);
 #endif
   described[kind] = hyper_description<Kind>();
 }
@@ -219,8 +238,18 @@ PYBIND11_MODULE(FUSEDOPT_MODULE_NAME, m) {
         }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
         py::arg("beta2_decay"), py::arg("eps1"), py::arg("eps2"), py::arg("d"), py::arg("weight_decay"),
         py::arg("maximize"), py::arg("threads"));
+  // out: n float64 values (host memory Python allocated and checked).
+  m.def("cpu_sum_of_squares_per_tensor", [](uintptr_t table, int64_t n, int dtype, int threads, uintptr_t out) {
+          cpu::sum_of_squares_per_tensor(table_at(table, n), dtype_from(dtype), threads, reinterpret_cast<double*>(out));
+        }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("threads"), py::arg("out"));
 
 #if FUSEDOPT_WITH_CUDA
+  m.def("cuda_sum_of_squares_per_tensor", [](uintptr_t table, int64_t n, int dtype, uintptr_t partials,
+                                             int64_t partial_count, uintptr_t out, int device, uintptr_t stream) {
+          cuda::sum_of_squares_per_tensor(table_at(table, n), dtype_from(dtype), partials, partial_count, out, device,
+                                          stream);
+        }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("partials"), py::arg("partial_count"),
+        py::arg("out"), py::arg("device"), py::arg("stream"));
   m.def("cuda_unusable_reason", &cuda::unusable_reason, py::arg("device"));
   m.def("cuda_launch_plan", [](const std::vector<int64_t>& numels, int64_t tensor_lists, int64_t element_bytes,
                                bool large_parameter_block, int64_t chunk_bytes) {

@@ -58,6 +58,10 @@ class GradTransform:
     found_inf: Optional[torch.Tensor] = None
     clip_coef: Optional[torch.Tensor] = None
     clip_value: Optional[float] = None
+    # clip_grad_norm_per_tensor: a float32 tensor [len(batch)] on the params' device, each
+    # tensor's own clip coefficient times clip_coef's (then the grad's multiplier in its
+    # place); made per batch by fusedopt/optim/_plan.py's run_update.
+    tensor_clip: Optional[torch.Tensor] = None
 
     def check(self, device: torch.device) -> None:
         """Kernels read each through a raw pointer as one float32 beside the params: refuse
@@ -69,6 +73,16 @@ class GradTransform:
             if t is not None and (t.dtype != torch.float32 or t.numel() != 1 or t.device != device):
                 raise RuntimeError(f"{name} must be a one-element float32 tensor on {device}, "
                                    f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+        t = self.tensor_clip
+        if t is not None and (t.dtype != torch.float32 or t.dim() != 1 or t.device != device or not t.is_contiguous()):
+            raise RuntimeError(f"tensor_clip must be a contiguous 1-D float32 tensor on {device}, "
+                               f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+
+    def check_for(self, device: torch.device, tensors: int) -> None:
+        """check(device), and one tensor_clip value per tensor of the call."""
+        self.check(device)
+        if self.tensor_clip is not None and self.tensor_clip.numel() != tensors:
+            raise RuntimeError(f"tensor_clip has {self.tensor_clip.numel()} values for {tensors} tensors")
 
     def addresses(self, device: torch.device) -> Tuple[int, int, int]:
         """The three addresses for native code (0 for none), checked."""
@@ -85,6 +99,14 @@ class GradTransform:
 
 
 NO_GRAD_TRANSFORM = GradTransform()
+
+
+def check_clip_norm_per_tensor(value) -> None:
+    """clip_grad_norm_per_tensor: None, or a finite number > 0 (a bool is not a number here)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
+        raise ValueError(f"Invalid clip_grad_norm_per_tensor: {value!r} (None or a finite number > 0)")
 
 
 def check_clip_value(value) -> None:
@@ -120,6 +142,9 @@ class UpdateConfig:
     first_step: bool = False
     master_weights: bool = False
     grad_transform: GradTransform = NO_GRAD_TRANSFORM
+    # Kinds with a per-tensor scale (LAMB's trust ratio, OptimizerSpec.norm_pass): a float64
+    # tensor [len(batch)] on the params' device, from the backend's norm pass (run_update).
+    tensor_scale: Optional[torch.Tensor] = None
 
     def __getattr__(self, name: str) -> Any:
         """`config.beta1` reads the hyper-parameter of that name (the reference and Triton

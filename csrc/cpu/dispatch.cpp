@@ -75,11 +75,19 @@ template <typename Kind>
 void update(const TensorTable& t, DType d, const UpdateConfig<Kind>& c, int threads) {
   FUSEDOPT_DISPATCH(update<Kind>, t, d, c, threads)
 }
+template <typename Kind>
+void norms(const TensorTable& t, DType d, const UpdateConfig<Kind>& c, int threads, double* out) {
+  FUSEDOPT_DISPATCH(norms<Kind>, t, d, c, threads, out)
+}
 #define FUSEDOPT_INSTANTIATE_DISPATCH(kind) \
-  template void update<optimizers::kind>(const TensorTable&, DType, const UpdateConfig<optimizers::kind>&, int);
+  template void update<optimizers::kind>(const TensorTable&, DType, const UpdateConfig<optimizers::kind>&, int); \
+  template void norms<optimizers::kind>(const TensorTable&, DType, const UpdateConfig<optimizers::kind>&, int, double*);
 FUSEDOPT_FOR_EACH_OPTIMIZER(FUSEDOPT_INSTANTIATE_DISPATCH)
 
 double sum_of_squares(const TensorTable& t, DType d, int threads) { FUSEDOPT_DISPATCH(sum_of_squares, t, d, threads) }
+void sum_of_squares_per_tensor(const TensorTable& t, DType d, int threads, double* out) {
+  FUSEDOPT_DISPATCH(sum_of_squares_per_tensor, t, d, threads, out)
+}
 
 void adafactor(const TensorTable& t, DType d, const AdafactorOptions& o, int threads) {
   FUSEDOPT_DISPATCH(adafactor, t, d, o, threads)

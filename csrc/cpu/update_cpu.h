@@ -10,6 +10,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/multi_tensor_cpu.h"
+#include "fusedopt/reduce.h"
 
 namespace fusedopt::cpu::FUSEDOPT_CPU_ISA {
 namespace detail {
@@ -97,15 +98,86 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
       constexpr uint32_t kActive = decltype(variant)::value;
       with_flag(skips_state_loads<Kind>(options), [&](auto first_step) {
         with_flag(writes_grad(options.grad_transform), [&](auto write_grad) {
+          const bool own = options.grad_transform.tensor_clip != nullptr || options.tensor_scale != nullptr;
           for_each_slice(table, threads, [&](int64_t i, int64_t lo, int64_t hi) {
             const Prepared& s = Kind::kStepDependent ? per_tensor[size_t(i)] : shared;
-            detail::update_slice<Kind, S, SS, kActive, decltype(first_step)::value, decltype(write_grad)::value>(
-                table, i, lo, hi, s);
+            constexpr bool kFirst = decltype(first_step)::value, kWrite = decltype(write_grad)::value;
+            if (own)  // this tensor's clip_grad_norm_per_tensor multiplier and tensor scale
+              detail::update_slice<Kind, S, SS, kActive, kFirst, kWrite>(table, i, lo, hi, for_tensor(s, options, i));
+            else
+              detail::update_slice<Kind, S, SS, kActive, kFirst, kWrite>(table, i, lo, hi, s);
           });
         });
       });
     });
   });
+}
+
+// The reduction pass of a kind with kNormPass (LAMB): per tensor, the sums of Kind::norm_terms'
+// two terms over its elements, into out[2i] and out[2i + 1], writing nothing else. The
+// coefficients are those of the coming update (the step counter + 1, not advanced here), the
+// grad transformed as the update will (clip_grad_norm_per_tensor included); blocks, lanes and
+// the order of additions are fusedopt/reduce.h's, so the sums do not depend on the thread count.
+template <typename Kind>
+void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config, int threads, double* out) {
+  if constexpr (!Kind::kNormPass) {
+    throw std::invalid_argument("fusedopt cpu: this optimizer has no norm pass");
+  } else {
+    static_assert(Kind::kStates <= 2 && Kind::kStepCounter, "the norm pass reads at most two states");
+    const UpdateOptions& options = config.options;
+    const uint32_t active = Kind::active_states(config.hyper);
+    std::vector<int64_t> first(static_cast<size_t>(table.n) + 1, 0);
+    for (int64_t i = 0; i < table.n; ++i) first[size_t(i) + 1] = first[size_t(i)] + sum_blocks(table.numel(i));
+    const int64_t blocks = first[size_t(table.n)];
+    std::vector<int64_t> owner(static_cast<size_t>(blocks));
+    for (int64_t i = 0; i < table.n; ++i)
+      for (int64_t b = first[size_t(i)]; b < first[size_t(i) + 1]; ++b) owner[size_t(b)] = i;
+    std::vector<double> partials(static_cast<size_t>(2 * blocks), 0.0);
+    dispatch_storage(dtype, options.master_weights, [&](auto param_tag, auto state_tag) {
+      using S = decltype(param_tag);
+      using SS = decltype(state_tag);
+      using T = typename OpMath<S>::type;
+      std::vector<Scalars<Kind, T>> per_tensor(static_cast<size_t>(table.n));
+      for (int64_t i = 0; i < table.n; ++i)
+        per_tensor[size_t(i)] =
+            for_tensor(scalars<Kind, T>(config, double(*table.ptr<float>(kStepRow, i)) + 1.0), options, i);
+      const int useful = int(std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(blocks, 1)));
+#pragma omp parallel for schedule(static) num_threads(useful) if (useful > 1)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t i = owner[size_t(b)];
+        const int64_t begin = (b - first[size_t(i)]) * kSumBlock;
+        const int64_t count = std::min(kSumBlock, table.numel(i) - begin);
+        const Scalars<Kind, T>& s = per_tensor[size_t(i)];
+        const S* p = table.ptr<const S>(kParamRow, i) + begin;
+        const S* g = table.ptr<const S>(kGradRow, i) + begin;
+        const float* master = std::is_same_v<S, SS> ? nullptr
+                                                    : table.ptr<const float>(kStateRow + state_count(active), i) + begin;
+        const SS* states[2] = {nullptr, nullptr};
+        for (int k = 0; k < Kind::kStates; ++k) states[k] = table.ptr<const SS>(kStateRow + k, i) + begin;
+        double lane_a[kSumLanes] = {}, lane_b[kSumLanes] = {};
+        for (int64_t j = 0; j < count; ++j) {
+          T values[kMaxStates] = {T(0), T(0), T(0), T(0)};
+          for (int k = 0; k < Kind::kStates; ++k) values[k] = to_opmath(states[k][j]);
+          const T pj = load_param<S, SS>(p, master, j);
+          const T gj = unscaled_grad(to_opmath(g[j]), s.grad);
+          Kind::norm_terms(pj, gj, values, s.k, lane_a[j % kSumLanes], lane_b[j % kSumLanes]);
+        }
+        lane_tree(lane_a);
+        lane_tree(lane_b);
+        partials[size_t(2 * b)] = lane_a[0];
+        partials[size_t(2 * b + 1)] = lane_b[0];
+      }
+    });
+    for (int64_t i = 0; i < table.n; ++i) {
+      double a = 0.0, b2 = 0.0;
+      for (int64_t b = first[size_t(i)]; b < first[size_t(i) + 1]; ++b) {
+        a += partials[size_t(2 * b)];
+        b2 += partials[size_t(2 * b + 1)];
+      }
+      out[2 * i] = a;
+      out[2 * i + 1] = b2;
+    }
+  }
 }
 
 }  // namespace fusedopt::cpu::FUSEDOPT_CPU_ISA
@@ -114,4 +186,7 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
 #define FUSEDOPT_INSTANTIATE_CPU_UPDATE(kind)                                                          \
   template void fusedopt::cpu::FUSEDOPT_CPU_ISA::update<fusedopt::optimizers::kind>(                 \
       const fusedopt::TensorTable&, fusedopt::DType, const fusedopt::UpdateConfig<fusedopt::optimizers::kind>&, \
-      int);
+      int);                                                                                            \
+  template void fusedopt::cpu::FUSEDOPT_CPU_ISA::norms<fusedopt::optimizers::kind>(                  \
+      const fusedopt::TensorTable&, fusedopt::DType, const fusedopt::UpdateConfig<fusedopt::optimizers::kind>&, \
+      int, double*);

@@ -40,14 +40,26 @@ class Backend:
         FactoredConfig (fusedopt/_factored.py), for backends whose `kernels` list the shape."""
         raise NotImplementedError(self.kernel_missing_reason("factored"))
 
+    def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
+        """The reduction pass of a kind with OptimizerSpec.norm_pass (LAMB): a float64 tensor
+        [len(batch), 2] on the batch's device, per tensor the sums of the kind's two terms
+        (LAMB: ||p||^2 and ||u||^2) for the coming update (step counters + 1, the grad
+        transformed as `update` will), writing nothing; deterministic, no host sync."""
+        raise NotImplementedError(f"backend {self.name!r} has no norm pass for {kind!r}")
+
+    def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
+        """The sum of the squares of each of these dense real tensors (one dtype, one device),
+        as a float64 tensor of shape [len(tensors)] on that device, in one multi-tensor pass
+        where the backend has one, without a host sync. Accumulated in float64 (at least
+        float32), deterministic: the same bits run to run whatever the thread count. The
+        compiled CPU and CUDA kernels share one order (fusedopt/reduce.h) and so one result;
+        this default (the reference's) is torch's float64 sum of each tensor's squares."""
+        if not tensors:
+            return torch.zeros(0, dtype=torch.float64)
+        return torch.stack([t.detach().double().square().sum() for t in tensors])
+
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
-        """Sum of the squares of every element of these dense real tensors of one dtype and
-        device, as a float64 0-dim tensor on that device (no host sync). The eager step and
-        the torch.compile op (fusedopt::sum_of_squares) both call this, so they clip alike.
-        torch's multi-tensor norm serves every backend without its own."""
-        # float32 norms even for 16-bit grads, so every backend's clip coefficient agrees
-        # with the CPU kernel's (which accumulates in double) to float32 rounding; float64
-        # grads keep their precision (a float64 norm cannot narrow to float32).
-        precision = torch.float64 if grads[0].dtype == torch.float64 else torch.float32
-        norms = torch._foreach_norm(grads, 2.0, dtype=precision)
-        return torch.stack(norms).double().square().sum()
+        """Sum of the squares of every element of these tensors, as a float64 0-dim tensor on
+        their device (no host sync): the per-tensor sums, added. The eager step and the
+        torch.compile op (fusedopt::sum_of_squares) both call this, so they clip alike."""
+        return self.sum_of_squares_per_tensor(grads).sum()

@@ -34,6 +34,19 @@ def common_arguments(batch: TensorBatch, config: UpdateConfig) -> tuple:
             *transform.addresses(batch.device), transform.clip_value or 0.0)
 
 
+def per_tensor_arguments(batch: TensorBatch, config: UpdateConfig) -> Dict[str, int]:
+    """The addresses of the per-tensor arrays (0: none), checked: clip_grad_norm_per_tensor's
+    float32 coefficients (GradTransform.tensor_clip) and a tensor scale (LAMB's float64 trust
+    ratio, UpdateConfig.tensor_scale), each one value per tensor of the batch, on its device."""
+    config.grad_transform.check_for(batch.device, len(batch))
+    clip, scale = config.grad_transform.tensor_clip, config.tensor_scale
+    if scale is not None and (scale.dtype != torch.float64 or scale.dim() != 1 or scale.numel() != len(batch)
+                              or scale.device != batch.device or not scale.is_contiguous()):
+        raise RuntimeError(f"tensor_scale must be a contiguous float64 tensor of {len(batch)} values on "
+                           f"{batch.device}, got {tuple(scale.shape)} {scale.dtype} on {scale.device}")
+    return dict(tensor_clip=0 if clip is None else clip.data_ptr(), tensor_scale=0 if scale is None else scale.data_ptr())
+
+
 def _lr_tensor_address(lr_tensor: Optional[torch.Tensor], device: torch.device) -> int:
     """The kernels read a config's lr_tensor as one float64 on the params' device."""
     if lr_tensor is None:
@@ -129,23 +142,54 @@ class CPUBackend(Backend):
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         _native_kinds().for_batch(kind, batch, config).cpu_update(*common_arguments(batch, config),
-                                                             torch.get_num_threads())
+                                                             torch.get_num_threads(),
+                                                             **per_tensor_arguments(batch, config))
 
-    def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
-        """The native kernel (double accumulation) where every tensor is a contiguous block
-        inside its storage (the caller checked dtype and device); torch's otherwise."""
+    def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
+        out = torch.empty(len(batch), 2, dtype=torch.float64)
+        clip = per_tensor_arguments(batch, config)["tensor_clip"]
+        _native_kinds().for_batch(kind, batch, config).cpu_norms(*common_arguments(batch, config),
+                                                            torch.get_num_threads(), clip, out.data_ptr())
+        return out
+
+    def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
+        """The native kernel (fusedopt/reduce.h's order, double accumulation) where every tensor
+        is a contiguous block inside its storage; torch's otherwise."""
         # Also the body of the public op fusedopt::sum_of_squares, which gets any list: every
         # fact the kernel relies on (CPU, one supported dtype, dense, inside its storage) is
         # checked here; anything else goes to torch.
-        dtype = grads[0].dtype
-        if dtype not in DTYPE_CODES or not all(
-                t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
-                and storage_problem(t) is None for t in grads):
-            return super().sum_of_squares(grads)
-        table = array.array("q", [t.numel() for t in grads] + [t.data_ptr() for t in grads])
-        total = native.cpu_sum_of_squares(table.buffer_info()[0], len(grads), DTYPE_CODES[grads[0].dtype],
-                                          torch.get_num_threads())
-        return torch.tensor(total, dtype=torch.float64)
+        if not _kernel_readable(tensors, "cpu"):
+            return super().sum_of_squares_per_tensor(tensors)
+        out = torch.empty(len(tensors), dtype=torch.float64)
+        table = _reduction_table(tensors)
+        native.cpu_sum_of_squares_per_tensor(table.buffer_info()[0], len(tensors), DTYPE_CODES[tensors[0].dtype],
+                                             torch.get_num_threads(), out.data_ptr())
+        return out
+
+
+def _kernel_readable(tensors: List[torch.Tensor], device_type: str) -> bool:
+    """Whether the reduction kernels may read these tensors through raw addresses: a non-empty
+    list of dense, contiguous tensors of one supported dtype on one device of `device_type`,
+    each inside its storage."""
+    if not tensors:
+        return False
+    dtype, device = tensors[0].dtype, tensors[0].device
+    return dtype in DTYPE_CODES and device.type == device_type and all(
+        t.device == device and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
+        and storage_problem(t) is None for t in tensors)
+
+
+def _reduction_table(tensors: List[torch.Tensor]) -> array.array:
+    """The (numel, address) table the reduction kernels read (csrc/cpu/kernels.h)."""
+    return array.array("q", [t.numel() for t in tensors] + [t.data_ptr() for t in tensors])
+
+
+def reduction_partials(tensors: List[torch.Tensor]) -> int:
+    """Float64 block partials the CUDA reduction needs (fusedopt/reduce.h: 65,536 elements a block)."""
+    return sum((t.numel() + SUM_BLOCK - 1) // SUM_BLOCK for t in tensors)
+
+
+SUM_BLOCK = 65536  # kSumBlock of csrc/include/fusedopt/reduce.h
 
 
 class CUDABackend(Backend):
@@ -177,12 +221,31 @@ class CUDABackend(Backend):
         return reason or None
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
+        if _norm_pass(kind):  # no CUDA kernel for LAMB's two passes yet: Triton runs both
+            return _triton().update(kind, batch, config)
         index = _device_index(batch.device)
         stream = torch.cuda.current_stream(index).cuda_stream
         workspace = self._workspace(index, stream, len(batch))
         _native_kinds().for_batch(kind, batch, config).cuda_update(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), self.chunk_bytes or 0,
-            index, stream)
+            index, stream, **per_tensor_arguments(batch, config))
+
+    def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
+        return _triton().norms(kind, batch, config)
+
+    def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
+        """The CUDA kernel (the CPU kernel's order and bits) on the current stream, no sync."""
+        if not _kernel_readable(tensors, "cuda"):
+            return super().sum_of_squares_per_tensor(tensors)
+        device = tensors[0].device
+        index = _device_index(device)
+        stream = torch.cuda.current_stream(index).cuda_stream
+        out = torch.empty(len(tensors), dtype=torch.float64, device=device)
+        partials = torch.empty(max(reduction_partials(tensors), 1), dtype=torch.float64, device=device)
+        table = _reduction_table(tensors)
+        native.cuda_sum_of_squares_per_tensor(table.buffer_info()[0], len(tensors), DTYPE_CODES[tensors[0].dtype],
+                                              partials.data_ptr(), partials.numel(), out.data_ptr(), index, stream)
+        return out
 
     def _workspace(self, index: int, stream: int, tensors: int) -> torch.Tensor:
         """Device memory for the coefficient records of a call on `stream` (used by the calls
@@ -195,6 +258,24 @@ class CUDABackend(Backend):
                 workspace = torch.empty(size, dtype=torch.uint8, device=torch.device("cuda", index))
             self._workspaces[(index, stream)] = workspace
         return workspace
+
+
+def _norm_pass(kind: str) -> bool:
+    from ..optim._spec import spec  # registered by fusedopt.optim (imported late)
+
+    return spec(kind).norm_pass
+
+
+def _triton() -> Backend:
+    """The Triton backend, for what the CUDA kernels do not run (LAMB's norm pass and
+    trust-ratio update); RuntimeError saying why when Triton cannot run."""
+    from . import get
+
+    backend = get("triton")
+    if backend is None:
+        raise RuntimeError("LAMB on CUDA tensors runs through fusedopt's Triton kernels (the CUDA kernels have no "
+                           "norm pass yet), and triton is not available; install triton")
+    return backend
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,7 +19,8 @@ import torch
 
 from .. import backends
 from .._buckets import Bucket, StateMap, _RegroupNeeded, kernel_view, split_into_buckets
-from .._layout import LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_value
+from .._layout import (LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_norm_per_tensor,
+                       check_clip_value)
 from .._memory import overlaps_itself
 from ..clip import clip_coefficient, global_norm
 from ._checks import check_weight_decay_mode
@@ -89,7 +90,11 @@ class FusedOptimizer(torch.optim.Optimizer):
     # max_grad_norm's clip (whose norm is that of the unclamped grads), before maximize and
     # weight decay; a plain number per group (None: off). Optimizers with decoupled weight
     # decay add weight_decay_mode="decoupled" (or "absolute") to their own defaults.
-    _own_setstate_defaults = dict(backend="auto", master_weights=False, max_grad_norm=None, clip_grad_value=None)
+    # clip_grad_norm_per_tensor: each grad multiplied by its own paddle ClipGradByNorm
+    # coefficient (fusedopt/clip.py's per_tensor_clip_coefficients), after GradScaler's unscale
+    # and max_grad_norm's clip, before clip_grad_value's clamp; None: off.
+    _own_setstate_defaults = dict(backend="auto", master_weights=False, max_grad_norm=None, clip_grad_value=None,
+                                  clip_grad_norm_per_tensor=None)
 
     # ----------------------------------------------------------------- torch.optim API
     def add_param_group(self, param_group: dict) -> None:
@@ -203,7 +208,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             for bucket, batch, fresh in batches:
                 transform = transforms(group, bucket.device)
                 run_update(self.spec, backends.resolve(group["backend"], bucket.device), batch, fresh, hyper,
-                           group["lr"], self._uses_master(group, bucket.dtype), transform)
+                           group["lr"], self._uses_master(group, bucket.dtype), transform,
+                           group.get("clip_grad_norm_per_tensor"))
                 if transform.writes_grad() and bucket._grads_copied:
                     return_copied_grads([kernel_view(p.grad) for p in bucket.params if p.grad is not None], batch.grads)
         return loss
@@ -324,6 +330,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         of decay; anywhere else a group asking for absolute decay is refused, not ignored)."""
         try:
             check_clip_value(group.get("clip_grad_value"))
+            check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
             if "weight_decay_mode" in self.defaults:
                 self.spec.coerce(self.hyper(group))
             elif "weight_decay_mode" in group:

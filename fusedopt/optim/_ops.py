@@ -16,7 +16,7 @@ import torch
 
 from .. import backends
 from .._buckets import kernel_view, split_into_buckets
-from .._layout import LOW_PRECISION, GradTransform
+from .._layout import LOW_PRECISION, GradTransform, check_clip_norm_per_tensor
 from ..clip import clip_coefficient, global_norm
 from . import _spec
 from ._plan import bucket_state_keys, group_hyper, return_copied_grads, run_update, split_fresh
@@ -39,6 +39,7 @@ def update_(
     clip_coef: Optional[torch.Tensor],
     backend: str,
     clip_value: Optional[float] = None,
+    clip_norm_per_tensor: Optional[float] = None,
 ) -> None:
     """One optimizer step over `params` (all with grads). `states` holds one row of
     len(params) tensors per name in the comma-separated `state_keys` (the kind's state
@@ -46,7 +47,8 @@ def update_(
     holds a float32 step counter per param for Adam and RMSprop and is empty for SGD.
     `field_names` (comma-separated) names `field_values`: `lr` and the kind's hyper-parameters
     (its OptimizerSpec's), in any order. clip_value: clip_grad_value's bound (None: no clamp),
-    applied after the grad_scale and clip_coef (GradTransform). With grad_scale the grads
+    applied after the grad_scale and clip_coef (GradTransform). clip_norm_per_tensor:
+    clip_grad_norm_per_tensor's bound (None: off), per bucket as the eager step (run_update). With grad_scale the grads
     are written back (GradTransform). Every argument is checked here, before
     any kernel runs: a malformed call raises ValueError (its shape: kind, counts, names) or
     RuntimeError (a tensor that cannot serve), never reaches native code."""
@@ -65,6 +67,7 @@ def update_(
     prepared = []
     for bucket in split_into_buckets(params, f"fusedopt::{kind}", strict=True):  # all checked before any runs
         transform.check(bucket.device)
+        check_clip_norm_per_tensor(clip_norm_per_tensor)
         batch, _ = bucket.batch(
             views, tensor_keys, bool(steps), _no_initialisation,
             torch.float32 if master_weights else None, [grad_of[id(p)] for p in bucket.params], scalar_keys,
@@ -72,7 +75,8 @@ def update_(
         prepared.append((bucket, batch))
     for bucket, batch in prepared:
         fresh = list(range(len(batch))) if first_step else []
-        run_update(spec, backends.resolve(backend, bucket.device), batch, fresh, hyper, lr, master_weights, transform)
+        run_update(spec, backends.resolve(backend, bucket.device), batch, fresh, hyper, lr, master_weights, transform,
+                   clip_norm_per_tensor)
         if transform.writes_grad():
             return_copied_grads([grad_of[id(p)] for p in bucket.params], batch.grads)
 
@@ -130,7 +134,7 @@ def _(grads, backend) -> torch.Tensor:
 
 @update_.register_fake
 def _(kind, params, grads, steps, states, state_keys, field_names, field_values, first_step, master_weights,
-      grad_scale, found_inf, clip_coef, backend, clip_value=None) -> None:
+      grad_scale, found_inf, clip_coef, backend, clip_value=None, clip_norm_per_tensor=None) -> None:
     return None
 
 
@@ -190,4 +194,5 @@ def _call(optimizer, group, params: Sequence[torch.Tensor], keys, names, values,
         [state[p]["step"] for p in params] if optimizer.spec.step_counter else [],
         [state[p][key] for key in keys for p in params], ",".join(keys), ",".join(names), values,
         fresh, master, grad_scale, found_inf, coef, group["backend"], group.get("clip_grad_value"),
+        group.get("clip_grad_norm_per_tensor"),
     )

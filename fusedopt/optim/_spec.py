@@ -45,6 +45,9 @@ class OptimizerSpec:
     state_keys: Callable[[Mapping[str, Any]], Tuple[str, ...]]  # hyper -> state tensor names in table order
     step_counter: bool = True  # keeps a float32 state['step'] the kernels advance
     first_step_rule: bool = False  # new state depends on the first grad (SGD's buf = grad)
+    # A reduction pass before each update (LAMB): Backend.norms gives two sums per tensor,
+    # from which a per-tensor scale (the trust ratio) reaches the update (UpdateConfig.tensor_scale).
+    norm_pass: bool = False
     initial_values: Tuple[Tuple[str, str], ...] = ()  # (state key, group key whose value fills it); else zeros
     # (key, group key or number it starts at): per-param float32 scalars, in table order
     scalar_states: Tuple[Tuple[str, Union[str, float]], ...] = ()

@@ -42,7 +42,7 @@ class Adam(FusedOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
                  decoupled_weight_decay=False, optimized_update=False, backend="auto",
-                 master_weights=False, max_grad_norm=None, clip_grad_value=None, weight_decay_mode="decoupled"):
+                 master_weights=False, max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None, weight_decay_mode="decoupled"):
         check_adam_hyperparameters(lr, betas, eps, weight_decay)
         check_torch_flags(foreach, fused, differentiable)
         defaults = dict(
@@ -52,7 +52,7 @@ class Adam(FusedOptimizer):
             foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused,
             decoupled_weight_decay=bool(decoupled_weight_decay or self._decoupled_weight_decay),
             optimized_update=optimized_update, backend=backend,
-            master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value,
+            master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
             weight_decay_mode=weight_decay_mode,
         )
         super().__init__(params, defaults)
@@ -82,9 +82,9 @@ class AdamW(Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
                  optimized_update=False, backend="auto", master_weights=False, max_grad_norm=None,
-                 clip_grad_value=None, weight_decay_mode="decoupled"):
+                 clip_grad_value=None, clip_grad_norm_per_tensor=None, weight_decay_mode="decoupled"):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
                          optimized_update=optimized_update, backend=backend, master_weights=master_weights,
-                         max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value,
+                         max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
                          weight_decay_mode=weight_decay_mode)

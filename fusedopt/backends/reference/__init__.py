@@ -46,6 +46,21 @@ def _in_opmath(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in LOW_PRECISION else t
 
 
+def _transformed_grad(stored_grad: torch.Tensor, transform, i: int) -> torch.Tensor:
+    """The grad the math sees (GradTransform's order), in the math type, a new tensor: unscaled,
+    times max_grad_norm's coefficient (or, with clip_grad_norm_per_tensor, the tensor's own
+    coefficient, which includes it), clamped to clip_grad_value."""
+    grad = _in_opmath(stored_grad)
+    if transform.grad_scale is not None:
+        grad = grad / transform.grad_scale.to(grad.dtype)
+    clip = transform.clip_coef if transform.tensor_clip is None else transform.tensor_clip[i]
+    if clip is not None:
+        grad = grad * clip.to(grad.dtype)
+    if transform.clip_value is not None:  # clip_grad_value, after the norm's coefficient (GradTransform)
+        grad = grad.clamp(-transform.clip_value, transform.clip_value)
+    return grad if grad is not stored_grad else grad.clone()
+
+
 class ReferenceBackend(Backend):
     name = "reference"
     kernels = ("elementwise", "factored")
@@ -66,7 +81,6 @@ class ReferenceBackend(Backend):
             config = UpdateConfig(config.hyper, float(config.lr_tensor.item()), None, config.first_step,
                                   config.master_weights, transform)
         update = update_function(kind)
-        scale, clip, bound = transform.grad_scale, transform.clip_coef, transform.clip_value
         for i, (param, stored_grad) in enumerate(zip(batch.params, batch.grads)):
             step = None
             if batch.steps:
@@ -76,14 +90,10 @@ class ReferenceBackend(Backend):
             master = states.pop() if config.master_weights else None
             targets = [param if master is None else master, *states]
             values = [_in_opmath(t) for t in targets]
-            grad = _in_opmath(stored_grad)
-            if scale is not None:
-                grad = grad / scale.to(grad.dtype)
-            if clip is not None:
-                grad = grad * clip.to(grad.dtype)
-            if bound is not None:  # clip_grad_value, after the norm's coefficient (GradTransform)
-                grad = grad.clamp(-bound, bound)
-            if batch.scalars:
+            grad = _transformed_grad(stored_grad, transform, i)
+            if config.tensor_scale is not None:  # LAMB's trust ratio
+                update(values[0], grad, values[1:], step, config, ratio=float(config.tensor_scale[i]))
+            elif batch.scalars:
                 update(values[0], grad, values[1:], step, config, [s[i] for s in batch.scalars])
             else:
                 update(values[0], grad, values[1:], step, config)
@@ -94,3 +104,19 @@ class ReferenceBackend(Backend):
                 stored_grad.copy_(grad)
             if master is not None:
                 param.copy_(master)
+
+    def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
+        """The kind's `norm_terms(param, grad, states, step, config) -> (a, b)` (float64 sums,
+        writing nothing) per tensor, for the coming step (counter + 1)."""
+        terms = importlib.import_module(f"{__name__}.{kind}").norm_terms
+        transform = config.grad_transform
+        out = torch.zeros(len(batch), 2, dtype=torch.float64, device=batch.device)
+        for i, (param, stored_grad) in enumerate(zip(batch.params, batch.grads)):
+            step = float(batch.steps[i].item()) + 1 if batch.steps else None
+            states = [s[i] for s in batch.states]
+            master = states.pop() if config.master_weights else None
+            value = _in_opmath(param if master is None else master)
+            grad = _transformed_grad(stored_grad, transform, i)
+            a, b = terms(value, grad, [_in_opmath(s) for s in states], step, config)
+            out[i, 0], out[i, 1] = a, b
+        return out
