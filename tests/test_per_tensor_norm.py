@@ -100,7 +100,10 @@ def _clip_grads(step):
     return [torch.randn(s, generator=generator) * scale for s, scale in zip(CLIP_SHAPES, (3.0, 0.05, 2.0, 1.0))]
 
 
-OPTIMIZERS = sorted(fusedopt.optim.__all__)
+# The optimizers that take the clipping options: those on the element-wise kernel
+# (Adafactor's factored kernel takes none of fusedopt's clipping options, as torch's).
+OPTIMIZERS = sorted(name for name in fusedopt.optim.__all__
+                    if getattr(fusedopt.optim, name).spec.kernel == "elementwise")
 LR = {"Adadelta": 1.0, "Rprop": 1e-2}
 
 
