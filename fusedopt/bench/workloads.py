@@ -219,7 +219,9 @@ def optimizer_classes() -> List[Type]:
     registered spec (AdamW is kind adam with decoupled weight decay)."""
     kinds = registered()
     classes = [getattr(fusedopt.optim, name) for name in fusedopt.optim.__all__]
-    return [cls for cls in classes if isinstance(cls, type) and getattr(cls, "spec", None) in kinds.values()]
+    # SparseAdam takes sparse grads only: its bar is fusedopt/bench/sparse_adam.py
+    return [cls for cls in classes if isinstance(cls, type) and getattr(cls, "spec", None) in kinds.values()
+            and not getattr(cls, "sparse_grads_only", False)]
 
 
 @functools.lru_cache(maxsize=None)

@@ -39,14 +39,17 @@ def _pointer(table_ptr, n, row, column, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _sparse_adam_kernel(table_ptr, work_ptr, n, lr, h0, h1, h2, h3, h4, SLOT: tl.constexpr, OPTIONS: tl.constexpr,
-                        DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+def _sparse_adam_kernel(table_ptr, work_ptr, n, lr: tl.float64, h0: tl.float64, h1: tl.float64, h2: tl.float64,
+                        h3: tl.float64, h4: tl.float64, SLOT: tl.constexpr, OPTIONS: tl.constexpr, DTYPE: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    """Scalars arrive as float64 (Triton would pass a Python float as float32)."""
     pid = tl.program_id(0).to(tl.int64)
     column = tl.load(work_ptr + 2 * pid)
     position = tl.load(work_ptr + 2 * pid + 1)
     length = tl.load(table_ptr + _ROW_LEN * n + column)
     row = tl.load(_pointer(table_ptr, n, _INDEX, column, tl.int64) + position)
     step = tl.load(_pointer(table_ptr, n, _STEP, column, tl.float32))
+    lr = tl.full((), lr, tl.float64)
     k = adam.coefficients(step, lr, (h0, h1, h2, h3, h4), SLOT, OPTIONS, DTYPE)
     grad_sign, l2_decay, param_scale, one_minus_beta1, _, one_minus_beta2, eps, neg_step_size, denom_divisor = k
     start = row * length
