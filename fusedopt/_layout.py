@@ -201,3 +201,47 @@ class TensorBatch:
 
     def table_address(self) -> int:
         return self.table.buffer_info()[0]
+
+
+# Rows of the sparse-row table (lazy Adam, fusedopt/_sparse_rows.py); must match
+# csrc/include/fusedopt/sparse_rows.h. One column per param: how many rows its grad has
+# (unique, sorted, in range: checked in Python), the elements per row, the param's row
+# count (the kernels check every index against it once more), then addresses: the int64 row
+# indices, the param, the grad's row values (present rows x row length, contiguous), the
+# float32 step counter, exp_avg, exp_avg_sq, and max_exp_avg_sq (0 without amsgrad).
+(SPARSE_NNZ_ROW, SPARSE_ROW_LEN_ROW, SPARSE_PARAM_ROWS_ROW, SPARSE_INDEX_ROW, SPARSE_PARAM_ROW, SPARSE_VALUES_ROW,
+ SPARSE_STEP_ROW, SPARSE_EXP_AVG_ROW, SPARSE_EXP_AVG_SQ_ROW, SPARSE_MAX_EXP_AVG_SQ_ROW, SPARSE_TABLE_ROWS) = range(11)
+
+
+class SparseRowBatch:
+    """The tensors one lazy (sparse-row) Adam call updates: params of one device and dtype
+    with sparse COO grads, each grad given as its unique row indices (`indices[i]`, int64,
+    sorted) and the matching rows of values (`values[i]`, shape (rows present, row length),
+    contiguous); a row is one element of the param's flattened sparse dims, so an
+    nn.Embedding grad's rows are embedding rows. Only those rows of the param and of its
+    `exp_avgs`/`exp_avg_sqs` (and `max_exp_avg_sqs` with amsgrad, else None) change; every
+    step counter advances once, even for a grad with no rows (as torch.optim.SparseAdam).
+    `table` (array('q'), SPARSE_TABLE_ROWS x len) holds the validated addresses."""
+
+    __slots__ = ("params", "indices", "values", "steps", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "row_lengths",
+                 "device", "dtype", "table")
+
+    def __init__(self, params, indices, values, steps, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, row_lengths,
+                 device, dtype, table):
+        self.params = params
+        self.indices = indices
+        self.values = values
+        self.steps = steps
+        self.exp_avgs = exp_avgs
+        self.exp_avg_sqs = exp_avg_sqs
+        self.max_exp_avg_sqs = max_exp_avg_sqs
+        self.row_lengths = row_lengths
+        self.device = device
+        self.dtype = dtype
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def table_address(self) -> int:
+        return self.table.buffer_info()[0]

@@ -273,10 +273,12 @@ def test_counted_state_is_the_state_the_optimizer_keeps(key, master):
 
 
 def test_every_exported_optimizer_class_is_benchmarked():
-    # Element-wise ones by the harness; Adafactor (the factored kernel) by fusedopt/bench/adafactor.py.
+    # Element-wise ones by the harness; Adafactor (the factored kernel) by fusedopt/bench/adafactor.py,
+    # SparseAdam (sparse grads only) by fusedopt/bench/sparse_adam.py.
     classes = {name for name in fusedopt.optim.__all__
                if getattr(getattr(fusedopt.optim, name), "spec", None) is not None
-               and getattr(fusedopt.optim, name).spec.kernel == "elementwise"}
+               and getattr(fusedopt.optim, name).spec.kernel == "elementwise"
+               and not getattr(getattr(fusedopt.optim, name), "sparse_grads_only", False)}  # sparse_adam.py's bar
     assert {case.class_name for case in all_cases()} == classes
     assert set(families()) == {name.lower() for name in classes}
 

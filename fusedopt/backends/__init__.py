@@ -120,6 +120,28 @@ def choose(name: str, device: torch.device, kernel: str = ELEMENTWISE) -> Backen
     raise RuntimeError(f"fusedopt: no backend can run on {device}: " + "; ".join(skipped))
 
 
+def resolve_sparse_rows(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
+    """The backend that runs lazy (sparse-row) Adam for `name` on params of `device` and
+    `dtype`: one named explicitly must implement it (RuntimeError saying which do); `auto`
+    takes the first of its usual candidates that does (the reference always does)."""
+    if name == "auto":
+        name = check_name(os.environ.get(ENV_VARIABLE, "auto") or "auto")
+    candidates = _auto_candidates(device)
+    if name != "auto":
+        backend = resolve(name, device)
+        reason = backend.sparse_rows_unsupported(dtype)
+        if reason:
+            capable = [c for c in candidates if unusable_reason(c, device) is None
+                       and get(c).sparse_rows_unsupported(dtype) is None]
+            raise RuntimeError(f"fusedopt backend {name!r} cannot run lazy (sparse-row) Adam on {dtype} params on "
+                               f"{device}: {reason}; backend='auto' picks one that can ({', '.join(capable)})")
+        return backend
+    for candidate in candidates:
+        if unusable_reason(candidate, device) is None and get(candidate).sparse_rows_unsupported(dtype) is None:
+            return get(candidate)
+    return get("reference")
+
+
 def available(device, kernel: str = ELEMENTWISE) -> List[str]:
     """Names of the backends that can update tensors on `device` with kernels of shape
     `kernel` (excluding 'auto')."""
@@ -129,5 +151,5 @@ def available(device, kernel: str = ELEMENTWISE) -> List[str]:
 
 __all__ = [
     "Backend", "BACKEND_NAMES", "TensorBatch", "UpdateConfig",
-    "available", "check_name", "choose", "get", "register", "resolve", "unusable_reason",
+    "available", "check_name", "choose", "get", "register", "resolve", "resolve_sparse_rows", "unusable_reason",
 ]

@@ -1,11 +1,11 @@
 """The interface every backend implements; what it receives lives in fusedopt/_layout.py."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, List, Mapping, Optional
 
 import torch
 
-from .._layout import GradTransform, NO_GRAD_TRANSFORM, TensorBatch, UpdateConfig  # noqa: F401  (re-exported)
+from .._layout import GradTransform, NO_GRAD_TRANSFORM, SparseRowBatch, TensorBatch, UpdateConfig  # noqa: F401  (re-exported)
 
 
 class Backend:
@@ -57,6 +57,18 @@ class Backend:
         if not tensors:
             return torch.zeros(0, dtype=torch.float64)
         return torch.stack([t.detach().double().square().sum() for t in tensors])
+
+    def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
+        """None when this backend runs lazy (sparse-row) Adam on params of `dtype`, else why not."""
+        return f"backend {self.name!r} does not implement lazy (sparse-row) Adam"
+
+    def sparse_adam_update(self, batch: SparseRowBatch, hyper: Mapping[str, Any], lr: float) -> None:
+        """One lazy Adam step over every tensor of `batch` (fusedopt/_layout.py) in one call:
+        advance every step counter, then update the present rows of each param and its
+        moments with torch.optim.SparseAdam's arithmetic and Adam's options `hyper` (the adam
+        spec's hyper-parameters by name; fusedopt/backends/reference/sparse_adam.py is the
+        readable statement)."""
+        raise NotImplementedError(self.sparse_rows_unsupported(batch.dtype))
 
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
         """Sum of the squares of every element of these tensors, as a float64 0-dim tensor on

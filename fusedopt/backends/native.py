@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from .._layout import DTYPE_CODES, FIRST_STATE_ROW, TensorBatch, UpdateConfig
+from .._layout import DTYPE_CODES, FIRST_STATE_ROW, SparseRowBatch, TensorBatch, UpdateConfig
 from .._memory import storage_problem
 from .._native import build_info, load_error, native
 from .base import Backend
@@ -144,6 +144,17 @@ class CPUBackend(Backend):
         _native_kinds().for_batch(kind, batch, config).cpu_update(*common_arguments(batch, config),
                                                              torch.get_num_threads(),
                                                              **per_tensor_arguments(batch, config))
+
+    def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
+        if dtype not in (torch.float32, torch.float64):
+            return "its lazy (sparse-row) Adam kernel updates float32 and float64 params"
+        if not hasattr(native, "cpu_sparse_adam"):
+            return "fusedopt._C was built without the sparse-row kernel; rebuild it (`pip install .`)"
+        return None
+
+    def sparse_adam_update(self, batch: SparseRowBatch, hyper: Mapping[str, Any], lr: float) -> None:
+        native.cpu_sparse_adam(_native_kinds().hyper("adam", hyper), batch.table_address(), len(batch),
+                               DTYPE_CODES[batch.dtype], float(lr), torch.get_num_threads())
 
     def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
         out = torch.empty(len(batch), 2, dtype=torch.float64)

@@ -220,7 +220,9 @@ def optimizer_classes() -> List[Type]:
     (Adafactor's factored kernel has its own bench: fusedopt/bench/adafactor.py)."""
     kinds = elementwise_kinds()
     classes = [getattr(fusedopt.optim, name) for name in fusedopt.optim.__all__]
-    return [cls for cls in classes if isinstance(cls, type) and getattr(cls, "spec", None) in kinds.values()]
+    # SparseAdam takes sparse grads only: its bar is fusedopt/bench/sparse_adam.py
+    return [cls for cls in classes if isinstance(cls, type) and getattr(cls, "spec", None) in kinds.values()
+            and not getattr(cls, "sparse_grads_only", False)]
 
 
 @functools.lru_cache(maxsize=None)

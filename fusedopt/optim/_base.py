@@ -24,6 +24,7 @@ from .._layout import (LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransfo
 from .._memory import overlaps_itself
 from ..clip import clip_coefficient, global_norm
 from ._checks import check_weight_decay_mode
+from ._lazy import check_lazy_group, is_lazy, prepare_lazy_groups, run_lazy_groups
 from ._ops import compiled_step
 from ._plan import bucket_state_keys, group_hyper, return_copied_grads, run_update, uses_master
 from ._spec import OptimizerSpec, register
@@ -117,7 +118,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         # fusedopt's shaping runs as the first post-hook, so the user's post-hooks see (and
         # may change) the state dict in its final form, as they would torch.optim's.
-        handle = self.register_state_dict_post_hook(FusedOptimizer._shape_state_dict, prepend=True)
+        handle = self.register_state_dict_post_hook(type(self)._shape_state_dict, prepend=True)
         try:
             return super().state_dict()
         finally:
@@ -193,13 +194,17 @@ class FusedOptimizer(torch.optim.Optimizer):
             # Elsewhere the kernels skip; new buffers then start at zero (torch's fused SGD
             # leaves them uninitialised).
             return loss
+        # Lazy groups (sparse grads updating only their rows, fusedopt/optim/_lazy.py) are
+        # validated first and run after the others: nothing moves unless every grad can.
+        lazy_groups = [group for group in self.param_groups if is_lazy(group)]
+        lazy_prepared = prepare_lazy_groups(self, lazy_groups) if lazy_groups else []
         if torch.compiler.is_compiling():
             compiled_step(self)  # traced by dynamo: one torch.library op per group and dtype
             return loss
         # The groups' hyper-parameters, read once per step: the state keys, lazy state and the
         # backend calls below all follow from them.
         hypers = [group_hyper(self, group) for group in self.param_groups]
-        prepared = [self._prepare_group(index, group, hyper)
+        prepared = [[] if is_lazy(group) else self._prepare_group(index, group, hyper)
                     for index, (group, hyper) in enumerate(zip(self.param_groups, hypers))]
         transforms = self._grad_transforms(prepared)
         if getattr(self, "grad_scale", None) is not None:
@@ -212,6 +217,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                            group.get("clip_grad_norm_per_tensor"))
                 if transform.writes_grad() and bucket._grads_copied:
                     return_copied_grads([kernel_view(p.grad) for p in bucket.params if p.grad is not None], batch.grads)
+        if lazy_groups:
+            run_lazy_groups(self, lazy_groups, lazy_prepared)
         return loss
 
     # ----------------------------------------------------------------- state
@@ -331,6 +338,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         try:
             check_clip_value(group.get("clip_grad_value"))
             check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
+            if is_lazy(group):
+                check_lazy_group(group, type(self).__name__)
             if "weight_decay_mode" in self.defaults:
                 self.spec.coerce(self.hyper(group))
             elif "weight_decay_mode" in group:

@@ -24,11 +24,11 @@ reads and updates in place, once per step.
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 
-from ..._layout import LOW_PRECISION, TensorBatch, UpdateConfig, check_clip_value
+from ..._layout import LOW_PRECISION, SparseRowBatch, TensorBatch, UpdateConfig, check_clip_value
 from ..base import Backend
 
 _UPDATES: Dict[str, Callable] = {}
@@ -120,3 +120,15 @@ class ReferenceBackend(Backend):
             a, b = terms(value, grad, [_in_opmath(s) for s in states], step, config)
             out[i, 0], out[i, 1] = a, b
         return out
+
+    def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
+        return None  # torch's operations in the param's dtype, as torch.optim.SparseAdam runs them
+
+    def sparse_adam_update(self, batch: SparseRowBatch, hyper: Mapping[str, Any], lr: float) -> None:
+        from .sparse_adam import update_rows
+
+        for i, param in enumerate(batch.params):
+            batch.steps[i] += 1
+            maxes = batch.max_exp_avg_sqs[i] if batch.max_exp_avg_sqs is not None else None
+            update_rows(param, batch.indices[i], batch.values[i], batch.exp_avgs[i], batch.exp_avg_sqs[i], maxes,
+                        float(batch.steps[i].item()), hyper, lr)

@@ -420,6 +420,18 @@ class TritonBackend(Backend):
             return _norms.norms(module, tables.table, batch, config, _TRITON_DTYPES[batch.dtype], master, num_states,
                                 _slots)
 
+    def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
+        if dtype not in (torch.float32, torch.float64):
+            return "its lazy (sparse-row) Adam kernel updates float32 and float64 params"
+        return None
+
+    def sparse_adam_update(self, batch, hyper, lr) -> None:
+        from ._sparse_adam import sparse_adam_update
+
+        on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
+        with on_device:
+            sparse_adam_update(batch, hyper, lr)
+
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         kind_module(kind)  # an unknown kind fails before anything moves
         config.grad_transform.check_for(batch.device, len(batch))
