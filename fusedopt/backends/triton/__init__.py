@@ -129,7 +129,7 @@ except Exception as error:  # a broken install must not break `import fusedopt`
 from ..._layout import (FIRST_STATE_ROW, GRAD_ROW, LOW_PRECISION, NUMEL_ROW, PARAM_ROW, GradTransform, TensorBatch,
                         UpdateConfig)
 from ..base import Backend
-from . import _kernel
+from . import _factored, _kernel
 
 MAX_SCALARS = 8  # h0..h7 of the kernel
 MAX_STATES = 4  # state pointers the kernel hands an update (the master copy not counted)
@@ -364,6 +364,7 @@ def _advance_steps(steps: List[torch.Tensor], transform: GradTransform) -> None:
 class TritonBackend(Backend):
     name = "triton"
     reads_lr_tensor = True
+    kernels = ("elementwise", "factored")  # factored: Adafactor (_factored.py, _factored_kernel.py)
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         interpreted = _interpreted()
@@ -383,6 +384,14 @@ class TritonBackend(Backend):
             return ("Triton kernels run on CUDA GPUs, and on CPU tensors only under Triton's interpreter "
                     "(TRITON_INTERPRET=1 before `import fusedopt`, for testing); use backend 'cpu' for CPU tensors")
         return f"Triton kernels run on CUDA GPUs, and these tensors are on {device}"
+
+    def update_factored(self, kind: str, batch, config) -> None:
+        """Adafactor: five launches over the bucket (fusedopt/backends/triton/_factored.py)."""
+        if kind != "adafactor":
+            raise ValueError(f"backend 'triton' has no factored kernels for {kind!r}")
+        on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
+        with on_device:
+            _factored.update_factored(batch, config)
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         kind_module(kind)  # an unknown kind fails before anything moves
