@@ -40,6 +40,9 @@ from ._math import rounded
 ITEM_FIELDS = 8  # column, slice (in the tensor), first row/element, end, first column, col base, row base, slice
 SLICE_FIELDS = 4  # column, slice (in the tensor), first item, blocks of rows per column tile
 TENSOR_FIELDS = 2  # first item, items
+_ITEM = tl.constexpr(ITEM_FIELDS)  # the same, as constants the kernels may read
+_SLICE = tl.constexpr(SLICE_FIELDS)
+_TENSOR = tl.constexpr(TENSOR_FIELDS)
 
 _NUMEL = tl.constexpr(NUMEL)
 _PARAM = tl.constexpr(PARAM)
@@ -72,7 +75,7 @@ def pass_a_kernel(table_ptr, n, items_ptr, param_partial_ptr, col_partial_ptr, r
                   COLS: tl.constexpr):
     """Sum of p² (item), g² per row (its tile) and per column (its rows); a vector's variance."""
     k = tl.program_id(0).to(tl.int64)
-    item = items_ptr + ITEM_FIELDS * k
+    item = items_ptr + _ITEM * k
     column = tl.load(item)
     begin = tl.load(item + 2)
     end = tl.load(item + 3)
@@ -103,24 +106,24 @@ def pass_a_kernel(table_ptr, n, items_ptr, param_partial_ptr, col_partial_ptr, r
         tl.store(col_partial_ptr + col_base + col_lanes, col_sum, mask=cols < C)
         tl.store(param_partial_ptr + k, tl.sum(tl.sum(param_sum, axis=1), axis=0))
     else:
-        param_sum = tl.zeros([ROWS * COLS], tl.float64)
+        vector_sum = tl.zeros([ROWS * COLS], tl.float64)
         j = begin
         while j < end:
-            offsets = j + tl.arange(0, ROWS * COLS)
-            mask = offsets < end
-            p = tl.load(param + offsets, mask=mask, other=0.0).to(COMPUTE).to(tl.float64)
-            g = tl.load(grad + offsets, mask=mask, other=0.0).to(COMPUTE)  # squared: maximize's sign drops out
-            param_sum += p * p
-            start = tl.load(moment + offsets, mask=mask, other=0.0).to(COMPUTE)
-            end_value = g * g
+            elements = j + tl.arange(0, ROWS * COLS)
+            inside = elements < end
+            pv = tl.load(param + elements, mask=inside, other=0.0).to(COMPUTE).to(tl.float64)
+            gv = tl.load(grad + elements, mask=inside, other=0.0).to(COMPUTE)  # squared: maximize's sign drops out
+            vector_sum += pv * pv
+            start = tl.load(moment + elements, mask=inside, other=0.0).to(COMPUTE)
+            end_value = gv * gv
             # fusedopt::lerp (torch's two-sided formula)
             variance = tl.where(weight < 0.5, start + weight * (end_value - start),
                                 end_value - (end_value - start) * (1.0 - weight))
             if DTYPE == tl.bfloat16:
                 variance = rounded(variance, DTYPE)
-            tl.store(moment + offsets, variance.to(DTYPE), mask=mask)
+            tl.store(moment + elements, variance.to(DTYPE), mask=inside)
             j += ROWS * COLS
-        tl.store(param_partial_ptr + k, tl.sum(param_sum, axis=0))
+        tl.store(param_partial_ptr + k, tl.sum(vector_sum, axis=0))
 
 
 @triton.jit
@@ -131,13 +134,13 @@ def slice_kernel(table_ptr, n, items_ptr, slices_ptr, col_partial_ptr, row_parti
     row means of g² (partial sums added in item order), then mean(row_var) as stored, clamped
     to eps1, for passes B and C."""
     index = tl.program_id(0).to(tl.int64)
-    entry = slices_ptr + SLICE_FIELDS * index
+    entry = slices_ptr + _SLICE * index
     column = tl.load(entry)
     s = tl.load(entry + 1)
     first_item = tl.load(entry + 2)
     row_blocks = tl.load(entry + 3)
     param, grad, row_var, col_var, R, C, weight = _tensor(table_ptr, n, column, beta2_decay, DTYPE, COMPUTE)
-    row_base = tl.load(items_ptr + ITEM_FIELDS * first_item + 6)
+    row_base = tl.load(items_ptr + _ITEM * first_item + 6)
     tiles = (C + COLS - 1) // COLS
     # Items of a slice are ordered by column tile, then by block of rows.
     col_lanes = tl.arange(0, COLS)
@@ -148,7 +151,7 @@ def slice_kernel(table_ptr, n, items_ptr, slices_ptr, col_partial_ptr, row_parti
         sums = tl.zeros([COLS], tl.float64)
         b = 0
         while b < row_blocks:
-            col_base = tl.load(items_ptr + ITEM_FIELDS * (first_item + j * row_blocks + b) + 5)
+            col_base = tl.load(items_ptr + _ITEM * (first_item + j * row_blocks + b) + 5)
             sums += tl.load(col_partial_ptr + col_base + col_lanes, mask=mask, other=0.0)
             b += 1
         if COMPUTE == tl.float32:
@@ -207,8 +210,8 @@ def tensor_kernel(table_ptr, n, tensors_ptr, param_partial_ptr, update_partial_p
     -alpha / max(1, RMS(u) / d) (adafactor_alpha, adafactor_coefficient), each norm rounded
     to COMPUTE first, as torch's .norm(2) in the param's dtype; rho = min(lr, 1/sqrt(step))."""
     column = tl.program_id(0).to(tl.int64)
-    first = tl.load(tensors_ptr + TENSOR_FIELDS * column)
-    count = tl.load(tensors_ptr + TENSOR_FIELDS * column + 1)
+    first = tl.load(tensors_ptr + _TENSOR * column)
+    count = tl.load(tensors_ptr + _TENSOR * column + 1)
     if count > 0:
         numel = tl.load(table_ptr + _NUMEL * n + column).to(tl.float64)
         step = tl.load(tl.load(table_ptr + _STEP * n + column).to(tl.pointer_type(tl.float32))).to(tl.float64)
@@ -241,7 +244,7 @@ def pass_c_kernel(table_ptr, n, items_ptr, means_ptr, coefficient_ptr, lr_ptr, l
                   COLS: tl.constexpr):
     """p = p * (1 - lr*wd) + coefficient * u over the item."""
     k = tl.program_id(0).to(tl.int64)
-    column = tl.load(items_ptr + ITEM_FIELDS * k)
+    column = tl.load(items_ptr + _ITEM * k)
     if LR_TENSOR:
         lr = tl.load(lr_ptr)
     else:
@@ -260,7 +263,7 @@ def _update_pass(table_ptr, n, items_ptr, means_ptr, k, grad_sign, eps1, decay, 
     """Item k's update u = g / sqrt(max(estimate, eps1²)) (factored_estimate, adafactor_update;
     clamp_min keeps a NaN): the sum of u² (pass B), or the new param p * decay + coefficient * u
     written (pass C, WRITE)."""
-    item = items_ptr + ITEM_FIELDS * k
+    item = items_ptr + _ITEM * k
     column = tl.load(item)
     begin = tl.load(item + 2)
     end = tl.load(item + 3)
@@ -304,27 +307,27 @@ def _update_pass(table_ptr, n, items_ptr, means_ptr, k, grad_sign, eps1, decay, 
             r += ROWS
         total = tl.sum(tl.sum(update_sum, axis=1), axis=0)
     else:
-        update_sum = tl.zeros([ROWS * COLS], tl.float64)
+        vector_sum = tl.zeros([ROWS * COLS], tl.float64)
         j = begin
         while j < end:
-            offsets = j + tl.arange(0, ROWS * COLS)
-            mask = offsets < end
-            g = tl.load(grad + offsets, mask=mask, other=0.0).to(COMPUTE) * sign
-            estimate = tl.load(moment + offsets, mask=mask, other=0.0).to(COMPUTE)
-            clamped = tl.where(estimate < eps1_squared, eps1_squared, estimate)
+            elements = j + tl.arange(0, ROWS * COLS)
+            inside = elements < end
+            gv = tl.load(grad + elements, mask=inside, other=0.0).to(COMPUTE) * sign
+            variance = tl.load(moment + elements, mask=inside, other=0.0).to(COMPUTE)
+            bounded = tl.where(variance < eps1_squared, eps1_squared, variance)
             if COMPUTE == tl.float32:
-                u = tl.div_rn(tl.full(clamped.shape, 1.0, COMPUTE), tl.sqrt_rn(clamped)) * g
+                uv = tl.div_rn(tl.full(bounded.shape, 1.0, COMPUTE), tl.sqrt_rn(bounded)) * gv
             else:
-                u = (1.0 / tl.sqrt(clamped)) * g
+                uv = (1.0 / tl.sqrt(bounded)) * gv
             if WRITE:
-                p = tl.load(param + offsets, mask=mask, other=0.0).to(COMPUTE)
-                value = p * decay_t + coefficient_t * u
+                pv = tl.load(param + elements, mask=inside, other=0.0).to(COMPUTE)
+                new = pv * decay_t + coefficient_t * uv
                 if DTYPE == tl.bfloat16:
-                    value = rounded(value, DTYPE)
-                tl.store(param + offsets, value.to(DTYPE), mask=mask)
+                    new = rounded(new, DTYPE)
+                tl.store(param + elements, new.to(DTYPE), mask=inside)
             else:
-                u = tl.where(mask, u, 0.0).to(tl.float64)
-                update_sum += u * u
+                uv = tl.where(inside, uv, 0.0).to(tl.float64)
+                vector_sum += uv * uv
             j += ROWS * COLS
-        total = tl.sum(update_sum, axis=0)
+        total = tl.sum(vector_sum, axis=0)
     return total
