@@ -129,7 +129,7 @@ except Exception as error:  # a broken install must not break `import fusedopt`
 from ..._layout import (FIRST_STATE_ROW, GRAD_ROW, LOW_PRECISION, NUMEL_ROW, PARAM_ROW, GradTransform, TensorBatch,
                         UpdateConfig)
 from ..base import Backend
-from . import _kernel, _norms, _reduce
+from . import _factored, _kernel, _norms, _reduce
 
 MAX_SCALARS = 8  # h0..h7 of the kernel
 MAX_STATES = 4  # state pointers the kernel hands an update (the master copy not counted)
@@ -374,6 +374,7 @@ def _check_tensor_scale(config: UpdateConfig, batch: TensorBatch) -> None:
 class TritonBackend(Backend):
     name = "triton"
     reads_lr_tensor = True
+    kernels = ("elementwise", "factored")  # factored: Adafactor (_factored.py, _factored_kernel.py)
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         interpreted = _interpreted()
@@ -431,6 +432,14 @@ class TritonBackend(Backend):
         on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
         with on_device:
             sparse_adam_update(batch, hyper, lr)
+
+    def update_factored(self, kind: str, batch, config) -> None:
+        """Adafactor: five launches over the bucket (fusedopt/backends/triton/_factored.py)."""
+        if kind != "adafactor":
+            raise ValueError(f"backend 'triton' has no factored kernels for {kind!r}")
+        on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
+        with on_device:
+            _factored.update_factored(batch, config)
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         kind_module(kind)  # an unknown kind fails before anything moves
