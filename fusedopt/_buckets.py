@@ -184,6 +184,10 @@ class WrittenSpans:
         # result indexes it directly.
         self.ends_before = [0, *ends]
 
+    def overlapped_by_tensors(self, tensors) -> bool:
+        """Whether any of these (dense) tensors meets a written span."""
+        return self.overlapped_by(list(map(_data_ptr, tensors)), list(map(_nbytes, tensors)))
+
     def overlapped_by(self, starts: List[int], sizes: List[int]) -> bool:
         """Whether any read span [start, start + size) of nonzero size meets a written one."""
         if not self.starts:

@@ -159,7 +159,7 @@ class FactoredTables:
             shapes.append(tensor_shape(p))
         written = [*batch.params, *batch.steps, *moments, *(c for c in col_moments if c is not None)]
         spans = WrittenSpans(written, self.name)
-        if spans.overlapped_by([g.data_ptr() for g in batch.grads], [g.nbytes for g in batch.grads]):
+        if spans.overlapped_by_tensors(batch.grads):
             raise RuntimeError(f"{self.name}: a grad shares memory with a param or a state tensor "
                                "(p.grad = p.detach()?); give each grad its own memory (p.grad = p.detach().clone())")
         n = len(batch)

@@ -125,7 +125,7 @@ def sparse_row_batch(params: Sequence[torch.Tensor], states: Sequence[dict], ams
         if amsgrad:
             maxes.append(_checked_state(s, "max_exp_avg_sq", p, name))
     written = WrittenSpans([*params, *steps, *exp_avgs, *exp_avg_sqs, *maxes], name)
-    if written.overlapped_by([*indices, *values]):
+    if written.overlapped_by_tensors([*indices, *values]):
         raise RuntimeError(f"{name}: a sparse grad's indices or values share memory with a param or a state tensor")
     n = len(params)
     table = array.array("q", bytes(8 * SPARSE_TABLE_ROWS * n))
