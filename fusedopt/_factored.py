@@ -132,14 +132,18 @@ class FactoredTables:
     def batch(self, batch: TensorBatch, owners: Sequence[torch.Tensor], state) -> FactoredBatch:
         counted = getattr(state, "all_counted", False)
         key = (batch.table_version, id(state), getattr(state, "version", None)) if counted else None
-        if key is not None and key == self._key:
-            return self._batch
-        self._key = None
-        built = self._build(batch, owners, state)
-        # _build may store contiguous copies in the state: record the count after it.
-        self._key = (batch.table_version, id(state), getattr(state, "version", None)) if counted else None
-        self._batch = built
-        return built
+        if key is None or key != self._key:
+            self._key = None
+            built = self._build(batch, owners, state)
+            # _build may store contiguous copies in the state: record the count after it.
+            self._key = (batch.table_version, id(state), getattr(state, "version", None)) if counted else None
+            # Kept without its grads: zero_grad(set_to_none=True) must free them (the element
+            # batch's table version says when the grads' addresses change).
+            built.grads = None
+            self._batch = built
+        cached = self._batch
+        return FactoredBatch(cached.params, batch.grads, cached.steps, cached.moments, cached.col_moments,
+                             cached.shapes, cached.device, cached.dtype, cached.table, cached.table_version)
 
     def _build(self, batch: TensorBatch, owners: Sequence[torch.Tensor], state) -> FactoredBatch:
         moments, col_moments, shapes = [], [], []
