@@ -10,16 +10,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._layout import FIRST_STATE_ROW, GRAD_ROW, NUMEL_ROW, PARAM_ROW, STEP_ROW
 from . import _kernel
+from ._kernel import _GRAD_ROW, _NUMEL_ROW, _PARAM_ROW, _STATE_ROW, _STEP_ROW  # the table rows, as constexprs
 from ._math import div
 from ._reduce import LANES, SUM_BLOCK
-
-_PARAM_ROW = tl.constexpr(PARAM_ROW)
-_GRAD_ROW = tl.constexpr(GRAD_ROW)
-_STEP_ROW = tl.constexpr(STEP_ROW)
-_NUMEL_ROW = tl.constexpr(NUMEL_ROW)
-_STATE_ROW = tl.constexpr(FIRST_STATE_ROW)
 
 
 @triton.jit
