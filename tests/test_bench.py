@@ -380,6 +380,9 @@ ISSUE_BARS = {
        for family in ("adadelta", "adamax", "asgd", "nadam", "radam", "rprop")},
     "lion": ("lion", "fusedopt[cpu]", ("sgd", "fusedopt[cpu]"), 1.05),  # torch has no Lion
 }
+# Host overhead is against torch's fastest implementation of the throughput baseline's case,
+# except where torch.optim lacks the optimizer and fusedopt.bench.torch_ops writes it in foreach ops.
+HOST_CASE = {"lion": "lion"}
 
 
 @pytest.mark.parametrize("family", sorted(ISSUE_BARS))
@@ -392,7 +395,7 @@ def test_bars_of_the_issues_optimizers(family):
     for shape in ("large", "many-small"):
         assert bars[shape] == cpu_bars.Bar(shape, cpu_bars.Side(case, row),
                                            cpu_bars.Side(baseline_case, baseline_row), limit)
-    host = cpu_bars.Side(baseline_case, cpu_bars.TORCH_FASTEST)
+    host = cpu_bars.Side(HOST_CASE.get(family, baseline_case), cpu_bars.TORCH_FASTEST)
     assert bars["host-overhead"] == cpu_bars.Bar("host-overhead", cpu_bars.Side(case, row), host, 0.25)
 
 
@@ -404,6 +407,38 @@ def test_every_registered_optimizer_has_its_three_bars():
         for bar in bars:
             assert bar.subject.implementation.startswith("fusedopt[cpu")
             assert cpu_bars.contenders_of(bar.subject) and cpu_bars.contenders_of(bar.baseline), bar.name
+
+
+def test_lions_host_bar_times_lion_in_torch_foreach_ops():
+    """Lion's host-overhead baseline is Lion itself, written with torch's foreach ops (torch.optim
+    has none), not torch's fused SGD."""
+    (bar,) = cpu_bars.select_bars(["lion"], ["host-overhead"])
+    assert [(case.key, contender.label) for case, contender in cpu_bars.contenders_of(bar.baseline)] == [
+        ("lion", "torch-ops[foreach]")]
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_foreach_lion_follows_the_paper(weight_decay):
+    """The torch-ops Lion a bar is held to is Lion: 25 float64 steps on two params equal the
+    paper's pseudo-code (tests/optimizer_specs.PaperLion) to rounding."""
+    from optimizer_specs import PaperLion
+    from fusedopt.bench.torch_ops import ForeachLion
+
+    torch.manual_seed(0)
+    start = [torch.randn(7, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    runs = []
+    for make in (ForeachLion, PaperLion):
+        params = [t.clone().requires_grad_() for t in start]
+        optimizer = make(params, lr=1e-2, betas=(0.9, 0.99), weight_decay=weight_decay)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(25):
+            for p in params:
+                p.grad = torch.randn(p.shape, dtype=torch.float64, generator=generator)
+            optimizer.step()
+        runs.append([p.detach() for p in params])
+    for ours, paper, first in zip(*runs, start):
+        torch.testing.assert_close(ours, paper, rtol=1e-12, atol=1e-12)
+        assert not torch.equal(ours, first)  # it trained
 
 
 def test_an_optimizer_torch_lacks_needs_a_stand_in(monkeypatch):
