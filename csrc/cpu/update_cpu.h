@@ -64,6 +64,29 @@ void update_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
                                                             scalars);
 }
 
+// One reduction block of the norm pass into the lanes of fusedopt/reduce.h: element j goes to
+// lane j % kSumLanes. Walking the block in rows of kSumLanes elements (lane = column) instead of
+// indexing the lane by j % kSumLanes keeps each lane's additions in the same order (same bits)
+// and lets the compiler vectorise across lanes; the pointers are __restrict parameters for the
+// reason update_loop gives.
+template <typename Kind, typename S, typename SS, typename T>
+void norm_block(const S* __restrict p, const S* __restrict g, const SS* __restrict s0, const SS* __restrict s1,
+                const float* __restrict master, int64_t count, const Scalars<Kind, T>& scalars,
+                double* __restrict lane_a, double* __restrict lane_b) {
+  const auto element = [&](int64_t j, int l) {
+    T values[kMaxStates] = {T(0), T(0), T(0), T(0)};
+    if constexpr (Kind::kStates > 0) values[0] = to_opmath(s0[j]);
+    if constexpr (Kind::kStates > 1) values[1] = to_opmath(s1[j]);
+    const T pj = load_param<S, SS>(p, master, j);
+    const T gj = unscaled_grad(to_opmath(g[j]), scalars.grad);
+    Kind::norm_terms(pj, gj, values, scalars.k, lane_a[l], lane_b[l]);
+  };
+  int64_t row = 0;
+  for (; row + kSumLanes <= count; row += kSumLanes)
+    for (int l = 0; l < kSumLanes; ++l) element(row + l, l);
+  for (int l = 0; row + l < count; ++l) element(row + l, l);
+}
+
 }  // namespace detail
 
 template <typename Kind>
@@ -155,13 +178,7 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
         const SS* states[2] = {nullptr, nullptr};
         for (int k = 0; k < Kind::kStates; ++k) states[k] = table.ptr<const SS>(kStateRow + k, i) + begin;
         double lane_a[kSumLanes] = {}, lane_b[kSumLanes] = {};
-        for (int64_t j = 0; j < count; ++j) {
-          T values[kMaxStates] = {T(0), T(0), T(0), T(0)};
-          for (int k = 0; k < Kind::kStates; ++k) values[k] = to_opmath(states[k][j]);
-          const T pj = load_param<S, SS>(p, master, j);
-          const T gj = unscaled_grad(to_opmath(g[j]), s.grad);
-          Kind::norm_terms(pj, gj, values, s.k, lane_a[j % kSumLanes], lane_b[j % kSumLanes]);
-        }
+        detail::norm_block<Kind, S, SS>(p, g, states[0], states[1], master, count, s, lane_a, lane_b);
         lane_tree(lane_a);
         lane_tree(lane_b);
         partials[size_t(2 * b)] = lane_a[0];
