@@ -16,6 +16,7 @@ import bisect
 import collections
 import itertools
 import operator
+import weakref
 from itertools import repeat
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -83,6 +84,7 @@ _is_contiguous = torch.Tensor.is_contiguous
 _nbytes = operator.attrgetter("nbytes")
 _grad = operator.attrgetter("grad")
 _shape = operator.attrgetter("shape")
+_dereference = weakref.ref.__call__  # the referent, or None once it is gone
 _dtype = operator.attrgetter("dtype")
 _tensor_layout = operator.attrgetter("layout")
 _get_device = torch.Tensor.get_device
@@ -111,25 +113,33 @@ class HeldMemory:
     calls per distinct storage. State that fusedopt creates shares one storage per bucket
     and key (see consolidate), so this costs about one call per param and per grad."""
 
-    __slots__ = ("storages", "sizes", "addresses", "addressed")
+    __slots__ = ("storages", "sizes", "addresses", "addressed", "weak")
 
-    def __init__(self, tensors, with_addresses: bool, storages=None, sizes=None):
+    def __init__(self, tensors, with_addresses: bool, storages=None, sizes=None, weak: bool = False):
         """`storages` and `sizes`: the tensors' storages and their byte counts, when the
-        caller has read them already (the grads' check, every step grads are new)."""
+        caller has read them already (the grads' check, every step grads are new).
+        `weak`: hold the storages by weak reference only (grads: after `zero_grad()` their
+        memory must go free; a storage gone counts as changed)."""
         if storages is None:
             storages = list(map(_untyped_storage, tensors))
             sizes = list(map(_storage_nbytes, storages))
         # One entry per distinct storage; the dict is built in C, which matters for the
         # thousand fresh grads a zero_grad(set_to_none=True) loop brings every step.
         unique = dict(zip(zip(map(_storage_ptr, storages), sizes), storages))
-        self.storages = list(unique.values())
+        self.storages = list(map(weakref.ref, unique.values())) if weak else list(unique.values())
+        self.weak = weak
         self.sizes = [size for _, size in unique]
         self.addressed = with_addresses
         self.addresses = [address for address, _ in unique] if with_addresses else None
 
     def unchanged(self) -> bool:
-        return (list(map(_storage_nbytes, self.storages)) == self.sizes
-                and (not self.addressed or list(map(_storage_ptr, self.storages)) == self.addresses))
+        storages = self.storages
+        if self.weak:
+            storages = list(map(_dereference, storages))
+            if any(map(operator.is_, storages, repeat(None))):
+                return False
+        return (list(map(_storage_nbytes, storages)) == self.sizes
+                and (not self.addressed or list(map(_storage_ptr, storages)) == self.addresses))
 
 
 STATE_ALIGNMENT = 64  # bytes: every consolidated state tensor starts on a 16-byte vector boundary and more
@@ -183,6 +193,10 @@ class WrittenSpans:
         # ends_before[i]: the end of the span before starts[i] (0: none), so that a bisect
         # result indexes it directly.
         self.ends_before = [0, *ends]
+
+    def overlapped_by_tensors(self, tensors) -> bool:
+        """Whether any of these (dense) tensors meets a written span."""
+        return self.overlapped_by(list(map(_data_ptr, tensors)), list(map(_nbytes, tensors)))
 
     def overlapped_by(self, starts: List[int], sizes: List[int]) -> bool:
         """Whether any read span [start, start + size) of nonzero size meets a written one."""
@@ -311,7 +325,7 @@ class _Stale(Exception):
 class Bucket:
     __slots__ = (
         "params", "device", "dtype", "optimizer", "_device_index", "_strides", "_nbytes",
-        "_key", "_active", "_param_ptrs", "_grads_seen", "_grads", "_grad_ptrs", "_steps", "_states",
+        "_key", "_active", "_param_ptrs", "_grad_refs", "_grads", "_grad_ptrs", "_steps", "_states",
         "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_strict",
         "_distributed", "_viewed", "param_dtype", "_states_seen", "_memory", "_grad_memory", "_grads_copied", "_layout", "_written",
         "_scalars", "_shapes",
@@ -373,11 +387,12 @@ class Bucket:
         except (_Stale, KeyError):
             self._rebuild(key, owners, params, grads, state, state_keys, has_step, init_state,
                           state_dtype or self.dtype, scalar_keys)
-        return (
-            TensorBatch(params, self._grads, self._steps, self._states, self.device, self.dtype,
-                        self._table, self._version, self._scalars),
-            self._fresh,
-        )
+        batch = TensorBatch(params, self._grads, self._steps, self._states, self.device, self.dtype,
+                            self._table, self._version, self._scalars)
+        # The batch holds this step's grads; the bucket only refers to them weakly, so that
+        # zero_grad(set_to_none=True) frees their memory before the next backward.
+        self._grads = None
+        return batch, self._fresh
 
     def _check_unchanged(self, owners, params, grads, state, state_keys, has_step, scalar_keys) -> None:
         """Raise _Stale unless every address, layout and size in the table still holds.
@@ -405,12 +420,14 @@ class Bucket:
                 for key, cached in zip(scalar_keys, self._scalars):
                     if not all(map(operator.is_, map(operator.itemgetter(key), states), cached)):
                         raise _Stale
-        if (self._grads_copied or not all(map(operator.is_, grads, self._grads_seen))
+        if (self._grads_copied or not all(map(operator.is_, grads, map(_dereference, self._grad_refs)))
                 or list(map(_data_ptr, grads)) != self._grad_ptrs or list(map(_nbytes, grads)) != self._nbytes
                 or not _same_layout(grads, self._layout) or not self._grad_memory.unchanged()):
             row = self._validated_grads(grads)
             self._check_not_aliased(row)
             self._install_grads(grads, row)
+        else:
+            self._grads = grads
 
     # ----------------------------------------------------------------- rebuilds
     def _rebuild(self, key, owners, params, grads, state, state_keys, has_step, init_state, state_dtype,
@@ -581,13 +598,13 @@ class Bucket:
 
     def _install_grads(self, grads: List[torch.Tensor], row: "GradRow") -> None:
         """Write the addresses of validated grads into the table."""
-        self._grads_seen = grads
-        self._grads = row.tensors
+        self._grad_refs = list(map(weakref.ref, grads))  # weakly: see batch()
+        self._grads = row.tensors  # for this step's batch only
         # A copy holds the values of one step: recheck (and recopy) every step.
         self._grads_copied = row.tensors is not grads and any(map(operator.is_not, grads, row.tensors))
         self._grad_ptrs = row.addresses if row.tensors is grads else list(map(_data_ptr, grads))
         # grads' own addresses are rechecked each step, their storages' are not
-        self._grad_memory = HeldMemory(row.tensors, False, row.storages, row.storage_sizes)
+        self._grad_memory = HeldMemory(row.tensors, False, row.storages, row.storage_sizes, weak=True)
         self._fill_row(GRAD_ROW, row.addresses)
         self._version = next(_versions)
 

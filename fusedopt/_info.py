@@ -58,6 +58,33 @@ def _arch_name(cmake_arch: str) -> str:
     return f"sm_{number}" if kind == "real" else f"sm_{number} + compute_{number} (PTX)"
 
 
+def _other_kernels() -> Dict[str, List[str]]:
+    """{kernel shape: [optimizer classes]} for the shapes besides the element-wise one
+    (OptimizerSpec.kernel: Adafactor's "factored"), which fewer backends run."""
+    from .optim import _spec
+
+    shapes: Dict[str, List[str]] = {}
+    for kind, spec in _spec.registered().items():
+        if spec.kernel != backends.ELEMENTWISE:
+            shapes.setdefault(spec.kernel, []).append(_spec._CLASSES[kind].__name__)
+    return shapes
+
+
+def _kernel_support(device: torch.device, kernel: str) -> Dict[str, Any]:
+    """Which backend `auto` picks for optimizers of this kernel shape on `device`, which can
+    run them, and why each other backend cannot."""
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        try:
+            chosen = backends.choose("auto", device, kernel).name
+        except RuntimeError as error:
+            chosen = f"none ({error})"
+    missing = {name: backends.get(name).kernel_missing_reason(kernel) for name in backends.BACKEND_NAMES[1:]
+               if name != "triton" or backends.unusable_reason("triton", device) is None}
+    return {"auto": chosen, "available": backends.available(device, kernel),
+            "without_kernels": {name: reason for name, reason in missing.items() if reason}}
+
+
 def info() -> Dict[str, Any]:
     """A dict describing this installation (also printed by ``python -m fusedopt``)."""
     from . import __version__
@@ -77,6 +104,9 @@ def info() -> Dict[str, Any]:
             "refused": _refusals(device),
             "name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
             or platform.machine(),
+            # Optimizers of other kernel shapes (Adafactor), which not every backend has.
+            "kernels": {f"{shape} ({', '.join(classes)})": _kernel_support(device, shape)
+                        for shape, classes in _other_kernels().items()},
         }
     return {
         "version": __version__,
@@ -122,4 +152,7 @@ def format_info(data: Dict[str, Any]) -> str:
         lines.append(f"    {device:8s} {d['name']}: auto -> {d['auto']}; available: {', '.join(d['available'])}")
         for name, reason in d.get("refused", {}).items():
             lines.append(f"      {name} refused: {reason}")
+        for shape, support in d.get("kernels", {}).items():
+            lines.append(f"      {shape}: auto -> {support['auto']}; available: {', '.join(support['available'])}"
+                         + "".join(f"; {name}: none yet" for name in support["without_kernels"]))
     return "\n".join(lines)

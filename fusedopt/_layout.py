@@ -58,6 +58,10 @@ class GradTransform:
     found_inf: Optional[torch.Tensor] = None
     clip_coef: Optional[torch.Tensor] = None
     clip_value: Optional[float] = None
+    # clip_grad_norm_per_tensor: a float32 tensor [len(batch)] on the params' device, each
+    # tensor's own clip coefficient times clip_coef's (then the grad's multiplier in its
+    # place); made per batch by fusedopt/optim/_plan.py's run_update.
+    tensor_clip: Optional[torch.Tensor] = None
 
     def check(self, device: torch.device) -> None:
         """Kernels read each through a raw pointer as one float32 beside the params: refuse
@@ -69,6 +73,16 @@ class GradTransform:
             if t is not None and (t.dtype != torch.float32 or t.numel() != 1 or t.device != device):
                 raise RuntimeError(f"{name} must be a one-element float32 tensor on {device}, "
                                    f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+        t = self.tensor_clip
+        if t is not None and (t.dtype != torch.float32 or t.dim() != 1 or t.device != device or not t.is_contiguous()):
+            raise RuntimeError(f"tensor_clip must be a contiguous 1-D float32 tensor on {device}, "
+                               f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+
+    def check_for(self, device: torch.device, tensors: int) -> None:
+        """check(device), and one tensor_clip value per tensor of the call."""
+        self.check(device)
+        if self.tensor_clip is not None and self.tensor_clip.numel() != tensors:
+            raise RuntimeError(f"tensor_clip has {self.tensor_clip.numel()} values for {tensors} tensors")
 
     def addresses(self, device: torch.device) -> Tuple[int, int, int]:
         """The three addresses for native code (0 for none), checked."""
@@ -85,6 +99,14 @@ class GradTransform:
 
 
 NO_GRAD_TRANSFORM = GradTransform()
+
+
+def check_clip_norm_per_tensor(value) -> None:
+    """clip_grad_norm_per_tensor: None, or a finite number > 0 (a bool is not a number here)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
+        raise ValueError(f"Invalid clip_grad_norm_per_tensor: {value!r} (None or a finite number > 0)")
 
 
 def check_clip_value(value) -> None:
@@ -123,6 +145,9 @@ class UpdateConfig:
     first_step: bool = False
     master_weights: bool = False
     grad_transform: GradTransform = NO_GRAD_TRANSFORM
+    # Kinds with a per-tensor scale (LAMB's trust ratio, OptimizerSpec.norm_pass): a float64
+    # tensor [len(batch)] on the params' device, from the backend's norm pass (run_update).
+    tensor_scale: Optional[torch.Tensor] = None
     bf16_states: bool = False
 
     def __getattr__(self, name: str) -> Any:
@@ -174,6 +199,50 @@ class TensorBatch:
         self.table = table  # array.array('q'), rows * len(params)
         self.table_version = table_version
         self.scalars = scalars
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def table_address(self) -> int:
+        return self.table.buffer_info()[0]
+
+
+# Rows of the sparse-row table (lazy Adam, fusedopt/_sparse_rows.py); must match
+# csrc/include/fusedopt/sparse_rows.h. One column per param: how many rows its grad has
+# (unique, sorted, in range: checked in Python), the elements per row, the param's row
+# count (the kernels check every index against it once more), then addresses: the int64 row
+# indices, the param, the grad's row values (present rows x row length, contiguous), the
+# float32 step counter, exp_avg, exp_avg_sq, and max_exp_avg_sq (0 without amsgrad).
+(SPARSE_NNZ_ROW, SPARSE_ROW_LEN_ROW, SPARSE_PARAM_ROWS_ROW, SPARSE_INDEX_ROW, SPARSE_PARAM_ROW, SPARSE_VALUES_ROW,
+ SPARSE_STEP_ROW, SPARSE_EXP_AVG_ROW, SPARSE_EXP_AVG_SQ_ROW, SPARSE_MAX_EXP_AVG_SQ_ROW, SPARSE_TABLE_ROWS) = range(11)
+
+
+class SparseRowBatch:
+    """The tensors one lazy (sparse-row) Adam call updates: params of one device and dtype
+    with sparse COO grads, each grad given as its unique row indices (`indices[i]`, int64,
+    sorted) and the matching rows of values (`values[i]`, shape (rows present, row length),
+    contiguous); a row is one element of the param's flattened sparse dims, so an
+    nn.Embedding grad's rows are embedding rows. Only those rows of the param and of its
+    `exp_avgs`/`exp_avg_sqs` (and `max_exp_avg_sqs` with amsgrad, else None) change; every
+    step counter advances once, even for a grad with no rows (as torch.optim.SparseAdam).
+    `table` (array('q'), SPARSE_TABLE_ROWS x len) holds the validated addresses."""
+
+    __slots__ = ("params", "indices", "values", "steps", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "row_lengths",
+                 "device", "dtype", "table")
+
+    def __init__(self, params, indices, values, steps, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, row_lengths,
+                 device, dtype, table):
+        self.params = params
+        self.indices = indices
+        self.values = values
+        self.steps = steps
+        self.exp_avgs = exp_avgs
+        self.exp_avg_sqs = exp_avg_sqs
+        self.max_exp_avg_sqs = max_exp_avg_sqs
+        self.row_lengths = row_lengths
+        self.device = device
+        self.dtype = dtype
+        self.table = table
 
     def __len__(self) -> int:
         return len(self.params)

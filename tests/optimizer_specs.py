@@ -204,6 +204,46 @@ class PaperLion(PerParamOptimizer):
         m.mul_(beta2).add_((1 - beta2) * g)
 
 
+class PaperLAMB(PerParamOptimizer):
+    """LAMB as Algorithm 2 of You et al. 2020 (arXiv 1904.00962) writes it, phi the identity:
+
+        m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2;  m_hat = m/(1-b1^t);  v_hat = v/(1-b2^t)
+        r = m_hat / (sqrt(v_hat) + eps);  p -= lr * ||p|| / ||r + wd*p|| * (r + wd*p)
+
+    with the ratio 1 where either norm is 0, and fusedopt's options: `grad_averaging=False`
+    (m = b1*m + g, Apex's), `bias_correction=False` (m_hat = m, v_hat = v),
+    `optimized_update=True` (Kingma & Ba's form m*sqrt(1-b2^t)/(1-b1^t) / (sqrt(v) + eps)) and
+    `maximize`. Written independently of fusedopt's code, one param at a time."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, bias_correction=True,
+                 grad_averaging=True, optimized_update=False, maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                                      bias_correction=bias_correction, grad_averaging=grad_averaging,
+                                      optimized_update=optimized_update))
+
+    def update(self, p, g, state, group):
+        beta1, beta2 = group["betas"]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        t = state["step"].item()
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.mul_(beta1).add_(g, alpha=(1 - beta1) if group["grad_averaging"] else 1.0)
+        v.mul_(beta2).add_(g * g, alpha=1 - beta2)
+        bc1 = 1 - beta1**t if group["bias_correction"] else 1.0
+        bc2 = 1 - beta2**t if group["bias_correction"] else 1.0
+        if group["optimized_update"]:
+            r = m * (math.sqrt(bc2) / bc1) / (v.sqrt() + group["eps"])
+        else:
+            r = (m / bc1) / ((v / bc2).sqrt() + group["eps"])
+        u = r + group["weight_decay"] * p
+        p_norm, u_norm = p.norm(), u.norm()
+        ratio = (p_norm / u_norm).item() if p_norm > 0 and u_norm > 0 else 1.0
+        p.sub_(group["lr"] * ratio * u)
+
+
 def _sgd_valid(o: dict) -> bool:
     if o.get("nesterov") and (o.get("momentum", 0) == 0 or o.get("dampening", 0) != 0):
         return False  # torch rejects these
@@ -272,6 +312,11 @@ ROWS: List[SpecRow] = [
     SpecRow("Lion", 1e-3, dict(betas=((0.9, 0.99), (0.95, 0.98)), weight_decay=(0.0, 0.1), maximize=(False, True)),
             representative=({"weight_decay": 0.1},), expected=PaperLion,
             grad_options=({**CLIP, **ABSOLUTE}, {**ABSOLUTE, "maximize": True})),
+    # Issue 12. lr 1e-2: the trust ratio makes every tensor move by ~lr * ||p|| a step.
+    SpecRow("LAMB", 1e-2, dict(weight_decay=(0.0, 0.1), maximize=(False, True), bias_correction=(True, False),
+                               grad_averaging=(True, False), optimized_update=(False, True)),
+            representative=({"weight_decay": 0.1}, {"optimized_update": True, "grad_averaging": False}),
+            expected=PaperLAMB, grad_options=({**CLIP, "weight_decay": 0.1},)),
 ]
 
 

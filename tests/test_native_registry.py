@@ -16,7 +16,7 @@ import torch
 import fusedopt  # noqa: F401  (registers every optimizer's spec)
 from fusedopt._native import load_error, native
 from fusedopt.backends.native import NativeKinds
-from fusedopt.optim._spec import registered
+from fusedopt.optim._spec import elementwise_kinds as registered  # kinds with a math header
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(bool(load_error), reason=f"fusedopt._C is not built ({load_error})")

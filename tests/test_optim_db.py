@@ -2,6 +2,8 @@
 run against fusedopt: every input of every optimizer fusedopt implements follows torch's
 for-loop trajectory, and every error input raises torch's error type. Where fusedopt
 deliberately differs, DEVIATIONS says why (the README lists them too)."""
+import inspect
+
 import pytest
 import torch
 
@@ -56,10 +58,14 @@ def test_torch_optim_inputs_follow_torchs_trajectory(case, backend):
     theirs = [torch.nn.Parameter(v.clone()) for v in values]
     kwargs = dict(optim_input.kwargs)
     optimizer = IMPLEMENTED[name](ours, backend=backend, **kwargs)
-    reference = INFOS[name].optim_cls(theirs, **{**kwargs, "foreach": False})
+    for_loop = {"foreach": False} if "foreach" in inspect.signature(INFOS[name].optim_cls).parameters else {}
+    reference = INFOS[name].optim_cls(theirs, **kwargs, **for_loop)
+    sparse = getattr(IMPLEMENTED[name], "sparse_grads_only", False)  # SparseAdam: sparse COO grads
     for _ in range(7):
         for p, q in zip(ours, theirs):
             grad = torch.randn(p.shape, generator=g)
+            if sparse:
+                grad = grad.to_sparse()
             p.grad, q.grad = grad.clone(), grad.clone()
         optimizer.step()
         reference.step()

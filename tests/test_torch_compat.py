@@ -37,7 +37,8 @@ def test_foreach_and_fused_keywords_are_accepted(name, value, backend):
         torch.testing.assert_close(p, q)
 
 
-@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("name", [n for n, (_, theirs) in CLASSES.items()
+                                  if "differentiable" in inspect.signature(theirs).parameters])
 def test_differentiable_false_accepted_true_refused(name):
     ours, _ = CLASSES[name]
     ours([_param()], differentiable=False)

@@ -575,9 +575,10 @@ from fusedopt.backends import triton as backend
 from fusedopt.backends.triton import _kernel
 
 kernel = _kernel.multi_tensor_kernel
-FLOAT_POINTERS = {"grad_scale_ptr", "found_inf_ptr", "clip_coef_ptr"}
+FLOAT_POINTERS = {"grad_scale_ptr", "found_inf_ptr", "clip_coef_ptr", "tensor_clip_ptr"}
 DEFAULTS = dict(COMPUTE=tl.float32, MASTER=False, GRAD_SCALE=False, FOUND_INF=False, CLIP_COEF=False,
-                CLIP_VALUE=False, LR_TENSOR=False, ALIGNED=True, BLOCK=1024, CHUNK=16384, NUM_SCALARS=0)
+                CLIP_VALUE=False, LR_TENSOR=False, ALIGNED=True, BLOCK=1024, CHUNK=16384, NUM_SCALARS=0,
+                TENSOR_CLIP=False, TENSOR_SCALE=False)
 HYPER = {
     "adam": dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
                  decoupled_weight_decay=False, optimized_update=False, absolute_weight_decay=False),
@@ -586,6 +587,8 @@ HYPER = {
     "asgd": dict(lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False),
     "nadam": dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
                   decoupled_weight_decay=False, maximize=False, absolute_weight_decay=False),
+    "lamb": dict(beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.01, maximize=False, bias_correction=True,
+                 grad_averaging=True, optimized_update=False),
 }
 
 def ptx(kind, num_states, hyper=(), **constexprs):
@@ -595,8 +598,8 @@ def ptx(kind, num_states, hyper=(), **constexprs):
                   "UPDATE": module.update, "SLOT": backend._slots(type(scalars)), "OPTIONS": options,
                   "NUM_STATES": num_states, "COUNTER": kind != "sgd"}
     signature = {name: "constexpr" if name in constexprs else "*fp32" if name in FLOAT_POINTERS
-                 else "*fp64" if name == "lr_ptr" else "*i64" if name.endswith("_ptr") else "i32" if name == "n"
-                 else "fp64"
+                 else "*fp64" if name in ("lr_ptr", "tensor_scale_ptr") else "*i64" if name.endswith("_ptr")
+                 else "i32" if name == "n" else "fp64"
                  for name in kernel.arg_names}
     compiled = triton.compile(ASTSource(kernel, signature=signature, constexprs=constexprs),
                               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, enable_fp_fusion=False))
@@ -637,6 +640,9 @@ kernels = {
     "asgd": ptx("asgd", 1, dict(weight_decay=0.1), DTYPE=tl.float32, NUM_SCALARS=2),
     "nadam-master": ptx("nadam", 2, dict(weight_decay=0.1), DTYPE=tl.bfloat16, STATE=tl.float32, MASTER=True,
                         LR_TENSOR=True, NUM_SCALARS=1, **amp),
+    # clip_grad_norm_per_tensor's coefficient per tensor; LAMB's update with its trust ratio
+    "adam-tensor-clip": ptx("adam", 2, DTYPE=tl.float32, CLIP_COEF=True, TENSOR_CLIP=True),
+    "lamb": ptx("lamb", 2, DTYPE=tl.bfloat16, STATE=tl.float32, MASTER=True, TENSOR_SCALE=True, **amp),
     "asgd-scalars": scalar_state_ptx("asgd", 1, 2),
     "nadam-scalars": scalar_state_ptx("nadam", 2, 1),
 }
@@ -669,4 +675,8 @@ def test_kernels_compile_for_h100():
     for name in ("adam-master", "sgd-master", "rmsprop-master", "nadam-master"):
         assert found[name] == vectors | {"div.rn.f32"}, name
     assert found["asgd"] == vectors  # no division in ASGD's element update
+    # the per-tensor clip coefficient and LAMB's per-tensor ratio keep the vector accesses,
+    # with IEEE division and no contraction
+    assert found["adam-tensor-clip"] == vectors | {"div.rn.f32"}
+    assert found["lamb"] >= vectors and "fma.rn.f32" not in found["lamb"] and "sqrt.approx" not in found["lamb"]
     assert found["asgd-scalars"] == found["nadam-scalars"] == set()  # float64 math, no float32 fma

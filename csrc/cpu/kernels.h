@@ -12,15 +12,24 @@
   namespace fusedopt::cpu::isa {                                                                 \
   template <typename Kind>                                                                       \
   void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config, int threads); \
+  template <typename Kind>                                                                       \
+  void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config, int threads, double* out); \
   double sum_of_squares(const TensorTable& table, DType dtype, int threads);                      \
+  void sum_of_squares_per_tensor(const TensorTable& table, DType dtype, int threads, double* out); \
   }
 
 namespace fusedopt::cpu {
 // The dispatched versions (dispatch.cpp), for every optimizer of the generated list.
 template <typename Kind>
 void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config, int threads);
+// The reduction pass of a kind with kNormPass (update_cpu.h); std::invalid_argument for others.
+template <typename Kind>
+void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config, int threads, double* out);
 // Sum of squares of every tensor of a table whose rows are (numel, address): for grad norms.
 double sum_of_squares(const TensorTable& table, DType dtype, int threads);
+// The same, one sum per tensor into out[0 .. table.n) (fusedopt/reduce.h's order: the result
+// depends on neither the thread count nor the instruction set); `sum_of_squares` adds them.
+void sum_of_squares_per_tensor(const TensorTable& table, DType dtype, int threads, double* out);
 // The instruction set dispatch.cpp chose on this CPU ("avx512", "avx2" or "baseline").
 const char* isa_name();
 }  // namespace fusedopt::cpu

@@ -1,48 +1,74 @@
-// Sum of squares of every tensor in a table (rows: numel, address): the multi-tensor pass
-// behind fusedopt.clip_grad_norm_ and max_grad_norm on the CPU. Accumulates in double.
+// Sums of squares over the tensors of a table (rows: numel, address), one per tensor: the
+// multi-tensor reduction behind Backend.sum_of_squares_per_tensor on the CPU, and so behind
+// fusedopt.clip_grad_norm_, max_grad_norm, clip_grad_norm_per_tensor and LAMB's norms. The
+// blocks and the order of every addition are fusedopt/reduce.h's, so the result does not
+// depend on the thread count or the instruction set, and equals the CUDA kernel's.
 #include <omp.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "cpu/kernels.h"
-#include "cpu/multi_tensor_cpu.h"
+#include "fusedopt/reduce.h"
 
 namespace fusedopt::cpu::FUSEDOPT_CPU_ISA {
 namespace {
 
-// Independent partial sums per lane: a fixed order the compiler may vectorise without
-// reassociating (no -ffast-math needed), so the result does not depend on the ISA.
-template <typename S> double slice_sum_of_squares(const S* __restrict x, int64_t count) {
-  constexpr int kLanes = 16;
-  double lanes[kLanes] = {};
+// One block's partial: kSumLanes independent accumulators, which the compiler vectorises
+// without reassociating anything (no -ffast-math needed).
+template <typename S> double block_sum_of_squares(const S* __restrict x, int64_t count) {
+  double lanes[kSumLanes] = {};
   int64_t j = 0;
-  for (; j + kLanes <= count; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
+  for (; j + kSumLanes <= count; j += kSumLanes) {
+    for (int l = 0; l < kSumLanes; ++l) {
       const double v = double(to_opmath(x[j + l]));
       lanes[l] += v * v;
     }
   }
-  double total = 0.0;
-  for (; j < count; ++j) {
-    const double v = double(to_opmath(x[j]));
-    total += v * v;
+  for (int l = 0; j + l < count; ++l) {
+    const double v = double(to_opmath(x[j + l]));
+    lanes[l] += v * v;
   }
-  for (int l = 0; l < kLanes; ++l) total += lanes[l];
-  return total;
+  lane_tree(lanes);
+  return lanes[0];
 }
 
 }  // namespace
 
-double sum_of_squares(const TensorTable& table, DType dtype, int threads) {
-  std::vector<double> per_thread(std::max(threads, 1) + 1, 0.0);
+void sum_of_squares_per_tensor(const TensorTable& table, DType dtype, int threads, double* out) {
+  // Every (tensor, block) pair, numbered tensor by tensor: threads share the blocks, and each
+  // tensor's partials are then added in block order by one thread.
+  std::vector<int64_t> first(table.n + 1, 0);
+  for (int64_t i = 0; i < table.n; ++i) first[i + 1] = first[i] + sum_blocks(table.numel(i));
+  const int64_t blocks = first[table.n];
+  std::vector<double> partials(static_cast<size_t>(blocks), 0.0);
+  std::vector<int64_t> owner(static_cast<size_t>(blocks));
+  for (int64_t i = 0; i < table.n; ++i)
+    for (int64_t b = first[i]; b < first[i + 1]; ++b) owner[size_t(b)] = i;
   dispatch_dtype(dtype, [&](auto storage_tag) {
     using S = decltype(storage_tag);
-    for_each_slice(table, threads, [&](int64_t i, int64_t lo, int64_t hi) {
-      per_thread[omp_get_thread_num()] += slice_sum_of_squares(table.ptr<const S>(kParamRow, i) + lo, hi - lo);
-    });
+    const int useful = int(std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(blocks, 1)));
+#pragma omp parallel for schedule(static) num_threads(useful) if (useful > 1)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t i = owner[size_t(b)];
+      const int64_t begin = (b - first[i]) * kSumBlock;
+      const int64_t count = std::min(kSumBlock, table.numel(i) - begin);
+      partials[size_t(b)] = block_sum_of_squares(table.ptr<const S>(kParamRow, i) + begin, count);
+    }
   });
+  for (int64_t i = 0; i < table.n; ++i) {
+    double sum = 0.0;
+    for (int64_t b = first[i]; b < first[i + 1]; ++b) sum += partials[size_t(b)];
+    out[i] = sum;
+  }
+}
+
+double sum_of_squares(const TensorTable& table, DType dtype, int threads) {
+  // The global norm's sum: the per-tensor sums added in table order.
+  std::vector<double> per_tensor(static_cast<size_t>(table.n), 0.0);
+  sum_of_squares_per_tensor(table, dtype, threads, per_tensor.data());
   double total = 0.0;
-  for (double partial : per_thread) total += partial;
+  for (double s : per_tensor) total += s;
   return total;
 }
 

@@ -10,6 +10,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/multi_tensor_cpu.h"
+#include "fusedopt/reduce.h"
 
 namespace fusedopt::cpu::FUSEDOPT_CPU_ISA {
 namespace detail {
@@ -65,6 +66,29 @@ void update_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
                                                             scalars);
 }
 
+// One reduction block of the norm pass into the lanes of fusedopt/reduce.h: element j goes to
+// lane j % kSumLanes. Walking the block in rows of kSumLanes elements (lane = column) instead of
+// indexing the lane by j % kSumLanes keeps each lane's additions in the same order (same bits)
+// and lets the compiler vectorise across lanes; the pointers are __restrict parameters for the
+// reason update_loop gives.
+template <typename Kind, typename S, typename SS, bool kMaster, typename T>
+void norm_block(const S* __restrict p, const S* __restrict g, const SS* __restrict s0, const SS* __restrict s1,
+                const float* __restrict master, int64_t count, const Scalars<Kind, T>& scalars,
+                double* __restrict lane_a, double* __restrict lane_b) {
+  const auto element = [&](int64_t j, int l) {
+    T values[kMaxStates] = {T(0), T(0), T(0), T(0)};
+    if constexpr (Kind::kStates > 0) values[0] = to_opmath(s0[j]);
+    if constexpr (Kind::kStates > 1) values[1] = to_opmath(s1[j]);
+    const T pj = load_param<S, kMaster>(p, master, j);
+    const T gj = unscaled_grad(to_opmath(g[j]), scalars.grad);
+    Kind::norm_terms(pj, gj, values, scalars.k, lane_a[l], lane_b[l]);
+  };
+  int64_t row = 0;
+  for (; row + kSumLanes <= count; row += kSumLanes)
+    for (int l = 0; l < kSumLanes; ++l) element(row + l, l);
+  for (int l = 0; row + l < count; ++l) element(row + l, l);
+}
+
 }  // namespace detail
 
 template <typename Kind>
@@ -100,15 +124,85 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
       constexpr uint32_t kActive = decltype(variant)::value;
       with_flag(skips_state_loads<Kind>(options), [&](auto first_step) {
         with_flag(writes_grad(options.grad_transform), [&](auto write_grad) {
+          const bool own = options.grad_transform.tensor_clip != nullptr || options.tensor_scale != nullptr;
           for_each_slice(table, threads, [&](int64_t i, int64_t lo, int64_t hi) {
             const Prepared& s = Kind::kStepDependent ? per_tensor[size_t(i)] : shared;
-            detail::update_slice<Kind, S, SS, kMaster, kActive, decltype(first_step)::value, decltype(write_grad)::value>(
-                table, i, lo, hi, s);
+            constexpr bool kFirst = decltype(first_step)::value, kWrite = decltype(write_grad)::value;
+            if (own)  // this tensor's clip_grad_norm_per_tensor multiplier and tensor scale
+              detail::update_slice<Kind, S, SS, kMaster, kActive, kFirst, kWrite>(table, i, lo, hi,
+                                                                                  for_tensor(s, options, i));
+            else
+              detail::update_slice<Kind, S, SS, kMaster, kActive, kFirst, kWrite>(table, i, lo, hi, s);
           });
         });
       });
     });
   });
+}
+
+// The reduction pass of a kind with kNormPass (LAMB): per tensor, the sums of Kind::norm_terms'
+// two terms over its elements, into out[2i] and out[2i + 1], writing nothing else. The
+// coefficients are those of the coming update (the step counter + 1, not advanced here), the
+// grad transformed as the update will (clip_grad_norm_per_tensor included); blocks, lanes and
+// the order of additions are fusedopt/reduce.h's, so the sums do not depend on the thread count.
+template <typename Kind>
+void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config, int threads, double* out) {
+  if constexpr (!Kind::kNormPass) {
+    throw std::invalid_argument("fusedopt cpu: this optimizer has no norm pass");
+  } else {
+    static_assert(Kind::kStates <= 2 && Kind::kStepCounter, "the norm pass reads at most two states");
+    const UpdateOptions& options = config.options;
+    const uint32_t active = Kind::active_states(config.hyper);
+    std::vector<int64_t> first(static_cast<size_t>(table.n) + 1, 0);
+    for (int64_t i = 0; i < table.n; ++i) first[size_t(i) + 1] = first[size_t(i)] + sum_blocks(table.numel(i));
+    const int64_t blocks = first[size_t(table.n)];
+    std::vector<int64_t> owner(static_cast<size_t>(blocks));
+    for (int64_t i = 0; i < table.n; ++i)
+      for (int64_t b = first[size_t(i)]; b < first[size_t(i) + 1]; ++b) owner[size_t(b)] = i;
+    std::vector<double> partials(static_cast<size_t>(2 * blocks), 0.0);
+    // The states are read as the update reads them: bf16_states (state_dtype=torch.bfloat16)
+    // selects bfloat16 storage, master weights the float32 master copy (dispatch_storage).
+    dispatch_storage(dtype, options.master_weights, options.bf16_states, [&](auto param_tag, auto state_tag,
+                                                                             auto master_tag) {
+      using S = decltype(param_tag);
+      using SS = decltype(state_tag);
+      constexpr bool kMaster = decltype(master_tag)::value;
+      using T = typename OpMath<S>::type;
+      std::vector<Scalars<Kind, T>> per_tensor(static_cast<size_t>(table.n));
+      for (int64_t i = 0; i < table.n; ++i)
+        per_tensor[size_t(i)] =
+            for_tensor(scalars<Kind, T>(config, double(*table.ptr<float>(kStepRow, i)) + 1.0), options, i);
+      const int useful = int(std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(blocks, 1)));
+#pragma omp parallel for schedule(static) num_threads(useful) if (useful > 1)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t i = owner[size_t(b)];
+        const int64_t begin = (b - first[size_t(i)]) * kSumBlock;
+        const int64_t count = std::min(kSumBlock, table.numel(i) - begin);
+        const Scalars<Kind, T>& s = per_tensor[size_t(i)];
+        const S* p = table.ptr<const S>(kParamRow, i) + begin;
+        const S* g = table.ptr<const S>(kGradRow, i) + begin;
+        const float* master = !kMaster ? nullptr
+                                       : table.ptr<const float>(kStateRow + state_count(active), i) + begin;
+        const SS* states[2] = {nullptr, nullptr};
+        for (int k = 0; k < Kind::kStates; ++k) states[k] = table.ptr<const SS>(kStateRow + k, i) + begin;
+        double lane_a[kSumLanes] = {}, lane_b[kSumLanes] = {};
+        detail::norm_block<Kind, S, SS, kMaster>(p, g, states[0], states[1], master, count, s, lane_a, lane_b);
+        lane_tree(lane_a);
+        lane_tree(lane_b);
+        partials[size_t(2 * b)] = lane_a[0];
+        partials[size_t(2 * b + 1)] = lane_b[0];
+      }
+    });
+    for (int64_t i = 0; i < table.n; ++i) {
+      double a = 0.0, b2 = 0.0;
+      for (int64_t b = first[size_t(i)]; b < first[size_t(i) + 1]; ++b) {
+        a += partials[size_t(2 * b)];
+        b2 += partials[size_t(2 * b + 1)];
+      }
+      out[2 * i] = a;
+      out[2 * i + 1] = b2;
+    }
+  }
 }
 
 }  // namespace fusedopt::cpu::FUSEDOPT_CPU_ISA
@@ -117,4 +211,7 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
 #define FUSEDOPT_INSTANTIATE_CPU_UPDATE(kind)                                                          \
   template void fusedopt::cpu::FUSEDOPT_CPU_ISA::update<fusedopt::optimizers::kind>(                 \
       const fusedopt::TensorTable&, fusedopt::DType, const fusedopt::UpdateConfig<fusedopt::optimizers::kind>&, \
-      int);
+      int);                                                                                            \
+  template void fusedopt::cpu::FUSEDOPT_CPU_ISA::norms<fusedopt::optimizers::kind>(                  \
+      const fusedopt::TensorTable&, fusedopt::DType, const fusedopt::UpdateConfig<fusedopt::optimizers::kind>&, \
+      int, double*);

@@ -45,6 +45,13 @@ template <typename Kind>
 void update(const char* name, const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config,
             const LaunchResources& resources, int device, uintptr_t stream);
 
+// Sums of squares of every tensor of a table whose rows are (numel, address), one float64 per
+// tensor into `out` (device memory, table.n values), in fusedopt/reduce.h's order (the CPU
+// kernel's bits): block partials go to `partials` (device memory, at least
+// sum of sum_blocks(numel) float64 values), then each tensor's are added in block order.
+void sum_of_squares_per_tensor(const TensorTable& table, DType dtype, uintptr_t partials, int64_t partial_count,
+                               uintptr_t out, int device, uintptr_t stream);
+
 // The launch plan: how the tensors of a table are cut into chunks and the chunks grouped
 // into launches. Pure host code, exposed so the CPU tests can check it: it runs the
 // planner the launcher runs, on a table whose carried rows hold each tensor's index, and

@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "cuda/cuda_ops.h"
 #include "cuda/element_access.cuh"
@@ -48,7 +49,8 @@ struct UpdateChunkOp {
   // Record slots: param, grad, the tensor's coefficient record (kPerTensorRecord), the
   // active states in table order, then the float32 master copy with master weights.
   static constexpr int kParamSlot = 0, kGradSlot = 1, kStateSlot = 2 + int(kPerTensorRecord);
-  static constexpr int kSlots = kStateSlot + Kind::kStates + 1;
+  // One more slot for the tensor's clip_grad_norm_per_tensor coefficient, when the call has them.
+  static constexpr int kSlots = kStateSlot + Kind::kStates + 2;
   // Element lists: param, grad, every state (inactive ones neither loaded nor stored), master.
   static constexpr int kParam = 0, kGrad = 1, kState = 2, kMaster = kState + Kind::kStates;
   static constexpr int kLists = kMaster + 1;
@@ -56,6 +58,7 @@ struct UpdateChunkOp {
 
   UpdateConfig<Kind> config;
   SharedPrepared<Coefficients> shared;
+  int tensor_clip_slot = -1;  // the slot of the tensor's float32 clip coefficient (-1: none)
 
   // In the prologue, by the one thread of this tensor (or of the launch-wide record, with no
   // scalar states): `scalar_states` are the tensor's Kind::kScalarStates scalars.
@@ -89,9 +92,11 @@ struct UpdateChunkOp {
     });
     if (kMasterWeights) lists.set(kMaster, tensor.at(kStateSlot + state_count(active)), true, true);
     const auto& k = c.k;
+    GradFactors<T> grad = c.grad;  // with this tensor's clip_grad_norm_per_tensor multiplier, if any
+    if (tensor_clip_slot >= 0) grad.multiplier = T(*static_cast<const float*>(tensor.at(tensor_clip_slot)));
     update_elements(lists, tensor.begin, tensor.end, [&](T (&x)[kLists]) {
       T p = kMasterWeights ? x[kMaster] : x[kParam];
-      x[kGrad] = unscaled_grad(x[kGrad], c.grad);
+      x[kGrad] = unscaled_grad(x[kGrad], grad);
       with_variant(typename Kind::Variants{}, active, [&](auto variant) {
         Kind::template update<decltype(variant)::value>(p, x[kGrad], x + kState, k, first_step);
       });
@@ -126,10 +131,26 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
   const uint32_t active = Kind::active_states(config.hyper);
   if (!is_variant<Kind>(active))
     throw std::invalid_argument(std::string("fusedopt cuda ") + name + ": these options select states no variant has");
+  if (Kind::kTensorScale || Kind::kNormPass)  // fusedopt/backends/native.py hands such kinds to Triton
+    throw std::invalid_argument(std::string("fusedopt cuda ") + name +
+                                ": no CUDA kernel runs this optimizer's norm pass and tensor scale");
+  // clip_grad_norm_per_tensor: the table again with one more row, each tensor's coefficient's
+  // address, which the update's records carry as one more slot.
+  const int states_used = state_count(active);
+  const int64_t used_rows = scalar_state_row(states_used, options.master_weights && dtype != DType::Float32 &&
+                                                              dtype != DType::Float64) + Kind::kScalarStates;
+  std::vector<int64_t> with_clip;
+  TensorTable carried = table;
+  if (options.grad_transform.tensor_clip != nullptr) {
+    with_clip.assign(table.data, table.data + used_rows * table.n);
+    for (int64_t i = 0; i < table.n; ++i)
+      with_clip.push_back(int64_t(reinterpret_cast<uintptr_t>(options.grad_transform.tensor_clip + i)));
+    carried = TensorTable{with_clip.data(), table.n};
+  }
   PrologueWork work{Kind::kStepCounter, Kind::kStepDependent,
                     !Kind::kStepDependent && (Kind::kStepCounter || reads_device_values(options))};
   const bool prologue = work.advance_steps || work.per_tensor || work.shared;
-  const WorkspaceRecords records = prologue ? workspace_records(name, table, resources) : WorkspaceRecords{0};
+  const WorkspaceRecords records = prologue ? workspace_records(name, carried, resources) : WorkspaceRecords{0};
   run_for_storage(name, dtype, options.master_weights, options.bf16_states, device, stream,
                   [&](auto param, auto state, auto master, const OpCall& call) {
     using Op = UpdateChunkOp<Kind, decltype(param), decltype(state), decltype(master)::value>;
@@ -147,9 +168,13 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
     const int states = state_count(active);
     for (int s = 0; s < states; ++s) slots[addresses++] = kStateRow + s;
     if (Op::kMasterWeights) slots[addresses++] = kStateRow + states;
+    if (options.grad_transform.tensor_clip != nullptr) {
+      op.tensor_clip_slot = addresses;
+      slots[addresses++] = used_rows;
+    }
     work.scalar_row = scalar_state_row(states, Op::kMasterWeights);  // after the master copy, if any
-    if (prologue) run_prologue(table, op, work, records, call);
-    multi_tensor_apply(table, slots, addresses, op, records, resources.chunk_bytes, call);
+    if (prologue) run_prologue(carried, op, work, records, call);
+    multi_tensor_apply(carried, slots, addresses, op, records, resources.chunk_bytes, call);
   });
 }
 

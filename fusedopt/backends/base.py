@@ -1,11 +1,11 @@
 """The interface every backend implements; what it receives lives in fusedopt/_layout.py."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, List, Mapping, Optional
 
 import torch
 
-from .._layout import GradTransform, NO_GRAD_TRANSFORM, TensorBatch, UpdateConfig  # noqa: F401  (re-exported)
+from .._layout import GradTransform, NO_GRAD_TRANSFORM, SparseRowBatch, TensorBatch, UpdateConfig  # noqa: F401  (re-exported)
 
 
 class Backend:
@@ -14,6 +14,16 @@ class Backend:
     name: str = ""
     dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
     reads_lr_tensor: bool = False  # takes the configs' lr_tensor (see LR_TENSOR)
+    # The kernel shapes this backend runs (OptimizerSpec.kernel): "elementwise" through
+    # update(); "factored" (Adafactor's row/column reductions) through update_factored().
+    kernels = ("elementwise",)
+
+    def kernel_missing_reason(self, kernel: str) -> Optional[str]:
+        """None when this backend has kernels of shape `kernel`, else a sentence saying not."""
+        if kernel in self.kernels:
+            return None
+        return (f"backend {self.name!r} has no {kernel} kernels yet (it runs {', '.join(self.kernels)} ones); "
+                f"choose backend='auto' or one of the backends that have them")
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         """None when this backend can update tensors on `device`, else why not and how to fix it."""
@@ -25,14 +35,43 @@ class Backend:
         counters (if the kind keeps them), apply config.grad_transform, update params and states."""
         raise NotImplementedError
 
+    def update_factored(self, kind: str, batch, config) -> None:
+        """One step of a "factored" kind (Adafactor) over a FactoredBatch with a
+        FactoredConfig (fusedopt/_factored.py), for backends whose `kernels` list the shape."""
+        raise NotImplementedError(self.kernel_missing_reason("factored"))
+
+    def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
+        """The reduction pass of a kind with OptimizerSpec.norm_pass (LAMB): a float64 tensor
+        [len(batch), 2] on the batch's device, per tensor the sums of the kind's two terms
+        (LAMB: ||p||^2 and ||u||^2) for the coming update (step counters + 1, the grad
+        transformed as `update` will), writing nothing; deterministic, no host sync."""
+        raise NotImplementedError(f"backend {self.name!r} has no norm pass for {kind!r}")
+
+    def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
+        """The sum of the squares of each of these dense real tensors (one dtype, one device),
+        as a float64 tensor of shape [len(tensors)] on that device, in one multi-tensor pass
+        where the backend has one, without a host sync. Accumulated in float64 (at least
+        float32), deterministic: the same bits run to run whatever the thread count. The
+        compiled CPU and CUDA kernels share one order (fusedopt/reduce.h) and so one result;
+        this default (the reference's) is torch's float64 sum of each tensor's squares."""
+        if not tensors:
+            return torch.zeros(0, dtype=torch.float64)
+        return torch.stack([t.detach().double().square().sum() for t in tensors])
+
+    def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
+        """None when this backend runs lazy (sparse-row) Adam on params of `dtype`, else why not."""
+        return f"backend {self.name!r} does not implement lazy (sparse-row) Adam"
+
+    def sparse_adam_update(self, batch: SparseRowBatch, hyper: Mapping[str, Any], lr: float) -> None:
+        """One lazy Adam step over every tensor of `batch` (fusedopt/_layout.py) in one call:
+        advance every step counter, then update the present rows of each param and its
+        moments with torch.optim.SparseAdam's arithmetic and Adam's options `hyper` (the adam
+        spec's hyper-parameters by name; fusedopt/backends/reference/sparse_adam.py is the
+        readable statement)."""
+        raise NotImplementedError(self.sparse_rows_unsupported(batch.dtype))
+
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
-        """Sum of the squares of every element of these dense real tensors of one dtype and
-        device, as a float64 0-dim tensor on that device (no host sync). The eager step and
-        the torch.compile op (fusedopt::sum_of_squares) both call this, so they clip alike.
-        torch's multi-tensor norm serves every backend without its own."""
-        # float32 norms even for 16-bit grads, so every backend's clip coefficient agrees
-        # with the CPU kernel's (which accumulates in double) to float32 rounding; float64
-        # grads keep their precision (a float64 norm cannot narrow to float32).
-        precision = torch.float64 if grads[0].dtype == torch.float64 else torch.float32
-        norms = torch._foreach_norm(grads, 2.0, dtype=precision)
-        return torch.stack(norms).double().square().sum()
+        """Sum of the squares of every element of these tensors, as a float64 0-dim tensor on
+        their device (no host sync): the per-tensor sums, added. The eager step and the
+        torch.compile op (fusedopt::sum_of_squares) both call this, so they clip alike."""
+        return self.sum_of_squares_per_tensor(grads).sum()

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from .._layout import DTYPE_CODES, FIRST_STATE_ROW, TensorBatch, UpdateConfig
+from .._layout import DTYPE_CODES, FIRST_STATE_ROW, SparseRowBatch, TensorBatch, UpdateConfig
 from .._memory import storage_problem
 from .._native import build_info, load_error, native
 from .base import Backend
@@ -38,6 +38,19 @@ def state_arguments(config: UpdateConfig) -> dict:
     """The keyword arguments `cpu_update` and `cuda_update` take after the common ones:
     the states' storage (bf16_states; issue 13)."""
     return {"bf16_states": config.bf16_states} if config.bf16_states else {}
+
+
+def per_tensor_arguments(batch: TensorBatch, config: UpdateConfig) -> Dict[str, int]:
+    """The addresses of the per-tensor arrays (0: none), checked: clip_grad_norm_per_tensor's
+    float32 coefficients (GradTransform.tensor_clip) and a tensor scale (LAMB's float64 trust
+    ratio, UpdateConfig.tensor_scale), each one value per tensor of the batch, on its device."""
+    config.grad_transform.check_for(batch.device, len(batch))
+    clip, scale = config.grad_transform.tensor_clip, config.tensor_scale
+    if scale is not None and (scale.dtype != torch.float64 or scale.dim() != 1 or scale.numel() != len(batch)
+                              or scale.device != batch.device or not scale.is_contiguous()):
+        raise RuntimeError(f"tensor_scale must be a contiguous float64 tensor of {len(batch)} values on "
+                           f"{batch.device}, got {tuple(scale.shape)} {scale.dtype} on {scale.device}")
+    return dict(tensor_clip=0 if clip is None else clip.data_ptr(), tensor_scale=0 if scale is None else scale.data_ptr())
 
 
 def _lr_tensor_address(lr_tensor: Optional[torch.Tensor], device: torch.device) -> int:
@@ -110,6 +123,21 @@ def _native_kinds() -> NativeKinds:
 class CPUBackend(Backend):
     name = "cpu"
     reads_lr_tensor = True
+    kernels = ("elementwise", "factored")
+
+    def kernel_missing_reason(self, kernel: str) -> Optional[str]:
+        reason = super().kernel_missing_reason(kernel)
+        if reason is None and kernel == "factored" and not load_error and not hasattr(native, "cpu_adafactor"):
+            return "this build of fusedopt._C predates its factored (Adafactor) kernels; rebuild it"
+        return reason
+
+    def update_factored(self, kind: str, batch, config) -> None:
+        """Adafactor: every pass over the bucket in one native call (csrc/cpu/factored_cpu.cpp)."""
+        if kind != "adafactor":
+            raise ValueError(f"backend 'cpu' has no factored kernels for {kind!r}")
+        native.cpu_adafactor(batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], config.lr,
+                             _lr_tensor_address(config.lr_tensor, batch.device), config.beta2_decay, config.eps1,
+                             config.eps2, config.d, config.weight_decay, config.maximize, torch.get_num_threads())
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         if device.type != "cpu":
@@ -120,23 +148,66 @@ class CPUBackend(Backend):
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         _native_kinds().for_batch(kind, batch, config).cpu_update(*common_arguments(batch, config),
-                                                             torch.get_num_threads(), **state_arguments(config))
+                                                             torch.get_num_threads(),
+                                                             **per_tensor_arguments(batch, config), **state_arguments(config))
 
-    def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
-        """The native kernel (double accumulation) where every tensor is a contiguous block
-        inside its storage (the caller checked dtype and device); torch's otherwise."""
+    def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
+        if dtype not in (torch.float32, torch.float64):
+            return "its lazy (sparse-row) Adam kernel updates float32 and float64 params"
+        if not hasattr(native, "cpu_sparse_adam"):
+            return "fusedopt._C was built without the sparse-row kernel; rebuild it (`pip install .`)"
+        return None
+
+    def sparse_adam_update(self, batch: SparseRowBatch, hyper: Mapping[str, Any], lr: float) -> None:
+        native.cpu_sparse_adam(_native_kinds().hyper("adam", hyper), batch.table_address(), len(batch),
+                               DTYPE_CODES[batch.dtype], float(lr), torch.get_num_threads())
+
+    def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
+        out = torch.empty(len(batch), 2, dtype=torch.float64)
+        clip = per_tensor_arguments(batch, config)["tensor_clip"]
+        _native_kinds().for_batch(kind, batch, config).cpu_norms(*common_arguments(batch, config),
+                                                            torch.get_num_threads(), clip, out.data_ptr(),
+                                                            **state_arguments(config))
+        return out
+
+    def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
+        """The native kernel (fusedopt/reduce.h's order, double accumulation) where every tensor
+        is a contiguous block inside its storage; torch's otherwise."""
         # Also the body of the public op fusedopt::sum_of_squares, which gets any list: every
         # fact the kernel relies on (CPU, one supported dtype, dense, inside its storage) is
         # checked here; anything else goes to torch.
-        dtype = grads[0].dtype
-        if dtype not in DTYPE_CODES or not all(
-                t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
-                and storage_problem(t) is None for t in grads):
-            return super().sum_of_squares(grads)
-        table = array.array("q", [t.numel() for t in grads] + [t.data_ptr() for t in grads])
-        total = native.cpu_sum_of_squares(table.buffer_info()[0], len(grads), DTYPE_CODES[grads[0].dtype],
-                                          torch.get_num_threads())
-        return torch.tensor(total, dtype=torch.float64)
+        if not _kernel_readable(tensors, "cpu"):
+            return super().sum_of_squares_per_tensor(tensors)
+        out = torch.empty(len(tensors), dtype=torch.float64)
+        table = _reduction_table(tensors)
+        native.cpu_sum_of_squares_per_tensor(table.buffer_info()[0], len(tensors), DTYPE_CODES[tensors[0].dtype],
+                                             torch.get_num_threads(), out.data_ptr())
+        return out
+
+
+def _kernel_readable(tensors: List[torch.Tensor], device_type: str) -> bool:
+    """Whether the reduction kernels may read these tensors through raw addresses: a non-empty
+    list of dense, contiguous tensors of one supported dtype on one device of `device_type`,
+    each inside its storage."""
+    if not tensors:
+        return False
+    dtype, device = tensors[0].dtype, tensors[0].device
+    return dtype in DTYPE_CODES and device.type == device_type and all(
+        t.device == device and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
+        and storage_problem(t) is None for t in tensors)
+
+
+def _reduction_table(tensors: List[torch.Tensor]) -> array.array:
+    """The (numel, address) table the reduction kernels read (csrc/cpu/kernels.h)."""
+    return array.array("q", [t.numel() for t in tensors] + [t.data_ptr() for t in tensors])
+
+
+def reduction_partials(tensors: List[torch.Tensor]) -> int:
+    """Float64 block partials the CUDA reduction needs (fusedopt/reduce.h: 65,536 elements a block)."""
+    return sum((t.numel() + SUM_BLOCK - 1) // SUM_BLOCK for t in tensors)
+
+
+SUM_BLOCK = 65536  # kSumBlock of csrc/include/fusedopt/reduce.h
 
 
 class CUDABackend(Backend):
@@ -168,12 +239,31 @@ class CUDABackend(Backend):
         return reason or None
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
+        if _norm_pass(kind):  # no CUDA kernel for LAMB's two passes yet: Triton runs both
+            return _triton().update(kind, batch, config)
         index = _device_index(batch.device)
         stream = torch.cuda.current_stream(index).cuda_stream
         workspace = self._workspace(index, stream, len(batch))
         _native_kinds().for_batch(kind, batch, config).cuda_update(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), self.chunk_bytes or 0,
-            index, stream, **state_arguments(config))
+            index, stream, **per_tensor_arguments(batch, config), **state_arguments(config))
+
+    def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
+        return _triton().norms(kind, batch, config)
+
+    def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
+        """The CUDA kernel (the CPU kernel's order and bits) on the current stream, no sync."""
+        if not _kernel_readable(tensors, "cuda"):
+            return super().sum_of_squares_per_tensor(tensors)
+        device = tensors[0].device
+        index = _device_index(device)
+        stream = torch.cuda.current_stream(index).cuda_stream
+        out = torch.empty(len(tensors), dtype=torch.float64, device=device)
+        partials = torch.empty(max(reduction_partials(tensors), 1), dtype=torch.float64, device=device)
+        table = _reduction_table(tensors)
+        native.cuda_sum_of_squares_per_tensor(table.buffer_info()[0], len(tensors), DTYPE_CODES[tensors[0].dtype],
+                                              partials.data_ptr(), partials.numel(), out.data_ptr(), index, stream)
+        return out
 
     def _workspace(self, index: int, stream: int, tensors: int) -> torch.Tensor:
         """Device memory for the coefficient records of a call on `stream` (used by the calls
@@ -186,6 +276,24 @@ class CUDABackend(Backend):
                 workspace = torch.empty(size, dtype=torch.uint8, device=torch.device("cuda", index))
             self._workspaces[(index, stream)] = workspace
         return workspace
+
+
+def _norm_pass(kind: str) -> bool:
+    from ..optim._spec import spec  # registered by fusedopt.optim (imported late)
+
+    return spec(kind).norm_pass
+
+
+def _triton() -> Backend:
+    """The Triton backend, for what the CUDA kernels do not run (LAMB's norm pass and
+    trust-ratio update); RuntimeError saying why when Triton cannot run."""
+    from . import get
+
+    backend = get("triton")
+    if backend is None:
+        raise RuntimeError("LAMB on CUDA tensors runs through fusedopt's Triton kernels (the CUDA kernels have no "
+                           "norm pass yet), and triton is not available; install triton")
+    return backend
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,6 +23,7 @@ from .cli import comma_list, copy_bytes, default_step_counts, measure, positive_
 from .contenders import TORCH_VARIANTS, Contender, fusedopt_contenders, torch_contenders
 from .measure import BenchConfig, BenchResult, Row, Unit
 from .report import format_table, to_json_document, write_json
+from .torch_ops import torch_ops_contenders
 from .workloads import OptimizerCase, all_cases, build_workloads, cases_by_key, families
 
 PROGRAM = "python -m fusedopt.bench bars"
@@ -42,10 +43,14 @@ TORCH_FASTEST = "torch[fastest]"
 # unless named here.
 _BAR_CASE = {"rmsprop": "rmsprop-centered"}  # RMSprop's costliest form (centered, momentum)
 _BAR_ROW = {"adamw": f"fusedopt[{BACKEND},optimized_update]"}
-# Optimizers torch.optim lacks: the bar case of another family that moves the same bytes.
-# Throughput: held to fusedopt's own row of that case (<= MATCH_LIMIT); host overhead: to
-# torch's fastest implementation of it.
-STAND_INS = {"lion": "sgd"}  # Lion moves p, g, m like SGD with momentum
+# Optimizers torch.optim lacks: (the bar case of another family, the throughput limit).
+# Throughput: held to fusedopt's own row of that case. Host overhead: to the same optimizer
+# written with torch's foreach ops (fusedopt.bench.torch_ops) where one is written, else to
+# torch's fastest implementation of the stand-in.
+STAND_INS = {
+    "lion": ("sgd", MATCH_LIMIT),  # Lion moves p, g, m like SGD with momentum
+    "lamb": ("adam", 1.3),  # LAMB is Adam plus a norm pass that reads p, g, m, v once more
+}
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,8 @@ def derive_bars(family: str) -> Tuple[Bar, ...]:
     """A family's bars: on each throughput shape, against torch's fused kernel (match it)
     where torch has one, else against its foreach path (3x faster); on the host-overhead
     shape, against torch's fastest implementation (4x less). A family torch.optim lacks is
-    held to its STAND_INS case instead."""
+    held to its STAND_INS case instead, but for host overhead to its torch-ops implementation
+    where fusedopt.bench.torch_ops has one."""
     case = bar_case(family)
     subject = Side(case.key, _BAR_ROW.get(family, f"fusedopt[{BACKEND}]"))
     offered = [contender.variant for contender in torch_contenders(case, TORCH_VARIANTS)]
@@ -105,10 +111,10 @@ def derive_bars(family: str) -> Tuple[Bar, ...]:
                              " its bars by hand")
         throughput, host = Side(case.key, f"torch[{variant}]"), Side(case.key, TORCH_FASTEST)
     elif family in STAND_INS:
-        stand_in = bar_case(STAND_INS[family])
-        limit = MATCH_LIMIT
+        stand_in_family, limit = STAND_INS[family]
+        stand_in = bar_case(stand_in_family)
         throughput = Side(stand_in.key, _BAR_ROW.get(stand_in.family, f"fusedopt[{BACKEND}]"))
-        host = Side(stand_in.key, TORCH_FASTEST)
+        host = Side(case.key if torch_ops_contenders(case) else stand_in.key, TORCH_FASTEST)
     else:
         raise ValueError(f"torch.optim has no {case.class_name}: name the case {family} is held to in"
                          " fusedopt.bench.bars.STAND_INS (one that moves the same bytes)")
@@ -131,7 +137,7 @@ def select_bars(optimizers: Optional[Sequence[str]] = None, shapes: Optional[Seq
 def contenders_of(side: Side) -> List[Tuple[OptimizerCase, Contender]]:
     """The contenders a side needs timed: one row, or each of torch's for TORCH_FASTEST."""
     case = cases_by_key()[side.optimizer]
-    offered = torch_contenders(case, TORCH_VARIANTS)
+    offered = torch_contenders(case, TORCH_VARIANTS) or torch_ops_contenders(case)
     if side.implementation == TORCH_FASTEST:
         return [(case, contender) for contender in offered]
     everything = offered + fusedopt_contenders(case, [BACKEND])

@@ -16,7 +16,7 @@ import torch
 
 import fusedopt.optim
 from fusedopt.optim._plan import group_hyper
-from fusedopt.optim._spec import registered
+from fusedopt.optim._spec import elementwise_kinds
 
 SCALES = ("full", "quick", "tiny")
 SHAPE_NAMES = ("large", "gpt2-small", "gpt2-xl", "many-small", "many-4096", "host-overhead")
@@ -216,10 +216,13 @@ class OptimizerCase:
 
 def optimizer_classes() -> List[Type]:
     """fusedopt's optimizer classes in fusedopt.optim.__all__ order, each carrying a
-    registered spec (AdamW is kind adam with decoupled weight decay)."""
-    kinds = registered()
+    registered spec (AdamW is kind adam with decoupled weight decay), element-wise ones only
+    (Adafactor's factored kernel has its own bench: fusedopt/bench/adafactor.py)."""
+    kinds = elementwise_kinds()
     classes = [getattr(fusedopt.optim, name) for name in fusedopt.optim.__all__]
-    return [cls for cls in classes if isinstance(cls, type) and getattr(cls, "spec", None) in kinds.values()]
+    # SparseAdam takes sparse grads only: its bar is fusedopt/bench/sparse_adam.py
+    return [cls for cls in classes if isinstance(cls, type) and getattr(cls, "spec", None) in kinds.values()
+            and not getattr(cls, "sparse_grads_only", False)]
 
 
 @functools.lru_cache(maxsize=None)

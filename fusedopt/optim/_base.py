@@ -19,10 +19,12 @@ import torch
 
 from .. import backends
 from .._buckets import Bucket, StateMap, _RegroupNeeded, kernel_view, split_into_buckets
-from .._layout import LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_value
+from .._layout import (LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_norm_per_tensor,
+                       check_clip_value)
 from .._memory import overlaps_itself
 from ..clip import clip_coefficient, global_norm
 from ._checks import check_low_precision_options, check_weight_decay_mode
+from ._lazy import check_lazy_group, is_lazy, prepare_lazy_groups, run_lazy_groups
 from ._ops import compiled_step
 from ._plan import (bf16_states, bucket_state_dtype, bucket_state_keys, group_hyper, return_copied_grads, run_update,
                     uses_master)
@@ -90,10 +92,13 @@ class FusedOptimizer(torch.optim.Optimizer):
     # max_grad_norm's clip (whose norm is that of the unclamped grads), before maximize and
     # weight decay; a plain number per group (None: off). Optimizers with decoupled weight
     # decay add weight_decay_mode="decoupled" (or "absolute") to their own defaults.
+    # clip_grad_norm_per_tensor: each grad multiplied by its own paddle ClipGradByNorm
+    # coefficient (fusedopt/clip.py's per_tensor_clip_coefficients), after GradScaler's unscale
+    # and max_grad_norm's clip, before clip_grad_value's clamp; None: off.
     # state_dtype: None (or torch.float32: the same) keeps today's state dtypes (the param's, or
     # float32 with master weights); torch.bfloat16 stores every state tensor in bf16 (issue 13).
     _own_setstate_defaults = dict(backend="auto", master_weights=False, max_grad_norm=None, clip_grad_value=None,
-                                  state_dtype=None, bf16_stochastic_round=False)
+                                  clip_grad_norm_per_tensor=None, state_dtype=None, bf16_stochastic_round=False)
 
     # ----------------------------------------------------------------- torch.optim API
     def add_param_group(self, param_group: dict) -> None:
@@ -116,7 +121,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         # fusedopt's shaping runs as the first post-hook, so the user's post-hooks see (and
         # may change) the state dict in its final form, as they would torch.optim's.
-        handle = self.register_state_dict_post_hook(FusedOptimizer._shape_state_dict, prepend=True)
+        handle = self.register_state_dict_post_hook(type(self)._shape_state_dict, prepend=True)
         try:
             return super().state_dict()
         finally:
@@ -199,13 +204,17 @@ class FusedOptimizer(torch.optim.Optimizer):
             # Elsewhere the kernels skip; new buffers then start at zero (torch's fused SGD
             # leaves them uninitialised).
             return loss
+        # Lazy groups (sparse grads updating only their rows, fusedopt/optim/_lazy.py) are
+        # validated first and run after the others: nothing moves unless every grad can.
+        lazy_groups = [group for group in self.param_groups if is_lazy(group)]
+        lazy_prepared = prepare_lazy_groups(self, lazy_groups) if lazy_groups else []
         if torch.compiler.is_compiling():
             compiled_step(self)  # traced by dynamo: one torch.library op per group and dtype
             return loss
         # The groups' hyper-parameters, read once per step: the state keys, lazy state and the
         # backend calls below all follow from them.
         hypers = [group_hyper(self, group) for group in self.param_groups]
-        prepared = [self._prepare_group(index, group, hyper)
+        prepared = [[] if is_lazy(group) else self._prepare_group(index, group, hyper)
                     for index, (group, hyper) in enumerate(zip(self.param_groups, hypers))]
         transforms = self._grad_transforms(prepared)
         if getattr(self, "grad_scale", None) is not None:
@@ -214,9 +223,12 @@ class FusedOptimizer(torch.optim.Optimizer):
             for bucket, batch, fresh in batches:
                 transform = transforms(group, bucket.device)
                 run_update(self.spec, backends.resolve(group["backend"], bucket.device), batch, fresh, hyper,
-                           group["lr"], self._uses_master(group, bucket.dtype), transform, bf16_states(group))
+                           group["lr"], self._uses_master(group, bucket.dtype), transform,
+                           group.get("clip_grad_norm_per_tensor"), bf16_states(group))
                 if transform.writes_grad() and bucket._grads_copied:
                     return_copied_grads([kernel_view(p.grad) for p in bucket.params if p.grad is not None], batch.grads)
+        if lazy_groups:
+            run_lazy_groups(self, lazy_groups, lazy_prepared)
         return loss
 
     # ----------------------------------------------------------------- state
@@ -335,7 +347,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         of decay; anywhere else a group asking for absolute decay is refused, not ignored)."""
         try:
             check_clip_value(group.get("clip_grad_value"))
+            check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
             check_low_precision_options(group)
+            if is_lazy(group):
+                check_lazy_group(group, type(self).__name__)
             if "weight_decay_mode" in self.defaults:
                 self.spec.coerce(self.hyper(group))
             elif "weight_decay_mode" in group:

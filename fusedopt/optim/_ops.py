@@ -16,7 +16,7 @@ import torch
 
 from .. import backends
 from .._buckets import kernel_view, split_into_buckets
-from .._layout import LOW_PRECISION, GradTransform
+from .._layout import LOW_PRECISION, GradTransform, check_clip_norm_per_tensor
 from ..clip import clip_coefficient, global_norm
 from . import _spec
 from ._plan import bf16_states, bucket_state_keys, group_hyper, return_copied_grads, run_update, split_fresh
@@ -39,6 +39,7 @@ def update_(
     clip_coef: Optional[torch.Tensor],
     backend: str,
     clip_value: Optional[float] = None,
+    clip_norm_per_tensor: Optional[float] = None,
     bf16_states: bool = False,
 ) -> None:
     """One optimizer step over `params` (all with grads). `states` holds one row of
@@ -47,8 +48,10 @@ def update_(
     holds a float32 step counter per param for Adam and RMSprop and is empty for SGD.
     `field_names` (comma-separated) names `field_values`: `lr` and the kind's hyper-parameters
     (its OptimizerSpec's), in any order. clip_value: clip_grad_value's bound (None: no clamp),
-    applied after the grad_scale and clip_coef (GradTransform). bf16_states: the state tensors
-    (not the master copy) are bfloat16 (state_dtype=torch.bfloat16). With grad_scale the grads
+    applied after the grad_scale and clip_coef (GradTransform). clip_norm_per_tensor:
+    clip_grad_norm_per_tensor's bound (None: off), per bucket as the eager step (run_update).
+    bf16_states: the state tensors (not the master copy) are bfloat16
+    (state_dtype=torch.bfloat16). With grad_scale the grads
     are written back (GradTransform). Every argument is checked here, before
     any kernel runs: a malformed call raises ValueError (its shape: kind, counts, names) or
     RuntimeError (a tensor that cannot serve), never reaches native code."""
@@ -67,6 +70,7 @@ def update_(
     prepared = []
     for bucket in split_into_buckets(params, f"fusedopt::{kind}", strict=True):  # all checked before any runs
         transform.check(bucket.device)
+        check_clip_norm_per_tensor(clip_norm_per_tensor)
         batch, _ = bucket.batch(
             views, tensor_keys, bool(steps), _no_initialisation,
             torch.bfloat16 if bf16_states else torch.float32 if master_weights else None,
@@ -76,7 +80,7 @@ def update_(
     for bucket, batch in prepared:
         fresh = list(range(len(batch))) if first_step else []
         run_update(spec, backends.resolve(backend, bucket.device), batch, fresh, hyper, lr, master_weights, transform,
-                   bf16_states)
+                   clip_norm_per_tensor, bf16_states)
         if transform.writes_grad():
             return_copied_grads([grad_of[id(p)] for p in bucket.params], batch.grads)
 
@@ -87,7 +91,7 @@ def _checked_arguments(kind, params, grads, steps, states, state_keys, field_nam
     Native code trusts the table these become: a missing step counter or state row would
     be read as a null or stray pointer."""
     where = "fusedopt::update_"
-    specs = _spec.registered()
+    specs = _spec.elementwise_kinds()  # the op runs the element-wise kernel (Adafactor's is another shape)
     if kind not in specs:
         raise ValueError(f"{where}: unknown kind {kind!r}; expected one of {', '.join(specs)}")
     spec = specs[kind]
@@ -134,7 +138,8 @@ def _(grads, backend) -> torch.Tensor:
 
 @update_.register_fake
 def _(kind, params, grads, steps, states, state_keys, field_names, field_values, first_step, master_weights,
-      grad_scale, found_inf, clip_coef, backend, clip_value=None, bf16_states=False) -> None:
+      grad_scale, found_inf, clip_coef, backend, clip_value=None, clip_norm_per_tensor=None,
+      bf16_states=False) -> None:
     return None
 
 
@@ -194,5 +199,5 @@ def _call(optimizer, group, params: Sequence[torch.Tensor], keys, names, values,
         [state[p]["step"] for p in params] if optimizer.spec.step_counter else [],
         [state[p][key] for key in keys for p in params], ",".join(keys), ",".join(names), values,
         fresh, master, grad_scale, found_inf, coef, group["backend"], group.get("clip_grad_value"),
-        bf16_states(group),
+        group.get("clip_grad_norm_per_tensor"), bf16_states(group),
     )

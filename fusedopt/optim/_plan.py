@@ -12,6 +12,7 @@ global_norm and clip_coefficient), in bucket order on both paths.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -20,6 +21,7 @@ import torch
 from .._buckets import select
 from .._layout import LOW_PRECISION, MASTER_KEY, GradTransform, TensorBatch, UpdateConfig
 from ..backends.base import Backend
+from ..clip import per_tensor_clip_coefficients
 from ._spec import OptimizerSpec
 
 
@@ -65,21 +67,45 @@ def learning_rate(lr, backend: Backend, device: torch.device) -> Tuple[float, Op
 
 def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh: Sequence[int],
                hyper: Mapping[str, Any], lr, master_weights: bool, grad_transform: GradTransform,
-               bf16_states: bool = False) -> None:
+               clip_norm_per_tensor: Optional[float] = None, bf16_states: bool = False) -> None:
     """One backend call per batch, or two when only some of its state is new and the
-    optimizer has a first-step rule (`fresh`: batch indices whose state was just created)."""
-    lr, lr_tensor = learning_rate(lr, backend, batch.device)
+    optimizer has a first-step rule (`fresh`: batch indices whose state was just created).
 
-    def call(part: TensorBatch, first_step: bool) -> None:
-        backend.update(spec.kind, part, UpdateConfig(hyper, lr, lr_tensor, first_step, master_weights, grad_transform,
-                                                 bf16_states))
+    clip_norm_per_tensor (clip_grad_norm_per_tensor): first one multi-tensor reduction of the
+    batch's grads (Backend.sum_of_squares_per_tensor), whose per-tensor coefficients the
+    kernels apply as they read each grad (GradTransform.tensor_clip). A kind with a norm pass
+    (LAMB): Backend.norms, then the per-tensor trust ratio ||p|| / ||u|| (1 where either is
+    0; a NaN norm also gives 1, and u's NaN then reaches the param) as UpdateConfig.tensor_scale. All on the device: nothing waits on the host."""
+    lr, lr_tensor = learning_rate(lr, backend, batch.device)
+    if clip_norm_per_tensor is not None and len(batch):
+        sums = backend.sum_of_squares_per_tensor(batch.grads)
+        coefs = per_tensor_clip_coefficients(sums, clip_norm_per_tensor, grad_transform.grad_scale,
+                                             grad_transform.clip_coef)
+        grad_transform = dataclasses.replace(grad_transform, tensor_clip=coefs.to(batch.device))
+
+    def call(part: TensorBatch, first_step: bool, transform: GradTransform) -> None:
+        config = UpdateConfig(hyper, lr, lr_tensor, first_step, master_weights, transform, bf16_states=bf16_states)
+        if spec.norm_pass and len(part):
+            config = dataclasses.replace(config, tensor_scale=trust_ratio(backend.norms(spec.kind, part, config)))
+        backend.update(spec.kind, part, config)
 
     if not spec.first_step_rule or not fresh or len(fresh) == len(batch):
-        call(batch, spec.first_step_rule and bool(fresh))
+        call(batch, spec.first_step_rule and bool(fresh), grad_transform)
     else:
         fresh_set = set(fresh)
-        call(select(batch, list(fresh)), True)
-        call(select(batch, [i for i in range(len(batch)) if i not in fresh_set]), False)
+        for indices, first in ((list(fresh), True), ([i for i in range(len(batch)) if i not in fresh_set], False)):
+            transform = grad_transform
+            if transform.tensor_clip is not None:
+                transform = dataclasses.replace(transform, tensor_clip=transform.tensor_clip[indices].contiguous())
+            call(select(batch, indices), first, transform)
+
+
+def trust_ratio(norms: torch.Tensor) -> torch.Tensor:
+    """LAMB's per-tensor ratio ||p|| / ||u|| from the norm pass's sums of squares (float64
+    [n, 2]); 1 where either norm is 0 or NaN (You et al.)."""
+    param_norm, update_norm = norms[:, 0].sqrt(), norms[:, 1].sqrt()
+    usable = (param_norm > 0) & (update_norm > 0)
+    return torch.where(usable, param_norm / update_norm, torch.ones_like(param_norm)).contiguous()
 
 
 def split_fresh(params: Sequence[torch.Tensor], state: Mapping, keys: Sequence[str], step_counter: bool,

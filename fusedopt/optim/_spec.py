@@ -17,7 +17,13 @@ FusedOptimizer subclass whose `spec` names:
   NAdam's `mu_product`), each a 0-dim float32 tensor beside the param, as torch.optim keeps
   them, starting at a group value (a group key) or a number. Like the step counter they
   are read and written once per tensor per step where its coefficients are computed
-  (csrc/include/fusedopt/optimizer.h's kScalarStates), never by the element loops.
+  (csrc/include/fusedopt/optimizer.h's kScalarStates), never by the element loops;
+- `kernel`: the shape of kernel its step needs. "elementwise" (every optimizer above: the
+  math header, the per-element loops, the generic step) or another shape that a backend
+  runs through its own method (`Backend.kernels` lists what each backend has; a backend
+  without the shape is refused by name and skipped by "auto"). "factored" is Adafactor's:
+  row and column reductions and per-tensor RMS values (fusedopt/_factored.py). Such kinds
+  have no math header and own their step; `elementwise_kinds()` lists the others.
 
 Registering happens when the class is defined (FusedOptimizer.__init_subclass__); the
 optimizer modules are imported by fusedopt.optim, so `spec(kind)` and `registered()` see
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Tuple, Type, Union
 
 FLOAT, BOOL = float, bool
+ELEMENTWISE = "elementwise"
 
 
 @dataclass(frozen=True)
@@ -38,9 +45,13 @@ class OptimizerSpec:
     state_keys: Callable[[Mapping[str, Any]], Tuple[str, ...]]  # hyper -> state tensor names in table order
     step_counter: bool = True  # keeps a float32 state['step'] the kernels advance
     first_step_rule: bool = False  # new state depends on the first grad (SGD's buf = grad)
+    # A reduction pass before each update (LAMB): Backend.norms gives two sums per tensor,
+    # from which a per-tensor scale (the trust ratio) reaches the update (UpdateConfig.tensor_scale).
+    norm_pass: bool = False
     initial_values: Tuple[Tuple[str, str], ...] = ()  # (state key, group key whose value fills it); else zeros
     # (key, group key or number it starts at): per-param float32 scalars, in table order
     scalar_states: Tuple[Tuple[str, Union[str, float]], ...] = ()
+    kernel: str = ELEMENTWISE  # the kernel shape its step needs (see the module docstring)
 
     def scalar_state_keys(self) -> Tuple[str, ...]:
         return tuple(key for key, _ in self.scalar_states)
@@ -87,3 +98,9 @@ def spec(kind: str) -> OptimizerSpec:
 def registered() -> Dict[str, OptimizerSpec]:
     """Every registered kind and its spec, in registration order."""
     return dict(_SPECS)
+
+
+def elementwise_kinds() -> Dict[str, OptimizerSpec]:
+    """The registered kinds whose step is the element-wise kernel (each has a math header in
+    csrc/include/fusedopt/optimizers/), in registration order."""
+    return {kind: s for kind, s in _SPECS.items() if s.kernel == ELEMENTWISE}

@@ -23,6 +23,11 @@ class Adam(FusedOptimizer):
     `clip_grad_value=c` clamps every grad element to [-c, c] after GradScaler's unscale and
     max_grad_norm's clip (whose norm is taken over the unclamped grads), before maximize and
     weight decay: torch's ``unscale_``, ``clip_grad_norm_``, ``clip_grad_value_``, then the step.
+
+    `lazy_mode=True` (paddle's Adam lazy_mode): sparse COO grads (nn.Embedding(sparse=True))
+    update only the rows they hold, with torch.optim.SparseAdam's arithmetic (equal to it with
+    optimized_update=True and no weight decay); dense grads are then an error, as in SparseAdam.
+    What each option means there: fusedopt/optim/_lazy.py.
     """
 
     spec = OptimizerSpec(
@@ -37,13 +42,14 @@ class Adam(FusedOptimizer):
     _setstate_defaults = dict(amsgrad=False, maximize=False, foreach=None, capturable=False, differentiable=False,
                               decoupled_weight_decay=False, fused=None)
     _own_setstate_defaults = dict(FusedOptimizer._own_setstate_defaults, optimized_update=False,
-                                  weight_decay_mode="decoupled")
+                                  weight_decay_mode="decoupled", lazy_mode=False)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
                  decoupled_weight_decay=False, optimized_update=False, backend="auto",
-                 master_weights=False, max_grad_norm=None, clip_grad_value=None,
-                 state_dtype=None, bf16_stochastic_round=False, weight_decay_mode="decoupled"):
+                 master_weights=False, max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                 state_dtype=None, bf16_stochastic_round=False, weight_decay_mode="decoupled",
+                 lazy_mode=False):
         check_adam_hyperparameters(lr, betas, eps, weight_decay)
         check_torch_flags(foreach, fused, differentiable)
         defaults = dict(
@@ -53,9 +59,9 @@ class Adam(FusedOptimizer):
             foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused,
             decoupled_weight_decay=bool(decoupled_weight_decay or self._decoupled_weight_decay),
             optimized_update=optimized_update, backend=backend,
-            master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value,
+            master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
             state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round,
-            weight_decay_mode=weight_decay_mode,
+            weight_decay_mode=weight_decay_mode, lazy_mode=bool(lazy_mode),
         )
         super().__init__(params, defaults)
 
@@ -64,6 +70,11 @@ class Adam(FusedOptimizer):
         if self._decoupled_weight_decay:  # as torch.optim.AdamW: whatever the checkpoint says
             for group in self.param_groups:
                 group["decoupled_weight_decay"] = True
+
+    @property
+    def _dense_grad_error(self) -> str:
+        return (f"{type(self).__name__}(lazy_mode=True) does not support dense gradients: lazy mode updates only "
+                "the rows a sparse grad holds (nn.Embedding(sparse=True)); use lazy_mode=False for dense grads")
 
     @staticmethod
     def hyper(group: dict) -> Dict[str, Any]:
@@ -84,11 +95,12 @@ class AdamW(Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
                  optimized_update=False, backend="auto", master_weights=False, max_grad_norm=None,
-                 clip_grad_value=None,
-                 state_dtype=None, bf16_stochastic_round=False, weight_decay_mode="decoupled"):
+                 clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                 state_dtype=None, bf16_stochastic_round=False, weight_decay_mode="decoupled", lazy_mode=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
                          optimized_update=optimized_update, backend=backend, master_weights=master_weights,
                          max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value,
-                         state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round,
-                         weight_decay_mode=weight_decay_mode)
+                         clip_grad_norm_per_tensor=clip_grad_norm_per_tensor, state_dtype=state_dtype,
+                         bf16_stochastic_round=bf16_stochastic_round, weight_decay_mode=weight_decay_mode,
+                         lazy_mode=lazy_mode)

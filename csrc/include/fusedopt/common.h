@@ -111,6 +111,10 @@ struct GradTransform {
   const float* found_inf = nullptr;
   const float* clip_coef = nullptr;
   double clip_value = 0.0;  // clip_grad_value: > 0 clamps every grad element to [-clip_value, clip_value]
+  // clip_grad_norm_per_tensor: one float32 per table column (null: none), the tensor's own
+  // clip coefficient already multiplied by max_grad_norm's; where given it is the grad's
+  // multiplier in place of *clip_coef (the generic loops set GradFactors::multiplier per tensor).
+  const float* tensor_clip = nullptr;
 };
 
 FUSEDOPT_HD bool step_skipped(const GradTransform& t) { return t.found_inf != nullptr && *t.found_inf != 0.0f; }

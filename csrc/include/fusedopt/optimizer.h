@@ -76,6 +76,9 @@ struct UpdateOptions {
   bool master_weights = false;  // 16-bit params: fp32 master copy (last state row) and fp32 states
   bool bf16_states = false;     // state_dtype=bfloat16: states stored as bf16 (master copy stays fp32)
   GradTransform grad_transform = {};
+  // Kinds with kTensorScale (LAMB's trust ratio): one float64 per table column, handed to
+  // Kind::scale_coefficients once per tensor (null: 1 for every tensor).
+  const double* tensor_scale = nullptr;
 };
 
 // One call's configuration: the optimizer's hyper-parameters and the common options.
@@ -155,6 +158,17 @@ FUSEDOPT_HD Scalars<Kind, T> scalars(const UpdateConfig<Kind>& c, double step, f
   return s;
 }
 
+// The scalars of tensor `column` from the call's (`shared`, or the tensor's own step-dependent
+// ones): its clip_grad_norm_per_tensor multiplier and its tensor scale, where the call has them.
+template <typename Kind, typename T>
+FUSEDOPT_HD Scalars<Kind, T> for_tensor(Scalars<Kind, T> s, const UpdateOptions& o, int64_t column) {
+  if (o.grad_transform.tensor_clip != nullptr) s.grad.multiplier = T(o.grad_transform.tensor_clip[column]);
+  if constexpr (Kind::kTensorScale) {
+    if (o.tensor_scale != nullptr) Kind::scale_coefficients(s.k, o.tensor_scale[column]);
+  }
+  return s;
+}
+
 // Whether a call reads no state tensor it updates: a first step of an optimizer whose new
 // states are written before they are read.
 template <typename Kind>
@@ -183,6 +197,13 @@ struct OptimizerDefaults {
   static constexpr bool kStepDependent = false;
   static constexpr int kScalarStates = 0;
   static constexpr bool kReadsStateOnFirstStep = true;
+  // A per-tensor scale of the coefficients (UpdateOptions::tensor_scale), applied by
+  // `static void scale_coefficients(Coefficients<T>&, double)` (LAMB's trust ratio).
+  static constexpr bool kTensorScale = false;
+  // A reduction pass before the update (LAMB's norms): `static void norm_terms(T p, T g,
+  // const T* state, const Coefficients<T>&, double& a, double& b)` adds one element's two
+  // terms without writing anything; the CPU's norms<Kind> sums them per tensor.
+  static constexpr bool kNormPass = false;
   template <typename S, typename SS> static constexpr int min_blocks() { return default_min_blocks<S>(); }
 };
 

@@ -17,6 +17,8 @@ updated in place, in the math type; `grad` is the transformed gradient (unscaled
 by norm, clamped by value: GradTransform's order; do not modify it in place); `step` is
 the advanced step counter as a float (None without one); `config`
 is the UpdateConfig (`config.lr`, `config.first_step`, hyper-parameters by name).
+A "factored" kind (Adafactor: OptimizerSpec.kernel) has instead
+`update_factored(batch, config)` over the whole FactoredBatch (fusedopt/_factored.py).
 A kind with scalar states (OptimizerSpec.scalar_states: ASGD's eta and mu) takes them as a
 sixth argument, `scalars`: that param's 0-dim float32 tensors in spec order, which it
 reads and updates in place, once per step.
@@ -25,11 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 
-from ..._layout import LOW_PRECISION, TensorBatch, UpdateConfig, check_clip_value
+from ..._layout import LOW_PRECISION, SparseRowBatch, TensorBatch, UpdateConfig, check_clip_value
 from ..base import Backend
 
 _UPDATES: Dict[str, Callable] = {}
@@ -47,11 +49,31 @@ def _in_opmath(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in LOW_PRECISION else t
 
 
+def _transformed_grad(stored_grad: torch.Tensor, transform, i: int) -> torch.Tensor:
+    """The grad the math sees (GradTransform's order), in the math type, a new tensor: unscaled,
+    times max_grad_norm's coefficient (or, with clip_grad_norm_per_tensor, the tensor's own
+    coefficient, which includes it), clamped to clip_grad_value."""
+    grad = _in_opmath(stored_grad)
+    if transform.grad_scale is not None:
+        grad = grad / transform.grad_scale.to(grad.dtype)
+    clip = transform.clip_coef if transform.tensor_clip is None else transform.tensor_clip[i]
+    if clip is not None:
+        grad = grad * clip.to(grad.dtype)
+    if transform.clip_value is not None:  # clip_grad_value, after the norm's coefficient (GradTransform)
+        grad = grad.clamp(-transform.clip_value, transform.clip_value)
+    return grad if grad is not stored_grad else grad.clone()
+
+
 class ReferenceBackend(Backend):
     name = "reference"
+    kernels = ("elementwise", "factored")
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         return None  # plain PyTorch runs wherever the tensors are
+
+    def update_factored(self, kind: str, batch, config) -> None:
+        """A factored kind (Adafactor): fusedopt/backends/reference/<kind>.py's update_factored."""
+        importlib.import_module(f"{__name__}.{kind}").update_factored(batch, config)
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         transform = config.grad_transform
@@ -61,7 +83,6 @@ class ReferenceBackend(Backend):
         if config.lr_tensor is not None:  # never sent here (reads_lr_tensor is False), but honour it
             config = dataclasses.replace(config, lr=float(config.lr_tensor.item()), lr_tensor=None)
         update = update_function(kind)
-        scale, clip, bound = transform.grad_scale, transform.clip_coef, transform.clip_value
         for i, (param, stored_grad) in enumerate(zip(batch.params, batch.grads)):
             step = None
             if batch.steps:
@@ -71,14 +92,10 @@ class ReferenceBackend(Backend):
             master = states.pop() if config.master_weights else None
             targets = [param if master is None else master, *states]
             values = [_in_opmath(t) for t in targets]
-            grad = _in_opmath(stored_grad)
-            if scale is not None:
-                grad = grad / scale.to(grad.dtype)
-            if clip is not None:
-                grad = grad * clip.to(grad.dtype)
-            if bound is not None:  # clip_grad_value, after the norm's coefficient (GradTransform)
-                grad = grad.clamp(-bound, bound)
-            if batch.scalars:
+            grad = _transformed_grad(stored_grad, transform, i)
+            if config.tensor_scale is not None:  # LAMB's trust ratio
+                update(values[0], grad, values[1:], step, config, ratio=float(config.tensor_scale[i]))
+            elif batch.scalars:
                 update(values[0], grad, values[1:], step, config, [s[i] for s in batch.scalars])
             else:
                 update(values[0], grad, values[1:], step, config)
@@ -89,3 +106,31 @@ class ReferenceBackend(Backend):
                 stored_grad.copy_(grad)
             if master is not None:
                 param.copy_(master)
+
+    def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
+        """The kind's `norm_terms(param, grad, states, step, config) -> (a, b)` (float64 sums,
+        writing nothing) per tensor, for the coming step (counter + 1)."""
+        terms = importlib.import_module(f"{__name__}.{kind}").norm_terms
+        transform = config.grad_transform
+        out = torch.zeros(len(batch), 2, dtype=torch.float64, device=batch.device)
+        for i, (param, stored_grad) in enumerate(zip(batch.params, batch.grads)):
+            step = float(batch.steps[i].item()) + 1 if batch.steps else None
+            states = [s[i] for s in batch.states]
+            master = states.pop() if config.master_weights else None
+            value = _in_opmath(param if master is None else master)
+            grad = _transformed_grad(stored_grad, transform, i)
+            a, b = terms(value, grad, [_in_opmath(s) for s in states], step, config)
+            out[i, 0], out[i, 1] = a, b
+        return out
+
+    def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
+        return None  # torch's operations in the param's dtype, as torch.optim.SparseAdam runs them
+
+    def sparse_adam_update(self, batch: SparseRowBatch, hyper: Mapping[str, Any], lr: float) -> None:
+        from .sparse_adam import update_rows
+
+        for i, param in enumerate(batch.params):
+            batch.steps[i] += 1
+            maxes = batch.max_exp_avg_sqs[i] if batch.max_exp_avg_sqs is not None else None
+            update_rows(param, batch.indices[i], batch.values[i], batch.exp_avgs[i], batch.exp_avg_sqs[i], maxes,
+                        float(batch.steps[i].item()), hyper, lr)

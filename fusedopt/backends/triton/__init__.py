@@ -132,7 +132,7 @@ except Exception as error:  # a broken install must not break `import fusedopt`
 from ..._layout import (FIRST_STATE_ROW, GRAD_ROW, LOW_PRECISION, NUMEL_ROW, PARAM_ROW, GradTransform, TensorBatch,
                         UpdateConfig)
 from ..base import Backend
-from . import _kernel
+from . import _factored, _kernel, _norms, _reduce
 
 MAX_SCALARS = 8  # h0..h7 of the kernel
 MAX_STATES = 4  # state pointers the kernel hands an update (the master copy not counted)
@@ -343,11 +343,14 @@ def _launch(kind: str, tables: _DeviceTables, batch: TensorBatch, config: Update
             # An absent factor's pointer is never read (its flag below is off): any device tensor will do.
             *(tables.table if t is None else t for t in factors),
             float(config.lr), float(transform.clip_value or 0.0), *hyper,
+            tables.table if transform.tensor_clip is None else transform.tensor_clip,
+            tables.table if config.tensor_scale is None else config.tensor_scale,
+            TENSOR_CLIP=transform.tensor_clip is not None, TENSOR_SCALE=config.tensor_scale is not None,
             COEFFICIENTS=module.coefficients, UPDATE=module.update, SLOT=_slots(type(scalars)), OPTIONS=options,
             DTYPE=dtype, STATE=_state_type(config, master, dtype),
             COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32,
             NUM_STATES=num_states, MASTER=master, COUNTER=batch.steps is not None, GRAD_SCALE=factors[0] is not None,
-            FOUND_INF=factors[1] is not None, CLIP_COEF=factors[2] is not None,
+            FOUND_INF=factors[1] is not None, CLIP_COEF=factors[2] is not None or transform.tensor_clip is not None,
             CLIP_VALUE=transform.clip_value is not None, LR_TENSOR=factors[3] is not None,
             ALIGNED=tables.aligned, BLOCK=tables.block, CHUNK=tables.chunk, NUM_SCALARS=num_scalars,
             num_warps=tables.num_warps, enable_fp_fusion=False,
@@ -373,10 +376,18 @@ def _advance_steps(steps: List[torch.Tensor], transform: GradTransform) -> None:
         torch._foreach_add_(steps, counted)
 
 
+def _check_tensor_scale(config: UpdateConfig, batch: TensorBatch) -> None:
+    scale = config.tensor_scale
+    if scale is not None and (scale.dtype != torch.float64 or scale.dim() != 1 or scale.numel() != len(batch)
+                              or scale.device != batch.device or not scale.is_contiguous()):
+        raise RuntimeError(f"tensor_scale must be a contiguous float64 tensor of {len(batch)} values on {batch.device}")
+
+
 # ----------------------------------------------------------------------------- backend
 class TritonBackend(Backend):
     name = "triton"
     reads_lr_tensor = True
+    kernels = ("elementwise", "factored")  # factored: Adafactor (_factored.py, _factored_kernel.py)
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         interpreted = _interpreted()
@@ -397,9 +408,57 @@ class TritonBackend(Backend):
                     "(TRITON_INTERPRET=1 before `import fusedopt`, for testing); use backend 'cpu' for CPU tensors")
         return f"Triton kernels run on CUDA GPUs, and these tensors are on {device}"
 
+    def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
+        """Two launches (fusedopt/backends/triton/_reduce.py) for dense contiguous tensors of
+        one supported dtype and device; torch's otherwise."""
+        if not tensors:
+            return super().sum_of_squares_per_tensor(tensors)
+        dtype, device = tensors[0].dtype, tensors[0].device
+        if dtype not in _TRITON_DTYPES or not all(
+                t.dtype == dtype and t.device == device and t.layout == torch.strided and t.is_contiguous()
+                for t in tensors):
+            return super().sum_of_squares_per_tensor(tensors)
+        on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+        with on_device:
+            return _reduce.sum_of_squares_per_tensor(tensors, _TRITON_DTYPES[dtype])
+
+    def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
+        """The kind's norm pass (fusedopt/backends/triton/_norms.py): two launches, no sync."""
+        module = kind_module(kind)
+        config.grad_transform.check_for(batch.device, len(batch))
+        on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
+        with on_device:
+            tables = _device_tables(batch)
+            master = bool(config.master_weights) and batch.dtype in LOW_PRECISION
+            num_states = tables.rows - FIRST_STATE_ROW - master - len(batch.scalars)
+            dtype = _TRITON_DTYPES[batch.dtype]
+            return _norms.norms(module, tables.table, batch, config, dtype, master, num_states, _slots,
+                                _state_type(config, master, dtype))
+
+    def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
+        if dtype not in (torch.float32, torch.float64):
+            return "its lazy (sparse-row) Adam kernel updates float32 and float64 params"
+        return None
+
+    def sparse_adam_update(self, batch, hyper, lr) -> None:
+        from ._sparse_adam import sparse_adam_update
+
+        on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
+        with on_device:
+            sparse_adam_update(batch, hyper, lr)
+
+    def update_factored(self, kind: str, batch, config) -> None:
+        """Adafactor: five launches over the bucket (fusedopt/backends/triton/_factored.py)."""
+        if kind != "adafactor":
+            raise ValueError(f"backend 'triton' has no factored kernels for {kind!r}")
+        on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
+        with on_device:
+            _factored.update_factored(batch, config)
+
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         kind_module(kind)  # an unknown kind fails before anything moves
-        config.grad_transform.check(batch.device)
+        config.grad_transform.check_for(batch.device, len(batch))
+        _check_tensor_scale(config, batch)
         lr = config.lr_tensor
         if lr is not None and (lr.dtype != torch.float64 or lr.numel() != 1 or lr.device != batch.device):
             raise RuntimeError(f"lr_tensor must be a one-element float64 tensor on {batch.device}")

@@ -173,6 +173,7 @@ def multi_tensor_kernel(
         clip_value: tl.float64,
         h0: tl.float64, h1: tl.float64, h2: tl.float64, h3: tl.float64,
         h4: tl.float64, h5: tl.float64, h6: tl.float64, h7: tl.float64,
+        tensor_clip_ptr, tensor_scale_ptr, TENSOR_CLIP: tl.constexpr, TENSOR_SCALE: tl.constexpr,
         COEFFICIENTS: tl.constexpr, UPDATE: tl.constexpr, SLOT: tl.constexpr, OPTIONS: tl.constexpr,
         DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, NUM_STATES: tl.constexpr,
         MASTER: tl.constexpr, COUNTER: tl.constexpr, GRAD_SCALE: tl.constexpr, FOUND_INF: tl.constexpr,
@@ -181,7 +182,11 @@ def multi_tensor_kernel(
     """One program: one chunk of one tensor. h0..h7 are the optimizer's float64 scalars
     (its `arguments`' first namedtuple, padded with zeros; SLOT names their positions);
     clip_value is clip_grad_value's bound (read only with CLIP_VALUE), rounded once to
-    COMPUTE as grad_factors does."""
+    COMPUTE as grad_factors does. TENSOR_CLIP: the grad's multiplier is this tensor's
+    clip_grad_norm_per_tensor coefficient (float32, tensor_clip_ptr[column]; CLIP_COEF is then
+    set). TENSOR_SCALE: the kind's lr is multiplied by this tensor's float64 scale (LAMB's
+    trust ratio, tensor_scale_ptr[column]; lr enters LAMB's coefficients only as -lr, so
+    -(lr * ratio) rounds as the C++ header's neg_lr * ratio)."""
     column, start, end = _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF, BLOCK, CHUNK)
     param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
     grad_ptr = _row_pointer(table_ptr, n, _GRAD_ROW, column, DTYPE, ALIGNED)
@@ -203,12 +208,17 @@ def multi_tensor_kernel(
         lr = tl.load(lr_ptr)
     else:
         lr = tl.full((), lr, tl.float64)
+    if TENSOR_SCALE:
+        lr = lr * tl.load(tensor_scale_ptr + column)
     if NUM_SCALARS > 0:  # the tensor's scalar states as the previous step left them (read only here)
         scalars = _scalar_states(table_ptr, n, column, NUM_STATES, MASTER, NUM_SCALARS)
         coefficients = COEFFICIENTS(step, lr, (h0, h1, h2, h3, h4, h5, h6, h7), SLOT, OPTIONS, COMPUTE, scalars)
     else:
         coefficients = COEFFICIENTS(step, lr, (h0, h1, h2, h3, h4, h5, h6, h7), SLOT, OPTIONS, COMPUTE)
-    divisor, multiplier = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF, COMPUTE)
+    divisor, multiplier = _grad_factors(grad_scale_ptr, clip_coef_ptr, GRAD_SCALE, CLIP_COEF and not TENSOR_CLIP,
+                                        COMPUTE)
+    if TENSOR_CLIP:
+        multiplier = tl.load(tensor_clip_ptr + column).to(COMPUTE)
     bound = tl.full((), clip_value, COMPUTE)
 
     for k in range(0, CHUNK // BLOCK):  # see "Block loop" in __init__
