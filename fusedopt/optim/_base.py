@@ -100,6 +100,10 @@ class FusedOptimizer(torch.optim.Optimizer):
     _own_setstate_defaults = dict(backend="auto", master_weights=False, max_grad_norm=None, clip_grad_value=None,
                                   clip_grad_norm_per_tensor=None, state_dtype=None, bf16_stochastic_round=False)
 
+    # Why this optimizer cannot keep bf16 states (state_dtype=torch.bfloat16 is then refused
+    # when a group is added); None: it can.
+    _bf16_states_refused: Optional[str] = None
+
     # ----------------------------------------------------------------- torch.optim API
     def add_param_group(self, param_group: dict) -> None:
         if "backend" in param_group:
@@ -348,7 +352,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         try:
             check_clip_value(group.get("clip_grad_value"))
             check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
-            check_low_precision_options(group)
+            check_low_precision_options(group, type(self).__name__, self._bf16_states_refused)
             if is_lazy(group):
                 check_lazy_group(group, type(self).__name__)
             if "weight_decay_mode" in self.defaults:

@@ -1,6 +1,8 @@
 """Hyper-parameter checks with torch.optim's exact conditions, messages and ValueError."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
@@ -76,17 +78,21 @@ def absolute_weight_decay(group: dict, decoupled: bool = True) -> bool:
     return mode == "absolute"
 
 
-def check_low_precision_options(group: dict) -> None:
+def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optional[str] = None) -> None:
     """state_dtype and bf16_stochastic_round of a param group (issue 13), checked when the group
     is added. state_dtype: None or torch.float32 (the same: today's state dtypes) or
     torch.bfloat16 (every state tensor stored in bf16; not for float64 or complex params,
-    whose math is not float32). The 8-bit states of issue 13 ("int8") are not built."""
+    whose math is not float32). The 8-bit states of issue 13 ("int8") are not built.
+    bf16_refused: why optimizer `name` cannot keep bf16 states (None: it can)."""
     state_dtype = group.get("state_dtype")
     if isinstance(state_dtype, str) and state_dtype.lower() == "int8":
         raise ValueError("state_dtype='int8' (blockwise 8-bit optimizer states) is not implemented yet (issue 13's "
                          "second part); use state_dtype=torch.bfloat16 or None")
     if state_dtype not in (None, torch.float32, torch.bfloat16):
         raise ValueError(f"Invalid state_dtype: {state_dtype!r} (None, torch.float32 or torch.bfloat16)")
+    if state_dtype == torch.bfloat16 and bf16_refused is not None:
+        raise ValueError(f"{name}: state_dtype=torch.bfloat16 is not supported: {bf16_refused}; use state_dtype=None "
+                         "(or torch.float32)")
     params = [p for p in group.get("params", ()) if isinstance(p, torch.Tensor)]
     if state_dtype == torch.bfloat16:
         for p in params:
