@@ -23,12 +23,12 @@ class SparseAdam(FusedOptimizer):
     spec = Adam.spec  # the same kind and state as Adam: one set of kernels
     sparse_grads_only = True  # dense grads are an error (the test and bench harnesses read this)
     _setstate_defaults = dict(maximize=False)
-    # state_dtype: only None (or torch.float32); lazy mode refuses bf16 states (_lazy.py).
+    # state_dtype: not a constructor argument (torch's signature); a group asking for bf16
+    # states is refused by lazy mode (_lazy.py).
     _own_setstate_defaults = dict(backend="auto", state_dtype=None)
     _dense_grad_error = "SparseAdam does not support dense gradients, please consider Adam instead"
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, maximize=False, *, backend="auto",
-                 state_dtype=None):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, maximize=False, *, backend="auto"):
         # torch.optim.SparseAdam's checks, conditions, order and messages
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -40,7 +40,7 @@ class SparseAdam(FusedOptimizer):
             raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
         if not 0.0 <= betas[1] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        defaults = dict(lr=lr, betas=betas, eps=eps, maximize=maximize, backend=backend, state_dtype=state_dtype)
+        defaults = dict(lr=lr, betas=betas, eps=eps, maximize=maximize, backend=backend)
         super().__init__(params, defaults)
         sparse_params, complex_params = [], []
         for index, group in enumerate(self.param_groups):
