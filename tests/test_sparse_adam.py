@@ -430,3 +430,62 @@ def test_tensor_lr_and_schedulers(backend):
         # (lr * sqrt(bc2) / bc1 as 0-dim float32 tensors), fusedopt in double, as for a float lr
         assert_follows(ours[0].weight, theirs[0].weight, "any compiled backend")
     assert math.isclose(float(opt.param_groups[0]["lr"]), float(ref.param_groups[0]["lr"]))
+
+
+# ----------------------------------------------------------------------------- the GPU build
+_COMPILE_FOR_SM90 = r"""
+import re
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fusedopt._layout import UpdateConfig
+from fusedopt.backends.triton import _sparse_adam, adam
+
+kernel = _sparse_adam._sparse_adam_kernel
+for amsgrad in (False, True):
+    for name, dtype in (("float32", tl.float32), ("float64", tl.float64)):
+        # SparseAdam's hyper-parameters (optimized_update: torch's SparseAdam form); lazy-mode
+        # Adam's with amsgrad and weight decay
+        hyper = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1 if amsgrad else 0.0, amsgrad=amsgrad,
+                     maximize=True, decoupled_weight_decay=False, optimized_update=not amsgrad,
+                     absolute_weight_decay=False)
+        scalars, options = adam.arguments(UpdateConfig(hyper, 0.1))
+        constexprs = dict(SLOT=type(scalars)(*range(len(scalars))), OPTIONS=options, DTYPE=dtype,
+                          BLOCK=_sparse_adam.BLOCK)
+        signature = {arg: "constexpr" if arg in constexprs else "*i64" if arg.endswith("_ptr")
+                     else "i32" if arg == "n" else "fp64" for arg in kernel.arg_names}
+        compiled = triton.compile(ASTSource(kernel, signature=signature, constexprs=constexprs),
+                                  target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, enable_fp_fusion=False))
+        found = sorted(set(re.findall(r"div\.(?:rn|approx|full)\.f32|sqrt\.(?:rn|approx)\.f32|fma\.rn\.f32",
+                                      compiled.asm["ptx"])))
+        print(name, "amsgrad" if amsgrad else "plain", *found)
+"""
+
+
+def test_the_triton_kernel_compiles_for_a_gpu():
+    """The interpreter runs Python, not Triton's compiler, which refuses more: compile the
+    sparse-row kernel for sm_90 (no GPU needed), float32 and float64, with and without
+    amsgrad, and check its float32 element math is IEEE division and square root, not
+    contracted into fma (the coefficients are float64 math, as on the other backends)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU the triton-backend tests above run the compiled kernel")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(fusedopt.__file__)),
+                                         env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
+                         timeout=600)
+    if run.returncode and "ptxas" in run.stderr and "not found" in run.stderr.lower():
+        pytest.skip("triton's CUDA toolchain (ptxas) is missing here")
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = {tuple(line.split()[:2]): set(line.split()[2:]) for line in run.stdout.splitlines()}
+    assert sorted(found) == [("float32", "amsgrad"), ("float32", "plain"), ("float64", "amsgrad"),
+                             ("float64", "plain")]
+    for variant in ("amsgrad", "plain"):
+        assert found[("float32", variant)] == {"div.rn.f32", "sqrt.rn.f32"}, variant
+        assert found[("float64", variant)] == set(), variant  # no float32 math in a float64 update
