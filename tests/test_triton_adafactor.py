@@ -95,6 +95,21 @@ def test_float64_matches_torch_to_rounding(name):
             torch.testing.assert_close(mine.cpu().double(), value.double(), rtol=1e-12, atol=1e-14, msg=key)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_twenty_five_steps_match_torch(dtype):
+    """The issue's 20+ steps, on fewer shapes (the interpreter is slow): a matrix, a vector
+    and a 3-D param, weight decay and maximize, every step against torch.optim.Adafactor
+    (float64 to rounding, float32 within float32 rounding)."""
+    shapes, options = ((6, 5), (7,), (2, 3, 4)), dict(weight_decay=0.1, maximize=True, lr=0.02)
+    ours, _, _ = run("triton", options, dtype, shapes=shapes, steps=25)
+    theirs, _, _ = run(None, options, dtype, shapes=shapes, steps=25, device="cpu", torch_optim=True)
+    tolerance = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+    for step, (a, b) in enumerate(zip(ours, theirs)):
+        for p, q in zip(a, b):
+            torch.testing.assert_close(p.cpu(), q, **tolerance, msg=f"step {step + 1}")
+    assert not torch.equal(ours[-1][0].cpu(), values(shapes)[0].to(dtype))  # it moved
+
+
 @pytest.mark.parametrize("name", ["default", "weight_decay_maximize"])
 def test_float32_matches_torch_at_every_step(name):
     ours, _, _ = run("triton", OPTIONS[name], torch.float32)
