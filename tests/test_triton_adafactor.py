@@ -206,6 +206,34 @@ def test_state_dict_moves_both_ways_and_training_continues(direction):
             torch.testing.assert_close(opt2.state[p][key].double().cpu(), value.double(), rtol=1e-12, atol=1e-14)
 
 
+def test_each_stream_gets_its_own_workspaces(monkeypatch):
+    """Workspaces are cached per stream: steps of two same-shaped buckets on two streams must
+    not write one workspace at once. (No second stream exists on the CPU: the stream the key
+    reads is replaced by a label.) The same stream reuses its plan; another gets its own; the
+    results are the same either way."""
+    from fusedopt.backends.triton import _factored
+
+    stream = ["first"]
+    monkeypatch.setattr(_factored, "_current_stream", lambda device: stream[0])
+    params = [torch.nn.Parameter(v.to(DEVICE)) for v in values(SHAPES[:3])]
+    opt = fusedopt.Adafactor(params, backend="triton", weight_decay=0.1)
+    planned = []
+    real_plan = _factored._plan
+    monkeypatch.setattr(_factored, "_plan", lambda *args: planned.append(real_plan(*args)) or planned[-1])
+    reference = [torch.nn.Parameter(v.clone()) for v in values(SHAPES[:3])]
+    torch_opt = torch.optim.Adafactor(reference, foreach=False, weight_decay=0.1)
+    for step, label in zip(grads(SHAPES[:3], 4), ["first", "first", "second", "first"]):
+        stream[0] = label
+        for p, q, g in zip(params, reference, step):
+            p.grad, q.grad = g.to(DEVICE), g.clone()
+        opt.step()
+        torch_opt.step()
+    assert len(planned) == 2  # one plan per stream, kept across steps
+    assert planned[0].means is not planned[1].means
+    for p, q in zip(params, reference):
+        torch.testing.assert_close(p.cpu(), q, rtol=1e-12, atol=1e-13)
+
+
 def test_empty_params_advance_their_step_only():
     params = [torch.nn.Parameter(torch.zeros(0, 3, device=DEVICE)), torch.nn.Parameter(torch.zeros(0, device=DEVICE)),
               torch.nn.Parameter(torch.ones(2, 2, device=DEVICE))]
