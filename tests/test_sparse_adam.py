@@ -11,12 +11,19 @@ import torch
 import fusedopt
 from fusedopt._layout import SPARSE_INDEX_ROW, SPARSE_TABLE_ROWS
 
-BACKENDS = ("reference", "cpu", "triton")
+# cuda_host, cuda_host_classic: the CUDA kernels built as host C++ (fusedopt._cuda_host,
+# tests/_host_cuda.py) as emulated devices 0 (32 KB parameter blocks) and 1 (4 KB).
+BACKENDS = ("reference", "cpu", "triton", "cuda_host", "cuda_host_classic")
+HOST_BACKENDS = ("cuda_host", "cuda_host_classic")
 DTYPES = (torch.float32, torch.float64)
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request) -> str:
+def backend(request, monkeypatch) -> str:
+    if request.param in HOST_BACKENDS:
+        from _host_cuda import register_host_backends  # skips when fusedopt._cuda_host is not built
+
+        register_host_backends(monkeypatch)
     reason = fusedopt.backends.unusable_reason(request.param, torch.device("cpu"))
     if reason:
         pytest.skip(f"backend {request.param!r} cannot run here: {reason}")
