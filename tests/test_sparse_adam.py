@@ -437,3 +437,25 @@ def test_tensor_lr_and_schedulers(backend):
         # (lr * sqrt(bc2) / bc1 as 0-dim float32 tensors), fusedopt in double, as for a float lr
         assert_follows(ours[0].weight, theirs[0].weight, "any compiled backend")
     assert math.isclose(float(opt.param_groups[0]["lr"]), float(ref.param_groups[0]["lr"]))
+
+
+def test_cuda_backend_says_what_its_sparse_row_kernel_cannot_run():
+    """The checks of backend 'cuda' that need no GPU: 16-bit params are refused as on the
+    cpu backend, a build without CUDA kernels says so, and a batch that is not on a CUDA
+    device never reaches native code."""
+    from fusedopt._native import build_info
+    from fusedopt._sparse_rows import sparse_row_batch
+
+    cuda = fusedopt.backends.get("cuda")
+    for dtype in (torch.float16, torch.bfloat16):
+        assert "float32 and float64" in cuda.sparse_rows_unsupported(dtype)
+    if not build_info().get("cuda"):
+        assert "without the CUDA sparse-row kernel" in cuda.sparse_rows_unsupported(torch.float32)
+    p = _sparse_grad_param()
+    opt = fusedopt.SparseAdam([p], backend="cpu")
+    opt.step()
+    before = p.detach().clone()
+    batch = sparse_row_batch([p], [opt.state[p]], False, "test")
+    with pytest.raises(RuntimeError, match="runs on CUDA tensors"):
+        cuda.sparse_adam_update(batch, fusedopt.SparseAdam.hyper(opt.param_groups[0]), 1e-3)
+    assert torch.equal(p, before)
