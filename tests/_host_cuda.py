@@ -18,7 +18,7 @@ import torch
 
 import fusedopt.backends
 from fusedopt.backends.base import Backend, TensorBatch, UpdateConfig
-from fusedopt.backends.native import NativeKinds, common_arguments
+from fusedopt.backends.native import SPARSE_ROW_DTYPES, NativeKinds, common_arguments, cuda_sparse_adam_arguments
 
 if os.environ.get("FUSEDOPT_CUDA_HOST", "") not in ("", "0"):
     from fusedopt import _cuda_host as host  # asked for: a missing module is an error, not a skip
@@ -50,6 +50,19 @@ class HostCUDABackend(Backend):
         workspace = torch.empty((len(batch) + 1) * per_tensor, dtype=torch.uint8)
         HOST_KINDS.for_batch(kind, batch, config).cuda_update(*common_arguments(batch, config), workspace.data_ptr(),
                                                           workspace.numel(), 0, self.device, 0)
+
+    def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
+        if dtype not in SPARSE_ROW_DTYPES:
+            return "its lazy (sparse-row) Adam kernel updates float32 and float64 params"
+        return None
+
+    def sparse_adam_update(self, batch, hyper, lr) -> None:
+        # As CUDABackend.sparse_adam_update: the same checked arguments, then the workspace,
+        # filled with a pattern each call (0xa5 bytes: NaN coefficients, wild addresses), so a
+        # record the prologue failed to write cannot pass for a stale good one.
+        arguments = cuda_sparse_adam_arguments(HOST_KINDS, batch, hyper, lr)
+        workspace = torch.full((host.cuda_sparse_adam_workspace_bytes(len(batch)),), 0xA5, dtype=torch.uint8)
+        host.cuda_sparse_adam(*arguments, workspace.data_ptr(), workspace.numel(), self.device, 0)
 
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
         # The clip coefficient must be the CPU backend's, so that only the update differs.

@@ -11,12 +11,19 @@ import torch
 import fusedopt
 from fusedopt._layout import SPARSE_INDEX_ROW, SPARSE_TABLE_ROWS
 
-BACKENDS = ("reference", "cpu", "triton")
+# cuda_host, cuda_host_classic: the CUDA kernels built as host C++ (fusedopt._cuda_host,
+# tests/_host_cuda.py) as emulated devices 0 (32 KB parameter blocks) and 1 (4 KB).
+BACKENDS = ("reference", "cpu", "triton", "cuda_host", "cuda_host_classic")
+HOST_BACKENDS = ("cuda_host", "cuda_host_classic")
 DTYPES = (torch.float32, torch.float64)
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request) -> str:
+def backend(request, monkeypatch) -> str:
+    if request.param in HOST_BACKENDS:
+        from _host_cuda import register_host_backends  # skips when fusedopt._cuda_host is not built
+
+        register_host_backends(monkeypatch)
     reason = fusedopt.backends.unusable_reason(request.param, torch.device("cpu"))
     if reason:
         pytest.skip(f"backend {request.param!r} cannot run here: {reason}")
@@ -430,6 +437,28 @@ def test_tensor_lr_and_schedulers(backend):
         # (lr * sqrt(bc2) / bc1 as 0-dim float32 tensors), fusedopt in double, as for a float lr
         assert_follows(ours[0].weight, theirs[0].weight, "any compiled backend")
     assert math.isclose(float(opt.param_groups[0]["lr"]), float(ref.param_groups[0]["lr"]))
+
+
+def test_cuda_backend_says_what_its_sparse_row_kernel_cannot_run():
+    """The checks of backend 'cuda' that need no GPU: 16-bit params are refused as on the
+    cpu backend, a build without CUDA kernels says so, and a batch that is not on a CUDA
+    device never reaches native code."""
+    from fusedopt._native import build_info
+    from fusedopt._sparse_rows import sparse_row_batch
+
+    cuda = fusedopt.backends.get("cuda")
+    for dtype in (torch.float16, torch.bfloat16):
+        assert "float32 and float64" in cuda.sparse_rows_unsupported(dtype)
+    if not build_info().get("cuda"):
+        assert "without the CUDA sparse-row kernel" in cuda.sparse_rows_unsupported(torch.float32)
+    p = _sparse_grad_param()
+    opt = fusedopt.SparseAdam([p], backend="cpu")
+    opt.step()
+    before = p.detach().clone()
+    batch = sparse_row_batch([p], [opt.state[p]], False, "test")
+    with pytest.raises(RuntimeError, match="runs on CUDA tensors"):
+        cuda.sparse_adam_update(batch, fusedopt.SparseAdam.hyper(opt.param_groups[0]), 1e-3)
+    assert torch.equal(p, before)
 
 
 # ----------------------------------------------------------------------------- the GPU build

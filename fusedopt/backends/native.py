@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import array
 import functools
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -55,6 +55,24 @@ def _lr_tensor_address(lr_tensor: Optional[torch.Tensor], device: torch.device) 
         raise RuntimeError(f"lr_tensor must be a one-element float64 tensor on {device}, "
                            f"got {tuple(lr_tensor.shape)} {lr_tensor.dtype} on {lr_tensor.device}")
     return lr_tensor.data_ptr()
+
+
+SPARSE_ROW_DTYPES = (torch.float32, torch.float64)  # what the sparse-row kernels (CPU and CUDA) update
+
+
+def cuda_sparse_adam_arguments(kinds: "NativeKinds", batch: SparseRowBatch, hyper: Mapping[str, Any],
+                               lr: Union[float, torch.Tensor]) -> tuple:
+    """(hyper, table, count, dtype code, lr, lr_tensor address) for `cuda_sparse_adam` of the
+    module `kinds` wraps, checked: a float32 or float64 batch (its table built and checked
+    by fusedopt/_sparse_rows.py), lr a number or a one-element float64 tensor on the batch's
+    device, which the kernel reads there (no host sync)."""
+    if batch.dtype not in SPARSE_ROW_DTYPES:
+        raise RuntimeError(f"the CUDA lazy (sparse-row) Adam kernel updates float32 and float64 params, "
+                           f"not {batch.dtype}")
+    if isinstance(lr, torch.Tensor):
+        return (kinds.hyper("adam", hyper), batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], 0.0,
+                _lr_tensor_address(lr, batch.device))
+    return kinds.hyper("adam", hyper), batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], float(lr), 0
 
 
 class NativeKinds:
@@ -236,13 +254,33 @@ class CUDABackend(Backend):
             return _triton().update(kind, batch, config)
         index = _device_index(batch.device)
         stream = torch.cuda.current_stream(index).cuda_stream
-        workspace = self._workspace(index, stream, len(batch))
+        workspace = self._workspace(index, stream, (len(batch) + 1) * _workspace_bytes_per_tensor())
         _native_kinds().for_batch(kind, batch, config).cuda_update(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), self.chunk_bytes or 0,
             index, stream, **per_tensor_arguments(batch, config))
 
     def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
         return _triton().norms(kind, batch, config)
+
+    def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
+        if dtype not in SPARSE_ROW_DTYPES:
+            return "its lazy (sparse-row) Adam kernel updates float32 and float64 params"
+        if load_error or not hasattr(native, "cuda_sparse_adam"):
+            return "fusedopt._C was built without the CUDA sparse-row kernel; rebuild it (`pip install .`)"
+        return None
+
+    def sparse_adam_update(self, batch: SparseRowBatch, hyper: Mapping[str, Any],
+                           lr: Union[float, torch.Tensor]) -> None:
+        """Every step counter, then every present row of the batch: two launches on the current
+        stream (csrc/cuda/sparse_adam.cu), no host sync; lr a number or a one-element float64
+        tensor on the batch's device."""
+        if batch.device.type != "cuda":
+            raise RuntimeError(f"backend 'cuda' runs on CUDA tensors, and this batch is on {batch.device}")
+        arguments = cuda_sparse_adam_arguments(_native_kinds(), batch, hyper, lr)
+        index = _device_index(batch.device)
+        stream = torch.cuda.current_stream(index).cuda_stream
+        workspace = self._workspace(index, stream, native.cuda_sparse_adam_workspace_bytes(len(batch)))
+        native.cuda_sparse_adam(*arguments, workspace.data_ptr(), workspace.numel(), index, stream)
 
     def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
         """The CUDA kernel (the CPU kernel's order and bits) on the current stream, no sync."""
@@ -258,10 +296,10 @@ class CUDABackend(Backend):
                                               partials.data_ptr(), partials.numel(), out.data_ptr(), index, stream)
         return out
 
-    def _workspace(self, index: int, stream: int, tensors: int) -> torch.Tensor:
-        """Device memory for the coefficient records of a call on `stream` (used by the calls
-        on that stream one after another, so one buffer per stream serves them all)."""
-        needed = (tensors + 1) * _workspace_bytes_per_tensor()
+    def _workspace(self, index: int, stream: int, needed: int) -> torch.Tensor:
+        """`needed` bytes (at least) of device memory for the coefficient records of a call on
+        `stream` (used by the calls on that stream one after another, so one buffer per stream
+        serves them all: the dense updates' and the sparse-row kernel's)."""
         workspace = self._workspaces.get((index, stream))
         if workspace is None or workspace.numel() < needed:
             size = max(needed, 2 * workspace.numel()) if workspace is not None else needed
