@@ -65,6 +65,9 @@ def grad_rows(grad: torch.Tensor, param: torch.Tensor, name: str) -> Tuple[torch
     if not trusted and nnz > 1 and not bool((rows[1:] > rows[:-1]).all()):
         raise RuntimeError(f"{name}: a sparse grad marked coalesced has unsorted or repeated indices; build it "
                            "without claiming it is coalesced (torch's coalesce() then sums repeated indices)")
+    if row_length == 0:  # a zero-size dense dim: the rows hold nothing to update (torch steps the counter only)
+        rows, values = rows[:0], values.reshape(-1)[:0]
+        nnz = 0
     return rows.contiguous(), values.reshape(nnz, row_length).contiguous(), row_length
 
 

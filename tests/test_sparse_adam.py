@@ -518,3 +518,25 @@ def test_the_triton_kernel_compiles_for_a_gpu():
     for variant in ("amsgrad", "plain"):
         assert found[("float32", variant)] == {"div.rn.f32", "sqrt.rn.f32"}, variant
         assert found[("float64", variant)] == set(), variant  # no float32 math in a float64 update
+
+
+def test_zero_size_rows_step_the_counter_only(backend):
+    """A param with a zero-size dense dim, shape (5, 0), and a grad naming rows (of nothing):
+    torch.optim.SparseAdam accepts it and only counts the step; so must every backend (the cpu
+    kernel raised IndexError, reference a reshape error)."""
+    def make(p):
+        p.grad = torch.sparse_coo_tensor(torch.tensor([[1, 3, 1]]), torch.zeros(3, 0), (5, 0))
+        return p
+
+    ours, theirs = make(torch.nn.Parameter(torch.zeros(5, 0))), make(torch.nn.Parameter(torch.zeros(5, 0)))
+    other, other_ref = _sparse_grad_param(), _sparse_grad_param()  # a real table in the same bucket
+    with torch.no_grad():
+        other_ref.copy_(other)
+    opt = fusedopt.SparseAdam([ours, other], lr=0.1, backend=backend)
+    ref = torch.optim.SparseAdam([theirs, other_ref], lr=0.1)
+    for _ in range(3):
+        opt.step()
+        ref.step()
+    assert int(opt.state_dict()["state"][0]["step"]) == ref.state[theirs]["step"] == 3
+    assert opt.state[ours]["exp_avg"].shape == (5, 0)
+    torch.testing.assert_close(other.detach(), other_ref.detach(), rtol=1e-6, atol=1e-7)
