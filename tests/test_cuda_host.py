@@ -201,8 +201,9 @@ LAMB_OPTIONS = {
 
 
 def launched(op: str) -> int:
-    """Launches of the multi-tensor kernel with this op (UpdateChunkOp, NormChunkOp) so far."""
-    return sum(f"{op}<" in entry["parameters"] for entry in host.host_launch_log())
+    """Launches of the multi-tensor kernel with this op (UpdateChunkOp, NormChunkOp) so far
+    (not of the prologue kernel, whose parameters name the op too)."""
+    return sum(f"{op}<" in entry["parameters"] for entry in update_launches())
 
 
 @pytest.mark.parametrize("backend", ["cuda_host", "cuda_host_classic"], ids=["device0", "device1"])
@@ -231,17 +232,18 @@ NORM_TRANSFORMS = {
 }
 
 
-@pytest.mark.parametrize("backend", ["cuda_host", "cuda_host_classic"], ids=["device0", "device1"])
-@pytest.mark.parametrize("dtype, master", DTYPE_CONFIGS, ids=DTYPE_IDS)
-def test_lamb_norms_same_bits_as_the_cpu_norms(dtype, master, backend):
-    """The norm pass alone, after two steps, on LAMB_SHAPES and 600 tiny tensors (more than one
-    launch of records, counters and final sums on either device), against the CPU's norms
-    on the very same batch: the same bits, nothing written, no counter advanced."""
-    shapes = LAMB_SHAPES + [(k % 5,) for k in range(600)]
+def check_lamb_norms(shapes, dtype, master, backend) -> int:
+    """The norm pass alone, after two steps (the first without some grads, so the step
+    counters differ), against the CPU's norms on the very same batch, under each of
+    NORM_TRANSFORMS: the same bits, nothing written (no counter advanced), as many norm
+    launches as the planner gives for records of param, grad, coefficient record, partials,
+    two moments, master copy and clip coefficient where present, each a success. Returns the
+    most launches one call took."""
+    most = 0
     twins = Twins(lambda ps, b: fusedopt.LAMB(ps, lr=1e-2, backend=b, master_weights=master), shapes, dtype,
                   backend=backend)
-    for grads in gradients(2, shapes=shapes):
-        twins.step(grads)
+    for step, grads in enumerate(gradients(2, shapes=shapes)):
+        twins.step([None if step == 0 and i % 3 == 1 else g for i, g in enumerate(grads)])
     optimizer = twins.host
     snapshot = [t.clone() for t in _all_tensors(optimizer)]
     for name, transform in NORM_TRANSFORMS.items():
@@ -253,12 +255,36 @@ def test_lamb_norms_same_bits_as_the_cpu_norms(dtype, master, backend):
                 host.host_clear_launch_log()
                 actual = backends.get(backend).norms("lamb", batch, config)
                 assert_same_bits(actual, backends.get("cpu").norms("lamb", batch, config), f"norms, {name}")
-                assert launched("NormChunkOp") >= 2 and not launched("UpdateChunkOp")
+                addresses = 6 + int(config.master_weights) + int(config.grad_transform.tensor_clip is not None)
+                plan = host.cuda_launch_plan([p.numel() for p in batch.params], addresses, element_size(dtype),
+                                             large_parameter_block=backend == "cuda_host",
+                                             chunk_bytes=65536 * element_size(dtype))
+                assert launched("NormChunkOp") == plan["launches"] and not launched("UpdateChunkOp")
+                most = max(most, plan["launches"])
+                for entry in host.host_launch_log():
+                    assert entry["error"] == "cudaSuccess", entry
+                    assert entry["parameter_bytes"] <= LIMITS[entry["device"]], entry
     for i, (before, after) in enumerate(zip(snapshot, _all_tensors(optimizer))):
         assert_same_bits(after, before, f"tensor {i} after the norm passes")
     twins.guarded.check()
-    for entry in host.host_launch_log():
-        assert entry["error"] == "cudaSuccess", entry
+    return most
+
+
+@pytest.mark.parametrize("backend", ["cuda_host", "cuda_host_classic"], ids=["device0", "device1"])
+@pytest.mark.parametrize("dtype, master", DTYPE_CONFIGS, ids=DTYPE_IDS)
+def test_lamb_norms_same_bits_as_the_cpu_norms(dtype, master, backend):
+    check_lamb_norms(LAMB_SHAPES, dtype, master, backend)
+
+
+@pytest.mark.parametrize("dtype, master, backend", [
+    (torch.float32, False, "cuda_host"), (torch.bfloat16, True, "cuda_host_classic"),
+    (torch.float64, False, "cuda_host_classic"),
+], ids=["f32-device0", "bf16-master-device1", "f64-device1"])
+def test_lamb_norms_over_several_launches(dtype, master, backend):
+    """611 tensors (489 not empty): more than one launch of the norm kernel (at most 427
+    records fit 32 KB, 63 fit 4 KB), of the final sums (503 tensors a launch) and, on
+    device 1, of the coefficient records (477 counters fit 4 KB)."""
+    assert check_lamb_norms(LAMB_SHAPES + [(k % 5,) for k in range(600)], dtype, master, backend) >= 2
 
 
 def test_norms_of_an_optimizer_without_a_norm_pass_is_an_error():
