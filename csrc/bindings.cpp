@@ -179,6 +179,22 @@ template <typename Kind> void bind_optimizer(py::module_& optimizers, const char
           py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
           py::arg("clip_coef"), py::arg("clip_value"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("chunk_bytes"),
           py::arg("device"), py::arg("stream"), py::arg("tensor_clip") = 0, py::arg("tensor_scale") = 0);
+  // The reduction pass on the GPU: partials and out (2 * n float64) are device memory.
+  cls.def("cuda_norms", [kind](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor,
+                               bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,
+                               uintptr_t clip_coef, double clip_value, uintptr_t workspace, int64_t workspace_bytes,
+                               uintptr_t partials, int64_t partial_count, uintptr_t out, int device, uintptr_t stream,
+                               uintptr_t tensor_clip) {
+            const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
+                                                              found_inf, clip_coef, clip_value, tensor_clip, 0)};
+            cuda::norms<Kind>(kind, table_at(table, n), dtype_from(dtype), config,
+                              cuda::LaunchResources{workspace, workspace_bytes, 0}, partials, partial_count, out,
+                              device, stream);
+          }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
+          py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
+          py::arg("clip_coef"), py::arg("clip_value"), py::arg("workspace"), py::arg("workspace_bytes"),
+          py::arg("partials"), py::arg("partial_count"), py::arg("out"), py::arg("device"), py::arg("stream"),
+          py::arg("tensor_clip"));
 #endif
   described[kind] = hyper_description<Kind>();
 }

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import fusedopt
-from _compare import ALL_CASES as EVERY_CASE, REPRESENTATIVE_CASES as EVERY_REPRESENTATIVE_CASE, gradients, initial_values
+from _compare import ALL_CASES, REPRESENTATIVE_CASES, gradients, initial_values
 from _host_cuda import (
     ALIGNMENTS, CLASSIC_BLOCKS_DEVICE, HOST_KINDS, LARGE_BLOCKS_DEVICE, Guarded, assert_same_bits, guard_new_state,
     host, register_host_backends, shifts,
@@ -35,17 +35,9 @@ from _host_cuda import (
 from fusedopt import backends
 from fusedopt._layout import SPARSE_INDEX_ROW
 from fusedopt.backends.base import GradTransform, TensorBatch, UpdateConfig
+from fusedopt.backends.native import common_arguments
 from fusedopt.optim._plan import group_hyper, run_update, uses_master
 
-
-def _has_cuda_kernels(case) -> bool:
-    """LAMB's norm and update passes have no CUDA kernels (backend="cuda" hands both to
-    Triton), so the host build of the CUDA code has nothing of LAMB's to compare."""
-    return not getattr(fusedopt, case.optimizer).spec.norm_pass
-
-
-ALL_CASES = [case for case in EVERY_CASE if _has_cuda_kernels(case)]
-REPRESENTATIVE_CASES = [case for case in EVERY_REPRESENTATIVE_CASE if _has_cuda_kernels(case)]
 
 DTYPE_CONFIGS = [
     (torch.float32, False), (torch.float64, False), (torch.float16, False), (torch.float16, True),
@@ -191,6 +183,134 @@ def _all_tensors(optimizer):
             yield p
             yield p.grad
             yield from optimizer.state[p].values()
+
+
+# --------------------------------------------------------------------------- LAMB's two passes
+# LAMB (issue 12) runs a norm pass (csrc/cuda/norms.cuh: ||p||^2 and ||u||^2 per tensor in
+# fusedopt/reduce.h's blocks of 65,536 elements, lanes and tree) and then the update with each
+# tensor's trust ratio (UpdateOptions::tensor_scale). Shapes: empty and one-element tensors,
+# exactly one block, one element more, two blocks and a bit, and small odd ones.
+LAMB_SHAPES = [(0,), (1,), (131075,), (5,), (65536,), (1,), (65537,), (0,), (300, 7), (4097,), (2, 3, 5)]
+LAMB_STEPS = 21
+LAMB_OPTIONS = {
+    "defaults-max_grad_norm": dict(max_grad_norm=1.0),
+    "no_bias_correction-no_grad_averaging-per_tensor_clip": dict(
+        bias_correction=False, grad_averaging=False, weight_decay=0.1, clip_grad_norm_per_tensor=0.5),
+    "optimized_update-no_decay-maximize-both_clips": dict(
+        optimized_update=True, weight_decay=0.0, maximize=True, max_grad_norm=2.0, clip_grad_norm_per_tensor=0.3),
+}
+
+
+def launched(op: str) -> int:
+    """Launches of the multi-tensor kernel with this op (UpdateChunkOp, NormChunkOp) so far
+    (not of the prologue kernel, whose parameters name the op too)."""
+    return sum(f"{op}<" in entry["parameters"] for entry in update_launches())
+
+
+@pytest.mark.parametrize("backend", ["cuda_host", "cuda_host_classic"], ids=["device0", "device1"])
+@pytest.mark.parametrize("dtype, master", DTYPE_CONFIGS, ids=DTYPE_IDS)
+@pytest.mark.parametrize("options", LAMB_OPTIONS.values(), ids=LAMB_OPTIONS)
+def test_lamb_same_bits_as_the_cpu_backend_over_many_steps(options, dtype, master, backend):
+    """21 steps of both passes on tensors of up to two blocks and a bit; every seventh step
+    some params have no grad, so the tensors' step counters (and coefficients) differ."""
+    host.host_set_reverse_order(backend == "cuda_host_classic")
+    twins = Twins(lambda ps, b: fusedopt.LAMB(ps, lr=1e-2, backend=b, master_weights=master, **options),
+                  LAMB_SHAPES, dtype, backend=backend)
+    for step, grads in enumerate(gradients(LAMB_STEPS, shapes=LAMB_SHAPES)):
+        twins.step([None if step % 7 == 3 and i % 3 == 2 else g for i, g in enumerate(grads)])
+    twins.check()
+    assert launched("NormChunkOp") >= LAMB_STEPS and launched("UpdateChunkOp") >= LAMB_STEPS
+
+
+# The grad transforms the norm pass applies as the update will, per call.
+NORM_TRANSFORMS = {
+    "none": lambda n: GradTransform(),
+    "scale-clip_coef-clip_value": lambda n: GradTransform(grad_scale=torch.tensor(512.0),
+                                                          clip_coef=torch.tensor(0.25), clip_value=0.7),
+    # found_inf skips the update, not the norm pass: the CPU's norms are computed all the same
+    "per_tensor_clip-found_inf": lambda n: GradTransform(found_inf=torch.tensor(1.0), clip_coef=torch.tensor(0.5),
+                                                         tensor_clip=torch.linspace(0.1, 1.5, n)),
+}
+
+
+def check_lamb_norms(shapes, dtype, master, backend) -> int:
+    """The norm pass alone, after two steps (the first without some grads, so the step
+    counters differ), against the CPU's norms on the very same batch, under each of
+    NORM_TRANSFORMS: the same bits, nothing written (no counter advanced), as many norm
+    launches as the planner gives for records of param, grad, coefficient record, partials,
+    two moments, master copy and clip coefficient where present, each a success. Returns the
+    most launches one call took."""
+    most = 0
+    twins = Twins(lambda ps, b: fusedopt.LAMB(ps, lr=1e-2, backend=b, master_weights=master), shapes, dtype,
+                  backend=backend)
+    for step, grads in enumerate(gradients(2, shapes=shapes)):
+        twins.step([None if step == 0 and i % 3 == 1 else g for i, g in enumerate(grads)])
+    optimizer = twins.host
+    snapshot = [t.clone() for t in _all_tensors(optimizer)]
+    for name, transform in NORM_TRANSFORMS.items():
+        for index, group in enumerate(optimizer.param_groups):
+            hyper = group_hyper(optimizer, group)
+            for bucket, batch, fresh in optimizer._prepare_group(index, group, hyper):
+                config = UpdateConfig(hyper, 1e-2, None, False, uses_master(group, bucket.dtype),
+                                      transform(len(batch)))
+                host.host_clear_launch_log()
+                actual = backends.get(backend).norms("lamb", batch, config)
+                assert_same_bits(actual, backends.get("cpu").norms("lamb", batch, config), f"norms, {name}")
+                addresses = 6 + int(config.master_weights) + int(config.grad_transform.tensor_clip is not None)
+                plan = host.cuda_launch_plan([p.numel() for p in batch.params], addresses, element_size(dtype),
+                                             large_parameter_block=backend == "cuda_host",
+                                             chunk_bytes=65536 * element_size(dtype))
+                assert launched("NormChunkOp") == plan["launches"] and not launched("UpdateChunkOp")
+                most = max(most, plan["launches"])
+                for entry in host.host_launch_log():
+                    assert entry["error"] == "cudaSuccess", entry
+                    assert entry["parameter_bytes"] <= LIMITS[entry["device"]], entry
+    for i, (before, after) in enumerate(zip(snapshot, _all_tensors(optimizer))):
+        assert_same_bits(after, before, f"tensor {i} after the norm passes")
+    twins.guarded.check()
+    return most
+
+
+@pytest.mark.parametrize("backend", ["cuda_host", "cuda_host_classic"], ids=["device0", "device1"])
+@pytest.mark.parametrize("dtype, master", DTYPE_CONFIGS, ids=DTYPE_IDS)
+def test_lamb_norms_same_bits_as_the_cpu_norms(dtype, master, backend):
+    check_lamb_norms(LAMB_SHAPES, dtype, master, backend)
+
+
+@pytest.mark.parametrize("dtype, master, backend", [
+    (torch.float32, False, "cuda_host"), (torch.bfloat16, True, "cuda_host_classic"),
+    (torch.float64, False, "cuda_host_classic"),
+], ids=["f32-device0", "bf16-master-device1", "f64-device1"])
+def test_lamb_norms_over_several_launches(dtype, master, backend):
+    """611 tensors (489 not empty): more than one launch of the norm kernel (at most 427
+    records fit 32 KB, 63 fit 4 KB), of the final sums (503 tensors a launch) and, on
+    device 1, of the coefficient records (477 counters fit 4 KB)."""
+    assert check_lamb_norms(LAMB_SHAPES + [(k % 5,) for k in range(600)], dtype, master, backend) >= 2
+
+
+def test_norms_of_an_optimizer_without_a_norm_pass_is_an_error():
+    table = array.array("q", [1, 0, 0, 0])
+    sgd = host.optimizers.sgd(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False)
+    with pytest.raises(ValueError, match="fusedopt cuda sgd: this optimizer has no norm pass"):
+        sgd.cuda_norms(table.buffer_info()[0], 1, 0, 0.1, 0, False, False, 0, 0, 0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0)
+        # table, count, dtype, lr, lr tensor, first step, master, scale, found_inf, clip coef, clip value,
+        # workspace, its size, partials, their count, out, device, stream, tensor clip
+
+
+def test_lamb_norms_refuse_a_partials_buffer_too_small():
+    twins = Twins(lambda ps, b: fusedopt.LAMB(ps, backend=b), [(65537,), (3,)], torch.float32)
+    twins.step(gradients(1, shapes=[(65537,), (3,)])[0])
+    group = twins.host.param_groups[0]
+    hyper = group_hyper(twins.host, group)
+    ((_, batch, _),) = list(twins.host._prepare_group(0, group, hyper))
+    workspace = torch.empty(3 * host.build_info()["cuda_workspace_bytes_per_tensor"], dtype=torch.uint8)
+    partials, out = torch.empty(5, dtype=torch.float64), torch.empty(4, dtype=torch.float64)  # 3 blocks: 6 needed
+    lamb = host.optimizers.lamb(hyper)
+    host.host_clear_launch_log()
+    with pytest.raises(ValueError, match="fusedopt cuda lamb norms: the partials buffer needs 6 float64 values"):
+        lamb.cuda_norms(*common_arguments(batch, UpdateConfig(hyper, 1e-2)), workspace.data_ptr(), workspace.numel(),
+                        partials.data_ptr(), partials.numel(), out.data_ptr(), 0, 0, 0)
+    assert host.host_launch_log() == []
 
 
 # --------------------------------------------------------------------------- (b) exactly once

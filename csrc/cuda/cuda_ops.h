@@ -46,6 +46,19 @@ template <typename Kind>
 void update(const char* name, const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config,
             const LaunchResources& resources, int device, uintptr_t stream);
 
+// norms<Kind> (cuda/norms.cuh, instantiated beside update<Kind>): the reduction pass of a kind
+// with kNormPass (LAMB), for the update that follows: per tensor i, the sums of the kind's two
+// norm terms over its elements into out[2i] and out[2i + 1] (device memory, 2 * table.n float64),
+// with the bits of the CPU's norms (cpu/update_cpu.h). The coefficients are those of the
+// coming update (each step counter + 1; no counter advances), written by a prologue into
+// `resources.workspace`; block partials go to `partials` (device memory, at least
+// 2 * sum of sum_blocks(numel) float64 values). options.tensor_scale is not read. A kind
+// without a norm pass throws std::invalid_argument, as do bad buffers, before any launch.
+template <typename Kind>
+void norms(const char* name, const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config,
+           const LaunchResources& resources, uintptr_t partials, int64_t partial_count, uintptr_t out, int device,
+           uintptr_t stream);
+
 // Sums of squares of every tensor of a table whose rows are (numel, address), one float64 per
 // tensor into `out` (device memory, table.n values), in fusedopt/reduce.h's order (the CPU
 // kernel's bits): block partials go to `partials` (device memory, at least

@@ -250,17 +250,27 @@ class CUDABackend(Backend):
         return reason or None
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
-        if _norm_pass(kind):  # no CUDA kernel for LAMB's two passes yet: Triton runs both
-            return _triton().update(kind, batch, config)
         index = _device_index(batch.device)
         stream = torch.cuda.current_stream(index).cuda_stream
-        workspace = self._workspace(index, stream, (len(batch) + 1) * _workspace_bytes_per_tensor())
+        workspace = self._workspace(index, stream, _records_bytes(len(batch)))
         _native_kinds().for_batch(kind, batch, config).cuda_update(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), self.chunk_bytes or 0,
             index, stream, **per_tensor_arguments(batch, config))
 
     def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
-        return _triton().norms(kind, batch, config)
+        """The kind's norm pass (csrc/cuda/norms.cuh: a prologue, the block sums, their per-tensor
+        sums; the CPU kernel's bits) on the current stream, no sync. Its coefficient records go to
+        the stream's workspace, which the update after it then reuses."""
+        index = _device_index(batch.device)
+        stream = torch.cuda.current_stream(index).cuda_stream
+        workspace = self._workspace(index, stream, _records_bytes(len(batch)))
+        out = torch.empty(len(batch), 2, dtype=torch.float64, device=batch.device)
+        partials = torch.empty(max(2 * reduction_partials(batch.params), 1), dtype=torch.float64, device=batch.device)
+        clip = per_tensor_arguments(batch, config)["tensor_clip"]
+        _native_kinds().for_batch(kind, batch, config).cuda_norms(
+            *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), partials.data_ptr(),
+            partials.numel(), out.data_ptr(), index, stream, clip)
+        return out
 
     def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
         if dtype not in SPARSE_ROW_DTYPES:
@@ -309,27 +319,15 @@ class CUDABackend(Backend):
         return workspace
 
 
-def _norm_pass(kind: str) -> bool:
-    from ..optim._spec import spec  # registered by fusedopt.optim (imported late)
-
-    return spec(kind).norm_pass
-
-
-def _triton() -> Backend:
-    """The Triton backend, for what the CUDA kernels do not run (LAMB's norm pass and
-    trust-ratio update); RuntimeError saying why when Triton cannot run."""
-    from . import get
-
-    backend = get("triton")
-    if backend is None:
-        raise RuntimeError("LAMB on CUDA tensors runs through fusedopt's Triton kernels (the CUDA kernels have no "
-                           "norm pass yet), and triton is not available; install triton")
-    return backend
-
-
 @functools.lru_cache(maxsize=None)
 def _workspace_bytes_per_tensor() -> int:
     return int(build_info()["cuda_workspace_bytes_per_tensor"])
+
+
+def _records_bytes(tensors: int) -> int:
+    """Workspace bytes the prologue's coefficient records of a call over `tensors` tensors need
+    (the update's and the norm pass's: csrc/cuda/multi_tensor_apply.cuh)."""
+    return (tensors + 1) * _workspace_bytes_per_tensor()
 
 
 def _device_index(device: torch.device) -> int:

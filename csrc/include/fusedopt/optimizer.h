@@ -201,7 +201,8 @@ struct OptimizerDefaults {
   static constexpr bool kTensorScale = false;
   // A reduction pass before the update (LAMB's norms): `static void norm_terms(T p, T g,
   // const T* state, const Coefficients<T>&, double& a, double& b)` adds one element's two
-  // terms without writing anything; the CPU's norms<Kind> sums them per tensor.
+  // terms without writing anything; the CPU's and the CUDA's norms<Kind> sum them per tensor
+  // (cpu/update_cpu.h, cuda/norms.cuh), in fusedopt/reduce.h's order.
   static constexpr bool kNormPass = false;
   template <typename S, typename SS> static constexpr int min_blocks() { return default_min_blocks<S>(); }
 };
