@@ -17,9 +17,10 @@ import pytest
 import torch
 
 import fusedopt.backends
+from fusedopt._sparse_rows import kernel_dtype_problem
 from fusedopt.backends.base import Backend, TensorBatch, UpdateConfig
 from fusedopt.backends.native import (
-    DTYPE_CODES, SPARSE_ROW_DTYPES, NativeKinds, _kernel_readable, _reduction_table, common_arguments,
+    DTYPE_CODES, NativeKinds, _kernel_readable, _reduction_table, common_arguments,
     cuda_sparse_adam_arguments, per_tensor_arguments, reduction_partials,
 )
 
@@ -77,9 +78,7 @@ class HostCUDABackend(Backend):
         return out
 
     def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
-        if dtype not in SPARSE_ROW_DTYPES:
-            return "its lazy (sparse-row) Adam kernel updates float32 and float64 params"
-        return None
+        return kernel_dtype_problem(dtype)
 
     def sparse_adam_update(self, batch, hyper, lr) -> None:
         # As CUDABackend.sparse_adam_update: the same checked arguments, then the workspace,

@@ -7,13 +7,8 @@ import pytest
 import torch
 
 fusedopt = pytest.importorskip("fusedopt")
-_C = pytest.importorskip("fusedopt._C")
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(not _C.build_info().get("cuda"), reason="fusedopt was built without CUDA kernels"),
-]
+from test_cuda import pytestmark  # noqa: E402,F401  (the same marks: cuda, a GPU, a CUDA build)
 
 # (shape, sparse dims): embedding tables, rows of 12, element rows, a 1-D param, and a
 # table whose grad is always empty.

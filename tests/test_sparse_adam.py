@@ -497,22 +497,12 @@ def test_the_triton_kernel_compiles_for_a_gpu():
     sparse-row kernel for sm_90 (no GPU needed), float32 and float64, with and without
     amsgrad, and check its float32 element math is IEEE division and square root, not
     contracted into fma (the coefficients are float64 math, as on the other backends)."""
-    import os
-    import subprocess
-    import sys
+    from _compiled_triton import run_compiler
 
     pytest.importorskip("triton")
     if torch.cuda.is_available():
         pytest.skip("with a GPU the triton-backend tests above run the compiled kernel")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(fusedopt.__file__)),
-                                         env.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
-                         timeout=600)
-    if run.returncode and "ptxas" in run.stderr and "not found" in run.stderr.lower():
-        pytest.skip("triton's CUDA toolchain (ptxas) is missing here")
-    assert run.returncode == 0, run.stderr[-3000:]
-    found = {tuple(line.split()[:2]): set(line.split()[2:]) for line in run.stdout.splitlines()}
+    found = {tuple(line.split()[:2]): set(line.split()[2:]) for line in run_compiler(_COMPILE_FOR_SM90).splitlines()}
     assert sorted(found) == [("float32", "amsgrad"), ("float32", "plain"), ("float64", "amsgrad"),
                              ("float64", "plain")]
     for variant in ("amsgrad", "plain"):

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 
 from .._layout import DTYPE_CODES, FIRST_STATE_ROW, SparseRowBatch, TensorBatch, UpdateConfig
+from .._sparse_rows import kernel_dtype_problem
 from .._memory import storage_problem
 from .._native import build_info, load_error, native
 from .base import Backend
@@ -57,22 +58,18 @@ def _lr_tensor_address(lr_tensor: Optional[torch.Tensor], device: torch.device) 
     return lr_tensor.data_ptr()
 
 
-SPARSE_ROW_DTYPES = (torch.float32, torch.float64)  # what the sparse-row kernels (CPU and CUDA) update
-
-
 def cuda_sparse_adam_arguments(kinds: "NativeKinds", batch: SparseRowBatch, hyper: Mapping[str, Any],
                                lr: Union[float, torch.Tensor]) -> tuple:
     """(hyper, table, count, dtype code, lr, lr_tensor address) for `cuda_sparse_adam` of the
     module `kinds` wraps, checked: a float32 or float64 batch (its table built and checked
     by fusedopt/_sparse_rows.py), lr a number or a one-element float64 tensor on the batch's
     device, which the kernel reads there (no host sync)."""
-    if batch.dtype not in SPARSE_ROW_DTYPES:
-        raise RuntimeError(f"the CUDA lazy (sparse-row) Adam kernel updates float32 and float64 params, "
-                           f"not {batch.dtype}")
-    if isinstance(lr, torch.Tensor):
-        return (kinds.hyper("adam", hyper), batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], 0.0,
-                _lr_tensor_address(lr, batch.device))
-    return kinds.hyper("adam", hyper), batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], float(lr), 0
+    problem = kernel_dtype_problem(batch.dtype)
+    if problem:
+        raise RuntimeError(f"the CUDA sparse-row kernel cannot run: {problem}, not {batch.dtype}")
+    lr_address = _lr_tensor_address(lr, batch.device) if isinstance(lr, torch.Tensor) else 0
+    return (kinds.hyper("adam", hyper), batch.table_address(), len(batch), DTYPE_CODES[batch.dtype],
+            0.0 if lr_address else float(lr), lr_address)
 
 
 class NativeKinds:
@@ -164,8 +161,9 @@ class CPUBackend(Backend):
                                                              **per_tensor_arguments(batch, config))
 
     def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
-        if dtype not in (torch.float32, torch.float64):
-            return "its lazy (sparse-row) Adam kernel updates float32 and float64 params"
+        problem = kernel_dtype_problem(dtype)
+        if problem:
+            return problem
         if not hasattr(native, "cpu_sparse_adam"):
             return "fusedopt._C was built without the sparse-row kernel; rebuild it (`pip install .`)"
         return None
@@ -273,8 +271,9 @@ class CUDABackend(Backend):
         return out
 
     def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
-        if dtype not in SPARSE_ROW_DTYPES:
-            return "its lazy (sparse-row) Adam kernel updates float32 and float64 params"
+        problem = kernel_dtype_problem(dtype)
+        if problem:
+            return problem
         if load_error or not hasattr(native, "cuda_sparse_adam"):
             return "fusedopt._C was built without the CUDA sparse-row kernel; rebuild it (`pip install .`)"
         return None
