@@ -185,6 +185,23 @@ template <typename Kind> void bind_optimizer(py::module_& optimizers, const char
           py::arg("clip_coef"), py::arg("clip_value"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("chunk_bytes"),
           py::arg("device"), py::arg("stream"), py::arg("tensor_clip") = 0, py::arg("tensor_scale") = 0,
           py::arg("bf16_states") = false);
+  // The reduction pass on the GPU: partials and out (2 * n float64) are device memory.
+  cls.def("cuda_norms", [kind](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor,
+                               bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,
+                               uintptr_t clip_coef, double clip_value, uintptr_t workspace, int64_t workspace_bytes,
+                               uintptr_t partials, int64_t partial_count, uintptr_t out, int device, uintptr_t stream,
+                               uintptr_t tensor_clip, bool bf16_states) {
+            const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
+                                                              found_inf, clip_coef, clip_value, tensor_clip, 0,
+                                                              bf16_states)};
+            cuda::norms<Kind>(kind, table_at(table, n), dtype_from(dtype), config,
+                              cuda::LaunchResources{workspace, workspace_bytes, 0}, partials, partial_count, out,
+                              device, stream);
+          }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
+          py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
+          py::arg("clip_coef"), py::arg("clip_value"), py::arg("workspace"), py::arg("workspace_bytes"),
+          py::arg("partials"), py::arg("partial_count"), py::arg("out"), py::arg("device"), py::arg("stream"),
+          py::arg("tensor_clip"), py::arg("bf16_states") = false);
 #endif
   described[kind] = hyper_description<Kind>();
 }
@@ -265,6 +282,17 @@ PYBIND11_MODULE(FUSEDOPT_MODULE_NAME, m) {
                                           stream);
         }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("partials"), py::arg("partial_count"),
         py::arg("out"), py::arg("device"), py::arg("stream"));
+  // Lazy (sparse-row) Adam on the GPU, as cpu_sparse_adam plus lr_tensor (0: lr), the
+  // workspace (cuda_sparse_adam_workspace_bytes(n) of device memory) and the device and stream.
+  m.def("cuda_sparse_adam", [](const optimizers::adam::Hyper& hyper, uintptr_t table, int64_t n, int dtype, double lr,
+                               uintptr_t lr_tensor, uintptr_t workspace, int64_t workspace_bytes, int device,
+                               uintptr_t stream) {
+          if (n < 0) throw std::invalid_argument("fusedopt._C: negative tensor count");
+          cuda::sparse_adam(sparse_rows::Table{reinterpret_cast<const int64_t*>(table), n}, dtype_from(dtype), hyper,
+                            lr, reinterpret_cast<const double*>(lr_tensor), workspace, workspace_bytes, device, stream);
+        }, no_gil, py::arg("hyper"), py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"),
+        py::arg("lr_tensor"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("device"), py::arg("stream"));
+  m.def("cuda_sparse_adam_workspace_bytes", &cuda::sparse_adam_workspace_bytes, py::arg("tensors"));
   m.def("cuda_unusable_reason", &cuda::unusable_reason, py::arg("device"));
   m.def("cuda_launch_plan", [](const std::vector<int64_t>& numels, int64_t tensor_lists, int64_t element_bytes,
                                bool large_parameter_block, int64_t chunk_bytes) {

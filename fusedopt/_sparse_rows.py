@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import array
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -21,6 +21,15 @@ from ._layout import (SPARSE_EXP_AVG_ROW, SPARSE_EXP_AVG_SQ_ROW, SPARSE_INDEX_RO
                       SPARSE_NNZ_ROW, SPARSE_PARAM_ROW, SPARSE_PARAM_ROWS_ROW, SPARSE_ROW_LEN_ROW, SPARSE_STEP_ROW,
                       SPARSE_TABLE_ROWS, SPARSE_VALUES_ROW, STEP_DTYPE, SparseRowBatch)
 from ._memory import storage_problem
+
+KERNEL_DTYPES = (torch.float32, torch.float64)  # what the compiled sparse-row kernels (cpu, cuda, triton) update
+
+
+def kernel_dtype_problem(dtype: torch.dtype) -> Optional[str]:
+    """Why the compiled sparse-row kernels cannot update params of `dtype`, or None."""
+    if dtype not in KERNEL_DTYPES:
+        return "its lazy (sparse-row) Adam kernel updates float32 and float64 params"
+    return None
 
 
 def grad_rows(grad: torch.Tensor, param: torch.Tensor, name: str) -> Tuple[torch.Tensor, torch.Tensor, int]:
@@ -65,6 +74,9 @@ def grad_rows(grad: torch.Tensor, param: torch.Tensor, name: str) -> Tuple[torch
     if not trusted and nnz > 1 and not bool((rows[1:] > rows[:-1]).all()):
         raise RuntimeError(f"{name}: a sparse grad marked coalesced has unsorted or repeated indices; build it "
                            "without claiming it is coalesced (torch's coalesce() then sums repeated indices)")
+    if row_length == 0:  # a zero-size dense dim: the rows hold nothing to update (torch steps the counter only)
+        rows, values = rows[:0], values.reshape(-1)[:0]
+        nnz = 0
     return rows.contiguous(), values.reshape(nnz, row_length).contiguous(), row_length
 
 

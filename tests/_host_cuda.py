@@ -17,8 +17,12 @@ import pytest
 import torch
 
 import fusedopt.backends
+from fusedopt._sparse_rows import kernel_dtype_problem
 from fusedopt.backends.base import Backend, TensorBatch, UpdateConfig
-from fusedopt.backends.native import NativeKinds, common_arguments, state_arguments
+from fusedopt.backends.native import (
+    DTYPE_CODES, NativeKinds, _kernel_readable, _reduction_table, common_arguments,
+    cuda_sparse_adam_arguments, per_tensor_arguments, reduction_partials, state_arguments,
+)
 
 if os.environ.get("FUSEDOPT_CUDA_HOST", "") not in ("", "0"):
     from fusedopt import _cuda_host as host  # asked for: a missing module is an error, not a skip
@@ -46,15 +50,51 @@ class HostCUDABackend(Backend):
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         # As CUDABackend.update: a workspace for the prologue kernel's coefficient records
         # (host memory here, fresh each call so a stale record cannot hide), the build's chunk size.
-        per_tensor = host.build_info()["cuda_workspace_bytes_per_tensor"]
-        workspace = torch.empty((len(batch) + 1) * per_tensor, dtype=torch.uint8)
+        workspace = _workspace(len(batch))
         HOST_KINDS.for_batch(kind, batch, config).cuda_update(*common_arguments(batch, config), workspace.data_ptr(),
                                                           workspace.numel(), 0, self.device, 0,
-                                                          **state_arguments(config))
+                                                          **per_tensor_arguments(batch, config), **state_arguments(config))
+
+    def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
+        # As CUDABackend.norms, with buffers filled with NaN: a value the kernels do not write shows.
+        workspace = _workspace(len(batch))
+        out = torch.full((len(batch), 2), float("nan"), dtype=torch.float64)
+        partials = torch.full((max(2 * reduction_partials(batch.params), 1),), float("nan"), dtype=torch.float64)
+        clip = per_tensor_arguments(batch, config)["tensor_clip"]
+        HOST_KINDS.for_batch(kind, batch, config).cuda_norms(
+            *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), partials.data_ptr(),
+            partials.numel(), out.data_ptr(), self.device, 0, clip, **state_arguments(config))
+        return out
+
+    def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
+        # As CUDABackend's (clip_grad_norm_per_tensor's sums): the CUDA reduction kernel.
+        if not _kernel_readable(tensors, "cpu"):
+            return super().sum_of_squares_per_tensor(tensors)
+        out = torch.empty(len(tensors), dtype=torch.float64)
+        partials = torch.empty(max(reduction_partials(tensors), 1), dtype=torch.float64)
+        table = _reduction_table(tensors)
+        host.cuda_sum_of_squares_per_tensor(table.buffer_info()[0], len(tensors), DTYPE_CODES[tensors[0].dtype],
+                                            partials.data_ptr(), partials.numel(), out.data_ptr(), self.device, 0)
+        return out
+
+    def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
+        return kernel_dtype_problem(dtype)
+
+    def sparse_adam_update(self, batch, hyper, lr) -> None:
+        # As CUDABackend.sparse_adam_update: the same checked arguments, then the workspace,
+        # filled with a pattern each call (0xa5 bytes: NaN coefficients, wild addresses), so a
+        # record the prologue failed to write cannot pass for a stale good one.
+        arguments = cuda_sparse_adam_arguments(HOST_KINDS, batch, hyper, lr)
+        workspace = torch.full((host.cuda_sparse_adam_workspace_bytes(len(batch)),), 0xA5, dtype=torch.uint8)
+        host.cuda_sparse_adam(*arguments, workspace.data_ptr(), workspace.numel(), self.device, 0)
 
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
         # The clip coefficient must be the CPU backend's, so that only the update differs.
         return fusedopt.backends.get("cpu").sum_of_squares(grads)
+
+
+def _workspace(tensors: int) -> torch.Tensor:
+    return torch.empty((tensors + 1) * host.build_info()["cuda_workspace_bytes_per_tensor"], dtype=torch.uint8)
 
 
 def register_host_backends(monkeypatch) -> None:

@@ -498,3 +498,33 @@ def test_master_weights_match_the_reference_backend(case, dtype):
         # the 16-bit param is its master copy rounded once
         assert torch.equal(p.detach(), mine["master_param"].to(dtype)), f"param {i}"
 
+
+
+# ----------------------------------------------------------------------------- LAMB: the CPU's bits
+@pytest.mark.parametrize("dtype, master", [(torch.float32, False), (torch.float64, False), (torch.bfloat16, True),
+                                           (torch.float16, False)], ids=["f32", "f64", "bf16-master", "f16"])
+def test_lamb_same_bits_as_the_cpu_backend(dtype, master):
+    """LAMB's norm pass and trust-ratio update (csrc/cuda/norms.cuh, update.cuh) give the CPU
+    kernels' bits on a GPU too, over 21 steps on tensors past one 65,536-element reduction
+    block, with per-tensor clipping (its sums come from the reduction kernels, which share the
+    CPU's order). tests/test_cuda_host.py shows the sources do on the host; this shows nvcc's
+    code and the GPU's arithmetic do. (No max_grad_norm: its global norm adds the per-tensor
+    sums with torch's .sum(), whose order differs between devices.)"""
+    shapes = [(0,), (1,), (131075,), (65536,), (65537,), (300, 7), (4099,)]
+    generator = torch.Generator().manual_seed(3)
+    values = [torch.randn(s, generator=generator, dtype=torch.float64).to(dtype) for s in shapes]
+    on_gpu = [torch.nn.Parameter(v.cuda()) for v in values]
+    on_cpu = [torch.nn.Parameter(v.clone()) for v in values]
+    options = dict(lr=1e-2, weight_decay=0.1, clip_grad_norm_per_tensor=0.5, master_weights=master)
+    ours, theirs = fusedopt.LAMB(on_gpu, backend="cuda", **options), fusedopt.LAMB(on_cpu, backend="cpu", **options)
+    for _ in range(21):
+        grads = [torch.randn(s, generator=generator, dtype=torch.float64).to(dtype) for s in shapes]
+        for p, q, g in zip(on_gpu, on_cpu, grads):
+            p.grad, q.grad = g.cuda(), g.clone()
+        ours.step()
+        theirs.step()
+    for i, (p, q) in enumerate(zip(on_gpu, on_cpu)):
+        assert torch.equal(p.detach().cpu(), q.detach()), f"param {i}"
+        assert set(ours.state[p]) == set(theirs.state[q]), f"param {i}"
+        for key, value in theirs.state[q].items():
+            assert torch.equal(ours.state[p][key].cpu(), value), f"param {i} state {key}"

@@ -2,7 +2,8 @@
 
 Each optimizer's CUDA unit (csrc/cuda/update_unit.cu.in for every header of
 csrc/include/fusedopt/optimizers, as CMakeLists.txt generates it) is compiled for sm_90
-with the flags CMakeLists.txt uses, keeping ptxas's resource report (-Xptxas -v) and the PTX. Every update kernel must
+with the flags CMakeLists.txt uses, keeping ptxas's resource report (-Xptxas -v) and the PTX. Every update kernel
+(and the norm-pass kernel of an optimizer with one: LAMB) must
 - spill nothing and use no stack (local memory: a spill per element of a memory-bound loop
   costs as much as the update's own traffic),
 - fit the blocks of 256 threads its launch bounds ask for on a multiprocessor (the PTX's
@@ -25,6 +26,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NVCC = shutil.which("nvcc")
 SOURCES = tuple(sorted(header.stem for header in (ROOT / "csrc/include/fusedopt/optimizers").glob("*.h")))
+# The optimizers with a norm pass (kNormPass = true): their units also hold cuda/norms.cuh's kernels.
+NORM_PASS_SOURCES = tuple(s for s in SOURCES if re.search(
+    r"kNormPass\s*=\s*true", (ROOT / f"csrc/include/fusedopt/optimizers/{s}.h").read_text()))
 ARCH = "90"
 # CMakeLists.txt's FUSEDOPT_CUDA_FLAGS (test_flags_match_cmakelists keeps them in step).
 FLAGS = ("-O3", "--expt-relaxed-constexpr", "--fmad=false")
@@ -82,8 +86,9 @@ def ptx_entries(ptx: str) -> dict:
 def readable(name: str) -> str:
     """_ZN8fusedopt4cuda19multi_tensor_kernelINS0_13UpdateChunkOpINS_10optimizers4adamEffEELl4096E...
     -> a short label."""
-    kind = "update" if "multi_tensor_kernel" in name else "prologue" if "prologue_kernel" in name else name
-    op = re.search(r"UpdateChunkOpINS_10optimizers\d+([a-z0-9_]+)E(.*?)EELl", name)
+    kind = ("norms" if "NormChunkOp" in name and "multi_tensor_kernel" in name else
+            "update" if "multi_tensor_kernel" in name else "prologue" if "prologue_kernel" in name else name)
+    op = re.search(r"(?:Update|Norm)ChunkOpINS_10optimizers\d+([a-z0-9_]+)E(.*?)EELl", name)
     types = {"f": "float", "d": "double", "NS_4HalfE": "half", "NS_8BFloat16E": "bfloat16"}
     storage = re.findall(r"NS_4HalfE|NS_8BFloat16E|S\d*_|[fd]", op.group(2)) if op else []
     names = []
@@ -112,7 +117,10 @@ def test_flags_match_cmakelists():
     assert line.split("FUSEDOPT_CUDA_FLAGS", 1)[1].strip(" )").split() == list(FLAGS)
 
 
-STORAGE_COMBINATIONS = 10  # fusedopt/common.h's dispatch_storage
+# fusedopt/common.h's dispatch_storage. Storage (param/states/master): f64; f32, f32/bf16;
+# f16, f16/f32/master, f16/bf16, f16/bf16/master; bf16, bf16/f32/master, bf16/bf16/master
+# (bf16 states: state_dtype=torch.bfloat16).
+STORAGE_COMBINATIONS = 10
 
 
 def min_blocks(body: str) -> int:
@@ -130,13 +138,19 @@ def minimum_blocks(readable_name: str) -> int:
     return 2 if any(kernel in readable_name for kernel in FEWER_BLOCKS) else 3
 
 
+def element_kernels(kernels: dict) -> dict:
+    """The update kernels and the norm-pass kernels, checked: one per optimizer (or optimizer
+    with a norm pass) x storage combination x parameter-block size."""
+    chosen = {name: k for name, k in kernels.items() if "multi_tensor_kernel" in name}
+    assert sum("UpdateChunkOp" in name for name in chosen) == len(SOURCES) * STORAGE_COMBINATIONS * 2
+    assert sum("NormChunkOp" in name for name in chosen) == len(NORM_PASS_SOURCES) * STORAGE_COMBINATIONS * 2
+    assert len(chosen) == (len(SOURCES) + len(NORM_PASS_SOURCES)) * STORAGE_COMBINATIONS * 2
+    return chosen
+
+
 def test_update_kernels_neither_spill_nor_crowd_out_blocks(compiled, capsys):
     usage, ptx = compiled
-    update = {name: u for name, u in usage.items() if "multi_tensor_kernel" in name}
-    # optimizers x storage combinations x parameter-block sizes. Storage (param/states/master):
-    # f64; f32, f32/bf16; f16, f16/f32/master, f16/bf16, f16/bf16/master; bf16, bf16/f32/master,
-    # bf16/bf16/master (bf16 states, state_dtype=torch.bfloat16).
-    assert len(update) == len(SOURCES) * STORAGE_COMBINATIONS * 2
+    update = element_kernels(usage)
     with capsys.disabled():
         print(f"\nptxas, sm_{ARCH}: registers / stack / spill stores / spill loads / launch-bound blocks per kernel")
         for name in sorted(usage, key=readable):
@@ -155,8 +169,7 @@ def test_update_kernels_neither_spill_nor_crowd_out_blocks(compiled, capsys):
 
 def test_update_kernels_contract_no_multiply_add(compiled):
     _, ptx = compiled
-    update = {name: body for name, body in ptx.items() if "multi_tensor_kernel" in name}
-    assert len(update) == len(SOURCES) * STORAGE_COMBINATIONS * 2
+    update = element_kernels(ptx)
     for name, body in update.items():
         assert "call" not in re.findall(r"^\s*(call)\b", body, re.MULTILINE), f"{readable(name)} calls a function"
         fused = re.findall(r"^\s*((?:fma|mad)\.\S+)", body, re.MULTILINE)

@@ -11,12 +11,19 @@ import torch
 import fusedopt
 from fusedopt._layout import SPARSE_INDEX_ROW, SPARSE_TABLE_ROWS
 
-BACKENDS = ("reference", "cpu", "triton")
+# cuda_host, cuda_host_classic: the CUDA kernels built as host C++ (fusedopt._cuda_host,
+# tests/_host_cuda.py) as emulated devices 0 (32 KB parameter blocks) and 1 (4 KB).
+BACKENDS = ("reference", "cpu", "triton", "cuda_host", "cuda_host_classic")
+HOST_BACKENDS = ("cuda_host", "cuda_host_classic")
 DTYPES = (torch.float32, torch.float64)
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request) -> str:
+def backend(request, monkeypatch) -> str:
+    if request.param in HOST_BACKENDS:
+        from _host_cuda import register_host_backends  # skips when fusedopt._cuda_host is not built
+
+        register_host_backends(monkeypatch)
     reason = fusedopt.backends.unusable_reason(request.param, torch.device("cpu"))
     if reason:
         pytest.skip(f"backend {request.param!r} cannot run here: {reason}")
@@ -430,3 +437,96 @@ def test_tensor_lr_and_schedulers(backend):
         # (lr * sqrt(bc2) / bc1 as 0-dim float32 tensors), fusedopt in double, as for a float lr
         assert_follows(ours[0].weight, theirs[0].weight, "any compiled backend")
     assert math.isclose(float(opt.param_groups[0]["lr"]), float(ref.param_groups[0]["lr"]))
+
+
+def test_cuda_backend_says_what_its_sparse_row_kernel_cannot_run():
+    """The checks of backend 'cuda' that need no GPU: 16-bit params are refused as on the
+    cpu backend, a build without CUDA kernels says so, and a batch that is not on a CUDA
+    device never reaches native code."""
+    from fusedopt._native import build_info
+    from fusedopt._sparse_rows import sparse_row_batch
+
+    cuda = fusedopt.backends.get("cuda")
+    for dtype in (torch.float16, torch.bfloat16):
+        assert "float32 and float64" in cuda.sparse_rows_unsupported(dtype)
+    if not build_info().get("cuda"):
+        assert "without the CUDA sparse-row kernel" in cuda.sparse_rows_unsupported(torch.float32)
+    p = _sparse_grad_param()
+    opt = fusedopt.SparseAdam([p], backend="cpu")
+    opt.step()
+    before = p.detach().clone()
+    batch = sparse_row_batch([p], [opt.state[p]], False, "test")
+    with pytest.raises(RuntimeError, match="runs on CUDA tensors"):
+        cuda.sparse_adam_update(batch, fusedopt.SparseAdam.hyper(opt.param_groups[0]), 1e-3)
+    assert torch.equal(p, before)
+
+
+# ----------------------------------------------------------------------------- the GPU build
+_COMPILE_FOR_SM90 = r"""
+import re
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fusedopt._layout import UpdateConfig
+from fusedopt.backends.triton import _sparse_adam, adam
+
+kernel = _sparse_adam._sparse_adam_kernel
+for amsgrad in (False, True):
+    for name, dtype in (("float32", tl.float32), ("float64", tl.float64)):
+        # SparseAdam's hyper-parameters (optimized_update: torch's SparseAdam form); lazy-mode
+        # Adam's with amsgrad and weight decay
+        hyper = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1 if amsgrad else 0.0, amsgrad=amsgrad,
+                     maximize=True, decoupled_weight_decay=False, optimized_update=not amsgrad,
+                     absolute_weight_decay=False)
+        scalars, options = adam.arguments(UpdateConfig(hyper, 0.1))
+        constexprs = dict(SLOT=type(scalars)(*range(len(scalars))), OPTIONS=options, DTYPE=dtype,
+                          BLOCK=_sparse_adam.BLOCK)
+        signature = {arg: "constexpr" if arg in constexprs else "*i64" if arg.endswith("_ptr")
+                     else "i32" if arg == "n" else "fp64" for arg in kernel.arg_names}
+        compiled = triton.compile(ASTSource(kernel, signature=signature, constexprs=constexprs),
+                                  target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, enable_fp_fusion=False))
+        found = sorted(set(re.findall(r"div\.(?:rn|approx|full)\.f32|sqrt\.(?:rn|approx)\.f32|fma\.rn\.f32",
+                                      compiled.asm["ptx"])))
+        print(name, "amsgrad" if amsgrad else "plain", *found)
+"""
+
+
+def test_the_triton_kernel_compiles_for_a_gpu():
+    """The interpreter runs Python, not Triton's compiler, which refuses more: compile the
+    sparse-row kernel for sm_90 (no GPU needed), float32 and float64, with and without
+    amsgrad, and check its float32 element math is IEEE division and square root, not
+    contracted into fma (the coefficients are float64 math, as on the other backends)."""
+    from _compiled_triton import run_compiler
+
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU the triton-backend tests above run the compiled kernel")
+    found = {tuple(line.split()[:2]): set(line.split()[2:]) for line in run_compiler(_COMPILE_FOR_SM90).splitlines()}
+    assert sorted(found) == [("float32", "amsgrad"), ("float32", "plain"), ("float64", "amsgrad"),
+                             ("float64", "plain")]
+    for variant in ("amsgrad", "plain"):
+        assert found[("float32", variant)] == {"div.rn.f32", "sqrt.rn.f32"}, variant
+        assert found[("float64", variant)] == set(), variant  # no float32 math in a float64 update
+
+
+def test_zero_size_rows_step_the_counter_only(backend):
+    """A param with a zero-size dense dim, shape (5, 0), and a grad naming rows (of nothing):
+    torch.optim.SparseAdam accepts it and only counts the step; so must every backend (the cpu
+    kernel raised IndexError, reference a reshape error)."""
+    def make(p):
+        p.grad = torch.sparse_coo_tensor(torch.tensor([[1, 3, 1]]), torch.zeros(3, 0), (5, 0))
+        return p
+
+    ours, theirs = make(torch.nn.Parameter(torch.zeros(5, 0))), make(torch.nn.Parameter(torch.zeros(5, 0)))
+    other, other_ref = _sparse_grad_param(), _sparse_grad_param()  # a real table in the same bucket
+    with torch.no_grad():
+        other_ref.copy_(other)
+    opt = fusedopt.SparseAdam([ours, other], lr=0.1, backend=backend)
+    ref = torch.optim.SparseAdam([theirs, other_ref], lr=0.1)
+    for _ in range(3):
+        opt.step()
+        ref.step()
+    assert int(opt.state_dict()["state"][0]["step"]) == ref.state[theirs]["step"] == 3
+    assert opt.state[ours]["exp_avg"].shape == (5, 0)
+    torch.testing.assert_close(other.detach(), other_ref.detach(), rtol=1e-6, atol=1e-7)

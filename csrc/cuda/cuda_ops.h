@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "fusedopt/optimizer.h"
+#include "fusedopt/sparse_rows.h"
 #include "fusedopt/tensor_table.h"
 
 namespace fusedopt::cuda {
@@ -45,12 +46,40 @@ template <typename Kind>
 void update(const char* name, const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config,
             const LaunchResources& resources, int device, uintptr_t stream);
 
+// norms<Kind> (cuda/norms.cuh, instantiated beside update<Kind>): the reduction pass of a kind
+// with kNormPass (LAMB), for the update that follows: per tensor i, the sums of the kind's two
+// norm terms over its elements into out[2i] and out[2i + 1] (device memory, 2 * table.n float64),
+// with the bits of the CPU's norms (cpu/update_cpu.h). The coefficients are those of the
+// coming update (each step counter + 1; no counter advances), written by a prologue into
+// `resources.workspace`; block partials go to `partials` (device memory, at least
+// 2 * sum of sum_blocks(numel) float64 values). options.tensor_scale is not read. A kind
+// without a norm pass throws std::invalid_argument, as do bad buffers, before any launch.
+template <typename Kind>
+void norms(const char* name, const TensorTable& table, DType dtype, const UpdateConfig<Kind>& config,
+           const LaunchResources& resources, uintptr_t partials, int64_t partial_count, uintptr_t out, int device,
+           uintptr_t stream);
+
 // Sums of squares of every tensor of a table whose rows are (numel, address), one float64 per
 // tensor into `out` (device memory, table.n values), in fusedopt/reduce.h's order (the CPU
 // kernel's bits): block partials go to `partials` (device memory, at least
 // sum of sum_blocks(numel) float64 values), then each tensor's are added in block order.
 void sum_of_squares_per_tensor(const TensorTable& table, DType dtype, uintptr_t partials, int64_t partial_count,
                                uintptr_t out, int device, uintptr_t stream);
+
+// Lazy (sparse-row) Adam (csrc/cuda/sparse_adam.cu): one step over every tensor of a
+// sparse-row table (fusedopt/sparse_rows.h; host memory, device addresses Python has
+// checked, row indices included), the CPU kernel's bits. On `stream`: advances every step
+// counter, then updates the present rows of all tensors in one launch. lr is `lr`, or the
+// float64 at device address `lr_tensor` when that is not null, read on the device. The
+// workspace (device memory, 16-byte aligned, sparse_adam_workspace_bytes(table.n) long)
+// holds each tensor's coefficients and addresses for the launch; the next call on the
+// stream may reuse it. float32 and float64 only: anything else, or a workspace too small, is
+// std::invalid_argument before anything is launched.
+constexpr int64_t kSparseRecordBytes = 160;  // one tensor's record
+inline int64_t sparse_adam_workspace_bytes(int64_t tensors) { return tensors * (kSparseRecordBytes + 8); }
+void sparse_adam(const sparse_rows::Table& table, DType dtype, const optimizers::adam::Hyper& hyper, double lr,
+                 const double* lr_tensor, uintptr_t workspace, int64_t workspace_bytes, int device,
+                 uintptr_t stream);
 
 // The launch plan: how the tensors of a table are cut into chunks and the chunks grouped
 // into launches. Pure host code, exposed so the CPU tests can check it: it runs the

@@ -6,6 +6,7 @@
 
 #include <cuda_runtime_api.h>  // CUDART_VERSION
 
+#include <cstddef>  // offsetof
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -170,7 +171,8 @@ static_assert(sizeof(MultiTensorArgs<kLargeParameterLimit>) + kOpParameterBytes 
 // launch-wide record thread 0 writes (null when there is none, or another launch writes it).
 // With scalar states (Kind::kScalarStates = K) each tensor has 1 + K pointers: its counter,
 // then its scalar states, so counters[i * (1 + K) + j] and a launch carries kCapacity / (1 + K)
-// tensors.
+// tensors. next_step (a norm pass): the records are those of the coming update, from each
+// counter + 1, and no counter advances.
 template <int64_t kParameterLimit>
 struct PrologueArgs {
   static constexpr int64_t kLimit = kParameterLimit;
@@ -179,9 +181,12 @@ struct PrologueArgs {
   void* per_tensor;
   void* shared;
   int32_t count;
+  int32_t next_step;  // in the header's padding: the header stays kHeaderBytes long
   float* counters[kCapacity];
 };
 
+static_assert(offsetof(PrologueArgs<kClassicParameterLimit>, counters) ==
+              PrologueArgs<kClassicParameterLimit>::kHeaderBytes);
 static_assert(sizeof(PrologueArgs<kClassicParameterLimit>) + kOpParameterBytes <= kClassicParameterLimit);
 static_assert(sizeof(PrologueArgs<kLargeParameterLimit>) + kOpParameterBytes <= kLargeParameterLimit);
 

@@ -117,20 +117,23 @@ constexpr int kProloguePointers = 1 + Op::kScalarStates;
 // Thread i advances tensor i's counter (unless the step is skipped) and, when the launch has
 // per-tensor records, writes that tensor's, advancing its scalar states (the only thread
 // that touches them: the update kernel reads only the record); thread 0 writes the
-// launch-wide record.
+// launch-wide record. With args.next_step (a norm pass, cuda/norms.cuh) thread i leaves
+// the counter as it is and writes the record of the coming update, from the counter + 1,
+// as the CPU's norms do; it is written even when GradScaler will skip that update, since
+// the CPU's norms are computed all the same.
 template <typename Op, int64_t kParameterLimit>
 __global__ void __launch_bounds__(kPrologueThreadsPerBlock)
     prologue_kernel(const __grid_constant__ PrologueArgs<kParameterLimit> args, const __grid_constant__ Op op) {
   const int i = int(blockIdx.x) * kPrologueThreadsPerBlock + int(threadIdx.x);
-  const bool skip = step_skipped(op.config.options.grad_transform);
+  const bool skip = !args.next_step && step_skipped(op.config.options.grad_transform);
   if (i == 0 && args.shared != nullptr) prepare(args.shared, op, skip, 0.0, nullptr);
   if (i >= args.count) return;
   float* const* pointers = args.counters + int64_t(i) * kProloguePointers<Op>;
   float* step = pointers[0];
-  if (!skip) *step += 1.0f;
+  if (!skip && !args.next_step) *step += 1.0f;
   if (args.per_tensor != nullptr)
-    prepare(static_cast<char*>(args.per_tensor) + int64_t(i) * kWorkspaceBytesPerTensor, op, skip, double(*step),
-            pointers + 1);
+    prepare(static_cast<char*>(args.per_tensor) + int64_t(i) * kWorkspaceBytesPerTensor, op, skip,
+            args.next_step ? double(*step) + 1.0 : double(*step), pointers + 1);
 }
 
 // What the prologue does for one call.
@@ -139,6 +142,11 @@ struct PrologueWork {
   bool per_tensor;     // Adam: a record per tensor, from its advanced counter
   bool shared;         // a launch-wide record
   int64_t scalar_row = 0;  // the first scalar-state row of the table (kinds with kScalarStates)
+  // A norm pass: per-tensor records for the coming update (counter + 1), no counter advanced
+  // (advance_steps false, per_tensor true, no scalar states).
+  bool next_step = false;
+  // Whether the prologue visits every tensor (a thread each), not only the launch-wide record.
+  bool per_column() const { return advance_steps || per_tensor; }
 };
 
 template <typename Op, int64_t kParameterLimit>
@@ -147,10 +155,11 @@ void prologue_with(const TensorTable& table, const Op& op, const PrologueWork& w
   using Args = PrologueArgs<kParameterLimit>;
   constexpr int kPointers = kProloguePointers<Op>;
   constexpr int64_t kTensors = Args::kCapacity / kPointers;  // tensors one launch carries
-  const int64_t columns = work.advance_steps ? table.n : 0;
+  const int64_t columns = work.per_column() ? table.n : 0;
   for (int64_t first = 0; first == 0 || first < columns; first += kTensors) {
     Args args;  // only counters[0 .. count * kPointers) is meaningful
     args.count = int32_t(columns - first < kTensors ? columns - first : kTensors);
+    args.next_step = work.next_step;
     args.per_tensor = work.per_tensor ? records.tensor(first) : nullptr;
     args.shared = work.shared && first == 0 ? records.shared() : nullptr;
     for (int32_t i = 0; i < args.count; ++i) {
@@ -173,7 +182,7 @@ void run_prologue(const TensorTable& table, const Op& op, const PrologueWork& wo
   static_assert(sizeof(Prepared<typename Op::Coefficients>) <= kWorkspaceBytesPerTensor,
                 "a coefficient record outgrows its share of the workspace");
 #if FUSEDOPT_LARGE_PARAMETER_BLOCKS
-  if (call.large_parameter_blocks() && work.advance_steps &&
+  if (call.large_parameter_blocks() && work.per_column() &&
       table.n > PrologueArgs<kClassicParameterLimit>::kCapacity / kProloguePointers<Op>) {
     prologue_with<Op, kLargeParameterLimit>(table, op, work, records, call);
     return;

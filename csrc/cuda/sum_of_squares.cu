@@ -1,11 +1,13 @@
 // Per-tensor sums of squares on the GPU (fusedopt/reduce.h's blocks, lanes and order, so the
 // bits equal the CPU kernel's): one thread block per kSumBlock elements of a tensor, carried by
-// the multi-tensor launcher, writes its partial; a second kernel adds each tensor's partials in
-// block order. Only stream work: no host synchronisation, no memory of its own.
+// the multi-tensor launcher, writes its partial; a second kernel (block_partials.h) adds each
+// tensor's partials in block order. Only stream work: no host synchronisation, no memory of
+// its own.
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "cuda/block_partials.h"
 #include "cuda/cuda_ops.h"
 #include "cuda/multi_tensor_apply.cuh"
 #include "fusedopt/reduce.h"
@@ -19,14 +21,14 @@ struct NoCoefficients {
   int32_t unused;
 };
 
-// The launcher's op: slot 0 the tensor, slot 1 where its block partials go.
+// The launcher's op: slot 0 the tensor, slot 1 where its block partials go. No prologue runs
+// for it, so it has no kScalarStates.
 template <typename S>
 struct SumOfSquaresOp {
   using Storage = S;
   using Coefficients = NoCoefficients;
   static constexpr int kSlots = 2;
   static constexpr int kMinBlocks = 4;
-  static constexpr int kScalarStates = 0;
   SharedPrepared<Coefficients> shared;
 
   __device__ __forceinline__ const Prepared<Coefficients>& prepared(const TensorChunk<kSlots>&) const {
@@ -51,27 +53,6 @@ struct SumOfSquaresOp {
     if (lane == 0) static_cast<double*>(tensor.address[1])[tensor.begin / kSumBlock] = lanes[0];
   }
 };
-
-// The second kernel's parameters: tensors [first, first + count) of the table, whose partials
-// are partials[offsets[i] .. offsets[i + 1]).
-constexpr int kFinalThreads = 128;
-struct FinalSumArgs {
-  static constexpr int kCapacity = int((kClassicParameterLimit - 64) / 8) - 1;
-  const double* partials;
-  double* out;
-  int64_t first;
-  int32_t count;
-  int64_t offsets[kCapacity + 1];
-};
-static_assert(sizeof(FinalSumArgs) <= kClassicParameterLimit, "fits every GPU's parameter block");
-
-__global__ void __launch_bounds__(kFinalThreads) final_sum_kernel(const __grid_constant__ FinalSumArgs args) {
-  const int i = int(blockIdx.x) * kFinalThreads + int(threadIdx.x);
-  if (i >= args.count) return;
-  double sum = 0.0;
-  for (int64_t b = args.offsets[i]; b < args.offsets[i + 1]; ++b) sum += args.partials[b];
-  args.out[args.first + i] = sum;
-}
 
 }  // namespace
 
@@ -101,17 +82,7 @@ void sum_of_squares_per_tensor(const TensorTable& table, DType dtype, uintptr_t 
     multi_tensor_apply(carried, slots, 2, op, WorkspaceRecords{0}, kSumBlock * int64_t(sizeof(S)), call);
   });
   if (!known) throw std::invalid_argument("fusedopt cuda sum_of_squares_per_tensor: unknown dtype code");
-  for (int64_t start = 0; start < table.n; start += FinalSumArgs::kCapacity) {
-    FinalSumArgs args;
-    args.partials = reinterpret_cast<const double*>(partials);
-    args.out = reinterpret_cast<double*>(out);
-    args.first = start;
-    args.count = int32_t(std::min<int64_t>(FinalSumArgs::kCapacity, table.n - start));
-    for (int32_t i = 0; i <= args.count; ++i) args.offsets[i] = first[size_t(start + i)];
-    const unsigned blocks = unsigned((args.count + kFinalThreads - 1) / kFinalThreads);
-    final_sum_kernel<<<blocks, kFinalThreads, 0, call.stream()>>>(args);
-    call.check_launch();
-  }
+  add_block_partials(first, 1, reinterpret_cast<const double*>(partials), reinterpret_cast<double*>(out), call);
 }
 
 }  // namespace fusedopt::cuda

@@ -49,16 +49,19 @@ struct UpdateChunkOp {
   // Record slots: param, grad, the tensor's coefficient record (kPerTensorRecord), the
   // active states in table order, then the float32 master copy with master weights.
   static constexpr int kParamSlot = 0, kGradSlot = 1, kStateSlot = 2 + int(kPerTensorRecord);
-  // One more slot for the tensor's clip_grad_norm_per_tensor coefficient, when the call has them.
-  static constexpr int kSlots = kStateSlot + Kind::kStates + 2;
+  // One more slot for the tensor's clip_grad_norm_per_tensor coefficient, when the call has
+  // them, and one for its tensor scale (kinds with kTensorScale: LAMB's trust ratio).
+  static constexpr int kSlots = kStateSlot + Kind::kStates + 2 + int(Kind::kTensorScale);
+  static_assert(kSlots <= kMaxAddresses, "more addresses than a record carries");
   // Element lists: param, grad, every state (inactive ones neither loaded nor stored), master.
   static constexpr int kParam = 0, kGrad = 1, kState = 2, kMaster = kState + Kind::kStates;
   static constexpr int kLists = kMaster + 1;
-  static constexpr int kMinBlocks = Kind::template min_blocks<S, SS>();
+  static constexpr int kMinBlocks = Kind::template min_blocks<S, SS, kMasterWeights>();
 
   UpdateConfig<Kind> config;
   SharedPrepared<Coefficients> shared;
-  int tensor_clip_slot = -1;  // the slot of the tensor's float32 clip coefficient (-1: none)
+  int tensor_clip_slot = -1;   // the slot of the tensor's float32 clip coefficient (-1: none)
+  int tensor_scale_slot = -1;  // the slot of the tensor's float64 scale (-1: none)
 
   // In the prologue, by the one thread of this tensor (or of the launch-wide record, with no
   // scalar states): `scalar_states` are the tensor's Kind::kScalarStates scalars.
@@ -91,8 +94,14 @@ struct UpdateChunkOp {
       }
     });
     if (kMasterWeights) lists.set(kMaster, tensor.at(kStateSlot + state_count(active)), true, true);
-    const auto& k = c.k;
-    GradFactors<T> grad = c.grad;  // with this tensor's clip_grad_norm_per_tensor multiplier, if any
+    // This tensor's clip_grad_norm_per_tensor multiplier and tensor scale, where the call has
+    // them, as fusedopt/optimizer.h's for_tensor gives the CPU loops.
+    auto k = c.k;
+    if constexpr (Kind::kTensorScale) {
+      if (tensor_scale_slot >= 0)
+        Kind::scale_coefficients(k, *static_cast<const double*>(tensor.at(tensor_scale_slot)));
+    }
+    GradFactors<T> grad = c.grad;
     if (tensor_clip_slot >= 0) grad.multiplier = T(*static_cast<const float*>(tensor.at(tensor_clip_slot)));
     update_elements(lists, tensor.begin, tensor.end, [&](T (&x)[kLists]) {
       T p = kMasterWeights ? x[kMaster] : x[kParam];
@@ -131,21 +140,22 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
   const uint32_t active = Kind::active_states(config.hyper);
   if (!is_variant<Kind>(active))
     throw std::invalid_argument(std::string("fusedopt cuda ") + name + ": these options select states no variant has");
-  if (Kind::kTensorScale || Kind::kNormPass)  // fusedopt/backends/native.py hands such kinds to Triton
-    throw std::invalid_argument(std::string("fusedopt cuda ") + name +
-                                ": no CUDA kernel runs this optimizer's norm pass and tensor scale");
-  // clip_grad_norm_per_tensor: the table again with one more row, each tensor's coefficient's
-  // address, which the update's records carry as one more slot.
+  // clip_grad_norm_per_tensor and a tensor scale: the table again with one more row each, the
+  // address of each tensor's coefficient, which the update's records carry as one more slot.
   const int states_used = state_count(active);
   const int64_t used_rows = scalar_state_row(states_used, options.master_weights && dtype != DType::Float32 &&
                                                               dtype != DType::Float64) + Kind::kScalarStates;
-  std::vector<int64_t> with_clip;
+  const float* tensor_clip = options.grad_transform.tensor_clip;
+  const double* tensor_scale = Kind::kTensorScale ? options.tensor_scale : nullptr;
+  std::vector<int64_t> extended;
   TensorTable carried = table;
-  if (options.grad_transform.tensor_clip != nullptr) {
-    with_clip.assign(table.data, table.data + used_rows * table.n);
-    for (int64_t i = 0; i < table.n; ++i)
-      with_clip.push_back(int64_t(reinterpret_cast<uintptr_t>(options.grad_transform.tensor_clip + i)));
-    carried = TensorTable{with_clip.data(), table.n};
+  if (tensor_clip != nullptr || tensor_scale != nullptr) {
+    extended.assign(table.data, table.data + used_rows * table.n);
+    if (tensor_clip != nullptr)
+      for (int64_t i = 0; i < table.n; ++i) extended.push_back(int64_t(reinterpret_cast<uintptr_t>(tensor_clip + i)));
+    if (tensor_scale != nullptr)
+      for (int64_t i = 0; i < table.n; ++i) extended.push_back(int64_t(reinterpret_cast<uintptr_t>(tensor_scale + i)));
+    carried = TensorTable{extended.data(), table.n};
   }
   PrologueWork work{Kind::kStepCounter, Kind::kStepDependent,
                     !Kind::kStepDependent && (Kind::kStepCounter || reads_device_values(options))};
@@ -168,9 +178,14 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
     const int states = state_count(active);
     for (int s = 0; s < states; ++s) slots[addresses++] = kStateRow + s;
     if (Op::kMasterWeights) slots[addresses++] = kStateRow + states;
-    if (options.grad_transform.tensor_clip != nullptr) {
+    int64_t extra_row = used_rows;
+    if (tensor_clip != nullptr) {
       op.tensor_clip_slot = addresses;
-      slots[addresses++] = used_rows;
+      slots[addresses++] = extra_row++;
+    }
+    if (tensor_scale != nullptr) {
+      op.tensor_scale_slot = addresses;
+      slots[addresses++] = extra_row++;
     }
     work.scalar_row = scalar_state_row(states, Op::kMasterWeights);  // after the master copy, if any
     if (prologue) run_prologue(carried, op, work, records, call);

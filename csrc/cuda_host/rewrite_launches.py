@@ -37,7 +37,11 @@ def main(folder: str, sources) -> None:
         except ValueError as error:
             sys.exit(f"{source}: {error}")
         quoted = source.as_posix().replace("\\", "\\\\").replace('"', '\\"')
-        (out / output_name(source)).write_text(f'#line 1 "{quoted}"\n' + text)
+        target, content = out / output_name(source), f'#line 1 "{quoted}"\n' + text
+        # Unchanged outputs keep their time stamp, so Ninja (restat) recompiles only the units
+        # whose source changed, not every host unit after any edit under csrc/cuda.
+        if not target.exists() or target.read_text() != content:
+            target.write_text(content)
 
 
 if __name__ == "__main__":

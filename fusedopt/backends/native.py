@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import array
 import functools
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
 from .._layout import DTYPE_CODES, FIRST_STATE_ROW, SparseRowBatch, TensorBatch, UpdateConfig
+from .._sparse_rows import kernel_dtype_problem
 from .._memory import storage_problem
 from .._native import build_info, load_error, native
 from .base import Backend
@@ -61,6 +62,20 @@ def _lr_tensor_address(lr_tensor: Optional[torch.Tensor], device: torch.device) 
         raise RuntimeError(f"lr_tensor must be a one-element float64 tensor on {device}, "
                            f"got {tuple(lr_tensor.shape)} {lr_tensor.dtype} on {lr_tensor.device}")
     return lr_tensor.data_ptr()
+
+
+def cuda_sparse_adam_arguments(kinds: "NativeKinds", batch: SparseRowBatch, hyper: Mapping[str, Any],
+                               lr: Union[float, torch.Tensor]) -> tuple:
+    """(hyper, table, count, dtype code, lr, lr_tensor address) for `cuda_sparse_adam` of the
+    module `kinds` wraps, checked: a float32 or float64 batch (its table built and checked
+    by fusedopt/_sparse_rows.py), lr a number or a one-element float64 tensor on the batch's
+    device, which the kernel reads there (no host sync)."""
+    problem = kernel_dtype_problem(batch.dtype)
+    if problem:
+        raise RuntimeError(f"the CUDA sparse-row kernel cannot run: {problem}, not {batch.dtype}")
+    lr_address = _lr_tensor_address(lr, batch.device) if isinstance(lr, torch.Tensor) else 0
+    return (kinds.hyper("adam", hyper), batch.table_address(), len(batch), DTYPE_CODES[batch.dtype],
+            0.0 if lr_address else float(lr), lr_address)
 
 
 class NativeKinds:
@@ -152,8 +167,9 @@ class CPUBackend(Backend):
                                                              **per_tensor_arguments(batch, config), **state_arguments(config))
 
     def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
-        if dtype not in (torch.float32, torch.float64):
-            return "its lazy (sparse-row) Adam kernel updates float32 and float64 params"
+        problem = kernel_dtype_problem(dtype)
+        if problem:
+            return problem
         if not hasattr(native, "cpu_sparse_adam"):
             return "fusedopt._C was built without the sparse-row kernel; rebuild it (`pip install .`)"
         return None
@@ -239,17 +255,48 @@ class CUDABackend(Backend):
         return reason or None
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
-        if _norm_pass(kind):  # no CUDA kernel for LAMB's two passes yet: Triton runs both
-            return _triton().update(kind, batch, config)
         index = _device_index(batch.device)
         stream = torch.cuda.current_stream(index).cuda_stream
-        workspace = self._workspace(index, stream, len(batch))
+        workspace = self._workspace(index, stream, _records_bytes(len(batch)))
         _native_kinds().for_batch(kind, batch, config).cuda_update(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), self.chunk_bytes or 0,
             index, stream, **per_tensor_arguments(batch, config), **state_arguments(config))
 
     def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
-        return _triton().norms(kind, batch, config)
+        """The kind's norm pass (csrc/cuda/norms.cuh: a prologue, the block sums, their per-tensor
+        sums; the CPU kernel's bits) on the current stream, no sync. Its coefficient records go to
+        the stream's workspace, which the update after it then reuses."""
+        index = _device_index(batch.device)
+        stream = torch.cuda.current_stream(index).cuda_stream
+        workspace = self._workspace(index, stream, _records_bytes(len(batch)))
+        out = torch.empty(len(batch), 2, dtype=torch.float64, device=batch.device)
+        partials = torch.empty(max(2 * reduction_partials(batch.params), 1), dtype=torch.float64, device=batch.device)
+        clip = per_tensor_arguments(batch, config)["tensor_clip"]
+        _native_kinds().for_batch(kind, batch, config).cuda_norms(
+            *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), partials.data_ptr(),
+            partials.numel(), out.data_ptr(), index, stream, clip, **state_arguments(config))
+        return out
+
+    def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
+        problem = kernel_dtype_problem(dtype)
+        if problem:
+            return problem
+        if load_error or not hasattr(native, "cuda_sparse_adam"):
+            return "fusedopt._C was built without the CUDA sparse-row kernel; rebuild it (`pip install .`)"
+        return None
+
+    def sparse_adam_update(self, batch: SparseRowBatch, hyper: Mapping[str, Any],
+                           lr: Union[float, torch.Tensor]) -> None:
+        """Every step counter, then every present row of the batch: two launches on the current
+        stream (csrc/cuda/sparse_adam.cu), no host sync; lr a number or a one-element float64
+        tensor on the batch's device."""
+        if batch.device.type != "cuda":
+            raise RuntimeError(f"backend 'cuda' runs on CUDA tensors, and this batch is on {batch.device}")
+        arguments = cuda_sparse_adam_arguments(_native_kinds(), batch, hyper, lr)
+        index = _device_index(batch.device)
+        stream = torch.cuda.current_stream(index).cuda_stream
+        workspace = self._workspace(index, stream, native.cuda_sparse_adam_workspace_bytes(len(batch)))
+        native.cuda_sparse_adam(*arguments, workspace.data_ptr(), workspace.numel(), index, stream)
 
     def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
         """The CUDA kernel (the CPU kernel's order and bits) on the current stream, no sync."""
@@ -265,10 +312,10 @@ class CUDABackend(Backend):
                                               partials.data_ptr(), partials.numel(), out.data_ptr(), index, stream)
         return out
 
-    def _workspace(self, index: int, stream: int, tensors: int) -> torch.Tensor:
-        """Device memory for the coefficient records of a call on `stream` (used by the calls
-        on that stream one after another, so one buffer per stream serves them all)."""
-        needed = (tensors + 1) * _workspace_bytes_per_tensor()
+    def _workspace(self, index: int, stream: int, needed: int) -> torch.Tensor:
+        """`needed` bytes (at least) of device memory for the coefficient records of a call on
+        `stream` (used by the calls on that stream one after another, so one buffer per stream
+        serves them all: the dense updates' and the sparse-row kernel's)."""
         workspace = self._workspaces.get((index, stream))
         if workspace is None or workspace.numel() < needed:
             size = max(needed, 2 * workspace.numel()) if workspace is not None else needed
@@ -278,27 +325,15 @@ class CUDABackend(Backend):
         return workspace
 
 
-def _norm_pass(kind: str) -> bool:
-    from ..optim._spec import spec  # registered by fusedopt.optim (imported late)
-
-    return spec(kind).norm_pass
-
-
-def _triton() -> Backend:
-    """The Triton backend, for what the CUDA kernels do not run (LAMB's norm pass and
-    trust-ratio update); RuntimeError saying why when Triton cannot run."""
-    from . import get
-
-    backend = get("triton")
-    if backend is None:
-        raise RuntimeError("LAMB on CUDA tensors runs through fusedopt's Triton kernels (the CUDA kernels have no "
-                           "norm pass yet), and triton is not available; install triton")
-    return backend
-
-
 @functools.lru_cache(maxsize=None)
 def _workspace_bytes_per_tensor() -> int:
     return int(build_info()["cuda_workspace_bytes_per_tensor"])
+
+
+def _records_bytes(tensors: int) -> int:
+    """Workspace bytes the prologue's coefficient records of a call over `tensors` tensors need
+    (the update's and the norm pass's: csrc/cuda/multi_tensor_apply.cuh)."""
+    return (tensors + 1) * _workspace_bytes_per_tensor()
 
 
 def _device_index(device: torch.device) -> int:

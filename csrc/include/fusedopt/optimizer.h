@@ -35,8 +35,9 @@
 //                                                host loop, the CUDA prologue's thread for that
 //                                                tensor), never by the element loops, so no two
 //                                                threads touch a scalar state.
-//   template <typename S, typename SS> static constexpr int min_blocks();   CUDA launch bound
-//                                                (blocks per multiprocessor) per storage types
+//   template <typename S, typename SS, bool kMaster> static constexpr int min_blocks();
+//                                                CUDA launch bound (blocks per multiprocessor)
+//                                                per param and state storage and master copy
 //                                                (default: default_min_blocks<S>())
 //   template <typename T> struct Coefficients;   the scalars of one update, in the math type T
 //   template <typename T> static FUSEDOPT_HD Coefficients<T> coefficients(const Hyper&, double lr,
@@ -202,9 +203,12 @@ struct OptimizerDefaults {
   static constexpr bool kTensorScale = false;
   // A reduction pass before the update (LAMB's norms): `static void norm_terms(T p, T g,
   // const T* state, const Coefficients<T>&, double& a, double& b)` adds one element's two
-  // terms without writing anything; the CPU's norms<Kind> sums them per tensor.
+  // terms without writing anything; the CPU's and the CUDA's norms<Kind> sum them per tensor
+  // (cpu/update_cpu.h, cuda/norms.cuh), in fusedopt/reduce.h's order.
   static constexpr bool kNormPass = false;
-  template <typename S, typename SS> static constexpr int min_blocks() { return default_min_blocks<S>(); }
+  template <typename S, typename SS, bool kMaster> static constexpr int min_blocks() {
+    return default_min_blocks<S>();
+  }
 };
 
 }  // namespace fusedopt

@@ -1,8 +1,10 @@
 // Lazy (sparse-row) Adam: the table Python builds for one call (fusedopt/_sparse_rows.py,
 // rows named in fusedopt/_layout.py) and the per-element math, written once for the CPU
-// loop (csrc/cpu/sparse_adam_cpu.cpp) and any GPU kernel. Python has checked every index
-// (in range, strictly increasing) and address before native code sees it; the CPU entry
-// point checks the indices against the param's row count once more.
+// loop (csrc/cpu/sparse_adam_cpu.cpp) and the CUDA kernel (csrc/cuda/sparse_adam.cu).
+// Python has checked every index (in range, strictly increasing) and address before native
+// code sees it; the CPU entry point checks the indices against the param's row count once
+// more, and the CUDA kernel, which cannot report one without a host sync, skips a row
+// outside it.
 //
 // Arithmetic: torch.optim.SparseAdam's, operation for operation (torch/optim/_functional.py,
 // sparse_adam), with Adam's options (maximize, L2 or decoupled weight decay, amsgrad, the

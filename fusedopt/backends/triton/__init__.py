@@ -131,6 +131,7 @@ except Exception as error:  # a broken install must not break `import fusedopt`
 
 from ..._layout import (FIRST_STATE_ROW, GRAD_ROW, LOW_PRECISION, NUMEL_ROW, PARAM_ROW, GradTransform, TensorBatch,
                         UpdateConfig)
+from ..._sparse_rows import kernel_dtype_problem
 from ..base import Backend
 from . import _factored, _kernel, _norms, _reduce
 
@@ -436,9 +437,7 @@ class TritonBackend(Backend):
                                 _state_type(config, master, dtype))
 
     def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
-        if dtype not in (torch.float32, torch.float64):
-            return "its lazy (sparse-row) Adam kernel updates float32 and float64 params"
-        return None
+        return kernel_dtype_problem(dtype)
 
     def sparse_adam_update(self, batch, hyper, lr) -> None:
         from ._sparse_adam import sparse_adam_update

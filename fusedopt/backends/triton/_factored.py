@@ -9,7 +9,10 @@ What is cached: the device copy of the FactoredBatch's address table, by the ide
 host table (FactoredTables builds a new one whenever an address changes); and the work
 tables with their workspaces, by the bucket's geometry (element counts, rows, columns), so a
 step whose grads were re-created reuses them. Workspaces are written before they are read
-within a step, on one stream; two buckets of the same geometry on one stream share them.
+within a step, on one stream; two buckets of the same geometry on one stream share them, and
+each stream has its own (the key holds the current stream), so steps of two optimizers on two
+streams never write one workspace at once, and the caching allocator never sees memory
+allocated on one stream used on another.
 """
 from __future__ import annotations
 
@@ -127,14 +130,15 @@ class _Cache:
             store.pop(next(iter(store)))
 
     def get(self, batch: FactoredBatch, config: FactoredLaunchConfig) -> Tuple[torch.Tensor, _Plan]:
-        key = (id(batch.table), batch.device, config)
+        stream = _current_stream(batch.device)
+        key = (id(batch.table), batch.device, stream, config)
         hit = self.tables.get(key)
         if hit is not None and hit[0] is batch.table:
             return hit[1], hit[2]
         n = len(batch)
         host = torch.frombuffer(batch.table, dtype=torch.int64).view(-1, n)
         numels, rows, cols = (host[row].tolist() for row in (NUMEL, ROWS, COLS))
-        geometry = (tuple(numels), tuple(rows), tuple(cols), batch.device, config)
+        geometry = (tuple(numels), tuple(rows), tuple(cols), batch.device, stream, config)
         plan = self.plans.get(geometry)
         if plan is None:
             plan = _plan(numels, rows, cols, config, batch.device)
@@ -143,6 +147,12 @@ class _Cache:
         # The host table is kept alive with its entry, so its id is not reused while cached.
         self._put(self.tables, key, (batch.table, device_table, plan), 4 * self.capacity)
         return device_table, plan
+
+
+def _current_stream(device: torch.device):
+    """The stream this step's launches go to (None on the CPU, where the interpreter runs them
+    in order)."""
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
 
 
 _cache = _Cache()

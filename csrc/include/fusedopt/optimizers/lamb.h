@@ -1,4 +1,4 @@
-// LAMB (You et al. 2020, arXiv 1904.00962, Algorithm 2) per-element math, for the CPU loops:
+// LAMB (You et al. 2020, arXiv 1904.00962, Algorithm 2) per-element math, for the CPU and CUDA kernels:
 // Adam's moments, the update direction u = m_hat / (sqrt(v_hat) + eps) + wd * p, and the
 // step p -= lr * ratio * u, with ratio = ||p|| / ||u|| per tensor (1 where either is 0).
 // Two passes per step: norm_terms (the reduction pass: ||p||^2 and ||u||^2, u recomputed from
