@@ -22,8 +22,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from ._layout import (FIRST_STATE_ROW, GRAD_ROW, NUMEL_ROW, PARAM_ROW, STEP_DTYPE, STEP_ROW, SUPPORTED_DTYPES,
-                      TensorBatch)
+from ._layout import (FIRST_STATE_ROW, GRAD_ROW, MASTER_KEY, NUMEL_ROW, PARAM_ROW, STEP_DTYPE, STEP_ROW,
+                      SUPPORTED_DTYPES, TensorBatch)
 from ._memory import is_dense, storage_problem, storage_problem_strided
 
 # Complex params are updated as torch.optim does: through torch.view_as_real views of the
@@ -360,7 +360,8 @@ class Bucket:
     ) -> Tuple[Optional[TensorBatch], List[int]]:
         """The batch of params that have grads, and the indices (into the batch) of params
         whose state `init_state` created just now. (None, []) when no param has a grad.
-        State tensors must have `state_dtype` (default: the param's dtype). `grads` defaults
+        State tensors must have `state_dtype` (default: the param's dtype), the master copy
+        (MASTER_KEY) float32. `grads` defaults
         to the params' .grad. `scalar_keys`: the per-param float32 scalar states (checked
         like the step counter; their rows follow the state rows in the table)."""
         params = self.params
@@ -460,8 +461,9 @@ class Bucket:
         if len(fresh) > 1 and not self._distributed and not self._strict:
             consolidate([states_per_param[i] for i in fresh],
                         (*state_keys, *(("step",) if has_step else ()), *scalar_keys))
-        self._states_seen = [[self._checked_state(s, k, p, state_dtype) for s, p in zip(states_per_param, params)]
-                             for k in state_keys]
+        # The master copy is float32 whatever the states' dtype (bf16 states with master weights).
+        self._states_seen = [[self._checked_state(s, k, p, torch.float32 if k == MASTER_KEY else state_dtype)
+                              for s, p in zip(states_per_param, params)] for k in state_keys]
         self._states = [list(map(kernel_view, row)) for row in self._states_seen] if self._viewed else self._states_seen
         self._steps = [self._checked_scalar(s, "step", p) for s, p in zip(states_per_param, params)] if has_step else None
         self._scalars = [[self._checked_scalar(s, k, p) for s, p in zip(states_per_param, params)] for k in scalar_keys]

@@ -134,6 +134,9 @@ class UpdateConfig:
         first-step rule: a new momentum buffer starts as a copy of the gradient).
     master_weights: 16-bit params whose states are float32 and whose last state row is
         the fp32 master copy the math updates (then rounded once into the param).
+    bf16_states: the state tensors (not the master copy, step counters or scalar states) are
+        stored as bfloat16 (state_dtype=torch.bfloat16): read into float32, updated in
+        float32 and rounded once to bf16, to nearest even, in the same pass.
     """
 
     hyper: Mapping[str, Any]
@@ -145,6 +148,7 @@ class UpdateConfig:
     # Kinds with a per-tensor scale (LAMB's trust ratio, OptimizerSpec.norm_pass): a float64
     # tensor [len(batch)] on the params' device, from the backend's norm pass (run_update).
     tensor_scale: Optional[torch.Tensor] = None
+    bf16_states: bool = False
 
     def __getattr__(self, name: str) -> Any:
         """`config.beta1` reads the hyper-parameter of that name (the reference and Triton

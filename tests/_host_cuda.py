@@ -21,7 +21,7 @@ from fusedopt._sparse_rows import kernel_dtype_problem
 from fusedopt.backends.base import Backend, TensorBatch, UpdateConfig
 from fusedopt.backends.native import (
     DTYPE_CODES, NativeKinds, _kernel_readable, _reduction_table, common_arguments,
-    cuda_sparse_adam_arguments, per_tensor_arguments, reduction_partials,
+    cuda_sparse_adam_arguments, per_tensor_arguments, reduction_partials, state_arguments,
 )
 
 if os.environ.get("FUSEDOPT_CUDA_HOST", "") not in ("", "0"):
@@ -53,7 +53,7 @@ class HostCUDABackend(Backend):
         workspace = _workspace(len(batch))
         HOST_KINDS.for_batch(kind, batch, config).cuda_update(*common_arguments(batch, config), workspace.data_ptr(),
                                                           workspace.numel(), 0, self.device, 0,
-                                                          **per_tensor_arguments(batch, config))
+                                                          **per_tensor_arguments(batch, config), **state_arguments(config))
 
     def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
         # As CUDABackend.norms, with buffers filled with NaN: a value the kernels do not write shows.
@@ -63,7 +63,7 @@ class HostCUDABackend(Backend):
         clip = per_tensor_arguments(batch, config)["tensor_clip"]
         HOST_KINDS.for_batch(kind, batch, config).cuda_norms(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), partials.data_ptr(),
-            partials.numel(), out.data_ptr(), self.device, 0, clip)
+            partials.numel(), out.data_ptr(), self.device, 0, clip, **state_arguments(config))
         return out
 
     def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:

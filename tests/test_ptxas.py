@@ -117,6 +117,12 @@ def test_flags_match_cmakelists():
     assert line.split("FUSEDOPT_CUDA_FLAGS", 1)[1].strip(" )").split() == list(FLAGS)
 
 
+# fusedopt/common.h's dispatch_storage. Storage (param/states/master): f64; f32, f32/bf16;
+# f16, f16/f32/master, f16/bf16, f16/bf16/master; bf16, bf16/f32/master, bf16/bf16/master
+# (bf16 states: state_dtype=torch.bfloat16).
+STORAGE_COMBINATIONS = 10
+
+
 def min_blocks(body: str) -> int:
     match = re.search(r"\.minnctapersm\s+(\d+)", body)
     return int(match.group(1)) if match else 1
@@ -136,9 +142,9 @@ def element_kernels(kernels: dict) -> dict:
     """The update kernels and the norm-pass kernels, checked: one per optimizer (or optimizer
     with a norm pass) x storage combination x parameter-block size."""
     chosen = {name: k for name, k in kernels.items() if "multi_tensor_kernel" in name}
-    assert sum("UpdateChunkOp" in name for name in chosen) == len(SOURCES) * 6 * 2
-    assert sum("NormChunkOp" in name for name in chosen) == len(NORM_PASS_SOURCES) * 6 * 2
-    assert len(chosen) == (len(SOURCES) + len(NORM_PASS_SOURCES)) * 6 * 2
+    assert sum("UpdateChunkOp" in name for name in chosen) == len(SOURCES) * STORAGE_COMBINATIONS * 2
+    assert sum("NormChunkOp" in name for name in chosen) == len(NORM_PASS_SOURCES) * STORAGE_COMBINATIONS * 2
+    assert len(chosen) == (len(SOURCES) + len(NORM_PASS_SOURCES)) * STORAGE_COMBINATIONS * 2
     return chosen
 
 

@@ -47,15 +47,15 @@ void for_each_slice(const TensorTable& table, int num_threads, Body&& body) {
   }
 }
 
-// The param value the math updates: the fp32 master copy when there is one (S != SS).
-template <typename S, typename SS>
+// The param value the math updates: the fp32 master copy when there is one (kMaster).
+template <typename S, bool kMaster>
 inline typename OpMath<S>::type load_param(const S* p, const float* master, int64_t j) {
-  if constexpr (std::is_same_v<S, SS>) return to_opmath(p[j]);
-  else return master[j];
+  if constexpr (kMaster) return master[j];
+  else return to_opmath(p[j]);
 }
-template <typename S, typename SS>
+template <typename S, bool kMaster>
 inline void store_param(S* p, float* master, int64_t j, typename OpMath<S>::type value) {
-  if constexpr (!std::is_same_v<S, SS>) master[j] = value;
+  if constexpr (kMaster) master[j] = value;
   p[j] = from_opmath<S>(value);
 }
 

@@ -23,7 +23,9 @@ namespace detail {
 // state) is a template argument, not a run-time flag: a conditional load of a 16-bit struct
 // stops GCC from vectorising the loop (bf16 SGD ran 7x slower than torch's).
 // WRITE_GRAD: store the unscaled, clipped grad back (writes_grad, fusedopt/common.h).
-template <typename Kind, typename S, typename SS, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD>
+// SS: the states' storage type (fusedopt/common.h's dispatch_storage); kMaster: a float32
+// master copy holds the param's value.
+template <typename Kind, typename S, typename SS, bool kMaster, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD>
 void update_loop(S* __restrict p, S* __restrict g, SS* __restrict s0, SS* __restrict s1, SS* __restrict s2,
                  SS* __restrict s3, float* __restrict master, int64_t count,
                  const Scalars<Kind, typename OpMath<S>::type>& scalars) {
@@ -33,7 +35,7 @@ void update_loop(S* __restrict p, S* __restrict g, SS* __restrict s0, SS* __rest
   const auto k = scalars.k;
   const auto factors = scalars.grad;
   for (int64_t j = 0; j < count; ++j) {
-    T pj = load_param<S, SS>(p, master, j);
+    T pj = load_param<S, kMaster>(p, master, j);
     T gj = unscaled_grad(to_opmath(g[j]), factors);
     T s[kMaxStates] = {T(0), T(0), T(0), T(0)};
     if constexpr (kLoads && (kActive & 1u)) s[0] = to_opmath(s0[j]);
@@ -41,7 +43,7 @@ void update_loop(S* __restrict p, S* __restrict g, SS* __restrict s0, SS* __rest
     if constexpr (kLoads && (kActive & 4u)) s[2] = to_opmath(s2[j]);
     if constexpr (kLoads && (kActive & 8u)) s[3] = to_opmath(s3[j]);
     Kind::template update<kActive>(pj, gj, s, k, std::bool_constant<FIRST_STEP>{});
-    store_param<S, SS>(p, master, j, pj);
+    store_param<S, kMaster>(p, master, j, pj);
     if (WRITE_GRAD) g[j] = from_opmath<S>(gj);
     if constexpr (bool(kActive & 1u)) s0[j] = from_opmath<SS>(s[0]);
     if constexpr (bool(kActive & 2u)) s1[j] = from_opmath<SS>(s[1]);
@@ -52,14 +54,14 @@ void update_loop(S* __restrict p, S* __restrict g, SS* __restrict s0, SS* __rest
 
 // Elements [lo, hi) of tensor i: the state rows are the active states in order, then the
 // master copy.
-template <typename Kind, typename S, typename SS, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD>
+template <typename Kind, typename S, typename SS, bool kMaster, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD>
 void update_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
                   const Scalars<Kind, typename OpMath<S>::type>& scalars) {
   const auto state = [&](int s) -> SS* {
     return (kActive >> s) & 1u ? t.ptr<SS>(kStateRow + state_position(kActive, s), i) + lo : nullptr;
   };
-  float* master = std::is_same_v<S, SS> ? nullptr : t.ptr<float>(kStateRow + state_count(kActive), i) + lo;
-  update_loop<Kind, S, SS, kActive, FIRST_STEP, WRITE_GRAD>(t.ptr<S>(kParamRow, i) + lo, t.ptr<S>(kGradRow, i) + lo,
+  float* master = !kMaster ? nullptr : t.ptr<float>(kStateRow + state_count(kActive), i) + lo;
+  update_loop<Kind, S, SS, kMaster, kActive, FIRST_STEP, WRITE_GRAD>(t.ptr<S>(kParamRow, i) + lo, t.ptr<S>(kGradRow, i) + lo,
                                                             state(0), state(1), state(2), state(3), master, hi - lo,
                                                             scalars);
 }
@@ -69,7 +71,7 @@ void update_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
 // indexing the lane by j % kSumLanes keeps each lane's additions in the same order (same bits)
 // and lets the compiler vectorise across lanes; the pointers are __restrict parameters for the
 // reason update_loop gives.
-template <typename Kind, typename S, typename SS, typename T>
+template <typename Kind, typename S, typename SS, bool kMaster, typename T>
 void norm_block(const S* __restrict p, const S* __restrict g, const SS* __restrict s0, const SS* __restrict s1,
                 const float* __restrict master, int64_t count, const Scalars<Kind, T>& scalars,
                 double* __restrict lane_a, double* __restrict lane_b) {
@@ -77,7 +79,7 @@ void norm_block(const S* __restrict p, const S* __restrict g, const SS* __restri
     T values[kMaxStates] = {T(0), T(0), T(0), T(0)};
     if constexpr (Kind::kStates > 0) values[0] = to_opmath(s0[j]);
     if constexpr (Kind::kStates > 1) values[1] = to_opmath(s1[j]);
-    const T pj = load_param<S, SS>(p, master, j);
+    const T pj = load_param<S, kMaster>(p, master, j);
     const T gj = unscaled_grad(to_opmath(g[j]), scalars.grad);
     Kind::norm_terms(pj, gj, values, scalars.k, lane_a[l], lane_b[l]);
   };
@@ -99,15 +101,16 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
   if (step_skipped(options.grad_transform)) return;
   const uint32_t active = Kind::active_states(config.hyper);
   if (!is_variant<Kind>(active)) throw std::invalid_argument("fusedopt cpu: these options select states no variant has");
-  dispatch_storage(dtype, options.master_weights, [&](auto param_tag, auto state_tag) {
+  dispatch_storage(dtype, options.master_weights, options.bf16_states, [&](auto param_tag, auto state_tag, auto master) {
     using S = decltype(param_tag);
     using SS = decltype(state_tag);
+    constexpr bool kMaster = decltype(master)::value;
     using T = typename OpMath<S>::type;
     using Prepared = Scalars<Kind, T>;
     std::vector<Prepared> per_tensor;
     Prepared shared{};
     if constexpr (Kind::kScalarStates > 0) {
-      const int64_t first_row = scalar_state_row(state_count(active), !std::is_same_v<S, SS>);
+      const int64_t first_row = scalar_state_row(state_count(active), kMaster);
       per_tensor = advance_steps_and_scalars<Prepared, Kind::kScalarStates>(
           table, first_row, [&](double step, float* const* states) { return scalars<Kind, T>(config, step, states); });
     } else if constexpr (Kind::kStepDependent) {
@@ -126,9 +129,10 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
             const Prepared& s = Kind::kStepDependent ? per_tensor[size_t(i)] : shared;
             constexpr bool kFirst = decltype(first_step)::value, kWrite = decltype(write_grad)::value;
             if (own)  // this tensor's clip_grad_norm_per_tensor multiplier and tensor scale
-              detail::update_slice<Kind, S, SS, kActive, kFirst, kWrite>(table, i, lo, hi, for_tensor(s, options, i));
+              detail::update_slice<Kind, S, SS, kMaster, kActive, kFirst, kWrite>(table, i, lo, hi,
+                                                                                  for_tensor(s, options, i));
             else
-              detail::update_slice<Kind, S, SS, kActive, kFirst, kWrite>(table, i, lo, hi, s);
+              detail::update_slice<Kind, S, SS, kMaster, kActive, kFirst, kWrite>(table, i, lo, hi, s);
           });
         });
       });
@@ -156,9 +160,13 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
     for (int64_t i = 0; i < table.n; ++i)
       for (int64_t b = first[size_t(i)]; b < first[size_t(i) + 1]; ++b) owner[size_t(b)] = i;
     std::vector<double> partials(static_cast<size_t>(2 * blocks), 0.0);
-    dispatch_storage(dtype, options.master_weights, [&](auto param_tag, auto state_tag) {
+    // The states are read as the update reads them: bf16_states (state_dtype=torch.bfloat16)
+    // selects bfloat16 storage, master weights the float32 master copy (dispatch_storage).
+    dispatch_storage(dtype, options.master_weights, options.bf16_states, [&](auto param_tag, auto state_tag,
+                                                                             auto master_tag) {
       using S = decltype(param_tag);
       using SS = decltype(state_tag);
+      constexpr bool kMaster = decltype(master_tag)::value;
       using T = typename OpMath<S>::type;
       std::vector<Scalars<Kind, T>> per_tensor(static_cast<size_t>(table.n));
       for (int64_t i = 0; i < table.n; ++i)
@@ -173,12 +181,12 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
         const Scalars<Kind, T>& s = per_tensor[size_t(i)];
         const S* p = table.ptr<const S>(kParamRow, i) + begin;
         const S* g = table.ptr<const S>(kGradRow, i) + begin;
-        const float* master = std::is_same_v<S, SS> ? nullptr
-                                                    : table.ptr<const float>(kStateRow + state_count(active), i) + begin;
+        const float* master = !kMaster ? nullptr
+                                       : table.ptr<const float>(kStateRow + state_count(active), i) + begin;
         const SS* states[2] = {nullptr, nullptr};
         for (int k = 0; k < Kind::kStates; ++k) states[k] = table.ptr<const SS>(kStateRow + k, i) + begin;
         double lane_a[kSumLanes] = {}, lane_b[kSumLanes] = {};
-        detail::norm_block<Kind, S, SS>(p, g, states[0], states[1], master, count, s, lane_a, lane_b);
+        detail::norm_block<Kind, S, SS, kMaster>(p, g, states[0], states[1], master, count, s, lane_a, lane_b);
         lane_tree(lane_a);
         lane_tree(lane_b);
         partials[size_t(2 * b)] = lane_a[0];

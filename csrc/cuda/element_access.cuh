@@ -37,14 +37,15 @@ template <> __device__ __forceinline__ BFloat16 from_math<BFloat16>(float x) {
 
 // ---- the lists of one tensor -------------------------------------------------------------
 // What an op reads and writes for one tensor. The first kParamLists lists (param, grad)
-// are stored as the param's dtype S, the others (states, master copy) as the state dtype
-// SS: S itself, or float32 for a 16-bit param with master weights. List l lives at
+// are stored as the param's dtype S, the states as the state dtype SS (S itself, float32
+// for a 16-bit param with master weights, or bfloat16 with bf16 states) and the last list
+// (the master copy) as MS: float32 with master weights, else SS (and then unused). List l lives at
 // data[l] (nullptr when the op's options leave it out), is loaded before the update if
 // bit l of `loads` is set (not for a write-only list, such as SGD's new momentum buffer)
 // and stored after it if bit l of `stores` is (not for read-only lists, such as the
 // gradient when the step does not write it back). A list neither loaded nor stored costs
 // no memory traffic. (The flags are bit masks, two registers, rather than bool arrays.)
-template <typename S, typename SS, int kLists>
+template <typename S, typename SS, int kLists, typename MS = SS>
 struct ElementLists {
   static_assert(kLists <= 32, "one bit per list");
   static constexpr int kParamLists = 2;
@@ -61,10 +62,11 @@ struct ElementLists {
   __device__ __forceinline__ bool store(int l) const { return (stores >> l) & 1u; }
 };
 
-// Elements of every list one thread moves per vector access: 16 bytes of the wider of
-// the two storage types (so a 16-bit list with float32 states moves 8 bytes at a time).
-template <typename S, typename SS>
-constexpr int kVectorWidth = int(kVectorBytes / (sizeof(S) > sizeof(SS) ? sizeof(S) : sizeof(SS)));
+// Elements of every list one thread moves per vector access: 16 bytes of the widest of
+// the storage types (so a 16-bit list with float32 states moves 8 bytes at a time).
+template <typename S, typename SS, typename MS = SS>
+constexpr int kVectorWidth = int(kVectorBytes / (sizeof(S) > sizeof(SS) ? (sizeof(S) > sizeof(MS) ? sizeof(S) : sizeof(MS))
+                                                                         : (sizeof(SS) > sizeof(MS) ? sizeof(SS) : sizeof(MS))));
 
 // kWidth consecutive elements of type E, as one 16-byte (or, for the 16-bit lists beside
 // float32 states, 8-byte) access, kept in registers in their storage form: a thread
@@ -116,11 +118,11 @@ struct RawVector {
 // Elements [begin, end) one at a time, a few per thread per pass (as many as a 16-byte
 // vector of the math type holds: the registers the vector path uses), all loads of a pass
 // before its stores, so that each thread keeps several loads in flight.
-template <typename S, typename SS, int kLists, typename Update>
-__device__ __forceinline__ void update_scalars(const ElementLists<S, SS, kLists>& lists, int64_t begin, int64_t end,
-                                               const Update& update) {
+template <typename S, typename SS, int kLists, typename MS, typename Update>
+__device__ __forceinline__ void update_scalars(const ElementLists<S, SS, kLists, MS>& lists, int64_t begin,
+                                               int64_t end, const Update& update) {
   using T = typename OpMath<S>::type;
-  constexpr int kParamLists = ElementLists<S, SS, kLists>::kParamLists;
+  constexpr int kParamLists = ElementLists<S, SS, kLists, MS>::kParamLists;
   constexpr int kIlp = int(kVectorBytes / sizeof(T));
   for (int64_t base = begin + threadIdx.x; base < end; base += int64_t(kThreadsPerBlock) * kIlp) {
     T values[kIlp][kLists];
@@ -132,7 +134,8 @@ __device__ __forceinline__ void update_scalars(const ElementLists<S, SS, kLists>
         values[e][l] = T(0);
         if (i < end && lists.load(l))
           values[e][l] = l < kParamLists ? T(to_math(static_cast<const S*>(lists.data[l])[i]))
-                                         : T(to_math(static_cast<const SS*>(lists.data[l])[i]));
+                         : l == kLists - 1 ? T(to_math(static_cast<const MS*>(lists.data[l])[i]))
+                                           : T(to_math(static_cast<const SS*>(lists.data[l])[i]));
       }
     }
 #pragma unroll
@@ -145,6 +148,7 @@ __device__ __forceinline__ void update_scalars(const ElementLists<S, SS, kLists>
       for (int l = 0; l < kLists; ++l) {
         if (i >= end || !lists.store(l)) continue;
         if (l < kParamLists) static_cast<S*>(lists.data[l])[i] = from_math<S>(values[e][l]);
+        else if (l == kLists - 1) static_cast<MS*>(lists.data[l])[i] = from_math<MS>(values[e][l]);
         else static_cast<SS*>(lists.data[l])[i] = from_math<SS>(values[e][l]);
       }
     }
@@ -153,20 +157,24 @@ __device__ __forceinline__ void update_scalars(const ElementLists<S, SS, kLists>
 
 // The vectors [first, last) of every list (vector v holds elements [v * kWidth,
 // (v + 1) * kWidth)); every list must be aligned to its vector size.
-template <typename S, typename SS, int kLists, typename Update>
-__device__ __forceinline__ void update_vectors(const ElementLists<S, SS, kLists>& lists, int64_t first, int64_t last,
-                                               const Update& update) {
+template <typename S, typename SS, int kLists, typename MS, typename Update>
+__device__ __forceinline__ void update_vectors(const ElementLists<S, SS, kLists, MS>& lists, int64_t first,
+                                               int64_t last, const Update& update) {
   using T = typename OpMath<S>::type;
-  constexpr int kParamLists = ElementLists<S, SS, kLists>::kParamLists;
-  constexpr int kWidth = kVectorWidth<S, SS>;
+  constexpr int kParamLists = ElementLists<S, SS, kLists, MS>::kParamLists;
+  constexpr int kWidth = kVectorWidth<S, SS, MS>;
   for (int64_t v = first + threadIdx.x; v < last; v += kThreadsPerBlock) {
     RawVector<S, kWidth> params[kParamLists];
-    RawVector<SS, kWidth> states[kLists - kParamLists];
+    RawVector<SS, kWidth> states[kLists - kParamLists];  // the last one unused: the master list is `master`
+    RawVector<MS, kWidth> master;
 #pragma unroll
     for (int l = 0; l < kLists; ++l) {
       if (l < kParamLists) {
         if (lists.load(l)) params[l].load(lists.data[l], v);
         else params[l].clear();
+      } else if (l == kLists - 1) {
+        if (lists.load(l)) master.load(lists.data[l], v);
+        else master.clear();
       } else {
         if (lists.load(l)) states[l - kParamLists].load(lists.data[l], v);
         else states[l - kParamLists].clear();
@@ -176,12 +184,14 @@ __device__ __forceinline__ void update_vectors(const ElementLists<S, SS, kLists>
     for (int e = 0; e < kWidth; ++e) {
       T element[kLists];
 #pragma unroll
-      for (int l = 0; l < kLists; ++l) element[l] = l < kParamLists ? params[l].get(e) : states[l - kParamLists].get(e);
+      for (int l = 0; l < kLists; ++l)
+        element[l] = l < kParamLists ? params[l].get(e) : l == kLists - 1 ? master.get(e) : states[l - kParamLists].get(e);
       update(element);
 #pragma unroll
       for (int l = 0; l < kLists; ++l) {
         if (!lists.store(l)) continue;
         if (l < kParamLists) params[l].set(e, element[l]);
+        else if (l == kLists - 1) master.set(e, element[l]);
         else states[l - kParamLists].set(e, element[l]);
       }
     }
@@ -189,6 +199,7 @@ __device__ __forceinline__ void update_vectors(const ElementLists<S, SS, kLists>
     for (int l = 0; l < kLists; ++l) {
       if (!lists.store(l)) continue;
       if (l < kParamLists) params[l].store(lists.data[l], v);
+      else if (l == kLists - 1) master.store(lists.data[l], v);
       else states[l - kParamLists].store(lists.data[l], v);
     }
   }
@@ -196,15 +207,15 @@ __device__ __forceinline__ void update_vectors(const ElementLists<S, SS, kLists>
 
 // Applies update(values) to the elements [begin, end) of the lists, `begin` being a chunk
 // boundary (a multiple of the vector width). Every thread of the block must call it.
-template <typename S, typename SS, int kLists, typename Update>
-__device__ __forceinline__ void update_elements(const ElementLists<S, SS, kLists>& lists, int64_t begin, int64_t end,
-                                                const Update& update) {
-  constexpr int kParamLists = ElementLists<S, SS, kLists>::kParamLists;
-  constexpr int64_t kWidth = kVectorWidth<S, SS>;
+template <typename S, typename SS, int kLists, typename MS, typename Update>
+__device__ __forceinline__ void update_elements(const ElementLists<S, SS, kLists, MS>& lists, int64_t begin,
+                                                int64_t end, const Update& update) {
+  constexpr int kParamLists = ElementLists<S, SS, kLists, MS>::kParamLists;
+  constexpr int64_t kWidth = kVectorWidth<S, SS, MS>;
   bool aligned = true;
 #pragma unroll
   for (int l = 0; l < kLists; ++l) {
-    const uint64_t vector_bytes = kWidth * (l < kParamLists ? sizeof(S) : sizeof(SS));
+    const uint64_t vector_bytes = kWidth * (l < kParamLists ? sizeof(S) : l == kLists - 1 ? sizeof(MS) : sizeof(SS));
     aligned &= reinterpret_cast<uintptr_t>(lists.data[l]) % vector_bytes == 0;  // nullptr counts as aligned
   }
   if (aligned) {

@@ -27,12 +27,14 @@ namespace fusedopt::cuda {
 
 static_assert(kThreadsPerBlock == kSumLanes, "one thread per lane of reduce.h");
 
-template <typename Kind, typename S, typename SS>
+// SS: the states' storage type; kMasterWeights_: a float32 master copy holds the value (as
+// UpdateChunkOp: bf16 states differ from the param's type without a master copy).
+template <typename Kind, typename S, typename SS, bool kMasterWeights_ = !std::is_same_v<S, SS>>
 struct NormChunkOp {
   using Storage = S;
   using T = typename OpMath<S>::type;
   using Coefficients = Scalars<Kind, T>;
-  static constexpr bool kMasterWeights = !std::is_same_v<S, SS>;
+  static constexpr bool kMasterWeights = kMasterWeights_;
   // Record slots: param, grad, the tensor's coefficient record, where its block partials go,
   // every state in table order, the float32 master copy with master weights, then the
   // tensor's clip_grad_norm_per_tensor coefficient when the call has them.
@@ -41,7 +43,7 @@ struct NormChunkOp {
   static constexpr int kTensorClipSlot = kMasterSlot + int(kMasterWeights);
   static constexpr int kSlots = kMasterSlot + 2;
   static_assert(kSlots <= kMaxAddresses, "more addresses than a record carries");
-  static constexpr int kMinBlocks = Kind::template min_blocks<S, SS>();
+  static constexpr int kMinBlocks = Kind::template min_blocks<S, SS, kMasterWeights>();
   static constexpr int kScalarStates = 0;
 
   UpdateConfig<Kind> config;
@@ -131,8 +133,9 @@ void norms(const char* name, const TensorTable& table, DType dtype, const Update
       rows.push_back(int64_t(partials + uint64_t(2 * first[size_t(i)]) * sizeof(double)));
     const TensorTable carried{rows.data(), table.n};
     const WorkspaceRecords records = workspace_records(name, carried, resources);
-    run_for_storage(name, dtype, options.master_weights, device, stream, [&](auto param, auto state, const OpCall& call) {
-      using Op = NormChunkOp<Kind, decltype(param), decltype(state)>;
+    run_for_storage(name, dtype, options.master_weights, options.bf16_states, device, stream,
+                    [&](auto param, auto state, auto master_copy, const OpCall& call) {
+      using Op = NormChunkOp<Kind, decltype(param), decltype(state), decltype(master_copy)::value>;
       Op op{config};
       int64_t slots[Op::kSlots] = {kParamRow, kGradRow, kCoefficientRecord, partials_row};
       int addresses = Op::kStateSlot;

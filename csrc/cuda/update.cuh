@@ -35,12 +35,15 @@ __host__ __device__ __forceinline__ void for_each_index(F&& f) {
 
 }  // namespace detail
 
-template <typename Kind, typename S, typename SS>
+// SS: the states' storage type; kMasterWeights_: a float32 master copy holds the value
+// (fusedopt/common.h's dispatch_storage).
+template <typename Kind, typename S, typename SS, bool kMasterWeights_ = !std::is_same_v<S, SS>>
 struct UpdateChunkOp {
   using Storage = S;
   using T = typename OpMath<S>::type;
   using Coefficients = Scalars<Kind, T>;
-  static constexpr bool kMasterWeights = !std::is_same_v<S, SS>;
+  static constexpr bool kMasterWeights = kMasterWeights_;
+  using MasterStorage = std::conditional_t<kMasterWeights, float, SS>;
   static constexpr bool kPerTensorRecord = Kind::kStepDependent;
   static constexpr int kScalarStates = Kind::kScalarStates;
   // Record slots: param, grad, the tensor's coefficient record (kPerTensorRecord), the
@@ -53,7 +56,7 @@ struct UpdateChunkOp {
   // Element lists: param, grad, every state (inactive ones neither loaded nor stored), master.
   static constexpr int kParam = 0, kGrad = 1, kState = 2, kMaster = kState + Kind::kStates;
   static constexpr int kLists = kMaster + 1;
-  static constexpr int kMinBlocks = Kind::template min_blocks<S, SS>();
+  static constexpr int kMinBlocks = Kind::template min_blocks<S, SS, kMasterWeights>();
 
   UpdateConfig<Kind> config;
   SharedPrepared<Coefficients> shared;
@@ -75,7 +78,7 @@ struct UpdateChunkOp {
     const UpdateOptions& options = config.options;
     const uint32_t active = Kind::active_states(config.hyper);
     const bool first_step = skips_state_loads<Kind>(options);
-    ElementLists<S, SS, kLists> lists;
+    ElementLists<S, SS, kLists, MasterStorage> lists;
     lists.set(kParam, tensor.address[kParamSlot], !kMasterWeights, true);  // the master copy holds the value
     lists.set(kGrad, tensor.address[kGradSlot], true, writes_grad(options.grad_transform));
     detail::for_each_index<Kind::kStates>([&](auto state) {
@@ -158,8 +161,9 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
                     !Kind::kStepDependent && (Kind::kStepCounter || reads_device_values(options))};
   const bool prologue = work.advance_steps || work.per_tensor || work.shared;
   const WorkspaceRecords records = prologue ? workspace_records(name, carried, resources) : WorkspaceRecords{0};
-  run_for_storage(name, dtype, options.master_weights, device, stream, [&](auto param, auto state, const OpCall& call) {
-    using Op = UpdateChunkOp<Kind, decltype(param), decltype(state)>;
+  run_for_storage(name, dtype, options.master_weights, options.bf16_states, device, stream,
+                  [&](auto param, auto state, auto master, const OpCall& call) {
+    using Op = UpdateChunkOp<Kind, decltype(param), decltype(state), decltype(master)::value>;
     using T = typename Op::T;
     Op op{config};
     if (work.shared) {

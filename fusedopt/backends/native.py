@@ -35,6 +35,12 @@ def common_arguments(batch: TensorBatch, config: UpdateConfig) -> tuple:
             *transform.addresses(batch.device), transform.clip_value or 0.0)
 
 
+def state_arguments(config: UpdateConfig) -> dict:
+    """The keyword arguments `cpu_update` and `cuda_update` take after the common ones:
+    the states' storage (bf16_states; issue 13)."""
+    return {"bf16_states": config.bf16_states} if config.bf16_states else {}
+
+
 def per_tensor_arguments(batch: TensorBatch, config: UpdateConfig) -> Dict[str, int]:
     """The addresses of the per-tensor arrays (0: none), checked: clip_grad_norm_per_tensor's
     float32 coefficients (GradTransform.tensor_clip) and a tensor scale (LAMB's float64 trust
@@ -158,7 +164,7 @@ class CPUBackend(Backend):
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         _native_kinds().for_batch(kind, batch, config).cpu_update(*common_arguments(batch, config),
                                                              torch.get_num_threads(),
-                                                             **per_tensor_arguments(batch, config))
+                                                             **per_tensor_arguments(batch, config), **state_arguments(config))
 
     def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
         problem = kernel_dtype_problem(dtype)
@@ -176,7 +182,8 @@ class CPUBackend(Backend):
         out = torch.empty(len(batch), 2, dtype=torch.float64)
         clip = per_tensor_arguments(batch, config)["tensor_clip"]
         _native_kinds().for_batch(kind, batch, config).cpu_norms(*common_arguments(batch, config),
-                                                            torch.get_num_threads(), clip, out.data_ptr())
+                                                            torch.get_num_threads(), clip, out.data_ptr(),
+                                                            **state_arguments(config))
         return out
 
     def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
@@ -253,7 +260,7 @@ class CUDABackend(Backend):
         workspace = self._workspace(index, stream, _records_bytes(len(batch)))
         _native_kinds().for_batch(kind, batch, config).cuda_update(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), self.chunk_bytes or 0,
-            index, stream, **per_tensor_arguments(batch, config))
+            index, stream, **per_tensor_arguments(batch, config), **state_arguments(config))
 
     def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
         """The kind's norm pass (csrc/cuda/norms.cuh: a prologue, the block sums, their per-tensor
@@ -267,7 +274,7 @@ class CUDABackend(Backend):
         clip = per_tensor_arguments(batch, config)["tensor_clip"]
         _native_kinds().for_batch(kind, batch, config).cuda_norms(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), partials.data_ptr(),
-            partials.numel(), out.data_ptr(), index, stream, clip)
+            partials.numel(), out.data_ptr(), index, stream, clip, **state_arguments(config))
         return out
 
     def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:

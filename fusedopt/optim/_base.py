@@ -23,10 +23,11 @@ from .._layout import (LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransfo
                        check_clip_value)
 from .._memory import overlaps_itself
 from ..clip import clip_coefficient, global_norm
-from ._checks import check_weight_decay_mode
+from ._checks import check_low_precision_options, check_weight_decay_mode
 from ._lazy import check_lazy_group, is_lazy, prepare_lazy_groups, run_lazy_groups
 from ._ops import compiled_step
-from ._plan import bucket_state_keys, group_hyper, return_copied_grads, run_update, uses_master
+from ._plan import (bf16_states, bucket_state_dtype, bucket_state_keys, group_hyper, return_copied_grads, run_update,
+                    uses_master)
 from ._spec import OptimizerSpec, register
 
 
@@ -94,8 +95,14 @@ class FusedOptimizer(torch.optim.Optimizer):
     # clip_grad_norm_per_tensor: each grad multiplied by its own paddle ClipGradByNorm
     # coefficient (fusedopt/clip.py's per_tensor_clip_coefficients), after GradScaler's unscale
     # and max_grad_norm's clip, before clip_grad_value's clamp; None: off.
+    # state_dtype: None (or torch.float32: the same) keeps today's state dtypes (the param's, or
+    # float32 with master weights); torch.bfloat16 stores every state tensor in bf16 (issue 13).
     _own_setstate_defaults = dict(backend="auto", master_weights=False, max_grad_norm=None, clip_grad_value=None,
-                                  clip_grad_norm_per_tensor=None)
+                                  clip_grad_norm_per_tensor=None, state_dtype=None, bf16_stochastic_round=False)
+
+    # Why this optimizer cannot keep bf16 states (state_dtype=torch.bfloat16 is then refused
+    # when a group is added); None: it can.
+    _bf16_states_refused: Optional[str] = None
 
     # ----------------------------------------------------------------- torch.optim API
     def add_param_group(self, param_group: dict) -> None:
@@ -156,7 +163,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             handle.remove()
         for group, backend in zip(self.param_groups, chosen):
             group["backend"] = backend
-        self._restore_fp32_state(loaded[0])
+        self._restore_state_dtypes(loaded[0])
 
     def _check_loadable(self, state_dict: dict) -> None:
         defaulted = {*self._setstate_defaults, *self._own_setstate_defaults}
@@ -166,19 +173,26 @@ class FusedOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{type(self).__name__}: load_state_dict: param group {index} has no "
                                  f"{', '.join(map(repr, missing))}; is this another optimizer's state_dict?")
 
-    def _restore_fp32_state(self, state_dict: dict) -> None:
+    def _restore_state_dtypes(self, state_dict: dict) -> None:
         """torch's load casts every floating state tensor to its param's dtype; master
-        weights and their moments must stay float32, so take them from the checkpoint again."""
+        weights (float32) and state tensors of another dtype (float32 with master weights,
+        bf16 with state_dtype=torch.bfloat16) are taken from the checkpoint again and
+        converted once, from the saved values, to the dtype this group keeps them in (so a
+        float32 checkpoint loads into bf16 states rounded once, and bf16 states load exactly
+        into float32 ones)."""
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         for saved_id, (param, group) in zip(saved_ids, self._params_with_groups()):
             saved = state_dict["state"].get(saved_id)
-            if saved is None or not self._uses_master(group, param.dtype):
+            state_dtype = bucket_state_dtype(group, param.dtype)
+            if saved is None or state_dtype is None:
                 continue
-            keys = (*self.state_keys(group), MASTER_KEY)
+            dtypes = {key: state_dtype for key in self.state_keys(group)}
+            if self._uses_master(group, param.dtype):
+                dtypes[MASTER_KEY] = torch.float32
             state = self.state[param]
-            for key in keys:
+            for key, dtype in dtypes.items():
                 if isinstance(saved.get(key), torch.Tensor):
-                    state[key] = saved[key].to(device=param.device, dtype=torch.float32, copy=True)
+                    state[key] = saved[key].to(device=param.device, dtype=dtype, copy=True)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None):
@@ -214,7 +228,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 transform = transforms(group, bucket.device)
                 run_update(self.spec, backends.resolve(group["backend"], bucket.device), batch, fresh, hyper,
                            group["lr"], self._uses_master(group, bucket.dtype), transform,
-                           group.get("clip_grad_norm_per_tensor"))
+                           group.get("clip_grad_norm_per_tensor"), bf16_states(group))
                 if transform.writes_grad() and bucket._grads_copied:
                     return_copied_grads([kernel_view(p.grad) for p in bucket.params if p.grad is not None], batch.grads)
         if lazy_groups:
@@ -232,10 +246,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         """A function filling a param's missing state entries (lazy initialisation): torch's
         float32 step counter and scalar states (kept beside the param, so GPU kernels read
         them without a sync), every state tensor (zeros, or the spec's initial value), and the fp32 master
-        copy of a 16-bit param."""
+        copy of a 16-bit param. State tensors get the bucket's state dtype (bucket_state_dtype)."""
         keys = self.spec.state_keys(hyper)
         with_step = self.has_step_counter
-        state_dtype = torch.float32 if self._uses_master(group, dtype) else None
+        master = self._uses_master(group, dtype)
+        state_dtype = bucket_state_dtype(group, dtype)
         fills = {key: group[source] for key, source in self.spec.initial_values}
         # torch.optim's per-param scalars (ASGD's eta starts at the group's lr, its mu at 1):
         # float32, beside the param; a tensor lr is read only when such state is created.
@@ -252,13 +267,13 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if key not in state:
                     value = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
                     state[key] = value if key not in fills else value.fill_(fills[key])
-            if state_dtype is not None and MASTER_KEY not in state:
+            if master and MASTER_KEY not in state:
                 state[MASTER_KEY] = p.detach().to(torch.float32, copy=True)
-                # master_weights turned on for state kept in the param's 16-bit dtype (a torch
-                # checkpoint, or a group switched over): its moments go on in float32
-                for key in keys:
-                    if state[key].dtype != state_dtype:
-                        state[key] = state[key].to(state_dtype)
+            # master_weights or state_dtype turned on for state kept in another dtype (a torch
+            # checkpoint, or a group switched over): its states go on in the bucket's dtype
+            for key in keys:
+                if state_dtype is not None and state[key].dtype != state_dtype:
+                    state[key] = state[key].to(state_dtype)
 
         return init
 
@@ -269,10 +284,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             try:
                 prepared = []
                 for bucket in self._group_buckets(index, group):
-                    master = self._uses_master(group, bucket.dtype)
                     batch, fresh = bucket.batch(
                         self.state, self._bucket_state_keys(group, bucket.dtype, hyper), self.has_step_counter,
-                        self._init_state(group, bucket.dtype, hyper), torch.float32 if master else None,
+                        self._init_state(group, bucket.dtype, hyper), bucket_state_dtype(group, bucket.dtype),
                         scalar_keys=self.spec.scalar_state_keys(),
                     )
                     if batch is not None:
@@ -338,6 +352,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         try:
             check_clip_value(group.get("clip_grad_value"))
             check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
+            check_low_precision_options(group, type(self).__name__, self._bf16_states_refused)
             if is_lazy(group):
                 check_lazy_group(group, type(self).__name__)
             if "weight_decay_mode" in self.defaults:

@@ -1,6 +1,8 @@
 """Hyper-parameter checks with torch.optim's exact conditions, messages and ValueError."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
@@ -74,3 +76,38 @@ def absolute_weight_decay(group: dict, decoupled: bool = True) -> bool:
     mode = group["weight_decay_mode"]
     check_weight_decay_mode(mode, decoupled)
     return mode == "absolute"
+
+
+def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optional[str] = None) -> None:
+    """state_dtype and bf16_stochastic_round of a param group (issue 13), checked when the group
+    is added. state_dtype: None or torch.float32 (the same: today's state dtypes) or
+    torch.bfloat16 (every state tensor stored in bf16; not for float64 or complex params,
+    whose math is not float32). The 8-bit states of issue 13 ("int8") are not built.
+    bf16_refused: why optimizer `name` cannot keep bf16 states (None: it can)."""
+    state_dtype = group.get("state_dtype")
+    if isinstance(state_dtype, str) and state_dtype.lower() == "int8":
+        raise ValueError("state_dtype='int8' (blockwise 8-bit optimizer states) is not implemented yet (issue 13's "
+                         "second part); use state_dtype=torch.bfloat16 or None")
+    if state_dtype not in (None, torch.float32, torch.bfloat16):
+        raise ValueError(f"Invalid state_dtype: {state_dtype!r} (None, torch.float32 or torch.bfloat16)")
+    if state_dtype == torch.bfloat16 and bf16_refused is not None:
+        raise ValueError(f"{name}: state_dtype=torch.bfloat16 is not supported: {bf16_refused}; use state_dtype=None "
+                         "(or torch.float32)")
+    params = [p for p in group.get("params", ()) if isinstance(p, torch.Tensor)]
+    if state_dtype == torch.bfloat16:
+        for p in params:
+            if p.dtype == torch.float64 or p.is_complex():
+                raise ValueError(f"state_dtype=torch.bfloat16 needs float32, float16 or bfloat16 params (their math "
+                                 f"runs in float32); this group has a {p.dtype} param")
+    rounding = group.get("bf16_stochastic_round", False)
+    if not isinstance(rounding, bool):
+        raise ValueError(f"Invalid bf16_stochastic_round: {rounding!r} (True or False)")
+    if rounding:
+        if group.get("master_weights"):
+            raise ValueError("bf16_stochastic_round=True rounds bf16 params that have no master copy; "
+                             "it cannot be combined with master_weights=True")
+        for p in params:
+            if p.dtype != torch.bfloat16:
+                raise ValueError(f"bf16_stochastic_round=True applies to bfloat16 params only; this group has a "
+                                 f"{p.dtype} param")
+        raise ValueError("bf16_stochastic_round=True is not implemented yet")

@@ -11,7 +11,8 @@ arithmetic (m += (g - m)*(1-b1)), which equals Adam's up to rounding.
 
 Refused with a clear error (they would need all rows, or grads in a dense form):
 dense grads (as torch.optim.SparseAdam refuses them), max_grad_norm, clip_grad_value,
-master_weights, GradScaler's unscale inside step, complex params, torch.compile.
+master_weights, state_dtype=torch.bfloat16, GradScaler's unscale inside step, complex params,
+torch.compile.
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def check_lazy_group(group: dict, name: str) -> None:
                              "before step() instead")
     if group.get("master_weights"):
         raise ValueError(f"{name}: master_weights is not supported in lazy mode (sparse grads)")
+    if group.get("state_dtype") not in (None, torch.float32):
+        raise ValueError(f"{name}: state_dtype={group['state_dtype']!r} is not supported in lazy mode (sparse grads): "
+                         "its sparse-row kernels keep the states in the param's dtype; use state_dtype=None")
 
 
 def prepare_lazy_groups(optimizer, groups: List[dict]) -> List[Prepared]:

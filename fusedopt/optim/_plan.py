@@ -34,6 +34,20 @@ def uses_master(group: Mapping[str, Any], dtype: torch.dtype) -> bool:
     return bool(group.get("master_weights")) and dtype in LOW_PRECISION
 
 
+def bf16_states(group: Mapping[str, Any]) -> bool:
+    """The group keeps its state tensors in bfloat16 (state_dtype=torch.bfloat16)."""
+    return group.get("state_dtype") == torch.bfloat16
+
+
+def bucket_state_dtype(group: Mapping[str, Any], dtype: torch.dtype) -> Optional[torch.dtype]:
+    """The dtype of a bucket's state tensors (the master copy, always float32, excepted):
+    bfloat16 with state_dtype=torch.bfloat16, float32 with master weights, else None (the
+    param's dtype)."""
+    if bf16_states(group):
+        return torch.bfloat16
+    return torch.float32 if uses_master(group, dtype) else None
+
+
 def bucket_state_keys(spec: OptimizerSpec, hyper: Mapping[str, Any], master: bool) -> Tuple[str, ...]:
     """State tensor names in table order: the spec's for these options, then the master copy."""
     keys = spec.state_keys(hyper)
@@ -53,7 +67,7 @@ def learning_rate(lr, backend: Backend, device: torch.device) -> Tuple[float, Op
 
 def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh: Sequence[int],
                hyper: Mapping[str, Any], lr, master_weights: bool, grad_transform: GradTransform,
-               clip_norm_per_tensor: Optional[float] = None) -> None:
+               clip_norm_per_tensor: Optional[float] = None, bf16_states: bool = False) -> None:
     """One backend call per batch, or two when only some of its state is new and the
     optimizer has a first-step rule (`fresh`: batch indices whose state was just created).
 
@@ -70,7 +84,7 @@ def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh:
         grad_transform = dataclasses.replace(grad_transform, tensor_clip=coefs.to(batch.device))
 
     def call(part: TensorBatch, first_step: bool, transform: GradTransform) -> None:
-        config = UpdateConfig(hyper, lr, lr_tensor, first_step, master_weights, transform)
+        config = UpdateConfig(hyper, lr, lr_tensor, first_step, master_weights, transform, bf16_states=bf16_states)
         if spec.norm_pass and len(part):
             config = dataclasses.replace(config, tensor_scale=trust_ratio(backend.norms(spec.kind, part, config)))
         backend.update(spec.kind, part, config)

@@ -20,7 +20,8 @@ class Adadelta(FusedOptimizer):
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *, capturable=False,
                  maximize=False, differentiable=False, backend="auto", master_weights=False, max_grad_norm=None,
-                 clip_grad_value=None, clip_grad_norm_per_tensor=None):
+                 clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                 state_dtype=None, bf16_stochastic_round=False):
         check_lr(lr)
         if not 0.0 <= rho <= 1.0:
             raise ValueError(f"Invalid rho value: {rho}")
@@ -29,5 +30,6 @@ class Adadelta(FusedOptimizer):
         check_torch_flags(foreach, None, differentiable)
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize, capturable=capturable,
                         foreach=foreach, differentiable=differentiable, backend=backend,
-                        master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor)
+                        master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
+                        state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round)
         super().__init__(params, defaults)

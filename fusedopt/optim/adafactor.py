@@ -43,13 +43,17 @@ class Adafactor(FusedOptimizer):
     _setstate_defaults = dict(foreach=None)
     # Adafactor takes none of fusedopt's gradient options (master_weights, max_grad_norm,
     # clip_grad_value): only the backend.
-    _own_setstate_defaults = dict(backend="auto")
+    # state_dtype: only None (or torch.float32: the same), its states stay in the param's dtype
+    # (_bf16_states_refused).
+    _own_setstate_defaults = dict(backend="auto", state_dtype=None)
+    _bf16_states_refused = ("Adafactor's factored second moments (row_var, col_var, variance) stay in the param's "
+                            "dtype; its kernels have no bf16 state storage")
     # GradScaler hands grad_scale/found_inf only to optimizers that say they take them; torch's
     # Adafactor does not, so the scaler unscales (and skips on inf) itself.
     _step_supports_amp_scaling = False
 
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
-                 foreach=None, maximize=False, backend="auto"):
+                 foreach=None, maximize=False, backend="auto", state_dtype=None):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= lr:
@@ -68,7 +72,7 @@ class Adafactor(FusedOptimizer):
             raise TypeError(f"foreach must be None or a bool, got {foreach!r}")
         self._tables: Dict[tuple, FactoredTables] = {}
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, foreach=foreach,
-                        maximize=maximize, backend=backend)
+                        maximize=maximize, backend=backend, state_dtype=state_dtype)
         super().__init__(params, defaults)
 
     def hyper(self, group: dict) -> Dict[str, Any]:

@@ -26,7 +26,8 @@ class Adagrad(FusedOptimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
                  foreach=None, *, maximize=False, differentiable=False, fused=None, backend="auto",
-                 master_weights=False, max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None):
+                 master_weights=False, max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                 state_dtype=None, bf16_stochastic_round=False):
         check_lr(lr)
         check_non_negative(lr_decay, "lr_decay value")
         check_non_negative(weight_decay, "weight_decay value")
@@ -36,5 +37,6 @@ class Adagrad(FusedOptimizer):
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, fused=fused, backend=backend, master_weights=master_weights,
-                        max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor)
+                        max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
+                        state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round)
         super().__init__(params, defaults)

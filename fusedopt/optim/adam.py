@@ -47,7 +47,8 @@ class Adam(FusedOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
                  decoupled_weight_decay=False, optimized_update=False, backend="auto",
-                 master_weights=False, max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None, weight_decay_mode="decoupled",
+                 master_weights=False, max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                 state_dtype=None, bf16_stochastic_round=False, weight_decay_mode="decoupled",
                  lazy_mode=False):
         check_adam_hyperparameters(lr, betas, eps, weight_decay)
         check_torch_flags(foreach, fused, differentiable)
@@ -59,6 +60,7 @@ class Adam(FusedOptimizer):
             decoupled_weight_decay=bool(decoupled_weight_decay or self._decoupled_weight_decay),
             optimized_update=optimized_update, backend=backend,
             master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
+            state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round,
             weight_decay_mode=weight_decay_mode, lazy_mode=bool(lazy_mode),
         )
         super().__init__(params, defaults)
@@ -93,9 +95,12 @@ class AdamW(Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
                  optimized_update=False, backend="auto", master_weights=False, max_grad_norm=None,
-                 clip_grad_value=None, clip_grad_norm_per_tensor=None, weight_decay_mode="decoupled", lazy_mode=False):
+                 clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                 state_dtype=None, bf16_stochastic_round=False, weight_decay_mode="decoupled", lazy_mode=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
                          optimized_update=optimized_update, backend=backend, master_weights=master_weights,
-                         max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
-                         weight_decay_mode=weight_decay_mode, lazy_mode=lazy_mode)
+                         max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value,
+                         clip_grad_norm_per_tensor=clip_grad_norm_per_tensor, state_dtype=state_dtype,
+                         bf16_stochastic_round=bf16_stochastic_round, weight_decay_mode=weight_decay_mode,
+                         lazy_mode=lazy_mode)

@@ -22,7 +22,8 @@ class Adamax(FusedOptimizer):
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, foreach=None, *,
                  maximize=False, differentiable=False, capturable=False, backend="auto", master_weights=False,
-                 max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None):
+                 max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                 state_dtype=None, bf16_stochastic_round=False):
         check_lr(lr)
         check_non_negative(eps, "epsilon value")
         check_betas(betas)
@@ -31,7 +32,8 @@ class Adamax(FusedOptimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         foreach=foreach, maximize=maximize, differentiable=differentiable, capturable=capturable,
                         backend=backend, master_weights=master_weights, max_grad_norm=max_grad_norm,
-                        clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor)
+                        clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
+                        state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round)
         super().__init__(params, defaults)
 
     @staticmethod

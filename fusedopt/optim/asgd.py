@@ -29,12 +29,14 @@ class ASGD(FusedOptimizer):
 
     def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0, foreach=None,
                  maximize=False, differentiable=False, capturable=False, *, backend="auto", master_weights=False,
-                 max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None):
+                 max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                 state_dtype=None, bf16_stochastic_round=False):
         check_lr(lr)
         check_non_negative(weight_decay, "weight_decay value")
         check_torch_flags(foreach, None, differentiable)
         defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, foreach=foreach,
                         maximize=maximize, differentiable=differentiable, capturable=capturable, backend=backend,
                         master_weights=master_weights, max_grad_norm=max_grad_norm,
-                        clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor)
+                        clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
+                        state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round)
         super().__init__(params, defaults)

@@ -22,7 +22,9 @@ class LAMB(FusedOptimizer):
     Adam's other form, ``m * sqrt(1-b2^t)/(1-b1^t) / (sqrt(v) + eps)`` (eps enters before the
     bias correction, see fusedopt.Adam). `grad_averaging=False` accumulates ``m = b1*m + g``
     (Apex's option). `max_grad_norm`, `clip_grad_value`, `clip_grad_norm_per_tensor`, GradScaler,
-    `maximize` and `master_weights` as for every fusedopt optimizer; sparse grads are refused.
+    `maximize`, `master_weights` and `state_dtype` (torch.bfloat16: both moments stored in bf16,
+    read as the update reads them by the norm pass too) as for every fusedopt optimizer; sparse
+    grads are refused.
 
     Defaults: Apex's FusedLAMB's numbers (lr=1e-3, betas=(0.9, 0.999), eps=1e-6,
     weight_decay=0.01, bias_correction=True, grad_averaging=True), which are also the paper's
@@ -52,7 +54,7 @@ class LAMB(FusedOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, *, bias_correction=True,
                  grad_averaging=True, optimized_update=False, maximize=False, foreach=None, differentiable=False,
                  fused=None, backend="auto", master_weights=False, max_grad_norm=None, clip_grad_value=None,
-                 clip_grad_norm_per_tensor=None):
+                 clip_grad_norm_per_tensor=None, state_dtype=None, bf16_stochastic_round=False):
         check_lr(lr)
         check_torch_flags(foreach, fused, differentiable)
         check_non_negative(eps, "epsilon value")
@@ -65,7 +67,8 @@ class LAMB(FusedOptimizer):
                         optimized_update=optimized_update, maximize=maximize, foreach=foreach,
                         differentiable=differentiable, fused=fused, backend=backend, master_weights=master_weights,
                         max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value,
-                        clip_grad_norm_per_tensor=clip_grad_norm_per_tensor)
+                        clip_grad_norm_per_tensor=clip_grad_norm_per_tensor, state_dtype=state_dtype,
+                        bf16_stochastic_round=bf16_stochastic_round)
         super().__init__(params, defaults)
 
     @staticmethod

@@ -32,7 +32,8 @@ class Lion(FusedOptimizer):
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, foreach=None,
                  differentiable=False, fused=None, backend="auto", master_weights=False, max_grad_norm=None,
-                 clip_grad_value=None, clip_grad_norm_per_tensor=None, weight_decay_mode="decoupled"):
+                 clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                 state_dtype=None, bf16_stochastic_round=False, weight_decay_mode="decoupled"):
         check_lr(lr)
         check_torch_flags(foreach, fused, differentiable)
         for index, beta in enumerate(betas):
@@ -42,6 +43,7 @@ class Lion(FusedOptimizer):
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach, differentiable=differentiable, fused=fused, backend=backend,
                         master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
+                        state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round,
                         weight_decay_mode=weight_decay_mode)
         super().__init__(params, defaults)
 

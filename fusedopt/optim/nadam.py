@@ -35,7 +35,8 @@ class NAdam(FusedOptimizer):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
                  decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, backend="auto", master_weights=False, max_grad_norm=None,
-                 clip_grad_value=None, clip_grad_norm_per_tensor=None, weight_decay_mode="decoupled"):
+                 clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                 state_dtype=None, bf16_stochastic_round=False, weight_decay_mode="decoupled"):
         check_lr(lr)
         check_non_negative(eps, "epsilon value")
         check_betas(betas)
@@ -46,7 +47,9 @@ class NAdam(FusedOptimizer):
                         momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
                         maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
                         backend=backend, master_weights=master_weights, max_grad_norm=max_grad_norm,
-                        clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor, weight_decay_mode=weight_decay_mode)
+                        clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
+                        state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round,
+                        weight_decay_mode=weight_decay_mode)
         super().__init__(params, defaults)
 
     @staticmethod

@@ -27,7 +27,8 @@ class RMSprop(FusedOptimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
                  capturable=False, foreach=None, maximize=False, differentiable=False, backend="auto",
-                 master_weights=False, max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None):
+                 master_weights=False, max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                 state_dtype=None, bf16_stochastic_round=False):
         check_lr(lr)
         check_torch_flags(foreach, None, differentiable)
         check_non_negative(eps, "epsilon value")
@@ -38,5 +39,6 @@ class RMSprop(FusedOptimizer):
             lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered, weight_decay=weight_decay,
             capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable, backend=backend,
             master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
+            state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round,
         )
         super().__init__(params, defaults)

@@ -25,14 +25,16 @@ class Rprop(FusedOptimizer):
 
     def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, capturable=False, foreach=None,
                  maximize=False, differentiable=False, backend="auto", master_weights=False, max_grad_norm=None,
-                 clip_grad_value=None, clip_grad_norm_per_tensor=None):
+                 clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                 state_dtype=None, bf16_stochastic_round=False):
         check_lr(lr)
         if not 0.0 < etas[0] < 1.0 < etas[1]:
             raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
         check_torch_flags(foreach, None, differentiable)
         defaults = dict(lr=lr, etas=etas, step_sizes=step_sizes, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, capturable=capturable, backend=backend,
-                        master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor)
+                        master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
+                        state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round)
         super().__init__(params, defaults)
 
     @staticmethod

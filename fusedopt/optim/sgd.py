@@ -25,7 +25,8 @@ class SGD(FusedOptimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
                  maximize=False, foreach=None, differentiable=False, fused=None, backend="auto",
-                 master_weights=False, max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None):
+                 master_weights=False, max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                 state_dtype=None, bf16_stochastic_round=False):
         check_lr(lr)
         check_torch_flags(foreach, fused, differentiable)
         if momentum < 0.0:
@@ -38,5 +39,6 @@ class SGD(FusedOptimizer):
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
             maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused, backend=backend,
             master_weights=master_weights, max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
+            state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round,
         )
         super().__init__(params, defaults)

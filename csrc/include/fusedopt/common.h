@@ -195,15 +195,23 @@ template <typename Body> inline bool dispatch_dtype(DType dtype, Body&& body) {
   return false;
 }
 
-// Calls body(ParamStorage{}, StateStorage{}): states are stored like the param, except
-// with master weights for a 16-bit param, whose states and master copy are float32.
-template <typename Body> inline bool dispatch_storage(DType dtype, bool master_weights, Body&& body) {
+// Calls body(ParamStorage{}, StateStorage{}, std::bool_constant<master copy>{}): states are
+// stored like the param, except with master weights for a 16-bit param, whose states and
+// master copy are float32, and with bf16_states (state_dtype=torch.bfloat16), whose states
+// are bfloat16 for a float32 or 16-bit param (the master copy stays float32). Python refuses
+// bf16_states for float64 params, whose math runs in double.
+template <typename Body> inline bool dispatch_storage(DType dtype, bool master_weights, bool bf16_states, Body&& body) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
-    if constexpr (std::is_same_v<S, Half> || std::is_same_v<S, BFloat16>) {
-      if (master_weights) return body(S{}, float{});
+    constexpr bool kSixteenBit = std::is_same_v<S, Half> || std::is_same_v<S, BFloat16>;
+    if constexpr (kSixteenBit) {
+      if (master_weights && bf16_states) return body(S{}, BFloat16{}, std::true_type{});
+      if (master_weights) return body(S{}, float{}, std::true_type{});
     }
-    body(S{}, S{});
+    if constexpr (!std::is_same_v<S, double> && !std::is_same_v<S, BFloat16>) {
+      if (bf16_states) return body(S{}, BFloat16{}, std::false_type{});
+    }
+    body(S{}, S{}, std::false_type{});
   });
 }
 

@@ -35,8 +35,9 @@
 //                                                host loop, the CUDA prologue's thread for that
 //                                                tensor), never by the element loops, so no two
 //                                                threads touch a scalar state.
-//   template <typename S, typename SS> static constexpr int min_blocks();   CUDA launch bound
-//                                                (blocks per multiprocessor) per storage types
+//   template <typename S, typename SS, bool kMaster> static constexpr int min_blocks();
+//                                                CUDA launch bound (blocks per multiprocessor)
+//                                                per param and state storage and master copy
 //                                                (default: default_min_blocks<S>())
 //   template <typename T> struct Coefficients;   the scalars of one update, in the math type T
 //   template <typename T> static FUSEDOPT_HD Coefficients<T> coefficients(const Hyper&, double lr,
@@ -74,6 +75,7 @@ struct UpdateOptions {
   const double* lr_tensor = nullptr;
   bool first_step = false;      // every state of the call was created for this step
   bool master_weights = false;  // 16-bit params: fp32 master copy (last state row) and fp32 states
+  bool bf16_states = false;     // state_dtype=bfloat16: states stored as bf16 (master copy stays fp32)
   GradTransform grad_transform = {};
   // Kinds with kTensorScale (LAMB's trust ratio): one float64 per table column, handed to
   // Kind::scale_coefficients once per tensor (null: 1 for every tensor).
@@ -204,7 +206,9 @@ struct OptimizerDefaults {
   // terms without writing anything; the CPU's and the CUDA's norms<Kind> sum them per tensor
   // (cpu/update_cpu.h, cuda/norms.cuh), in fusedopt/reduce.h's order.
   static constexpr bool kNormPass = false;
-  template <typename S, typename SS> static constexpr int min_blocks() { return default_min_blocks<S>(); }
+  template <typename S, typename SS, bool kMaster> static constexpr int min_blocks() {
+    return default_min_blocks<S>();
+  }
 };
 
 }  // namespace fusedopt

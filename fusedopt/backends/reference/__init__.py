@@ -2,7 +2,9 @@
 
 Every other backend must agree with this one. The operations and their order are
 torch.optim's single-tensor ones; 16-bit params are computed in float32 and rounded
-once at the end, as torch's fused kernels and fusedopt's compiled kernels do.
+once at the end, as torch's fused kernels and fusedopt's compiled kernels do. bf16 state
+tensors (state_dtype=torch.bfloat16) are read into float32 the same way and rounded once, to
+nearest even (Tensor.copy_), when stored back.
 
 This module owns what every optimizer shares (the grad transform, master weights, the
 step counter, write-back); each optimizer's math is one function in
@@ -23,6 +25,7 @@ reads and updates in place, once per step.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -78,8 +81,7 @@ class ReferenceBackend(Backend):
         if transform.skips_step():
             return
         if config.lr_tensor is not None:  # never sent here (reads_lr_tensor is False), but honour it
-            config = UpdateConfig(config.hyper, float(config.lr_tensor.item()), None, config.first_step,
-                                  config.master_weights, transform)
+            config = dataclasses.replace(config, lr=float(config.lr_tensor.item()), lr_tensor=None)
         update = update_function(kind)
         for i, (param, stored_grad) in enumerate(zip(batch.params, batch.grads)):
             step = None

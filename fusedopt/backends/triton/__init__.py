@@ -71,6 +71,9 @@ tensors on the device, passed to the kernel as pointers and read there, so neith
 GradScaler nor max_grad_norm makes a step wait on the host; clip_value (clip_grad_value)
 is a plain float64 argument.
 
+bf16 states (config.bf16_states, state_dtype=torch.bfloat16): STATE is bfloat16, whatever
+the param's dtype; loaded into float32 and stored with `_math.rounded` (nearest even).
+
 Master weights (config.master_weights, 16-bit params): the states are float32 and the
 table's last state row holds each param's float32 master copy. The math reads the master
 instead of the param, updates it and the states in float32, and stores the master rounded
@@ -214,6 +217,15 @@ def kind_module(kind: str) -> ModuleType:
 _SLOTS: Dict[type, tuple] = {}
 
 
+def _state_type(config: UpdateConfig, master: bool, dtype):
+    """The states' storage type, as dispatch_storage in C++: bfloat16 with bf16_states
+    (state_dtype=torch.bfloat16; the master copy stays float32), float32 with master weights,
+    else the param's."""
+    if config.bf16_states:
+        return tl.bfloat16
+    return tl.float32 if master else dtype
+
+
 def _slots(scalars_type: type) -> tuple:
     """The namedtuple of the scalars' positions among h0..h7, by field name: SLOT.beta1."""
     slots = _SLOTS.get(scalars_type)
@@ -336,7 +348,8 @@ def _launch(kind: str, tables: _DeviceTables, batch: TensorBatch, config: Update
             tables.table if config.tensor_scale is None else config.tensor_scale,
             TENSOR_CLIP=transform.tensor_clip is not None, TENSOR_SCALE=config.tensor_scale is not None,
             COEFFICIENTS=module.coefficients, UPDATE=module.update, SLOT=_slots(type(scalars)), OPTIONS=options,
-            DTYPE=dtype, STATE=tl.float32 if master else dtype, COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32,
+            DTYPE=dtype, STATE=_state_type(config, master, dtype),
+            COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32,
             NUM_STATES=num_states, MASTER=master, COUNTER=batch.steps is not None, GRAD_SCALE=factors[0] is not None,
             FOUND_INF=factors[1] is not None, CLIP_COEF=factors[2] is not None or transform.tensor_clip is not None,
             CLIP_VALUE=transform.clip_value is not None, LR_TENSOR=factors[3] is not None,
@@ -419,8 +432,9 @@ class TritonBackend(Backend):
             tables = _device_tables(batch)
             master = bool(config.master_weights) and batch.dtype in LOW_PRECISION
             num_states = tables.rows - FIRST_STATE_ROW - master - len(batch.scalars)
-            return _norms.norms(module, tables.table, batch, config, _TRITON_DTYPES[batch.dtype], master, num_states,
-                                _slots)
+            dtype = _TRITON_DTYPES[batch.dtype]
+            return _norms.norms(module, tables.table, batch, config, dtype, master, num_states, _slots,
+                                _state_type(config, master, dtype))
 
     def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
         return kernel_dtype_problem(dtype)

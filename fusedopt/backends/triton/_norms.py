@@ -87,8 +87,10 @@ def _tensor_sums_kernel(partials_ptr, first_ptr, out_ptr):
     tl.store(out_ptr + 2 * i + 1, total_b)
 
 
-def norms(module, table: torch.Tensor, batch, config, dtype, master: bool, num_states: int, slots) -> torch.Tensor:
-    """float64 [len(batch), 2]: per tensor the sums of `module.norm_terms`' two terms."""
+def norms(module, table: torch.Tensor, batch, config, dtype, master: bool, num_states: int, slots,
+          state) -> torch.Tensor:
+    """float64 [len(batch), 2]: per tensor the sums of `module.norm_terms`' two terms. `state`:
+    the states' storage type, the update's (bfloat16 with bf16 states), so both read the same."""
     device = batch.device
     n = len(batch)
     numels = torch.tensor([p.numel() for p in batch.params], dtype=torch.int64)
@@ -110,7 +112,7 @@ def norms(module, table: torch.Tensor, batch, config, dtype, master: bool, num_s
         _norm_blocks_kernel[(programs,)](
             table, work, n, partials, *pointers, float(config.lr), float(transform.clip_value or 0.0), *hyper,
             COEFFICIENTS=module.coefficients, TERMS=module.norm_terms, SLOT=slots(type(scalars)), OPTIONS=options,
-            DTYPE=dtype, STATE=tl.float32 if master else dtype,
+            DTYPE=dtype, STATE=state,
             COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32, NUM_STATES=num_states, MASTER=master,
             GRAD_SCALE=transform.grad_scale is not None,
             CLIP_COEF=transform.clip_coef is not None or transform.tensor_clip is not None,

@@ -28,7 +28,7 @@ struct adam : OptimizerDefaults<3> {
 
   // bfloat16 without master weights: at 64 registers ptxas (CUDA 13.0) gives it an 8-byte
   // stack frame, so 80 as for float64.
-  template <typename S, typename SS> static constexpr int min_blocks() {
+  template <typename S, typename SS, bool kMaster> static constexpr int min_blocks() {
     return std::is_same_v<SS, BFloat16> ? 3 : default_min_blocks<S>();
   }
 

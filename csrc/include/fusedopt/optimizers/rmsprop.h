@@ -23,6 +23,12 @@ struct rmsprop : OptimizerDefaults<3> {
   // The step counter does not enter RMSprop's math, but torch keeps and advances it.
   static constexpr bool kStepCounter = true;
 
+  // float32 params with bf16 states (converted on load and store) spill at 64 registers
+  // (ptxas, CUDA 13.0, sm_90): 3 blocks, 80.
+  template <typename S, typename SS, bool kMaster> static constexpr int min_blocks() {
+    return std::is_same_v<S, float> && std::is_same_v<SS, BFloat16> ? 3 : default_min_blocks<S>();
+  }
+
   template <typename T> struct Coefficients {
     T neg_lr, alpha, one_minus_alpha, eps, weight_decay, momentum, grad_sign;
   };

@@ -19,7 +19,7 @@ struct rprop : OptimizerDefaults<2> {
   static constexpr bool kStepCounter = true;  // advanced, as torch does, but unused by the math
   // float64 math spills at 3 blocks' 80 registers (ptxas, CUDA 13.0, 86 needed): 2 blocks
   // (tests/test_ptxas.py allows this one kernel fewer blocks rather than a spill).
-  template <typename S, typename SS> static constexpr int min_blocks() {
+  template <typename S, typename SS, bool kMaster> static constexpr int min_blocks() {
     return sizeof(typename OpMath<S>::type) == 8 ? 2 : default_min_blocks<S>();
   }
 

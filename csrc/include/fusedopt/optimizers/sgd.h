@@ -20,9 +20,11 @@ struct sgd : OptimizerDefaults<1> {
   static constexpr bool kReadsStateOnFirstStep = false;
 
   // SGD's update needs fewer registers: float64 fits 4 blocks (60 registers) and float32
-  // math without a master copy 5 (48); with a master copy it spills at 5.
-  template <typename S, typename SS> static constexpr int min_blocks() {
-    return sizeof(typename OpMath<S>::type) == 8 || !std::is_same_v<S, SS> ? 4 : 5;
+  // math with param-typed states 5 (48); a master copy or bf16 states beside another param
+  // type spill at 5, and a master copy with bf16 states spills at 4 (ptxas, CUDA 13.0, sm_90).
+  template <typename S, typename SS, bool kMaster> static constexpr int min_blocks() {
+    if (kMaster && std::is_same_v<SS, BFloat16>) return 3;
+    return sizeof(typename OpMath<S>::type) == 8 || kMaster || !std::is_same_v<S, SS> ? 4 : 5;
   }
 
   template <typename T> struct Coefficients {

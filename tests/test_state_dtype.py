@@ -1,0 +1,347 @@
+"""state_dtype=torch.bfloat16 (issue 13, first part): every state tensor stored in bf16, read
+into float32, updated in float32 and rounded once to bf16 (nearest even) in the same pass.
+
+Reference, cpu, triton (interpreter) and the host build of the CUDA kernels must compute the
+same bits for every registered optimizer, float32 and bf16 params, after 20 steps; the
+default (None or torch.float32) is today's behaviour; checkpoints convert between state
+dtypes, and fusedopt.to_torch_state_dict hands a run over to torch.optim.
+"""
+import copy
+
+import pytest
+import torch
+
+import fusedopt
+import fusedopt.backends
+from fusedopt._layout import MASTER_KEY
+from fusedopt.optim import _spec
+
+# The element-wise kinds (LAMB's norm pass included): Adafactor (factored kernels) and lazy
+# mode / SparseAdam (sparse-row kernels) refuse bf16 states, tested at the end.
+KINDS = tuple(_spec.elementwise_kinds())
+# Options that make every state tensor of a kind appear (SGD keeps none without momentum).
+OPTIONS = {"sgd": dict(momentum=0.9), "rmsprop": dict(momentum=0.9, centered=True), "adam": dict(amsgrad=True)}
+SHAPES = ((5, 3), (17,), (1,))
+STEPS = 20
+
+
+def _class(kind):
+    return _spec._CLASSES[kind]
+
+
+def _params(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g).to(dtype).requires_grad_() for shape in SHAPES]
+
+
+def _grads(step, dtype):
+    g = torch.Generator().manual_seed(1000 + step)
+    return [torch.randn(shape, generator=g).to(dtype) for shape in SHAPES]
+
+
+def _run(kind, backend, dtype, steps=STEPS, **extra):
+    params = _params(dtype)
+    opt = _class(kind)(params, backend=backend, **{**OPTIONS.get(kind, {}), **extra})
+    for step in range(steps):
+        for p, g in zip(params, _grads(step, dtype)):
+            p.grad = g
+        opt.step()
+    return params, opt
+
+
+def _bits(t):
+    return t.detach().view(torch.int16) if t.element_size() == 2 else t.detach().view(torch.int32)
+
+
+def _assert_same(actual, expected, what):
+    params_a, opt_a = actual
+    params_e, opt_e = expected
+    for i, (a, e) in enumerate(zip(params_a, params_e)):
+        assert a.dtype == e.dtype
+        assert torch.equal(_bits(a), _bits(e)), f"{what}: param {i} differs"
+        sa, se = opt_a.state[a], opt_e.state[e]
+        assert set(sa) == set(se)
+        for key in se:
+            assert sa[key].dtype == se[key].dtype, (what, key)
+            assert torch.equal(_bits(sa[key]), _bits(se[key])), f"{what}: state {key!r} of param {i} differs"
+
+
+def _host_backends(monkeypatch, kind):
+    """The host build of the CUDA kernels as two backends (large and classic parameter blocks);
+    none for a kind with a norm pass (LAMB), which backend='cuda' hands to Triton."""
+    if _spec.spec(kind).norm_pass:
+        return ()
+    try:
+        from _host_cuda import register_host_backends  # skips without fusedopt._cuda_host
+    except pytest.skip.Exception:
+        return ()
+    register_host_backends(monkeypatch)
+    return ("cuda_host", "cuda_host_classic")
+
+
+# The reference follows torch.optim's operations, and for these kinds torch's differ from the
+# kernels' in the param update's rounding (e.g. RMSprop's addcdiv_ computes
+# p + value * (g / avg), the kernels p + (value * g) / avg; SGD's p.add_(buf, alpha=-lr) is
+# one fused multiply-add on this CPU, the kernels round the product first, as they must on
+# every engine), so with float32 params the reference agrees to float32 rounding, not bit
+# for bit -- as it does with float32 states. Its states (but ASGD's average of the param,
+# `ax`), and everything with bf16 params, are bit for bit.
+REFERENCE_PARAM_ROUNDING_DIFFERS = {"rmsprop", "adadelta", "asgd", "sgd"}
+FOLLOWS_THE_PARAM = {"ax", MASTER_KEY}
+
+
+def _assert_reference(reference, expected, exact):
+    """The reference against the kernels: bit for bit when `exact`; else its float32 values that
+    follow the param (the param, its master copy, ASGD's average) to float32 rounding, a 16-bit
+    param to one of its ulps (a float32 value an ulp away may round the other way), and every
+    other state bit for bit."""
+    if exact:
+        _assert_same(reference, expected, "reference")
+        return
+    for p, e in zip(reference[0], expected[0]):
+        eps = torch.finfo(p.dtype).eps if p.dtype != torch.float32 else None
+        torch.testing.assert_close(p, e, **(dict(rtol=1e-5, atol=1e-6) if eps is None else dict(rtol=eps, atol=eps)))
+        sp, se = reference[1].state[p], expected[1].state[e]
+        assert set(sp) == set(se)
+        for key in se:
+            assert sp[key].dtype == se[key].dtype, key
+            if key in FOLLOWS_THE_PARAM:
+                torch.testing.assert_close(sp[key], se[key], rtol=1e-5, atol=1e-6)
+            else:
+                assert torch.equal(_bits(sp[key]), _bits(se[key])), f"reference: state {key!r} differs"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_states_same_bits_on_every_backend(kind, dtype, monkeypatch):
+    expected = _run(kind, "cpu", dtype, state_dtype=torch.bfloat16)
+    for key, value in expected[1].state[expected[0][0]].items():
+        scalar = key == "step" or key in _spec.spec(kind).scalar_state_keys()
+        assert value.dtype == (torch.float32 if scalar else torch.bfloat16), key
+    for backend in ("triton", *_host_backends(monkeypatch, kind)):
+        _assert_same(_run(kind, backend, dtype, state_dtype=torch.bfloat16), expected, backend)
+    reference = _run(kind, "reference", dtype, state_dtype=torch.bfloat16)
+    _assert_reference(reference, expected, exact=not (dtype == torch.float32 and kind in REFERENCE_PARAM_ROUNDING_DIFFERS))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("kind", ["adam", "sgd", "rmsprop", "lion", "asgd", "lamb"])
+def test_bf16_states_with_master_weights(kind, dtype, monkeypatch):
+    """16-bit params with a float32 master copy and bf16 states: the kernels bit for bit; the
+    reference too, but where torch's operations round the master's update differently
+    (REFERENCE_PARAM_ROUNDING_DIFFERS: the master is float32 math)."""
+    expected = _run(kind, "cpu", dtype, steps=8, state_dtype=torch.bfloat16, master_weights=True)
+    state = expected[1].state[expected[0][0]]
+    assert state[MASTER_KEY].dtype == torch.float32
+    assert all(state[k].dtype == torch.bfloat16 for k in expected[1].state_keys(expected[1].param_groups[0]))
+    for backend in ("triton", *_host_backends(monkeypatch, kind)):
+        _assert_same(_run(kind, backend, dtype, steps=8, state_dtype=torch.bfloat16, master_weights=True),
+                     expected, backend)
+    reference = _run(kind, "reference", dtype, steps=8, state_dtype=torch.bfloat16, master_weights=True)
+    _assert_reference(reference, expected, exact=kind not in REFERENCE_PARAM_ROUNDING_DIFFERS)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("kind", ["adam", "sgd", "adagrad"])
+def test_float32_state_dtype_is_the_default(kind, dtype, backend):
+    _assert_same(_run(kind, backend, dtype, steps=5, state_dtype=torch.float32), _run(kind, backend, dtype, steps=5),
+                 "state_dtype=torch.float32")
+
+
+def test_one_rounding_of_the_float32_update(backend):
+    """A bf16 state is the float32 update of the stored value, rounded once to nearest even."""
+    params = _params(torch.float32)
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    bf16 = fusedopt.Adam(params, lr=0.01, backend=backend, state_dtype=torch.bfloat16)
+    fp32 = fusedopt.Adam(twins, lr=0.01, backend=backend)
+    for step in range(3):
+        for p, t, g in zip(params, twins, _grads(step, torch.float32)):
+            p.grad, t.grad = g, g.clone()
+        # float32 run restarted from the bf16 run's (exactly representable) states and params
+        for p, t in zip(params, twins):
+            if bf16.state[p]:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    fp32.state[t][key] = bf16.state[p][key].float()
+                fp32.state[t]["step"] = bf16.state[p]["step"].clone()
+            t.data.copy_(p.detach())
+        bf16.step()
+        fp32.step()
+        for p, t in zip(params, twins):
+            assert torch.equal(p, t)
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(bf16.state[p][key], fp32.state[t][key].to(torch.bfloat16))
+
+
+def _run_with_grad_option(setting, backend):
+    """AdamW with bf16 states for 6 steps under one grad option; with GradScaler, step 3 has an
+    inf grad: the step is skipped and every state keeps its bits."""
+    params = _params(torch.float32)
+    extra = {"max_grad_norm": 0.5} if setting == "max_grad_norm" else {}
+    extra.update({"clip_grad_value": 0.3} if setting == "clip_grad_value" else {})
+    opt = fusedopt.AdamW(params, lr=0.01, backend=backend, state_dtype=torch.bfloat16, **extra)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0) if setting == "grad_scaler" else None
+    if scaler is not None:
+        scaler.scale(torch.ones(()))  # creates the scale
+    for step in range(6):
+        grads = _grads(step, torch.float32)
+        if scaler is not None:
+            grads = [g * scaler.get_scale() for g in grads]
+            if step == 3:
+                grads[1][0] = float("inf")
+        for p, g in zip(params, grads):
+            p.grad = g
+        if scaler is not None:
+            before = {k: v.clone() for k, v in opt.state[params[0]].items()} if step == 3 else None
+            scaler.step(opt)
+            scaler.update()
+            if before is not None:  # the inf skipped the step: states unchanged
+                for k, v in before.items():
+                    assert torch.equal(opt.state[params[0]][k], v)
+        else:
+            opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize("setting", ["grad_scaler", "max_grad_norm", "clip_grad_value"])
+def test_composes_with_grad_options(setting, monkeypatch):
+    """GradScaler (including a skipped step), max_grad_norm and clip_grad_value with bf16
+    states: the kernels (cpu, triton, the host build of the CUDA kernels) compute the same
+    bits; the reference the same bf16 states, and params to float32 rounding.
+
+    Why not the reference's param bits: the reference is torch's own operations, and torch's
+    CPU lerp_ (Adam's first moment) is one fused multiply-add, where the kernels round the
+    product first (no contraction on any engine, so CPU and GPU agree). The float32 moment the
+    param update reads (before it is rounded to bf16) then differs by a rounding; with
+    clip_grad_value's clamped grads (all +-0.3, so m = lerp(0.03, -0.3, 0.1) = -0.003 cancels)
+    that difference is large enough to move a float32 param by an ulp. The same difference
+    exists with float32 states (state_dtype=None): it is not the bf16 storage."""
+    expected = _run_with_grad_option(setting, "cpu")
+    for backend in ("triton", *_host_backends(monkeypatch, "adam")):
+        _assert_same(_run_with_grad_option(setting, backend), expected, backend)
+    params, opt = _run_with_grad_option(setting, "reference")
+    for p, e in zip(params, expected[0]):
+        torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
+        for key, value in expected[1].state[e].items():
+            assert value.dtype == opt.state[p][key].dtype
+            assert torch.equal(_bits(opt.state[p][key]), _bits(value)), f"reference: state {key!r} differs"
+
+
+def test_group_chooses_its_own_state_dtype(backend):
+    params = _params(torch.float32)
+    opt = fusedopt.Adam([{"params": params[:1], "state_dtype": torch.bfloat16}, {"params": params[1:]}],
+                        lr=0.01, backend=backend)
+    for step in range(2):
+        for p, g in zip(params, _grads(step, torch.float32)):
+            p.grad = g
+        opt.step()
+    assert opt.state[params[0]]["exp_avg"].dtype == torch.bfloat16
+    assert opt.state[params[1]]["exp_avg"].dtype == torch.float32
+    assert opt.state[params[2]]["exp_avg_sq"].dtype == torch.float32
+
+
+def test_state_dict_keeps_bf16_and_converts_on_load(backend):
+    params, bf16 = _run("adam", backend, torch.float32, steps=4, state_dtype=torch.bfloat16)
+    saved = bf16.state_dict()
+    assert saved["state"][0]["exp_avg"].dtype == torch.bfloat16
+    assert saved["state"][0]["step"].dtype == torch.float32
+    assert saved["param_groups"][0]["state_dtype"] == torch.bfloat16
+    # bf16 states into a float32-state optimizer: exact
+    fp32 = fusedopt.Adam([p.detach().clone().requires_grad_() for p in params], backend=backend, amsgrad=True)
+    fp32.load_state_dict({**saved, "param_groups": [{**g, "state_dtype": None} for g in saved["param_groups"]]})
+    loaded = fp32.state[fp32.param_groups[0]["params"][0]]
+    assert loaded["exp_avg"].dtype == torch.float32
+    assert torch.equal(loaded["exp_avg"], saved["state"][0]["exp_avg"].float())
+    # a float32 checkpoint into a bf16-state optimizer: rounded once from the saved values
+    params32, opt32 = _run("adam", backend, torch.float32, steps=4)
+    saved32 = opt32.state_dict()
+    target = fusedopt.Adam([p.detach().clone().requires_grad_() for p in params32], backend=backend,
+                           amsgrad=True, state_dtype=torch.bfloat16)
+    target.load_state_dict({**saved32, "param_groups": [{**g, "state_dtype": torch.bfloat16}
+                                                        for g in saved32["param_groups"]]})
+    state = target.state[target.param_groups[0]["params"][0]]
+    assert state["exp_avg_sq"].dtype == torch.bfloat16
+    assert torch.equal(state["exp_avg_sq"], saved32["state"][0]["exp_avg_sq"].to(torch.bfloat16))
+    target_params = target.param_groups[0]["params"]
+    for p, g in zip(target_params, _grads(99, torch.float32)):
+        p.grad = g
+    target.step()  # the converted state runs
+    assert state["exp_avg"].dtype == torch.bfloat16
+
+
+def test_to_torch_state_dict_continues_in_torch_optim():
+    params, opt = _run("adam", "cpu", torch.float32, steps=5, state_dtype=torch.bfloat16, weight_decay=0.01,
+                       decoupled_weight_decay=True)
+    saved = opt.state_dict()
+    converted = fusedopt.to_torch_state_dict(saved)
+    assert saved["state"][0]["exp_avg"].dtype == torch.bfloat16  # the input is left alone
+    assert converted["state"][0]["exp_avg"].dtype == torch.float32
+    assert "state_dtype" not in converted["param_groups"][0] and "backend" not in converted["param_groups"][0]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    reference = [p.detach().clone().requires_grad_() for p in params]
+    torch_opt = torch.optim.AdamW(twins, lr=1e-3, amsgrad=True)
+    torch_opt.load_state_dict(converted)
+    fp32 = fusedopt.AdamW(reference, lr=1e-3, amsgrad=True, backend="cpu")
+    fp32.load_state_dict(copy.deepcopy(converted))
+    for step in range(3):
+        for a, b, g in zip(twins, reference, _grads(200 + step, torch.float32)):
+            a.grad, b.grad = g, g.clone()
+        torch_opt.step()
+        fp32.step()
+    for a, b in zip(twins, reference):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert torch_opt.state[a]["exp_avg"].dtype == torch.float32
+        torch.testing.assert_close(torch_opt.state[a]["exp_avg"], fp32.state[b]["exp_avg"], rtol=1e-6, atol=1e-8)
+
+
+def test_refused_options():
+    params = _params(torch.float32)
+    with pytest.raises(ValueError, match="int8.*issue 13"):
+        fusedopt.Adam(params, state_dtype="int8")
+    with pytest.raises(ValueError, match="Invalid state_dtype"):
+        fusedopt.Adam(params, state_dtype=torch.float16)
+    with pytest.raises(ValueError, match="float64"):
+        fusedopt.SGD([torch.zeros(3, dtype=torch.float64, requires_grad=True)], momentum=0.9,
+                     state_dtype=torch.bfloat16)
+    opt = fusedopt.Adam(params)
+    with pytest.raises(ValueError, match="int8"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "state_dtype": "int8"})
+    assert len(opt.param_groups) == 1
+
+
+def test_adafactor_refuses_bf16_states():
+    """Adafactor's factored moments have no bf16 storage: refused when the optimizer or a group
+    is made, with the reason; float32 (the same as None) is accepted and changes nothing."""
+    params = [torch.zeros(4, 3, requires_grad=True)]
+    with pytest.raises(ValueError, match=r"Adafactor: state_dtype=torch.bfloat16 is not supported: .*factored"):
+        fusedopt.Adafactor(params, state_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="int8"):
+        fusedopt.Adafactor(params, state_dtype="int8")
+    opt = fusedopt.Adafactor(params, state_dtype=torch.float32, backend="cpu")
+    with pytest.raises(ValueError, match="Adafactor: state_dtype=torch.bfloat16"):
+        opt.add_param_group({"params": [torch.zeros(3, requires_grad=True)], "state_dtype": torch.bfloat16})
+    assert len(opt.param_groups) == 1
+    params[0].grad = torch.ones(4, 3)
+    opt.step()
+    assert opt.state[params[0]]["row_var"].dtype == torch.float32
+    assert "state_dtype" not in fusedopt.Adafactor(params).state_dict()["param_groups"][0]  # torch's key set
+
+
+@pytest.mark.parametrize("make", ["SparseAdam", "Adam(lazy_mode=True)", "AdamW(lazy_mode=True)"])
+def test_lazy_mode_refuses_bf16_states(make):
+    """Lazy mode's sparse-row kernels keep the states in the param's dtype: bf16 states refused
+    at construction (Adam/AdamW; SparseAdam keeps torch's signature) and in an added group."""
+    params = [torch.zeros(5, 3, requires_grad=True)]
+    cls = getattr(fusedopt, make.split("(")[0])
+    lazy = {} if make == "SparseAdam" else {"lazy_mode": True}
+    if make == "SparseAdam":  # torch's signature: no state_dtype argument
+        with pytest.raises(TypeError):
+            cls(params, state_dtype=torch.bfloat16)
+        opt = cls(params)
+    else:
+        with pytest.raises(ValueError, match=r"state_dtype=torch.bfloat16 is not supported in lazy mode"):
+            cls(params, state_dtype=torch.bfloat16, **lazy)
+        opt = cls(params, state_dtype=torch.float32, **lazy)
+    with pytest.raises(ValueError, match=r"state_dtype=torch.bfloat16 is not supported in lazy mode"):
+        opt.add_param_group({"params": [torch.zeros(2, 3, requires_grad=True)], "state_dtype": torch.bfloat16,
+                             **lazy})
+    assert len(opt.param_groups) == 1
