@@ -518,3 +518,19 @@ def test_master_weights_rows_on_16_bit_params_count_the_fp32_bytes(tmp_path):
                                                    ("sgd", torch.float16, 20), ("rmsprop-centered", torch.bfloat16, 36)])
 def test_bytes_per_element_with_master_weights(case, dtype, expected):
     assert traffic(cases_by_key()[case], dtype, master_weights=True).bytes_per_element == expected
+
+
+def test_state_memory_counts_every_state_tensor_of_the_checkpoint(capsys):
+    # Each param keeps two moments and a float32 step counter (4 bytes per tensor, torch's
+    # layout); bf16 states halve the moments, a master copy adds 4 bytes per element.
+    from fusedopt.bench import state_memory
+
+    shapes = gpt2_parameter_shapes(state_memory._GPT2_SMALL["tiny"])
+    numel, tensors = sum(torch.Size(s).numel() for s in shapes), len(shapes)
+    measured = state_memory.measure("tiny", "cpu")
+    expected = {"torch.optim.AdamW, fp32 params": 8, "fusedopt.AdamW, fp32 params, fp32 states": 8,
+                "fusedopt.AdamW, fp32 params, bf16 states": 4, "fusedopt.AdamW, bf16 params, bf16 states": 4,
+                "fusedopt.AdamW, bf16 params + fp32 master, bf16 states": 8}
+    assert measured == {name: (moments * numel + 4 * tensors) / numel for name, moments in expected.items()}
+    assert state_memory.main(["--scale", "tiny"]) == 0
+    assert capsys.readouterr().out.count("PASS") == 2

@@ -1,0 +1,87 @@
+"""Optimizer-state bytes per parameter of Adam on GPT-2 small's parameter shapes.
+
+    python -m fusedopt.bench.state_memory [--scale full|quick|tiny] [--backend cpu]
+
+Counts what a checkpoint holds: every tensor of `optimizer.state_dict()["state"]` (moments,
+step counters, master copies), in bytes, divided by the number of parameters. One step with
+random grads creates the state. Issue 13's bars: <= 4.1 bytes/param with bf16 states,
+<= 2.1 with 8-bit states (not built yet).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Dict, List
+
+import torch
+
+import fusedopt
+from fusedopt.bench.workloads import _GPT2_SMALL, gpt2_parameter_shapes
+
+BF16_BAR = 4.1
+
+
+def state_bytes_per_param(optimizer: torch.optim.Optimizer) -> float:
+    """Bytes of every tensor in the state_dict's state, per parameter of the optimizer."""
+    params = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
+    state = optimizer.state_dict()["state"]
+    total = sum(t.numel() * t.element_size() for entry in state.values() for t in entry.values()
+                if isinstance(t, torch.Tensor))
+    return total / params
+
+
+def _params(shapes, dtype: torch.dtype, seed: int = 0) -> List[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in shapes:
+        p = torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype))
+        p.grad = torch.randn(shape, generator=generator).to(dtype)
+        params.append(p)
+    return params
+
+
+def configurations(backend: str) -> Dict[str, Callable]:
+    """name -> (param dtype, optimizer factory)."""
+    return {
+        "torch.optim.AdamW, fp32 params": (torch.float32, lambda ps: torch.optim.AdamW(ps, foreach=True)),
+        "fusedopt.AdamW, fp32 params, fp32 states": (torch.float32, lambda ps: fusedopt.AdamW(ps, backend=backend)),
+        "fusedopt.AdamW, fp32 params, bf16 states": (
+            torch.float32, lambda ps: fusedopt.AdamW(ps, state_dtype=torch.bfloat16, backend=backend)),
+        "fusedopt.AdamW, bf16 params, bf16 states": (
+            torch.bfloat16, lambda ps: fusedopt.AdamW(ps, state_dtype=torch.bfloat16, backend=backend)),
+        "fusedopt.AdamW, bf16 params + fp32 master, bf16 states": (
+            torch.bfloat16,
+            lambda ps: fusedopt.AdamW(ps, master_weights=True, state_dtype=torch.bfloat16, backend=backend)),
+    }
+
+
+def measure(scale: str, backend: str) -> Dict[str, float]:
+    shapes = gpt2_parameter_shapes(_GPT2_SMALL[scale])
+    results = {}
+    for name, (dtype, make) in configurations(backend).items():
+        params = _params(shapes, dtype)
+        optimizer = make(params)
+        optimizer.step()
+        results[name] = state_bytes_per_param(optimizer)
+        del optimizer, params
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=tuple(_GPT2_SMALL), default="full")
+    parser.add_argument("--backend", default="cpu")
+    args = parser.parse_args(argv)
+    shapes = gpt2_parameter_shapes(_GPT2_SMALL[args.scale])
+    numel = sum(torch.Size(s).numel() for s in shapes)
+    print(f"Optimizer-state bytes per parameter, GPT-2 small ({args.scale}): {len(shapes)} tensors, "
+          f"{numel:,} parameters, backend {args.backend}, torch {torch.__version__}, fusedopt {fusedopt.__version__}")
+    for name, per_param in measure(args.scale, args.backend).items():
+        verdict = ""
+        if "bf16 states" in name and "master" not in name:
+            verdict = f"  (bar <= {BF16_BAR}: {'PASS' if per_param <= BF16_BAR else 'FAIL'})"
+        print(f"  {name:56s} {per_param:7.4f} bytes/param{verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
