@@ -537,6 +537,33 @@ def test_device_tables_are_cached_and_alignment_is_detected():
     assert not next(reversed(triton_backend._tables.values())).aligned
 
 
+def test_each_stream_gets_its_own_device_tables(monkeypatch):
+    """Device tables and work maps are cached per stream: an entry is only read on the stream
+    it was allocated on, so freeing an evicted one cannot hand its memory to new work while
+    a kernel on another stream still reads it. (No second stream exists on the CPU: the
+    stream the keys read is replaced by a label.) The results are torch's either way."""
+    stream = ["first"]
+    monkeypatch.setattr(triton_backend._factored, "_current_stream", lambda device: stream[0])
+    monkeypatch.setattr(triton_backend, "_tables", triton_backend._LRU(capacity=64))
+    monkeypatch.setattr(triton_backend, "_work_maps", triton_backend._LRU(capacity=64))
+    params = make_params(torch.float32, sizes=(5, 7), misaligned=0)
+    expected = [p.detach().clone().requires_grad_() for p in params]
+    optimizer = fusedopt.SGD(params, lr=0.1, momentum=0.9, backend="triton")
+    torch_optimizer = torch.optim.SGD(expected, lr=0.1, momentum=0.9)
+    for ps in (params, expected):
+        for p in ps:
+            p.grad = torch.ones_like(p)  # kept: one table version throughout
+    for label in ["first", "first", "second", "first"]:
+        stream[0] = label
+        optimizer.step()
+        torch_optimizer.step()
+    assert sorted(key[-1] for key in triton_backend._tables) == ["first", "second"]
+    assert sorted(key[-1] for key in triton_backend._work_maps) == ["first", "second"]
+    tables = list(triton_backend._tables.values())
+    assert tables[0].table is not tables[1].table and tables[0].work is not tables[1].work
+    assert_all_close(params, expected, **TOLERANCE[torch.float32])
+
+
 # ----------------------------------------------------------------------------- selection
 def test_backend_triton_and_environment_route_to_the_kernels(monkeypatch):
     calls = _counting(monkeypatch, "sgd")

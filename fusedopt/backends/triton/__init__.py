@@ -269,7 +269,10 @@ class _LRU(collections.OrderedDict):
 # Keyed by table_version (unique per table content, process-wide), so an entry is never
 # stale; the bound only limits memory. A version changes whenever a grad tensor is
 # re-created (zero_grad(set_to_none=True)), so the usual case is one new entry per bucket
-# per step, uploaded asynchronously.
+# per step, uploaded asynchronously. Both caches also key on the current stream: a table is
+# only read by kernels on the stream it was allocated on, so when an evicted entry is freed
+# the allocator cannot hand its memory to new work while another stream's kernel still
+# reads it (as _factored's workspaces).
 _tables: _LRU = _LRU(capacity=64)
 # The work map depends only on the element counts and the geometry, which rarely change.
 _work_maps: _LRU = _LRU(capacity=64)
@@ -278,7 +281,7 @@ _work_maps: _LRU = _LRU(capacity=64)
 def _work_map(numels: torch.Tensor, numels_key: bytes, chunk: int, device: torch.device) -> Tuple[torch.Tensor, int]:
     """`numels_key`: the element counts' bytes, a cheap cache key (torch's `.numpy()` would
     make numpy, which torch does not require, a dependency)."""
-    key = (numels_key, chunk, device)
+    key = (numels_key, chunk, device, _factored._current_stream(device))
     cached = _work_maps.lookup(key)
     if cached is None:
         chunks = (numels + chunk - 1) // chunk  # zero-size tensors get no program
@@ -294,7 +297,7 @@ def _work_map(numels: torch.Tensor, numels_key: bytes, chunk: int, device: torch
 
 def _device_tables(batch: TensorBatch) -> _DeviceTables:
     config = LAUNCH_CONFIG
-    key = (batch.table_version, config)
+    key = (batch.table_version, config, _factored._current_stream(batch.device))
     cached = _tables.lookup(key)
     if cached is not None:
         return cached
