@@ -180,3 +180,15 @@ def test_master_weights_keep_float32_state_for_bfloat16_params(corpus):
         assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32
         assert torch.equal(p, state["master_param"].to(torch.bfloat16))  # the param is its rounded master
         assert state["step"].item() == SMALL["steps"]  # no step skipped by the scaler
+
+
+def test_low_precision_states_example_compares_both_runs(capsys):
+    """examples/low_precision_states.py runs (3 steps): both runs report a final loss and the
+    state bytes per parameter of each state dtype."""
+    spec = importlib.util.spec_from_file_location("low_precision_states", EXAMPLE.parent / "low_precision_states.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--steps", "3"])
+    out = capsys.readouterr().out
+    assert "fp32 states: final loss" in out and "bf16 states: final loss" in out
+    assert "optimizer state 8.000 bytes/param" in out and "optimizer state 4.000 bytes/param" in out
