@@ -31,6 +31,9 @@ CASES = {
     # per-param scalar states (eta and mu; mu_product) travel through the op with the states
     "ASGD-averaging": (fusedopt.ASGD, {"lr": 1e-2, "t0": 2.0, "lambd": 0.1}),
     "NAdam-decoupled": (fusedopt.NAdam, {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    # bf16 state tensors go through the op as they are (the op is told their dtype)
+    "AdamW-bf16-states": (fusedopt.AdamW, {"lr": 1e-2, "state_dtype": torch.bfloat16}),
+    "SGD-bf16-states": (fusedopt.SGD, {"lr": 1e-2, "momentum": 0.9, "state_dtype": torch.bfloat16}),
 }
 
 
