@@ -2,7 +2,8 @@
 processes on the CPU save with one optimizer through get_optimizer_state_dict + dcp.save and
 load into the other with dcp.load (default planner) + set_optimizer_state_dict; training then
 continues on the same trajectory. With master_weights=True (bf16 params), the fp32 moments
-and master copy survive the round trip bit for bit."""
+and master copy survive the round trip bit for bit, and so do bf16 states
+(state_dtype=torch.bfloat16), which torch's load would cast to the param's dtype."""
 import os
 import socket
 
@@ -20,10 +21,12 @@ MAKERS = {
     "torch": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
     "fusedopt": lambda ps: fusedopt.AdamW(ps, lr=1e-2, weight_decay=0.1),
     "fusedopt-master": lambda ps: fusedopt.AdamW(ps, lr=1e-2, weight_decay=0.1, master_weights=True),
+    "fusedopt-bf16-states": lambda ps: fusedopt.AdamW(ps, lr=1e-2, weight_decay=0.1, state_dtype=torch.bfloat16),
 }
 # (source, destination, param dtype)
 CASES = [("torch", "fusedopt", torch.float32), ("fusedopt", "torch", torch.float32),
-         ("fusedopt-master", "fusedopt-master", torch.bfloat16), ("fusedopt-master", "torch", torch.bfloat16)]
+         ("fusedopt-master", "fusedopt-master", torch.bfloat16), ("fusedopt-master", "torch", torch.bfloat16),
+         ("fusedopt-bf16-states", "fusedopt-bf16-states", torch.float32)]
 
 
 def _free_port() -> int:
@@ -131,6 +134,9 @@ def test_fsdp2_dcp_round_trip(round_trips, index):
         if destination == "fusedopt-master":
             # the fp32 moments and master copy came back as saved, not through bf16
             assert all(d == "torch.float32" for _, d in result["state_dtypes"]) and "master_param" in keys
+        if destination == "fusedopt-bf16-states":  # the moments stayed bf16, the step counter float32
+            assert dict(result["state_dtypes"]) == {"step": "torch.float32", "exp_avg": "torch.bfloat16",
+                                                    "exp_avg_sq": "torch.bfloat16"}
         assert result["state_equal"], "a loaded state tensor differs from the saved one"
         if source.startswith("fusedopt-master") and destination == "torch":
             continue  # torch then steps in bf16 state: the same start, not the same trajectory
