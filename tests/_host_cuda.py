@@ -21,7 +21,7 @@ from fusedopt._sparse_rows import kernel_dtype_problem
 from fusedopt.backends.base import Backend, TensorBatch, UpdateConfig
 from fusedopt.backends.native import (
     DTYPE_CODES, NativeKinds, _kernel_readable, _reduction_table, common_arguments,
-    cuda_sparse_adam_arguments, per_tensor_arguments, reduction_partials, state_arguments,
+    cuda_sparse_adam_arguments, factored_arguments, per_tensor_arguments, reduction_partials, state_arguments,
 )
 
 if os.environ.get("FUSEDOPT_CUDA_HOST", "") not in ("", "0"):
@@ -39,6 +39,8 @@ HOST_BACKENDS = {"cuda_host": LARGE_BLOCKS_DEVICE, "cuda_host_classic": CLASSIC_
 
 class HostCUDABackend(Backend):
     """The CUDA ops of fusedopt._cuda_host on CPU tensors, as emulated device `device`."""
+
+    kernels = ("elementwise", "factored")
 
     def __init__(self, name: str, device: int):
         self.name = name
@@ -87,6 +89,17 @@ class HostCUDABackend(Backend):
         arguments = cuda_sparse_adam_arguments(HOST_KINDS, batch, hyper, lr)
         workspace = torch.full((host.cuda_sparse_adam_workspace_bytes(len(batch)),), 0xA5, dtype=torch.uint8)
         host.cuda_sparse_adam(*arguments, workspace.data_ptr(), workspace.numel(), self.device, 0)
+
+    def update_factored(self, kind: str, batch, config) -> None:
+        # As CUDABackend.update_factored: the same checked arguments, the workspace the native
+        # size function asks for, filled with 0xff bytes each call (NaN in every float64 partial,
+        # wild addresses in the records), so a value a kernel failed to write cannot pass for a
+        # stale good one.
+        assert kind == "adafactor"
+        size = host.cuda_adafactor_workspace_bytes(batch.table_address(), len(batch))
+        workspace = torch.full((max(size, 1),), 0xFF, dtype=torch.uint8)
+        host.cuda_adafactor(*factored_arguments(batch, config), workspace.data_ptr(), size, self.device, 0)
+        self.factored_workspace_bytes = size
 
     def sum_of_squares(self, grads: List[torch.Tensor]) -> torch.Tensor:
         # The clip coefficient must be the CPU backend's, so that only the update differs.

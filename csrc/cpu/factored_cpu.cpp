@@ -16,7 +16,8 @@ namespace fusedopt::cpu::FUSEDOPT_CPU_ISA {
 namespace {
 
 // About this many elements per item: enough to amortise scheduling, small enough to balance.
-constexpr int64_t kItemElements = 1 << 15;
+// fusedopt/factored.h holds it (and the lanes): the CUDA kernels cut the work the same way.
+constexpr int64_t kItemElements = kFactoredItem;
 
 struct Item {
   int64_t tensor;
@@ -38,7 +39,7 @@ template <typename S> const S* grad_of(const TensorTable& t, int64_t i) { return
 // Sum of squares of x[0..count) with independent lanes (a fixed order the compiler may
 // vectorise without reassociating).
 template <typename T, typename Load> double lane_sum(int64_t count, Load&& load) {
-  constexpr int kLanes = 16;
+  constexpr int kLanes = kFactoredLanes;
   double lanes[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= count; j += kLanes)

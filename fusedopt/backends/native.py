@@ -78,6 +78,16 @@ def cuda_sparse_adam_arguments(kinds: "NativeKinds", batch: SparseRowBatch, hype
             0.0 if lr_address else float(lr), lr_address)
 
 
+def factored_arguments(batch, config) -> tuple:
+    """(table, count, dtype code, lr, lr_tensor address, beta2_decay, eps1, eps2, d,
+    weight_decay, maximize): what `cpu_adafactor` and `cuda_adafactor` start with, for a
+    FactoredBatch (its table built and checked by fusedopt/_factored.py) and a FactoredConfig;
+    lr_tensor a one-element float64 tensor on the batch's device, checked here."""
+    return (batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], config.lr,
+            _lr_tensor_address(config.lr_tensor, batch.device), config.beta2_decay, config.eps1, config.eps2, config.d,
+            config.weight_decay, config.maximize)
+
+
 class NativeKinds:
     """The optimizer classes of one native module (fusedopt._C, or the tests'
     fusedopt._cuda_host): `hyper(kind, values)` is the bound hyper-parameter object of
@@ -150,9 +160,7 @@ class CPUBackend(Backend):
         """Adafactor: every pass over the bucket in one native call (csrc/cpu/factored_cpu.cpp)."""
         if kind != "adafactor":
             raise ValueError(f"backend 'cpu' has no factored kernels for {kind!r}")
-        native.cpu_adafactor(batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], config.lr,
-                             _lr_tensor_address(config.lr_tensor, batch.device), config.beta2_decay, config.eps1,
-                             config.eps2, config.d, config.weight_decay, config.maximize, torch.get_num_threads())
+        native.cpu_adafactor(*factored_arguments(batch, config), torch.get_num_threads())
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         if device.type != "cpu":
@@ -238,6 +246,7 @@ class CUDABackend(Backend):
 
     name = "cuda"
     reads_lr_tensor = True
+    kernels = ("elementwise", "factored")
 
     def __init__(self):
         self.chunk_bytes: Optional[int] = None
@@ -253,6 +262,27 @@ class CUDABackend(Backend):
                     "reinstall with the CUDA toolkit's nvcc on PATH")
         reason = native.cuda_unusable_reason(_device_index(device))
         return reason or None
+
+    def kernel_missing_reason(self, kernel: str) -> Optional[str]:
+        reason = super().kernel_missing_reason(kernel)
+        if (reason is None and kernel == "factored" and not load_error and build_info().get("cuda")
+                and not hasattr(native, "cuda_adafactor")):
+            return "this build of fusedopt._C predates its CUDA factored (Adafactor) kernels; rebuild it"
+        return reason
+
+    def update_factored(self, kind: str, batch, config) -> None:
+        """Adafactor: the step counters, then passes A, tensor, B, scale and C over the whole
+        bucket (csrc/cuda/factored.cu), on the current stream, no host sync; the workspace (its
+        size depends on the tensors' shapes: cuda_adafactor_workspace_bytes) is the stream's."""
+        if kind != "adafactor":
+            raise ValueError(f"backend 'cuda' has no factored kernels for {kind!r}")
+        if batch.device.type != "cuda":
+            raise RuntimeError(f"backend 'cuda' runs on CUDA tensors, and this batch is on {batch.device}")
+        index = _device_index(batch.device)
+        stream = torch.cuda.current_stream(index).cuda_stream
+        table, count = batch.table_address(), len(batch)
+        workspace = self._workspace(index, stream, native.cuda_adafactor_workspace_bytes(table, count))
+        native.cuda_adafactor(*factored_arguments(batch, config), workspace.data_ptr(), workspace.numel(), index, stream)
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         index = _device_index(batch.device)

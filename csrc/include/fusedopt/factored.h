@@ -32,6 +32,14 @@ enum FactoredRow : int64_t {
   kFactoredTableRows = 8,
 };
 
+// How the kernels cut the work, which fixes the order of every sum (so every backend that
+// follows it gets the same bits whatever its parallelism): items of about kFactoredItem
+// elements (a block of max(1, kFactoredItem / C) rows of one (R, C) slice, or a range of a
+// vector), and inside an item or a row sums of squares over kFactoredLanes lanes
+// (factored_cpu.cpp's lane_sum; the CUDA kernels in csrc/cuda/factored.cu repeat it).
+constexpr int64_t kFactoredItem = int64_t(1) << 15;
+constexpr int kFactoredLanes = 16;
+
 // The group's values, as plain numbers (eps1 resolved from the dtype in Python).
 struct AdafactorOptions {
   double lr = 0.0;
@@ -46,13 +54,15 @@ struct AdafactorOptions {
 
 // Per-tensor values that follow from the (advanced) step counter, in double as torch's
 // Python floats: the lerp weight 1 - beta2_t = t^beta2_decay and rho = min(lr, 1/sqrt(t)).
+// std::pow here and below is the C library's on the host and CUDA's on a GPU, which may
+// differ in the last place (not seen through the host build of the CUDA kernels).
 struct AdafactorStepScalars {
   double one_minus_beta2;
   double rho;
   double lr;
 };
 
-inline AdafactorStepScalars adafactor_step_scalars(const AdafactorOptions& o, double step) {
+FUSEDOPT_HD AdafactorStepScalars adafactor_step_scalars(const AdafactorOptions& o, double step) {
   const double lr = learning_rate(o.lr_tensor, o.lr);
   const double inverse_root = 1.0 / std::pow(step, 0.5);  // torch: 1 / (step ** 0.5)
   return {std::pow(step, o.beta2_decay), lr < inverse_root ? lr : inverse_root, lr};
@@ -63,14 +73,14 @@ FUSEDOPT_HD double python_max(double a, double b) { return b > a ? b : a; }
 
 // alpha = max(eps2, RMS(p)) * rho, the RMS from the sum of squares as torch's
 // p.norm(2).item() / numel ** 0.5 (the norm rounded to the math type T first).
-template <typename T> inline double adafactor_alpha(const AdafactorOptions& o, const AdafactorStepScalars& s,
+template <typename T> FUSEDOPT_HD double adafactor_alpha(const AdafactorOptions& o, const AdafactorStepScalars& s,
                                                     double sum_of_squares, int64_t numel) {
   const double rms = double(T(std::sqrt(sum_of_squares))) / std::pow(double(numel), 0.5);
   return python_max(o.eps2, rms) * s.rho;
 }
 
 // The step size of the update: -alpha / max(1, RMS(u) / d), RMS as above.
-template <typename T> inline double adafactor_coefficient(const AdafactorOptions& o, double alpha,
+template <typename T> FUSEDOPT_HD double adafactor_coefficient(const AdafactorOptions& o, double alpha,
                                                           double update_sum_of_squares, int64_t numel) {
   const double ratio = double(T(std::sqrt(update_sum_of_squares))) / (std::pow(double(numel), 0.5) * o.d);
   return -alpha / python_max(1.0, ratio);
