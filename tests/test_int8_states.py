@@ -263,16 +263,20 @@ def test_training_follows_float32_states(kind):
 
 
 def test_backend_auto_runs_int8_on_the_reference():
-    """cpu, triton and cuda have no 8-bit kernels yet: 'auto' picks the reference (warning
-    once, saying why), and the same run on backend='reference' gives the same bits."""
+    """cpu, triton and cuda have no 8-bit kernels yet: 'auto' runs the quantized params on the
+    reference (warning once, saying why), with the bits of backend='reference'; the small
+    params (float32 states) still go to the compiled kernels, equal to float32 rounding."""
     fusedopt.backends._resolved.clear()
     with pytest.warns(RuntimeWarning, match="int8_states"):
         params, opt = _run("adam", steps=3, state_dtype="int8")
     reference, ropt = _run("adam", steps=3, state_dtype="int8", backend="reference")
     for a, b in zip(params, reference):
-        assert torch.equal(a, b)
-        for key, value in opt.state[a].items():
-            assert torch.equal(value, ropt.state[b][key])
+        if a.numel() >= Q.MIN_QUANTIZED_NUMEL:
+            assert torch.equal(a, b)
+            for key, value in opt.state[a].items():
+                assert torch.equal(value, ropt.state[b][key]), key
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["cpu", "triton"])

@@ -331,7 +331,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                     keys = self._bucket_state_keys(group, bucket.dtype, hyper)
                     batch, fresh = bucket.batch(
                         self.state, keys, self.has_step_counter,
-                        self._init_state(group, bucket.dtype, hyper, bucket.quantized),
+                        (self._init_state(group, bucket.dtype, hyper, quantized=True) if bucket.quantized
+                         else self._init_state(group, bucket.dtype, hyper)),  # Adafactor's takes no `quantized`
                         bucket_state_dtype(group, bucket.dtype, bucket.quantized),
                         scalar_keys=self.spec.scalar_state_keys(),
                         scale_keys=bucket_scale_keys(keys, bucket.quantized),
