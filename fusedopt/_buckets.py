@@ -25,6 +25,7 @@ import torch
 from ._layout import (FIRST_STATE_ROW, GRAD_ROW, MASTER_KEY, NUMEL_ROW, PARAM_ROW, STEP_DTYPE, STEP_ROW,
                       SUPPORTED_DTYPES, TensorBatch)
 from ._memory import is_dense, storage_problem, storage_problem_strided
+from ._quantize import SCALE_DTYPE, blocks
 
 # Complex params are updated as torch.optim does: through torch.view_as_real views of the
 # param, its grad and its state, so the kernels see pairs of real numbers.
@@ -49,13 +50,16 @@ def check_param(p: torch.Tensor, optimizer: str) -> None:
         raise RuntimeError(f"{optimizer}: a param of shape {tuple(p.shape)} {problem}")
 
 
-def split_into_buckets(params: Sequence[torch.Tensor], optimizer: str, strict: bool = False) -> List["Bucket"]:
-    """One bucket per (device, dtype) in first-appearance order."""
-    groups: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = {}
+def split_into_buckets(params: Sequence[torch.Tensor], optimizer: str, strict: bool = False,
+                       quantized: Optional[Callable[[torch.Tensor], bool]] = None) -> List["Bucket"]:
+    """One bucket per (device, dtype) in first-appearance order; with `quantized` (a group with
+    8-bit states), one per (device, dtype, quantized(p)): params whose states are stored in 8
+    bits apart from the small ones that keep full-precision states."""
+    groups: Dict[tuple, List[torch.Tensor]] = {}
     for p in params:
         check_param(p, optimizer)
-        groups.setdefault((p.device, p.dtype), []).append(p)
-    return [Bucket(ps, optimizer, strict) for ps in groups.values()]
+        groups.setdefault((p.device, p.dtype, quantized is not None and quantized(p)), []).append(p)
+    return [Bucket(ps, optimizer, strict, quantized=key[2]) for key, ps in groups.items()]
 
 
 try:  # FSDP2 (fully_shard) params are DTensors: kernels update their local shards
@@ -219,7 +223,7 @@ def select(batch: TensorBatch, indices: Sequence[int]) -> TensorBatch:
     pick = lambda ts: [ts[i] for i in indices]  # noqa: E731
     return TensorBatch(pick(batch.params), pick(batch.grads), batch.steps and pick(batch.steps),
                        [pick(ts) for ts in batch.states], batch.device, batch.dtype, table, next(_versions),
-                       [pick(ts) for ts in batch.scalars])
+                       [pick(ts) for ts in batch.scalars], [pick(ts) for ts in batch.scales])
 
 
 class GradRow(NamedTuple):
@@ -328,13 +332,15 @@ class Bucket:
         "_key", "_active", "_param_ptrs", "_grad_refs", "_grads", "_grad_ptrs", "_steps", "_states",
         "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_strict",
         "_distributed", "_viewed", "param_dtype", "_states_seen", "_memory", "_grad_memory", "_grads_copied", "_layout", "_written",
-        "_scalars", "_shapes",
+        "_scalars", "_shapes", "quantized", "_scales",
     )
 
-    def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False):
+    def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False, quantized: bool = False):
         """`strict`: the state dicts are throwaway views (the torch.library op path), so a
-        state tensor in the wrong layout is an error rather than replaced by a copy."""
+        state tensor in the wrong layout is an error rather than replaced by a copy.
+        `quantized`: the params' states are stored in 8 bits (uint8 codes and block scales)."""
         self._strict = strict
+        self.quantized = quantized
         self._distributed = any(isinstance(p, DTensor) for p in params)
         self.params = params
         self.device = params[0].device
@@ -357,13 +363,16 @@ class Bucket:
         state_dtype: Optional[torch.dtype] = None,
         grads: Optional[List[Optional[torch.Tensor]]] = None,
         scalar_keys: Tuple[str, ...] = (),
+        scale_keys: Tuple[str, ...] = (),
     ) -> Tuple[Optional[TensorBatch], List[int]]:
         """The batch of params that have grads, and the indices (into the batch) of params
         whose state `init_state` created just now. (None, []) when no param has a grad.
         State tensors must have `state_dtype` (default: the param's dtype), the master copy
         (MASTER_KEY) float32. `grads` defaults
         to the params' .grad. `scalar_keys`: the per-param float32 scalar states (checked
-        like the step counter; their rows follow the state rows in the table)."""
+        like the step counter; their rows follow the state rows in the table). `scale_keys`
+        (8-bit states): the float32 block-absmax tensor of each state (ceil(numel / 256)
+        values, contiguous), rows after the scalar states."""
         params = self.params
         if grads is None:
             grads = list(map(_grad, params))
@@ -378,17 +387,17 @@ class Bucket:
         owners = params  # the keys of optimizer.state, which own the state tensors
         if self._viewed:
             params, grads = list(map(kernel_view, params)), list(map(kernel_view, grads))
-        key = (active, state_keys, has_step, state_dtype, scalar_keys)
+        key = (active, state_keys, has_step, state_dtype, scalar_keys, scale_keys)
         try:
             if key != self._key:
                 raise _Stale
-            self._check_unchanged(owners, params, grads, state, state_keys, has_step, scalar_keys)
+            self._check_unchanged(owners, params, grads, state, state_keys, has_step, (*scalar_keys, *scale_keys))
             self._fresh = []
         except (_Stale, KeyError):
             self._rebuild(key, owners, params, grads, state, state_keys, has_step, init_state,
-                          state_dtype or self.dtype, scalar_keys)
+                          state_dtype or self.dtype, scalar_keys, scale_keys)
         batch = TensorBatch(params, self._grads, self._steps, self._states, self.device, self.dtype,
-                            self._table, self._version, self._scalars)
+                            self._table, self._version, self._scalars, self._scales)
         # The batch holds this step's grads; the bucket only refers to them weakly, so that
         # zero_grad(set_to_none=True) frees their memory before the next backward.
         self._grads = None
@@ -417,7 +426,7 @@ class Bucket:
                         raise _Stale
                 if has_step and not all(map(operator.is_, map(operator.itemgetter("step"), states), self._steps)):
                     raise _Stale
-                for key, cached in zip(scalar_keys, self._scalars):
+                for key, cached in zip(scalar_keys, (*self._scalars, *self._scales)):
                     if not all(map(operator.is_, map(operator.itemgetter(key), states), cached)):
                         raise _Stale
         if (self._grads_copied or not all(map(operator.is_, grads, map(_dereference, self._grad_refs)))
@@ -431,7 +440,7 @@ class Bucket:
 
     # ----------------------------------------------------------------- rebuilds
     def _rebuild(self, key, owners, params, grads, state, state_keys, has_step, init_state, state_dtype,
-                 scalar_keys=()) -> None:
+                 scalar_keys=(), scale_keys=()) -> None:
         name = self.optimizer
         for owner, p in zip(owners, params):
             if owner.device != self.device or owner.dtype != self.param_dtype:
@@ -451,7 +460,7 @@ class Bucket:
         states_per_param = []
         for i, owner in enumerate(owners if state_keys or has_step or scalar_keys else ()):  # SGD: no state
             s = state[owner]
-            missing = ([k for k in (*state_keys, *scalar_keys) if k not in s]
+            missing = ([k for k in (*state_keys, *scalar_keys, *scale_keys) if k not in s]
                        or (has_step and "step" not in s))
             if missing:
                 init_state(owner, s)
@@ -460,15 +469,16 @@ class Bucket:
         self._fresh = fresh
         if len(fresh) > 1 and not self._distributed and not self._strict:
             consolidate([states_per_param[i] for i in fresh],
-                        (*state_keys, *(("step",) if has_step else ()), *scalar_keys))
+                        (*state_keys, *(("step",) if has_step else ()), *scalar_keys, *scale_keys))
         # The master copy is float32 whatever the states' dtype (bf16 states with master weights).
         self._states_seen = [[self._checked_state(s, k, p, torch.float32 if k == MASTER_KEY else state_dtype)
                               for s, p in zip(states_per_param, params)] for k in state_keys]
         self._states = [list(map(kernel_view, row)) for row in self._states_seen] if self._viewed else self._states_seen
         self._steps = [self._checked_scalar(s, "step", p) for s, p in zip(states_per_param, params)] if has_step else None
         self._scalars = [[self._checked_scalar(s, k, p) for s, p in zip(states_per_param, params)] for k in scalar_keys]
+        self._scales = [[self._checked_scale(s, k, p) for s, p in zip(states_per_param, params)] for k in scale_keys]
         self._param_ptrs = [p.data_ptr() for p in params]
-        rows = FIRST_STATE_ROW + len(state_keys) + len(scalar_keys)
+        rows = FIRST_STATE_ROW + len(state_keys) + len(scalar_keys) + len(scale_keys)
         self._table = array.array("q", bytes(8 * rows * n))
         self._fill_row(NUMEL_ROW, [p.numel() for p in params])
         self._fill_row(PARAM_ROW, self._param_ptrs)
@@ -478,12 +488,15 @@ class Bucket:
             self._fill_row(FIRST_STATE_ROW + r, [t.data_ptr() for t in tensors])
         for r, tensors in enumerate(self._scalars):  # after the states and the master copy (_layout.py)
             self._fill_row(FIRST_STATE_ROW + len(state_keys) + r, [t.data_ptr() for t in tensors])
+        for r, tensors in enumerate(self._scales):  # after the scalar states (_layout.py)
+            self._fill_row(FIRST_STATE_ROW + len(state_keys) + len(scalar_keys) + r, [t.data_ptr() for t in tensors])
         # State tensors are checked by identity each step (cheaply, through the StateMap
         # count), not by address: reading 3,000 addresses a step doubled the host time of
         # 1,000 small params. Memory moved behind a state tensor's back (`.data =`, set_())
         # is therefore not noticed, but the kernels can never write freed memory: the
         # table's storages are held here, and each step checks that none was resized.
-        state_tensors = [*itertools.chain(*self._states), *(self._steps or ()), *itertools.chain(*self._scalars)]
+        state_tensors = [*itertools.chain(*self._states), *(self._steps or ()), *itertools.chain(*self._scalars),
+                         *itertools.chain(*self._scales)]
         written = [*params, *state_tensors]
         # Params' own addresses are rechecked each step; state tensors' are not (see above).
         self._memory = (HeldMemory(params, with_addresses=False), HeldMemory(state_tensors, with_addresses=True))
@@ -526,6 +539,25 @@ class Bucket:
                 owner = torch.view_as_complex(owner)
             s[key] = owner
         return owner
+
+    def _checked_scale(self, s: dict, key: str, p: torch.Tensor) -> torch.Tensor:
+        """s[key], the float32 block absmax of an 8-bit state of param p: contiguous, 1-D,
+        ceil(p.numel() / 256) values, on p's device."""
+        t = s[key]
+        expected = (blocks(p.numel()),)
+        problem = None
+        if not isinstance(t, torch.Tensor):
+            problem = f"is a {type(t).__name__}, not a tensor"
+        elif t.dtype != SCALE_DTYPE or t.device != p.device:
+            problem = f"has dtype {t.dtype} on {t.device}, expected dtype {SCALE_DTYPE} on {p.device}"
+        elif tuple(t.shape) != expected or t.layout != torch.strided or not t.is_contiguous():
+            problem = (f"has shape {tuple(t.shape)}, expected a contiguous {expected} (one value per block of 256 "
+                       f"of the param's {p.numel()} elements)")
+        if problem is None:
+            problem = storage_problem(t)
+        if problem:
+            raise RuntimeError(f"{self.optimizer}: state '{key}' of a param {problem}")
+        return t
 
     def _checked_scalar(self, s: dict, key: str, p: torch.Tensor) -> torch.Tensor:
         """s[key], a per-param scalar (the step counter, ASGD's eta): a float32 0-dim tensor on

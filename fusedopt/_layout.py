@@ -16,7 +16,8 @@ import torch
 # Rows of the address table; must match csrc/include/fusedopt/tensor_table.h. After the
 # state rows (FIRST_STATE_ROW + k), the master copy (with master weights), then one row per
 # scalar state (OptimizerSpec.scalar_states, in order): float32 0-dim tensors that only the
-# per-tensor coefficient code reads and writes.
+# per-tensor coefficient code reads and writes; then, for a batch with 8-bit states
+# (state_dtype="int8", fusedopt/_quantize.py), one row per state tensor: its float32 block absmax.
 NUMEL_ROW, PARAM_ROW, GRAD_ROW, STEP_ROW, FIRST_STATE_ROW = range(5)
 
 # Dtype codes; must match enum class DType in csrc/include/fusedopt/common.h.
@@ -137,6 +138,11 @@ class UpdateConfig:
     bf16_states: the state tensors (not the master copy, step counters or scalar states) are
         stored as bfloat16 (state_dtype=torch.bfloat16): read into float32, updated in
         float32 and rounded once to bf16, to nearest even, in the same pass.
+    int8_states: the state tensors (not the master copy) are uint8 codes of the blockwise
+        dynamic 8-bit format (state_dtype="int8", fusedopt/_quantize.py), with their block
+        scales in `TensorBatch.scales`: dequantized, updated in float32, requantized.
+    int8_signed: with int8_states, per state row (the master copy excepted) whether its code is
+        the signed one (True) or the unsigned one (_quantize.STATE_CODES).
     """
 
     hyper: Mapping[str, Any]
@@ -149,6 +155,8 @@ class UpdateConfig:
     # tensor [len(batch)] on the params' device, from the backend's norm pass (run_update).
     tensor_scale: Optional[torch.Tensor] = None
     bf16_states: bool = False
+    int8_states: bool = False
+    int8_signed: Tuple[bool, ...] = ()
 
     def __getattr__(self, name: str) -> Any:
         """`config.beta1` reads the hyper-parameter of that name (the reference and Triton
@@ -171,12 +179,15 @@ class TensorBatch:
     NAdam's mu_product) of every param: float32 0-dim tensors, advanced with the step
     counters (and, like them, left alone when found_inf skips the step).
 
+    `scales[k]` (8-bit states only, else empty) lists the float32 block absmax tensors of the
+    k-th state (`states[k]` then holds uint8 codes): ceil(numel / 256) values per param.
+
     `table` is the int64 address table of csrc/include/fusedopt/tensor_table.h (rows:
     numel, param, grad, step, states..., master copy, scalar states...), already validated; `table_version` changes
     whenever any address in it changes, so backends may cache what they derive from it.
     """
 
-    __slots__ = ("params", "grads", "steps", "states", "device", "dtype", "table", "table_version", "scalars")
+    __slots__ = ("params", "grads", "steps", "states", "device", "dtype", "table", "table_version", "scalars", "scales")
 
     def __init__(
         self,
@@ -189,6 +200,7 @@ class TensorBatch:
         table,
         table_version: int,
         scalars: Sequence[List[torch.Tensor]] = (),
+        scales: Sequence[List[torch.Tensor]] = (),
     ):
         self.params = params
         self.grads = grads
@@ -199,6 +211,7 @@ class TensorBatch:
         self.table = table  # array.array('q'), rows * len(params)
         self.table_version = table_version
         self.scalars = scalars
+        self.scales = scales
 
     def __len__(self) -> int:
         return len(self.params)

@@ -170,6 +170,7 @@ class CPUBackend(Backend):
         return None
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
+        self.check_state_storage(config)
         _native_kinds().for_batch(kind, batch, config).cpu_update(*common_arguments(batch, config),
                                                              torch.get_num_threads(),
                                                              **per_tensor_arguments(batch, config), **state_arguments(config))
@@ -187,6 +188,7 @@ class CPUBackend(Backend):
                                DTYPE_CODES[batch.dtype], float(lr), torch.get_num_threads())
 
     def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
+        self.check_state_storage(config)
         out = torch.empty(len(batch), 2, dtype=torch.float64)
         clip = per_tensor_arguments(batch, config)["tensor_clip"]
         _native_kinds().for_batch(kind, batch, config).cpu_norms(*common_arguments(batch, config),
@@ -285,6 +287,7 @@ class CUDABackend(Backend):
         native.cuda_adafactor(*factored_arguments(batch, config), workspace.data_ptr(), workspace.numel(), index, stream)
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
+        self.check_state_storage(config)
         index = _device_index(batch.device)
         stream = torch.cuda.current_stream(index).cuda_stream
         workspace = self._workspace(index, stream, _records_bytes(len(batch)))
@@ -296,6 +299,7 @@ class CUDABackend(Backend):
         """The kind's norm pass (csrc/cuda/norms.cuh: a prologue, the block sums, their per-tensor
         sums; the CPU kernel's bits) on the current stream, no sync. Its coefficient records go to
         the stream's workspace, which the update after it then reuses."""
+        self.check_state_storage(config)
         index = _device_index(batch.device)
         stream = torch.cuda.current_stream(index).cuda_stream
         workspace = self._workspace(index, stream, _records_bytes(len(batch)))

@@ -22,12 +22,13 @@ from .._buckets import Bucket, StateMap, _RegroupNeeded, kernel_view, split_into
 from .._layout import (LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_norm_per_tensor,
                        check_clip_value)
 from .._memory import overlaps_itself
+from .._quantize import CODE_DTYPE, dequantized_like, quantized_like, refusal, scale_key
 from ..clip import clip_coefficient, global_norm
 from ._checks import check_low_precision_options, check_weight_decay_mode
 from ._lazy import check_lazy_group, is_lazy, prepare_lazy_groups, run_lazy_groups
 from ._ops import compiled_step
-from ._plan import (bf16_states, bucket_state_dtype, bucket_state_keys, group_hyper, return_copied_grads, run_update,
-                    uses_master)
+from ._plan import (INT8_KERNEL, bf16_states, bucket_scale_keys, bucket_state_dtype, bucket_state_keys, group_hyper,
+                    int8_states, quantizes, return_copied_grads, run_update, uses_master)
 from ._spec import OptimizerSpec, register
 
 
@@ -51,7 +52,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         defaults["backend"] = backends.check_name(defaults.get("backend", "auto"))
         if defaults.get("max_grad_norm") is not None and not defaults["max_grad_norm"] > 0:
             raise ValueError(f"Invalid max_grad_norm value: {defaults['max_grad_norm']}")
-        self._buckets: Dict[int, Tuple[List[torch.Tensor], List[Bucket]]] = {}
+        self._buckets: Dict[int, Tuple[List[torch.Tensor], List[Bucket], bool]] = {}
         super().__init__(params, defaults)
         self.state = StateMap(self.state)
         for group in self.param_groups:
@@ -96,13 +97,19 @@ class FusedOptimizer(torch.optim.Optimizer):
     # coefficient (fusedopt/clip.py's per_tensor_clip_coefficients), after GradScaler's unscale
     # and max_grad_norm's clip, before clip_grad_value's clamp; None: off.
     # state_dtype: None (or torch.float32: the same) keeps today's state dtypes (the param's, or
-    # float32 with master weights); torch.bfloat16 stores every state tensor in bf16 (issue 13).
+    # float32 with master weights); torch.bfloat16 stores every state tensor in bf16; "int8"
+    # stores each state tensor of 4,096 elements or more as blockwise 8-bit codes and block
+    # scales (fusedopt/_quantize.py). Like the backend, a group keeps its own state_dtype when a
+    # checkpoint is loaded, and the checkpoint's states are converted to it (issue 13).
     _own_setstate_defaults = dict(backend="auto", master_weights=False, max_grad_norm=None, clip_grad_value=None,
                                   clip_grad_norm_per_tensor=None, state_dtype=None, bf16_stochastic_round=False)
 
     # Why this optimizer cannot keep bf16 states (state_dtype=torch.bfloat16 is then refused
     # when a group is added); None: it can.
     _bf16_states_refused: Optional[str] = None
+    # Why it cannot keep 8-bit states (None: decided by its state tensors' names,
+    # fusedopt/_quantize.py's STATE_CODES and REFUSED_STATES).
+    _int8_states_refused: Optional[str] = None
 
     # ----------------------------------------------------------------- torch.optim API
     def add_param_group(self, param_group: dict) -> None:
@@ -147,7 +154,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         # The backend is how this process runs the step, not part of the training state:
         # keep the one each group was given here rather than the checkpoint's.
-        chosen = [group["backend"] for group in self.param_groups]
+        chosen = [(group["backend"], group.get("state_dtype")) for group in self.param_groups]
         loaded = []
 
         def check_after_user_hooks(optimizer, state_dict):
@@ -161,8 +168,10 @@ class FusedOptimizer(torch.optim.Optimizer):
             super().load_state_dict(state_dict)
         finally:
             handle.remove()
-        for group, backend in zip(self.param_groups, chosen):
+        for group, (backend, state_dtype) in zip(self.param_groups, chosen):
             group["backend"] = backend
+            group["state_dtype"] = state_dtype
+        self._buckets = {}  # a group's 8-bit split follows its state_dtype
         self._restore_state_dtypes(loaded[0])
 
     def _check_loadable(self, state_dict: dict) -> None:
@@ -174,25 +183,43 @@ class FusedOptimizer(torch.optim.Optimizer):
                                  f"{', '.join(map(repr, missing))}; is this another optimizer's state_dict?")
 
     def _restore_state_dtypes(self, state_dict: dict) -> None:
-        """torch's load casts every floating state tensor to its param's dtype; master
-        weights (float32) and state tensors of another dtype (float32 with master weights,
-        bf16 with state_dtype=torch.bfloat16) are taken from the checkpoint again and
-        converted once, from the saved values, to the dtype this group keeps them in (so a
-        float32 checkpoint loads into bf16 states rounded once, and bf16 states load exactly
-        into float32 ones)."""
+        """torch's load casts every floating state tensor to its param's dtype (uint8 codes
+        and their scales too); master weights (float32) and state tensors of another dtype
+        (float32 with master weights, bf16 with state_dtype=torch.bfloat16, 8-bit codes with
+        "int8") are taken from the checkpoint again and converted once, from the saved values,
+        to the form this group keeps them in: a float32 checkpoint loads into bf16 states
+        rounded once and into 8-bit states quantized once; bf16 states load exactly into
+        float32 ones, 8-bit states dequantized (fusedopt/_quantize.py)."""
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         for saved_id, (param, group) in zip(saved_ids, self._params_with_groups()):
             saved = state_dict["state"].get(saved_id)
-            state_dtype = bucket_state_dtype(group, param.dtype)
-            if saved is None or state_dtype is None:
+            if saved is None:
                 continue
-            dtypes = {key: state_dtype for key in self.state_keys(group)}
-            if self._uses_master(group, param.dtype):
-                dtypes[MASTER_KEY] = torch.float32
+            quantized = quantizes(group, param)
+            state_dtype = bucket_state_dtype(group, param.dtype, quantized)
+            keys = self.state_keys(group)
             state = self.state[param]
-            for key, dtype in dtypes.items():
-                if isinstance(saved.get(key), torch.Tensor):
-                    state[key] = saved[key].to(device=param.device, dtype=dtype, copy=True)
+            saved_quantized = any(_is_quantized(saved, key) for key in keys)
+            if state_dtype is None and not saved_quantized:
+                continue
+            if self._uses_master(group, param.dtype) and isinstance(saved.get(MASTER_KEY), torch.Tensor):
+                state[MASTER_KEY] = saved[MASTER_KEY].to(device=param.device, dtype=torch.float32, copy=True)
+            for key in keys:
+                value = saved.get(key)
+                if not isinstance(value, torch.Tensor):
+                    continue
+                state.pop(scale_key(key), None)
+                if _is_quantized(saved, key):
+                    if quantized:  # codes and scales exactly as saved
+                        state[key] = value.to(device=param.device, copy=True)
+                        state[scale_key(key)] = saved[scale_key(key)].to(device=param.device, copy=True)
+                        continue
+                    value = dequantized_like(value, saved[scale_key(key)], key)
+                if quantized:
+                    codes, scales = quantized_like(value.to(device=param.device, dtype=torch.float32), key)
+                    state[key], state[scale_key(key)] = codes, scales
+                else:
+                    state[key] = value.to(device=param.device, dtype=state_dtype or param.dtype, copy=True)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None):
@@ -226,9 +253,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         for group, hyper, batches in zip(self.param_groups, hypers, prepared):
             for bucket, batch, fresh in batches:
                 transform = transforms(group, bucket.device)
-                run_update(self.spec, backends.resolve(group["backend"], bucket.device), batch, fresh, hyper,
+                backend = (backends.resolve(group["backend"], bucket.device, INT8_KERNEL) if bucket.quantized
+                           else backends.resolve(group["backend"], bucket.device))
+                run_update(self.spec, backend, batch, fresh, hyper,
                            group["lr"], self._uses_master(group, bucket.dtype), transform,
-                           group.get("clip_grad_norm_per_tensor"), bf16_states(group))
+                           group.get("clip_grad_norm_per_tensor"), bf16_states(group), bucket.quantized)
                 if transform.writes_grad() and bucket._grads_copied:
                     return_copied_grads([kernel_view(p.grad) for p in bucket.params if p.grad is not None], batch.grads)
         if lazy_groups:
@@ -242,15 +271,18 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _bucket_state_keys(self, group: dict, dtype: torch.dtype, hyper: dict) -> Tuple[str, ...]:
         return bucket_state_keys(self.spec, hyper, self._uses_master(group, dtype))
 
-    def _init_state(self, group: dict, dtype: torch.dtype, hyper: dict) -> Callable[[torch.Tensor, dict], None]:
+    def _init_state(self, group: dict, dtype: torch.dtype, hyper: dict,
+                    quantized: bool = False) -> Callable[[torch.Tensor, dict], None]:
         """A function filling a param's missing state entries (lazy initialisation): torch's
         float32 step counter and scalar states (kept beside the param, so GPU kernels read
         them without a sync), every state tensor (zeros, or the spec's initial value), and the fp32 master
-        copy of a 16-bit param. State tensors get the bucket's state dtype (bucket_state_dtype)."""
+        copy of a 16-bit param. State tensors get the bucket's state dtype (bucket_state_dtype);
+        in a `quantized` bucket (8-bit states) each is its start value quantized: uint8 codes
+        and float32 block scales (`<key>_absmax`; zeros: absmax 0, every code pointing at 0.0)."""
         keys = self.spec.state_keys(hyper)
         with_step = self.has_step_counter
         master = self._uses_master(group, dtype)
-        state_dtype = bucket_state_dtype(group, dtype)
+        state_dtype = bucket_state_dtype(group, dtype, quantized)
         fills = {key: group[source] for key, source in self.spec.initial_values}
         # torch.optim's per-param scalars (ASGD's eta starts at the group's lr, its mu at 1):
         # float32, beside the param; a tensor lr is read only when such state is created.
@@ -265,14 +297,26 @@ class FusedOptimizer(torch.optim.Optimizer):
                     state[key] = torch.tensor(value, dtype=torch.float32, device=p.device)
             for key in keys:
                 if key not in state:
-                    value = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
-                    state[key] = value if key not in fills else value.fill_(fills[key])
+                    value = torch.zeros_like(p, dtype=torch.float32 if quantized else state_dtype,
+                                             memory_format=torch.preserve_format)
+                    value = value if key not in fills else value.fill_(fills[key])
+                    if quantized:
+                        state[key], state[scale_key(key)] = quantized_like(value, key)
+                    else:
+                        state[key] = value
             if master and MASTER_KEY not in state:
                 state[MASTER_KEY] = p.detach().to(torch.float32, copy=True)
-            # master_weights or state_dtype turned on for state kept in another dtype (a torch
-            # checkpoint, or a group switched over): its states go on in the bucket's dtype
+            # master_weights or state_dtype turned on for state kept in another form (a torch
+            # checkpoint, or a group switched over): its states go on in the bucket's form
             for key in keys:
-                if state_dtype is not None and state[key].dtype != state_dtype:
+                if _is_quantized(state, key) and not quantized:
+                    state[key] = dequantized_like(state[key], state.pop(scale_key(key)), key)
+                if quantized and state[key].dtype == CODE_DTYPE and scale_key(key) not in state:
+                    raise RuntimeError(f"{type(self).__name__}: state '{key}' holds 8-bit codes without their block "
+                                       f"scales '{scale_key(key)}'; restore both, or delete the state")
+                if quantized and state[key].dtype != CODE_DTYPE:
+                    state[key], state[scale_key(key)] = quantized_like(state[key].float(), key)
+                elif state_dtype is not None and state[key].dtype != state_dtype:
                     state[key] = state[key].to(state_dtype)
 
         return init
@@ -284,10 +328,14 @@ class FusedOptimizer(torch.optim.Optimizer):
             try:
                 prepared = []
                 for bucket in self._group_buckets(index, group):
+                    keys = self._bucket_state_keys(group, bucket.dtype, hyper)
                     batch, fresh = bucket.batch(
-                        self.state, self._bucket_state_keys(group, bucket.dtype, hyper), self.has_step_counter,
-                        self._init_state(group, bucket.dtype, hyper), bucket_state_dtype(group, bucket.dtype),
+                        self.state, keys, self.has_step_counter,
+                        (self._init_state(group, bucket.dtype, hyper, quantized=True) if bucket.quantized
+                         else self._init_state(group, bucket.dtype, hyper)),  # Adafactor's takes no `quantized`
+                        bucket_state_dtype(group, bucket.dtype, bucket.quantized),
                         scalar_keys=self.spec.scalar_state_keys(),
+                        scale_keys=bucket_scale_keys(keys, bucket.quantized),
                     )
                     if batch is not None:
                         prepared.append((bucket, batch, fresh))
@@ -337,11 +385,14 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _group_buckets(self, index: int, group: dict) -> List[Bucket]:
         params = group["params"]
+        int8 = int8_states(group)
         cached = self._buckets.get(index)
-        if cached is not None and len(cached[0]) == len(params) and all(map(operator.is_, params, cached[0])):
+        if (cached is not None and cached[2] == int8 and len(cached[0]) == len(params)
+                and all(map(operator.is_, params, cached[0]))):
             return cached[1]
-        buckets = split_into_buckets(params, type(self).__name__)
-        self._buckets[index] = (list(params), buckets)
+        buckets = split_into_buckets(params, type(self).__name__,
+                                     quantized=(lambda p: quantizes(group, p)) if int8 else None)
+        self._buckets[index] = (list(params), buckets, int8)
         return buckets
 
     def _check_group_options(self, group: dict) -> None:
@@ -352,7 +403,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         try:
             check_clip_value(group.get("clip_grad_value"))
             check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
-            check_low_precision_options(group, type(self).__name__, self._bf16_states_refused)
+            check_low_precision_options(group, type(self).__name__, self._bf16_states_refused,
+                                        self._int8_states_refused or refusal(self.state_keys(group)))
             if is_lazy(group):
                 check_lazy_group(group, type(self).__name__)
             if "weight_decay_mode" in self.defaults:
@@ -367,6 +419,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         """A backend named explicitly must be able to run on the group's devices: say so now."""
         for device in {p.device for p in group["params"]}:
             backends.resolve(group["backend"], device)
+            if any(quantizes(group, p) for p in group["params"] if p.device == device):
+                backends.resolve(group["backend"], device, INT8_KERNEL)
+
+
+def _is_quantized(state: dict, key: str) -> bool:
+    """state[key] holds 8-bit codes (uint8, with its block scales beside it)."""
+    value = state.get(key)
+    return isinstance(value, torch.Tensor) and value.dtype == CODE_DTYPE and scale_key(key) in state
 
 
 def _value_clip_only(group: dict, device: torch.device) -> GradTransform:

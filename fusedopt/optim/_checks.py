@@ -5,6 +5,9 @@ from typing import Optional
 
 import torch
 
+from .._buckets import DTensor
+from .._quantize import is_int8
+
 
 def scalar(value) -> float:
     """A hyper-parameter given as a number or a one-element tensor, as a Python float."""
@@ -78,27 +81,39 @@ def absolute_weight_decay(group: dict, decoupled: bool = True) -> bool:
     return mode == "absolute"
 
 
-def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optional[str] = None) -> None:
+def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optional[str] = None,
+                                int8_refused: Optional[str] = None) -> None:
     """state_dtype and bf16_stochastic_round of a param group (issue 13), checked when the group
-    is added. state_dtype: None or torch.float32 (the same: today's state dtypes) or
-    torch.bfloat16 (every state tensor stored in bf16; not for float64 or complex params,
-    whose math is not float32). The 8-bit states of issue 13 ("int8") are not built.
-    bf16_refused: why optimizer `name` cannot keep bf16 states (None: it can)."""
+    is added. state_dtype: None or torch.float32 (the same: today's state dtypes),
+    torch.bfloat16 (every state tensor stored in bf16) or "int8" (blockwise dynamic 8-bit
+    states, fusedopt/_quantize.py; tensors under 4,096 elements keep full-precision states);
+    neither for float64 or complex params, whose math is not float32, and "int8" not for
+    FSDP2 (DTensor) params, whose block scales would not be sharded with them.
+    bf16_refused / int8_refused: why optimizer `name` cannot keep such states (None: it can)."""
     state_dtype = group.get("state_dtype")
-    if isinstance(state_dtype, str) and state_dtype.lower() == "int8":
-        raise ValueError("state_dtype='int8' (blockwise 8-bit optimizer states) is not implemented yet (issue 13's "
-                         "second part); use state_dtype=torch.bfloat16 or None")
-    if state_dtype not in (None, torch.float32, torch.bfloat16):
-        raise ValueError(f"Invalid state_dtype: {state_dtype!r} (None, torch.float32 or torch.bfloat16)")
+    int8 = is_int8(state_dtype)
+    if isinstance(state_dtype, str) and not int8:
+        raise ValueError(f"Invalid state_dtype: {state_dtype!r} (None, torch.float32, torch.bfloat16 or 'int8')")
+    if not int8 and state_dtype not in (None, torch.float32, torch.bfloat16):
+        raise ValueError(f"Invalid state_dtype: {state_dtype!r} (None, torch.float32, torch.bfloat16 or 'int8')")
     if state_dtype == torch.bfloat16 and bf16_refused is not None:
         raise ValueError(f"{name}: state_dtype=torch.bfloat16 is not supported: {bf16_refused}; use state_dtype=None "
                          "(or torch.float32)")
+    if int8 and int8_refused is not None:
+        raise ValueError(f"{name}: state_dtype='int8' is not supported: {int8_refused}; use state_dtype=None, "
+                         "torch.float32 or torch.bfloat16")
     params = [p for p in group.get("params", ()) if isinstance(p, torch.Tensor)]
-    if state_dtype == torch.bfloat16:
+    if state_dtype == torch.bfloat16 or int8:
+        shown = "'int8'" if int8 else "torch.bfloat16"
         for p in params:
             if p.dtype == torch.float64 or p.is_complex():
-                raise ValueError(f"state_dtype=torch.bfloat16 needs float32, float16 or bfloat16 params (their math "
+                raise ValueError(f"state_dtype={shown} needs float32, float16 or bfloat16 params (their math "
                                  f"runs in float32); this group has a {p.dtype} param")
+    if int8:
+        for p in params:
+            if isinstance(p, DTensor):
+                raise ValueError("state_dtype='int8' does not support DTensor (FSDP2) params yet: their block "
+                                 "scales would not be sharded with them; use state_dtype=torch.bfloat16")
     rounding = group.get("bf16_stochastic_round", False)
     if not isinstance(rounding, bool):
         raise ValueError(f"Invalid bf16_stochastic_round: {rounding!r} (True or False)")

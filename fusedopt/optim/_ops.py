@@ -17,6 +17,7 @@ import torch
 from .. import backends
 from .._buckets import kernel_view, split_into_buckets
 from .._layout import LOW_PRECISION, GradTransform, check_clip_norm_per_tensor
+from .._quantize import is_int8
 from ..clip import clip_coefficient, global_norm
 from . import _spec
 from ._plan import bf16_states, bucket_state_keys, group_hyper, return_copied_grads, run_update, split_fresh
@@ -149,6 +150,9 @@ def _no_initialisation(param: torch.Tensor, state: dict) -> None:
 
 def compiled_step(optimizer) -> None:
     """FusedOptimizer.step's traceable form (see the module docstring)."""
+    if any(is_int8(g.get("state_dtype")) for g in optimizer.param_groups):
+        raise RuntimeError(f"{type(optimizer).__name__}: state_dtype='int8' does not run under torch.compile yet "
+                           "(the fusedopt::update_ op has no block scales); call step() outside the compiled region")
     grad_scale = getattr(optimizer, "grad_scale", None)
     found_inf = getattr(optimizer, "found_inf", None)
     groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in optimizer.param_groups]

@@ -20,6 +20,7 @@ import torch
 
 from .._buckets import select
 from .._layout import LOW_PRECISION, MASTER_KEY, GradTransform, TensorBatch, UpdateConfig
+from .._quantize import CODE_DTYPE, is_int8, is_signed, quantized_numel, scale_key
 from ..backends.base import Backend
 from ..clip import per_tensor_clip_coefficients
 from ._spec import OptimizerSpec
@@ -39,13 +40,37 @@ def bf16_states(group: Mapping[str, Any]) -> bool:
     return group.get("state_dtype") == torch.bfloat16
 
 
-def bucket_state_dtype(group: Mapping[str, Any], dtype: torch.dtype) -> Optional[torch.dtype]:
+def int8_states(group: Mapping[str, Any]) -> bool:
+    """The group stores its large state tensors in 8 bits (state_dtype="int8")."""
+    return is_int8(group.get("state_dtype"))
+
+
+# The kernel shape (Backend.kernels) a bucket with 8-bit states needs: backends without it are
+# refused by name and passed over by "auto" (fusedopt/backends/__init__.py).
+INT8_KERNEL = "int8_states"
+
+
+def quantizes(group: Mapping[str, Any], p: torch.Tensor) -> bool:
+    """Whether param p of this group has 8-bit states (the group's state_dtype is "int8" and
+    p has at least _quantize.MIN_QUANTIZED_NUMEL elements)."""
+    return int8_states(group) and quantized_numel(p.numel())
+
+
+def bucket_state_dtype(group: Mapping[str, Any], dtype: torch.dtype, quantized: bool = False) -> Optional[torch.dtype]:
     """The dtype of a bucket's state tensors (the master copy, always float32, excepted):
-    bfloat16 with state_dtype=torch.bfloat16, float32 with master weights, else None (the
-    param's dtype)."""
+    uint8 (the codes) for a bucket with 8-bit states, bfloat16 with state_dtype=torch.bfloat16,
+    float32 with master weights, else None (the param's dtype; also the small tensors of an
+    "int8" group)."""
+    if quantized:
+        return CODE_DTYPE
     if bf16_states(group):
         return torch.bfloat16
     return torch.float32 if uses_master(group, dtype) else None
+
+
+def bucket_scale_keys(state_keys: Tuple[str, ...], quantized: bool) -> Tuple[str, ...]:
+    """The block-scale keys of a bucket's states (the master copy has none); () unless quantized."""
+    return tuple(scale_key(key) for key in state_keys if key != MASTER_KEY) if quantized else ()
 
 
 def bucket_state_keys(spec: OptimizerSpec, hyper: Mapping[str, Any], master: bool) -> Tuple[str, ...]:
@@ -67,7 +92,8 @@ def learning_rate(lr, backend: Backend, device: torch.device) -> Tuple[float, Op
 
 def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh: Sequence[int],
                hyper: Mapping[str, Any], lr, master_weights: bool, grad_transform: GradTransform,
-               clip_norm_per_tensor: Optional[float] = None, bf16_states: bool = False) -> None:
+               clip_norm_per_tensor: Optional[float] = None, bf16_states: bool = False,
+               int8_states: bool = False) -> None:
     """One backend call per batch, or two when only some of its state is new and the
     optimizer has a first-step rule (`fresh`: batch indices whose state was just created).
 
@@ -83,8 +109,11 @@ def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh:
                                              grad_transform.clip_coef)
         grad_transform = dataclasses.replace(grad_transform, tensor_clip=coefs.to(batch.device))
 
+    signed = tuple(is_signed(key) for key in spec.state_keys(hyper)) if int8_states else ()
+
     def call(part: TensorBatch, first_step: bool, transform: GradTransform) -> None:
-        config = UpdateConfig(hyper, lr, lr_tensor, first_step, master_weights, transform, bf16_states=bf16_states)
+        config = UpdateConfig(hyper, lr, lr_tensor, first_step, master_weights, transform, bf16_states=bf16_states,
+                              int8_states=int8_states, int8_signed=signed)
         if spec.norm_pass and len(part):
             config = dataclasses.replace(config, tensor_scale=trust_ratio(backend.norms(spec.kind, part, config)))
         backend.update(spec.kind, part, config)

@@ -48,6 +48,8 @@ class Adafactor(FusedOptimizer):
     _own_setstate_defaults = dict(backend="auto", state_dtype=None)
     _bf16_states_refused = ("Adafactor's factored second moments (row_var, col_var, variance) stay in the param's "
                             "dtype; its kernels have no bf16 state storage")
+    _int8_states_refused = ("Adafactor's factored second moments (row_var, col_var, variance) are not laid out like "
+                            "the param and have no 8-bit storage")
     # GradScaler hands grad_scale/found_inf only to optimizers that say they take them; torch's
     # Adafactor does not, so the scaler unscales (and skips on inf) itself.
     _step_supports_amp_scaling = False

@@ -4,7 +4,10 @@ Every other backend must agree with this one. The operations and their order are
 torch.optim's single-tensor ones; 16-bit params are computed in float32 and rounded
 once at the end, as torch's fused kernels and fusedopt's compiled kernels do. bf16 state
 tensors (state_dtype=torch.bfloat16) are read into float32 the same way and rounded once, to
-nearest even (Tensor.copy_), when stored back.
+nearest even (Tensor.copy_), when stored back. 8-bit states (state_dtype="int8") are
+dequantized into float32 (table[code] * block absmax), updated by the same function and
+requantized from the new float32 values (fusedopt/_quantize.py states the format and the
+rounding); the param's update reads the new float32 state, not its requantized value.
 
 This module owns what every optimizer shares (the grad transform, master weights, the
 step counter, write-back); each optimizer's math is one function in
@@ -32,6 +35,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import torch
 
 from ..._layout import LOW_PRECISION, SparseRowBatch, TensorBatch, UpdateConfig, check_clip_value
+from ..._quantize import dequantize, memory_order, store
 from ..base import Backend
 
 _UPDATES: Dict[str, Callable] = {}
@@ -64,9 +68,19 @@ def _transformed_grad(stored_grad: torch.Tensor, transform, i: int) -> torch.Ten
     return grad if grad is not stored_grad else grad.clone()
 
 
+def _dequantized(codes: List[torch.Tensor], scales: List[torch.Tensor], signed) -> List[torch.Tensor]:
+    """The float32 values of 8-bit states, each in its codes' shape and layout (new tensors)."""
+    values = []
+    for c, absmax, is_signed in zip(codes, scales, signed):
+        value = torch.empty_like(c, dtype=torch.float32, memory_format=torch.preserve_format)
+        memory_order(value).copy_(dequantize(c, absmax, is_signed))
+        values.append(value)
+    return values
+
+
 class ReferenceBackend(Backend):
     name = "reference"
-    kernels = ("elementwise", "factored")
+    kernels = ("elementwise", "factored", "int8_states")
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         return None  # plain PyTorch runs wherever the tensors are
@@ -92,6 +106,8 @@ class ReferenceBackend(Backend):
             master = states.pop() if config.master_weights else None
             targets = [param if master is None else master, *states]
             values = [_in_opmath(t) for t in targets]
+            if config.int8_states:
+                values[1:] = _dequantized(states, [s[i] for s in batch.scales], config.int8_signed)
             grad = _transformed_grad(stored_grad, transform, i)
             if config.tensor_scale is not None:  # LAMB's trust ratio
                 update(values[0], grad, values[1:], step, config, ratio=float(config.tensor_scale[i]))
@@ -99,6 +115,11 @@ class ReferenceBackend(Backend):
                 update(values[0], grad, values[1:], step, config, [s[i] for s in batch.scalars])
             else:
                 update(values[0], grad, values[1:], step, config)
+            if config.int8_states:
+                for codes, absmax, value, signed in zip(states, [s[i] for s in batch.scales], values[1:],
+                                                        config.int8_signed):
+                    store(value, codes, absmax, signed)
+                targets, values = targets[:1], values[:1]
             for target, value in zip(targets, values):
                 if value is not target:
                     target.copy_(value)
@@ -119,7 +140,11 @@ class ReferenceBackend(Backend):
             master = states.pop() if config.master_weights else None
             value = _in_opmath(param if master is None else master)
             grad = _transformed_grad(stored_grad, transform, i)
-            a, b = terms(value, grad, [_in_opmath(s) for s in states], step, config)
+            if config.int8_states:
+                state_values = _dequantized(states, [s[i] for s in batch.scales], config.int8_signed)
+            else:
+                state_values = [_in_opmath(s) for s in states]
+            a, b = terms(value, grad, state_values, step, config)
             out[i, 0], out[i, 1] = a, b
         return out
 
