@@ -137,6 +137,11 @@ class UpdateConfig:
     bf16_states: the state tensors (not the master copy, step counters or scalar states) are
         stored as bfloat16 (state_dtype=torch.bfloat16): read into float32, updated in
         float32 and rounded once to bf16, to nearest even, in the same pass.
+    round_seed: bf16_stochastic_round's seed for this call (0: round to nearest even): a
+        bfloat16 param without a master copy is stored rounded stochastically, `upper 16
+        bits of (float32 bits + r)` with r 16 random bits hashed from (round_seed, the
+        tensor's index in the batch, the element's index in its memory); NaN kept quiet,
+        Inf kept (fusedopt/backends/reference/_rounding.py, csrc/include/fusedopt/common.h).
     """
 
     hyper: Mapping[str, Any]
@@ -149,6 +154,7 @@ class UpdateConfig:
     # tensor [len(batch)] on the params' device, from the backend's norm pass (run_update).
     tensor_scale: Optional[torch.Tensor] = None
     bf16_states: bool = False
+    round_seed: int = 0
 
     def __getattr__(self, name: str) -> Any:
         """`config.beta1` reads the hyper-parameter of that name (the reference and Triton

@@ -78,12 +78,16 @@ def absolute_weight_decay(group: dict, decoupled: bool = True) -> bool:
     return mode == "absolute"
 
 
-def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optional[str] = None) -> None:
+def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optional[str] = None,
+                                rounding_refused: Optional[str] = None) -> None:
     """state_dtype and bf16_stochastic_round of a param group (issue 13), checked when the group
     is added. state_dtype: None or torch.float32 (the same: today's state dtypes) or
     torch.bfloat16 (every state tensor stored in bf16; not for float64 or complex params,
     whose math is not float32). The 8-bit states of issue 13 ("int8") are not built.
-    bf16_refused: why optimizer `name` cannot keep bf16 states (None: it can)."""
+    bf16_refused: why optimizer `name` cannot keep bf16 states (None: it can).
+    bf16_stochastic_round: True rounds bf16 params without a master copy stochastically
+    (fusedopt/backends/reference/_rounding.py); only for bfloat16 params, not with
+    master_weights; rounding_refused: why optimizer `name` cannot (None: it can)."""
     state_dtype = group.get("state_dtype")
     if isinstance(state_dtype, str) and state_dtype.lower() == "int8":
         raise ValueError("state_dtype='int8' (blockwise 8-bit optimizer states) is not implemented yet (issue 13's "
@@ -103,6 +107,8 @@ def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optio
     if not isinstance(rounding, bool):
         raise ValueError(f"Invalid bf16_stochastic_round: {rounding!r} (True or False)")
     if rounding:
+        if rounding_refused is not None:
+            raise ValueError(f"{name}: bf16_stochastic_round=True is not supported: {rounding_refused}")
         if group.get("master_weights"):
             raise ValueError("bf16_stochastic_round=True rounds bf16 params that have no master copy; "
                              "it cannot be combined with master_weights=True")
@@ -110,4 +116,3 @@ def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optio
             if p.dtype != torch.bfloat16:
                 raise ValueError(f"bf16_stochastic_round=True applies to bfloat16 params only; this group has a "
                                  f"{p.dtype} param")
-        raise ValueError("bf16_stochastic_round=True is not implemented yet")

@@ -4,7 +4,9 @@ Every other backend must agree with this one. The operations and their order are
 torch.optim's single-tensor ones; 16-bit params are computed in float32 and rounded
 once at the end, as torch's fused kernels and fusedopt's compiled kernels do. bf16 state
 tensors (state_dtype=torch.bfloat16) are read into float32 the same way and rounded once, to
-nearest even (Tensor.copy_), when stored back.
+nearest even (Tensor.copy_), when stored back. With bf16_stochastic_round (a nonzero
+UpdateConfig.round_seed) a bf16 param without a master copy is rounded stochastically
+instead (reference/_rounding.py states the rule and its random bits).
 
 This module owns what every optimizer shares (the grad transform, master weights, the
 step counter, write-back); each optimizer's math is one function in
@@ -33,6 +35,7 @@ import torch
 
 from ..._layout import LOW_PRECISION, SparseRowBatch, TensorBatch, UpdateConfig, check_clip_value
 from ..base import Backend
+from ._rounding import stochastic_bf16
 
 _UPDATES: Dict[str, Callable] = {}
 
@@ -99,6 +102,9 @@ class ReferenceBackend(Backend):
                 update(values[0], grad, values[1:], step, config, [s[i] for s in batch.scalars])
             else:
                 update(values[0], grad, values[1:], step, config)
+            if config.round_seed and master is None and param.dtype == torch.bfloat16:
+                param.copy_(stochastic_bf16(values[0], config.round_seed, i, param))
+                targets, values = targets[1:], values[1:]
             for target, value in zip(targets, values):
                 if value is not target:
                     target.copy_(value)
