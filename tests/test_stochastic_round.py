@@ -20,6 +20,12 @@ from fusedopt.optim import _spec
 from test_state_dtype import OPTIONS
 
 KINDS = tuple(_spec.elementwise_kinds())
+# The reference is torch's own operations, and torch's CPU lerp_ and addcmul_ take a fused
+# multiply-add on their vectorised path (the 4097-element tensor), where the kernels round the
+# product first: Lion's momentum and RMSprop's and Adadelta's square_avg then differ by a
+# rounding from the kernels' with round-to-nearest too (reproduced with
+# bf16_stochastic_round=False), so for these the reference is compared on the small tensors.
+REFERENCE_FMA = {"lion", "rmsprop", "adadelta"}
 STEPS = 20
 
 
@@ -84,8 +90,15 @@ def test_same_bits_on_every_backend(kind, states, monkeypatch):
     nearest = _run(kind, "cpu", rounding=False, **extra)
     assert any(not torch.equal(_bits(a), _bits(b)) for a, b in zip(expected[0], nearest[0])), \
         "stochastic rounding gave round-to-nearest's bits"
-    for backend in ("reference", "triton", *_host_backends(monkeypatch)):
-        _assert_same(_run(kind, backend, **extra), expected, backend)
+    for backend in ("triton", *_host_backends(monkeypatch), "reference"):
+        actual = _run(kind, backend, **extra)
+        if backend == "reference" and kind in REFERENCE_FMA:
+            keep = [i for i, p in enumerate(actual[0]) if p.numel() < 4097]
+            actual = ([actual[0][i] for i in keep], actual[1])
+            expected_small = ([expected[0][i] for i in keep], expected[1])
+            _assert_same(actual, expected_small, backend)
+            continue
+        _assert_same(actual, expected, backend)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
