@@ -59,11 +59,12 @@ AdafactorOptions adafactor_options(double lr, uintptr_t lr_tensor, double beta2_
   return o;
 }
 
-// The pointers arrive as integers, 0 for "none", and clip_value as a number, 0 for "no clamp"
-// (see fusedopt/backends/native.py).
+// The pointers arrive as integers, 0 for "none", clip_value as a number, 0 for "no clamp", and
+// round_seed (bf16_stochastic_round) 0 for "to nearest" (see fusedopt/backends/native.py).
 UpdateOptions update_options(double lr, uintptr_t lr_tensor, bool first_step, bool master_weights,
                              uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, double clip_value,
-                             uintptr_t tensor_clip, uintptr_t tensor_scale, bool bf16_states) {
+                             uintptr_t tensor_clip, uintptr_t tensor_scale, bool bf16_states,
+                             uint64_t round_seed = 0) {
   UpdateOptions o;
   o.lr = lr;
   o.lr_tensor = reinterpret_cast<const double*>(lr_tensor);
@@ -74,6 +75,7 @@ UpdateOptions update_options(double lr, uintptr_t lr_tensor, bool first_step, bo
                                    reinterpret_cast<const float*>(clip_coef), clip_value,
                                    reinterpret_cast<const float*>(tensor_clip)};
   o.tensor_scale = reinterpret_cast<const double*>(tensor_scale);
+  o.round_seed = round_seed;
   return o;
 }
 
@@ -161,15 +163,15 @@ template <typename Kind> void bind_optimizer(py::module_& optimizers, const char
   cls.def("cpu_update", [](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor,
                            bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,
                            uintptr_t clip_coef, double clip_value, int threads, uintptr_t tensor_clip,
-                           uintptr_t tensor_scale, bool bf16_states) {
+                           uintptr_t tensor_scale, bool bf16_states, uint64_t round_seed) {
             const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
                                                               found_inf, clip_coef, clip_value, tensor_clip,
-                                                              tensor_scale, bf16_states)};
+                                                              tensor_scale, bf16_states, round_seed)};
             cpu::update<Kind>(table_at(table, n), dtype_from(dtype), config, threads);
           }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
           py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
           py::arg("clip_coef"), py::arg("clip_value"), py::arg("threads"), py::arg("tensor_clip") = 0,
-          py::arg("tensor_scale") = 0, py::arg("bf16_states") = false);
+          py::arg("tensor_scale") = 0, py::arg("bf16_states") = false, py::arg("round_seed") = 0);
   // The reduction pass of a kind with one (LAMB): out holds 2 * n float64 (host memory). It reads
   // the states as the update does (bf16_states: stored as bfloat16).
   cls.attr("norm_pass") = Kind::kNormPass;
@@ -190,17 +192,17 @@ template <typename Kind> void bind_optimizer(py::module_& optimizers, const char
                                 bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,
                                 uintptr_t clip_coef, double clip_value, uintptr_t workspace, int64_t workspace_bytes,
                                 int64_t chunk_bytes, int device, uintptr_t stream, uintptr_t tensor_clip,
-                                uintptr_t tensor_scale, bool bf16_states) {
+                                uintptr_t tensor_scale, bool bf16_states, uint64_t round_seed) {
             const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
                                                               found_inf, clip_coef, clip_value, tensor_clip,
-                                                              tensor_scale, bf16_states)};
+                                                              tensor_scale, bf16_states, round_seed)};
             cuda::update<Kind>(kind, table_at(table, n), dtype_from(dtype), config,
                                cuda::LaunchResources{workspace, workspace_bytes, chunk_bytes}, device, stream);
           }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
           py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
           py::arg("clip_coef"), py::arg("clip_value"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("chunk_bytes"),
           py::arg("device"), py::arg("stream"), py::arg("tensor_clip") = 0, py::arg("tensor_scale") = 0,
-          py::arg("bf16_states") = false);
+          py::arg("bf16_states") = false, py::arg("round_seed") = 0);
   // The reduction pass on the GPU: partials and out (2 * n float64) are device memory.
   cls.def("cuda_norms", [kind](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor,
                                bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,

@@ -1,15 +1,20 @@
 """bf16 optimizer states against float32 states on a small GPT (CPU, fixed seed).
 
-    python examples/low_precision_states.py [--steps 300] [--plot curves.png]
+    python examples/low_precision_states.py [--steps 300] [--plot curves.png] [--bf16-params]
 
 Trains the character-level GPT of examples/train_gpt.py twice from the same seed and data,
 with fusedopt.AdamW(state_dtype=None) (float32 moments) and state_dtype=torch.bfloat16, and
 prints both final losses and their relative difference (issue 13's bar: within 0.5%). The
 final loss is the trained model's mean loss on 16 fixed batches of 32 windows, the same for
-both runs (a one-batch training loss swings by more than the bar from step to step); the mean
+every run (a one-batch training loss swings by more than the bar from step to step); the mean
 training loss of the last 20 steps is printed beside it. It also measures the optimizer-state bytes per parameter of Adam from
 the state_dict's tensors, step counters included (bar for bf16 states: <= 4.1). With
-matplotlib installed, --plot saves the two loss curves.
+matplotlib installed, --plot saves the loss curves.
+
+--bf16-params adds two runs of pure bf16 training (the model's params in bfloat16, no master
+copy, float32 states): torch.optim.AdamW, whose round-to-nearest loses updates smaller than
+half a bf16 ulp, and fusedopt.AdamW(bf16_stochastic_round=True); it prints how far each final
+loss lies from the float32 run's (issue 13's bar: the stochastic-rounding run the closer).
 """
 import argparse
 import sys
@@ -32,14 +37,21 @@ def state_bytes_per_param(optimizer: torch.optim.Optimizer) -> float:
 @torch.no_grad()
 def evaluation_loss(model: GPT, corpus: CharCorpus, config: ModelConfig, batches: int = 16) -> float:
     generator = torch.Generator().manual_seed(1234)
-    losses = [model(*corpus.batch(32, config.block_size, generator)).item() for _ in range(batches)]
+    losses = [model(*corpus.batch(32, config.block_size, generator)).float().item() for _ in range(batches)]
     return sum(losses) / batches
 
 
-def train(state_dtype, steps: int, seed: int, corpus: CharCorpus, config: ModelConfig):
+def train(state_dtype, steps: int, seed: int, corpus: CharCorpus, config: ModelConfig, param_dtype=None,
+          optimizer_class=None, **options):
     torch.manual_seed(seed)
     model = GPT(config)
-    optimizer = fusedopt.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1, state_dtype=state_dtype, backend="cpu")
+    if param_dtype is not None:
+        model = model.to(param_dtype)
+    if optimizer_class is None:
+        optimizer = fusedopt.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1, state_dtype=state_dtype,
+                                   backend="cpu", **options)
+    else:
+        optimizer = optimizer_class(model.parameters(), lr=3e-3, weight_decay=0.1)
     generator = torch.Generator().manual_seed(seed + 1)
     losses = []
     for _ in range(steps):
@@ -57,19 +69,39 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default=None, help="save the loss curves to this PNG (needs matplotlib)")
+    parser.add_argument("--bf16-params", action="store_true",
+                        help="also train pure bf16 params: torch.optim.AdamW and bf16_stochastic_round=True")
+    parser.add_argument("--only-bf16-params", action="store_true",
+                        help="the fp32-state run and the two pure-bf16 runs only (no bf16-state run)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     corpus = CharCorpus()
     config = ModelConfig(vocab_size=len(corpus.vocab), block_size=64, n_layer=2, n_head=4, n_embd=128)
     runs = {}
-    for name, dtype in (("fp32 states", None), ("bf16 states", torch.bfloat16)):
-        runs[name] = train(dtype, args.steps, args.seed, corpus, config)
+    plans = [("fp32 states", dict(state_dtype=None))]
+    if not args.only_bf16_params:
+        plans.append(("bf16 states", dict(state_dtype=torch.bfloat16)))
+    if args.bf16_params or args.only_bf16_params:
+        plans += [("bf16 params, torch.optim.AdamW", dict(state_dtype=None, param_dtype=torch.bfloat16,
+                                                          optimizer_class=torch.optim.AdamW)),
+                  ("bf16 params, stochastic rounding", dict(state_dtype=None, param_dtype=torch.bfloat16,
+                                                            bf16_stochastic_round=True))]
+    for name, plan in plans:
+        plan = dict(plan)
+        runs[name] = train(plan.pop("state_dtype"), args.steps, args.seed, corpus, config, **plan)
     final = {name: evaluation for name, (_, _, evaluation) in runs.items()}
     for name, (losses, per_param, evaluation) in runs.items():
         print(f"{name}: final loss (16 fixed batches) {evaluation:.4f}, training loss (mean of last 20 steps) "
               f"{sum(losses[-20:]) / 20:.4f}, optimizer state {per_param:.3f} bytes/param")
-    difference = abs(final["bf16 states"] - final["fp32 states"]) / final["fp32 states"]
-    print(f"relative difference of final losses: {100 * difference:.3f}% (bar: <= 0.5%)")
+    if "bf16 states" in final:
+        difference = abs(final["bf16 states"] - final["fp32 states"]) / final["fp32 states"]
+        print(f"relative difference of final losses: {100 * difference:.3f}% (bar: <= 0.5%)")
+    if "bf16 params, stochastic rounding" in final:
+        gaps = {name: final[name] - final["fp32 states"] for name in final if name.startswith("bf16 params")}
+        for name, gap in gaps.items():
+            print(f"{name}: final loss - fp32 run's = {gap:+.4f}")
+        closer = abs(gaps["bf16 params, stochastic rounding"]) < abs(gaps["bf16 params, torch.optim.AdamW"])
+        print(f"stochastic rounding closer to the fp32 run than torch.optim in bf16: {closer}")
     if args.plot:
         try:
             import matplotlib

@@ -143,6 +143,11 @@ class UpdateConfig:
         scales in `TensorBatch.scales`: dequantized, updated in float32, requantized.
     int8_signed: with int8_states, per state row (the master copy excepted) whether its code is
         the signed one (True) or the unsigned one (_quantize.STATE_CODES).
+    round_seed: bf16_stochastic_round's seed for this call (0: round to nearest even): a
+        bfloat16 param without a master copy is stored rounded stochastically, `upper 16
+        bits of (float32 bits + r)` with r 16 random bits hashed from (round_seed, the
+        tensor's index in the batch, the element's index in its memory); NaN kept quiet,
+        Inf kept (fusedopt/backends/reference/_rounding.py, csrc/include/fusedopt/common.h).
     """
 
     hyper: Mapping[str, Any]
@@ -157,6 +162,7 @@ class UpdateConfig:
     bf16_states: bool = False
     int8_states: bool = False
     int8_signed: Tuple[bool, ...] = ()
+    round_seed: int = 0
 
     def __getattr__(self, name: str) -> Any:
         """`config.beta1` reads the hyper-parameter of that name (the reference and Triton

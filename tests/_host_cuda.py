@@ -21,7 +21,8 @@ from fusedopt._sparse_rows import kernel_dtype_problem
 from fusedopt.backends.base import Backend, TensorBatch, UpdateConfig
 from fusedopt.backends.native import (
     DTYPE_CODES, NativeKinds, _kernel_readable, _reduction_table, common_arguments,
-    cuda_sparse_adam_arguments, factored_arguments, per_tensor_arguments, reduction_partials, state_arguments,
+    cuda_sparse_adam_arguments, factored_arguments, per_tensor_arguments, reduction_partials, rounding_arguments,
+    state_arguments,
 )
 
 if os.environ.get("FUSEDOPT_CUDA_HOST", "") not in ("", "0"):
@@ -55,7 +56,8 @@ class HostCUDABackend(Backend):
         workspace = _workspace(len(batch))
         HOST_KINDS.for_batch(kind, batch, config).cuda_update(*common_arguments(batch, config), workspace.data_ptr(),
                                                           workspace.numel(), 0, self.device, 0,
-                                                          **per_tensor_arguments(batch, config), **state_arguments(config))
+                                                          **per_tensor_arguments(batch, config), **state_arguments(config),
+                                                          **rounding_arguments(config))
 
     def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
         # As CUDABackend.norms, with buffers filled with NaN: a value the kernels do not write shows.

@@ -95,7 +95,11 @@ def readable(name: str) -> str:
     for t in storage:
         names.append(names[-1] if t.startswith("S") else types[t])
     limit = re.search(r"ELl(\d+)EE", name)
-    return f"{kind:8s} {op.group(1) if op else '?':7s} {'/'.join(names):15s} {limit.group(1) if limit else ''}"
+    # UpdateChunkOp<Kind, S, SS, master copy, stochastic rounding>: the bools mangle as Lb0E / Lb1E
+    flags = re.findall(r"Lb([01])E", op.group(2)) if op else []
+    rounding = " sr" if len(flags) == 2 and flags[1] == "1" else ""
+    return (f"{kind:8s} {op.group(1) if op else '?':7s} {'/'.join(names) + rounding:15s} "
+            f"{limit.group(1) if limit else ''}")
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +125,9 @@ def test_flags_match_cmakelists():
 # f16, f16/f32/master, f16/bf16, f16/bf16/master; bf16, bf16/f32/master, bf16/bf16/master
 # (bf16 states: state_dtype=torch.bfloat16).
 STORAGE_COMBINATIONS = 10
+# The update kernels add one: bf16 params without a master copy rounded stochastically
+# (bf16_stochastic_round), bf16/bf16 storage.
+UPDATE_COMBINATIONS = STORAGE_COMBINATIONS + 1
 
 
 def min_blocks(body: str) -> int:
@@ -142,9 +149,9 @@ def element_kernels(kernels: dict) -> dict:
     """The update kernels and the norm-pass kernels, checked: one per optimizer (or optimizer
     with a norm pass) x storage combination x parameter-block size."""
     chosen = {name: k for name, k in kernels.items() if "multi_tensor_kernel" in name}
-    assert sum("UpdateChunkOp" in name for name in chosen) == len(SOURCES) * STORAGE_COMBINATIONS * 2
+    assert sum("UpdateChunkOp" in name for name in chosen) == len(SOURCES) * UPDATE_COMBINATIONS * 2
     assert sum("NormChunkOp" in name for name in chosen) == len(NORM_PASS_SOURCES) * STORAGE_COMBINATIONS * 2
-    assert len(chosen) == (len(SOURCES) + len(NORM_PASS_SOURCES)) * STORAGE_COMBINATIONS * 2
+    assert len(chosen) == (len(SOURCES) * UPDATE_COMBINATIONS + len(NORM_PASS_SOURCES) * STORAGE_COMBINATIONS) * 2
     return chosen
 
 

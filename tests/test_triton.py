@@ -604,7 +604,7 @@ kernel = _kernel.multi_tensor_kernel
 FLOAT_POINTERS = {"grad_scale_ptr", "found_inf_ptr", "clip_coef_ptr", "tensor_clip_ptr"}
 DEFAULTS = dict(COMPUTE=tl.float32, MASTER=False, GRAD_SCALE=False, FOUND_INF=False, CLIP_COEF=False,
                 CLIP_VALUE=False, LR_TENSOR=False, ALIGNED=True, BLOCK=1024, CHUNK=16384, NUM_SCALARS=0,
-                TENSOR_CLIP=False, TENSOR_SCALE=False)
+                TENSOR_CLIP=False, TENSOR_SCALE=False, STOCHASTIC=False)
 HYPER = {
     "adam": dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
                  decoupled_weight_decay=False, optimized_update=False, absolute_weight_decay=False),
@@ -625,7 +625,7 @@ def ptx(kind, num_states, hyper=(), **constexprs):
                   "NUM_STATES": num_states, "COUNTER": kind != "sgd"}
     signature = {name: "constexpr" if name in constexprs else "*fp32" if name in FLOAT_POINTERS
                  else "*fp64" if name in ("lr_ptr", "tensor_scale_ptr") else "*i64" if name.endswith("_ptr")
-                 else "i32" if name == "n" else "fp64"
+                 else "i32" if name == "n" else "i64" if name == "seed" else "fp64"
                  for name in kernel.arg_names}
     compiled = triton.compile(ASTSource(kernel, signature=signature, constexprs=constexprs),
                               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, enable_fp_fusion=False))
@@ -669,6 +669,8 @@ kernels = {
     # clip_grad_norm_per_tensor's coefficient per tensor; LAMB's update with its trust ratio
     "adam-tensor-clip": ptx("adam", 2, DTYPE=tl.float32, CLIP_COEF=True, TENSOR_CLIP=True),
     "lamb": ptx("lamb", 2, DTYPE=tl.bfloat16, STATE=tl.float32, MASTER=True, TENSOR_SCALE=True, **amp),
+    # bf16_stochastic_round: bf16 params (no master copy) stored rounded stochastically
+    "sgd-stochastic": ptx("sgd", 1, dict(weight_decay=0.1, nesterov=True), DTYPE=tl.bfloat16, STOCHASTIC=True),
     "asgd-scalars": scalar_state_ptx("asgd", 1, 2),
     "nadam-scalars": scalar_state_ptx("nadam", 2, 1),
 }
@@ -702,3 +704,4 @@ def test_kernels_compile_for_h100():
     assert found["adam-tensor-clip"] == vectors | {"div.rn.f32"}
     assert found["lamb"] >= vectors and "fma.rn.f32" not in found["lamb"] and "sqrt.approx" not in found["lamb"]
     assert found["asgd-scalars"] == found["nadam-scalars"] == set()  # float64 math, no float32 fma
+    assert found["sgd-stochastic"] == vectors  # the hash is integer work: the accesses stay vectors

@@ -24,11 +24,15 @@ namespace detail {
 // stops GCC from vectorising the loop (bf16 SGD ran 7x slower than torch's).
 // WRITE_GRAD: store the unscaled, clipped grad back (writes_grad, fusedopt/common.h).
 // SS: the states' storage type (fusedopt/common.h's dispatch_storage); kMaster: a float32
-// master copy holds the param's value.
-template <typename Kind, typename S, typename SS, bool kMaster, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD>
+// master copy holds the param's value. kStochastic (bf16 params without a master copy,
+// bf16_stochastic_round): the param is rounded with float_to_bf16_stochastic, element j taking
+// the random bits of index `first + j` of the tensor whose rounding key is `key`.
+template <typename Kind, typename S, typename SS, bool kMaster, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD,
+          bool kStochastic = false>
 void update_loop(S* __restrict p, S* __restrict g, SS* __restrict s0, SS* __restrict s1, SS* __restrict s2,
                  SS* __restrict s3, float* __restrict master, int64_t count,
-                 const Scalars<Kind, typename OpMath<S>::type>& scalars) {
+                 const Scalars<Kind, typename OpMath<S>::type>& scalars, uint32_t key = 0, int64_t first = 0) {
+  static_assert(!kStochastic || (std::is_same_v<S, BFloat16> && !kMaster), "stochastic rounding: bf16 params only");
   using T = typename OpMath<S>::type;
   static_assert(kMaxStates == 4, "one __restrict parameter per state");
   constexpr bool kLoads = !FIRST_STEP;  // a new state is written, not read
@@ -43,7 +47,8 @@ void update_loop(S* __restrict p, S* __restrict g, SS* __restrict s0, SS* __rest
     if constexpr (kLoads && (kActive & 4u)) s[2] = to_opmath(s2[j]);
     if constexpr (kLoads && (kActive & 8u)) s[3] = to_opmath(s3[j]);
     Kind::template update<kActive>(pj, gj, s, k, std::bool_constant<FIRST_STEP>{});
-    store_param<S, kMaster>(p, master, j, pj);
+    if constexpr (kStochastic) p[j] = float_to_bf16_stochastic(pj, rounding_bits(key, first + j));
+    else store_param<S, kMaster>(p, master, j, pj);
     if (WRITE_GRAD) g[j] = from_opmath<S>(gj);
     if constexpr (bool(kActive & 1u)) s0[j] = from_opmath<SS>(s[0]);
     if constexpr (bool(kActive & 2u)) s1[j] = from_opmath<SS>(s[1]);
@@ -53,17 +58,18 @@ void update_loop(S* __restrict p, S* __restrict g, SS* __restrict s0, SS* __rest
 }
 
 // Elements [lo, hi) of tensor i: the state rows are the active states in order, then the
-// master copy.
-template <typename Kind, typename S, typename SS, bool kMaster, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD>
+// master copy. round_seed: the call's (kStochastic only).
+template <typename Kind, typename S, typename SS, bool kMaster, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD,
+          bool kStochastic = false>
 void update_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
-                  const Scalars<Kind, typename OpMath<S>::type>& scalars) {
+                  const Scalars<Kind, typename OpMath<S>::type>& scalars, uint64_t round_seed = 0) {
   const auto state = [&](int s) -> SS* {
     return (kActive >> s) & 1u ? t.ptr<SS>(kStateRow + state_position(kActive, s), i) + lo : nullptr;
   };
   float* master = !kMaster ? nullptr : t.ptr<float>(kStateRow + state_count(kActive), i) + lo;
-  update_loop<Kind, S, SS, kMaster, kActive, FIRST_STEP, WRITE_GRAD>(t.ptr<S>(kParamRow, i) + lo, t.ptr<S>(kGradRow, i) + lo,
-                                                            state(0), state(1), state(2), state(3), master, hi - lo,
-                                                            scalars);
+  update_loop<Kind, S, SS, kMaster, kActive, FIRST_STEP, WRITE_GRAD, kStochastic>(
+      t.ptr<S>(kParamRow, i) + lo, t.ptr<S>(kGradRow, i) + lo, state(0), state(1), state(2), state(3), master, hi - lo,
+      scalars, kStochastic ? rounding_key(round_seed, i) : 0u, lo);
 }
 
 // One reduction block of the norm pass into the lanes of fusedopt/reduce.h: element j goes to
@@ -120,19 +126,32 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
         for (int64_t i = 0; i < table.n; ++i) *table.ptr<float>(kStepRow, i) += 1.0f;
       shared = scalars<Kind, T>(config, 0.0);
     }
+    // bf16_stochastic_round: a variant of the loops for bf16 params without a master copy only
+    // (no other storage compiles it); round_seed 0 rounds to nearest even.
+    constexpr bool kCanRound = std::is_same_v<S, BFloat16> && !kMaster;
     with_variant(typename Kind::Variants{}, active, [&](auto variant) {
       constexpr uint32_t kActive = decltype(variant)::value;
       with_flag(skips_state_loads<Kind>(options), [&](auto first_step) {
         with_flag(writes_grad(options.grad_transform), [&](auto write_grad) {
-          const bool own = options.grad_transform.tensor_clip != nullptr || options.tensor_scale != nullptr;
-          for_each_slice(table, threads, [&](int64_t i, int64_t lo, int64_t hi) {
-            const Prepared& s = Kind::kStepDependent ? per_tensor[size_t(i)] : shared;
-            constexpr bool kFirst = decltype(first_step)::value, kWrite = decltype(write_grad)::value;
-            if (own)  // this tensor's clip_grad_norm_per_tensor multiplier and tensor scale
-              detail::update_slice<Kind, S, SS, kMaster, kActive, kFirst, kWrite>(table, i, lo, hi,
-                                                                                  for_tensor(s, options, i));
-            else
-              detail::update_slice<Kind, S, SS, kMaster, kActive, kFirst, kWrite>(table, i, lo, hi, s);
+          with_flag(kCanRound && options.round_seed != 0, [&](auto stochastic) {
+            constexpr bool kStochastic = decltype(stochastic)::value;
+            if constexpr (kStochastic && !kCanRound) {
+              // never taken: no loop of this storage rounds stochastically
+            } else {
+              const bool own = options.grad_transform.tensor_clip != nullptr || options.tensor_scale != nullptr;
+              const uint64_t seed = options.round_seed;
+              constexpr bool kFirst = std::decay_t<decltype(first_step)>::value;
+              constexpr bool kWrite = std::decay_t<decltype(write_grad)>::value;
+              for_each_slice(table, threads, [&](int64_t i, int64_t lo, int64_t hi) {
+                const Prepared& s = Kind::kStepDependent ? per_tensor[size_t(i)] : shared;
+                if (own)  // this tensor's clip_grad_norm_per_tensor multiplier and tensor scale
+                  detail::update_slice<Kind, S, SS, kMaster, kActive, kFirst, kWrite, kStochastic>(
+                      table, i, lo, hi, for_tensor(s, options, i), seed);
+                else
+                  detail::update_slice<Kind, S, SS, kMaster, kActive, kFirst, kWrite, kStochastic>(table, i, lo, hi, s,
+                                                                                                 seed);
+              });
+            }
           });
         });
       });

@@ -35,6 +35,15 @@ template <> __device__ __forceinline__ BFloat16 from_math<BFloat16>(float x) {
   return BFloat16{__bfloat16_as_ushort(__float2bfloat16_rn(x))};
 }
 
+// How the param list (list 0) is rounded when stored: to nearest even, or, with kStochastic
+// (bf16_stochastic_round, bf16 params without a master copy), by fusedopt/common.h's
+// float_to_bf16_stochastic with the random bits of each element's index in its tensor
+// under the tensor's rounding key.
+template <bool kStochastic>
+struct ParamRounding {
+  uint32_t key = 0;
+};
+
 // ---- the lists of one tensor -------------------------------------------------------------
 // What an op reads and writes for one tensor. The first kParamLists lists (param, grad)
 // are stored as the param's dtype S, the states as the state dtype SS (S itself, float32
@@ -102,10 +111,14 @@ struct RawVector {
     else if constexpr (sizeof(E) == 4) return __uint_as_float(word[e]);
     else return __hiloint2double(int(word[2 * e + 1]), int(word[2 * e]));
   }
+  // A 16-bit element's bits, already rounded (two per 32-bit word).
+  __device__ __forceinline__ void set_bits(int e, uint32_t bits) {
+    const uint32_t shift = 16 * (e % 2);
+    word[e / 2] = (word[e / 2] & ~(0xffffu << shift)) | (bits << shift);
+  }
   __device__ __forceinline__ void set(int e, typename OpMath<E>::type x) {
     if constexpr (sizeof(E) == 2) {
-      const uint32_t bits = from_math<E>(x).bits, shift = 16 * (e % 2);
-      word[e / 2] = (word[e / 2] & ~(0xffffu << shift)) | (bits << shift);
+      set_bits(e, from_math<E>(x).bits);
     } else if constexpr (sizeof(E) == 4) {
       word[e] = __float_as_uint(x);
     } else {
@@ -118,9 +131,10 @@ struct RawVector {
 // Elements [begin, end) one at a time, a few per thread per pass (as many as a 16-byte
 // vector of the math type holds: the registers the vector path uses), all loads of a pass
 // before its stores, so that each thread keeps several loads in flight.
-template <typename S, typename SS, int kLists, typename MS, typename Update>
+template <typename S, typename SS, int kLists, typename MS, typename Update, bool kStochastic>
 __device__ __forceinline__ void update_scalars(const ElementLists<S, SS, kLists, MS>& lists, int64_t begin,
-                                               int64_t end, const Update& update) {
+                                               int64_t end, const Update& update,
+                                               const ParamRounding<kStochastic>& rounding) {
   using T = typename OpMath<S>::type;
   constexpr int kParamLists = ElementLists<S, SS, kLists, MS>::kParamLists;
   constexpr int kIlp = int(kVectorBytes / sizeof(T));
@@ -147,6 +161,12 @@ __device__ __forceinline__ void update_scalars(const ElementLists<S, SS, kLists,
 #pragma unroll
       for (int l = 0; l < kLists; ++l) {
         if (i >= end || !lists.store(l)) continue;
+        if constexpr (kStochastic) {
+          if (l == 0) {
+            static_cast<S*>(lists.data[l])[i] = float_to_bf16_stochastic(values[e][l], rounding_bits(rounding.key, i));
+            continue;
+          }
+        }
         if (l < kParamLists) static_cast<S*>(lists.data[l])[i] = from_math<S>(values[e][l]);
         else if (l == kLists - 1) static_cast<MS*>(lists.data[l])[i] = from_math<MS>(values[e][l]);
         else static_cast<SS*>(lists.data[l])[i] = from_math<SS>(values[e][l]);
@@ -157,9 +177,10 @@ __device__ __forceinline__ void update_scalars(const ElementLists<S, SS, kLists,
 
 // The vectors [first, last) of every list (vector v holds elements [v * kWidth,
 // (v + 1) * kWidth)); every list must be aligned to its vector size.
-template <typename S, typename SS, int kLists, typename MS, typename Update>
+template <typename S, typename SS, int kLists, typename MS, typename Update, bool kStochastic>
 __device__ __forceinline__ void update_vectors(const ElementLists<S, SS, kLists, MS>& lists, int64_t first,
-                                               int64_t last, const Update& update) {
+                                               int64_t last, const Update& update,
+                                               const ParamRounding<kStochastic>& rounding) {
   using T = typename OpMath<S>::type;
   constexpr int kParamLists = ElementLists<S, SS, kLists, MS>::kParamLists;
   constexpr int kWidth = kVectorWidth<S, SS, MS>;
@@ -190,6 +211,12 @@ __device__ __forceinline__ void update_vectors(const ElementLists<S, SS, kLists,
 #pragma unroll
       for (int l = 0; l < kLists; ++l) {
         if (!lists.store(l)) continue;
+        if constexpr (kStochastic) {
+          if (l == 0) {
+            params[0].set_bits(e, float_to_bf16_stochastic(element[0], rounding_bits(rounding.key, v * kWidth + e)).bits);
+            continue;
+          }
+        }
         if (l < kParamLists) params[l].set(e, element[l]);
         else if (l == kLists - 1) master.set(e, element[l]);
         else states[l - kParamLists].set(e, element[l]);
@@ -206,10 +233,13 @@ __device__ __forceinline__ void update_vectors(const ElementLists<S, SS, kLists,
 }
 
 // Applies update(values) to the elements [begin, end) of the lists, `begin` being a chunk
-// boundary (a multiple of the vector width). Every thread of the block must call it.
-template <typename S, typename SS, int kLists, typename MS, typename Update>
+// boundary (a multiple of the vector width), storing the param list as `rounding` says. Every thread of the block must call it.
+template <typename S, typename SS, int kLists, typename MS, typename Update, bool kStochastic>
 __device__ __forceinline__ void update_elements(const ElementLists<S, SS, kLists, MS>& lists, int64_t begin,
-                                                int64_t end, const Update& update) {
+                                                int64_t end, const Update& update,
+                                                const ParamRounding<kStochastic>& rounding) {
+  static_assert(!kStochastic || (std::is_same_v<S, BFloat16> && std::is_same_v<MS, SS>),
+                "stochastic rounding: bf16 params without a master copy");
   constexpr int kParamLists = ElementLists<S, SS, kLists, MS>::kParamLists;
   constexpr int64_t kWidth = kVectorWidth<S, SS, MS>;
   bool aligned = true;
@@ -221,10 +251,10 @@ __device__ __forceinline__ void update_elements(const ElementLists<S, SS, kLists
   if (aligned) {
     // Whole vectors, then the tensor's last few elements (in its last chunk only).
     const int64_t vectors_end = begin + (end - begin) / kWidth * kWidth;
-    update_vectors(lists, begin / kWidth, vectors_end / kWidth, update);
+    update_vectors(lists, begin / kWidth, vectors_end / kWidth, update, rounding);
     begin = vectors_end;
   }
-  update_scalars(lists, begin, end, update);
+  update_scalars(lists, begin, end, update, rounding);
 }
 
 }  // namespace fusedopt::cuda

@@ -213,9 +213,12 @@ void run_for_storage(const char* op, DType dtype, bool master_weights, bool bf16
     throw std::invalid_argument(std::string("fusedopt cuda ") + op + ": unknown dtype code");
 }
 
-// A slot of a tensor's record: a table row, or kCoefficientRecord for the tensor's Prepared
-// record in the workspace.
+// A slot of a tensor's record: a table row, kCoefficientRecord for the tensor's Prepared
+// record in the workspace, or kColumnIndex.
 constexpr int64_t kCoefficientRecord = -1;
+// A slot that carries the tensor's table column itself, not an address (the rounding key of
+// bf16_stochastic_round mixes in the tensor's index in the call).
+constexpr int64_t kColumnIndex = -2;
 
 // Runs `op` over every element of every tensor of `table`, in chunks of `chunk_bytes` (0:
 // the default) of each param-dtype list. Each tensor's record carries slots[0 ..
@@ -229,6 +232,7 @@ void multi_tensor_apply(const TensorTable& table, const int64_t* slots, int addr
   const int64_t chunk = chunk_elements(chunk_bytes > 0 ? chunk_bytes : kDefaultChunkBytes, sizeof(typename Op::Storage));
   const auto address_of = [&](int64_t i, int slot) -> uint64_t {
     return slots[slot] == kCoefficientRecord ? uint64_t(reinterpret_cast<uintptr_t>(records.tensor(i)))
+           : slots[slot] == kColumnIndex     ? uint64_t(i)
                                              : uint64_t(table.data[slots[slot] * table.n + i]);
   };
   const auto launch = [&](const auto& args) {

@@ -36,13 +36,18 @@ __host__ __device__ __forceinline__ void for_each_index(F&& f) {
 }  // namespace detail
 
 // SS: the states' storage type; kMasterWeights_: a float32 master copy holds the value
-// (fusedopt/common.h's dispatch_storage).
-template <typename Kind, typename S, typename SS, bool kMasterWeights_ = !std::is_same_v<S, SS>>
+// (fusedopt/common.h's dispatch_storage). kStochastic_: bf16 params without a master copy
+// rounded stochastically (bf16_stochastic_round; UpdateOptions::round_seed), each tensor's
+// record then carrying its table column (`column_slot`), which its rounding key mixes in.
+template <typename Kind, typename S, typename SS, bool kMasterWeights_ = !std::is_same_v<S, SS>,
+          bool kStochastic_ = false>
 struct UpdateChunkOp {
   using Storage = S;
   using T = typename OpMath<S>::type;
   using Coefficients = Scalars<Kind, T>;
   static constexpr bool kMasterWeights = kMasterWeights_;
+  static constexpr bool kStochastic = kStochastic_;
+  static_assert(!kStochastic || (std::is_same_v<S, BFloat16> && !kMasterWeights), "stochastic rounding: bf16 params");
   using MasterStorage = std::conditional_t<kMasterWeights, float, SS>;
   static constexpr bool kPerTensorRecord = Kind::kStepDependent;
   static constexpr int kScalarStates = Kind::kScalarStates;
@@ -50,7 +55,8 @@ struct UpdateChunkOp {
   // active states in table order, then the float32 master copy with master weights.
   static constexpr int kParamSlot = 0, kGradSlot = 1, kStateSlot = 2 + int(kPerTensorRecord);
   // One more slot for the tensor's clip_grad_norm_per_tensor coefficient, when the call has
-  // them, and one for its tensor scale (kinds with kTensorScale: LAMB's trust ratio).
+  // them, and one for its tensor scale (kinds with kTensorScale: LAMB's trust ratio). The
+  // column of a stochastic rounding takes the master copy's slot (the two never meet).
   static constexpr int kSlots = kStateSlot + Kind::kStates + 2 + int(Kind::kTensorScale);
   static_assert(kSlots <= kMaxAddresses, "more addresses than a record carries");
   // Element lists: param, grad, every state (inactive ones neither loaded nor stored), master.
@@ -59,9 +65,15 @@ struct UpdateChunkOp {
   static constexpr int kMinBlocks = Kind::template min_blocks<S, SS, kMasterWeights>();
 
   UpdateConfig<Kind> config;
-  SharedPrepared<Coefficients> shared;
-  int tensor_clip_slot = -1;   // the slot of the tensor's float32 clip coefficient (-1: none)
-  int tensor_scale_slot = -1;  // the slot of the tensor's float64 scale (-1: none)
+  // The launch-wide record, which a kind with per-tensor records never reads: it then takes
+  // no room in the parameter block (a float64 record is most of kOpParameterBytes).
+  struct NoSharedRecord {};
+  std::conditional_t<kPerTensorRecord, NoSharedRecord, SharedPrepared<Coefficients>> shared;
+  // Slots (below kMaxAddresses) as bytes: the op travels in the parameter block, in
+  // kOpParameterBytes.
+  int8_t tensor_clip_slot = -1;   // the slot of the tensor's float32 clip coefficient (-1: none)
+  int8_t tensor_scale_slot = -1;  // the slot of the tensor's float64 scale (-1: none)
+  int8_t column_slot = -1;        // kStochastic: the slot holding the tensor's table column
 
   // In the prologue, by the one thread of this tensor (or of the launch-wide record, with no
   // scalar states): `scalar_states` are the tensor's Kind::kScalarStates scalars.
@@ -103,6 +115,9 @@ struct UpdateChunkOp {
     }
     GradFactors<T> grad = c.grad;
     if (tensor_clip_slot >= 0) grad.multiplier = T(*static_cast<const float*>(tensor.at(tensor_clip_slot)));
+    ParamRounding<kStochastic> rounding;
+    if constexpr (kStochastic)
+      rounding.key = rounding_key(options.round_seed, int64_t(reinterpret_cast<uintptr_t>(tensor.at(column_slot))));
     update_elements(lists, tensor.begin, tensor.end, [&](T (&x)[kLists]) {
       T p = kMasterWeights ? x[kMaster] : x[kParam];
       x[kGrad] = unscaled_grad(x[kGrad], grad);
@@ -111,7 +126,7 @@ struct UpdateChunkOp {
       });
       x[kParam] = p;
       x[kMaster] = p;
-    });
+    }, rounding);
   }
 };
 
@@ -161,16 +176,22 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
                     !Kind::kStepDependent && (Kind::kStepCounter || reads_device_values(options))};
   const bool prologue = work.advance_steps || work.per_tensor || work.shared;
   const WorkspaceRecords records = prologue ? workspace_records(name, carried, resources) : WorkspaceRecords{0};
-  run_for_storage(name, dtype, options.master_weights, options.bf16_states, device, stream,
-                  [&](auto param, auto state, auto master, const OpCall& call) {
-    using Op = UpdateChunkOp<Kind, decltype(param), decltype(state), decltype(master)::value>;
+  // One launch for the storage types and the rounding (kStochastic: bf16_stochastic_round, a
+  // kernel of its own for bf16 params without a master copy only). A lambda beside
+  // run_for_storage's, not inside it: GCC mistakes the types of a generic lambda's captured
+  // parameters in a nested generic lambda.
+  const auto launch = [&](auto param, auto state, auto master, auto stochastic, const OpCall& call) {
+    using Op = UpdateChunkOp<Kind, decltype(param), decltype(state), decltype(master)::value,
+                             decltype(stochastic)::value>;
     using T = typename Op::T;
     Op op{config};
-    if (work.shared) {
-      op.shared.device = static_cast<const Prepared<typename Op::Coefficients>*>(records.shared());
-    } else if (!work.per_tensor) {
-      op.shared.host.coefficients = scalars<Kind, T>(config, 0.0);  // reads no pointer: there is none
-      op.shared.host.skip = 0;
+    if constexpr (!Op::kPerTensorRecord) {  // (a kind with them has work.per_tensor and no work.shared)
+      if (work.shared) {
+        op.shared.device = static_cast<const Prepared<typename Op::Coefficients>*>(records.shared());
+      } else if (!work.per_tensor) {
+        op.shared.host.coefficients = scalars<Kind, T>(config, 0.0);  // reads no pointer: there is none
+        op.shared.host.skip = 0;
+      }
     }
     int64_t slots[Op::kSlots] = {kParamRow, kGradRow};
     int addresses = 2;
@@ -180,16 +201,27 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
     if (Op::kMasterWeights) slots[addresses++] = kStateRow + states;
     int64_t extra_row = used_rows;
     if (tensor_clip != nullptr) {
-      op.tensor_clip_slot = addresses;
+      op.tensor_clip_slot = int8_t(addresses);
       slots[addresses++] = extra_row++;
     }
     if (tensor_scale != nullptr) {
-      op.tensor_scale_slot = addresses;
+      op.tensor_scale_slot = int8_t(addresses);
       slots[addresses++] = extra_row++;
+    }
+    if (Op::kStochastic) {
+      op.column_slot = int8_t(addresses);
+      slots[addresses++] = kColumnIndex;
     }
     work.scalar_row = scalar_state_row(states, Op::kMasterWeights);  // after the master copy, if any
     if (prologue) run_prologue(carried, op, work, records, call);
     multi_tensor_apply(carried, slots, addresses, op, records, resources.chunk_bytes, call);
+  };
+  run_for_storage(name, dtype, options.master_weights, options.bf16_states, device, stream,
+                  [&](auto param, auto state, auto master, const OpCall& call) {
+    if constexpr (std::is_same_v<decltype(param), BFloat16> && !decltype(master)::value) {
+      if (options.round_seed != 0) return launch(param, state, master, std::true_type{}, call);
+    }
+    launch(param, state, master, std::false_type{}, call);
   });
 }
 

@@ -41,6 +41,17 @@ def state_arguments(config: UpdateConfig) -> dict:
     return {"bf16_states": config.bf16_states} if config.bf16_states else {}
 
 
+def rounding_arguments(config: UpdateConfig) -> dict:
+    """The keyword argument `cpu_update` and `cuda_update` take for bf16_stochastic_round: the
+    call's seed (a nonzero 64-bit value; none: round to nearest even)."""
+    seed = config.round_seed
+    if not seed:
+        return {}
+    if not isinstance(seed, int) or not 0 < seed < 2**64:
+        raise RuntimeError(f"round_seed must be an int in (0, 2**64), got {seed!r}")
+    return {"round_seed": seed}
+
+
 def per_tensor_arguments(batch: TensorBatch, config: UpdateConfig) -> Dict[str, int]:
     """The addresses of the per-tensor arrays (0: none), checked: clip_grad_norm_per_tensor's
     float32 coefficients (GradTransform.tensor_clip) and a tensor scale (LAMB's float64 trust
@@ -173,7 +184,8 @@ class CPUBackend(Backend):
         self.check_state_storage(config)
         _native_kinds().for_batch(kind, batch, config).cpu_update(*common_arguments(batch, config),
                                                              torch.get_num_threads(),
-                                                             **per_tensor_arguments(batch, config), **state_arguments(config))
+                                                             **per_tensor_arguments(batch, config), **state_arguments(config),
+                                                             **rounding_arguments(config))
 
     def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
         problem = kernel_dtype_problem(dtype)
@@ -293,7 +305,8 @@ class CUDABackend(Backend):
         workspace = self._workspace(index, stream, _records_bytes(len(batch)))
         _native_kinds().for_batch(kind, batch, config).cuda_update(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), self.chunk_bytes or 0,
-            index, stream, **per_tensor_arguments(batch, config), **state_arguments(config))
+            index, stream, **per_tensor_arguments(batch, config), **state_arguments(config),
+            **rounding_arguments(config))
 
     def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
         """The kind's norm pass (csrc/cuda/norms.cuh: a prologue, the block sums, their per-tensor

@@ -28,7 +28,7 @@ from ._checks import check_low_precision_options, check_weight_decay_mode
 from ._lazy import check_lazy_group, is_lazy, prepare_lazy_groups, run_lazy_groups
 from ._ops import compiled_step
 from ._plan import (INT8_KERNEL, bf16_states, bucket_scale_keys, bucket_state_dtype, bucket_state_keys, group_hyper,
-                    int8_states, quantizes, return_copied_grads, run_update, uses_master)
+                    int8_states, quantizes, return_copied_grads, run_update, stochastic_round, uses_master)
 from ._spec import OptimizerSpec, register
 
 
@@ -101,6 +101,11 @@ class FusedOptimizer(torch.optim.Optimizer):
     # stores each state tensor of 4,096 elements or more as blockwise 8-bit codes and block
     # scales (fusedopt/_quantize.py). Like the backend, a group keeps its own state_dtype when a
     # checkpoint is loaded, and the checkpoint's states are converted to it (issue 13).
+    # bf16_stochastic_round: True stores bf16 params that have no master copy rounded
+    # stochastically, not to nearest: the upper 16 bits of (the float32 result's bits + 16
+    # random bits), so small updates are kept on average instead of lost; the random bits hash
+    # (a seed drawn per bucket per step from torch's default generator, the tensor, the
+    # element), so runs repeat under torch.manual_seed (fusedopt/backends/reference/_rounding.py).
     _own_setstate_defaults = dict(backend="auto", master_weights=False, max_grad_norm=None, clip_grad_value=None,
                                   clip_grad_norm_per_tensor=None, state_dtype=None, bf16_stochastic_round=False)
 
@@ -257,7 +262,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                            else backends.resolve(group["backend"], bucket.device))
                 run_update(self.spec, backend, batch, fresh, hyper,
                            group["lr"], self._uses_master(group, bucket.dtype), transform,
-                           group.get("clip_grad_norm_per_tensor"), bf16_states(group), bucket.quantized)
+                           group.get("clip_grad_norm_per_tensor"), bf16_states(group), bucket.quantized,
+                           stochastic_round(group))
                 if transform.writes_grad() and bucket._grads_copied:
                     return_copied_grads([kernel_view(p.grad) for p in bucket.params if p.grad is not None], batch.grads)
         if lazy_groups:
@@ -404,7 +410,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             check_clip_value(group.get("clip_grad_value"))
             check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
             check_low_precision_options(group, type(self).__name__, self._bf16_states_refused,
-                                        self._int8_states_refused or refusal(self.state_keys(group)))
+                                        self._int8_states_refused or refusal(self.state_keys(group)),
+                                        None if self.spec.kernel == "elementwise" else
+                                        f"its {self.spec.kernel} kernels round bf16 params to nearest only")
             if is_lazy(group):
                 check_lazy_group(group, type(self).__name__)
             if "weight_decay_mode" in self.defaults:

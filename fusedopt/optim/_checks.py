@@ -82,14 +82,17 @@ def absolute_weight_decay(group: dict, decoupled: bool = True) -> bool:
 
 
 def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optional[str] = None,
-                                int8_refused: Optional[str] = None) -> None:
+                                int8_refused: Optional[str] = None, rounding_refused: Optional[str] = None) -> None:
     """state_dtype and bf16_stochastic_round of a param group (issue 13), checked when the group
     is added. state_dtype: None or torch.float32 (the same: today's state dtypes),
     torch.bfloat16 (every state tensor stored in bf16) or "int8" (blockwise dynamic 8-bit
     states, fusedopt/_quantize.py; tensors under 4,096 elements keep full-precision states);
     neither for float64 or complex params, whose math is not float32, and "int8" not for
     FSDP2 (DTensor) params, whose block scales would not be sharded with them.
-    bf16_refused / int8_refused: why optimizer `name` cannot keep such states (None: it can)."""
+    bf16_refused / int8_refused: why optimizer `name` cannot keep such states (None: it can).
+    bf16_stochastic_round: True rounds bf16 params without a master copy stochastically
+    (fusedopt/backends/reference/_rounding.py); only for bfloat16 params, not with
+    master_weights; rounding_refused: why optimizer `name` cannot (None: it can)."""
     state_dtype = group.get("state_dtype")
     int8 = is_int8(state_dtype)
     if isinstance(state_dtype, str) and not int8:
@@ -118,6 +121,8 @@ def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optio
     if not isinstance(rounding, bool):
         raise ValueError(f"Invalid bf16_stochastic_round: {rounding!r} (True or False)")
     if rounding:
+        if rounding_refused is not None:
+            raise ValueError(f"{name}: bf16_stochastic_round=True is not supported: {rounding_refused}")
         if group.get("master_weights"):
             raise ValueError("bf16_stochastic_round=True rounds bf16 params that have no master copy; "
                              "it cannot be combined with master_weights=True")
@@ -125,4 +130,3 @@ def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optio
             if p.dtype != torch.bfloat16:
                 raise ValueError(f"bf16_stochastic_round=True applies to bfloat16 params only; this group has a "
                                  f"{p.dtype} param")
-        raise ValueError("bf16_stochastic_round=True is not implemented yet")

@@ -43,6 +43,9 @@ def check_lazy_group(group: dict, name: str) -> None:
     if group.get("state_dtype") not in (None, torch.float32):
         raise ValueError(f"{name}: state_dtype={group['state_dtype']!r} is not supported in lazy mode (sparse grads): "
                          "its sparse-row kernels keep the states in the param's dtype; use state_dtype=None")
+    if group.get("bf16_stochastic_round"):
+        raise ValueError(f"{name}: bf16_stochastic_round=True is not supported in lazy mode (sparse grads): its "
+                         "sparse-row kernels round to nearest")
 
 
 def prepare_lazy_groups(optimizer, groups: List[dict]) -> List[Prepared]:

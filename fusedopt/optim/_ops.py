@@ -20,7 +20,8 @@ from .._layout import LOW_PRECISION, GradTransform, check_clip_norm_per_tensor
 from .._quantize import is_int8
 from ..clip import clip_coefficient, global_norm
 from . import _spec
-from ._plan import bf16_states, bucket_state_keys, group_hyper, return_copied_grads, run_update, split_fresh
+from ._plan import (bf16_states, bucket_state_keys, group_hyper, return_copied_grads, run_update, split_fresh,
+                    stochastic_round)
 
 
 @torch.library.custom_op("fusedopt::update_", mutates_args=("params", "grads", "steps", "states"))
@@ -42,6 +43,7 @@ def update_(
     clip_value: Optional[float] = None,
     clip_norm_per_tensor: Optional[float] = None,
     bf16_states: bool = False,
+    bf16_stochastic_round: bool = False,
 ) -> None:
     """One optimizer step over `params` (all with grads). `states` holds one row of
     len(params) tensors per name in the comma-separated `state_keys` (the kind's state
@@ -52,7 +54,8 @@ def update_(
     applied after the grad_scale and clip_coef (GradTransform). clip_norm_per_tensor:
     clip_grad_norm_per_tensor's bound (None: off), per bucket as the eager step (run_update).
     bf16_states: the state tensors (not the master copy) are bfloat16
-    (state_dtype=torch.bfloat16). With grad_scale the grads
+    (state_dtype=torch.bfloat16). bf16_stochastic_round: bf16 params (without master weights)
+    are rounded stochastically, a seed drawn per bucket (run_update). With grad_scale the grads
     are written back (GradTransform). Every argument is checked here, before
     any kernel runs: a malformed call raises ValueError (its shape: kind, counts, names) or
     RuntimeError (a tensor that cannot serve), never reaches native code."""
@@ -81,7 +84,7 @@ def update_(
     for bucket, batch in prepared:
         fresh = list(range(len(batch))) if first_step else []
         run_update(spec, backends.resolve(backend, bucket.device), batch, fresh, hyper, lr, master_weights, transform,
-                   clip_norm_per_tensor, bf16_states)
+                   clip_norm_per_tensor, bf16_states, bf16_stochastic_round)
         if transform.writes_grad():
             return_copied_grads([grad_of[id(p)] for p in bucket.params], batch.grads)
 
@@ -140,7 +143,7 @@ def _(grads, backend) -> torch.Tensor:
 @update_.register_fake
 def _(kind, params, grads, steps, states, state_keys, field_names, field_values, first_step, master_weights,
       grad_scale, found_inf, clip_coef, backend, clip_value=None, clip_norm_per_tensor=None,
-      bf16_states=False) -> None:
+      bf16_states=False, bf16_stochastic_round=False) -> None:
     return None
 
 
@@ -203,5 +206,5 @@ def _call(optimizer, group, params: Sequence[torch.Tensor], keys, names, values,
         [state[p]["step"] for p in params] if optimizer.spec.step_counter else [],
         [state[p][key] for key in keys for p in params], ",".join(keys), ",".join(names), values,
         fresh, master, grad_scale, found_inf, coef, group["backend"], group.get("clip_grad_value"),
-        group.get("clip_grad_norm_per_tensor"), bf16_states(group),
+        group.get("clip_grad_norm_per_tensor"), bf16_states(group), stochastic_round(group),
     )

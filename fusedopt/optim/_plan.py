@@ -56,6 +56,21 @@ def quantizes(group: Mapping[str, Any], p: torch.Tensor) -> bool:
     return int8_states(group) and quantized_numel(p.numel())
 
 
+def stochastic_round(group: Mapping[str, Any]) -> bool:
+    """The group rounds its bf16 params stochastically (bf16_stochastic_round=True)."""
+    return bool(group.get("bf16_stochastic_round", False))
+
+
+def round_seed(stochastic: bool, dtype: torch.dtype, master_weights: bool) -> int:
+    """The seed of one update call's stochastic rounding, or 0 (round to nearest even): drawn
+    from torch's default CPU generator (a CPU tensor, so no device sync, and reproducible
+    under torch.manual_seed) only when the call rounds bf16 params without a master copy, so
+    runs without it draw nothing and keep torch's random stream as it was."""
+    if not stochastic or dtype != torch.bfloat16 or master_weights:
+        return 0
+    return int(torch.randint(1, 2**62, (1,)).item())
+
+
 def bucket_state_dtype(group: Mapping[str, Any], dtype: torch.dtype, quantized: bool = False) -> Optional[torch.dtype]:
     """The dtype of a bucket's state tensors (the master copy, always float32, excepted):
     uint8 (the codes) for a bucket with 8-bit states, bfloat16 with state_dtype=torch.bfloat16,
@@ -93,7 +108,7 @@ def learning_rate(lr, backend: Backend, device: torch.device) -> Tuple[float, Op
 def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh: Sequence[int],
                hyper: Mapping[str, Any], lr, master_weights: bool, grad_transform: GradTransform,
                clip_norm_per_tensor: Optional[float] = None, bf16_states: bool = False,
-               int8_states: bool = False) -> None:
+               int8_states: bool = False, stochastic: bool = False) -> None:
     """One backend call per batch, or two when only some of its state is new and the
     optimizer has a first-step rule (`fresh`: batch indices whose state was just created).
 
@@ -101,7 +116,11 @@ def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh:
     batch's grads (Backend.sum_of_squares_per_tensor), whose per-tensor coefficients the
     kernels apply as they read each grad (GradTransform.tensor_clip). A kind with a norm pass
     (LAMB): Backend.norms, then the per-tensor trust ratio ||p|| / ||u|| (1 where either is
-    0; a NaN norm also gives 1, and u's NaN then reaches the param) as UpdateConfig.tensor_scale. All on the device: nothing waits on the host."""
+    0; a NaN norm also gives 1, and u's NaN then reaches the param) as UpdateConfig.tensor_scale. All on the device: nothing waits on the host.
+
+    stochastic (bf16_stochastic_round): each backend call of a bf16 batch without master
+    weights gets a seed of its own (`round_seed`: one per bucket per step, two when the
+    first-step rule splits the bucket), the tensors numbered within that call."""
     lr, lr_tensor = learning_rate(lr, backend, batch.device)
     if clip_norm_per_tensor is not None and len(batch):
         sums = backend.sum_of_squares_per_tensor(batch.grads)
@@ -113,7 +132,8 @@ def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh:
 
     def call(part: TensorBatch, first_step: bool, transform: GradTransform) -> None:
         config = UpdateConfig(hyper, lr, lr_tensor, first_step, master_weights, transform, bf16_states=bf16_states,
-                              int8_states=int8_states, int8_signed=signed)
+                              int8_states=int8_states, int8_signed=signed,
+                              round_seed=round_seed(stochastic, part.dtype, master_weights))
         if spec.norm_pass and len(part):
             config = dataclasses.replace(config, tensor_scale=trust_ratio(backend.norms(spec.kind, part, config)))
         backend.update(spec.kind, part, config)

@@ -46,6 +46,44 @@ FUSEDOPT_HD BFloat16 float_to_bf16(float f) {
   return BFloat16{uint16_t(u >> 16)};
 }
 
+// Stochastic rounding to bfloat16 (bf16_stochastic_round=True, bf16 params without a master
+// copy; fusedopt/backends/reference/_rounding.py is the readable statement, the Triton kernel
+// restates it in fusedopt/backends/triton/_math.py). The rule, on the float32 bits x of the
+// update's result and a 16-bit random r:
+//   bf16 = upper 16 bits of (x + r)   (integer add on the bits, then truncation)
+// so a value rounds away from zero with probability (dropped 16 bits) / 2^16, to the one
+// of its two neighbouring bf16 values, and the expected result is the float32 value. A carry
+// into the exponent is the correct rounding up (subnormals included); a finite value above
+// the largest bf16 (within one bf16 ulp of it) rounds to +-Inf with that probability, as
+// round-to-nearest does past half an ulp. +-Inf have zero low bits and stay; a NaN is not
+// added to (it could carry into the sign) but kept quiet, as float_to_bf16 keeps it.
+//
+// The random bits: a counter-based hash of (a 64-bit seed drawn once per update call, the
+// tensor's column in the call's table, the element's index in the tensor, in memory order),
+// made of 32-bit wrapping multiplies and xor-shifts, which every engine computes alike.
+// mix32 is Wellons' "lowbias32" integer finaliser.
+FUSEDOPT_HD uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+// The tensor's key: once per tensor (per chunk on the GPU).
+FUSEDOPT_HD uint32_t rounding_key(uint64_t seed, int64_t tensor) {
+  return mix32(mix32(mix32(uint32_t(tensor)) ^ uint32_t(seed)) ^ uint32_t(seed >> 32));
+}
+// The 16 random bits of element `index` of the tensor with that key (the hash's upper half).
+FUSEDOPT_HD uint32_t rounding_bits(uint32_t key, int64_t index) {
+  return mix32(mix32(key ^ uint32_t(uint64_t(index))) ^ uint32_t(uint64_t(index) >> 32)) >> 16;
+}
+FUSEDOPT_HD BFloat16 float_to_bf16_stochastic(float f, uint32_t random16) {
+  const uint32_t u = float_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return BFloat16{uint16_t((u >> 16) | 0x40u)};
+  return BFloat16{uint16_t((u + random16) >> 16)};
+}
+
 // IEEE half. Written as selects rather than early returns so the CPU loops vectorise.
 FUSEDOPT_HD float half_to_float(Half h) {
   const uint32_t sign = uint32_t(h.bits & 0x8000u) << 16;

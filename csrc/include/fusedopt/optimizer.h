@@ -80,6 +80,10 @@ struct UpdateOptions {
   // Kinds with kTensorScale (LAMB's trust ratio): one float64 per table column, handed to
   // Kind::scale_coefficients once per tensor (null: 1 for every tensor).
   const double* tensor_scale = nullptr;
+  // bf16_stochastic_round (bf16 params without a master copy): the seed of this call's
+  // stochastic rounding of the param (fusedopt/common.h's float_to_bf16_stochastic); 0: to
+  // nearest even. Ignored for other storage.
+  uint64_t round_seed = 0;
 };
 
 // One call's configuration: the optimizer's hyper-parameters and the common options.

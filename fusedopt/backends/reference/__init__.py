@@ -8,6 +8,9 @@ nearest even (Tensor.copy_), when stored back. 8-bit states (state_dtype="int8")
 dequantized into float32 (table[code] * block absmax), updated by the same function and
 requantized from the new float32 values (fusedopt/_quantize.py states the format and the
 rounding); the param's update reads the new float32 state, not its requantized value.
+With bf16_stochastic_round (a nonzero
+UpdateConfig.round_seed) a bf16 param without a master copy is rounded stochastically
+instead (reference/_rounding.py states the rule and its random bits).
 
 This module owns what every optimizer shares (the grad transform, master weights, the
 step counter, write-back); each optimizer's math is one function in
@@ -37,6 +40,7 @@ import torch
 from ..._layout import LOW_PRECISION, SparseRowBatch, TensorBatch, UpdateConfig, check_clip_value
 from ..._quantize import dequantize, memory_order, store
 from ..base import Backend
+from ._rounding import stochastic_bf16
 
 _UPDATES: Dict[str, Callable] = {}
 
@@ -120,6 +124,9 @@ class ReferenceBackend(Backend):
                                                         config.int8_signed):
                     store(value, codes, absmax, signed)
                 targets, values = targets[:1], values[:1]
+            if config.round_seed and master is None and param.dtype == torch.bfloat16:
+                param.copy_(stochastic_bf16(values[0], config.round_seed, i, param))
+                targets, values = targets[1:], values[1:]
             for target, value in zip(targets, values):
                 if value is not target:
                     target.copy_(value)

@@ -74,6 +74,11 @@ is a plain float64 argument.
 bf16 states (config.bf16_states, state_dtype=torch.bfloat16): STATE is bfloat16, whatever
 the param's dtype; loaded into float32 and stored with `_math.rounded` (nearest even).
 
+bf16 stochastic rounding (config.round_seed, bf16_stochastic_round=True; bf16 params without
+a master copy): the param is stored with `_math.stochastic_bf16`, each program computing its
+tensor's rounding key once from the seed (an int64 argument, not specialised on) and its
+column; nearest even for everything else.
+
 Master weights (config.master_weights, 16-bit params): the states are float32 and the
 table's last state row holds each param's float32 master copy. The math reads the master
 instead of the param, updates it and the states in float32, and stores the master rounded
@@ -341,6 +346,11 @@ def _launch(kind: str, tables: _DeviceTables, batch: TensorBatch, config: Update
         raise ValueError(f"the Triton kernel hands an update at most {MAX_STATES} state tensors; "
                          f"this batch of {kind!r} has {num_states}")
     hyper = tuple(map(float, scalars)) + (0.0,) * (MAX_SCALARS - len(scalars))
+    # bf16_stochastic_round: the call's seed, for bf16 params without a master copy only (as
+    # the C++ dispatch), passed as an int64 (seeds are drawn below 2^62)
+    stochastic = config.round_seed if batch.dtype == torch.bfloat16 and not master else 0
+    if not 0 <= stochastic < 2**63:
+        raise RuntimeError(f"round_seed must be an int in [0, 2**63) for the Triton kernel, got {stochastic!r}")
     if tables.programs:  # none when every tensor is empty (their scalar states still advance, below)
         _kernel.multi_tensor_kernel[(tables.programs,)](
             tables.table, tables.work, len(batch),
@@ -348,7 +358,7 @@ def _launch(kind: str, tables: _DeviceTables, batch: TensorBatch, config: Update
             *(tables.table if t is None else t for t in factors),
             float(config.lr), float(transform.clip_value or 0.0), *hyper,
             tables.table if transform.tensor_clip is None else transform.tensor_clip,
-            tables.table if config.tensor_scale is None else config.tensor_scale,
+            tables.table if config.tensor_scale is None else config.tensor_scale, int(stochastic),
             TENSOR_CLIP=transform.tensor_clip is not None, TENSOR_SCALE=config.tensor_scale is not None,
             COEFFICIENTS=module.coefficients, UPDATE=module.update, SLOT=_slots(type(scalars)), OPTIONS=options,
             DTYPE=dtype, STATE=_state_type(config, master, dtype),
@@ -357,7 +367,7 @@ def _launch(kind: str, tables: _DeviceTables, batch: TensorBatch, config: Update
             FOUND_INF=factors[1] is not None, CLIP_COEF=factors[2] is not None or transform.tensor_clip is not None,
             CLIP_VALUE=transform.clip_value is not None, LR_TENSOR=factors[3] is not None,
             ALIGNED=tables.aligned, BLOCK=tables.block, CHUNK=tables.chunk, NUM_SCALARS=num_scalars,
-            num_warps=tables.num_warps, enable_fp_fusion=False,
+            STOCHASTIC=bool(stochastic), num_warps=tables.num_warps, enable_fp_fusion=False,
         )
     if num_scalars:
         _kernel.scalar_state_kernel[(len(batch),)](

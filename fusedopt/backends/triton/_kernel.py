@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from ..._layout import FIRST_STATE_ROW, GRAD_ROW, NUMEL_ROW, PARAM_ROW, STEP_ROW
-from ._math import div, rounded
+from ._math import div, rounded, rounding_key, stochastic_bf16
 
 VECTOR_BYTES = tl.constexpr(16)  # alignment that lets full blocks use 16-byte loads and stores
 
@@ -70,11 +70,17 @@ def _load_param(param_ptr, master_ptr, offsets, mask, MASTER: tl.constexpr, COMP
 
 
 @triton.jit
-def _store_param(param_ptr, master_ptr, offsets, mask, value, MASTER: tl.constexpr, DTYPE: tl.constexpr):
-    """store_param: the master copy keeps the float32 value, the param gets it rounded once."""
+def _store_param(param_ptr, master_ptr, offsets, mask, value, key, MASTER: tl.constexpr, DTYPE: tl.constexpr,
+                 STOCHASTIC: tl.constexpr):
+    """store_param: the master copy keeps the float32 value, the param gets it rounded once,
+    to nearest even, or with STOCHASTIC (bf16 params without a master copy) stochastically
+    with the tensor's rounding `key` (bf16_stochastic_round)."""
     if MASTER:
         tl.store(master_ptr + offsets, value, mask=mask)
-    tl.store(param_ptr + offsets, rounded(value, DTYPE), mask=mask)
+    if STOCHASTIC:
+        tl.store(param_ptr + offsets, stochastic_bf16(value, key, offsets), mask=mask)
+    else:
+        tl.store(param_ptr + offsets, rounded(value, DTYPE), mask=mask)
 
 
 @triton.jit
@@ -113,16 +119,16 @@ def _unscaled_grad(grad_ptr, offsets, mask, divisor, multiplier, bound, GRAD_SCA
 
 
 @triton.jit
-def _block(offsets, mask, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor, multiplier, bound,
+def _block(offsets, mask, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor, multiplier, bound, key,
            UPDATE: tl.constexpr, OPTIONS: tl.constexpr, MASTER: tl.constexpr, GRAD_SCALE: tl.constexpr,
            CLIP_COEF: tl.constexpr, CLIP_VALUE: tl.constexpr, DTYPE: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr):
+           COMPUTE: tl.constexpr, STOCHASTIC: tl.constexpr):
     """One block of elements: load, transform the grad, the optimizer's UPDATE, store."""
     param = _load_param(param_ptr, master_ptr, offsets, mask, MASTER, COMPUTE)
     grad = _unscaled_grad(grad_ptr, offsets, mask, divisor, multiplier, bound, GRAD_SCALE, CLIP_COEF, CLIP_VALUE,
                           DTYPE, COMPUTE)
     param = UPDATE(param, grad, offsets, mask, states, coefficients, OPTIONS, STATE, COMPUTE)
-    _store_param(param_ptr, master_ptr, offsets, mask, param, MASTER, DTYPE)
+    _store_param(param_ptr, master_ptr, offsets, mask, param, key, MASTER, DTYPE, STOCHASTIC)
 
 
 @triton.jit
@@ -167,18 +173,18 @@ def scalar_state_kernel(
         tl.store(_row_pointer(table_ptr, n, first + 1, column, tl.float32, False), advanced[1], mask=keep)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def multi_tensor_kernel(
         table_ptr, work_ptr, n, grad_scale_ptr, found_inf_ptr, clip_coef_ptr, lr_ptr, lr: tl.float64,
         clip_value: tl.float64,
         h0: tl.float64, h1: tl.float64, h2: tl.float64, h3: tl.float64,
         h4: tl.float64, h5: tl.float64, h6: tl.float64, h7: tl.float64,
-        tensor_clip_ptr, tensor_scale_ptr, TENSOR_CLIP: tl.constexpr, TENSOR_SCALE: tl.constexpr,
+        tensor_clip_ptr, tensor_scale_ptr, seed: tl.int64, TENSOR_CLIP: tl.constexpr, TENSOR_SCALE: tl.constexpr,
         COEFFICIENTS: tl.constexpr, UPDATE: tl.constexpr, SLOT: tl.constexpr, OPTIONS: tl.constexpr,
         DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, NUM_STATES: tl.constexpr,
         MASTER: tl.constexpr, COUNTER: tl.constexpr, GRAD_SCALE: tl.constexpr, FOUND_INF: tl.constexpr,
         CLIP_COEF: tl.constexpr, CLIP_VALUE: tl.constexpr, LR_TENSOR: tl.constexpr, ALIGNED: tl.constexpr,
-        BLOCK: tl.constexpr, CHUNK: tl.constexpr, NUM_SCALARS: tl.constexpr):
+        BLOCK: tl.constexpr, CHUNK: tl.constexpr, NUM_SCALARS: tl.constexpr, STOCHASTIC: tl.constexpr):
     """One program: one chunk of one tensor. h0..h7 are the optimizer's float64 scalars
     (its `arguments`' first namedtuple, padded with zeros; SLOT names their positions);
     clip_value is clip_grad_value's bound (read only with CLIP_VALUE), rounded once to
@@ -186,7 +192,9 @@ def multi_tensor_kernel(
     clip_grad_norm_per_tensor coefficient (float32, tensor_clip_ptr[column]; CLIP_COEF is then
     set). TENSOR_SCALE: the kind's lr is multiplied by this tensor's float64 scale (LAMB's
     trust ratio, tensor_scale_ptr[column]; lr enters LAMB's coefficients only as -lr, so
-    -(lr * ratio) rounds as the C++ header's neg_lr * ratio)."""
+    -(lr * ratio) rounds as the C++ header's neg_lr * ratio). STOCHASTIC: bf16 params without
+    a master copy are stored rounded stochastically (bf16_stochastic_round), the call's `seed`
+    (int64 > 0) and the tensor's column giving its rounding key."""
     column, start, end = _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF, BLOCK, CHUNK)
     param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
     grad_ptr = _row_pointer(table_ptr, n, _GRAD_ROW, column, DTYPE, ALIGNED)
@@ -220,14 +228,18 @@ def multi_tensor_kernel(
     if TENSOR_CLIP:
         multiplier = tl.load(tensor_clip_ptr + column).to(COMPUTE)
     bound = tl.full((), clip_value, COMPUTE)
+    if STOCHASTIC:
+        key = rounding_key(seed, column)
+    else:
+        key = tl.full((), 0, tl.uint32)
 
     for k in range(0, CHUNK // BLOCK):  # see "Block loop" in __init__
         block_start = start + k * BLOCK
         offsets = block_start + tl.arange(0, BLOCK)
         if block_start + BLOCK <= end:
             _block(offsets, None, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor, multiplier, bound,
-                   UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, CLIP_VALUE, DTYPE, STATE, COMPUTE)
+                   key, UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, CLIP_VALUE, DTYPE, STATE, COMPUTE, STOCHASTIC)
         elif block_start < end:
             _block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor,
-                   multiplier, bound, UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, CLIP_VALUE, DTYPE, STATE,
-                   COMPUTE)
+                   multiplier, bound, key, UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, CLIP_VALUE, DTYPE, STATE,
+                   COMPUTE, STOCHASTIC)

@@ -10,6 +10,8 @@ same bits (the kernels are compiled without multiply-add contraction).
   truncates when it converts float32 to bfloat16; for float16 the hardware conversion
   (cvt.rn.f16.f32; numpy's in the interpreter), which rounds to nearest even as
   float_to_half does.
+- `stochastic_bf16` (with `rounding_key`) is fusedopt::float_to_bf16_stochastic and its
+  random bits (bf16_stochastic_round): the same uint32 multiplies and shifts as the C++.
 - `div` and `sqrt` are the IEEE-rounded operations C++ `/` and std::sqrt are (Triton's
   float32 `/` and tl.sqrt may be approximate).
 - `lerp` is fusedopt::lerp (torch's two-sided formula).
@@ -48,6 +50,40 @@ def rounded(x, DTYPE: tl.constexpr):
         return result.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return x.to(DTYPE)
+
+
+@triton.jit
+def _mix32(x):
+    """fusedopt::mix32 (Wellons' lowbias32) on uint32: wrapping multiplies, logical shifts."""
+    x = x ^ (x >> 16)
+    x = x * tl.full((), 0x7FEB352D, tl.uint32)
+    x = x ^ (x >> 15)
+    x = x * tl.full((), 0x846CA68B, tl.uint32)
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def rounding_key(seed, tensor):
+    """fusedopt::rounding_key: the uint32 key of table column `tensor` (int64) under the
+    call's 64-bit `seed` (int64, >= 0)."""
+    seed_low = (seed & 0xFFFFFFFF).to(tl.uint32)
+    seed_high = (seed >> 32).to(tl.uint32)
+    return _mix32(_mix32(_mix32((tensor & 0xFFFFFFFF).to(tl.uint32)) ^ seed_low) ^ seed_high)
+
+
+@triton.jit
+def stochastic_bf16(x, key, offsets):
+    """fusedopt::float_to_bf16_stochastic(x, rounding_bits(key, offsets)): float32 x rounded
+    to bfloat16 as `upper 16 bits of (bits + r)`, r the 16 random bits of each element index
+    (int64 offsets into the tensor); a NaN kept quiet, as `rounded` keeps it."""
+    low = (offsets & 0xFFFFFFFF).to(tl.uint32)
+    high = (offsets >> 32).to(tl.uint32)
+    random = _mix32(_mix32(key ^ low) ^ high) >> 16
+    bits = x.to(tl.uint32, bitcast=True)
+    result = (bits + random) >> 16
+    quiet_nan = (bits >> 16) | 0x40
+    result = tl.where((bits & 0x7FFFFFFF) > 0x7F800000, quiet_nan, result)
+    return result.to(tl.uint16).to(tl.bfloat16, bitcast=True)
 
 
 @triton.jit
