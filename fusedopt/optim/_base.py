@@ -262,8 +262,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                            else backends.resolve(group["backend"], bucket.device))
                 run_update(self.spec, backend, batch, fresh, hyper,
                            group["lr"], self._uses_master(group, bucket.dtype), transform,
-                           group.get("clip_grad_norm_per_tensor"), bf16_states(group), bucket.quantized,
-                           stochastic_round(group))
+                           group.get("clip_grad_norm_per_tensor"), bf16_states(group),
+                           int8_states=bucket.quantized, stochastic=stochastic_round(group))
                 if transform.writes_grad() and bucket._grads_copied:
                     return_copied_grads([kernel_view(p.grad) for p in bucket.params if p.grad is not None], batch.grads)
         if lazy_groups:

@@ -84,7 +84,7 @@ def update_(
     for bucket, batch in prepared:
         fresh = list(range(len(batch))) if first_step else []
         run_update(spec, backends.resolve(backend, bucket.device), batch, fresh, hyper, lr, master_weights, transform,
-                   clip_norm_per_tensor, bf16_states, bf16_stochastic_round)
+                   clip_norm_per_tensor, bf16_states, stochastic=bf16_stochastic_round)
         if transform.writes_grad():
             return_copied_grads([grad_of[id(p)] for p in bucket.params], batch.grads)
 
