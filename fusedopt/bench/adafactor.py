@@ -14,24 +14,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable, List
+from typing import Callable
 
 import torch
 
 import fusedopt
-from fusedopt.bench.workloads import _GPT2_SMALL, gpt2_parameter_shapes
+from fusedopt.bench.workloads import _GPT2_SMALL, gpt2_parameter_shapes, params_with_grads
 
 BAR = 1 / 3
-
-
-def _params(shapes, device, seed=0) -> List[torch.nn.Parameter]:
-    g = torch.Generator().manual_seed(seed)
-    params = []
-    for shape in shapes:
-        p = torch.nn.Parameter(torch.randn(shape, generator=g).to(device))
-        p.grad = torch.randn(shape, generator=g).to(device)
-        params.append(p)
-    return params
 
 
 def _time(step: Callable[[], None], device: str, warmup: int, repeats: int) -> float:
@@ -61,11 +51,11 @@ def main(argv=None) -> int:
     numel = sum(torch.Size(s).numel() for s in shapes)
     print(f"Adafactor on GPT-2 small ({args.scale}): {len(shapes)} tensors, {numel:,} elements, {args.device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    ours = _params(shapes, args.device)
+    ours = params_with_grads(shapes, args.device)
     fused = fusedopt.Adafactor(ours, backend=args.backend)
     fused_time = _time(fused.step, args.device, args.warmup, args.repeats)
     del ours, fused
-    theirs = _params(shapes, args.device)
+    theirs = params_with_grads(shapes, args.device)
     reference = torch.optim.Adafactor(theirs, foreach=True)
     torch_time = _time(reference.step, args.device, args.warmup, args.repeats)
     ratio = fused_time / torch_time

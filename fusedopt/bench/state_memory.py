@@ -12,12 +12,12 @@ configuration runs on a backend with 8-bit kernels (the reference where --backen
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import torch
 
 import fusedopt
-from fusedopt.bench.workloads import _GPT2_SMALL, gpt2_parameter_shapes
+from fusedopt.bench.workloads import _GPT2_SMALL, gpt2_parameter_shapes, params_with_grads
 
 BF16_BAR = 4.1
 INT8_BAR = 2.1
@@ -35,16 +35,6 @@ def state_bytes_per_param(optimizer: torch.optim.Optimizer) -> float:
     total = sum(t.numel() * t.element_size() for entry in state.values() for t in entry.values()
                 if isinstance(t, torch.Tensor))
     return total / params
-
-
-def _params(shapes, dtype: torch.dtype, seed: int = 0) -> List[torch.nn.Parameter]:
-    generator = torch.Generator().manual_seed(seed)
-    params = []
-    for shape in shapes:
-        p = torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype))
-        p.grad = torch.randn(shape, generator=generator).to(dtype)
-        params.append(p)
-    return params
 
 
 def configurations(backend: str) -> Dict[str, Callable]:
@@ -68,7 +58,7 @@ def measure(scale: str, backend: str) -> Dict[str, float]:
     shapes = gpt2_parameter_shapes(_GPT2_SMALL[scale])
     results = {}
     for name, (dtype, make) in configurations(backend).items():
-        params = _params(shapes, dtype)
+        params = params_with_grads(shapes, dtype=dtype)
         optimizer = make(params)
         optimizer.step()
         results[name] = state_bytes_per_param(optimizer)

@@ -75,6 +75,19 @@ class Workload:
         ]
 
 
+def params_with_grads(shapes, device="cpu", dtype: torch.dtype = torch.float32,
+                      seed: int = 0) -> List[torch.nn.Parameter]:
+    """Params of these shapes with grads, standard-normal from a CPU generator (the same values
+    on every device), for the scripts that time or measure one optimizer on a model's shapes."""
+    generator = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in shapes:
+        p = torch.nn.Parameter(torch.randn(shape, generator=generator).to(device=device, dtype=dtype))
+        p.grad = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+        params.append(p)
+    return params
+
+
 # Element counts, keyed by (device type, scale). The CUDA sizes are large
 # enough that launch overhead does not hide the memory traffic.
 _LARGE_NUMEL = {
