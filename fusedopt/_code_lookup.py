@@ -1,0 +1,115 @@
+"""The lookup tables the compiled kernels quantize 8-bit states with (state_dtype="int8").
+
+fusedopt/_quantize.py defines a value's code as the number of decision boundaries strictly
+below q = x / absmax (a binary search over 255 boundaries: 8 dependent loads per element).
+The kernels find the same number with one table load and one comparison: q's float32 bits
+pick a bucket, the bucket's entry is the number of boundaries below every float32 in it, and
+at most one boundary lies inside any bucket (checked here when the tables are built), so
+
+    code = bucket_count[bucket(q)] + (boundaries[bucket_count[bucket(q)]] < q)
+
+with boundaries padded by +inf at index 255. A bucket is q's sign, exponent and the top 7
+bits of its mantissa (the upper half of q's bfloat16 bits): 2^-8 relative width, where the
+closest boundaries of either code are 0.7% apart. Exponents below MIN_EXPONENT (|q| < 2^-26)
+share one bucket per sign: every boundary is at least 5e-8 from 0. |q| <= 1, so no exponent
+above 127 reaches a lookup; NaN q (code 0) and absmax 0 (every code at 0.0) are handled by
+the kernels before it, as the specification says.
+
+The tables of both codes travel to the kernels as one uint8 tensor (native_tables), laid out
+as csrc/include/fusedopt/int8_states.h reads it: per code (unsigned first, then signed) the
+256 float32 values, the 256 float32 boundaries (+inf last), then the bucket counts, one
+byte each.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Dict, Tuple
+
+import torch
+
+from ._quantize import code_boundaries, code_table
+
+MIN_EXPONENT = 101        # float32 biased exponent of 2^-26; below it, one bucket per sign
+MANTISSA_BITS = 7         # mantissa bits a bucket keeps
+BUCKETS_PER_SIGN = (127 - MIN_EXPONENT + 2) << MANTISSA_BITS  # the tiny bucket's row, then 2^-26 .. 2^0
+BUCKETS = 2 * BUCKETS_PER_SIGN
+CODE_BYTES = 256 * 4 + 256 * 4 + BUCKETS  # one code's values, boundaries and bucket counts
+
+
+def bucket(bits: torch.Tensor) -> torch.Tensor:
+    """The bucket of each float32 given by its bits (int64 tensor of 0 .. 2^32 - 1), as the
+    kernels compute it."""
+    sign = bits >> 31
+    exponent = ((bits >> 23) & 0xFF).clamp(max=127)
+    mantissa = (bits >> (23 - MANTISSA_BITS)) & ((1 << MANTISSA_BITS) - 1)
+    local = torch.where(exponent < MIN_EXPONENT, torch.zeros_like(bits),
+                        ((exponent - (MIN_EXPONENT - 1)) << MANTISSA_BITS) | mantissa)
+    return sign * BUCKETS_PER_SIGN + local
+
+
+def _floats(bits) -> torch.Tensor:
+    return torch.tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
+
+
+def _bucket_ends() -> Tuple[torch.Tensor, torch.Tensor]:
+    """(lowest, highest) float32 of every bucket, in bucket order."""
+    low_mag, high_mag = [], []  # bit patterns of each bucket's smallest and largest magnitude
+    tiny_top = (MIN_EXPONENT << 23) - 1
+    for local in range(BUCKETS_PER_SIGN):
+        if local < (1 << MANTISSA_BITS):  # the tiny bucket (and unused rows that copy it)
+            low_mag.append(0)
+            high_mag.append(tiny_top)
+        else:
+            exponent = (local >> MANTISSA_BITS) + MIN_EXPONENT - 1
+            first = (exponent << 23) | ((local & ((1 << MANTISSA_BITS) - 1)) << (23 - MANTISSA_BITS))
+            low_mag.append(first)
+            high_mag.append(first | ((1 << (23 - MANTISSA_BITS)) - 1))
+    positive_low, positive_high = _floats(low_mag), _floats(high_mag)
+    sign = 1 << 31
+    negative_low = _floats([sign | b for b in high_mag])   # most negative: the largest magnitude
+    negative_high = _floats([sign | b for b in low_mag])
+    return torch.cat([positive_low, negative_low]), torch.cat([positive_high, negative_high])
+
+
+@functools.lru_cache(maxsize=None)
+def bucket_counts(signed: bool) -> torch.Tensor:
+    """uint8 [BUCKETS]: the number of the code's boundaries strictly below every float32 of
+    each bucket. Raises if a bucket holds more than one boundary (the kernels compare once)."""
+    boundaries = code_boundaries(signed)
+    lowest, highest = _bucket_ends()
+    below_lowest = torch.searchsorted(boundaries, lowest, right=False)
+    below_highest = torch.searchsorted(boundaries, highest, right=False)
+    if bool(((below_highest - below_lowest) > 1).any()):
+        raise AssertionError("a bucket holds two boundaries of the 8-bit code; keep more mantissa bits")
+    return below_lowest.to(torch.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def _host_tables() -> torch.Tensor:
+    parts = []
+    for signed in (False, True):
+        boundaries = torch.cat([code_boundaries(signed), torch.tensor([float("inf")])])
+        parts += [code_table(signed).view(torch.uint8), boundaries.view(torch.uint8), bucket_counts(signed)]
+    tables = torch.cat(parts)
+    assert tables.numel() == 2 * CODE_BYTES
+    return tables
+
+
+_on_device: Dict[torch.device, torch.Tensor] = {}
+
+
+def native_tables(device: torch.device) -> torch.Tensor:
+    """Both codes' tables as one uint8 tensor on `device` (kept for the process's life)."""
+    tables = _on_device.get(device)
+    if tables is None:
+        tables = _on_device[device] = _host_tables().to(device)
+    return tables
+
+
+def code_of(q: torch.Tensor, signed: bool) -> torch.Tensor:
+    """The kernels' lookup, in PyTorch (for tests): codes of finite float32 `q` in [-1, 1]."""
+    counts = bucket_counts(signed).long()
+    boundaries = torch.cat([code_boundaries(signed), torch.tensor([float("inf")])])
+    bits = q.contiguous().view(torch.int32).long() & 0xFFFFFFFF
+    below = counts[bucket(bits)]
+    return below + (boundaries[below] < q).long()
