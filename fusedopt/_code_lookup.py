@@ -2,23 +2,28 @@
 
 fusedopt/_quantize.py defines a value's code as the number of decision boundaries strictly
 below q = x / absmax (a binary search over 255 boundaries: 8 dependent loads per element).
-The kernels find the same number with one table load and one comparison: q's float32 bits
-pick a bucket, the bucket's entry is the number of boundaries below every float32 in it, and
-at most one boundary lies inside any bucket (checked here when the tables are built), so
+The kernels find the same number with one table load: q's float32 bits pick a bucket, and
+the bucket's entry holds the number of boundaries below every float32 in it and the one
+boundary that may lie inside it (at most one does, checked here when the tables are built).
 
-    code = bucket_count[bucket(q)] + (boundaries[bucket_count[bucket(q)]] < q)
+A bucket is q's sign, exponent and the top 7 bits of its mantissa (the upper half of q's
+bits: 2^-8 relative width, where the closest boundaries of either code are 0.7% apart).
+Exponents below MIN_EXPONENT (|q| < 2^-26) share one bucket per sign: every boundary is at
+least 5e-8 from 0. |q| <= 1, so no exponent above 127 reaches a lookup; NaN q (code 0) and
+absmax 0 (every code at 0.0) are handled by the kernels before it, as the specification says.
 
-with boundaries padded by +inf at index 255. A bucket is q's sign, exponent and the top 7
-bits of its mantissa (the upper half of q's bfloat16 bits): 2^-8 relative width, where the
-closest boundaries of either code are 0.7% apart. Exponents below MIN_EXPONENT (|q| < 2^-26)
-share one bucket per sign: every boundary is at least 5e-8 from 0. |q| <= 1, so no exponent
-above 127 reaches a lookup; NaN q (code 0) and absmax 0 (every code at 0.0) are handled by
-the kernels before it, as the specification says.
+Entry (int32): bits 0-15 the low half of the inside boundary's bits, bits 16-23 the count of
+boundaries below the bucket, bit 24 whether a boundary lies inside. An inside boundary b has
+q's upper half, so b < q compares the low halves: as integers for positive q, reversed for
+negative q (a larger magnitude is a smaller number). So
 
-The tables of both codes travel to the kernels as one uint8 tensor (native_tables), laid out
-as csrc/include/fusedopt/int8_states.h reads it: per code (unsigned first, then signed) the
-256 float32 values, the 256 float32 boundaries (+inf last), then the bucket counts, one
-byte each.
+    code = count + (inside and (low(q) > low(b) if q >= 0 else low(b) > low(q)))
+
+One 32-bit table load per element is what AVX2 gathers do, so the CPU loop vectorises.
+
+Both codes' tables travel to the kernels as one uint8 tensor (native_tables), laid out as
+csrc/include/fusedopt/int8_states.h reads it: per code (unsigned first, then signed) the 256
+float32 values, then the BUCKETS entries.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ MIN_EXPONENT = 101        # float32 biased exponent of 2^-26; below it, one buck
 MANTISSA_BITS = 7         # mantissa bits a bucket keeps
 BUCKETS_PER_SIGN = (127 - MIN_EXPONENT + 2) << MANTISSA_BITS  # the tiny bucket's row, then 2^-26 .. 2^0
 BUCKETS = 2 * BUCKETS_PER_SIGN
-CODE_BYTES = 256 * 4 + 256 * 4 + BUCKETS  # one code's values, boundaries and bucket counts
+CODE_BYTES = 256 * 4 + 4 * BUCKETS  # one code's values and bucket entries
 
 
 def bucket(bits: torch.Tensor) -> torch.Tensor:
@@ -72,24 +77,30 @@ def _bucket_ends() -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 @functools.lru_cache(maxsize=None)
-def bucket_counts(signed: bool) -> torch.Tensor:
-    """uint8 [BUCKETS]: the number of the code's boundaries strictly below every float32 of
-    each bucket. Raises if a bucket holds more than one boundary (the kernels compare once)."""
+def bucket_entries(signed: bool) -> torch.Tensor:
+    """int32 [BUCKETS]: each bucket's entry (module docstring). Raises if a bucket holds more
+    than one boundary of the code (the kernels compare with one)."""
     boundaries = code_boundaries(signed)
     lowest, highest = _bucket_ends()
     below_lowest = torch.searchsorted(boundaries, lowest, right=False)
     below_highest = torch.searchsorted(boundaries, highest, right=False)
-    if bool(((below_highest - below_lowest) > 1).any()):
+    inside = below_highest - below_lowest
+    if bool((inside > 1).any()):
         raise AssertionError("a bucket holds two boundaries of the 8-bit code; keep more mantissa bits")
-    return below_lowest.to(torch.uint8)
+    padded = torch.cat([boundaries, boundaries[-1:]])  # any value: read only where inside is 0
+    boundary_bits = padded[below_lowest].view(torch.int32).long() & 0xFFFFFFFF
+    bucket_bits = torch.cat([lowest, highest]).view(torch.int32).long() & 0xFFFF0000
+    if bool(((boundary_bits & 0xFFFF0000) != bucket_bits[:BUCKETS])[inside == 1].any()):
+        raise AssertionError("an inside boundary does not share its bucket's upper bits")
+    entries = (boundary_bits & 0xFFFF) * inside | below_lowest << 16 | inside << 24
+    return entries.to(torch.int32)
 
 
 @functools.lru_cache(maxsize=None)
 def _host_tables() -> torch.Tensor:
     parts = []
     for signed in (False, True):
-        boundaries = torch.cat([code_boundaries(signed), torch.tensor([float("inf")])])
-        parts += [code_table(signed).view(torch.uint8), boundaries.view(torch.uint8), bucket_counts(signed)]
+        parts += [code_table(signed).view(torch.uint8), bucket_entries(signed).view(torch.uint8)]
     tables = torch.cat(parts)
     assert tables.numel() == 2 * CODE_BYTES
     return tables
@@ -108,8 +119,9 @@ def native_tables(device: torch.device) -> torch.Tensor:
 
 def code_of(q: torch.Tensor, signed: bool) -> torch.Tensor:
     """The kernels' lookup, in PyTorch (for tests): codes of finite float32 `q` in [-1, 1]."""
-    counts = bucket_counts(signed).long()
-    boundaries = torch.cat([code_boundaries(signed), torch.tensor([float("inf")])])
+    entries = bucket_entries(signed).long() & 0xFFFFFFFF
     bits = q.contiguous().view(torch.int32).long() & 0xFFFFFFFF
-    below = counts[bucket(bits)]
-    return below + (boundaries[below] < q).long()
+    entry = entries[bucket(bits)]
+    low, boundary_low = bits & 0xFFFF, entry & 0xFFFF
+    above = torch.where(bits >> 31 == 1, boundary_low > low, low > boundary_low).long()
+    return ((entry >> 16) & 0xFF) + ((entry >> 24) & above)

@@ -21,8 +21,8 @@ from fusedopt._sparse_rows import kernel_dtype_problem
 from fusedopt.backends.base import Backend, TensorBatch, UpdateConfig
 from fusedopt.backends.native import (
     DTYPE_CODES, NativeKinds, _kernel_readable, _reduction_table, common_arguments,
-    cuda_sparse_adam_arguments, factored_arguments, per_tensor_arguments, reduction_partials, rounding_arguments,
-    state_arguments,
+    cuda_sparse_adam_arguments, factored_arguments, int8_arguments, per_tensor_arguments, reduction_partials,
+    rounding_arguments, state_arguments,
 )
 
 if os.environ.get("FUSEDOPT_CUDA_HOST", "") not in ("", "0"):
@@ -41,7 +41,7 @@ HOST_BACKENDS = {"cuda_host": LARGE_BLOCKS_DEVICE, "cuda_host_classic": CLASSIC_
 class HostCUDABackend(Backend):
     """The CUDA ops of fusedopt._cuda_host on CPU tensors, as emulated device `device`."""
 
-    kernels = ("elementwise", "factored")
+    kernels = ("elementwise", "factored", "int8_states")
 
     def __init__(self, name: str, device: int):
         self.name = name
@@ -57,7 +57,7 @@ class HostCUDABackend(Backend):
         HOST_KINDS.for_batch(kind, batch, config).cuda_update(*common_arguments(batch, config), workspace.data_ptr(),
                                                           workspace.numel(), 0, self.device, 0,
                                                           **per_tensor_arguments(batch, config), **state_arguments(config),
-                                                          **rounding_arguments(config))
+                                                          **rounding_arguments(config), **int8_arguments(batch, config))
 
     def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
         # As CUDABackend.norms, with buffers filled with NaN: a value the kernels do not write shows.
@@ -67,7 +67,8 @@ class HostCUDABackend(Backend):
         clip = per_tensor_arguments(batch, config)["tensor_clip"]
         HOST_KINDS.for_batch(kind, batch, config).cuda_norms(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), partials.data_ptr(),
-            partials.numel(), out.data_ptr(), self.device, 0, clip, **state_arguments(config))
+            partials.numel(), out.data_ptr(), self.device, 0, clip, **state_arguments(config),
+            **int8_arguments(batch, config))
         return out
 
     def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:

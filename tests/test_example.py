@@ -183,14 +183,15 @@ def test_master_weights_keep_float32_state_for_bfloat16_params(corpus):
 
 
 def test_low_precision_states_example_compares_both_runs(capsys):
-    """examples/low_precision_states.py runs (3 steps): every run (fp32 and bf16 states, pure
-    bf16 params with torch.optim and with stochastic rounding) reports a final loss, and the
+    """examples/low_precision_states.py runs (3 steps): every run (fp32, bf16 and int8 states,
+    pure bf16 params with torch.optim and with stochastic rounding) reports a final loss, and the
     state bytes per parameter of each state dtype."""
     spec = importlib.util.spec_from_file_location("low_precision_states", EXAMPLE.parent / "low_precision_states.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--steps", "3", "--bf16-params"])
+    module.main(["--steps", "3", "--bf16-params", "--int8"])
     out = capsys.readouterr().out
     assert "fp32 states: final loss" in out and "bf16 states: final loss" in out
+    assert "int8 states: final loss" in out and "relative difference of final losses, int8 states" in out
     assert "bf16 params, stochastic rounding: final loss" in out and "closer to the fp32 run" in out
     assert "optimizer state 8.000 bytes/param" in out and "optimizer state 4.000 bytes/param" in out

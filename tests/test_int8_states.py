@@ -1,5 +1,6 @@
 """state_dtype="int8" (issue 13): blockwise dynamic 8-bit optimizer states (Dettmers et al.
-2022), specified by fusedopt/_quantize.py and run by the reference backend.
+2022), specified by fusedopt/_quantize.py and run by the reference backend (the compiled CPU kernels
+against it: tests/test_int8_kernels.py).
 
 The format: the code tables, the round-trip error bound per block, the rounding rule and
 its edge blocks (all zeros, one huge value, a short last block, NaN); the optimizers: the
@@ -262,24 +263,25 @@ def test_training_follows_float32_states(kind):
             assert ((p8 - p32).norm() / (p32 - p0).norm()).item() < 0.1, kind
 
 
-def test_backend_auto_runs_int8_on_the_reference():
-    """cpu, triton and cuda have no 8-bit kernels yet: 'auto' runs the quantized params on the
-    reference (warning once, saying why), with the bits of backend='reference'; the small
-    params (float32 states) still go to the compiled kernels, equal to float32 rounding."""
+def test_backend_auto_runs_int8_on_the_first_backend_with_8_bit_kernels():
+    """'auto' runs the quantized params on the cpu kernels (the reference, with a warning
+    saying why, where fusedopt._C lacks them), with that backend's bits; the small params
+    (float32 states) go to the compiled kernels too."""
     fusedopt.backends._resolved.clear()
-    with pytest.warns(RuntimeWarning, match="int8_states"):
-        params, opt = _run("adam", steps=3, state_dtype="int8")
-    reference, ropt = _run("adam", steps=3, state_dtype="int8", backend="reference")
-    for a, b in zip(params, reference):
-        if a.numel() >= Q.MIN_QUANTIZED_NUMEL:
+    chosen = fusedopt.backends.choose("auto", torch.device("cpu"), "int8_states").name
+    assert chosen in ("cpu", "reference")
+    params, opt = _run("adam", steps=3, state_dtype="int8")
+    named, nopt = _run("adam", steps=3, state_dtype="int8", backend=chosen)
+    for a, b in zip(params, named):
+        if a.numel() >= Q.MIN_QUANTIZED_NUMEL or chosen == "cpu":
             assert torch.equal(a, b)
             for key, value in opt.state[a].items():
-                assert torch.equal(value, ropt.state[b][key]), key
+                assert torch.equal(value, nopt.state[b][key]), key
         else:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["cpu", "triton"])
+@pytest.mark.parametrize("name", ["triton"])
 def test_named_backend_without_int8_kernels_is_refused(name):
     reason = fusedopt.backends.unusable_reason(name, torch.device("cpu"))
     if reason:

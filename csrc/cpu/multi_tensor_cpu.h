@@ -19,11 +19,14 @@ constexpr int64_t kMinElementsPerThread = 1 << 15;
 // Slice boundaries fall on multiples of this (64 bytes of float32) to avoid false sharing.
 constexpr int64_t kSliceAlign = 16;
 
-// body(tensor_index, begin, end) updates elements [begin, end) of one tensor.
+// body(tensor_index, begin, end) updates elements [begin, end) of one tensor. With `block`
+// (a power of two; 8-bit states' kQuantBlock) every begin is a multiple of it: each tensor
+// counts as its size rounded up to whole blocks and the slice boundaries fall on blocks.
 template <typename Body>
-void for_each_slice(const TensorTable& table, int num_threads, Body&& body) {
+void for_each_slice(const TensorTable& table, int num_threads, Body&& body, int64_t block = 1) {
+  const int64_t align = std::max(block, kSliceAlign);
   std::vector<int64_t> offsets(table.n + 1, 0);
-  for (int64_t i = 0; i < table.n; ++i) offsets[i + 1] = offsets[i] + table.numel(i);
+  for (int64_t i = 0; i < table.n; ++i) offsets[i + 1] = offsets[i] + (table.numel(i) + block - 1) / block * block;
   const int64_t total = offsets[table.n];
   const int64_t useful_threads = std::max<int64_t>(1, total / kMinElementsPerThread);
   const int threads = int(std::min<int64_t>(std::max(num_threads, 1), useful_threads));
@@ -35,13 +38,13 @@ void for_each_slice(const TensorTable& table, int num_threads, Body&& body) {
   {
     const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
     const auto boundary = [&](int64_t k) {
-      return k == nth ? total : (total / nth * k + (total % nth) * k / nth) / kSliceAlign * kSliceAlign;
+      return k == nth ? total : (total / nth * k + (total % nth) * k / nth) / align * align;
     };
     const int64_t begin = boundary(tid), end = boundary(tid + 1);
     int64_t i = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
     for (; i < table.n && offsets[i] < end; ++i) {
       const int64_t lo = std::max(begin, offsets[i]) - offsets[i];
-      const int64_t hi = std::min(end, offsets[i + 1]) - offsets[i];
+      const int64_t hi = std::min(std::min(end, offsets[i + 1]) - offsets[i], table.numel(i));
       if (hi > lo) body(i, lo, hi);
     }
   }

@@ -5,11 +5,14 @@
 // compiler vectorises.
 #pragma once
 
+#include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <vector>
 
 #include "cpu/kernels.h"
 #include "cpu/multi_tensor_cpu.h"
+#include "fusedopt/int8_states.h"
 #include "fusedopt/reduce.h"
 
 namespace fusedopt::cpu::FUSEDOPT_CPU_ISA {
@@ -72,6 +75,78 @@ void update_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
       scalars, kStochastic ? rounding_key(round_seed, i) : 0u, lo);
 }
 
+// ---- 8-bit states (state_dtype="int8"; fusedopt/int8_states.h) -----------------------------
+// The float32 values of one block of codes.
+inline void dequantize_block(const uint8_t* __restrict codes, float absmax, const float* __restrict values,
+                             float* __restrict out, int64_t count) {
+  for (int64_t j = 0; j < count; ++j) out[j] = values[codes[j]] * absmax;
+}
+
+// max |x| over a block, NaN if any x is NaN (as torch.amax), through the bits
+// (fusedopt/int8_states.h's absmax_bits_of: an integer maximum vectorises, a float one does not).
+inline float block_absmax(const float* __restrict x, int64_t count) {
+  uint32_t largest = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    const uint32_t a = absmax_bits_of(x[j]);
+    largest = a > largest ? a : largest;
+  }
+  return absmax_from_bits(largest);
+}
+
+// The codes of a block of float32 values with this absmax (not 0). Its own function, not
+// inlined: with the absmax computed in the same function, GCC 12 no longer vectorises the loop.
+__attribute__((noinline)) inline void quantize_values(const float* __restrict x, int64_t count, float absmax,
+                                                      const int32_t* __restrict buckets, uint8_t* __restrict out) {
+  for (int64_t j = 0; j < count; ++j) out[j] = uint8_t(nearest_code(x[j] / absmax, buckets));
+}
+
+// Requantizes a block of new float32 values into its codes; returns its absmax.
+inline float quantize_block(const float* __restrict x, int64_t count, const Int8Code& code, uint8_t* __restrict out) {
+  const float absmax = block_absmax(x, count);
+  if (absmax == 0.0f) {  // 0 / 0: every code at 0.0 (fusedopt/_quantize.py)
+    std::memset(out, int(zero_code(code)), size_t(count));
+    return absmax;
+  }
+  quantize_values(x, count, absmax, code.buckets, out);
+  return absmax;
+}
+
+// Elements [lo, hi) of tensor i with 8-bit states, lo a multiple of kQuantBlock: per block, the
+// states are dequantized into float32 buffers, update_loop runs on them as on float32 states
+// (the param's update reads the new float32 state), and each is requantized from its new
+// values. States row k's absmax is in row `scale_row + k`.
+template <typename Kind, typename S, bool kMaster, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD,
+          bool kStochastic = false>
+void update_int8_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
+                       const Scalars<Kind, typename OpMath<S>::type>& scalars, const Int8Codes& codes,
+                       int64_t scale_row, uint64_t round_seed) {
+  constexpr int kRows = state_count(kActive);
+  alignas(64) float values[kMaxStates][kQuantBlock];
+  uint8_t* state_codes[kMaxStates] = {};
+  float* absmax[kMaxStates] = {};
+  for (int k = 0; k < kRows; ++k) {
+    state_codes[k] = t.ptr<uint8_t>(kStateRow + k, i);
+    absmax[k] = t.ptr<float>(scale_row + k, i);
+  }
+  const auto buffer = [&](int s) -> float* { return (kActive >> s) & 1u ? values[state_position(kActive, s)] : nullptr; };
+  S* p = t.ptr<S>(kParamRow, i);
+  S* g = t.ptr<S>(kGradRow, i);
+  float* master = !kMaster ? nullptr : t.ptr<float>(kStateRow + kRows, i);
+  const uint32_t key = kStochastic ? rounding_key(round_seed, i) : 0u;
+  for (int64_t begin = lo; begin < hi; begin += kQuantBlock) {
+    const int64_t count = std::min(kQuantBlock, hi - begin);
+    const int64_t block = begin / kQuantBlock;
+    if constexpr (!FIRST_STEP)
+      for (int k = 0; k < kRows; ++k)
+        dequantize_block(state_codes[k] + begin, absmax[k][block], codes.row[k].values, values[k], count);
+    update_loop<Kind, S, float, kMaster, kActive, FIRST_STEP, WRITE_GRAD, kStochastic>(
+        p + begin, g + begin, buffer(0), buffer(1), buffer(2), buffer(3), kMaster ? master + begin : nullptr, count,
+        scalars, key, begin);
+    for (int k = 0; k < kRows; ++k)
+      absmax[k][block] = quantize_block(values[k], count, codes.row[k], state_codes[k] + begin);
+  }
+}
+
 // One reduction block of the norm pass into the lanes of fusedopt/reduce.h: element j goes to
 // lane j % kSumLanes. Walking the block in rows of kSumLanes elements (lane = column) instead of
 // indexing the lane by j % kSumLanes keeps each lane's additions in the same order (same bits)
@@ -107,6 +182,11 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
   if (step_skipped(options.grad_transform)) return;
   const uint32_t active = Kind::active_states(config.hyper);
   if (!is_variant<Kind>(active)) throw std::invalid_argument("fusedopt cpu: these options select states no variant has");
+  const bool int8 = options.int8_tables != nullptr;
+  if (int8 && (dtype == DType::Float64 || options.bf16_states))
+    throw std::invalid_argument("fusedopt cpu: 8-bit states are for float32 math (float32 or 16-bit params), not "
+                                "float64 params or bf16 states");
+  const Int8Codes codes = int8 ? int8_codes(options.int8_tables, options.int8_signed, state_count(active)) : Int8Codes{};
   dispatch_storage(dtype, options.master_weights, options.bf16_states, [&](auto param_tag, auto state_tag, auto master) {
     using S = decltype(param_tag);
     using SS = decltype(state_tag);
@@ -142,6 +222,22 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
               const uint64_t seed = options.round_seed;
               constexpr bool kFirst = std::decay_t<decltype(first_step)>::value;
               constexpr bool kWrite = std::decay_t<decltype(write_grad)>::value;
+              // 8-bit states: the storage dispatch_storage picks without bf16_states (refused above)
+              constexpr bool kInt8Storage =
+                  std::is_same_v<T, float> && (std::is_same_v<SS, S> || (kMaster && std::is_same_v<SS, float>));
+              if constexpr (kInt8Storage) {
+                if (int8) {
+                  const int64_t scale_row = scalar_state_row(state_count(kActive), kMaster) + Kind::kScalarStates;
+                  for_each_slice(table, threads, [&](int64_t i, int64_t lo, int64_t hi) {
+                    const Prepared& s = Kind::kStepDependent ? per_tensor[size_t(i)] : shared;
+                    detail::update_int8_slice<Kind, S, kMaster, kActive, kFirst, kWrite, kStochastic>(
+                        table, i, lo, hi, own ? for_tensor(s, options, i) : s, codes, scale_row, seed);
+                  }, kQuantBlock);
+                  return;
+                }
+              } else if (int8) {
+                throw std::logic_error("fusedopt cpu: 8-bit states reached a storage without 8-bit loops");
+              }
               for_each_slice(table, threads, [&](int64_t i, int64_t lo, int64_t hi) {
                 const Prepared& s = Kind::kStepDependent ? per_tensor[size_t(i)] : shared;
                 if (own)  // this tensor's clip_grad_norm_per_tensor multiplier and tensor scale
@@ -179,6 +275,10 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
     for (int64_t i = 0; i < table.n; ++i)
       for (int64_t b = first[size_t(i)]; b < first[size_t(i) + 1]; ++b) owner[size_t(b)] = i;
     std::vector<double> partials(static_cast<size_t>(2 * blocks), 0.0);
+    const bool int8 = options.int8_tables != nullptr;
+    if (int8 && (dtype == DType::Float64 || options.bf16_states))
+      throw std::invalid_argument("fusedopt cpu: 8-bit states are for float32 math, not float64 params or bf16 states");
+    const Int8Codes codes = int8 ? int8_codes(options.int8_tables, options.int8_signed, state_count(active)) : Int8Codes{};
     // The states are read as the update reads them: bf16_states (state_dtype=torch.bfloat16)
     // selects bfloat16 storage, master weights the float32 master copy (dispatch_storage).
     dispatch_storage(dtype, options.master_weights, options.bf16_states, [&](auto param_tag, auto state_tag,
@@ -202,10 +302,29 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
         const S* g = table.ptr<const S>(kGradRow, i) + begin;
         const float* master = !kMaster ? nullptr
                                        : table.ptr<const float>(kStateRow + state_count(active), i) + begin;
-        const SS* states[2] = {nullptr, nullptr};
-        for (int k = 0; k < Kind::kStates; ++k) states[k] = table.ptr<const SS>(kStateRow + k, i) + begin;
         double lane_a[kSumLanes] = {}, lane_b[kSumLanes] = {};
-        detail::norm_block<Kind, S, SS, kMaster>(p, g, states[0], states[1], master, count, s, lane_a, lane_b);
+        if (int8) {
+          // 8-bit states: each quantization block dequantized, then its one row of lanes (a
+          // block of kSumBlock is whole rows of kSumLanes = kQuantBlock, so the additions are
+          // those of the float32 states' pass)
+          static_assert(kSumLanes == kQuantBlock && kSumBlock % kQuantBlock == 0, "blocks must nest");
+          const int64_t scale_row = scalar_state_row(state_count(active), kMaster) + Kind::kScalarStates;
+          alignas(64) float values[2][kQuantBlock] = {};
+          for (int64_t row = 0; row < count; row += kQuantBlock) {
+            const int64_t n = std::min(kQuantBlock, count - row);
+            const int64_t block = (begin + row) / kQuantBlock;
+            for (int k = 0; k < Kind::kStates; ++k)
+              detail::dequantize_block(table.ptr<const uint8_t>(kStateRow + k, i) + begin + row,
+                                       table.ptr<const float>(scale_row + k, i)[block], codes.row[k].values, values[k],
+                                       n);
+            detail::norm_block<Kind, S, float, kMaster>(p + row, g + row, values[0], values[1],
+                                                        kMaster ? master + row : nullptr, n, s, lane_a, lane_b);
+          }
+        } else {
+          const SS* states[2] = {nullptr, nullptr};
+          for (int k = 0; k < Kind::kStates; ++k) states[k] = table.ptr<const SS>(kStateRow + k, i) + begin;
+          detail::norm_block<Kind, S, SS, kMaster>(p, g, states[0], states[1], master, count, s, lane_a, lane_b);
+        }
         lane_tree(lane_a);
         lane_tree(lane_b);
         partials[size_t(2 * b)] = lane_a[0];

@@ -76,9 +76,9 @@ constexpr int64_t kLargeParameterLimit = 32764;
 constexpr int64_t kOpParameterBytes = 256;
 // Blocks of one launch: the limit of gridDim.x.
 constexpr int64_t kMaxChunksPerLaunch = 2147483647;
-// Most addresses a tensor's record may carry (param, grad, a coefficient record and up to
-// five states).
-constexpr int kMaxAddresses = 8;
+// Most addresses a tensor's record may carry (param, grad, a coefficient record, the states,
+// the master copy and per-tensor coefficients; with 8-bit states each state's absmax too).
+constexpr int kMaxAddresses = 12;
 
 // The tensors of one launch, passed by value as the kernel's first parameter. The header
 // says how many tensors it carries and how long a chunk is; the payload is 32-bit cells

@@ -21,6 +21,7 @@
 #include "cuda/cuda_ops.h"
 #include "cuda/element_access.cuh"
 #include "cuda/multi_tensor_apply.cuh"
+#include "fusedopt/int8_states.h"
 #include "fusedopt/reduce.h"
 
 namespace fusedopt::cuda {
@@ -29,7 +30,9 @@ static_assert(kThreadsPerBlock == kSumLanes, "one thread per lane of reduce.h");
 
 // SS: the states' storage type; kMasterWeights_: a float32 master copy holds the value (as
 // UpdateChunkOp: bf16 states differ from the param's type without a master copy).
-template <typename Kind, typename S, typename SS, bool kMasterWeights_ = !std::is_same_v<S, SS>>
+// kInt8_: the states are 8-bit codes (state_dtype="int8"), each dequantized with its block's
+// absmax (fusedopt/int8_states.h), the absmax rows' slots following the others.
+template <typename Kind, typename S, typename SS, bool kMasterWeights_ = !std::is_same_v<S, SS>, bool kInt8_ = false>
 struct NormChunkOp {
   using Storage = S;
   using T = typename OpMath<S>::type;
@@ -41,13 +44,15 @@ struct NormChunkOp {
   static constexpr int kParamSlot = 0, kGradSlot = 1, kRecordSlot = 2, kPartialsSlot = 3, kStateSlot = 4;
   static constexpr int kMasterSlot = kStateSlot + Kind::kStates;
   static constexpr int kTensorClipSlot = kMasterSlot + int(kMasterWeights);
-  static constexpr int kSlots = kMasterSlot + 2;
+  static constexpr bool kInt8 = kInt8_;
+  static constexpr int kSlots = kMasterSlot + 2 + (kInt8 ? Kind::kStates : 0);
   static_assert(kSlots <= kMaxAddresses, "more addresses than a record carries");
   static constexpr int kMinBlocks = Kind::template min_blocks<S, SS, kMasterWeights>();
   static constexpr int kScalarStates = 0;
 
   UpdateConfig<Kind> config;
   bool tensor_clip = false;  // the records carry each tensor's float32 clip coefficient
+  int8_t absmax_slot = -1;   // kInt8: the first state's absmax
 
   // In the prologue, by the one thread of each tensor: `step` is its counter + 1.
   __device__ __forceinline__ Coefficients coefficients(double step, float* const*) const {
@@ -71,12 +76,24 @@ struct NormChunkOp {
     const SS* states[Kind::kStates];
 #pragma unroll
     for (int s = 0; s < Kind::kStates; ++s) states[s] = static_cast<const SS*>(tensor.address[kStateSlot + s]);
+    Int8Codes codes{};
+    const float* absmax[Kind::kStates] = {};
+    if constexpr (kInt8) {
+      codes = int8_codes(config.options.int8_tables, config.options.int8_signed, Kind::kStates);
+#pragma unroll
+      for (int s = 0; s < Kind::kStates; ++s) absmax[s] = static_cast<const float*>(tensor.at(absmax_slot + s));
+    }
     double sum_a = 0.0, sum_b = 0.0;
 #pragma unroll 4
     for (int64_t j = tensor.begin + lane; j < tensor.end; j += kSumLanes) {
       T values[kMaxStates] = {T(0), T(0), T(0), T(0)};
 #pragma unroll
-      for (int s = 0; s < Kind::kStates; ++s) values[s] = T(to_math(states[s][j]));
+      for (int s = 0; s < Kind::kStates; ++s) {
+        if constexpr (kInt8)
+          values[s] = dequantized(reinterpret_cast<const uint8_t*>(states[s])[j], absmax[s][j / kQuantBlock], codes.row[s]);
+        else
+          values[s] = T(to_math(states[s][j]));
+      }
       const T p = kMasterWeights ? T(master[j]) : T(to_math(param[j]));
       const T g = unscaled_grad(T(to_math(grads[j])), grad);
       Kind::norm_terms(p, g, values, c.k, sum_a, sum_b);
@@ -123,7 +140,12 @@ void norms(const char* name, const TensorTable& table, DType dtype, const Update
     // The launcher's table: the table's rows up to the master copy, then the address of each
     // tensor's clip coefficient (clip_grad_norm_per_tensor), then that of its first partials.
     const bool master = options.master_weights && (dtype == DType::Float16 || dtype == DType::BFloat16);
-    const int64_t used_rows = scalar_state_row(Kind::kStates, master);
+    const bool int8 = options.int8_tables != nullptr;
+    if (int8 && (dtype == DType::Float64 || options.bf16_states))
+      throw std::invalid_argument(std::string("fusedopt cuda ") + name +
+                                  " norms: 8-bit states are for float32 math, not float64 params or bf16 states");
+    const int64_t scale_row = scalar_state_row(Kind::kStates, master);  // no scalar states (asserted above)
+    const int64_t used_rows = scale_row + (int8 ? Kind::kStates : 0);
     const float* tensor_clip = options.grad_transform.tensor_clip;
     std::vector<int64_t> rows(table.data, table.data + used_rows * table.n);
     const int64_t clip_row = used_rows, partials_row = used_rows + (tensor_clip != nullptr);
@@ -133,10 +155,10 @@ void norms(const char* name, const TensorTable& table, DType dtype, const Update
       rows.push_back(int64_t(partials + uint64_t(2 * first[size_t(i)]) * sizeof(double)));
     const TensorTable carried{rows.data(), table.n};
     const WorkspaceRecords records = workspace_records(name, carried, resources);
-    run_for_storage(name, dtype, options.master_weights, options.bf16_states, device, stream,
-                    [&](auto param, auto state, auto master_copy, const OpCall& call) {
-      using Op = NormChunkOp<Kind, decltype(param), decltype(state), decltype(master_copy)::value>;
-      Op op{config};
+    // One launch for the op of the storage types (a lambda beside run_for_storage's, as in
+    // update.cuh: GCC mistakes captured parameters' types in nested generic lambdas).
+    const auto launch = [&](auto op, const OpCall& call) {
+      using Op = decltype(op);
       int64_t slots[Op::kSlots] = {kParamRow, kGradRow, kCoefficientRecord, partials_row};
       int addresses = Op::kStateSlot;
       for (int s = 0; s < Kind::kStates; ++s) slots[addresses++] = kStateRow + s;
@@ -145,11 +167,30 @@ void norms(const char* name, const TensorTable& table, DType dtype, const Update
         op.tensor_clip = true;
         slots[addresses++] = clip_row;
       }
+      if constexpr (Op::kInt8) {
+        op.absmax_slot = int8_t(addresses);
+        for (int s = 0; s < Kind::kStates; ++s) slots[addresses++] = scale_row + s;
+      }
       PrologueWork work{false, true, false};
       work.next_step = true;
       run_prologue(carried, op, work, records, call);
-      multi_tensor_apply(carried, slots, addresses, op, records, kSumBlock * int64_t(sizeof(decltype(param))), call);
+      multi_tensor_apply(carried, slots, addresses, op, records, kSumBlock * int64_t(sizeof(typename Op::Storage)),
+                         call);
       add_block_partials(first, 2, reinterpret_cast<const double*>(partials), reinterpret_cast<double*>(out), call);
+    };
+    run_for_storage(name, dtype, options.master_weights, options.bf16_states, device, stream,
+                    [&](auto param, auto state, auto master_copy, const OpCall& call) {
+      using S = decltype(param);
+      using SS = decltype(state);
+      constexpr bool kMaster = decltype(master_copy)::value;
+      constexpr bool kInt8Storage = std::is_same_v<typename OpMath<S>::type, float> &&
+                                    (std::is_same_v<SS, S> || (kMaster && std::is_same_v<SS, float>));
+      if constexpr (kInt8Storage) {
+        if (int8) return launch(NormChunkOp<Kind, S, SS, kMaster, true>{config}, call);
+      } else if (int8) {
+        throw std::logic_error("fusedopt cuda: 8-bit states reached a storage without 8-bit kernels");
+      }
+      launch(NormChunkOp<Kind, S, SS, kMaster, false>{config}, call);
     });
   }
 }

@@ -19,6 +19,7 @@
 #include "cuda/cuda_ops.h"
 #include "cuda/element_access.cuh"
 #include "cuda/multi_tensor_apply.cuh"
+#include "cuda/update_int8.cuh"
 
 namespace fusedopt::cuda {
 namespace detail {
@@ -158,8 +159,14 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
   // clip_grad_norm_per_tensor and a tensor scale: the table again with one more row each, the
   // address of each tensor's coefficient, which the update's records carry as one more slot.
   const int states_used = state_count(active);
-  const int64_t used_rows = scalar_state_row(states_used, options.master_weights && dtype != DType::Float32 &&
+  // 8-bit states (UpdateInt8ChunkOp): one absmax row per state after the scalar-state rows
+  const bool int8 = options.int8_tables != nullptr;
+  if (int8 && (dtype == DType::Float64 || options.bf16_states))
+    throw std::invalid_argument(std::string("fusedopt cuda ") + name +
+                                ": 8-bit states are for float32 math, not float64 params or bf16 states");
+  const int64_t scale_row = scalar_state_row(states_used, options.master_weights && dtype != DType::Float32 &&
                                                               dtype != DType::Float64) + Kind::kScalarStates;
+  const int64_t used_rows = scale_row + (int8 ? states_used : 0);
   const float* tensor_clip = options.grad_transform.tensor_clip;
   const double* tensor_scale = Kind::kTensorScale ? options.tensor_scale : nullptr;
   std::vector<int64_t> extended;
@@ -180,9 +187,12 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
   // kernel of its own for bf16 params without a master copy only). A lambda beside
   // run_for_storage's, not inside it: GCC mistakes the types of a generic lambda's captured
   // parameters in a nested generic lambda.
-  const auto launch = [&](auto param, auto state, auto master, auto stochastic, const OpCall& call) {
-    using Op = UpdateChunkOp<Kind, decltype(param), decltype(state), decltype(master)::value,
-                             decltype(stochastic)::value>;
+  const auto launch = [&](auto param, auto state, auto master, auto stochastic, auto quantized, const OpCall& call) {
+    using Op = std::conditional_t<decltype(quantized)::value,
+                                  UpdateInt8ChunkOp<Kind, decltype(param), decltype(master)::value,
+                                                    decltype(stochastic)::value>,
+                                  UpdateChunkOp<Kind, decltype(param), decltype(state), decltype(master)::value,
+                                                decltype(stochastic)::value>>;
     using T = typename Op::T;
     Op op{config};
     if constexpr (!Op::kPerTensorRecord) {  // (a kind with them has work.per_tensor and no work.shared)
@@ -212,16 +222,34 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
       op.column_slot = int8_t(addresses);
       slots[addresses++] = kColumnIndex;
     }
+    if constexpr (decltype(quantized)::value) {
+      op.absmax_slot = int8_t(addresses);
+      for (int s = 0; s < states; ++s) slots[addresses++] = scale_row + s;
+    }
     work.scalar_row = scalar_state_row(states, Op::kMasterWeights);  // after the master copy, if any
     if (prologue) run_prologue(carried, op, work, records, call);
     multi_tensor_apply(carried, slots, addresses, op, records, resources.chunk_bytes, call);
   };
   run_for_storage(name, dtype, options.master_weights, options.bf16_states, device, stream,
                   [&](auto param, auto state, auto master, const OpCall& call) {
-    if constexpr (std::is_same_v<decltype(param), BFloat16> && !decltype(master)::value) {
-      if (options.round_seed != 0) return launch(param, state, master, std::true_type{}, call);
+    using S = decltype(param);
+    using SS = decltype(state);
+    constexpr bool kMaster = decltype(master)::value;
+    // 8-bit states: the storage dispatch_storage picks without bf16_states (refused above)
+    constexpr bool kInt8Storage = std::is_same_v<typename OpMath<S>::type, float> &&
+                                  (std::is_same_v<SS, S> || (kMaster && std::is_same_v<SS, float>));
+    const auto launch_rounding = [&](auto quantized) {
+      if constexpr (std::is_same_v<S, BFloat16> && !kMaster) {
+        if (options.round_seed != 0) return launch(param, state, master, std::true_type{}, quantized, call);
+      }
+      launch(param, state, master, std::false_type{}, quantized, call);
+    };
+    if constexpr (kInt8Storage) {
+      if (int8) return launch_rounding(std::true_type{});
+    } else if (int8) {
+      throw std::logic_error("fusedopt cuda: 8-bit states reached a storage without 8-bit kernels");
     }
-    launch(param, state, master, std::false_type{}, call);
+    launch_rounding(std::false_type{});
   });
 }
 

@@ -29,8 +29,10 @@ class Backend:
         """Refuse a call whose states this backend cannot read (8-bit states, config.int8_states,
         without the "int8_states" kernels) before anything runs; step() never sends one
         (it resolves such buckets with that kernel shape), this guards direct calls."""
-        if config.int8_states and "int8_states" not in self.kernels:
-            raise NotImplementedError(self.kernel_missing_reason("int8_states"))
+        if config.int8_states:
+            reason = self.kernel_missing_reason("int8_states")
+            if reason is not None:
+                raise NotImplementedError(reason)
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         """None when this backend can update tensors on `device`, else why not and how to fix it."""

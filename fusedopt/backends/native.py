@@ -18,9 +18,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
+from .._code_lookup import CODE_BYTES, MANTISSA_BITS, MIN_EXPONENT, native_tables
 from .._layout import DTYPE_CODES, FIRST_STATE_ROW, SparseRowBatch, TensorBatch, UpdateConfig
 from .._sparse_rows import kernel_dtype_problem
 from .._memory import storage_problem
+from .._quantize import BLOCK_SIZE
 from .._native import build_info, load_error, native
 from .base import Backend
 
@@ -39,6 +41,33 @@ def state_arguments(config: UpdateConfig) -> dict:
     """The keyword arguments `cpu_update` and `cuda_update` take after the common ones:
     the states' storage (bf16_states; issue 13)."""
     return {"bf16_states": config.bf16_states} if config.bf16_states else {}
+
+
+def int8_arguments(batch: TensorBatch, config: UpdateConfig) -> dict:
+    """The keyword arguments `cpu_update` and `cpu_norms` take for 8-bit states: the address of
+    the code tables on the batch's device (fusedopt/_code_lookup.py) and a mask of the state rows
+    that use the signed code. The absmax rows follow the scalar-state rows (fusedopt/_layout.py),
+    which the table built for this batch has already checked."""
+    if not config.int8_states:
+        return {}
+    if batch.dtype not in (torch.float32, torch.float16, torch.bfloat16) or config.bf16_states:
+        raise RuntimeError("8-bit states are for float32 math (float32 or 16-bit params, float32 states)")
+    if len(batch.scales) != len(config.int8_signed):
+        raise RuntimeError(f"8-bit states: {len(batch.scales)} absmax rows for {len(config.int8_signed)} states")
+    return {"int8_tables": native_tables(batch.device).data_ptr(),
+            "int8_signed": sum(1 << k for k, signed in enumerate(config.int8_signed) if signed)}
+
+
+def int8_layout_problem(module: Any) -> Optional[str]:
+    """Why `module`'s kernels cannot read 8-bit states as Python lays them out (None: they can)."""
+    layout = getattr(module, "int8_layout", None)
+    if layout is None:
+        return f"this build of {module.__name__} predates its 8-bit state kernels; rebuild it"
+    expected = (BLOCK_SIZE, CODE_BYTES, MIN_EXPONENT, MANTISSA_BITS)
+    if tuple(layout) != expected:
+        return (f"{module.__name__} reads 8-bit states laid out as (block, code bytes, bucket exponent, mantissa bits) "
+                f"= {tuple(layout)}, Python writes {expected}; rebuild it")
+    return None
 
 
 def rounding_arguments(config: UpdateConfig) -> dict:
@@ -115,13 +144,15 @@ class NativeKinds:
 
     def for_batch(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> Any:
         """hyper(kind, config.hyper), after checking that the batch's table has exactly the
-        state rows the native kind reads for these options (plus the master copy and its scalar
-        states): the kernels
+        state rows the native kind reads for these options (plus the master copy, its scalar
+        states and, with 8-bit states, their absmax rows): the kernels
         index rows by that count, so a spec whose state keys disagreed with its header would
         read addresses past the table."""
         hyper = self.hyper(kind, config.hyper)
         rows = len(batch.table) // len(batch) - FIRST_STATE_ROW if len(batch) else 0
         expected = hyper.states() + bool(config.master_weights) + type(hyper).scalar_states
+        if config.int8_states:  # one absmax row per state (fusedopt/_layout.py)
+            expected += hyper.states()
         if len(batch) and rows != expected:
             raise RuntimeError(f"optimizer {kind!r}: the batch carries {rows} state rows but the native kernels "
                                f"read {expected} for these options; its spec's state_keys and "
@@ -159,12 +190,14 @@ def _native_kinds() -> NativeKinds:
 class CPUBackend(Backend):
     name = "cpu"
     reads_lr_tensor = True
-    kernels = ("elementwise", "factored")
+    kernels = ("elementwise", "factored", "int8_states")
 
     def kernel_missing_reason(self, kernel: str) -> Optional[str]:
         reason = super().kernel_missing_reason(kernel)
         if reason is None and kernel == "factored" and not load_error and not hasattr(native, "cpu_adafactor"):
             return "this build of fusedopt._C predates its factored (Adafactor) kernels; rebuild it"
+        if reason is None and kernel == "int8_states" and not load_error:
+            return int8_layout_problem(native)
         return reason
 
     def update_factored(self, kind: str, batch, config) -> None:
@@ -185,7 +218,7 @@ class CPUBackend(Backend):
         _native_kinds().for_batch(kind, batch, config).cpu_update(*common_arguments(batch, config),
                                                              torch.get_num_threads(),
                                                              **per_tensor_arguments(batch, config), **state_arguments(config),
-                                                             **rounding_arguments(config))
+                                                             **rounding_arguments(config), **int8_arguments(batch, config))
 
     def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
         problem = kernel_dtype_problem(dtype)
@@ -205,7 +238,7 @@ class CPUBackend(Backend):
         clip = per_tensor_arguments(batch, config)["tensor_clip"]
         _native_kinds().for_batch(kind, batch, config).cpu_norms(*common_arguments(batch, config),
                                                             torch.get_num_threads(), clip, out.data_ptr(),
-                                                            **state_arguments(config))
+                                                            **state_arguments(config), **int8_arguments(batch, config))
         return out
 
     def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
@@ -260,7 +293,7 @@ class CUDABackend(Backend):
 
     name = "cuda"
     reads_lr_tensor = True
-    kernels = ("elementwise", "factored")
+    kernels = ("elementwise", "factored", "int8_states")
 
     def __init__(self):
         self.chunk_bytes: Optional[int] = None
@@ -282,6 +315,8 @@ class CUDABackend(Backend):
         if (reason is None and kernel == "factored" and not load_error and build_info().get("cuda")
                 and not hasattr(native, "cuda_adafactor")):
             return "this build of fusedopt._C predates its CUDA factored (Adafactor) kernels; rebuild it"
+        if reason is None and kernel == "int8_states" and not load_error:
+            return int8_layout_problem(native)
         return reason
 
     def update_factored(self, kind: str, batch, config) -> None:
@@ -306,7 +341,7 @@ class CUDABackend(Backend):
         _native_kinds().for_batch(kind, batch, config).cuda_update(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), self.chunk_bytes or 0,
             index, stream, **per_tensor_arguments(batch, config), **state_arguments(config),
-            **rounding_arguments(config))
+            **rounding_arguments(config), **int8_arguments(batch, config))
 
     def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
         """The kind's norm pass (csrc/cuda/norms.cuh: a prologue, the block sums, their per-tensor
@@ -321,7 +356,8 @@ class CUDABackend(Backend):
         clip = per_tensor_arguments(batch, config)["tensor_clip"]
         _native_kinds().for_batch(kind, batch, config).cuda_norms(
             *common_arguments(batch, config), workspace.data_ptr(), workspace.numel(), partials.data_ptr(),
-            partials.numel(), out.data_ptr(), index, stream, clip, **state_arguments(config))
+            partials.numel(), out.data_ptr(), index, stream, clip, **state_arguments(config),
+            **int8_arguments(batch, config))
         return out
 
     def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:

@@ -84,6 +84,11 @@ struct UpdateOptions {
   // stochastic rounding of the param (fusedopt/common.h's float_to_bf16_stochastic); 0: to
   // nearest even. Ignored for other storage.
   uint64_t round_seed = 0;
+  // state_dtype="int8": the code tables (fusedopt/int8_states.h; null: the states are not 8-bit)
+  // and, bit k for state row k, whether that row uses the signed code. The states' rows hold
+  // uint8 codes; their float32 block absmax rows follow the scalar-state rows, one per state.
+  const uint8_t* int8_tables = nullptr;
+  uint32_t int8_signed = 0;
 };
 
 // One call's configuration: the optimizer's hyper-parameters and the common options.

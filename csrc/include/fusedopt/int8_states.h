@@ -1,0 +1,82 @@
+// Blockwise dynamic 8-bit optimizer states (state_dtype="int8"), element by element, for the
+// CPU loops and the CUDA kernels alike. fusedopt/_quantize.py is the specification (blocks of
+// kQuantBlock elements in memory order, a float32 absmax per block, a uint8 code per element);
+// fusedopt/_code_lookup.py builds the tables this header reads and states why one bucket
+// lookup and one comparison give the specification's code.
+#pragma once
+
+#include <cstdint>
+
+#include "fusedopt/common.h"
+
+namespace fusedopt {
+
+constexpr int64_t kQuantBlock = 256;  // elements per absmax (_quantize.BLOCK_SIZE)
+
+// The bucket of a float32 q: its sign, exponent (clamped to 127: |q| <= 1) and top 7 mantissa
+// bits; exponents below 2^-26 share one bucket per sign (_code_lookup.bucket).
+constexpr uint32_t kBucketMinExponent = 101;
+constexpr uint32_t kBucketMantissaBits = 7;
+constexpr uint32_t kBucketsPerSign = (127 - kBucketMinExponent + 2) << kBucketMantissaBits;
+// One code's bytes in the tables Python passes (_code_lookup.native_tables): 256 float32
+// values, then one int32 entry per bucket; unsigned code first.
+constexpr int64_t kCodeBytes = 256 * 4 + 4 * 2 * kBucketsPerSign;
+
+struct Int8Code {
+  const float* values;     // the 256 values of the code, sorted
+  const int32_t* buckets;  // per bucket: the boundaries below it and the one inside (_code_lookup)
+};
+
+FUSEDOPT_HD Int8Code int8_code(const uint8_t* tables, bool is_signed) {
+  const uint8_t* base = tables + (is_signed ? kCodeBytes : 0);
+  return Int8Code{reinterpret_cast<const float*>(base), reinterpret_cast<const int32_t*>(base + 1024)};
+}
+
+FUSEDOPT_HD uint32_t code_bucket(float q) {
+  const uint32_t bits = float_bits(q);
+  uint32_t exponent = (bits >> 23) & 0xFFu;
+  exponent = exponent > 127u ? 127u : exponent;
+  const uint32_t mantissa = (bits >> (23 - kBucketMantissaBits)) & ((1u << kBucketMantissaBits) - 1u);
+  const uint32_t local =
+      exponent < kBucketMinExponent ? 0u : ((exponent - (kBucketMinExponent - 1u)) << kBucketMantissaBits) | mantissa;
+  return (bits >> 31) * kBucketsPerSign + local;
+}
+
+// The code of q = x / absmax: the number of boundaries strictly below q (the nearest value, a
+// tie to the lower index); NaN q gets 0. The bucket's entry counts the boundaries below it; a
+// boundary inside it shares q's upper 16 bits, so b < q compares the lower 16: as integers
+// for q >= 0, the other way for q < 0.
+FUSEDOPT_HD uint32_t nearest_code(float q, const int32_t* buckets) {
+  const uint32_t bits = float_bits(q);
+  const uint32_t entry = uint32_t(buckets[code_bucket(q)]);
+  const uint32_t low = bits & 0xFFFFu, boundary_low = entry & 0xFFFFu;
+  const uint32_t above = (bits >> 31) != 0u ? uint32_t(boundary_low > low) : uint32_t(low > boundary_low);
+  const uint32_t nearest = ((entry >> 16) & 0xFFu) + ((entry >> 24) & above);
+  return q != q ? 0u : nearest;
+}
+FUSEDOPT_HD uint32_t nearest_code(float q, const Int8Code& code) { return nearest_code(q, code.buckets); }
+
+// max |x| of a block's values, as the bits of the float32 result: |x|'s bits (sign cleared)
+// order as the magnitudes do, and a NaN's bits lie above +inf's (0x7f800000), so the
+// integer maximum is the float maximum, NaN-propagating as torch.amax is, and vectorises.
+FUSEDOPT_HD uint32_t absmax_bits_of(float x) { return float_bits(x) & 0x7fffffffu; }
+FUSEDOPT_HD float absmax_from_bits(uint32_t largest) {
+  return largest > 0x7f800000u ? bits_float(0x7fc00000u) : bits_float(largest);  // NaN: the quiet NaN
+}
+
+// The code an all-zero block (absmax 0) stores everywhere: the index of 0.0.
+FUSEDOPT_HD uint32_t zero_code(const Int8Code& code) { return nearest_code(0.0f, code); }
+
+FUSEDOPT_HD float dequantized(uint8_t c, float absmax, const Int8Code& code) { return code.values[c] * absmax; }
+
+// Per state row k of an 8-bit call: its code (bit k of `signed_rows`: the signed code).
+struct Int8Codes {
+  Int8Code row[4];
+};
+FUSEDOPT_HD Int8Codes int8_codes(const uint8_t* tables, uint32_t signed_rows, int rows) {
+  Int8Codes c{};
+  for (int k = 0; k < rows && k < 4; ++k) c.row[k] = int8_code(tables, (signed_rows >> k) & 1u);
+  return c;
+}
+
+}  // namespace fusedopt
