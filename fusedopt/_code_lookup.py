@@ -8,9 +8,10 @@ boundary that may lie inside it (at most one does, checked here when the tables 
 
 A bucket is q's sign, exponent and the top 7 bits of its mantissa (the upper half of q's
 bits: 2^-8 relative width, where the closest boundaries of either code are 0.7% apart).
-Exponents below MIN_EXPONENT (|q| < 2^-26) share one bucket per sign: every boundary is at
-least 5e-8 from 0. |q| <= 1, so no exponent above 127 reaches a lookup; NaN q (code 0) and
-absmax 0 (every code at 0.0) are handled by the kernels before it, as the specification says.
+Magnitudes below 2^-26 (exponents below MIN_EXPONENT) fill the first 128 buckets of their
+sign, all alike: every boundary is at least 5e-8 from 0. |q| <= 1; a NaN q (code 0 by the specification) is clamped into its
+sign's last bucket, which no such q reaches, and whose entry is 0. absmax 0 (every code at 0.0)
+is handled by the kernels before any lookup.
 
 Entry (int32): bits 0-15 the low half of the inside boundary's bits, bits 16-23 the count of
 boundaries below the bucket, bit 24 whether a boundary lies inside. An inside boundary b has
@@ -43,13 +44,13 @@ CODE_BYTES = 256 * 4 + 4 * BUCKETS  # one code's values and bucket entries
 
 def bucket(bits: torch.Tensor) -> torch.Tensor:
     """The bucket of each float32 given by its bits (int64 tensor of 0 .. 2^32 - 1), as the
-    kernels compute it."""
-    sign = bits >> 31
-    exponent = ((bits >> 23) & 0xFF).clamp(max=127)
-    mantissa = (bits >> (23 - MANTISSA_BITS)) & ((1 << MANTISSA_BITS) - 1)
-    local = torch.where(exponent < MIN_EXPONENT, torch.zeros_like(bits),
-                        ((exponent - (MIN_EXPONENT - 1)) << MANTISSA_BITS) | mantissa)
-    return sign * BUCKETS_PER_SIGN + local
+    kernels compute it (csrc/include/fusedopt/int8_states.h's code_bucket): the magnitude's
+    upper bits, those of exponents below MIN_EXPONENT - 1 raised to it, relative to it; the
+    first 128 buckets of a sign are all tiny (|q| < 2^-26) and alike."""
+    upper = bits >> 16
+    floor = (MIN_EXPONENT - 1) << MANTISSA_BITS
+    local = ((upper & 0x7FFF).clamp(min=floor) - floor).clamp(max=BUCKETS_PER_SIGN - 1)
+    return local + (upper >> 15) * BUCKETS_PER_SIGN
 
 
 def _floats(bits) -> torch.Tensor:
@@ -61,7 +62,7 @@ def _bucket_ends() -> Tuple[torch.Tensor, torch.Tensor]:
     low_mag, high_mag = [], []  # bit patterns of each bucket's smallest and largest magnitude
     tiny_top = (MIN_EXPONENT << 23) - 1
     for local in range(BUCKETS_PER_SIGN):
-        if local < (1 << MANTISSA_BITS):  # the tiny bucket (and unused rows that copy it)
+        if local < (1 << MANTISSA_BITS):  # tiny: exponent MIN_EXPONENT - 1 and below
             low_mag.append(0)
             high_mag.append(tiny_top)
         else:
@@ -93,6 +94,9 @@ def bucket_entries(signed: bool) -> torch.Tensor:
     if bool(((boundary_bits & 0xFFFF0000) != bucket_bits[:BUCKETS])[inside == 1].any()):
         raise AssertionError("an inside boundary does not share its bucket's upper bits")
     entries = (boundary_bits & 0xFFFF) * inside | below_lowest << 16 | inside << 24
+    # each sign's last bucket ([1.99, 2) in magnitude) is where code_bucket clamps a NaN (and
+    # Inf) q, which no |q| <= 1 reaches: entry 0 gives NaN code 0 without a test
+    entries[BUCKETS_PER_SIGN - 1] = entries[BUCKETS - 1] = 0
     return entries.to(torch.int32)
 
 

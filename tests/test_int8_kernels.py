@@ -183,6 +183,8 @@ def test_lookup_equals_the_binary_search():
                        torch.rand(100_000, generator=g) ** 30 * (-1 if signed else 1),
                        torch.tensor([0.0, -0.0, 1.0, 1e-30, 2.0 ** -26, 5e-8])])
         assert torch.equal(L.code_of(q, signed), torch.searchsorted(boundaries, q, right=False)), signed
+        # NaN q (an all-NaN or 0/0 block) is code 0 by the specification; the lookup gives it too
+        assert L.code_of(torch.tensor([float("nan"), -float("nan")]), signed).tolist() == [0, 0]
 
 
 def _edge_params():

@@ -76,59 +76,85 @@ void update_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
 }
 
 // ---- 8-bit states (state_dtype="int8"; fusedopt/int8_states.h) -----------------------------
-// The float32 values of one block of codes.
+// The float32 values of one block of codes (the norm pass's reads).
 inline void dequantize_block(const uint8_t* __restrict codes, float absmax, const float* __restrict values,
                              float* __restrict out, int64_t count) {
   for (int64_t j = 0; j < count; ++j) out[j] = values[codes[j]] * absmax;
 }
 
-// max |x| over a block, NaN if any x is NaN (as torch.amax), through the bits
-// (fusedopt/int8_states.h's absmax_bits_of: an integer maximum vectorises, a float one does not).
-inline float block_absmax(const float* __restrict x, int64_t count) {
-  uint32_t largest = 0;
+// One block of an 8-bit call in one vectorisable pass: update_loop's update, each state
+// dequantized as it is read (value[code] * absmax), its new float32 value written to
+// out<s> for quantize_values and max |value| accumulated as bits (absmax_bits_of: an integer
+// maximum vectorises, a float one does not, and it propagates NaN as torch.amax does) into
+// largest[s]. One parameter per state, all __restrict, for update_loop's reason.
+template <typename Kind, typename S, bool kMaster, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD, bool kStochastic>
+void int8_block_update(S* __restrict p, S* __restrict g, float* __restrict master, const uint8_t* __restrict c0,
+                       const uint8_t* __restrict c1, const uint8_t* __restrict c2, const uint8_t* __restrict c3,
+                       const float* __restrict v0, const float* __restrict v1, const float* __restrict v2,
+                       const float* __restrict v3, const float* scale, float* __restrict o0, float* __restrict o1,
+                       float* __restrict o2, float* __restrict o3, uint32_t* largest, int64_t count,
+                       const Scalars<Kind, float>& scalars, uint32_t key, int64_t first) {
+  constexpr bool kLoads = !FIRST_STEP;
+  const auto k = scalars.k;
+  const auto factors = scalars.grad;
+  const float a0 = scale[0], a1 = scale[1], a2 = scale[2], a3 = scale[3];
+  uint32_t m0 = 0, m1 = 0, m2 = 0, m3 = 0;
   for (int64_t j = 0; j < count; ++j) {
-    const uint32_t a = absmax_bits_of(x[j]);
-    largest = a > largest ? a : largest;
+    float pj = load_param<S, kMaster>(p, master, j);
+    float gj = unscaled_grad(to_opmath(g[j]), factors);
+    float s[kMaxStates] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if constexpr (kLoads && (kActive & 1u)) s[0] = v0[c0[j]] * a0;
+    if constexpr (kLoads && (kActive & 2u)) s[1] = v1[c1[j]] * a1;
+    if constexpr (kLoads && (kActive & 4u)) s[2] = v2[c2[j]] * a2;
+    if constexpr (kLoads && (kActive & 8u)) s[3] = v3[c3[j]] * a3;
+    Kind::template update<kActive>(pj, gj, s, k, std::bool_constant<FIRST_STEP>{});
+    if constexpr (kStochastic) p[j] = float_to_bf16_stochastic(pj, rounding_bits(key, first + j));
+    else store_param<S, kMaster>(p, master, j, pj);
+    if (WRITE_GRAD) g[j] = from_opmath<S>(gj);
+    const auto keep = [](uint32_t& m, float x) { m = absmax_bits_of(x) > m ? absmax_bits_of(x) : m; };
+    if constexpr (bool(kActive & 1u)) { o0[j] = s[0]; keep(m0, s[0]); }
+    if constexpr (bool(kActive & 2u)) { o1[j] = s[1]; keep(m1, s[1]); }
+    if constexpr (bool(kActive & 4u)) { o2[j] = s[2]; keep(m2, s[2]); }
+    if constexpr (bool(kActive & 8u)) { o3[j] = s[3]; keep(m3, s[3]); }
   }
-  return absmax_from_bits(largest);
+  largest[0] = m0, largest[1] = m1, largest[2] = m2, largest[3] = m3;
 }
 
 // The codes of a block of float32 values with this absmax (not 0). Its own function, not
-// inlined: with the absmax computed in the same function, GCC 12 no longer vectorises the loop.
+// inlined: inlined where the absmax is computed, GCC 12 no longer vectorises the loop.
 __attribute__((noinline)) inline void quantize_values(const float* __restrict x, int64_t count, float absmax,
                                                       const int32_t* __restrict buckets, uint8_t* __restrict out) {
   for (int64_t j = 0; j < count; ++j) out[j] = uint8_t(nearest_code(x[j] / absmax, buckets));
 }
 
-// Requantizes a block of new float32 values into its codes; returns its absmax.
-inline float quantize_block(const float* __restrict x, int64_t count, const Int8Code& code, uint8_t* __restrict out) {
-  const float absmax = block_absmax(x, count);
-  if (absmax == 0.0f) {  // 0 / 0: every code at 0.0 (fusedopt/_quantize.py)
-    std::memset(out, int(zero_code(code)), size_t(count));
-    return absmax;
-  }
-  quantize_values(x, count, absmax, code.buckets, out);
-  return absmax;
-}
-
-// Elements [lo, hi) of tensor i with 8-bit states, lo a multiple of kQuantBlock: per block, the
-// states are dequantized into float32 buffers, update_loop runs on them as on float32 states
-// (the param's update reads the new float32 state), and each is requantized from its new
-// values. States row k's absmax is in row `scale_row + k`.
+// Elements [lo, hi) of tensor i with 8-bit states, lo a multiple of kQuantBlock: per block,
+// int8_block_update updates the param from the dequantized states (the param's update reads
+// the new float32 state) and leaves the new float32 states in buffers, then each state is
+// requantized from them (all zeros: absmax 0, every code at 0.0, fusedopt/_quantize.py).
+// State row k's absmax is in row `scale_row + k`.
 template <typename Kind, typename S, bool kMaster, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD,
           bool kStochastic = false>
 void update_int8_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
                        const Scalars<Kind, typename OpMath<S>::type>& scalars, const Int8Codes& codes,
                        int64_t scale_row, uint64_t round_seed) {
+  static_assert(std::is_same_v<typename OpMath<S>::type, float>, "8-bit states are for float32 math");
   constexpr int kRows = state_count(kActive);
   alignas(64) float values[kMaxStates][kQuantBlock];
+  // per state index s (not table row): its codes, code values, absmax and buffer
   uint8_t* state_codes[kMaxStates] = {};
+  const float* code_values[kMaxStates] = {};
   float* absmax[kMaxStates] = {};
-  for (int k = 0; k < kRows; ++k) {
-    state_codes[k] = t.ptr<uint8_t>(kStateRow + k, i);
-    absmax[k] = t.ptr<float>(scale_row + k, i);
+  float* buffer[kMaxStates] = {};
+  int row_of[kMaxStates] = {};
+  for (int s = 0; s < kMaxStates; ++s) {
+    if (!((kActive >> s) & 1u)) continue;
+    const int r = state_position(kActive, s);
+    row_of[s] = r;
+    state_codes[s] = t.ptr<uint8_t>(kStateRow + r, i);
+    code_values[s] = codes.row[r].values;
+    absmax[s] = t.ptr<float>(scale_row + r, i);
+    buffer[s] = values[r];
   }
-  const auto buffer = [&](int s) -> float* { return (kActive >> s) & 1u ? values[state_position(kActive, s)] : nullptr; };
   S* p = t.ptr<S>(kParamRow, i);
   S* g = t.ptr<S>(kGradRow, i);
   float* master = !kMaster ? nullptr : t.ptr<float>(kStateRow + kRows, i);
@@ -136,14 +162,26 @@ void update_int8_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
   for (int64_t begin = lo; begin < hi; begin += kQuantBlock) {
     const int64_t count = std::min(kQuantBlock, hi - begin);
     const int64_t block = begin / kQuantBlock;
-    if constexpr (!FIRST_STEP)
-      for (int k = 0; k < kRows; ++k)
-        dequantize_block(state_codes[k] + begin, absmax[k][block], codes.row[k].values, values[k], count);
-    update_loop<Kind, S, float, kMaster, kActive, FIRST_STEP, WRITE_GRAD, kStochastic>(
-        p + begin, g + begin, buffer(0), buffer(1), buffer(2), buffer(3), kMaster ? master + begin : nullptr, count,
-        scalars, key, begin);
-    for (int k = 0; k < kRows; ++k)
-      absmax[k][block] = quantize_block(values[k], count, codes.row[k], state_codes[k] + begin);
+    float scale[kMaxStates] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const uint8_t* read[kMaxStates] = {};
+    for (int s = 0; s < kMaxStates; ++s)
+      if ((kActive >> s) & 1u) {
+        scale[s] = absmax[s][block];
+        read[s] = state_codes[s] + begin;
+      }
+    uint32_t largest[kMaxStates];
+    int8_block_update<Kind, S, kMaster, kActive, FIRST_STEP, WRITE_GRAD, kStochastic>(
+        p + begin, g + begin, kMaster ? master + begin : nullptr, read[0], read[1], read[2], read[3], code_values[0],
+        code_values[1], code_values[2], code_values[3], scale, buffer[0], buffer[1], buffer[2], buffer[3], largest,
+        count, scalars, key, begin);
+    for (int s = 0; s < kMaxStates; ++s) {
+      if (!((kActive >> s) & 1u)) continue;
+      const float new_absmax = absmax_from_bits(largest[s]);
+      absmax[s][block] = new_absmax;
+      const Int8Code& code = codes.row[row_of[s]];
+      if (new_absmax == 0.0f) std::memset(state_codes[s] + begin, int(zero_code(code)), size_t(count));
+      else quantize_values(buffer[s], count, new_absmax, code.buckets, state_codes[s] + begin);
+    }
   }
 }
 

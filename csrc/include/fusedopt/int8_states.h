@@ -13,8 +13,8 @@ namespace fusedopt {
 
 constexpr int64_t kQuantBlock = 256;  // elements per absmax (_quantize.BLOCK_SIZE)
 
-// The bucket of a float32 q: its sign, exponent (clamped to 127: |q| <= 1) and top 7 mantissa
-// bits; exponents below 2^-26 share one bucket per sign (_code_lookup.bucket).
+// The bucket of a float32 q: its sign, exponent and top 7 mantissa bits (its upper 16 bits);
+// magnitudes below 2^-26 share the first 128 buckets of their sign (_code_lookup.bucket).
 constexpr uint32_t kBucketMinExponent = 101;
 constexpr uint32_t kBucketMantissaBits = 7;
 constexpr uint32_t kBucketsPerSign = (127 - kBucketMinExponent + 2) << kBucketMantissaBits;
@@ -32,27 +32,30 @@ FUSEDOPT_HD Int8Code int8_code(const uint8_t* tables, bool is_signed) {
   return Int8Code{reinterpret_cast<const float*>(base), reinterpret_cast<const int32_t*>(base + 1024)};
 }
 
+// As integer operations on q's upper 16 bits h (no multiply, no branch: the CPU loop
+// vectorises): magnitude bits h & 0x7fff, those below exponent kBucketMinExponent - 1 raised
+// to it (all of them tiny), made relative to it, and clamped to the sign's last bucket (only a
+// NaN gets there, whose code is 0 anyway); the negative half after the positive.
 FUSEDOPT_HD uint32_t code_bucket(float q) {
-  const uint32_t bits = float_bits(q);
-  uint32_t exponent = (bits >> 23) & 0xFFu;
-  exponent = exponent > 127u ? 127u : exponent;
-  const uint32_t mantissa = (bits >> (23 - kBucketMantissaBits)) & ((1u << kBucketMantissaBits) - 1u);
-  const uint32_t local =
-      exponent < kBucketMinExponent ? 0u : ((exponent - (kBucketMinExponent - 1u)) << kBucketMantissaBits) | mantissa;
-  return (bits >> 31) * kBucketsPerSign + local;
+  const uint32_t upper = float_bits(q) >> 16;
+  constexpr uint32_t kFloor = (kBucketMinExponent - 1) << kBucketMantissaBits;
+  const uint32_t magnitude = upper & 0x7fffu;
+  uint32_t local = (magnitude > kFloor ? magnitude : kFloor) - kFloor;
+  local = local < kBucketsPerSign - 1 ? local : kBucketsPerSign - 1;
+  return local + ((0u - (upper >> 15)) & kBucketsPerSign);
 }
 
 // The code of q = x / absmax: the number of boundaries strictly below q (the nearest value, a
-// tie to the lower index); NaN q gets 0. The bucket's entry counts the boundaries below it; a
-// boundary inside it shares q's upper 16 bits, so b < q compares the lower 16: as integers
-// for q >= 0, the other way for q < 0.
+// tie to the lower index); NaN q gets 0 (its bucket, each sign's last, which no |q| <= 1
+// reaches, has entry 0). The bucket's entry counts the boundaries below it; a boundary inside
+// it shares q's upper 16 bits, so b < q compares the lower 16: as integers for q >= 0,
+// reversed for q < 0 (flipping all 16 bits reverses their order).
 FUSEDOPT_HD uint32_t nearest_code(float q, const int32_t* buckets) {
   const uint32_t bits = float_bits(q);
   const uint32_t entry = uint32_t(buckets[code_bucket(q)]);
-  const uint32_t low = bits & 0xFFFFu, boundary_low = entry & 0xFFFFu;
-  const uint32_t above = (bits >> 31) != 0u ? uint32_t(boundary_low > low) : uint32_t(low > boundary_low);
-  const uint32_t nearest = ((entry >> 16) & 0xFFu) + ((entry >> 24) & above);
-  return q != q ? 0u : nearest;
+  const uint32_t flip = (0u - (bits >> 31)) & 0xffffu;
+  const int32_t low = int32_t((bits & 0xffffu) ^ flip), boundary_low = int32_t((entry & 0xffffu) ^ flip);
+  return ((entry >> 16) & 0xffu) + ((entry >> 24) & uint32_t(low > boundary_low));
 }
 FUSEDOPT_HD uint32_t nearest_code(float q, const Int8Code& code) { return nearest_code(q, code.buckets); }
 
