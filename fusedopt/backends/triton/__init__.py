@@ -16,14 +16,16 @@ use (so a new optimizer adds one file here and edits nothing else). That module 
         the tensor's float32 step counter (0 for kinds without one), the float64 learning
         rate and `hyper[SLOT.<name>]` (the Scalars by name, float64), each rounded once to
         the math type COMPUTE, as the C++ header's `<kind>_coefficients`.
-    @triton.jit update(param, grad, offsets, mask, states, coefficients, OPTIONS: constexpr,
-                       STATE: constexpr, COMPUTE: constexpr) -> param
-        one block of elements, the header's `<kind>_update`: `param` and `grad` are loaded
-        in COMPUTE (the grad already unscaled and clipped; maximize and weight decay are
-        the update's, `_math.signed_grad`); `states` holds MAX_STATES pointers to the
-        optimizer's state tensors in table order (element type STATE; past its own count
-        they are stand-ins never to be dereferenced); it loads and stores its states
-        (rounded with `_math.rounded(x, STATE)`) and returns the new param value.
+    @triton.jit update(param, grad, states, coefficients, OPTIONS: constexpr, COMPUTE: constexpr)
+            -> (param, state0, state1, state2, state3)
+        one block of elements, the header's `<kind>_update`, on values only: `param` and
+        `grad` in COMPUTE (the grad already unscaled and clipped; maximize and weight decay
+        are the update's, `_math.signed_grad`); `states` the MAX_STATES state values in
+        table order, in COMPUTE (past the kind's own count, stand-ins to pass back
+        unchanged); it returns the new param value and the new state values in the same
+        order. The skeleton loads and stores (states rounded once to their storage type),
+        so a kind's math knows nothing of storage (as ATen's adam_math is apart from its
+        functor's loads and stores).
 
 A kind with scalar states (OptimizerSpec.scalar_states: ASGD's eta and mu, NAdam's
 mu_product) also takes them in `coefficients`, as a seventh argument `scalars` (a pair of

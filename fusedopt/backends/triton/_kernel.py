@@ -1,9 +1,10 @@
-"""The one multi-tensor kernel every optimizer runs: table walk, loads and stores, GradScaler's
-skip, the grad transform, master weights, aligned and masked blocks. The optimizer's own
-math arrives as two @triton.jit functions passed as compile-time arguments (Triton treats a
-JITFunction argument as a constexpr): COEFFICIENTS, called once per program, and UPDATE,
-called on each block of elements (see fusedopt/backends/triton/__init__.py for what a
-`<kind>.py` defines).
+"""The one multi-tensor kernel every optimizer runs: table walk, loads and stores (of the
+param, grad, master copy and states, in every storage: the param's dtype, float32, bf16),
+GradScaler's skip, the grad transform, master weights, aligned and masked blocks.
+The optimizer's own math arrives as two @triton.jit functions passed as compile-time
+arguments (Triton treats a JITFunction argument as a constexpr): COEFFICIENTS, called once
+per program, and UPDATE, called on the values of each block of elements (see
+fusedopt/backends/triton/__init__.py for what a `<kind>.py` defines).
 """
 from __future__ import annotations
 
@@ -57,6 +58,22 @@ def _state_pointer(table_ptr, n, k, column, fallback, NUM_STATES: tl.constexpr, 
         return _row_pointer(table_ptr, n, _STATE_ROW + k, column, STATE, ALIGNED)
     else:
         return fallback
+
+
+@triton.jit
+def _load_state(K: tl.constexpr, states, offsets, mask, fallback, NUM_STATES: tl.constexpr, COMPUTE: tl.constexpr):
+    """The K-th state's values at `offsets` in COMPUTE, or `fallback` past the last state."""
+    value = fallback
+    if K < NUM_STATES:
+        value = tl.load(states[K] + offsets, mask=mask).to(COMPUTE)
+    return value
+
+
+@triton.jit
+def _store_state(K: tl.constexpr, value, states, offsets, mask, NUM_STATES: tl.constexpr, STATE: tl.constexpr):
+    """Stores the K-th state's new values rounded once to STATE (nothing past the last state)."""
+    if K < NUM_STATES:
+        tl.store(states[K] + offsets, rounded(value, STATE), mask=mask)
 
 
 @triton.jit
@@ -122,12 +139,21 @@ def _unscaled_grad(grad_ptr, offsets, mask, divisor, multiplier, bound, GRAD_SCA
 def _block(offsets, mask, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor, multiplier, bound, key,
            UPDATE: tl.constexpr, OPTIONS: tl.constexpr, MASTER: tl.constexpr, GRAD_SCALE: tl.constexpr,
            CLIP_COEF: tl.constexpr, CLIP_VALUE: tl.constexpr, DTYPE: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr, STOCHASTIC: tl.constexpr):
-    """One block of elements: load, transform the grad, the optimizer's UPDATE, store."""
+           COMPUTE: tl.constexpr, STOCHASTIC: tl.constexpr, NUM_STATES: tl.constexpr):
+    """One block of elements: load, transform the grad, the optimizer's UPDATE on the values,
+    store (states rounded once to STATE)."""
     param = _load_param(param_ptr, master_ptr, offsets, mask, MASTER, COMPUTE)
     grad = _unscaled_grad(grad_ptr, offsets, mask, divisor, multiplier, bound, GRAD_SCALE, CLIP_COEF, CLIP_VALUE,
                           DTYPE, COMPUTE)
-    param = UPDATE(param, grad, offsets, mask, states, coefficients, OPTIONS, STATE, COMPUTE)
+    values = (_load_state(0, states, offsets, mask, param, NUM_STATES, COMPUTE),
+              _load_state(1, states, offsets, mask, param, NUM_STATES, COMPUTE),
+              _load_state(2, states, offsets, mask, param, NUM_STATES, COMPUTE),
+              _load_state(3, states, offsets, mask, param, NUM_STATES, COMPUTE))
+    param, new0, new1, new2, new3 = UPDATE(param, grad, values, coefficients, OPTIONS, COMPUTE)
+    _store_state(0, new0, states, offsets, mask, NUM_STATES, STATE)
+    _store_state(1, new1, states, offsets, mask, NUM_STATES, STATE)
+    _store_state(2, new2, states, offsets, mask, NUM_STATES, STATE)
+    _store_state(3, new3, states, offsets, mask, NUM_STATES, STATE)
     _store_param(param_ptr, master_ptr, offsets, mask, param, key, MASTER, DTYPE, STOCHASTIC)
 
 
@@ -238,8 +264,9 @@ def multi_tensor_kernel(
         offsets = block_start + tl.arange(0, BLOCK)
         if block_start + BLOCK <= end:
             _block(offsets, None, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor, multiplier, bound,
-                   key, UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, CLIP_VALUE, DTYPE, STATE, COMPUTE, STOCHASTIC)
+                   key, UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, CLIP_VALUE, DTYPE, STATE, COMPUTE, STOCHASTIC,
+                   NUM_STATES)
         elif block_start < end:
             _block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor,
                    multiplier, bound, key, UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, CLIP_VALUE, DTYPE, STATE,
-                   COMPUTE, STOCHASTIC)
+                   COMPUTE, STOCHASTIC, NUM_STATES)

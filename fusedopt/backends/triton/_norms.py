@@ -65,7 +65,11 @@ def _norm_blocks_kernel(
         if CLIP_VALUE:
             grad = tl.where(grad > bound, bound, grad)
             grad = tl.where(grad < -bound, -bound, grad)
-        a, b = TERMS(param, grad, offsets, mask, states, coefficients, OPTIONS, STATE, COMPUTE)
+        values = (_kernel._load_state(0, states, offsets, mask, param, NUM_STATES, COMPUTE),
+                  _kernel._load_state(1, states, offsets, mask, param, NUM_STATES, COMPUTE),
+                  _kernel._load_state(2, states, offsets, mask, param, NUM_STATES, COMPUTE),
+                  _kernel._load_state(3, states, offsets, mask, param, NUM_STATES, COMPUTE))
+        a, b = TERMS(param, grad, values, coefficients, OPTIONS, COMPUTE)
         sum_a += tl.where(mask, a, 0.0)
         sum_b += tl.where(mask, b, 0.0)
     tl.store(partials_ptr + 2 * pid, tl.sum(sum_a, axis=0))
