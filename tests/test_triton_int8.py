@@ -27,6 +27,10 @@ are:
    reference's), within what one step of those float32 rounding differences explains (the
    tolerances and their measured values: test_one_step_from_the_reference_states).
 
+Bit for bit with other backends where that holds: SGD's 8-bit states with the reference's
+(its momentum rounds in torch as in the kernels), and every kind with the compiled CPU
+kernels (csrc/include/fusedopt/int8_states.h; skipped where fusedopt._C lacks them).
+
 Edge blocks (all zeros, one huge value, NaN, a short last block), GradScaler's skipped step,
 clip_grad_value and max_grad_norm, a small launch geometry, and a group with 8-bit states
 beside one without, each through comparison 1.
@@ -280,8 +284,64 @@ def test_group_with_int8_states_beside_one_without():
     assert run.opt.state[params[1]]["exp_avg"].dtype == torch.float32
 
 
-# ----------------------------------------------------------------- 2. the reference backend
+# ----------------------------------------------------------------- 2. the reference backend, the cpu kernels
 REFERENCE_STEPS = 5
+CPU_REASON = fusedopt.backends.unusable_reason("cpu", torch.device("cpu"), "int8_states")
+
+
+def _independent_grads(params, step):
+    """Grads that do not depend on the params, so a param an ulp away changes no state."""
+    g = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(p.shape, generator=g).to(DEVICE, p.dtype) for p in params]
+
+
+def _twenty_steps(kind, backend, dtype, master, device=DEVICE, grads=_grads):
+    params = [p.detach().to(device).requires_grad_() for p in _params(dtype)]
+    opt = _make(kind, params, backend=backend, state_dtype="int8", master_weights=master)
+    for step in range(STEPS):
+        for p, g in zip(params, grads(params, step)):
+            p.grad = g.to(device)
+        opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_states_bit_for_bit_with_the_reference(dtype):
+    """SGD's momentum (buf * momentum + grad, dampening 0) rounds in torch's operations as in
+    the kernels, so with grads that do not depend on the params its codes, absmax and small
+    float32 states are the reference's bit for bit after 20 steps; the params and master
+    copies to float32 rounding (test_triton's rtol 1e-5, atol 1e-6: torch's add_(buf,
+    alpha=-lr) is a fused multiply-add, an ulp a step apart), 16-bit params to one ulp (a
+    float32 value an ulp away may round to the other neighbour)."""
+    (reference_params, reference), (params, opt) = [_twenty_steps("sgd", backend, *DTYPES[dtype], grads=_independent_grads)
+                                                    for backend in ("reference", "triton")]
+    for i, (r, p) in enumerate(zip(reference_params, params)):
+        eps = torch.finfo(p.dtype).eps
+        tolerance = dict(rtol=1e-5, atol=1e-6) if p.dtype == torch.float32 else dict(rtol=eps, atol=eps)
+        torch.testing.assert_close(p, r, **tolerance)
+        for key, value in reference.state[r].items():
+            if key == MASTER_KEY:
+                torch.testing.assert_close(opt.state[p][key], value, rtol=1e-5, atol=1e-6)
+            else:
+                assert _same(opt.state[p][key], value), (dtype, i, key)
+    assert opt.state[params[0]]["momentum_buffer"].dtype == Q.CODE_DTYPE
+
+
+@pytest.mark.skipif(CPU_REASON is not None, reason=f"backend 'cpu' has no 8-bit kernels here: {CPU_REASON}")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_twenty_steps_equal_the_cpu_kernels(kind, dtype):
+    """The compiled CPU kernels and the Triton kernels state the same IEEE operations without
+    contraction and the same quantization (csrc/include/fusedopt/int8_states.h, _int8.py), so
+    after 20 steps params, master copies, codes, absmax and small float32 states are equal bit
+    for bit (the cpu backend on CPU tensors, Triton on this module's device)."""
+    (cpu_params, cpu), (params, opt) = (_twenty_steps(kind, "cpu", *DTYPES[dtype], device=torch.device("cpu")),
+                                        _twenty_steps(kind, "triton", *DTYPES[dtype]))
+    for i, (c, p) in enumerate(zip(cpu_params, params)):
+        assert _same(p.detach().cpu(), c.detach()), (kind, dtype, i)
+        assert set(opt.state[p]) == set(cpu.state[c])
+        for key, value in cpu.state[c].items():
+            assert _same(opt.state[p][key].cpu(), value), (kind, dtype, i, key)
 
 
 def _ulps_apart(actual, expected):
