@@ -604,7 +604,7 @@ kernel = _kernel.multi_tensor_kernel
 FLOAT_POINTERS = {"grad_scale_ptr", "found_inf_ptr", "clip_coef_ptr", "tensor_clip_ptr"}
 DEFAULTS = dict(COMPUTE=tl.float32, MASTER=False, GRAD_SCALE=False, FOUND_INF=False, CLIP_COEF=False,
                 CLIP_VALUE=False, LR_TENSOR=False, ALIGNED=True, BLOCK=1024, CHUNK=16384, NUM_SCALARS=0,
-                TENSOR_CLIP=False, TENSOR_SCALE=False, STOCHASTIC=False)
+                TENSOR_CLIP=False, TENSOR_SCALE=False, STOCHASTIC=False, INT8=False, SIGNED=0)
 HYPER = {
     "adam": dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
                  decoupled_weight_decay=False, optimized_update=False, absolute_weight_decay=False),
@@ -624,7 +624,8 @@ def ptx(kind, num_states, hyper=(), **constexprs):
                   "UPDATE": module.update, "SLOT": backend._slots(type(scalars)), "OPTIONS": options,
                   "NUM_STATES": num_states, "COUNTER": kind != "sgd"}
     signature = {name: "constexpr" if name in constexprs else "*fp32" if name in FLOAT_POINTERS
-                 else "*fp64" if name in ("lr_ptr", "tensor_scale_ptr") else "*i64" if name.endswith("_ptr")
+                 else "*fp64" if name in ("lr_ptr", "tensor_scale_ptr") else "*i32" if name == "tables_ptr"
+                 else "*i64" if name.endswith("_ptr")
                  else "i32" if name == "n" else "i64" if name == "seed" else "fp64"
                  for name in kernel.arg_names}
     compiled = triton.compile(ASTSource(kernel, signature=signature, constexprs=constexprs),
@@ -671,6 +672,12 @@ kernels = {
     "lamb": ptx("lamb", 2, DTYPE=tl.bfloat16, STATE=tl.float32, MASTER=True, TENSOR_SCALE=True, **amp),
     # bf16_stochastic_round: bf16 params (no master copy) stored rounded stochastically
     "sgd-stochastic": ptx("sgd", 1, dict(weight_decay=0.1, nesterov=True), DTYPE=tl.bfloat16, STOCHASTIC=True),
+    # 8-bit states (codes and block absmax; exp_avg signed, the others unsigned), with float32
+    # params, and with bf16 params, a master copy and the grad transform
+    "adam-int8": ptx("adam", 3, dict(weight_decay=0.1, amsgrad=True), DTYPE=tl.float32, STATE=tl.uint8, INT8=True,
+                     SIGNED=0b001),
+    "rmsprop-int8-master": ptx("rmsprop", 3, dict(centered=True, momentum=0.9), DTYPE=tl.bfloat16, STATE=tl.uint8,
+                               MASTER=True, LR_TENSOR=True, INT8=True, SIGNED=0b110, **amp),
     "asgd-scalars": scalar_state_ptx("asgd", 1, 2),
     "nadam-scalars": scalar_state_ptx("nadam", 2, 1),
 }
@@ -705,3 +712,7 @@ def test_kernels_compile_for_h100():
     assert found["lamb"] >= vectors and "fma.rn.f32" not in found["lamb"] and "sqrt.approx" not in found["lamb"]
     assert found["asgd-scalars"] == found["nadam-scalars"] == set()  # float64 math, no float32 fma
     assert found["sgd-stochastic"] == vectors  # the hash is integer work: the accesses stay vectors
+    # 8-bit states: q = x / absmax is IEEE division, nothing contracted; the params' and grads'
+    # accesses stay vectors (the codes' are 4-byte vectors of 16 codes, the table reads gathers)
+    for name in ("adam-int8", "rmsprop-int8-master"):
+        assert found[name] == vectors | {"div.rn.f32"}, name

@@ -110,7 +110,7 @@ def test_every_kind_module_follows_the_contract():
         module = backend.kind_module(kind)
         for name in ("arguments", "coefficients", "update"):
             assert callable(getattr(module, name)), (kind, name)
-        assert module.update.arg_names[:6] == ["param", "grad", "offsets", "mask", "states", "coefficients"], kind
+        assert module.update.arg_names[:4] == ["param", "grad", "states", "coefficients"], kind
         assert module.coefficients.arg_names[:3] == ["step", "lr", "hyper"], kind
 
 

@@ -16,14 +16,16 @@ use (so a new optimizer adds one file here and edits nothing else). That module 
         the tensor's float32 step counter (0 for kinds without one), the float64 learning
         rate and `hyper[SLOT.<name>]` (the Scalars by name, float64), each rounded once to
         the math type COMPUTE, as the C++ header's `<kind>_coefficients`.
-    @triton.jit update(param, grad, offsets, mask, states, coefficients, OPTIONS: constexpr,
-                       STATE: constexpr, COMPUTE: constexpr) -> param
-        one block of elements, the header's `<kind>_update`: `param` and `grad` are loaded
-        in COMPUTE (the grad already unscaled and clipped; maximize and weight decay are
-        the update's, `_math.signed_grad`); `states` holds MAX_STATES pointers to the
-        optimizer's state tensors in table order (element type STATE; past its own count
-        they are stand-ins never to be dereferenced); it loads and stores its states
-        (rounded with `_math.rounded(x, STATE)`) and returns the new param value.
+    @triton.jit update(param, grad, states, coefficients, OPTIONS: constexpr, COMPUTE: constexpr)
+            -> (param, state0, state1, state2, state3)
+        one block of elements, the header's `<kind>_update`, on values only: `param` and
+        `grad` in COMPUTE (the grad already unscaled and clipped; maximize and weight decay
+        are the update's, `_math.signed_grad`); `states` the MAX_STATES state values in
+        table order, in COMPUTE (past the kind's own count, stand-ins to pass back
+        unchanged); it returns the new param value and the new state values in the same
+        order. The skeleton loads and stores: states rounded once to their storage type,
+        or requantized (8-bit states, below), so a kind's math knows nothing of storage
+        (as ATen's adam_math is apart from its functor's loads and stores).
 
 A kind with scalar states (OptimizerSpec.scalar_states: ASGD's eta and mu, NAdam's
 mu_product) also takes them in `coefficients`, as a seventh argument `scalars` (a pair of
@@ -73,6 +75,25 @@ is a plain float64 argument.
 
 bf16 states (config.bf16_states, state_dtype=torch.bfloat16): STATE is bfloat16, whatever
 the param's dtype; loaded into float32 and stored with `_math.rounded` (nearest even).
+
+8-bit states (config.int8_states, state_dtype="int8"; fusedopt/_quantize.py is the format,
+the reference backend the statement): INT8 is set, STATE is uint8 (the codes), each state's
+float32 block absmax comes through the table's rows after the scalar states
+(fusedopt/_layout.py), and SIGNED has bit k set when state k uses the signed code
+(config.int8_signed). The code tables are `_code_lookup.native_tables(device)`, the bytes
+the C++ kernels read, viewed as int32 (`_int8.code_tables_on`). Each block of the loop then
+holds whole 256-element quantization blocks (BLOCK is raised to 256 when the launch
+configuration's is smaller; chunks are multiples of BLOCK, so a quantization block never
+spans two programs) and is walked as [BLOCK // 256, 256] rows: the states are dequantized
+(`values[code] * absmax`), the kind's update runs on float32 values as for any other
+storage, and each new state is requantized from its new float32 values: the row's absmax
+over the tensor's elements (the quiet NaN if any is NaN, as torch.amax propagates it and
+the C++ kernels store it), q = x / absmax, the code by one bucket-entry load
+(fusedopt/_code_lookup.py), NaN q -> code 0, an all-zero row -> the code of 0.0
+(`_int8.py`, the operations of csrc/include/fusedopt/int8_states.h). The param's update
+reads the new float32 state, not its requantized value, as in the reference. A skipped step
+(found_inf) stores nothing, codes and absmax included. LAMB's norm pass dequantizes the
+same way.
 
 bf16 stochastic rounding (config.round_seed, bf16_stochastic_round=True; bf16 params without
 a master copy): the param is stored with `_math.stochastic_bf16`, each program computing its
@@ -136,9 +157,10 @@ except Exception as error:  # a broken install must not break `import fusedopt`
 
 from ..._layout import (FIRST_STATE_ROW, GRAD_ROW, LOW_PRECISION, NUMEL_ROW, PARAM_ROW, GradTransform, TensorBatch,
                         UpdateConfig)
+from ..._quantize import BLOCK_SIZE as QBLOCK
 from ..._sparse_rows import kernel_dtype_problem
 from ..base import Backend
-from . import _factored, _kernel, _norms, _reduce
+from . import _factored, _int8, _kernel, _norms, _reduce
 
 MAX_SCALARS = 8  # h0..h7 of the kernel
 MAX_STATES = 4  # state pointers the kernel hands an update (the master copy not counted)
@@ -231,6 +253,19 @@ def _state_type(config: UpdateConfig, master: bool, dtype):
     return tl.float32 if master else dtype
 
 
+def _storage(config: UpdateConfig, batch: TensorBatch, master: bool, num_scalars: int, rows: int):
+    """(number of state tensors, INT8, SIGNED) of a launch over `batch` whose address table has
+    `rows` rows: the state rows are those after the fixed ones, less the master copy, the
+    scalar states and, with 8-bit states, one absmax row per state."""
+    num_states = rows - FIRST_STATE_ROW - master - num_scalars - len(batch.scales)
+    if not config.int8_states:
+        return num_states, False, 0
+    if len(batch.scales) != num_states or len(config.int8_signed) != num_states:
+        raise ValueError(f"8-bit states: {num_states} state rows with {len(batch.scales)} absmax rows and "
+                         f"{len(config.int8_signed)} code signs; expected one of each per state")
+    return num_states, True, sum(1 << k for k, signed in enumerate(config.int8_signed) if signed)
+
+
 def _slots(scalars_type: type) -> tuple:
     """The namedtuple of the scalars' positions among h0..h7, by field name: SLOT.beta1."""
     slots = _SLOTS.get(scalars_type)
@@ -300,8 +335,18 @@ def _work_map(numels: torch.Tensor, numels_key: bytes, chunk: int, device: torch
     return cached
 
 
-def _device_tables(batch: TensorBatch) -> _DeviceTables:
+def _launch_config(batch: TensorBatch) -> LaunchConfig:
+    """LAUNCH_CONFIG, with blocks of at least one quantization block (256 elements) for 8-bit
+    states, so every block of the loop, and every chunk, holds whole quantization blocks."""
     config = LAUNCH_CONFIG
+    if batch.scales and config.block < QBLOCK:
+        config = LaunchConfig(block=QBLOCK, blocks_per_program=max(1, config.chunk // QBLOCK),
+                              num_warps=config.num_warps)
+    return config
+
+
+def _device_tables(batch: TensorBatch) -> _DeviceTables:
+    config = _launch_config(batch)
     key = (batch.table_version, config, _factored._current_stream(batch.device))
     cached = _tables.lookup(key)
     if cached is not None:
@@ -341,7 +386,7 @@ def _launch(kind: str, tables: _DeviceTables, batch: TensorBatch, config: Update
     num_scalars = len(batch.scalars)
     if num_scalars > 2:
         raise ValueError(f"the Triton kernel hands a kind at most 2 scalar states; {kind!r} has {num_scalars}")
-    num_states = tables.rows - FIRST_STATE_ROW - master - num_scalars
+    num_states, int8, signed = _storage(config, batch, master, num_scalars, tables.rows)
     if not 0 <= num_states <= MAX_STATES:
         raise ValueError(f"the Triton kernel hands an update at most {MAX_STATES} state tensors; "
                          f"this batch of {kind!r} has {num_states}")
@@ -358,16 +403,18 @@ def _launch(kind: str, tables: _DeviceTables, batch: TensorBatch, config: Update
             *(tables.table if t is None else t for t in factors),
             float(config.lr), float(transform.clip_value or 0.0), *hyper,
             tables.table if transform.tensor_clip is None else transform.tensor_clip,
-            tables.table if config.tensor_scale is None else config.tensor_scale, int(stochastic),
+            tables.table if config.tensor_scale is None else config.tensor_scale,
+            _int8.code_tables_on(batch.device) if int8 else tables.table, int(stochastic),
             TENSOR_CLIP=transform.tensor_clip is not None, TENSOR_SCALE=config.tensor_scale is not None,
             COEFFICIENTS=module.coefficients, UPDATE=module.update, SLOT=_slots(type(scalars)), OPTIONS=options,
-            DTYPE=dtype, STATE=_state_type(config, master, dtype),
+            DTYPE=dtype, STATE=tl.uint8 if int8 else _state_type(config, master, dtype),
             COMPUTE=tl.float64 if dtype == tl.float64 else tl.float32,
             NUM_STATES=num_states, MASTER=master, COUNTER=batch.steps is not None, GRAD_SCALE=factors[0] is not None,
             FOUND_INF=factors[1] is not None, CLIP_COEF=factors[2] is not None or transform.tensor_clip is not None,
             CLIP_VALUE=transform.clip_value is not None, LR_TENSOR=factors[3] is not None,
             ALIGNED=tables.aligned, BLOCK=tables.block, CHUNK=tables.chunk, NUM_SCALARS=num_scalars,
-            STOCHASTIC=bool(stochastic), num_warps=tables.num_warps, enable_fp_fusion=False,
+            STOCHASTIC=bool(stochastic), INT8=int8, SIGNED=signed, num_warps=tables.num_warps,
+            enable_fp_fusion=False,
         )
     if num_scalars:
         _kernel.scalar_state_kernel[(len(batch),)](
@@ -401,7 +448,8 @@ def _check_tensor_scale(config: UpdateConfig, batch: TensorBatch) -> None:
 class TritonBackend(Backend):
     name = "triton"
     reads_lr_tensor = True
-    kernels = ("elementwise", "factored")  # factored: Adafactor (_factored.py, _factored_kernel.py)
+    # factored: Adafactor (_factored.py, _factored_kernel.py); int8_states: state_dtype="int8" (_int8.py)
+    kernels = ("elementwise", "factored", "int8_states")
 
     def unusable_reason(self, device: torch.device) -> Optional[str]:
         interpreted = _interpreted()
@@ -445,10 +493,11 @@ class TritonBackend(Backend):
         with on_device:
             tables = _device_tables(batch)
             master = bool(config.master_weights) and batch.dtype in LOW_PRECISION
-            num_states = tables.rows - FIRST_STATE_ROW - master - len(batch.scalars)
+            num_states, int8, signed = _storage(config, batch, master, len(batch.scalars), tables.rows)
             dtype = _TRITON_DTYPES[batch.dtype]
             return _norms.norms(module, tables.table, batch, config, dtype, master, num_states, _slots,
-                                _state_type(config, master, dtype))
+                                tl.uint8 if int8 else _state_type(config, master, dtype),
+                                _int8.code_tables_on(batch.device) if int8 else None, signed)
 
     def sparse_rows_unsupported(self, dtype: torch.dtype) -> Optional[str]:
         return kernel_dtype_problem(dtype)

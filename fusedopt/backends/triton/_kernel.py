@@ -1,9 +1,10 @@
-"""The one multi-tensor kernel every optimizer runs: table walk, loads and stores, GradScaler's
-skip, the grad transform, master weights, aligned and masked blocks. The optimizer's own
-math arrives as two @triton.jit functions passed as compile-time arguments (Triton treats a
-JITFunction argument as a constexpr): COEFFICIENTS, called once per program, and UPDATE,
-called on each block of elements (see fusedopt/backends/triton/__init__.py for what a
-`<kind>.py` defines).
+"""The one multi-tensor kernel every optimizer runs: table walk, loads and stores (of the
+param, grad, master copy and states, in every storage: the param's dtype, float32, bf16, 8-bit
+codes), GradScaler's skip, the grad transform, master weights, aligned and masked blocks.
+The optimizer's own math arrives as two @triton.jit functions passed as compile-time
+arguments (Triton treats a JITFunction argument as a constexpr): COEFFICIENTS, called once
+per program, and UPDATE, called on the values of each block of elements (see
+fusedopt/backends/triton/__init__.py for what a `<kind>.py` defines).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import triton
 import triton.language as tl
 
 from ..._layout import FIRST_STATE_ROW, GRAD_ROW, NUMEL_ROW, PARAM_ROW, STEP_ROW
+from . import _int8
 from ._math import div, rounded, rounding_key, stochastic_bf16
 
 VECTOR_BYTES = tl.constexpr(16)  # alignment that lets full blocks use 16-byte loads and stores
@@ -57,6 +59,52 @@ def _state_pointer(table_ptr, n, k, column, fallback, NUM_STATES: tl.constexpr, 
         return _row_pointer(table_ptr, n, _STATE_ROW + k, column, STATE, ALIGNED)
     else:
         return fallback
+
+
+@triton.jit
+def _scale_pointer(table_ptr, n, k, column, fallback, NUM_STATES: tl.constexpr, first, INT8: tl.constexpr):
+    """8-bit states: the float32 block absmax of the k-th state (table row first + k), or
+    `fallback` (never dereferenced) past the last state and without INT8."""
+    if INT8 and k < NUM_STATES:
+        return _row_pointer(table_ptr, n, first + k, column, tl.float32, False)
+    else:
+        return fallback
+
+
+@triton.jit
+def _load_state(K: tl.constexpr, states, scales, tables_ptr, offsets, mask, rows, row_mask, fallback,
+                NUM_STATES: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, INT8: tl.constexpr,
+                SIGNED: tl.constexpr):
+    """The K-th state's values at `offsets` in COMPUTE, or `fallback` past the last state.
+    INT8: dequantized (_int8.dequantized) with the absmax at `rows` (the quantization block of
+    each element, shaped to broadcast against offsets; `row_mask` its mask); its code is the
+    signed one when bit K of SIGNED is set."""
+    value = fallback
+    if K < NUM_STATES:
+        if INT8:
+            values_ptr, _ = _int8.code_tables(tables_ptr, (SIGNED >> K) & 1)
+            absmax = tl.load(scales[K] + rows, mask=row_mask)
+            value = _int8.dequantized(states[K], offsets, mask, absmax, values_ptr)
+        else:
+            value = tl.load(states[K] + offsets, mask=mask).to(COMPUTE)
+    return value
+
+
+@triton.jit
+def _store_state(K: tl.constexpr, value, states, scales, tables_ptr, offsets, mask, rows, row_mask,
+                 NUM_STATES: tl.constexpr, STATE: tl.constexpr, INT8: tl.constexpr, SIGNED: tl.constexpr):
+    """Stores the K-th state's new values (nothing past the last state): rounded once to
+    STATE, or INT8: quantized, offsets being [rows, QBLOCK] whole quantization blocks (rows:
+    their indices, [rows, 1]) whose absmax is taken over the lanes in `mask`."""
+    if K < NUM_STATES:
+        if INT8:
+            _, entries_ptr = _int8.code_tables(tables_ptr, (SIGNED >> K) & 1)
+            absmax = _int8.block_absmax(value, mask)
+            codes = _int8.codes_of(value, absmax, entries_ptr, (SIGNED >> K) & 1)
+            tl.store(states[K] + offsets, codes, mask=mask)
+            tl.store(scales[K] + rows, absmax, mask=row_mask)
+        else:
+            tl.store(states[K] + offsets, rounded(value, STATE), mask=mask)
 
 
 @triton.jit
@@ -119,15 +167,29 @@ def _unscaled_grad(grad_ptr, offsets, mask, divisor, multiplier, bound, GRAD_SCA
 
 
 @triton.jit
-def _block(offsets, mask, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor, multiplier, bound, key,
-           UPDATE: tl.constexpr, OPTIONS: tl.constexpr, MASTER: tl.constexpr, GRAD_SCALE: tl.constexpr,
-           CLIP_COEF: tl.constexpr, CLIP_VALUE: tl.constexpr, DTYPE: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr, STOCHASTIC: tl.constexpr):
-    """One block of elements: load, transform the grad, the optimizer's UPDATE, store."""
+def _block(offsets, mask, rows, row_mask, param_ptr, master_ptr, grad_ptr, states, scales, tables_ptr, coefficients,
+           divisor, multiplier, bound, key, UPDATE: tl.constexpr, OPTIONS: tl.constexpr, MASTER: tl.constexpr,
+           GRAD_SCALE: tl.constexpr, CLIP_COEF: tl.constexpr, CLIP_VALUE: tl.constexpr, DTYPE: tl.constexpr,
+           STATE: tl.constexpr, COMPUTE: tl.constexpr, STOCHASTIC: tl.constexpr, NUM_STATES: tl.constexpr,
+           INT8: tl.constexpr, SIGNED: tl.constexpr):
+    """One block of elements: load, transform the grad, the optimizer's UPDATE on the values,
+    store (states rounded to STATE, or INT8: requantized from their new float32 values)."""
     param = _load_param(param_ptr, master_ptr, offsets, mask, MASTER, COMPUTE)
     grad = _unscaled_grad(grad_ptr, offsets, mask, divisor, multiplier, bound, GRAD_SCALE, CLIP_COEF, CLIP_VALUE,
                           DTYPE, COMPUTE)
-    param = UPDATE(param, grad, offsets, mask, states, coefficients, OPTIONS, STATE, COMPUTE)
+    values = (_load_state(0, states, scales, tables_ptr, offsets, mask, rows, row_mask, param, NUM_STATES, STATE,
+                          COMPUTE, INT8, SIGNED),
+              _load_state(1, states, scales, tables_ptr, offsets, mask, rows, row_mask, param, NUM_STATES, STATE,
+                          COMPUTE, INT8, SIGNED),
+              _load_state(2, states, scales, tables_ptr, offsets, mask, rows, row_mask, param, NUM_STATES, STATE,
+                          COMPUTE, INT8, SIGNED),
+              _load_state(3, states, scales, tables_ptr, offsets, mask, rows, row_mask, param, NUM_STATES, STATE,
+                          COMPUTE, INT8, SIGNED))
+    param, new0, new1, new2, new3 = UPDATE(param, grad, values, coefficients, OPTIONS, COMPUTE)
+    _store_state(0, new0, states, scales, tables_ptr, offsets, mask, rows, row_mask, NUM_STATES, STATE, INT8, SIGNED)
+    _store_state(1, new1, states, scales, tables_ptr, offsets, mask, rows, row_mask, NUM_STATES, STATE, INT8, SIGNED)
+    _store_state(2, new2, states, scales, tables_ptr, offsets, mask, rows, row_mask, NUM_STATES, STATE, INT8, SIGNED)
+    _store_state(3, new3, states, scales, tables_ptr, offsets, mask, rows, row_mask, NUM_STATES, STATE, INT8, SIGNED)
     _store_param(param_ptr, master_ptr, offsets, mask, param, key, MASTER, DTYPE, STOCHASTIC)
 
 
@@ -179,12 +241,14 @@ def multi_tensor_kernel(
         clip_value: tl.float64,
         h0: tl.float64, h1: tl.float64, h2: tl.float64, h3: tl.float64,
         h4: tl.float64, h5: tl.float64, h6: tl.float64, h7: tl.float64,
-        tensor_clip_ptr, tensor_scale_ptr, seed: tl.int64, TENSOR_CLIP: tl.constexpr, TENSOR_SCALE: tl.constexpr,
+        tensor_clip_ptr, tensor_scale_ptr, tables_ptr, seed: tl.int64, TENSOR_CLIP: tl.constexpr,
+        TENSOR_SCALE: tl.constexpr,
         COEFFICIENTS: tl.constexpr, UPDATE: tl.constexpr, SLOT: tl.constexpr, OPTIONS: tl.constexpr,
         DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, NUM_STATES: tl.constexpr,
         MASTER: tl.constexpr, COUNTER: tl.constexpr, GRAD_SCALE: tl.constexpr, FOUND_INF: tl.constexpr,
         CLIP_COEF: tl.constexpr, CLIP_VALUE: tl.constexpr, LR_TENSOR: tl.constexpr, ALIGNED: tl.constexpr,
-        BLOCK: tl.constexpr, CHUNK: tl.constexpr, NUM_SCALARS: tl.constexpr, STOCHASTIC: tl.constexpr):
+        BLOCK: tl.constexpr, CHUNK: tl.constexpr, NUM_SCALARS: tl.constexpr, STOCHASTIC: tl.constexpr,
+        INT8: tl.constexpr, SIGNED: tl.constexpr):
     """One program: one chunk of one tensor. h0..h7 are the optimizer's float64 scalars
     (its `arguments`' first namedtuple, padded with zeros; SLOT names their positions);
     clip_value is clip_grad_value's bound (read only with CLIP_VALUE), rounded once to
@@ -194,7 +258,11 @@ def multi_tensor_kernel(
     trust ratio, tensor_scale_ptr[column]; lr enters LAMB's coefficients only as -lr, so
     -(lr * ratio) rounds as the C++ header's neg_lr * ratio). STOCHASTIC: bf16 params without
     a master copy are stored rounded stochastically (bf16_stochastic_round), the call's `seed`
-    (int64 > 0) and the tensor's column giving its rounding key."""
+    (int64 > 0) and the tensor's column giving its rounding key. INT8: the states are 8-bit
+    codes (STATE uint8) with their float32 block absmax in the table's rows after the scalar
+    states, the code tables at tables_ptr (_int8.code_tables_on), state k's code signed
+    where bit k of SIGNED is set; BLOCK is a multiple of the quantization block, so each block
+    of the loop holds whole quantization blocks, walked as [BLOCK // QBLOCK, QBLOCK] rows."""
     column, start, end = _work_item(table_ptr, work_ptr, n, found_inf_ptr, FOUND_INF, BLOCK, CHUNK)
     param_ptr = _row_pointer(table_ptr, n, _PARAM_ROW, column, DTYPE, ALIGNED)
     grad_ptr = _row_pointer(table_ptr, n, _GRAD_ROW, column, DTYPE, ALIGNED)
@@ -208,6 +276,12 @@ def multi_tensor_kernel(
         master_ptr = _row_pointer(table_ptr, n, _STATE_ROW + NUM_STATES, column, tl.float32, ALIGNED)
     else:
         master_ptr = param_ptr  # never dereferenced
+    # 8-bit states: each state's block absmax, in the rows after the scalar states
+    first_scale = _STATE_ROW + NUM_STATES + MASTER + NUM_SCALARS
+    scales = (_scale_pointer(table_ptr, n, 0, column, param_ptr, NUM_STATES, first_scale, INT8),
+              _scale_pointer(table_ptr, n, 1, column, param_ptr, NUM_STATES, first_scale, INT8),
+              _scale_pointer(table_ptr, n, 2, column, param_ptr, NUM_STATES, first_scale, INT8),
+              _scale_pointer(table_ptr, n, 3, column, param_ptr, NUM_STATES, first_scale, INT8))
     if COUNTER:  # this tensor's counter, already advanced (see "Step counters")
         step = tl.load(_row_pointer(table_ptr, n, _STEP_ROW, column, tl.float32, False))
     else:
@@ -235,11 +309,17 @@ def multi_tensor_kernel(
 
     for k in range(0, CHUNK // BLOCK):  # see "Block loop" in __init__
         block_start = start + k * BLOCK
-        offsets = block_start + tl.arange(0, BLOCK)
+        if INT8:  # the block as rows of whole quantization blocks; rows: their indices, [rows, 1]
+            rows = (block_start // _int8.QBLOCK + tl.arange(0, BLOCK // _int8.QBLOCK))[:, None]
+            offsets = rows * _int8.QBLOCK + tl.arange(0, _int8.QBLOCK)[None, :]
+        else:
+            rows = block_start  # unused
+            offsets = block_start + tl.arange(0, BLOCK)
         if block_start + BLOCK <= end:
-            _block(offsets, None, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor, multiplier, bound,
-                   key, UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, CLIP_VALUE, DTYPE, STATE, COMPUTE, STOCHASTIC)
+            _block(offsets, None, rows, None, param_ptr, master_ptr, grad_ptr, states, scales, tables_ptr,
+                   coefficients, divisor, multiplier, bound, key, UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF,
+                   CLIP_VALUE, DTYPE, STATE, COMPUTE, STOCHASTIC, NUM_STATES, INT8, SIGNED)
         elif block_start < end:
-            _block(offsets, offsets < end, param_ptr, master_ptr, grad_ptr, states, coefficients, divisor,
-                   multiplier, bound, key, UPDATE, OPTIONS, MASTER, GRAD_SCALE, CLIP_COEF, CLIP_VALUE, DTYPE, STATE,
-                   COMPUTE, STOCHASTIC)
+            _block(offsets, offsets < end, rows, rows * _int8.QBLOCK < end, param_ptr, master_ptr, grad_ptr, states,
+                   scales, tables_ptr, coefficients, divisor, multiplier, bound, key, UPDATE, OPTIONS, MASTER,
+                   GRAD_SCALE, CLIP_COEF, CLIP_VALUE, DTYPE, STATE, COMPUTE, STOCHASTIC, NUM_STATES, INT8, SIGNED)

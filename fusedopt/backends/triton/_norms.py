@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _kernel
+from . import _int8, _kernel
 from ._kernel import _GRAD_ROW, _NUMEL_ROW, _PARAM_ROW, _STATE_ROW, _STEP_ROW  # the table rows, as constexprs
 from ._math import div
 from ._reduce import LANES, SUM_BLOCK
@@ -25,7 +25,8 @@ def _norm_blocks_kernel(
         COEFFICIENTS: tl.constexpr, TERMS: tl.constexpr, SLOT: tl.constexpr, OPTIONS: tl.constexpr,
         DTYPE: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, NUM_STATES: tl.constexpr,
         MASTER: tl.constexpr, GRAD_SCALE: tl.constexpr, CLIP_COEF: tl.constexpr, TENSOR_CLIP: tl.constexpr,
-        CLIP_VALUE: tl.constexpr, LR_TENSOR: tl.constexpr, LANES: tl.constexpr, CHUNK: tl.constexpr):
+        CLIP_VALUE: tl.constexpr, LR_TENSOR: tl.constexpr, LANES: tl.constexpr, CHUNK: tl.constexpr,
+        tables_ptr, NUM_SCALARS: tl.constexpr, INT8: tl.constexpr, SIGNED: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     column = tl.load(work_ptr + 2 * pid)
     start = tl.load(work_ptr + 2 * pid + 1)
@@ -40,6 +41,11 @@ def _norm_blocks_kernel(
         master_ptr = _kernel._row_pointer(table_ptr, n, _STATE_ROW + NUM_STATES, column, tl.float32, False)
     else:
         master_ptr = param_ptr
+    first_scale = _STATE_ROW + NUM_STATES + MASTER + NUM_SCALARS  # 8-bit states' absmax rows
+    scales = (_kernel._scale_pointer(table_ptr, n, 0, column, param_ptr, NUM_STATES, first_scale, INT8),
+              _kernel._scale_pointer(table_ptr, n, 1, column, param_ptr, NUM_STATES, first_scale, INT8),
+              _kernel._scale_pointer(table_ptr, n, 2, column, param_ptr, NUM_STATES, first_scale, INT8),
+              _kernel._scale_pointer(table_ptr, n, 3, column, param_ptr, NUM_STATES, first_scale, INT8))
     step = tl.load(_kernel._row_pointer(table_ptr, n, _STEP_ROW, column, tl.float32, False)) + 1.0
     if LR_TENSOR:
         lr = tl.load(lr_ptr)
@@ -65,7 +71,16 @@ def _norm_blocks_kernel(
         if CLIP_VALUE:
             grad = tl.where(grad > bound, bound, grad)
             grad = tl.where(grad < -bound, -bound, grad)
-        a, b = TERMS(param, grad, offsets, mask, states, coefficients, OPTIONS, STATE, COMPUTE)
+        rows = offsets // _int8.QBLOCK  # each element's quantization block (8-bit states)
+        values = (_kernel._load_state(0, states, scales, tables_ptr, offsets, mask, rows, mask, param, NUM_STATES,
+                                      STATE, COMPUTE, INT8, SIGNED),
+                  _kernel._load_state(1, states, scales, tables_ptr, offsets, mask, rows, mask, param, NUM_STATES,
+                                      STATE, COMPUTE, INT8, SIGNED),
+                  _kernel._load_state(2, states, scales, tables_ptr, offsets, mask, rows, mask, param, NUM_STATES,
+                                      STATE, COMPUTE, INT8, SIGNED),
+                  _kernel._load_state(3, states, scales, tables_ptr, offsets, mask, rows, mask, param, NUM_STATES,
+                                      STATE, COMPUTE, INT8, SIGNED))
+        a, b = TERMS(param, grad, values, coefficients, OPTIONS, COMPUTE)
         sum_a += tl.where(mask, a, 0.0)
         sum_b += tl.where(mask, b, 0.0)
     tl.store(partials_ptr + 2 * pid, tl.sum(sum_a, axis=0))
@@ -88,9 +103,11 @@ def _tensor_sums_kernel(partials_ptr, first_ptr, out_ptr):
 
 
 def norms(module, table: torch.Tensor, batch, config, dtype, master: bool, num_states: int, slots,
-          state) -> torch.Tensor:
+          state, code_tables=None, signed: int = 0) -> torch.Tensor:
     """float64 [len(batch), 2]: per tensor the sums of `module.norm_terms`' two terms. `state`:
-    the states' storage type, the update's (bfloat16 with bf16 states), so both read the same."""
+    the states' storage type, the update's (bfloat16 with bf16 states), so both read the same.
+    8-bit states: `code_tables` is _int8.code_tables_on(device) (None otherwise),
+    `signed` the update's SIGNED mask; the states are dequantized as the update reads them."""
     device = batch.device
     n = len(batch)
     numels = torch.tensor([p.numel() for p in batch.params], dtype=torch.int64)
@@ -117,7 +134,9 @@ def norms(module, table: torch.Tensor, batch, config, dtype, master: bool, num_s
             GRAD_SCALE=transform.grad_scale is not None,
             CLIP_COEF=transform.clip_coef is not None or transform.tensor_clip is not None,
             TENSOR_CLIP=transform.tensor_clip is not None, CLIP_VALUE=transform.clip_value is not None,
-            LR_TENSOR=config.lr_tensor is not None, LANES=LANES, CHUNK=SUM_BLOCK, enable_fp_fusion=False,
+            LR_TENSOR=config.lr_tensor is not None, LANES=LANES, CHUNK=SUM_BLOCK,
+            tables_ptr=table if code_tables is None else code_tables, NUM_SCALARS=len(batch.scalars),
+            INT8=code_tables is not None, SIGNED=signed, enable_fp_fusion=False,
         )
     _tensor_sums_kernel[(n,)](partials, first.to(device, non_blocking=True), out, num_warps=1)
     return out

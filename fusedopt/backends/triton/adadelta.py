@@ -4,7 +4,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from ._math import div, rounded, signed_grad, sqrt
+from ._math import div, signed_grad, sqrt
 
 Scalars = namedtuple("Scalars", "rho eps weight_decay grad_sign")
 Options = namedtuple("Options", "weight_decay")
@@ -24,16 +24,12 @@ def coefficients(step, lr, hyper, SLOT: tl.constexpr, OPTIONS: tl.constexpr, COM
 
 
 @triton.jit
-def update(param, grad, offsets, mask, states, coefficients, OPTIONS: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr):
+def update(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
     """One block; states: square_avg, acc_delta."""
     grad_sign, weight_decay, rho, one_minus_rho, eps, neg_lr = coefficients
-    square_avg_ptr, acc_delta_ptr, _, _ = states
+    square_avg, acc_delta, unused1, unused2 = states
     grad = signed_grad(grad, param, grad_sign, weight_decay, OPTIONS.weight_decay)
-    square_avg = tl.load(square_avg_ptr + offsets, mask=mask).to(COMPUTE) * rho + one_minus_rho * grad * grad
-    acc_delta = tl.load(acc_delta_ptr + offsets, mask=mask).to(COMPUTE)
+    square_avg = square_avg * rho + one_minus_rho * grad * grad
     delta = div(sqrt(acc_delta + eps), sqrt(square_avg + eps)) * grad
     acc_delta = acc_delta * rho + one_minus_rho * delta * delta
-    tl.store(square_avg_ptr + offsets, rounded(square_avg, STATE), mask=mask)
-    tl.store(acc_delta_ptr + offsets, rounded(acc_delta, STATE), mask=mask)
-    return param + neg_lr * delta
+    return param + neg_lr * delta, square_avg, acc_delta, unused1, unused2

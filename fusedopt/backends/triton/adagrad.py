@@ -4,7 +4,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from ._math import div, rounded, signed_grad, sqrt
+from ._math import div, signed_grad, sqrt
 
 Scalars = namedtuple("Scalars", "lr_decay eps weight_decay grad_sign")
 Options = namedtuple("Options", "weight_decay")
@@ -25,12 +25,10 @@ def coefficients(step, lr, hyper, SLOT: tl.constexpr, OPTIONS: tl.constexpr, COM
 
 
 @triton.jit
-def update(param, grad, offsets, mask, states, coefficients, OPTIONS: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr):
+def update(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
     """One block; states: sum."""
     grad_sign, weight_decay, eps, neg_clr = coefficients
-    sum_ptr, _, _, _ = states
+    total, unused1, unused2, unused3 = states
     grad = signed_grad(grad, param, grad_sign, weight_decay, OPTIONS.weight_decay)
-    total = tl.load(sum_ptr + offsets, mask=mask).to(COMPUTE) + grad * grad
-    tl.store(sum_ptr + offsets, rounded(total, STATE), mask=mask)
-    return param + neg_clr * div(grad, sqrt(total) + eps)
+    total = total + grad * grad
+    return param + neg_clr * div(grad, sqrt(total) + eps), total, unused1, unused2, unused3

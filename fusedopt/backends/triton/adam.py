@@ -4,7 +4,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from ._math import div, lerp, rounded, signed_grad, sqrt, step_power
+from ._math import div, lerp, signed_grad, sqrt, step_power
 
 Scalars = namedtuple("Scalars", "beta1 beta2 eps weight_decay grad_sign")
 Options = namedtuple("Options", "l2 decoupled amsgrad optimized_update absolute")
@@ -44,22 +44,18 @@ def coefficients(step, lr, hyper, SLOT: tl.constexpr, OPTIONS: tl.constexpr, COM
 
 
 @triton.jit
-def update(param, grad, offsets, mask, states, coefficients, OPTIONS: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr):
+def update(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
     """adam_update on one block; states: exp_avg, exp_avg_sq[, max_exp_avg_sq]."""
     grad_sign, l2_decay, param_scale, one_minus_beta1, beta2, one_minus_beta2, eps, neg_step_size, denom_divisor = \
         coefficients
-    exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr, _ = states
+    exp_avg, exp_avg_sq, max_exp_avg_sq, unused = states
     grad = signed_grad(grad, param, grad_sign, l2_decay, OPTIONS.l2)
     param = param * param_scale
-    exp_avg = lerp(tl.load(exp_avg_ptr + offsets, mask=mask).to(COMPUTE), grad, one_minus_beta1)
-    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(COMPUTE) * beta2 + one_minus_beta2 * grad * grad
-    tl.store(exp_avg_ptr + offsets, rounded(exp_avg, STATE), mask=mask)
-    tl.store(exp_avg_sq_ptr + offsets, rounded(exp_avg_sq, STATE), mask=mask)
+    exp_avg = lerp(exp_avg, grad, one_minus_beta1)
+    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
     second_moment = exp_avg_sq
     if OPTIONS.amsgrad:
-        max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(COMPUTE)
-        second_moment = tl.where(max_exp_avg_sq > exp_avg_sq, max_exp_avg_sq, exp_avg_sq)
-        tl.store(max_exp_avg_sq_ptr + offsets, rounded(second_moment, STATE), mask=mask)
+        max_exp_avg_sq = tl.where(max_exp_avg_sq > exp_avg_sq, max_exp_avg_sq, exp_avg_sq)
+        second_moment = max_exp_avg_sq
     denom = div(sqrt(second_moment), denom_divisor) + eps
-    return param + div(neg_step_size * exp_avg, denom)
+    return param + div(neg_step_size * exp_avg, denom), exp_avg, exp_avg_sq, max_exp_avg_sq, unused

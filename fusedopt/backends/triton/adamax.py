@@ -4,7 +4,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from ._math import div, lerp, rounded, signed_grad, step_power
+from ._math import div, lerp, signed_grad, step_power
 
 Scalars = namedtuple("Scalars", "beta1 beta2 eps weight_decay grad_sign")
 Options = namedtuple("Options", "weight_decay")
@@ -28,16 +28,13 @@ def coefficients(step, lr, hyper, SLOT: tl.constexpr, OPTIONS: tl.constexpr, COM
 
 
 @triton.jit
-def update(param, grad, offsets, mask, states, coefficients, OPTIONS: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr):
+def update(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
     """One block; states: exp_avg, exp_inf."""
     grad_sign, weight_decay, one_minus_beta1, beta2, eps, neg_step_size = coefficients
-    exp_avg_ptr, exp_inf_ptr, _, _ = states
+    exp_avg, exp_inf, unused1, unused2 = states
     grad = signed_grad(grad, param, grad_sign, weight_decay, OPTIONS.weight_decay)
-    exp_avg = lerp(tl.load(exp_avg_ptr + offsets, mask=mask).to(COMPUTE), grad, one_minus_beta1)
-    decayed = tl.load(exp_inf_ptr + offsets, mask=mask).to(COMPUTE) * beta2
+    exp_avg = lerp(exp_avg, grad, one_minus_beta1)
+    decayed = exp_inf * beta2
     magnitude = tl.abs(grad) + eps
     exp_inf = tl.where((decayed > magnitude) | (decayed != decayed), decayed, magnitude)  # torch.maximum
-    tl.store(exp_avg_ptr + offsets, rounded(exp_avg, STATE), mask=mask)
-    tl.store(exp_inf_ptr + offsets, rounded(exp_inf, STATE), mask=mask)
-    return param + neg_step_size * div(exp_avg, exp_inf)
+    return param + neg_step_size * div(exp_avg, exp_inf), exp_avg, exp_inf, unused1, unused2

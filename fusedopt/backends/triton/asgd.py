@@ -6,7 +6,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from ._math import power, rounded, signed_grad
+from ._math import power, signed_grad
 
 Scalars = namedtuple("Scalars", "lambd alpha t0 weight_decay grad_sign")
 Options = namedtuple("Options", "l2")
@@ -41,15 +41,12 @@ def advance_scalars(step, lr, hyper, scalars, SLOT: tl.constexpr, OPTIONS: tl.co
 
 
 @triton.jit
-def update(param, grad, offsets, mask, states, coefficients, OPTIONS: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr):
+def update(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
     """One block; states: ax."""
     grad_sign, weight_decay, param_scale, neg_eta, mu, average = coefficients
-    ax_ptr, _, _, _ = states
+    ax, unused1, unused2, unused3 = states
     grad = signed_grad(grad, param, grad_sign, weight_decay, OPTIONS.l2)
     param = param * param_scale
     param = param + neg_eta * grad
-    ax = tl.load(ax_ptr + offsets, mask=mask).to(COMPUTE)
     ax = tl.where(average, ax + (param - ax) * mu, param)
-    tl.store(ax_ptr + offsets, rounded(ax, STATE), mask=mask)
-    return param
+    return param, ax, unused1, unused2, unused3

@@ -4,7 +4,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from ._math import div, rounded, sqrt, step_power
+from ._math import div, sqrt, step_power
 
 Scalars = namedtuple("Scalars", "beta1 beta2 eps weight_decay grad_sign")
 Options = namedtuple("Options", "bias_correction grad_averaging optimized_update")
@@ -55,23 +55,17 @@ def _direction(param, grad, exp_avg, exp_avg_sq, coefficients):
 
 
 @triton.jit
-def update(param, grad, offsets, mask, states, coefficients, OPTIONS: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr):
-    exp_avg_ptr, exp_avg_sq_ptr, _, _ = states
-    u, exp_avg, exp_avg_sq = _direction(param, grad, tl.load(exp_avg_ptr + offsets, mask=mask).to(COMPUTE),
-                                        tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(COMPUTE), coefficients)
-    tl.store(exp_avg_ptr + offsets, rounded(exp_avg, STATE), mask=mask)
-    tl.store(exp_avg_sq_ptr + offsets, rounded(exp_avg_sq, STATE), mask=mask)
-    return param + coefficients[9] * u
+def update(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
+    exp_avg, exp_avg_sq, unused1, unused2 = states
+    u, exp_avg, exp_avg_sq = _direction(param, grad, exp_avg, exp_avg_sq, coefficients)
+    return param + coefficients[9] * u, exp_avg, exp_avg_sq, unused1, unused2
 
 
 @triton.jit
-def norm_terms(param, grad, offsets, mask, states, coefficients, OPTIONS: tl.constexpr, STATE: tl.constexpr,
-               COMPUTE: tl.constexpr):
+def norm_terms(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
     """(p^2, u^2) per element in float64, the moments not stored."""
-    exp_avg_ptr, exp_avg_sq_ptr, _, _ = states
-    u, _, _ = _direction(param, grad, tl.load(exp_avg_ptr + offsets, mask=mask).to(COMPUTE),
-                         tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(COMPUTE), coefficients)
+    exp_avg, exp_avg_sq, _, _ = states
+    u, _, _ = _direction(param, grad, exp_avg, exp_avg_sq, coefficients)
     p = param.to(tl.float64)
     u = u.to(tl.float64)
     return p * p, u * u

@@ -4,7 +4,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from ._math import lerp, rounded
+from ._math import lerp
 
 Scalars = namedtuple("Scalars", "beta1 beta2 weight_decay grad_sign")
 Options = namedtuple("Options", "absolute")
@@ -27,14 +27,12 @@ def coefficients(step, lr, hyper, SLOT: tl.constexpr, OPTIONS: tl.constexpr, COM
 
 
 @triton.jit
-def update(param, grad, offsets, mask, states, coefficients, OPTIONS: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr):
+def update(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
     """One block; states: exp_avg."""
     grad_sign, one_minus_beta1, one_minus_beta2, param_scale, neg_lr = coefficients
-    exp_avg_ptr, _, _, _ = states
+    exp_avg, unused1, unused2, unused3 = states
     grad = grad * grad_sign
-    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(COMPUTE)
     interpolated = lerp(exp_avg, grad, one_minus_beta1)
     direction = tl.where(interpolated > 0.0, 1.0, tl.where(interpolated < 0.0, -1.0, 0.0))  # torch.sign
-    tl.store(exp_avg_ptr + offsets, rounded(lerp(exp_avg, grad, one_minus_beta2), STATE), mask=mask)
-    return param * param_scale + neg_lr * direction
+    return (param * param_scale + neg_lr * direction, lerp(exp_avg, grad, one_minus_beta2), unused1, unused2,
+            unused3)

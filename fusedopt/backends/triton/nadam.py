@@ -7,7 +7,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from ._math import div, lerp, power, rounded, signed_grad, sqrt, step_power
+from ._math import div, lerp, power, signed_grad, sqrt, step_power
 
 Scalars = namedtuple("Scalars", "beta1 beta2 eps weight_decay momentum_decay grad_sign")
 Options = namedtuple("Options", "l2 decoupled absolute")
@@ -57,18 +57,15 @@ def advance_scalars(step, lr, hyper, scalars, SLOT: tl.constexpr, OPTIONS: tl.co
 
 
 @triton.jit
-def update(param, grad, offsets, mask, states, coefficients, OPTIONS: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr):
+def update(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
     """One block; states: exp_avg, exp_avg_sq."""
     (grad_sign, l2_decay, param_scale, one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction2, grad_coef,
      exp_avg_coef) = coefficients
-    exp_avg_ptr, exp_avg_sq_ptr, _, _ = states
+    exp_avg, exp_avg_sq, unused1, unused2 = states
     grad = signed_grad(grad, param, grad_sign, l2_decay, OPTIONS.l2)
     param = param * param_scale
-    exp_avg = lerp(tl.load(exp_avg_ptr + offsets, mask=mask).to(COMPUTE), grad, one_minus_beta1)
-    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(COMPUTE) * beta2 + one_minus_beta2 * grad * grad
-    tl.store(exp_avg_ptr + offsets, rounded(exp_avg, STATE), mask=mask)
-    tl.store(exp_avg_sq_ptr + offsets, rounded(exp_avg_sq, STATE), mask=mask)
+    exp_avg = lerp(exp_avg, grad, one_minus_beta1)
+    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
     denom = sqrt(div(exp_avg_sq, bias_correction2 + tl.zeros_like(exp_avg_sq))) + eps
     param = param + div(grad_coef * grad, denom)
-    return param + div(exp_avg_coef * exp_avg, denom)
+    return param + div(exp_avg_coef * exp_avg, denom), exp_avg, exp_avg_sq, unused1, unused2

@@ -4,7 +4,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from ._math import div, lerp, rounded, signed_grad, sqrt
+from ._math import div, lerp, signed_grad, sqrt
 
 Scalars = namedtuple("Scalars", "alpha eps weight_decay momentum grad_sign")
 Options = namedtuple("Options", "weight_decay centered momentum")
@@ -25,26 +25,27 @@ def coefficients(step, lr, hyper, SLOT: tl.constexpr, OPTIONS: tl.constexpr, COM
 
 
 @triton.jit
-def update(param, grad, offsets, mask, states, coefficients, OPTIONS: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr):
+def update(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
     """rmsprop_update on one block; states: square_avg[, grad_avg][, momentum_buffer]."""
     grad_sign, weight_decay, alpha, one_minus_alpha, eps, momentum, neg_lr = coefficients
-    square_avg_ptr, second_ptr, third_ptr, _ = states
+    square_avg, second, third, unused = states
     grad = signed_grad(grad, param, grad_sign, weight_decay, OPTIONS.weight_decay)
-    square_avg = tl.load(square_avg_ptr + offsets, mask=mask).to(COMPUTE) * alpha + one_minus_alpha * grad * grad
-    tl.store(square_avg_ptr + offsets, rounded(square_avg, STATE), mask=mask)
+    square_avg = square_avg * alpha + one_minus_alpha * grad * grad
     if OPTIONS.centered:
-        grad_avg = lerp(tl.load(second_ptr + offsets, mask=mask).to(COMPUTE), grad, one_minus_alpha)
-        tl.store(second_ptr + offsets, rounded(grad_avg, STATE), mask=mask)
-        avg = sqrt(square_avg + -1.0 * grad_avg * grad_avg)
-        buffer_ptr = third_ptr
+        second = lerp(second, grad, one_minus_alpha)  # grad_avg
+        avg = sqrt(square_avg + -1.0 * second * second)
+        buffer = third
     else:
         avg = sqrt(square_avg)
-        buffer_ptr = second_ptr
+        buffer = second
     avg = avg + eps
     if OPTIONS.momentum:
-        buffer = tl.load(buffer_ptr + offsets, mask=mask).to(COMPUTE) * momentum + div(grad, avg)
-        tl.store(buffer_ptr + offsets, rounded(buffer, STATE), mask=mask)
-        return param + neg_lr * buffer
+        buffer = buffer * momentum + div(grad, avg)
+        param = param + neg_lr * buffer
     else:
-        return param + div(neg_lr * grad, avg)
+        param = param + div(neg_lr * grad, avg)
+    if OPTIONS.centered:  # the momentum buffer back in its slot
+        third = buffer
+    else:
+        second = buffer
+    return param, square_avg, second, third, unused

@@ -4,7 +4,6 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from ._math import rounded
 
 Scalars = namedtuple("Scalars", "etaminus etaplus step_size_min step_size_max grad_sign")
 Options = namedtuple("Options", "")
@@ -23,18 +22,15 @@ def coefficients(step, lr, hyper, SLOT: tl.constexpr, OPTIONS: tl.constexpr, COM
 
 
 @triton.jit
-def update(param, grad, offsets, mask, states, coefficients, OPTIONS: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr):
+def update(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
     """One block; states: prev, step_size."""
     grad_sign, etaminus, etaplus, step_size_min, step_size_max = coefficients
-    prev_ptr, step_size_ptr, _, _ = states
+    prev, step_size, unused1, unused2 = states
     grad = grad * grad_sign
-    agreement = grad * tl.load(prev_ptr + offsets, mask=mask).to(COMPUTE)
+    agreement = grad * prev
     factor = tl.where(agreement > 0.0, etaplus, tl.where(agreement < 0.0, etaminus, 1.0))
-    scaled = tl.load(step_size_ptr + offsets, mask=mask).to(COMPUTE) * factor
+    scaled = step_size * factor
     step_size = tl.where(scaled < step_size_min, step_size_min, tl.where(scaled > step_size_max, step_size_max, scaled))
     grad = tl.where(agreement < 0.0, 0.0, grad)
     direction = tl.where(grad > 0.0, 1.0, tl.where(grad < 0.0, -1.0, 0.0))  # torch.sign: 0 for 0 and NaN
-    tl.store(step_size_ptr + offsets, rounded(step_size, STATE), mask=mask)
-    tl.store(prev_ptr + offsets, rounded(grad, STATE), mask=mask)
-    return param + -1.0 * direction * step_size
+    return param + -1.0 * direction * step_size, grad, step_size, unused1, unused2

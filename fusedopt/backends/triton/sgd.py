@@ -4,7 +4,7 @@ from collections import namedtuple
 import triton
 import triton.language as tl
 
-from ._math import rounded, signed_grad
+from ._math import signed_grad
 
 Scalars = namedtuple("Scalars", "momentum dampening weight_decay grad_sign")
 Options = namedtuple("Options", "weight_decay momentum nesterov first_step")
@@ -25,20 +25,18 @@ def coefficients(step, lr, hyper, SLOT: tl.constexpr, OPTIONS: tl.constexpr, COM
 
 
 @triton.jit
-def update(param, grad, offsets, mask, states, coefficients, OPTIONS: tl.constexpr, STATE: tl.constexpr,
-           COMPUTE: tl.constexpr):
+def update(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
     """sgd_update on one block; states: [momentum_buffer]."""
     grad_sign, weight_decay, momentum, one_minus_dampening, neg_lr = coefficients
-    buffer_ptr, _, _, _ = states
+    buffer, unused1, unused2, unused3 = states
     grad = signed_grad(grad, param, grad_sign, weight_decay, OPTIONS.weight_decay)
     if OPTIONS.momentum:
         if OPTIONS.first_step:  # torch's rule: a new momentum buffer starts as a copy of the gradient
             buffer = grad
         else:
-            buffer = tl.load(buffer_ptr + offsets, mask=mask).to(COMPUTE) * momentum + one_minus_dampening * grad
-        tl.store(buffer_ptr + offsets, rounded(buffer, STATE), mask=mask)
+            buffer = buffer * momentum + one_minus_dampening * grad
         if OPTIONS.nesterov:
             grad = grad + momentum * buffer
         else:
             grad = buffer
-    return param + neg_lr * grad
+    return param + neg_lr * grad, buffer, unused1, unused2, unused3
