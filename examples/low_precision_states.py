@@ -78,13 +78,14 @@ def main(argv=None) -> None:
     parser.add_argument("--only-bf16-params", action="store_true",
                         help="the fp32-state run and the two pure-bf16 runs only (no bf16-state run)")
     parser.add_argument("--int8", action="store_true", help="also train with 8-bit states (state_dtype='int8')")
+    parser.add_argument("--no-bf16-states", action="store_true", help="leave out the bf16-state run")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     corpus = CharCorpus()
     config = ModelConfig(vocab_size=len(corpus.vocab), block_size=64, n_layer=2, n_head=4, n_embd=128)
     runs = {}
     plans = [("fp32 states", dict(state_dtype=None))]
-    if not args.only_bf16_params:
+    if not args.only_bf16_params and not args.no_bf16_states:
         plans.append(("bf16 states", dict(state_dtype=torch.bfloat16)))
     if args.int8:
         plans.append(("int8 states", dict(state_dtype="int8")))

@@ -94,7 +94,7 @@ SHAPES = {
 
 @detailed
 @pytest.mark.parametrize("shape", SHAPES, ids=list(SHAPES))
-@pytest.mark.parametrize("tensor_lists", [1, SGD, ADAM, ADAM_AMSGRAD, 8], ids=lambda n: f"lists{n}")
+@pytest.mark.parametrize("tensor_lists", [1, SGD, ADAM, ADAM_AMSGRAD, 8, 12], ids=lambda n: f"lists{n}")
 @pytest.mark.parametrize("dtype", ELEMENT_BYTES, ids=list(ELEMENT_BYTES))
 @pytest.mark.parametrize("large", [True, False], ids=["large_block", "classic_block"])
 def test_every_chunk_is_covered_once_within_limits(shape, tensor_lists, dtype, large):
@@ -173,7 +173,7 @@ def test_invalid_arguments_raise_value_error():
     with pytest.raises(ValueError):
         plan([10], 0, 4)
     with pytest.raises(ValueError):
-        plan([10], 9, 4)
+        plan([10], 13, 4)  # kMaxAddresses is 12 (an 8-bit Adam's record with amsgrad holds 11)
     with pytest.raises(ValueError):
         plan([-1], ADAM, 4)
 
