@@ -260,10 +260,7 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
               const uint64_t seed = options.round_seed;
               constexpr bool kFirst = std::decay_t<decltype(first_step)>::value;
               constexpr bool kWrite = std::decay_t<decltype(write_grad)>::value;
-              // 8-bit states: the storage dispatch_storage picks without bf16_states (refused above)
-              constexpr bool kInt8Storage =
-                  std::is_same_v<T, float> && (std::is_same_v<SS, S> || (kMaster && std::is_same_v<SS, float>));
-              if constexpr (kInt8Storage) {
+              if constexpr (int8_storage<S, SS, kMaster>()) {
                 if (int8) {
                   const int64_t scale_row = scalar_state_row(state_count(kActive), kMaster) + Kind::kScalarStates;
                   for_each_slice(table, threads, [&](int64_t i, int64_t lo, int64_t hi) {

@@ -183,9 +183,7 @@ void norms(const char* name, const TensorTable& table, DType dtype, const Update
       using S = decltype(param);
       using SS = decltype(state);
       constexpr bool kMaster = decltype(master_copy)::value;
-      constexpr bool kInt8Storage = std::is_same_v<typename OpMath<S>::type, float> &&
-                                    (std::is_same_v<SS, S> || (kMaster && std::is_same_v<SS, float>));
-      if constexpr (kInt8Storage) {
+      if constexpr (int8_storage<S, SS, kMaster>()) {
         if (int8) return launch(NormChunkOp<Kind, S, SS, kMaster, true>{config}, call);
       } else if (int8) {
         throw std::logic_error("fusedopt cuda: 8-bit states reached a storage without 8-bit kernels");

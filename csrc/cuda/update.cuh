@@ -235,16 +235,13 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
     using S = decltype(param);
     using SS = decltype(state);
     constexpr bool kMaster = decltype(master)::value;
-    // 8-bit states: the storage dispatch_storage picks without bf16_states (refused above)
-    constexpr bool kInt8Storage = std::is_same_v<typename OpMath<S>::type, float> &&
-                                  (std::is_same_v<SS, S> || (kMaster && std::is_same_v<SS, float>));
     const auto launch_rounding = [&](auto quantized) {
       if constexpr (std::is_same_v<S, BFloat16> && !kMaster) {
         if (options.round_seed != 0) return launch(param, state, master, std::true_type{}, quantized, call);
       }
       launch(param, state, master, std::false_type{}, quantized, call);
     };
-    if constexpr (kInt8Storage) {
+    if constexpr (int8_storage<S, SS, kMaster>()) {
       if (int8) return launch_rounding(std::true_type{});
     } else if (int8) {
       throw std::logic_error("fusedopt cuda: 8-bit states reached a storage without 8-bit kernels");

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "fusedopt/common.h"
 
@@ -71,6 +72,15 @@ FUSEDOPT_HD float absmax_from_bits(uint32_t largest) {
 FUSEDOPT_HD uint32_t zero_code(const Int8Code& code) { return nearest_code(0.0f, code); }
 
 FUSEDOPT_HD float dequantized(uint8_t c, float absmax, const Int8Code& code) { return code.values[c] * absmax; }
+
+// Whether the storage dispatch_storage picked (param S, states SS, a master copy) is one the
+// 8-bit loops are compiled for: float32 math, and the states' storage chosen without
+// bf16_states (the entry points refuse float64 params and bf16 states with 8-bit states first).
+template <typename S, typename SS, bool kMaster>
+constexpr bool int8_storage() {
+  return std::is_same_v<typename OpMath<S>::type, float> &&
+         (std::is_same_v<SS, S> || (kMaster && std::is_same_v<SS, float>));
+}
 
 // Per state row k of an 8-bit call: its code (bit k of `signed_rows`: the signed code).
 struct Int8Codes {
