@@ -8,7 +8,8 @@ with the flags CMakeLists.txt uses, keeping ptxas's resource report (-Xptxas -v)
   costs as much as the update's own traffic),
 - fit the blocks of 256 threads its launch bounds ask for on a multiprocessor (the PTX's
   .minnctapersm, the optimizer's min_blocks: usually 4, at most 64 registers, for float32
-  math; 3, at most 80, for float64) -- and ask for at least 3,
+  math; 3, at most 80, for float64) -- and ask for at least 3 (the 8-bit-state update
+  kernels: 2, see minimum_blocks),
 - contain no fused multiply-add in its PTX: the CPU kernels are built with
   -ffp-contract=off, and the CUDA ones must round every operation of the shared math the
   same way (--fmad=false) to compute the same bits. (The prologue kernels keep the
@@ -88,17 +89,26 @@ def readable(name: str) -> str:
     -> a short label."""
     kind = ("norms" if "NormChunkOp" in name and "multi_tensor_kernel" in name else
             "update" if "multi_tensor_kernel" in name else "prologue" if "prologue_kernel" in name else name)
-    op = re.search(r"(?:Update|Norm)ChunkOpINS_10optimizers\d+([a-z0-9_]+)E(.*?)EELl", name)
+    op = re.search(r"(Update|UpdateInt8|Norm)ChunkOpINS_10optimizers\d+([a-z0-9_]+)E(.*?)EELl", name)
     types = {"f": "float", "d": "double", "NS_4HalfE": "half", "NS_8BFloat16E": "bfloat16"}
-    storage = re.findall(r"NS_4HalfE|NS_8BFloat16E|S\d*_|[fd]", op.group(2)) if op else []
+    storage = re.findall(r"NS_4HalfE|NS_8BFloat16E|S\d*_|[fd]", op.group(3)) if op else []
     names = []
     for t in storage:
         names.append(names[-1] if t.startswith("S") else types[t])
     limit = re.search(r"ELl(\d+)EE", name)
-    # UpdateChunkOp<Kind, S, SS, master copy, stochastic rounding>: the bools mangle as Lb0E / Lb1E
-    flags = re.findall(r"Lb([01])E", op.group(2)) if op else []
-    rounding = " sr" if len(flags) == 2 and flags[1] == "1" else ""
-    return (f"{kind:8s} {op.group(1) if op else '?':7s} {'/'.join(names) + rounding:15s} "
+    # The bools mangle as Lb0E / Lb1E. UpdateChunkOp<Kind, S, SS, master copy, stochastic
+    # rounding>; UpdateInt8ChunkOp<Kind, S, master copy, stochastic rounding> (8-bit states);
+    # NormChunkOp<Kind, S, SS, master copy, 8-bit states>.
+    flags = re.findall(r"Lb([01])E", op.group(3)) if op else []
+    suffix = ""
+    if op and op.group(1) == "UpdateInt8":
+        names.append("int8")
+        suffix = (" master" if flags[0] == "1" else "") + (" sr" if flags[1] == "1" else "")
+    elif op and op.group(1) == "Norm":
+        suffix = (" master" if flags[0] == "1" and names[0] == names[-1] else "") + (" int8" if flags[1] == "1" else "")
+    elif op and len(flags) == 2 and flags[1] == "1":
+        suffix = " sr"
+    return (f"{kind:8s} {op.group(2) if op else '?':7s} {'/'.join(names) + suffix:15s} "
             f"{limit.group(1) if limit else ''}")
 
 
@@ -130,6 +140,14 @@ STORAGE_COMBINATIONS = 10
 UPDATE_COMBINATIONS = STORAGE_COMBINATIONS + 1
 
 
+# 8-bit states (state_dtype="int8", float32 math): params float32; float16 and bfloat16 with
+# or without a float32 master copy; bfloat16 rounded stochastically. Every optimizer's unit
+# holds them (UpdateInt8ChunkOp); the norm pass (NormChunkOp<..., true>) has all but the
+# stochastic rounding, which the norm pass does not read.
+INT8_UPDATE_COMBINATIONS = 6
+INT8_NORM_COMBINATIONS = 6
+
+
 def min_blocks(body: str) -> int:
     match = re.search(r"\.minnctapersm\s+(\d+)", body)
     return int(match.group(1)) if match else 1
@@ -142,6 +160,11 @@ FEWER_BLOCKS = ("rprop   double/double",)
 
 
 def minimum_blocks(readable_name: str) -> int:
+    # The 8-bit update kernels ask for 2 blocks by design (cuda/update_int8.cuh: 8 elements per
+    # thread, a warp per quantization block, up to ~92 registers for LAMB); untuned until a GPU
+    # measures them against 3.
+    if readable_name.startswith("update") and "int8" in readable_name:
+        return 2
     return 2 if any(kernel in readable_name for kernel in FEWER_BLOCKS) else 3
 
 
@@ -149,9 +172,12 @@ def element_kernels(kernels: dict) -> dict:
     """The update kernels and the norm-pass kernels, checked: one per optimizer (or optimizer
     with a norm pass) x storage combination x parameter-block size."""
     chosen = {name: k for name, k in kernels.items() if "multi_tensor_kernel" in name}
-    assert sum("UpdateChunkOp" in name for name in chosen) == len(SOURCES) * UPDATE_COMBINATIONS * 2
-    assert sum("NormChunkOp" in name for name in chosen) == len(NORM_PASS_SOURCES) * STORAGE_COMBINATIONS * 2
-    assert len(chosen) == (len(SOURCES) * UPDATE_COMBINATIONS + len(NORM_PASS_SOURCES) * STORAGE_COMBINATIONS) * 2
+    update, int8_update = (sum(f"{op}ChunkOp" in name for name in chosen) for op in ("Update", "UpdateInt8"))
+    assert update == len(SOURCES) * UPDATE_COMBINATIONS * 2
+    assert int8_update == len(SOURCES) * INT8_UPDATE_COMBINATIONS * 2
+    norms = sum("NormChunkOp" in name for name in chosen)
+    assert norms == len(NORM_PASS_SOURCES) * (STORAGE_COMBINATIONS + INT8_NORM_COMBINATIONS) * 2
+    assert len(chosen) == update + int8_update + norms
     return chosen
 
 
@@ -179,6 +205,7 @@ def test_update_kernels_contract_no_multiply_add(compiled):
     update = element_kernels(ptx)
     for name, body in update.items():
         assert "call" not in re.findall(r"^\s*(call)\b", body, re.MULTILINE), f"{readable(name)} calls a function"
-        fused = re.findall(r"^\s*((?:fma|mad)\.\S+)", body, re.MULTILINE)
+        # Floating-point only: an integer mad (mad.lo.s32, an 8-bit kernel's index math) rounds nothing.
+        fused = re.findall(r"^\s*((?:fma|mad)\.\S*?(?:b?f16|f32|f64)(?:x2)?)\s", body, re.MULTILINE)
         assert not fused, f"{readable(name)}: {sorted(set(fused))}"
         assert re.search(r"^\s*(?:mul|add)\.rn\.f(?:32|64)", body, re.MULTILINE), f"{readable(name)}: no float math?"
