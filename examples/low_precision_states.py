@@ -18,7 +18,13 @@ loss lies from the float32 run's (issue 13's bar: the stochastic-rounding run th
 
 --int8 adds a run with 8-bit states (state_dtype="int8": blockwise dynamic quantization of
 every moment of 4,096 elements or more) and prints its final loss's relative difference from
-the float32 run's (issue 13's bar: within 1%).
+the float32 run's (issue 13's bar: within 1%). --bitsandbytes adds a run with
+bitsandbytes.optim.AdamW8bit (Dettmers et al.'s own 8-bit Adam, which runs on the CPU too) for
+comparison, if it is installed.
+
+--seeds 0,1,2 repeats every run for each seed (model init and batches) and prints each seed's
+relative differences and their mean: one seed's final loss moves by about 1% with any change
+of rounding (float32 with one torch thread against two: 0.4%), as large as the bars.
 """
 import argparse
 import sys
@@ -31,11 +37,18 @@ import fusedopt  # noqa: E402
 from train_gpt import GPT, CharCorpus, ModelConfig  # noqa: E402
 
 
+def _tensor_bytes(value) -> int:
+    """Bytes of the tensors in a state entry (bitsandbytes nests its tensors in a dict)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    return 0
+
+
 def state_bytes_per_param(optimizer: torch.optim.Optimizer) -> float:
     params = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
-    total = sum(t.numel() * t.element_size() for entry in optimizer.state_dict()["state"].values()
-                for t in entry.values() if isinstance(t, torch.Tensor))
-    return total / params
+    return _tensor_bytes(optimizer.state_dict()["state"]) / params
 
 
 @torch.no_grad()
@@ -68,6 +81,32 @@ def train(state_dtype, steps: int, seed: int, corpus: CharCorpus, config: ModelC
     return losses, state_bytes_per_param(optimizer), evaluation_loss(model, corpus, config)
 
 
+def report(runs: dict, prefix: str = "") -> dict:
+    """Prints each run's final losses and the bars' comparisons; returns {name: signed relative
+    difference of its final loss from the fp32 run's} for every run but the fp32 one."""
+    final = {name: evaluation for name, (_, _, evaluation) in runs.items()}
+    for name, (losses, per_param, evaluation) in runs.items():
+        print(f"{prefix}{name}: final loss (16 fixed batches) {evaluation:.4f}, training loss (mean of last 20 steps) "
+              f"{sum(losses[-20:]) / 20:.4f}, optimizer state {per_param:.3f} bytes/param")
+    if "bf16 states" in final:
+        difference = abs(final["bf16 states"] - final["fp32 states"]) / final["fp32 states"]
+        print(f"{prefix}relative difference of final losses: {100 * difference:.3f}% (bar: <= 0.5%)")
+    if "int8 states" in final:
+        difference = abs(final["int8 states"] - final["fp32 states"]) / final["fp32 states"]
+        print(f"{prefix}relative difference of final losses, int8 states: {100 * difference:.3f}% (bar: <= 1%)")
+    if "bitsandbytes AdamW8bit" in final:
+        difference = abs(final["bitsandbytes AdamW8bit"] - final["fp32 states"]) / final["fp32 states"]
+        print(f"{prefix}relative difference of final losses, bitsandbytes AdamW8bit: {100 * difference:.3f}%")
+    if "bf16 params, stochastic rounding" in final:
+        gaps = {name: final[name] - final["fp32 states"] for name in final if name.startswith("bf16 params")}
+        for name, gap in gaps.items():
+            print(f"{prefix}{name}: final loss - fp32 run's = {gap:+.4f}")
+        closer = abs(gaps["bf16 params, stochastic rounding"]) < abs(gaps["bf16 params, torch.optim.AdamW"])
+        print(f"{prefix}stochastic rounding closer to the fp32 run than torch.optim in bf16: {closer}")
+    return {name: (value - final["fp32 states"]) / final["fp32 states"]
+            for name, value in final.items() if name != "fp32 states"}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -79,6 +118,10 @@ def main(argv=None) -> None:
                         help="the fp32-state run and the two pure-bf16 runs only (no bf16-state run)")
     parser.add_argument("--int8", action="store_true", help="also train with 8-bit states (state_dtype='int8')")
     parser.add_argument("--no-bf16-states", action="store_true", help="leave out the bf16-state run")
+    parser.add_argument("--bitsandbytes", action="store_true",
+                        help="also train with bitsandbytes.optim.AdamW8bit (if installed)")
+    parser.add_argument("--seeds", default=None, metavar="S,S,...",
+                        help="comma-separated seeds, each run once per seed (default: --seed)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     corpus = CharCorpus()
@@ -94,25 +137,29 @@ def main(argv=None) -> None:
                                                           optimizer_class=torch.optim.AdamW)),
                   ("bf16 params, stochastic rounding", dict(state_dtype=None, param_dtype=torch.bfloat16,
                                                             bf16_stochastic_round=True))]
-    for name, plan in plans:
-        plan = dict(plan)
-        runs[name] = train(plan.pop("state_dtype"), args.steps, args.seed, corpus, config, **plan)
-    final = {name: evaluation for name, (_, _, evaluation) in runs.items()}
-    for name, (losses, per_param, evaluation) in runs.items():
-        print(f"{name}: final loss (16 fixed batches) {evaluation:.4f}, training loss (mean of last 20 steps) "
-              f"{sum(losses[-20:]) / 20:.4f}, optimizer state {per_param:.3f} bytes/param")
-    if "bf16 states" in final:
-        difference = abs(final["bf16 states"] - final["fp32 states"]) / final["fp32 states"]
-        print(f"relative difference of final losses: {100 * difference:.3f}% (bar: <= 0.5%)")
-    if "int8 states" in final:
-        difference = abs(final["int8 states"] - final["fp32 states"]) / final["fp32 states"]
-        print(f"relative difference of final losses, int8 states: {100 * difference:.3f}% (bar: <= 1%)")
-    if "bf16 params, stochastic rounding" in final:
-        gaps = {name: final[name] - final["fp32 states"] for name in final if name.startswith("bf16 params")}
-        for name, gap in gaps.items():
-            print(f"{name}: final loss - fp32 run's = {gap:+.4f}")
-        closer = abs(gaps["bf16 params, stochastic rounding"]) < abs(gaps["bf16 params, torch.optim.AdamW"])
-        print(f"stochastic rounding closer to the fp32 run than torch.optim in bf16: {closer}")
+    if args.bitsandbytes:
+        try:
+            import bitsandbytes
+            plans.append(("bitsandbytes AdamW8bit", dict(state_dtype=None,
+                                                         optimizer_class=bitsandbytes.optim.AdamW8bit)))
+        except ImportError:
+            print("bitsandbytes is not installed: no bitsandbytes run")
+    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [args.seed]
+    differences = {}  # name -> [relative difference from the fp32 run's final loss, per seed]
+    for seed in seeds:
+        runs_of_seed = {}
+        for name, plan in plans:
+            plan = dict(plan)
+            runs_of_seed[name] = train(plan.pop("state_dtype"), args.steps, seed, corpus, config, **plan)
+        if seed == seeds[0]:
+            runs = runs_of_seed  # the plotted curves
+        for name, difference in report(runs_of_seed, f"seed {seed}, " if len(seeds) > 1 else "").items():
+            differences.setdefault(name, []).append(difference)
+    if len(seeds) > 1:
+        for name, values in differences.items():
+            print(f"{name}: relative difference of final losses from the fp32 run's, mean over {len(seeds)} seeds "
+                  f"{100 * sum(values) / len(values):+.3f}% (per seed: "
+                  f"{', '.join(f'{100 * v:+.2f}%' for v in values)})")
     if args.plot:
         try:
             import matplotlib
