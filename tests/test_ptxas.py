@@ -40,7 +40,10 @@ def max_registers(blocks: int) -> int:
     """Registers a thread may use for `blocks` blocks to fit (allocated in units of 8)."""
     return REGISTERS_PER_SM // (THREADS_PER_BLOCK * blocks) // 8 * 8
 
-pytestmark = [pytest.mark.slow, pytest.mark.no_gpu_needed, pytest.mark.skipif(NVCC is None, reason="needs nvcc (the CUDA toolkit)")]
+# xdist_group: under pytest-xdist (--dist loadgroup) this file's tests share one worker, and so
+# the module fixture's compile of every unit (minutes) runs once.
+pytestmark = [pytest.mark.slow, pytest.mark.no_gpu_needed, pytest.mark.xdist_group("ptxas"),
+              pytest.mark.skipif(NVCC is None, reason="needs nvcc (the CUDA toolkit)")]
 
 
 def _compile(source: str, out: Path) -> str:

@@ -13,7 +13,7 @@ from fusedopt._layout import SPARSE_INDEX_ROW, SPARSE_TABLE_ROWS
 
 # cuda_host, cuda_host_classic: the CUDA kernels built as host C++ (fusedopt._cuda_host,
 # tests/_host_cuda.py) as emulated devices 0 (32 KB parameter blocks) and 1 (4 KB).
-BACKENDS = ("reference", "cpu", "triton", "cuda_host", "cuda_host_classic")
+BACKENDS = ("reference", "cpu", pytest.param("triton", marks=pytest.mark.triton), "cuda_host", "cuda_host_classic")
 HOST_BACKENDS = ("cuda_host", "cuda_host_classic")
 DTYPES = (torch.float32, torch.float64)
 

@@ -15,6 +15,7 @@ import fusedopt
 import fusedopt.backends
 from fusedopt._layout import MASTER_KEY
 from fusedopt.optim import _spec
+from _triton_loops import triton_backends
 
 # The element-wise kinds (LAMB's norm pass included): Adafactor (factored kernels) and lazy
 # mode / SparseAdam (sparse-row kernels) refuse bf16 states, tested at the end.
@@ -118,7 +119,7 @@ def test_bf16_states_same_bits_on_every_backend(kind, dtype, monkeypatch):
     for key, value in expected[1].state[expected[0][0]].items():
         scalar = key == "step" or key in _spec.spec(kind).scalar_state_keys()
         assert value.dtype == (torch.float32 if scalar else torch.bfloat16), key
-    for backend in ("triton", *_host_backends(monkeypatch, kind)):
+    for backend in (*triton_backends(), *_host_backends(monkeypatch, kind)):
         _assert_same(_run(kind, backend, dtype, state_dtype=torch.bfloat16), expected, backend)
     reference = _run(kind, "reference", dtype, state_dtype=torch.bfloat16)
     _assert_reference(reference, expected, exact=not (dtype == torch.float32 and kind in REFERENCE_PARAM_ROUNDING_DIFFERS))
@@ -134,7 +135,7 @@ def test_bf16_states_with_master_weights(kind, dtype, monkeypatch):
     state = expected[1].state[expected[0][0]]
     assert state[MASTER_KEY].dtype == torch.float32
     assert all(state[k].dtype == torch.bfloat16 for k in expected[1].state_keys(expected[1].param_groups[0]))
-    for backend in ("triton", *_host_backends(monkeypatch, kind)):
+    for backend in (*triton_backends(), *_host_backends(monkeypatch, kind)):
         _assert_same(_run(kind, backend, dtype, steps=8, state_dtype=torch.bfloat16, master_weights=True),
                      expected, backend)
     reference = _run(kind, "reference", dtype, steps=8, state_dtype=torch.bfloat16, master_weights=True)
@@ -216,7 +217,7 @@ def test_composes_with_grad_options(setting, monkeypatch):
     that difference is large enough to move a float32 param by an ulp. The same difference
     exists with float32 states (state_dtype=None): it is not the bf16 storage."""
     expected = _run_with_grad_option(setting, "cpu")
-    for backend in ("triton", *_host_backends(monkeypatch, "adam")):
+    for backend in (*triton_backends(), *_host_backends(monkeypatch, "adam")):
         _assert_same(_run_with_grad_option(setting, backend), expected, backend)
     params, opt = _run_with_grad_option(setting, "reference")
     for p, e in zip(params, expected[0]):

@@ -18,6 +18,7 @@ from fusedopt.backends.reference._rounding import mix32, rounding_bits, rounding
 from fusedopt.optim import _spec
 
 from test_state_dtype import OPTIONS
+from _triton_loops import triton_backends
 
 KINDS = tuple(_spec.elementwise_kinds())
 # The reference is torch's own operations, and torch's CPU lerp_ and addcmul_ take a fused
@@ -90,7 +91,7 @@ def test_same_bits_on_every_backend(kind, states, monkeypatch):
     nearest = _run(kind, "cpu", rounding=False, **extra)
     assert any(not torch.equal(_bits(a), _bits(b)) for a, b in zip(expected[0], nearest[0])), \
         "stochastic rounding gave round-to-nearest's bits"
-    for backend in ("triton", *_host_backends(monkeypatch), "reference"):
+    for backend in (*triton_backends(), *_host_backends(monkeypatch), "reference"):
         actual = _run(kind, backend, **extra)
         if backend == "reference" and kind in REFERENCE_FMA:
             keep = [i for i, p in enumerate(actual[0]) if p.numel() < 4097]
@@ -208,7 +209,7 @@ def test_nan_and_inf(monkeypatch):
     grad = torch.tensor([0.0, 0.0, 0.0, -1.0, 1.0, 0.0] * 100, dtype=torch.bfloat16)
     lr = 2.0 ** 119  # moves the largest bf16 by half its ulp (2^120)
     results = {}
-    for backend in ("reference", "cpu", "triton", *_host_backends(monkeypatch)):
+    for backend in ("reference", "cpu", *triton_backends(), *_host_backends(monkeypatch)):
         p = start.clone().requires_grad_()
         p.grad = grad.clone()
         torch.manual_seed(11)
