@@ -159,15 +159,13 @@ def min_blocks(body: str) -> int:
 # Kernels allowed 2 blocks per multiprocessor instead of 3: Rprop's float64 update needs 86
 # registers (3 blocks give 80, and spill); float64 Rprop on a GPU is rare enough that two
 # blocks beat a spill. Known gap, named here so no other kernel slips below 3 unnoticed.
-FEWER_BLOCKS = ("rprop   double/double",)
+# The 8-bit update kernels ("<param>/int8" in their labels) ask for 2 by design
+# (cuda/update_int8.cuh: 8 elements per thread, a warp per quantization block, 72-103
+# registers); untuned until a GPU measures them against 3.
+FEWER_BLOCKS = ("rprop   double/double", "/int8")
 
 
 def minimum_blocks(readable_name: str) -> int:
-    # The 8-bit update kernels ask for 2 blocks by design (cuda/update_int8.cuh: 8 elements per
-    # thread, a warp per quantization block, up to ~92 registers for LAMB); untuned until a GPU
-    # measures them against 3.
-    if readable_name.startswith("update") and "int8" in readable_name:
-        return 2
     return 2 if any(kernel in readable_name for kernel in FEWER_BLOCKS) else 3
 
 
