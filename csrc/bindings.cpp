@@ -238,6 +238,7 @@ py::dict build_info() {
   py::dict info;
   info["version"] = FUSEDOPT_VERSION;
   info["cpu_isa"] = cpu::isa_name();
+  info["cpu_gathers"] = cpu::use_gathers();
   py::list kinds;
 #define FUSEDOPT_LIST_OPTIMIZER(kind) kinds.append(#kind);
   FUSEDOPT_FOR_EACH_OPTIMIZER(FUSEDOPT_LIST_OPTIMIZER)

@@ -111,7 +111,10 @@ def info() -> Dict[str, Any]:
     return {
         "version": __version__,
         "native_module": "loaded" if not load_error else f"not loaded: {load_error}",
-        "cpu_kernels": {"built": not load_error, "instruction_set": built.get("cpu_isa")},
+        # table_gathers: whether 8-bit states' lookups use gather instructions (Intel CPUs;
+        # FUSEDOPT_CPU_GATHER=0|1 overrides)
+        "cpu_kernels": {"built": not load_error, "instruction_set": built.get("cpu_isa"),
+                        "table_gathers": built.get("cpu_gathers")},
         "cuda_kernels": {
             "built": bool(built.get("cuda")),
             "architectures": [_arch_name(a) for a in built.get("cuda_archs", "").split(",")] if built.get("cuda") else [],

@@ -1,7 +1,8 @@
 """The CPU kernels are compiled once per instruction set (baseline x86-64, AVX2, AVX-512)
 and picked at run time. Without FMA contraction every variant must compute the same bits;
 FUSEDOPT_CPU_ISA forces a lesser one, so this also runs the portable path that CPUs
-without AVX2 get."""
+without AVX2 get; FUSEDOPT_CPU_GATHER=0|1 turns the 8-bit states' gather instructions off or
+on (by default on Intel CPUs only), so both lookup paths run whatever the machine."""
 import hashlib
 import os
 import subprocess
@@ -21,6 +22,20 @@ SCRIPT = textwrap.dedent("""
     import hashlib, torch, fusedopt
     torch.set_num_threads(2)
     digest = hashlib.sha256()
+
+    def run(cls, options, dtype, sizes, **extra):
+        generator = torch.Generator().manual_seed(0)
+        params = [torch.randn(n, generator=generator).to(dtype) for n in sizes]
+        opt = cls(params, backend="cpu", max_grad_norm=50.0, **options, **extra)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator).to(dtype)
+            opt.step()
+        for p in params:
+            digest.update(p.float().numpy().tobytes())
+            for value in opt.state[p].values():
+                digest.update(value.float().numpy().tobytes())
+
     cases = [
         (fusedopt.AdamW, dict(lr=1e-2, amsgrad=True, weight_decay=0.1)),
         (fusedopt.Adam, dict(lr=1e-2, optimized_update=True, maximize=True, weight_decay=0.1)),
@@ -31,39 +46,42 @@ SCRIPT = textwrap.dedent("""
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         for cls, options in cases:
             for master in ((False, True) if dtype in (torch.float16, torch.bfloat16) else (False,)):
-                generator = torch.Generator().manual_seed(0)
-                params = [torch.randn(n, generator=generator).to(dtype) for n in (1, 17, 1000, 70001)]
-                opt = cls(params, backend="cpu", master_weights=master, max_grad_norm=50.0, **options)
-                for _ in range(5):
-                    for p in params:
-                        p.grad = torch.randn(p.shape, generator=generator).to(dtype)
-                    opt.step()
-                for p in params:
-                    digest.update(p.float().numpy().tobytes())
-                    for value in opt.state[p].values():
-                        digest.update(value.float().numpy().tobytes())
+                run(cls, options, dtype, (1, 17, 1000, 70001), master_weights=master)
+    # 8-bit states: the table lookups, which may use gather instructions (FUSEDOPT_CPU_GATHER)
+    int8_cases = [
+        (fusedopt.Adam, dict(lr=1e-2, amsgrad=True)),
+        (fusedopt.SGD, dict(lr=1e-2, momentum=0.9)),
+        (fusedopt.RMSprop, dict(lr=1e-3, centered=True, momentum=0.5)),
+        (fusedopt.LAMB, dict(lr=1e-2)),
+    ]
+    for dtype in (torch.float32, torch.bfloat16):
+        for cls, options in int8_cases:
+            run(cls, options, dtype, (17, 5000, 70001), state_dtype="int8")
     print(digest.hexdigest())
 """)
 
 
-def _digest(isa: str, folder) -> str:
+def _digest(isa: str, gathers: str, folder) -> str:
     """The children import the fusedopt this process imported: they start in an empty folder
     (`python -c` puts the working directory first on sys.path, and from the repository root
     after a non-editable install that is the source tree, without `_C`), with that
     package's folder first on PYTHONPATH."""
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(fusedopt.__file__)))
-    env = dict(os.environ, FUSEDOPT_CPU_ISA=isa,
+    env = dict(os.environ, FUSEDOPT_CPU_ISA=isa, FUSEDOPT_CPU_GATHER=gathers,
                PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     check = subprocess.run([sys.executable, "-c", "import fusedopt; print(fusedopt.__file__);"
-                            " print(fusedopt.info()['cpu_kernels']['instruction_set'])"],
+                            " print(fusedopt.info()['cpu_kernels']['instruction_set']);"
+                            " print(fusedopt.info()['cpu_kernels']['table_gathers'])"],
                            cwd=folder, env=env, capture_output=True, text=True, check=True)
-    assert check.stdout.split() == [os.path.abspath(fusedopt.__file__), isa]
+    assert check.stdout.split() == [os.path.abspath(fusedopt.__file__), isa, str(gathers == "1")]
     result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=folder, env=env, capture_output=True, text=True,
                             check=True)
     return result.stdout.strip()
 
 
 def test_every_instruction_set_computes_the_same_bits(tmp_path):
-    digests = {isa: _digest(isa, tmp_path) for isa in ("baseline", "avx2", "avx512")}
+    # the gather instructions (8-bit states' lookups) on and off in the vector variants
+    variants = (("baseline", "0"), ("avx2", "0"), ("avx2", "1"), ("avx512", "0"), ("avx512", "1"))
+    digests = {variant: _digest(*variant, tmp_path) for variant in variants}
     assert len(set(digests.values())) == 1, digests
-    assert len(hashlib.sha256().hexdigest()) == len(digests["baseline"])  # a real digest was printed
+    assert len(hashlib.sha256().hexdigest()) == len(digests[variants[0]])  # a real digest was printed

@@ -56,6 +56,25 @@ Isa detect_isa() {
 
 const Isa kIsa = detect_isa();
 
+// The gathers of csrc/cpu/table_gather.h: on an Intel Sapphire Rapids they made the 8-bit
+// Adam step about 1.6 x faster than GCC's scalar loads; on the AMD EPYC an earlier build was
+// measured on, a hand-written gather loop was slower (bench/results/int8-states-speed.txt),
+// so they are used on Intel CPUs only. FUSEDOPT_CPU_GATHER=0|1 overrides that, so tests can
+// compare both paths on any machine (the same bits either way).
+bool detect_gathers() {
+  const char* requested = std::getenv("FUSEDOPT_CPU_GATHER");
+  if (requested != nullptr && (std::strcmp(requested, "0") == 0 || std::strcmp(requested, "1") == 0))
+    return requested[0] == '1';
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_is("intel");
+#else
+  return false;
+#endif
+}
+
+const bool kGathers = detect_gathers();
+
 }  // namespace
 
 #if FUSEDOPT_HAVE_ISA_AVX512
@@ -100,6 +119,8 @@ void adafactor(const TensorTable& t, DType d, const AdafactorOptions& o, int thr
 void sparse_adam(const sparse_rows::Table& t, DType d, const optimizers::adam::Hyper& h, double lr, int threads) {
   FUSEDOPT_DISPATCH(sparse_adam, t, d, h, lr, threads)
 }
+
+bool use_gathers() { return kGathers; }
 
 const char* isa_name() {
   switch (kIsa) {

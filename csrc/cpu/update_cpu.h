@@ -12,6 +12,7 @@
 
 #include "cpu/kernels.h"
 #include "cpu/multi_tensor_cpu.h"
+#include "cpu/table_gather.h"
 #include "fusedopt/int8_states.h"
 #include "fusedopt/reduce.h"
 
@@ -25,7 +26,8 @@ namespace detail {
 // kActive: the states this variant updates. FIRST_STEP (optimizers that do not read new
 // state) is a template argument, not a run-time flag: a conditional load of a 16-bit struct
 // stops GCC from vectorising the loop (bf16 SGD ran 7x slower than torch's).
-// WRITE_GRAD: store the unscaled, clipped grad back (writes_grad, fusedopt/common.h).
+// WRITE_GRAD: store the unscaled, clipped grad back (writes_grad, fusedopt/common.h: true
+// exactly when a GradScaler scale divides the grads, so it also selects that division).
 // SS: the states' storage type (fusedopt/common.h's dispatch_storage); kMaster: a float32
 // master copy holds the param's value. kStochastic (bf16 params without a master copy,
 // bf16_stochastic_round): the param is rounded with float_to_bf16_stochastic, element j taking
@@ -43,7 +45,7 @@ void update_loop(S* __restrict p, S* __restrict g, SS* __restrict s0, SS* __rest
   const auto factors = scalars.grad;
   for (int64_t j = 0; j < count; ++j) {
     T pj = load_param<S, kMaster>(p, master, j);
-    T gj = unscaled_grad(to_opmath(g[j]), factors);
+    T gj = unscaled_grad<WRITE_GRAD>(to_opmath(g[j]), factors);
     T s[kMaxStates] = {T(0), T(0), T(0), T(0)};
     if constexpr (kLoads && (kActive & 1u)) s[0] = to_opmath(s0[j]);
     if constexpr (kLoads && (kActive & 2u)) s[1] = to_opmath(s1[j]);
@@ -76,61 +78,64 @@ void update_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
 }
 
 // ---- 8-bit states (state_dtype="int8"; fusedopt/int8_states.h) -----------------------------
-// The float32 values of one block of codes (the norm pass's reads).
-inline void dequantize_block(const uint8_t* __restrict codes, float absmax, const float* __restrict values,
-                             float* __restrict out, int64_t count) {
-  for (int64_t j = 0; j < count; ++j) out[j] = values[codes[j]] * absmax;
-}
+// A block's codes are read as float32 values by gather_dequantize (csrc/cpu/table_gather.h).
 
-// One block of an 8-bit call in one vectorisable pass: update_loop's update, each state
-// dequantized as it is read (value[code] * absmax), its new float32 value written to
-// out<s> for quantize_values and max |value| accumulated as bits (absmax_bits_of: an integer
-// maximum vectorises, a float one does not, and it propagates NaN as torch.amax does) into
-// largest[s]. One parameter per state, all __restrict, for update_loop's reason.
+// One block of an 8-bit call in one vectorisable pass: update_loop's update on the block's
+// states, dequantized beforehand into the float32 buffers s0..s3 (gather_dequantize), which it
+// overwrites with their new values for quantize_values, accumulating max |value| as bits
+// (absmax_bits_of: an integer maximum vectorises, a float one does not, and it propagates NaN
+// as torch.amax does) into largest[s]. One parameter per state, all __restrict, for
+// update_loop's reason.
 template <typename Kind, typename S, bool kMaster, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD, bool kStochastic>
-void int8_block_update(S* __restrict p, S* __restrict g, float* __restrict master, const uint8_t* __restrict c0,
-                       const uint8_t* __restrict c1, const uint8_t* __restrict c2, const uint8_t* __restrict c3,
-                       const float* __restrict v0, const float* __restrict v1, const float* __restrict v2,
-                       const float* __restrict v3, const float* scale, float* __restrict o0, float* __restrict o1,
-                       float* __restrict o2, float* __restrict o3, uint32_t* largest, int64_t count,
-                       const Scalars<Kind, float>& scalars, uint32_t key, int64_t first) {
+void int8_block_update(S* __restrict p, S* __restrict g, float* __restrict master, float* __restrict s0,
+                       float* __restrict s1, float* __restrict s2, float* __restrict s3, uint32_t* largest,
+                       int64_t count, const Scalars<Kind, float>& scalars, uint32_t key, int64_t first) {
   constexpr bool kLoads = !FIRST_STEP;
   const auto k = scalars.k;
   const auto factors = scalars.grad;
-  const float a0 = scale[0], a1 = scale[1], a2 = scale[2], a3 = scale[3];
   uint32_t m0 = 0, m1 = 0, m2 = 0, m3 = 0;
   for (int64_t j = 0; j < count; ++j) {
     float pj = load_param<S, kMaster>(p, master, j);
-    float gj = unscaled_grad(to_opmath(g[j]), factors);
+    float gj = unscaled_grad<WRITE_GRAD>(to_opmath(g[j]), factors);
     float s[kMaxStates] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if constexpr (kLoads && (kActive & 1u)) s[0] = v0[c0[j]] * a0;
-    if constexpr (kLoads && (kActive & 2u)) s[1] = v1[c1[j]] * a1;
-    if constexpr (kLoads && (kActive & 4u)) s[2] = v2[c2[j]] * a2;
-    if constexpr (kLoads && (kActive & 8u)) s[3] = v3[c3[j]] * a3;
+    if constexpr (kLoads && (kActive & 1u)) s[0] = s0[j];
+    if constexpr (kLoads && (kActive & 2u)) s[1] = s1[j];
+    if constexpr (kLoads && (kActive & 4u)) s[2] = s2[j];
+    if constexpr (kLoads && (kActive & 8u)) s[3] = s3[j];
     Kind::template update<kActive>(pj, gj, s, k, std::bool_constant<FIRST_STEP>{});
     if constexpr (kStochastic) p[j] = float_to_bf16_stochastic(pj, rounding_bits(key, first + j));
     else store_param<S, kMaster>(p, master, j, pj);
     if (WRITE_GRAD) g[j] = from_opmath<S>(gj);
     const auto keep = [](uint32_t& m, float x) { m = absmax_bits_of(x) > m ? absmax_bits_of(x) : m; };
-    if constexpr (bool(kActive & 1u)) { o0[j] = s[0]; keep(m0, s[0]); }
-    if constexpr (bool(kActive & 2u)) { o1[j] = s[1]; keep(m1, s[1]); }
-    if constexpr (bool(kActive & 4u)) { o2[j] = s[2]; keep(m2, s[2]); }
-    if constexpr (bool(kActive & 8u)) { o3[j] = s[3]; keep(m3, s[3]); }
+    if constexpr (bool(kActive & 1u)) { s0[j] = s[0]; keep(m0, s[0]); }
+    if constexpr (bool(kActive & 2u)) { s1[j] = s[1]; keep(m1, s[1]); }
+    if constexpr (bool(kActive & 4u)) { s2[j] = s[2]; keep(m2, s[2]); }
+    if constexpr (bool(kActive & 8u)) { s3[j] = s[3]; keep(m3, s[3]); }
   }
   largest[0] = m0, largest[1] = m1, largest[2] = m2, largest[3] = m3;
 }
 
-// The codes of a block of float32 values with this absmax (not 0). Its own function, not
-// inlined: inlined where the absmax is computed, GCC 12 no longer vectorises the loop.
+// The codes of a block of float32 values (at most kQuantBlock) with this absmax (not 0):
+// nearest_code in three steps, so that the two loops vectorise and the lookup between them
+// gathers (csrc/cpu/table_gather.h). Its own function, not inlined: inlined where the absmax
+// is computed, GCC 12 no longer vectorises the loops.
 __attribute__((noinline)) inline void quantize_values(const float* __restrict x, int64_t count, float absmax,
                                                       const int32_t* __restrict buckets, uint8_t* __restrict out) {
-  for (int64_t j = 0; j < count; ++j) out[j] = uint8_t(nearest_code(x[j] / absmax, buckets));
+  alignas(64) uint32_t bits[kQuantBlock], bucket[kQuantBlock], entry[kQuantBlock];
+  for (int64_t j = 0; j < count; ++j) {
+    const float q = x[j] / absmax;
+    bits[j] = float_bits(q);
+    bucket[j] = code_bucket(q);
+  }
+  gather_entries(buckets, bucket, entry, count);
+  for (int64_t j = 0; j < count; ++j) out[j] = uint8_t(code_in_bucket(bits[j], entry[j]));
 }
 
 // Elements [lo, hi) of tensor i with 8-bit states, lo a multiple of kQuantBlock: per block,
-// int8_block_update updates the param from the dequantized states (the param's update reads
-// the new float32 state) and leaves the new float32 states in buffers, then each state is
-// requantized from them (all zeros: absmax 0, every code at 0.0, fusedopt/_quantize.py).
+// the states are dequantized into buffers (unless new), int8_block_update updates the param
+// from them (the param's update reads the new float32 state) and leaves the new float32 states
+// there, then each state is requantized from them (all zeros: absmax 0, every code at 0.0,
+// fusedopt/_quantize.py).
 // State row k's absmax is in row `scale_row + k`.
 template <typename Kind, typename S, bool kMaster, uint32_t kActive, bool FIRST_STEP, bool WRITE_GRAD,
           bool kStochastic = false>
@@ -162,17 +167,13 @@ void update_int8_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
   for (int64_t begin = lo; begin < hi; begin += kQuantBlock) {
     const int64_t count = std::min(kQuantBlock, hi - begin);
     const int64_t block = begin / kQuantBlock;
-    float scale[kMaxStates] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const uint8_t* read[kMaxStates] = {};
-    for (int s = 0; s < kMaxStates; ++s)
-      if ((kActive >> s) & 1u) {
-        scale[s] = absmax[s][block];
-        read[s] = state_codes[s] + begin;
-      }
+    if constexpr (!FIRST_STEP)  // a new state is written, not read
+      for (int s = 0; s < kMaxStates; ++s)
+        if ((kActive >> s) & 1u)
+          gather_dequantize(state_codes[s] + begin, code_values[s], absmax[s][block], buffer[s], count);
     uint32_t largest[kMaxStates];
     int8_block_update<Kind, S, kMaster, kActive, FIRST_STEP, WRITE_GRAD, kStochastic>(
-        p + begin, g + begin, kMaster ? master + begin : nullptr, read[0], read[1], read[2], read[3], code_values[0],
-        code_values[1], code_values[2], code_values[3], scale, buffer[0], buffer[1], buffer[2], buffer[3], largest,
+        p + begin, g + begin, kMaster ? master + begin : nullptr, buffer[0], buffer[1], buffer[2], buffer[3], largest,
         count, scalars, key, begin);
     for (int s = 0; s < kMaxStates; ++s) {
       if (!((kActive >> s) & 1u)) continue;
@@ -189,8 +190,8 @@ void update_int8_slice(const TensorTable& t, int64_t i, int64_t lo, int64_t hi,
 // lane j % kSumLanes. Walking the block in rows of kSumLanes elements (lane = column) instead of
 // indexing the lane by j % kSumLanes keeps each lane's additions in the same order (same bits)
 // and lets the compiler vectorise across lanes; the pointers are __restrict parameters for the
-// reason update_loop gives.
-template <typename Kind, typename S, typename SS, bool kMaster, typename T>
+// reason update_loop gives. kScaled: whether GradScaler's scale divides the grads.
+template <typename Kind, typename S, typename SS, bool kMaster, bool kScaled, typename T>
 void norm_block(const S* __restrict p, const S* __restrict g, const SS* __restrict s0, const SS* __restrict s1,
                 const float* __restrict master, int64_t count, const Scalars<Kind, T>& scalars,
                 double* __restrict lane_a, double* __restrict lane_b) {
@@ -199,7 +200,7 @@ void norm_block(const S* __restrict p, const S* __restrict g, const SS* __restri
     if constexpr (Kind::kStates > 0) values[0] = to_opmath(s0[j]);
     if constexpr (Kind::kStates > 1) values[1] = to_opmath(s1[j]);
     const T pj = load_param<S, kMaster>(p, master, j);
-    const T gj = unscaled_grad(to_opmath(g[j]), scalars.grad);
+    const T gj = unscaled_grad<kScaled>(to_opmath(g[j]), scalars.grad);
     Kind::norm_terms(pj, gj, values, scalars.k, lane_a[l], lane_b[l]);
   };
   int64_t row = 0;
@@ -327,6 +328,8 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
         per_tensor[size_t(i)] =
             for_tensor(scalars<Kind, T>(config, double(*table.ptr<float>(kStepRow, i)) + 1.0), options, i);
       const int useful = int(std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(blocks, 1)));
+      with_flag(options.grad_transform.grad_scale != nullptr, [&](auto scaled) {
+      constexpr bool kScaled = decltype(scaled)::value;
 #pragma omp parallel for schedule(static) num_threads(useful) if (useful > 1)
       for (int64_t b = 0; b < blocks; ++b) {
         const int64_t i = owner[size_t(b)];
@@ -349,22 +352,24 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
             const int64_t n = std::min(kQuantBlock, count - row);
             const int64_t block = (begin + row) / kQuantBlock;
             for (int k = 0; k < Kind::kStates; ++k)
-              detail::dequantize_block(table.ptr<const uint8_t>(kStateRow + k, i) + begin + row,
-                                       table.ptr<const float>(scale_row + k, i)[block], codes.row[k].values, values[k],
-                                       n);
-            detail::norm_block<Kind, S, float, kMaster>(p + row, g + row, values[0], values[1],
-                                                        kMaster ? master + row : nullptr, n, s, lane_a, lane_b);
+              gather_dequantize(table.ptr<const uint8_t>(kStateRow + k, i) + begin + row, codes.row[k].values,
+                                table.ptr<const float>(scale_row + k, i)[block], values[k], n);
+            detail::norm_block<Kind, S, float, kMaster, kScaled>(p + row, g + row, values[0], values[1],
+                                                                 kMaster ? master + row : nullptr, n, s, lane_a,
+                                                                 lane_b);
           }
         } else {
           const SS* states[2] = {nullptr, nullptr};
           for (int k = 0; k < Kind::kStates; ++k) states[k] = table.ptr<const SS>(kStateRow + k, i) + begin;
-          detail::norm_block<Kind, S, SS, kMaster>(p, g, states[0], states[1], master, count, s, lane_a, lane_b);
+          detail::norm_block<Kind, S, SS, kMaster, kScaled>(p, g, states[0], states[1], master, count, s, lane_a,
+                                                      lane_b);
         }
         lane_tree(lane_a);
         lane_tree(lane_b);
         partials[size_t(2 * b)] = lane_a[0];
         partials[size_t(2 * b + 1)] = lane_b[0];
       }
+      });
     });
     for (int64_t i = 0; i < table.n; ++i) {
       double a = 0.0, b2 = 0.0;

@@ -51,12 +51,15 @@ FUSEDOPT_HD uint32_t code_bucket(float q) {
 // reaches, has entry 0). The bucket's entry counts the boundaries below it; a boundary inside
 // it shares q's upper 16 bits, so b < q compares the lower 16: as integers for q >= 0,
 // reversed for q < 0 (flipping all 16 bits reverses their order).
-FUSEDOPT_HD uint32_t nearest_code(float q, const int32_t* buckets) {
-  const uint32_t bits = float_bits(q);
-  const uint32_t entry = uint32_t(buckets[code_bucket(q)]);
+// code_in_bucket is that rule given q's bits and its bucket's entry (the CPU loops look the
+// entries up between two vectorised loops, csrc/cpu/table_gather.h).
+FUSEDOPT_HD uint32_t code_in_bucket(uint32_t bits, uint32_t entry) {
   const uint32_t flip = (0u - (bits >> 31)) & 0xffffu;
   const int32_t low = int32_t((bits & 0xffffu) ^ flip), boundary_low = int32_t((entry & 0xffffu) ^ flip);
   return ((entry >> 16) & 0xffu) + ((entry >> 24) & uint32_t(low > boundary_low));
+}
+FUSEDOPT_HD uint32_t nearest_code(float q, const int32_t* buckets) {
+  return code_in_bucket(float_bits(q), uint32_t(buckets[code_bucket(q)]));
 }
 FUSEDOPT_HD uint32_t nearest_code(float q, const Int8Code& code) { return nearest_code(q, code.buckets); }
 
