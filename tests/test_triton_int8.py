@@ -355,10 +355,13 @@ def test_one_step_from_the_reference_states(kind):
     counters) are set to the reference's; after it they must agree up to one step of float32
     rounding differences (torch's not correctly rounded sqrt, its fused multiply-adds): params
     within 2^-22 of the tensor's largest |value| (two ulps there; measured: at most 2^-23.7);
-    absmax within 4 ulps (measured: 3, Adadelta; one ulp in a new state moves its block's
-    absmax, stored exactly, by as much); codes at most one apart (a new state an ulp across a
-    decision boundary), in at most 1% of the elements (measured: none); the small params'
-    float32 states within 2^-21 of their largest |value| (measured: 2^-22)."""
+    absmax within 4 ulps (measured: 1; one ulp in a new state moves its block's absmax, stored
+    exactly, by as much), 8 for Adadelta's acc_delta, which squares a quotient of two square
+    roots and so doubles its rounding error (measured: 5 on an Intel Sapphire Rapids, the
+    reference 2 ulps below a float64 evaluation from the same inputs, Triton 3 above; 3 on an
+    AMD EPYC); codes at most one apart (a new state an ulp across a decision boundary), in at
+    most 1% of the elements (measured: none); the small params' float32 states within 2^-21 of
+    their largest |value| (measured: 2^-22)."""
     reference_params = _params()
     params = _params()
     reference = _make(kind, reference_params, backend="reference", state_dtype="int8")
@@ -385,7 +388,8 @@ def test_one_step_from_the_reference_states(kind):
                                                msg=lambda m: f"{where} {key}: {m}")
                     continue
                 scale = Q.scale_key(key)
-                assert _ulps_apart(opt.state[p][scale], reference.state[r][scale]).max().item() <= 4, (where, key)
+                absmax_ulps = 8 if (kind, key) == ("adadelta", "acc_delta") else 4
+                assert _ulps_apart(opt.state[p][scale], reference.state[r][scale]).max().item() <= absmax_ulps, (where, key)
                 apart = (actual.int() - expected.int()).abs()
                 assert apart.max().item() <= 1, (where, key)
                 assert (apart > 0).float().mean().item() <= 0.01, (where, key)
