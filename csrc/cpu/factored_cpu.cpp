@@ -90,7 +90,7 @@ template <typename S> void run(const TensorTable& t, const AdafactorOptions& o, 
     plan.items = int64_t(items.size()) - plan.first_item;
   }
   const int64_t count = int64_t(items.size());
-  const int team = int(std::max<int64_t>(1, std::min<int64_t>(std::max(threads, 1), total / kMinElementsPerThread)));
+  const int team = useful_threads(threads, total);
 
   // Per-item partial sums, and per-item partial column sums of g² (factored items only).
   std::vector<double> param_partial(static_cast<size_t>(count), 0.0), update_partial(static_cast<size_t>(count), 0.0);

@@ -16,6 +16,13 @@ namespace fusedopt::cpu {
 
 // Below this many elements per thread, waking threads costs more than it saves.
 constexpr int64_t kMinElementsPerThread = 1 << 15;
+
+// The threads worth waking for `elements` elements of work: at most `num_threads`, at least 1.
+// Every kernel sizes its team by elements, never by tensors or blocks: a thousand tiny tensors
+// are one thread's work, and a team of two there waits on a core a busy machine may not give.
+inline int useful_threads(int num_threads, int64_t elements) {
+  return int(std::clamp<int64_t>(elements / kMinElementsPerThread, 1, std::max(num_threads, 1)));
+}
 // Slice boundaries fall on multiples of this (64 bytes of float32) to avoid false sharing.
 constexpr int64_t kSliceAlign = 16;
 
@@ -28,8 +35,7 @@ void for_each_slice(const TensorTable& table, int num_threads, Body&& body, int6
   std::vector<int64_t> offsets(table.n + 1, 0);
   for (int64_t i = 0; i < table.n; ++i) offsets[i + 1] = offsets[i] + (table.numel(i) + block - 1) / block * block;
   const int64_t total = offsets[table.n];
-  const int64_t useful_threads = std::max<int64_t>(1, total / kMinElementsPerThread);
-  const int threads = int(std::min<int64_t>(std::max(num_threads, 1), useful_threads));
+  const int threads = useful_threads(num_threads, total);
   if (threads <= 1) {
     for (int64_t i = 0; i < table.n; ++i) body(i, int64_t(0), table.numel(i));
     return;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/multi_tensor_cpu.h"
 #include "fusedopt/reduce.h"
 
 namespace fusedopt::cpu::FUSEDOPT_CPU_ISA {
@@ -39,7 +40,11 @@ void sum_of_squares_per_tensor(const TensorTable& table, DType dtype, int thread
   // Every (tensor, block) pair, numbered tensor by tensor: threads share the blocks, and each
   // tensor's partials are then added in block order by one thread.
   std::vector<int64_t> first(table.n + 1, 0);
-  for (int64_t i = 0; i < table.n; ++i) first[i + 1] = first[i] + sum_blocks(table.numel(i));
+  int64_t elements = 0;
+  for (int64_t i = 0; i < table.n; ++i) {
+    first[i + 1] = first[i] + sum_blocks(table.numel(i));
+    elements += table.numel(i);
+  }
   const int64_t blocks = first[table.n];
   std::vector<double> partials(static_cast<size_t>(blocks), 0.0);
   std::vector<int64_t> owner(static_cast<size_t>(blocks));
@@ -47,7 +52,7 @@ void sum_of_squares_per_tensor(const TensorTable& table, DType dtype, int thread
     for (int64_t b = first[i]; b < first[i + 1]; ++b) owner[size_t(b)] = i;
   dispatch_dtype(dtype, [&](auto storage_tag) {
     using S = decltype(storage_tag);
-    const int useful = int(std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(blocks, 1)));
+    const int useful = int(std::min<int64_t>(useful_threads(threads, elements), std::max<int64_t>(blocks, 1)));
 #pragma omp parallel for schedule(static) num_threads(useful) if (useful > 1)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t i = owner[size_t(b)];

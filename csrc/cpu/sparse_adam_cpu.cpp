@@ -53,7 +53,7 @@ void run(const Table& t, const optimizers::adam::Hyper& hyper, double lr, int th
     elements += nnz * t.at(sparse_rows::kRowLengthRow, i);
   }
   const int64_t total_rows = offsets.back();
-  const int workers = int(std::clamp<int64_t>(elements / kMinElementsPerThread, 1, std::max(threads, 1)));
+  const int workers = useful_threads(threads, elements);
   const bool amsgrad = hyper.amsgrad;
 #pragma omp parallel for num_threads(workers) schedule(static)
   for (int64_t r = 0; r < total_rows; ++r) {

@@ -305,7 +305,11 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
     const UpdateOptions& options = config.options;
     const uint32_t active = Kind::active_states(config.hyper);
     std::vector<int64_t> first(static_cast<size_t>(table.n) + 1, 0);
-    for (int64_t i = 0; i < table.n; ++i) first[size_t(i) + 1] = first[size_t(i)] + sum_blocks(table.numel(i));
+    int64_t elements = 0;
+    for (int64_t i = 0; i < table.n; ++i) {
+      first[size_t(i) + 1] = first[size_t(i)] + sum_blocks(table.numel(i));
+      elements += table.numel(i);
+    }
     const int64_t blocks = first[size_t(table.n)];
     std::vector<int64_t> owner(static_cast<size_t>(blocks));
     for (int64_t i = 0; i < table.n; ++i)
@@ -327,48 +331,48 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
       for (int64_t i = 0; i < table.n; ++i)
         per_tensor[size_t(i)] =
             for_tensor(scalars<Kind, T>(config, double(*table.ptr<float>(kStepRow, i)) + 1.0), options, i);
-      const int useful = int(std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(blocks, 1)));
+      const int useful = int(std::min<int64_t>(useful_threads(threads, elements), std::max<int64_t>(blocks, 1)));
       with_flag(options.grad_transform.grad_scale != nullptr, [&](auto scaled) {
-      constexpr bool kScaled = decltype(scaled)::value;
+        constexpr bool kScaled = decltype(scaled)::value;
 #pragma omp parallel for schedule(static) num_threads(useful) if (useful > 1)
-      for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t i = owner[size_t(b)];
-        const int64_t begin = (b - first[size_t(i)]) * kSumBlock;
-        const int64_t count = std::min(kSumBlock, table.numel(i) - begin);
-        const Scalars<Kind, T>& s = per_tensor[size_t(i)];
-        const S* p = table.ptr<const S>(kParamRow, i) + begin;
-        const S* g = table.ptr<const S>(kGradRow, i) + begin;
-        const float* master = !kMaster ? nullptr
-                                       : table.ptr<const float>(kStateRow + state_count(active), i) + begin;
-        double lane_a[kSumLanes] = {}, lane_b[kSumLanes] = {};
-        if (int8) {
-          // 8-bit states: each quantization block dequantized, then its one row of lanes (a
-          // block of kSumBlock is whole rows of kSumLanes = kQuantBlock, so the additions are
-          // those of the float32 states' pass)
-          static_assert(kSumLanes == kQuantBlock && kSumBlock % kQuantBlock == 0, "blocks must nest");
-          const int64_t scale_row = scalar_state_row(state_count(active), kMaster) + Kind::kScalarStates;
-          alignas(64) float values[2][kQuantBlock] = {};
-          for (int64_t row = 0; row < count; row += kQuantBlock) {
-            const int64_t n = std::min(kQuantBlock, count - row);
-            const int64_t block = (begin + row) / kQuantBlock;
-            for (int k = 0; k < Kind::kStates; ++k)
-              gather_dequantize(table.ptr<const uint8_t>(kStateRow + k, i) + begin + row, codes.row[k].values,
-                                table.ptr<const float>(scale_row + k, i)[block], values[k], n);
-            detail::norm_block<Kind, S, float, kMaster, kScaled>(p + row, g + row, values[0], values[1],
-                                                                 kMaster ? master + row : nullptr, n, s, lane_a,
-                                                                 lane_b);
+        for (int64_t b = 0; b < blocks; ++b) {
+          const int64_t i = owner[size_t(b)];
+          const int64_t begin = (b - first[size_t(i)]) * kSumBlock;
+          const int64_t count = std::min(kSumBlock, table.numel(i) - begin);
+          const Scalars<Kind, T>& s = per_tensor[size_t(i)];
+          const S* p = table.ptr<const S>(kParamRow, i) + begin;
+          const S* g = table.ptr<const S>(kGradRow, i) + begin;
+          const float* master = !kMaster ? nullptr
+                                         : table.ptr<const float>(kStateRow + state_count(active), i) + begin;
+          double lane_a[kSumLanes] = {}, lane_b[kSumLanes] = {};
+          if (int8) {
+            // 8-bit states: each quantization block dequantized, then its one row of lanes (a
+            // block of kSumBlock is whole rows of kSumLanes = kQuantBlock, so the additions are
+            // those of the float32 states' pass)
+            static_assert(kSumLanes == kQuantBlock && kSumBlock % kQuantBlock == 0, "blocks must nest");
+            const int64_t scale_row = scalar_state_row(state_count(active), kMaster) + Kind::kScalarStates;
+            alignas(64) float values[2][kQuantBlock] = {};
+            for (int64_t row = 0; row < count; row += kQuantBlock) {
+              const int64_t n = std::min(kQuantBlock, count - row);
+              const int64_t block = (begin + row) / kQuantBlock;
+              for (int k = 0; k < Kind::kStates; ++k)
+                gather_dequantize(table.ptr<const uint8_t>(kStateRow + k, i) + begin + row, codes.row[k].values,
+                                  table.ptr<const float>(scale_row + k, i)[block], values[k], n);
+              detail::norm_block<Kind, S, float, kMaster, kScaled>(p + row, g + row, values[0], values[1],
+                                                                   kMaster ? master + row : nullptr, n, s, lane_a,
+                                                                   lane_b);
+            }
+          } else {
+            const SS* states[2] = {nullptr, nullptr};
+            for (int k = 0; k < Kind::kStates; ++k) states[k] = table.ptr<const SS>(kStateRow + k, i) + begin;
+            detail::norm_block<Kind, S, SS, kMaster, kScaled>(p, g, states[0], states[1], master, count, s, lane_a,
+                                                        lane_b);
           }
-        } else {
-          const SS* states[2] = {nullptr, nullptr};
-          for (int k = 0; k < Kind::kStates; ++k) states[k] = table.ptr<const SS>(kStateRow + k, i) + begin;
-          detail::norm_block<Kind, S, SS, kMaster, kScaled>(p, g, states[0], states[1], master, count, s, lane_a,
-                                                      lane_b);
+          lane_tree(lane_a);
+          lane_tree(lane_b);
+          partials[size_t(2 * b)] = lane_a[0];
+          partials[size_t(2 * b + 1)] = lane_b[0];
         }
-        lane_tree(lane_a);
-        lane_tree(lane_b);
-        partials[size_t(2 * b)] = lane_a[0];
-        partials[size_t(2 * b + 1)] = lane_b[0];
-      }
       });
     });
     for (int64_t i = 0; i < table.n; ++i) {
