@@ -23,6 +23,7 @@ constexpr int64_t kMinElementsPerThread = 1 << 15;
 inline int useful_threads(int num_threads, int64_t elements) {
   return int(std::clamp<int64_t>(elements / kMinElementsPerThread, 1, std::max(num_threads, 1)));
 }
+
 // Slice boundaries fall on multiples of this (64 bytes of float32) to avoid false sharing.
 constexpr int64_t kSliceAlign = 16;
 
