@@ -11,6 +11,7 @@ overrides the fixture, e.g.
 or calls the helpers of _compare.py with backend="triton" directly.
 """
 import os
+import sys
 
 import pytest
 import torch
@@ -23,6 +24,14 @@ if not torch.cuda.is_available():
 import fusedopt.backends  # noqa: E402
 
 BACKENDS = ("reference", "cpu")
+
+
+def pytest_runtest_setup(item):
+    """Once a test module has loaded Triton's interpreter, let it skip its repeated patching
+    (tests/_triton_interpreter.py: the same values, in about half the time)."""
+    if os.environ.get("TRITON_INTERPRET") == "1" and "triton.runtime.interpreter" in sys.modules:
+        from _triton_interpreter import skip_repeated_language_patches
+        skip_repeated_language_patches()
 
 
 @pytest.fixture(params=BACKENDS)
