@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "fusedopt/reduce.h"
 #include "fusedopt/tensor_table.h"
 
 namespace fusedopt::cpu {
@@ -23,6 +24,31 @@ constexpr int64_t kMinElementsPerThread = 1 << 15;
 inline int useful_threads(int num_threads, int64_t elements) {
   return int(std::clamp<int64_t>(elements / kMinElementsPerThread, 1, std::max(num_threads, 1)));
 }
+
+// The reduction passes' work list: every (tensor, block of kSumBlock elements) pair of a table,
+// numbered tensor by tensor. Threads share the blocks; each tensor's partials are then added in
+// block order by one thread, so the sums do not depend on the thread count.
+struct SumBlockList {
+  std::vector<int64_t> first;  // first[i]: tensor i's first block; first[n]: the block count
+  std::vector<int64_t> owner;  // owner[b]: the tensor block b belongs to
+  int64_t blocks = 0;
+  int team = 1;  // the threads worth waking: by elements, and at most one per block
+
+  SumBlockList(const TensorTable& table, int num_threads) : first(size_t(table.n) + 1, 0) {
+    int64_t elements = 0;
+    for (int64_t i = 0; i < table.n; ++i) {
+      first[size_t(i) + 1] = first[size_t(i)] + sum_blocks(table.numel(i));
+      elements += table.numel(i);
+    }
+    blocks = first[size_t(table.n)];
+    owner.resize(size_t(blocks));
+    for (int64_t i = 0; i < table.n; ++i)
+      std::fill(owner.begin() + first[size_t(i)], owner.begin() + first[size_t(i) + 1], i);
+    team = int(std::min<int64_t>(useful_threads(num_threads, elements), std::max<int64_t>(blocks, 1)));
+  }
+  // Block b's first element within its tensor.
+  int64_t begin(int64_t b) const { return (b - first[size_t(owner[size_t(b)])]) * kSumBlock; }
+};
 
 // Slice boundaries fall on multiples of this (64 bytes of float32) to avoid false sharing.
 constexpr int64_t kSliceAlign = 16;

@@ -37,33 +37,20 @@ template <typename S> double block_sum_of_squares(const S* __restrict x, int64_t
 }  // namespace
 
 void sum_of_squares_per_tensor(const TensorTable& table, DType dtype, int threads, double* out) {
-  // Every (tensor, block) pair, numbered tensor by tensor: threads share the blocks, and each
-  // tensor's partials are then added in block order by one thread.
-  std::vector<int64_t> first(table.n + 1, 0);
-  int64_t elements = 0;
-  for (int64_t i = 0; i < table.n; ++i) {
-    first[i + 1] = first[i] + sum_blocks(table.numel(i));
-    elements += table.numel(i);
-  }
-  const int64_t blocks = first[table.n];
-  std::vector<double> partials(static_cast<size_t>(blocks), 0.0);
-  std::vector<int64_t> owner(static_cast<size_t>(blocks));
-  for (int64_t i = 0; i < table.n; ++i)
-    for (int64_t b = first[i]; b < first[i + 1]; ++b) owner[size_t(b)] = i;
+  const SumBlockList list(table, threads);
+  std::vector<double> partials(static_cast<size_t>(list.blocks), 0.0);
   dispatch_dtype(dtype, [&](auto storage_tag) {
     using S = decltype(storage_tag);
-    const int useful = int(std::min<int64_t>(useful_threads(threads, elements), std::max<int64_t>(blocks, 1)));
-#pragma omp parallel for schedule(static) num_threads(useful) if (useful > 1)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t i = owner[size_t(b)];
-      const int64_t begin = (b - first[i]) * kSumBlock;
+#pragma omp parallel for schedule(static) num_threads(list.team) if (list.team > 1)
+    for (int64_t b = 0; b < list.blocks; ++b) {
+      const int64_t i = list.owner[size_t(b)], begin = list.begin(b);
       const int64_t count = std::min(kSumBlock, table.numel(i) - begin);
       partials[size_t(b)] = block_sum_of_squares(table.ptr<const S>(kParamRow, i) + begin, count);
     }
   });
   for (int64_t i = 0; i < table.n; ++i) {
     double sum = 0.0;
-    for (int64_t b = first[i]; b < first[i + 1]; ++b) sum += partials[size_t(b)];
+    for (int64_t b = list.first[size_t(i)]; b < list.first[size_t(i) + 1]; ++b) sum += partials[size_t(b)];
     out[i] = sum;
   }
 }

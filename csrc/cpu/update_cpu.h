@@ -304,17 +304,8 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
     static_assert(Kind::kStates <= 2 && Kind::kStepCounter, "the norm pass reads at most two states");
     const UpdateOptions& options = config.options;
     const uint32_t active = Kind::active_states(config.hyper);
-    std::vector<int64_t> first(static_cast<size_t>(table.n) + 1, 0);
-    int64_t elements = 0;
-    for (int64_t i = 0; i < table.n; ++i) {
-      first[size_t(i) + 1] = first[size_t(i)] + sum_blocks(table.numel(i));
-      elements += table.numel(i);
-    }
-    const int64_t blocks = first[size_t(table.n)];
-    std::vector<int64_t> owner(static_cast<size_t>(blocks));
-    for (int64_t i = 0; i < table.n; ++i)
-      for (int64_t b = first[size_t(i)]; b < first[size_t(i) + 1]; ++b) owner[size_t(b)] = i;
-    std::vector<double> partials(static_cast<size_t>(2 * blocks), 0.0);
+    const SumBlockList list(table, threads);
+    std::vector<double> partials(static_cast<size_t>(2 * list.blocks), 0.0);
     const bool int8 = options.int8_tables != nullptr;
     if (int8 && (dtype == DType::Float64 || options.bf16_states))
       throw std::invalid_argument("fusedopt cpu: 8-bit states are for float32 math, not float64 params or bf16 states");
@@ -331,13 +322,11 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
       for (int64_t i = 0; i < table.n; ++i)
         per_tensor[size_t(i)] =
             for_tensor(scalars<Kind, T>(config, double(*table.ptr<float>(kStepRow, i)) + 1.0), options, i);
-      const int useful = int(std::min<int64_t>(useful_threads(threads, elements), std::max<int64_t>(blocks, 1)));
       with_flag(options.grad_transform.grad_scale != nullptr, [&](auto scaled) {
         constexpr bool kScaled = decltype(scaled)::value;
-#pragma omp parallel for schedule(static) num_threads(useful) if (useful > 1)
-        for (int64_t b = 0; b < blocks; ++b) {
-          const int64_t i = owner[size_t(b)];
-          const int64_t begin = (b - first[size_t(i)]) * kSumBlock;
+#pragma omp parallel for schedule(static) num_threads(list.team) if (list.team > 1)
+        for (int64_t b = 0; b < list.blocks; ++b) {
+          const int64_t i = list.owner[size_t(b)], begin = list.begin(b);
           const int64_t count = std::min(kSumBlock, table.numel(i) - begin);
           const Scalars<Kind, T>& s = per_tensor[size_t(i)];
           const S* p = table.ptr<const S>(kParamRow, i) + begin;
@@ -377,7 +366,7 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
     });
     for (int64_t i = 0; i < table.n; ++i) {
       double a = 0.0, b2 = 0.0;
-      for (int64_t b = first[size_t(i)]; b < first[size_t(i) + 1]; ++b) {
+      for (int64_t b = list.first[size_t(i)]; b < list.first[size_t(i) + 1]; ++b) {
         a += partials[size_t(2 * b)];
         b2 += partials[size_t(2 * b + 1)];
       }
