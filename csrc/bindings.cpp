@@ -238,6 +238,7 @@ py::dict build_info() {
   py::dict info;
   info["version"] = FUSEDOPT_VERSION;
   info["cpu_isa"] = cpu::isa_name();
+  info["cpu_isas_built"] = cpu::built_isas();
   info["cpu_gathers"] = cpu::use_gathers();
   py::list kinds;
 #define FUSEDOPT_LIST_OPTIMIZER(kind) kinds.append(#kind);

@@ -111,9 +111,12 @@ def info() -> Dict[str, Any]:
     return {
         "version": __version__,
         "native_module": "loaded" if not load_error else f"not loaded: {load_error}",
-        # table_gathers: whether 8-bit states' lookups use gather instructions (Intel CPUs;
-        # FUSEDOPT_CPU_GATHER=0|1 overrides)
+        # instruction_set: the variant in use (FUSEDOPT_CPU_ISA may pick a lesser built one);
+        # instruction_sets_built: every variant compiled in; table_gathers: whether 8-bit
+        # states' lookups use gather instructions (Intel CPUs; FUSEDOPT_CPU_GATHER=0|1 overrides)
         "cpu_kernels": {"built": not load_error, "instruction_set": built.get("cpu_isa"),
+                        "instruction_sets_built": built["cpu_isas_built"].split(",") if "cpu_isas_built" in built
+                        else [],
                         "table_gathers": built.get("cpu_gathers")},
         "cuda_kernels": {
             "built": bool(built.get("cuda")),

@@ -43,14 +43,23 @@ Isa best_isa() {
   return Isa::Baseline;
 }
 
+#ifndef FUSEDOPT_HAVE_ISA_AVX2
+#define FUSEDOPT_HAVE_ISA_AVX2 0
+#endif
+#ifndef FUSEDOPT_HAVE_ISA_AVX512
+#define FUSEDOPT_HAVE_ISA_AVX512 0
+#endif
+
 // FUSEDOPT_CPU_ISA=baseline|avx2 picks a lesser instruction set than the CPU's best, so
 // tests can check that every variant computes the same bits (and run the portable one).
+// A variant this module was built without (a sanitizer build keeps the baseline and the
+// machine's best) is not picked: the request falls back to the best.
 Isa detect_isa() {
   const Isa best = best_isa();
   const char* requested = std::getenv("FUSEDOPT_CPU_ISA");
   if (requested == nullptr) return best;
   if (std::strcmp(requested, "baseline") == 0) return Isa::Baseline;
-  if (std::strcmp(requested, "avx2") == 0 && best != Isa::Baseline) return Isa::Avx2;
+  if (std::strcmp(requested, "avx2") == 0 && FUSEDOPT_HAVE_ISA_AVX2 && best != Isa::Baseline) return Isa::Avx2;
   return best;
 }
 
@@ -87,6 +96,16 @@ const bool kGathers = detect_gathers();
 #else
 #define FUSEDOPT_CASE_AVX2(fn)
 #endif
+#if FUSEDOPT_HAVE_ISA_AVX2
+#define FUSEDOPT_LIST_AVX2 ",avx2"
+#else
+#define FUSEDOPT_LIST_AVX2 ""
+#endif
+#if FUSEDOPT_HAVE_ISA_AVX512
+#define FUSEDOPT_LIST_AVX512 ",avx512"
+#else
+#define FUSEDOPT_LIST_AVX512 ""
+#endif
 #define FUSEDOPT_DISPATCH(fn, ...)                    \
   switch (kIsa) {                                     \
     FUSEDOPT_CASE_AVX512(fn(__VA_ARGS__))             \
@@ -121,6 +140,10 @@ void sparse_adam(const sparse_rows::Table& t, DType d, const optimizers::adam::H
 }
 
 bool use_gathers() { return kGathers; }
+
+const char* built_isas() {
+  return "baseline" FUSEDOPT_LIST_AVX2 FUSEDOPT_LIST_AVX512;
+}
 
 const char* isa_name() {
   switch (kIsa) {

@@ -32,6 +32,8 @@ double sum_of_squares(const TensorTable& table, DType dtype, int threads);
 void sum_of_squares_per_tensor(const TensorTable& table, DType dtype, int threads, double* out);
 // The instruction set dispatch.cpp chose on this CPU ("avx512", "avx2" or "baseline").
 const char* isa_name();
+// The variants this module was built with, comma-separated, baseline first.
+const char* built_isas();
 // Whether the 8-bit states' table lookups use the gather instructions (table_gather.h).
 bool use_gathers();
 }  // namespace fusedopt::cpu
