@@ -39,13 +39,12 @@ def skip_repeated_language_patches() -> bool:
         return False
     patch_lang = getattr(interpreter, "_patch_lang", None)
     executor = getattr(interpreter, "GridExecutor", None)
-    if patch_lang is None or executor is None or not callable(getattr(executor, "__call__", None)):
+    if patch_lang is None or executor is None:
         return False
     if getattr(patch_lang, _MARK, False):
         return True
     launch = executor.__call__
     patched = []  # one entry per launch in progress: the ids of the modules it patched (None: not yet)
-
     seen = {}  # id(globals) -> (globals, kept so that the id stays theirs; the language modules in them)
 
     def languages(fn) -> frozenset:

@@ -86,25 +86,20 @@ const bool kGathers = detect_gathers();
 
 }  // namespace
 
+// Per variant built: its dispatch case and its entry in built_isas().
 #if FUSEDOPT_HAVE_ISA_AVX512
 #define FUSEDOPT_CASE_AVX512(fn) case Isa::Avx512: return avx512::fn;
+#define FUSEDOPT_LIST_AVX512 ",avx512"
 #else
 #define FUSEDOPT_CASE_AVX512(fn)
+#define FUSEDOPT_LIST_AVX512 ""
 #endif
 #if FUSEDOPT_HAVE_ISA_AVX2
 #define FUSEDOPT_CASE_AVX2(fn) case Isa::Avx2: return avx2::fn;
-#else
-#define FUSEDOPT_CASE_AVX2(fn)
-#endif
-#if FUSEDOPT_HAVE_ISA_AVX2
 #define FUSEDOPT_LIST_AVX2 ",avx2"
 #else
+#define FUSEDOPT_CASE_AVX2(fn)
 #define FUSEDOPT_LIST_AVX2 ""
-#endif
-#if FUSEDOPT_HAVE_ISA_AVX512
-#define FUSEDOPT_LIST_AVX512 ",avx512"
-#else
-#define FUSEDOPT_LIST_AVX512 ""
 #endif
 #define FUSEDOPT_DISPATCH(fn, ...)                    \
   switch (kIsa) {                                     \
