@@ -28,37 +28,35 @@ def coefficients(step, lr, hyper, SLOT: tl.constexpr, OPTIONS: tl.constexpr, COM
     else:
         bias_correction1 = tl.full((), 1.0, tl.float64)
         bias_correction2_sqrt = tl.full((), 1.0, tl.float64)
+    m_scale = bias_correction2_sqrt / bias_correction1  # lamb.h's one-division form
+    eps = tl.full((), hyper[SLOT.eps], tl.float64)
     if OPTIONS.optimized_update:
-        m_scale = bias_correction2_sqrt / bias_correction1
-        denom_divisor = tl.full((), 1.0, tl.float64)
+        eps_scaled = eps
     else:
-        m_scale = 1.0 / bias_correction1
-        denom_divisor = bias_correction2_sqrt
+        eps_scaled = eps * bias_correction2_sqrt
     if OPTIONS.grad_averaging:
         grad_weight = 1.0 - beta1
     else:
         grad_weight = tl.full((), 1.0, tl.float64)
     return (tl.full((), hyper[SLOT.grad_sign], COMPUTE), tl.full((), beta1, COMPUTE), tl.full((), grad_weight, COMPUTE),
-            tl.full((), beta2, COMPUTE), tl.full((), 1.0 - beta2, COMPUTE), tl.full((), hyper[SLOT.eps], COMPUTE),
-            tl.full((), hyper[SLOT.weight_decay], COMPUTE), tl.full((), m_scale, COMPUTE),
-            tl.full((), denom_divisor, COMPUTE), tl.full((), -lr, COMPUTE))
+            tl.full((), beta2, COMPUTE), tl.full((), 1.0 - beta2, COMPUTE), tl.full((), eps_scaled, COMPUTE),
+            tl.full((), hyper[SLOT.weight_decay], COMPUTE), tl.full((), m_scale, COMPUTE), tl.full((), -lr, COMPUTE))
 
 
 @triton.jit
 def _direction(param, grad, exp_avg, exp_avg_sq, coefficients):
-    grad_sign, beta1, grad_weight, beta2, one_minus_beta2, eps, weight_decay, m_scale, denom_divisor, _ = coefficients
+    grad_sign, beta1, grad_weight, beta2, one_minus_beta2, eps_scaled, weight_decay, m_scale, _ = coefficients
     grad = grad * grad_sign
     exp_avg = exp_avg * beta1 + grad_weight * grad
     exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
-    denom = div(sqrt(exp_avg_sq), denom_divisor) + eps
-    return div(exp_avg * m_scale, denom) + weight_decay * param, exp_avg, exp_avg_sq
+    return div(exp_avg * m_scale, sqrt(exp_avg_sq) + eps_scaled) + weight_decay * param, exp_avg, exp_avg_sq
 
 
 @triton.jit
 def update(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl.constexpr):
     exp_avg, exp_avg_sq, unused1, unused2 = states
     u, exp_avg, exp_avg_sq = _direction(param, grad, exp_avg, exp_avg_sq, coefficients)
-    return param + coefficients[9] * u, exp_avg, exp_avg_sq, unused1, unused2
+    return param + coefficients[8] * u, exp_avg, exp_avg_sq, unused1, unused2
 
 
 @triton.jit
