@@ -17,10 +17,11 @@ class LAMB(FusedOptimizer):
     ``m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2;  u = m_hat / (sqrt(v_hat) + eps) + wd*p;
     p -= lr * (||p|| / ||u||) * u``, the norms per param tensor, the ratio 1 where either is 0.
 
-    `bias_correction=True`: ``m_hat = m/(1-b1^t)``, ``v_hat = v/(1-b2^t)`` (written as torch's
-    Adam writes them: ``m_hat / (sqrt(v)/sqrt(1-b2^t) + eps)``); `optimized_update=True` takes
-    Adam's other form, ``m * sqrt(1-b2^t)/(1-b1^t) / (sqrt(v) + eps)`` (eps enters before the
-    bias correction, see fusedopt.Adam). `grad_averaging=False` accumulates ``m = b1*m + g``
+    `bias_correction=True`: ``m_hat = m/(1-b1^t)``, ``v_hat = v/(1-b2^t)`` (computed with one
+    division as ``m * (sqrt(1-b2^t)/(1-b1^t)) / (sqrt(v) + eps*sqrt(1-b2^t))``, the same number
+    before rounding); `optimized_update=True` takes Adam's other form,
+    ``m * sqrt(1-b2^t)/(1-b1^t) / (sqrt(v) + eps)`` (eps enters before the bias correction, see
+    fusedopt.Adam). `grad_averaging=False` accumulates ``m = b1*m + g``
     (Apex's option). `max_grad_norm`, `clip_grad_value`, `clip_grad_norm_per_tensor`, GradScaler,
     `maximize`, `master_weights` and `state_dtype` (torch.bfloat16: both moments stored in bf16,
     read as the update reads them by the norm pass too) as for every fusedopt optimizer; sparse
