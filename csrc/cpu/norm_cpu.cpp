@@ -18,7 +18,9 @@ namespace {
 // One block's partial: kSumLanes independent accumulators, which the compiler vectorises
 // without reassociating anything (no -ffast-math needed).
 template <typename S> double block_sum_of_squares(const S* __restrict x, int64_t count) {
-  double lanes[kSumLanes] = {};
+  double lanes[kSumLanes];
+  const int used = lanes_used(count);
+  std::fill(lanes, lanes + used, 0.0);
   int64_t j = 0;
   for (; j + kSumLanes <= count; j += kSumLanes) {
     for (int l = 0; l < kSumLanes; ++l) {
@@ -30,7 +32,7 @@ template <typename S> double block_sum_of_squares(const S* __restrict x, int64_t
     const double v = double(to_opmath(x[j + l]));
     lanes[l] += v * v;
   }
-  lane_tree(lanes);
+  lane_tree(lanes, used);
   return lanes[0];
 }
 

@@ -5,6 +5,7 @@
 // compiler vectorises.
 #pragma once
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -333,7 +334,10 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
           const S* g = table.ptr<const S>(kGradRow, i) + begin;
           const float* master = !kMaster ? nullptr
                                          : table.ptr<const float>(kStateRow + state_count(active), i) + begin;
-          double lane_a[kSumLanes] = {}, lane_b[kSumLanes] = {};
+          double lane_a[kSumLanes], lane_b[kSumLanes];
+          const int used = lanes_used(count);
+          std::fill(lane_a, lane_a + used, 0.0);
+          std::fill(lane_b, lane_b + used, 0.0);
           if (int8) {
             // 8-bit states: each quantization block dequantized, then its one row of lanes (a
             // block of kSumBlock is whole rows of kSumLanes = kQuantBlock, so the additions are
@@ -357,8 +361,8 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
             detail::norm_block<Kind, S, SS, kMaster, kScaled>(p, g, states[0], states[1], master, count, s, lane_a,
                                                         lane_b);
           }
-          lane_tree(lane_a);
-          lane_tree(lane_b);
+          lane_tree(lane_a, used);
+          lane_tree(lane_b, used);
           partials[size_t(2 * b)] = lane_a[0];
           partials[size_t(2 * b + 1)] = lane_b[0];
         }
