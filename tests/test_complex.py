@@ -14,6 +14,17 @@ CASES = {
     "SGD-dampening": (fusedopt.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, dampening=0.5)),
     "RMSprop-centered": (fusedopt.RMSprop, torch.optim.RMSprop,
                          dict(lr=0.01, centered=True, momentum=0.9, weight_decay=0.1)),
+    # torch starts these states at complex(v, v), not v + 0j: Adagrad's `sum` at
+    # complex(initial_accumulator_value, initial_accumulator_value), Rprop's `step_size` at
+    # complex(lr, lr), so the imaginary parts move as the real parts do
+    "Adagrad-initial-accumulator": (fusedopt.Adagrad, torch.optim.Adagrad,
+                                    dict(lr=0.05, initial_accumulator_value=0.5, lr_decay=0.01, weight_decay=0.1)),
+    "Rprop": (fusedopt.Rprop, torch.optim.Rprop, dict(lr=0.05)),
+    "Adadelta": (fusedopt.Adadelta, torch.optim.Adadelta, dict(lr=0.5, weight_decay=0.1)),
+    "Adamax": (fusedopt.Adamax, torch.optim.Adamax, dict(lr=0.05, weight_decay=0.1)),
+    "ASGD": (fusedopt.ASGD, torch.optim.ASGD, dict(lr=0.05, t0=3, weight_decay=0.1)),
+    "NAdam": (fusedopt.NAdam, torch.optim.NAdam, dict(lr=0.05, weight_decay=0.1)),
+    "RAdam-decoupled": (fusedopt.RAdam, torch.optim.RAdam, dict(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True)),
 }
 
 

@@ -305,7 +305,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if key not in state:
                     value = torch.zeros_like(p, dtype=torch.float32 if quantized else state_dtype,
                                              memory_format=torch.preserve_format)
-                    value = value if key not in fills else value.fill_(fills[key])
+                    value = value if key not in fills else value.fill_(_start_value(fills[key], value))
                     if quantized:
                         state[key], state[scale_key(key)] = quantized_like(value, key)
                     else:
@@ -429,6 +429,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             backends.resolve(group["backend"], device)
             if any(quantizes(group, p) for p in group["params"] if p.device == device):
                 backends.resolve(group["backend"], device, INT8_KERNEL)
+
+
+def _start_value(fill, state: torch.Tensor):
+    """What a state tensor starting at a group value is filled with: the value itself, or for
+    complex state complex(v, v), as torch.optim starts Adagrad's `sum` and Rprop's
+    `step_size`, so a param's imaginary parts move as its real parts do."""
+    return complex(fill, fill) if state.is_complex() else fill
 
 
 def _is_quantized(state: dict, key: str) -> bool:
