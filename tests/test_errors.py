@@ -94,6 +94,18 @@ def test_torch_construction_errors_are_inherited():
         fusedopt.RMSprop([{"params": [p]}, {"params": [p]}])
 
 
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Adagrad"])
+def test_fused_and_foreach_flags_as_torch_reads_them(name):
+    """torch.optim refuses fused and foreach both asked for, with RuntimeError, and reads
+    the flags by truth value (foreach=1 is accepted)."""
+    p = torch.nn.Parameter(torch.zeros(3))
+    for cls in (getattr(torch.optim, name), getattr(fusedopt, name)):
+        with pytest.raises(RuntimeError, match="`fused` and `foreach` cannot be `True` together"):
+            cls([p], fused=True, foreach=True)
+        cls([p], foreach=1)
+        cls([p], fused=False, foreach=True)
+
+
 # --------------------------------------------------------------------------- helpers
 OPTIMIZERS = {
     "Adam": lambda ps, b: fusedopt.Adam(ps, lr=0.1, amsgrad=True, backend=b),

@@ -52,9 +52,9 @@ def check_torch_flags(foreach, fused, differentiable) -> None:
     if differentiable:
         raise RuntimeError("fusedopt does not support differentiable=True (autograd through the optimizer "
                            "step); use torch.optim's for-loop implementation for that")
-    for name, value in (("foreach", foreach), ("fused", fused)):
-        if value is not None and not isinstance(value, bool):
-            raise TypeError(f"{name} must be None or a bool, got {value!r}")
+    # As torch.optim: any truthy value asks for an implementation, but not both at once.
+    if fused and foreach:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
 
 WEIGHT_DECAY_MODES = ("decoupled", "absolute")
