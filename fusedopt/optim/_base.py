@@ -286,6 +286,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         in a `quantized` bucket (8-bit states) each is its start value quantized: uint8 codes
         and float32 block scales (`<key>_absmax`; zeros: absmax 0, every code pointing at 0.0)."""
         keys = self.spec.state_keys(hyper)
+        order = self.spec.creation_order
+        created_in_order = sorted(keys, key=lambda k: order.index(k) if k in order else len(order))
         with_step = self.has_step_counter
         master = self._uses_master(group, dtype)
         state_dtype = bucket_state_dtype(group, dtype, quantized)
@@ -301,7 +303,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if key not in state:
                     value = float(group[start]) if isinstance(start, str) else float(start)
                     state[key] = torch.tensor(value, dtype=torch.float32, device=p.device)
-            for key in keys:
+            for key in created_in_order:
                 if key not in state:
                     value = torch.zeros_like(p, dtype=torch.float32 if quantized else state_dtype,
                                              memory_format=torch.preserve_format)

@@ -49,6 +49,9 @@ class OptimizerSpec:
     # from which a per-tensor scale (the trust ratio) reaches the update (UpdateConfig.tensor_scale).
     norm_pass: bool = False
     initial_values: Tuple[Tuple[str, str], ...] = ()  # (state key, group key whose value fills it); else zeros
+    # The order torch.optim creates the state keys in, where it is not table order: new state
+    # enters optimizer.state (and so state_dict()) in this order.
+    creation_order: Tuple[str, ...] = ()
     # (key, group key or number it starts at): per-param float32 scalars, in table order
     scalar_states: Tuple[Tuple[str, Union[str, float]], ...] = ()
     kernel: str = ELEMENTWISE  # the kernel shape its step needs (see the module docstring)

@@ -21,12 +21,14 @@ class RMSprop(FusedOptimizer):
         hyperparameters=(("alpha", FLOAT), ("eps", FLOAT), ("weight_decay", FLOAT), ("momentum", FLOAT),
                          ("centered", BOOL), ("maximize", BOOL)),
         state_keys=_state_keys,
+        creation_order=("square_avg", "momentum_buffer", "grad_avg"),
     )
     _setstate_defaults = dict(momentum=0, centered=False, foreach=None, maximize=False, differentiable=False,
                               capturable=False)
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-                 capturable=False, foreach=None, maximize=False, differentiable=False, backend="auto",
+    # torch.optim.RMSprop takes capturable .. differentiable positionally too (no `*` before them)
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                 capturable=False, foreach=None, maximize=False, differentiable=False, *, backend="auto",
                  master_weights=False, max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None,
                  state_dtype=None, bf16_stochastic_round=False):
         check_lr(lr)
