@@ -190,3 +190,30 @@ def test_named_parameters(name, backend):
                                            **({"momentum": 0.9} if name == "SGD" else {}))
     reference.load_state_dict(through_bytes(sd))
     assert reference.state_dict()["param_groups"][0]["param_names"] == sd["param_groups"][0]["param_names"]
+
+
+def test_adagrad_state_exists_before_the_first_step_as_torchs(backend):
+    """torch.optim.Adagrad creates `step` and `sum` in its constructor (complex(v, v) for a
+    complex param), so state_dict() holds them before any step and share_memory() has a
+    `sum` to share."""
+    values = [torch.randn(3), torch.randn(2, 2, dtype=torch.complex64), torch.randn(5, dtype=torch.float64),
+              torch.randn(4)]
+    ours = fusedopt.Adagrad([torch.nn.Parameter(v.clone()) for v in values], initial_accumulator_value=0.3,
+                            backend=backend)
+    theirs = torch.optim.Adagrad([torch.nn.Parameter(v.clone()) for v in values], initial_accumulator_value=0.3)
+    sd, reference_sd = ours.state_dict(), theirs.state_dict()
+    assert {i: list(s) for i, s in sd["state"].items()} == {i: list(s) for i, s in reference_sd["state"].items()}
+    for index, entry in reference_sd["state"].items():
+        for key, value in entry.items():
+            assert sd["state"][index][key].dtype == value.dtype
+            torch.testing.assert_close(sd["state"][index][key], value, rtol=0, atol=0)
+    ours.share_memory()
+    theirs.share_memory()
+    assert all(ours.state[p]["sum"].is_shared() for p in ours.param_groups[0]["params"])
+    for p, q in zip(ours.param_groups[0]["params"], theirs.param_groups[0]["params"]):  # and steps on as torch
+        p.grad = torch.ones_like(p)
+        q.grad = torch.ones_like(q)
+    ours.step()
+    theirs.step()
+    for p, q in zip(ours.param_groups[0]["params"], theirs.param_groups[0]["params"]):
+        torch.testing.assert_close(p, q)

@@ -134,7 +134,8 @@ def test_add_param_group_mid_training(name, backend):
 # --------------------------------------------------------------------------- grads that are None
 @pytest.mark.parametrize("case", REPRESENTATIVE_CASES, ids=str)
 def test_params_without_grad_are_skipped_then_join(case, backend):
-    """A param whose grad is None is left alone with no state; when its grad appears later
+    """A param whose grad is None is left alone with no state (as torch: Adagrad's is made up
+    front); when its grad appears later
     it starts from fresh state (SGD's first-step rule: the buffer starts as the grad), the
     others keep theirs (per-param step counts then differ)."""
     (params, opt), (reference_params, reference) = pair(case, backend)
@@ -146,8 +147,8 @@ def test_params_without_grad_are_skipped_then_join(case, backend):
         for ps, o in ((params, opt), (reference_params, reference)):
             set_grads(ps, step_grads)
             o.step()
-        if step < 6:
-            assert params[late] not in opt.state
+        if step < 6:  # no state, unless torch.optim creates it in its constructor (Adagrad)
+            assert (params[late] in opt.state) == (reference_params[late] in reference.state)
             assert torch.equal(params[late], untouched)
     assert_params_close(params, reference_params, DTYPE)
     assert_same_state(opt, reference, params, reference_params, DTYPE)

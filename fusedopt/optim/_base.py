@@ -18,7 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .. import backends
-from .._buckets import Bucket, StateMap, _RegroupNeeded, kernel_view, split_into_buckets
+from .._buckets import (COMPLEX_TO_REAL, Bucket, DTensor, StateMap, _RegroupNeeded, consolidate, kernel_view,
+                        split_into_buckets)
 from .._layout import (LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_norm_per_tensor,
                        check_clip_value)
 from .._memory import overlaps_itself
@@ -328,6 +329,24 @@ class FusedOptimizer(torch.optim.Optimizer):
                     state[key] = state[key].to(state_dtype)
 
         return init
+
+    def _create_state_now(self) -> None:
+        """Every param's state as its first step would create it, at once (Adagrad: torch
+        creates `sum` and `step` in its constructor). Consolidated as a first step's new state
+        is, per group, dtype, device and state form, so the per-step checks cost the same."""
+        for group in self.param_groups:
+            hyper = group_hyper(self, group)
+            kinds: Dict[tuple, List[dict]] = {}
+            for p in group["params"]:
+                dtype = COMPLEX_TO_REAL.get(p.dtype, p.dtype)
+                quantized = quantizes(group, p)
+                init = (self._init_state(group, dtype, hyper, quantized=True) if quantized
+                        else self._init_state(group, dtype, hyper))
+                init(p, self.state[p])
+                kinds.setdefault((p.dtype, p.device, quantized, isinstance(p, DTensor)), []).append(self.state[p])
+            for (*_, distributed), states in kinds.items():
+                if len(states) > 1 and not distributed:  # as Bucket._rebuild consolidates new state
+                    consolidate(states, tuple(states[0]))
 
     # ----------------------------------------------------------------- per step
     def _prepare_group(self, index: int, group: dict, hyper: dict) -> Prepared:

@@ -1,6 +1,7 @@
 """Adagrad: torch.optim.Adagrad's math, defaults, errors and state layout, fused (dense grads)."""
 from __future__ import annotations
 
+from .._quantize import scale_key
 from ._base import FusedOptimizer
 from ._checks import check_lr, check_non_negative, check_torch_flags
 from ._spec import BOOL, FLOAT, OptimizerSpec
@@ -11,9 +12,10 @@ __all__ = ["Adagrad"]
 class Adagrad(FusedOptimizer):
     """torch.optim.Adagrad, every param tensor of a group updated in one fused call.
 
-    torch creates the state (`sum` at `initial_accumulator_value`, `step` at 0) in the
-    constructor; fusedopt creates it at the first step, as for its other optimizers, with
-    the same values, so training and checkpoints after a step are the same.
+    As torch does, the constructor creates every param's state (`sum` at
+    `initial_accumulator_value`, complex(v, v) for complex params, and `step` at 0), so
+    `state_dict()` and `share_memory()` see it before the first step; params of groups added
+    later get theirs at their first step.
     """
 
     spec = OptimizerSpec(
@@ -40,3 +42,15 @@ class Adagrad(FusedOptimizer):
                         max_grad_norm=max_grad_norm, clip_grad_value=clip_grad_value, clip_grad_norm_per_tensor=clip_grad_norm_per_tensor,
                         state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round)
         super().__init__(params, defaults)
+        self._create_state_now()
+
+    def share_memory(self) -> None:
+        """Move each param's `sum` (and, stored in 8 bits, its block scales) into shared
+        memory, as torch.optim.Adagrad.share_memory does (Hogwild training); `step` stays
+        per process."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                for key in ("sum", scale_key("sum")):
+                    if key in state:
+                        state[key].share_memory_()
