@@ -642,7 +642,9 @@ class Bucket:
 
     def _checked_grad(self, g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         name = self.optimizer
-        if g.is_sparse or g.layout != torch.strided:
+        if g.is_sparse:
+            raise SparseGradError(f"{name} does not support sparse gradients")
+        if g.layout != torch.strided:
             raise RuntimeError(f"{name} does not support sparse gradients")
         if g.is_complex():
             raise RuntimeError(f"{name} does not support complex gradients")
@@ -665,6 +667,12 @@ class Bucket:
             if problem:
                 raise RuntimeError(f"{name}: a grad of shape {tuple(g.shape)} {problem}")
         return g
+
+
+class SparseGradError(RuntimeError):
+    """A sparse (COO) grad reached a dense bucket; raised before anything is written, so an
+    optimizer whose torch namesake updates sparse grads (SGD, Adagrad) can hand those params
+    to torch's own update and run the bucket without them (FusedOptimizer.step)."""
 
 
 class _RegroupNeeded(Exception):

@@ -18,8 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .. import backends
-from .._buckets import (COMPLEX_TO_REAL, Bucket, DTensor, StateMap, _RegroupNeeded, consolidate, kernel_view,
-                        split_into_buckets)
+from .._buckets import (COMPLEX_TO_REAL, Bucket, DTensor, SparseGradError, StateMap, _RegroupNeeded, consolidate,
+                        kernel_view, split_into_buckets)
 from .._layout import (LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_norm_per_tensor,
                        check_clip_value)
 from .._memory import overlaps_itself
@@ -28,6 +28,7 @@ from ..clip import clip_coefficient, global_norm
 from ._checks import check_low_precision_options, check_weight_decay_mode
 from ._lazy import check_lazy_group, is_lazy, prepare_lazy_groups, run_lazy_groups
 from ._ops import compiled_step
+from ._sparse_grads import SparseGrads, hide_sparse_grads, restore_grads
 from ._plan import (INT8_KERNEL, bf16_states, bucket_scale_keys, bucket_state_dtype, bucket_state_keys, group_hyper,
                     int8_states, quantizes, return_copied_grads, run_update, stochastic_round, uses_master)
 from ._spec import OptimizerSpec, register
@@ -251,22 +252,31 @@ class FusedOptimizer(torch.optim.Optimizer):
         # The groups' hyper-parameters, read once per step: the state keys, lazy state and the
         # backend calls below all follow from them.
         hypers = [group_hyper(self, group) for group in self.param_groups]
-        prepared = [[] if is_lazy(group) else self._prepare_group(index, group, hyper)
-                    for index, (group, hyper) in enumerate(zip(self.param_groups, hypers))]
-        transforms = self._grad_transforms(prepared)
-        if getattr(self, "grad_scale", None) is not None:
-            _check_grads_writable(prepared)
-        for group, hyper, batches in zip(self.param_groups, hypers, prepared):
-            for bucket, batch, fresh in batches:
-                transform = transforms(group, bucket.device)
-                backend = (backends.resolve(group["backend"], bucket.device, INT8_KERNEL) if bucket.quantized
-                           else backends.resolve(group["backend"], bucket.device))
-                run_update(self.spec, backend, batch, fresh, hyper,
-                           group["lr"], self._uses_master(group, bucket.dtype), transform,
-                           group.get("clip_grad_norm_per_tensor"), bf16_states(group),
-                           int8_states=bucket.quantized, stochastic=stochastic_round(group))
-                if transform.writes_grad() and bucket._grads_copied:
-                    return_copied_grads([kernel_view(p.grad) for p in bucket.params if p.grad is not None], batch.grads)
+        # Params whose sparse grads torch's own update takes (SGD, Adagrad; _sparse_grads.py),
+        # their grads hidden from the fused step meanwhile.
+        sparse: List[SparseGrads] = []
+        try:
+            prepared = [[] if is_lazy(group) else self._prepare_group(index, group, hyper, sparse)
+                        for index, (group, hyper) in enumerate(zip(self.param_groups, hypers))]
+            transforms = self._grad_transforms(prepared)
+            if getattr(self, "grad_scale", None) is not None:
+                _check_grads_writable(prepared)
+            for group, hyper, batches in zip(self.param_groups, hypers, prepared):
+                for bucket, batch, fresh in batches:
+                    transform = transforms(group, bucket.device)
+                    backend = (backends.resolve(group["backend"], bucket.device, INT8_KERNEL) if bucket.quantized
+                               else backends.resolve(group["backend"], bucket.device))
+                    run_update(self.spec, backend, batch, fresh, hyper,
+                               group["lr"], self._uses_master(group, bucket.dtype), transform,
+                               group.get("clip_grad_norm_per_tensor"), bf16_states(group),
+                               int8_states=bucket.quantized, stochastic=stochastic_round(group))
+                    if transform.writes_grad() and bucket._grads_copied:
+                        return_copied_grads([kernel_view(p.grad) for p in bucket.params if p.grad is not None],
+                                            batch.grads)
+        finally:
+            restore_grads(sparse)
+        for entry in sparse:
+            self._sparse_update(entry.group, entry.params, entry.grads)
         if lazy_groups:
             run_lazy_groups(self, lazy_groups, lazy_prepared)
         return loss
@@ -330,6 +340,14 @@ class FusedOptimizer(torch.optim.Optimizer):
 
         return init
 
+    def _sparse_update(self, group: dict, params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
+        """torch.optim's own update of params with sparse grads (fusedopt/optim/_sparse_grads.py);
+        optimizers whose torch namesake takes sparse grads override it."""
+        raise NotImplementedError
+
+    def _check_sparse_group(self, group: dict) -> None:
+        """Refuse, before any param moves, what _sparse_update cannot do for this group."""
+
     def _create_state_now(self) -> None:
         """Every param's state as its first step would create it, at once (Adagrad: torch
         creates `sum` and `step` in its constructor). Consolidated as a first step's new state
@@ -349,21 +367,33 @@ class FusedOptimizer(torch.optim.Optimizer):
                     consolidate(states, tuple(states[0]))
 
     # ----------------------------------------------------------------- per step
-    def _prepare_group(self, index: int, group: dict, hyper: dict) -> Prepared:
-        """Validated batches of every bucket of the group, before any kernel runs."""
+    def _prepare_group(self, index: int, group: dict, hyper: dict, sparse: Optional[List[SparseGrads]] = None
+                       ) -> Prepared:
+        """Validated batches of every bucket of the group, before any kernel runs. A bucket
+        whose sparse grads torch's own update can take (`_sparse_update`) is prepared without
+        them, and they join `sparse`."""
         for attempt in range(2):
             try:
                 prepared = []
                 for bucket in self._group_buckets(index, group):
                     keys = self._bucket_state_keys(group, bucket.dtype, hyper)
-                    batch, fresh = bucket.batch(
-                        self.state, keys, self.has_step_counter,
-                        (self._init_state(group, bucket.dtype, hyper, quantized=True) if bucket.quantized
-                         else self._init_state(group, bucket.dtype, hyper)),  # Adafactor's takes no `quantized`
-                        bucket_state_dtype(group, bucket.dtype, bucket.quantized),
-                        scalar_keys=self.spec.scalar_state_keys(),
-                        scale_keys=bucket_scale_keys(keys, bucket.quantized),
-                    )
+
+                    def prepare():
+                        return bucket.batch(
+                            self.state, keys, self.has_step_counter,
+                            (self._init_state(group, bucket.dtype, hyper, quantized=True) if bucket.quantized
+                             else self._init_state(group, bucket.dtype, hyper)),  # Adafactor's takes no `quantized`
+                            bucket_state_dtype(group, bucket.dtype, bucket.quantized),
+                            scalar_keys=self.spec.scalar_state_keys(),
+                            scale_keys=bucket_scale_keys(keys, bucket.quantized),
+                        )
+                    try:
+                        batch, fresh = prepare()
+                    except SparseGradError:  # raised before the bucket wrote anything
+                        if sparse is None or type(self)._sparse_update is FusedOptimizer._sparse_update:
+                            raise
+                        sparse.append(hide_sparse_grads(self, group, bucket.params, self._check_sparse_group))
+                        batch, fresh = prepare()
                     if batch is not None:
                         prepared.append((bucket, batch, fresh))
                 return prepared

@@ -1,9 +1,16 @@
-"""Adagrad: torch.optim.Adagrad's math, defaults, errors and state layout, fused (dense grads)."""
+"""Adagrad: torch.optim.Adagrad's math, defaults, errors and state layout, fused (dense grads;
+sparse grads take torch's own update, fusedopt/optim/_sparse_grads.py)."""
 from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch.optim.adagrad import adagrad as torch_adagrad
 
 from .._quantize import scale_key
 from ._base import FusedOptimizer
 from ._checks import check_lr, check_non_negative, check_torch_flags
+from ._plan import group_hyper
 from ._spec import BOOL, FLOAT, OptimizerSpec
 
 __all__ = ["Adagrad"]
@@ -54,3 +61,19 @@ class Adagrad(FusedOptimizer):
                 for key in ("sum", scale_key("sum")):
                     if key in state:
                         state[key].share_memory_()
+
+    def _check_sparse_group(self, group: dict) -> None:
+        if group["weight_decay"] != 0:  # torch's message; raised here before any param moves
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+
+    def _sparse_update(self, group: dict, params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
+        """torch.optim.Adagrad's for-loop update, for params with sparse grads: `sum` gains the
+        squares of the rows present, and only those rows move."""
+        hyper = group_hyper(self, group)
+        for p in params:  # params of a group added after construction get their state now
+            self._init_state(group, p.dtype, hyper)(p, self.state[p])
+        states = [self.state[p] for p in params]
+        torch_adagrad(params, grads, [s["sum"] for s in states], [s["step"] for s in states], has_sparse_grad=True,
+                      foreach=False, has_complex=any(map(torch.is_complex, params)), lr=group["lr"],
+                      weight_decay=group["weight_decay"], lr_decay=group["lr_decay"], eps=group["eps"],
+                      maximize=group["maximize"])

@@ -1,6 +1,11 @@
 """SGD: torch.optim's math (momentum, dampening, Nesterov, first-step rule), fused."""
 from __future__ import annotations
 
+from typing import List
+
+import torch
+from torch.optim.sgd import sgd as torch_sgd
+
 from ._base import FusedOptimizer
 from ._checks import check_lr, check_torch_flags
 from ._spec import BOOL, FLOAT, OptimizerSpec
@@ -42,3 +47,19 @@ class SGD(FusedOptimizer):
             state_dtype=state_dtype, bf16_stochastic_round=bf16_stochastic_round,
         )
         super().__init__(params, defaults)
+
+    def _sparse_update(self, group: dict, params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
+        """torch.optim.SGD's for-loop update, for params with sparse grads (its momentum buffer
+        starts as a clone of the first grad, sparse if that grad is and nothing densifies it)."""
+        buffers = [self.state[p].get("momentum_buffer") if group["momentum"] != 0 else None for p in params]
+        torch_sgd(params, grads, buffers, has_sparse_grad=True, foreach=False, fused=False,
+                  weight_decay=group["weight_decay"], momentum=group["momentum"], lr=group["lr"],
+                  dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
+        if group["momentum"] != 0:
+            for p, buffer in zip(params, buffers):
+                self.state[p]["momentum_buffer"] = buffer
+
+    def _check_sparse_group(self, group: dict) -> None:
+        if group["weight_decay"] != 0:  # torch's SGD fails on this too (adding a dense param to a sparse grad)
+            raise RuntimeError("SGD: weight_decay with sparse gradients is not supported (torch.optim.SGD fails too: "
+                               "add(sparse, dense) is not supported)")
