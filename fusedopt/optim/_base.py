@@ -28,9 +28,9 @@ from ..clip import clip_coefficient, global_norm
 from ._checks import check_low_precision_options, check_weight_decay_mode
 from ._lazy import check_lazy_group, is_lazy, prepare_lazy_groups, run_lazy_groups
 from ._ops import compiled_step
-from ._sparse_grads import SparseGrads, hide_sparse_grads, restore_grads
 from ._plan import (INT8_KERNEL, bf16_states, bucket_scale_keys, bucket_state_dtype, bucket_state_keys, group_hyper,
                     int8_states, quantizes, return_copied_grads, run_update, stochastic_round, uses_master)
+from ._sparse_grads import SparseGrads, hide_sparse_grads, restore_grads
 from ._spec import OptimizerSpec, register
 
 
@@ -298,7 +298,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         and float32 block scales (`<key>_absmax`; zeros: absmax 0, every code pointing at 0.0)."""
         keys = self.spec.state_keys(hyper)
         order = self.spec.creation_order
-        created_in_order = sorted(keys, key=lambda k: order.index(k) if k in order else len(order))
+        created_in_order = (keys if not order  # torch's order of new state keys, where it is not table order
+                            else sorted(keys, key=lambda k: order.index(k) if k in order else len(order)))
         with_step = self.has_step_counter
         master = self._uses_master(group, dtype)
         state_dtype = bucket_state_dtype(group, dtype, quantized)
@@ -356,15 +357,19 @@ class FusedOptimizer(torch.optim.Optimizer):
             hyper = group_hyper(self, group)
             kinds: Dict[tuple, List[dict]] = {}
             for p in group["params"]:
-                dtype = COMPLEX_TO_REAL.get(p.dtype, p.dtype)
-                quantized = quantizes(group, p)
-                init = (self._init_state(group, dtype, hyper, quantized=True) if quantized
-                        else self._init_state(group, dtype, hyper))
-                init(p, self.state[p])
-                kinds.setdefault((p.dtype, p.device, quantized, isinstance(p, DTensor)), []).append(self.state[p])
+                self._init_param_state(group, hyper, p)
+                kinds.setdefault((p.dtype, p.device, quantizes(group, p), isinstance(p, DTensor)), []).append(
+                    self.state[p])
             for (*_, distributed), states in kinds.items():
                 if len(states) > 1 and not distributed:  # as Bucket._rebuild consolidates new state
                     consolidate(states, tuple(states[0]))
+
+    def _init_param_state(self, group: dict, hyper: dict, p: torch.Tensor) -> None:
+        """p's missing state, as the first step of its bucket would create it."""
+        dtype = COMPLEX_TO_REAL.get(p.dtype, p.dtype)
+        init = (self._init_state(group, dtype, hyper, quantized=True) if quantizes(group, p)
+                else self._init_state(group, dtype, hyper))
+        init(p, self.state[p])
 
     # ----------------------------------------------------------------- per step
     def _prepare_group(self, index: int, group: dict, hyper: dict, sparse: Optional[List[SparseGrads]] = None
@@ -392,7 +397,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     except SparseGradError:  # raised before the bucket wrote anything
                         if sparse is None or type(self)._sparse_update is FusedOptimizer._sparse_update:
                             raise
-                        sparse.append(hide_sparse_grads(self, group, bucket.params, self._check_sparse_group))
+                        sparse.append(hide_sparse_grads(self, group, bucket.params))
                         batch, fresh = prepare()
                     if batch is not None:
                         prepared.append((bucket, batch, fresh))

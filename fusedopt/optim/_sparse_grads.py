@@ -12,7 +12,7 @@ checked before any param moves.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import List
 
 import torch
 
@@ -26,16 +26,16 @@ class SparseGrads:
     grads: List[torch.Tensor]
 
 
-# fusedopt's own group options, which torch's update cannot apply: their values when off.
-_FUSEDOPT_OPTIONS = dict(master_weights=False, max_grad_norm=None, clip_grad_value=None,
-                         clip_grad_norm_per_tensor=None, state_dtype=None, bf16_stochastic_round=False)
+# fusedopt's own group options, which torch's update cannot apply: their values when off
+# (max_grad_norm, which clips by the norm of every group's grads, is checked over all groups).
+_FUSEDOPT_OPTIONS = dict(master_weights=False, clip_grad_value=None, clip_grad_norm_per_tensor=None,
+                         state_dtype=None, bf16_stochastic_round=False)
 
 
-def hide_sparse_grads(optimizer, group: dict, params: List[torch.Tensor],
-                      check: Callable[[dict], None]) -> SparseGrads:
+def hide_sparse_grads(optimizer, group: dict, params: List[torch.Tensor]) -> SparseGrads:
     """Take the sparse grads of these params (one bucket of `group`) out of the fused step:
-    checked (`check`: the optimizer's own refusals, e.g. Adagrad's weight decay), then each
-    such `p.grad` set to None until `restore_grads`."""
+    checked (with the optimizer's own refusals, `_check_sparse_group`: e.g. Adagrad's weight
+    decay), then each such `p.grad` set to None until `restore_grads`."""
     name = type(optimizer).__name__
     taken = [p for p in params if p.grad is not None and p.grad.is_sparse]
     for key, off in _FUSEDOPT_OPTIONS.items():
@@ -48,7 +48,7 @@ def hide_sparse_grads(optimizer, group: dict, params: List[torch.Tensor],
     if getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None:
         raise RuntimeError(f"{name}: sparse gradients under torch.amp.GradScaler are not supported (torch's "
                            f"fused {name} refuses them too); step these params without a GradScaler")
-    check(group)
+    optimizer._check_sparse_group(group)
     hidden = SparseGrads(group, taken, [p.grad for p in taken])
     for p in taken:
         p.grad = None

@@ -71,7 +71,7 @@ class Adagrad(FusedOptimizer):
         squares of the rows present, and only those rows move."""
         hyper = group_hyper(self, group)
         for p in params:  # params of a group added after construction get their state now
-            self._init_state(group, p.dtype, hyper)(p, self.state[p])
+            self._init_param_state(group, hyper, p)
         states = [self.state[p] for p in params]
         torch_adagrad(params, grads, [s["sum"] for s in states], [s["step"] for s in states], has_sparse_grad=True,
                       foreach=False, has_complex=any(map(torch.is_complex, params)), lr=group["lr"],
