@@ -25,6 +25,9 @@ comparison, if it is installed.
 --seeds 0,1,2 repeats every run for each seed (model init and batches) and prints each seed's
 relative differences and their mean: one seed's final loss moves by about 1% with any change
 of rounding (float32 with one torch thread against two: 0.4%), as large as the bars.
+--rounding-floor adds that yardstick as a run: float32 states again, on the reference backend
+(the same math in torch ops, which round a few last bits differently from the cpu kernels), so
+its difference from the fp32 run is what a change of rounding alone does to the final loss.
 """
 import argparse
 import sys
@@ -59,14 +62,14 @@ def evaluation_loss(model: GPT, corpus: CharCorpus, config: ModelConfig, batches
 
 
 def train(state_dtype, steps: int, seed: int, corpus: CharCorpus, config: ModelConfig, param_dtype=None,
-          optimizer_class=None, **options):
+          optimizer_class=None, backend="cpu", **options):
     torch.manual_seed(seed)
     model = GPT(config)
     if param_dtype is not None:
         model = model.to(param_dtype)
     if optimizer_class is None:
         optimizer = fusedopt.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1, state_dtype=state_dtype,
-                                   backend="cpu", **options)
+                                   backend=backend, **options)
     else:
         optimizer = optimizer_class(model.parameters(), lr=3e-3, weight_decay=0.1)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -94,6 +97,10 @@ def report(runs: dict, prefix: str = "") -> dict:
     if "int8 states" in final:
         difference = abs(final["int8 states"] - final["fp32 states"]) / final["fp32 states"]
         print(f"{prefix}relative difference of final losses, int8 states: {100 * difference:.3f}% (bar: <= 1%)")
+    if "fp32 states, reference backend" in final:
+        difference = abs(final["fp32 states, reference backend"] - final["fp32 states"]) / final["fp32 states"]
+        print(f"{prefix}relative difference of final losses, fp32 states on the reference backend (rounding alone): "
+              f"{100 * difference:.3f}%")
     if "bitsandbytes AdamW8bit" in final:
         difference = abs(final["bitsandbytes AdamW8bit"] - final["fp32 states"]) / final["fp32 states"]
         print(f"{prefix}relative difference of final losses, bitsandbytes AdamW8bit: {100 * difference:.3f}%")
@@ -120,6 +127,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no-bf16-states", action="store_true", help="leave out the bf16-state run")
     parser.add_argument("--bitsandbytes", action="store_true",
                         help="also train with bitsandbytes.optim.AdamW8bit (if installed)")
+    parser.add_argument("--rounding-floor", action="store_true",
+                        help="also train float32 states on the reference backend: the spread rounding alone gives")
     parser.add_argument("--seeds", default=None, metavar="S,S,...",
                         help="comma-separated seeds, each run once per seed (default: --seed)")
     args = parser.parse_args(argv)
@@ -137,6 +146,8 @@ def main(argv=None) -> None:
                                                           optimizer_class=torch.optim.AdamW)),
                   ("bf16 params, stochastic rounding", dict(state_dtype=None, param_dtype=torch.bfloat16,
                                                             bf16_stochastic_round=True))]
+    if args.rounding_floor:
+        plans.append(("fp32 states, reference backend", dict(state_dtype=None, backend="reference")))
     if args.bitsandbytes:
         try:
             import bitsandbytes
@@ -157,9 +168,12 @@ def main(argv=None) -> None:
             differences.setdefault(name, []).append(difference)
     if len(seeds) > 1:
         for name, values in differences.items():
+            mean = sum(values) / len(values)
+            spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
             print(f"{name}: relative difference of final losses from the fp32 run's, mean over {len(seeds)} seeds "
-                  f"{100 * sum(values) / len(values):+.3f}% (per seed: "
-                  f"{', '.join(f'{100 * v:+.2f}%' for v in values)})")
+                  f"{100 * mean:+.3f}% (standard error {100 * spread / len(values) ** 0.5:.3f}%), "
+                  f"mean |difference| {100 * sum(map(abs, values)) / len(values):.3f}%, largest "
+                  f"{100 * max(map(abs, values)):.3f}% (per seed: {', '.join(f'{100 * v:+.2f}%' for v in values)})")
     if args.plot:
         try:
             import matplotlib

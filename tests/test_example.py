@@ -1,6 +1,7 @@
 """examples/train_gpt.py: fusedopt trains the example GPT exactly as torch's fused AdamW does."""
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,20 @@ def test_low_precision_states_example_compares_both_runs(capsys):
     assert "int8 states: final loss" in out and "relative difference of final losses, int8 states" in out
     assert "bf16 params, stochastic rounding: final loss" in out and "closer to the fp32 run" in out
     assert "optimizer state 8.000 bytes/param" in out and "optimizer state 4.000 bytes/param" in out
+
+
+def test_low_precision_states_example_measures_the_rounding_floor(capsys):
+    """--rounding-floor trains float32 states once more on the reference backend (the same math,
+    other last bits) and reports its distance from the fp32 run, per seed and over the seeds: the
+    yardstick the 8-bit run's difference is read against. After 3 steps the two float32 runs
+    agree to far better than the bars."""
+    spec = importlib.util.spec_from_file_location("low_precision_states", EXAMPLE.parent / "low_precision_states.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--steps", "3", "--no-bf16-states", "--rounding-floor", "--seeds", "0,1"])
+    out = capsys.readouterr().out
+    assert "seed 1, fp32 states, reference backend: final loss" in out
+    floors = re.findall(r"fp32 states on the reference backend \(rounding alone\): ([0-9.]+)%", out)
+    assert len(floors) == 2 and all(float(floor) < 0.1 for floor in floors)
+    assert re.search(r"fp32 states, reference backend: relative difference .* mean over 2 seeds [-+][0-9.]+% "
+                     r"\(standard error [0-9.]+%\), mean \|difference\| [0-9.]+%", out)
