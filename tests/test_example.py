@@ -183,13 +183,19 @@ def test_master_weights_keep_float32_state_for_bfloat16_params(corpus):
         assert state["step"].item() == SMALL["steps"]  # no step skipped by the scaler
 
 
+def _low_precision_example():
+    """examples/low_precision_states.py as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("low_precision_states", EXAMPLE.parent / "low_precision_states.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_low_precision_states_example_compares_both_runs(capsys):
     """examples/low_precision_states.py runs (3 steps): every run (fp32, bf16 and int8 states,
     pure bf16 params with torch.optim and with stochastic rounding) reports a final loss, and the
     state bytes per parameter of each state dtype."""
-    spec = importlib.util.spec_from_file_location("low_precision_states", EXAMPLE.parent / "low_precision_states.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _low_precision_example()
     module.main(["--steps", "3", "--bf16-params", "--int8"])
     out = capsys.readouterr().out
     assert "fp32 states: final loss" in out and "bf16 states: final loss" in out
@@ -203,9 +209,7 @@ def test_low_precision_states_example_measures_the_rounding_floor(capsys):
     other last bits) and reports its distance from the fp32 run, per seed and over the seeds: the
     yardstick the 8-bit run's difference is read against. After 3 steps the two float32 runs
     agree to far better than the bars."""
-    spec = importlib.util.spec_from_file_location("low_precision_states", EXAMPLE.parent / "low_precision_states.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _low_precision_example()
     module.main(["--steps", "3", "--no-bf16-states", "--rounding-floor", "--seeds", "0,1"])
     out = capsys.readouterr().out
     assert "seed 1, fp32 states, reference backend: final loss" in out
