@@ -7,6 +7,7 @@ default (None or torch.float32) is today's behaviour; checkpoints convert betwee
 dtypes, and fusedopt.to_torch_state_dict hands a run over to torch.optim.
 """
 import copy
+import warnings
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ import fusedopt
 import fusedopt.backends
 from fusedopt._layout import MASTER_KEY
 from fusedopt.optim import _spec
+from fusedopt.optim._checks import BF16_LARGEST_SHRINKING_DECAY
 from _triton_loops import triton_backends
 
 # The element-wise kinds (LAMB's norm pass included): Adafactor (factored kernels) and lazy
@@ -344,3 +346,65 @@ def test_lazy_mode_refuses_bf16_states(make):
         opt.add_param_group({"params": [torch.zeros(2, 3, requires_grad=True)], "state_dtype": torch.bfloat16,
                              **lazy})
     assert len(opt.param_groups) == 1
+
+
+def _decay_warnings(make):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        made = make()
+    return made, [w for w in caught if "stalls the state it decays" in str(w.message)]
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_bf16_state_decay_bound_is_where_states_stall(backend):
+    """The warning's bound is the fact it states. SGD's momentum buffer, decayed 600 times by
+    zero grads: in bf16 at a momentum of 1 - 2**-8 (no warning) it comes down as float32's does;
+    at 0.997 (warned) it stalls within a factor of two, and at 0.999 it never moves, while
+    float32 buffers shrink to 0.165 and 0.549 of their start."""
+    cases = ((BF16_LARGEST_SHRINKING_DECAY, "shrinks"), (0.997, "stalls"), (0.999, "stays"))
+    for momentum, bf16_outcome in cases:
+        for state_dtype in (torch.bfloat16, None):
+            p = torch.zeros(300, requires_grad=True)
+            opt, caught = _decay_warnings(lambda: fusedopt.SGD([p], lr=0.1, momentum=momentum,
+                                                                state_dtype=state_dtype, backend=backend))
+            outcome = bf16_outcome if state_dtype is not None else "shrinks"
+            assert len(caught) == int(outcome != "shrinks")
+            p.grad = torch.linspace(0.5, 8.0, 300)
+            opt.step()
+            first = opt.state[p]["momentum_buffer"].float().clone()
+            p.grad = torch.zeros(300)
+            for _ in range(600):
+                opt.step()
+            ratio = opt.state[p]["momentum_buffer"].float() / first
+            if outcome == "shrinks":
+                assert (ratio < min(0.6, 2 * momentum ** 600)).all(), (momentum, state_dtype)
+            elif outcome == "stalls":
+                assert (ratio >= 0.5).all() and (ratio < 1).any(), momentum
+            else:
+                assert (ratio == 1).all(), momentum
+
+
+def test_bf16_state_decay_warning_names_the_call_and_the_decay():
+    """Adam's family warns at its default beta2 = 0.999 when state_dtype=torch.bfloat16, naming
+    beta2, at the user's line (constructor or add_param_group); float32 and 8-bit states, and the
+    defaults of the optimizers whose decays bf16 can follow, do not warn."""
+    params = [torch.zeros(3, requires_grad=True)]
+    for kind, spec in _spec.elementwise_kinds().items():
+        decays = spec.state_decays
+        if not decays:
+            continue
+        cls = _class(kind)
+        extra = {"momentum": 0.9} if kind == "sgd" else {}
+        _, caught = _decay_warnings(lambda: cls(params, state_dtype=torch.bfloat16, **extra))
+        expected = kind in ("adam", "adamax", "nadam", "radam", "lamb")  # beta2 = 0.999 by default
+        assert len(caught) == int(expected), kind
+        if expected:
+            assert "beta2=0.999" in str(caught[0].message) and "beta1" not in str(caught[0].message)
+            assert caught[0].filename == __file__
+        for state_dtype in (None, torch.float32, "int8"):
+            _, caught = _decay_warnings(lambda: cls(params, state_dtype=state_dtype, **extra))
+            assert caught == [], (kind, state_dtype)
+    opt = fusedopt.RMSprop(params, state_dtype=torch.bfloat16)
+    _, caught = _decay_warnings(lambda: opt.add_param_group(
+        {"params": [torch.zeros(2, requires_grad=True)], "alpha": 0.999}))
+    assert len(caught) == 1 and "alpha=0.999" in str(caught[0].message) and caught[0].filename == __file__

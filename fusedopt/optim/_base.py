@@ -25,7 +25,7 @@ from .._layout import (LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransfo
 from .._memory import overlaps_itself
 from .._quantize import CODE_DTYPE, dequantized_like, quantized_like, refusal, scale_key
 from ..clip import clip_coefficient, global_norm
-from ._checks import check_low_precision_options, check_weight_decay_mode
+from ._checks import check_low_precision_options, check_weight_decay_mode, warn_bf16_state_decays
 from ._lazy import check_lazy_group, is_lazy, prepare_lazy_groups, run_lazy_groups
 from ._ops import compiled_step
 from ._plan import (INT8_KERNEL, bf16_states, bucket_scale_keys, bucket_state_dtype, bucket_state_keys, group_hyper,
@@ -478,6 +478,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         except ValueError:
             self.param_groups.pop()  # as if never added, as torch's own checks leave it
             raise
+        if bf16_states(group) and self.spec.state_decays:
+            hyper = group_hyper(self, group)
+            warn_bf16_state_decays(type(self).__name__, {key: hyper[key] for key in self.spec.state_decays})
 
     def _check_backend_runs(self, group: dict) -> None:
         """A backend named explicitly must be able to run on the group's devices: say so now."""

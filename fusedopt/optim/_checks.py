@@ -1,7 +1,10 @@
 """Hyper-parameter checks with torch.optim's exact conditions, messages and ValueError."""
 from __future__ import annotations
 
-from typing import Optional
+import os
+import sys
+import warnings
+from typing import Mapping, Optional
 
 import torch
 
@@ -130,3 +133,40 @@ def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optio
             if p.dtype != torch.bfloat16:
                 raise ValueError(f"bf16_stochastic_round=True applies to bfloat16 params only; this group has a "
                                  f"{p.dtype} param")
+
+
+# bfloat16 keeps 8 significant bits: below a value m * 2**e (1 <= m < 2) the next one lies
+# 2**-7 * 2**e away, so decaying it by a factor d rounds back to it when (1 - d) * m < 2**-8.
+# Above d = 1 - 2**-8 every decayed bf16 state therefore stalls, within a factor of two of where
+# its decay began; above 1 - 2**-9 (Adam's default beta2 = 0.999) it never shrinks at all and
+# keeps the largest value it reaches. Decays up to 1 - 2**-8 shrink every value.
+BF16_LARGEST_SHRINKING_DECAY = 1 - 2 ** -8
+
+
+def warn_bf16_state_decays(name: str, decays: Mapping[str, float]) -> None:
+    """Warn (UserWarning, at the user's call) when a group with state_dtype=torch.bfloat16 decays a
+    state by a factor its bf16 values cannot shrink by; `decays`: the group's decay factors by
+    hyper-parameter name (OptimizerSpec.state_decays)."""
+    stuck = {key: value for key, value in decays.items() if value > BF16_LARGEST_SHRINKING_DECAY}
+    if stuck:
+        shown = ", ".join(f"{key}={value}" for key, value in stuck.items())
+        warnings.warn(
+            f"{name}: with state_dtype=torch.bfloat16, {shown} stalls the state it decays: a bf16 value times "
+            f"a factor above {BF16_LARGEST_SHRINKING_DECAY} (1 - 2**-8) rounds back to itself once its mantissa is "
+            "small enough, so that state stops coming down within a factor of two, and above 1 - 2**-9 never "
+            "comes down (Adam's second moment then keeps its largest value: smaller steps than with float32 "
+            "states). Use state_dtype=None or 'int8' for this group, or decays of at most "
+            f"{BF16_LARGEST_SHRINKING_DECAY}.", UserWarning, stacklevel=_user_stacklevel())
+
+
+_INTERNAL_DIRECTORIES = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+                         os.path.dirname(os.path.abspath(torch.optim.__file__)) + os.sep)
+
+
+def _user_stacklevel() -> int:
+    """warnings.warn's stacklevel, for its caller, of the first frame outside fusedopt and
+    torch.optim: the user's constructor or add_param_group call, at whatever depth."""
+    frame, level = sys._getframe(1), 1  # the caller of warnings.warn: its stacklevel 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_INTERNAL_DIRECTORIES):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -55,6 +55,10 @@ class OptimizerSpec:
     # (key, group key or number it starts at): per-param float32 scalars, in table order
     scalar_states: Tuple[Tuple[str, Union[str, float]], ...] = ()
     kernel: str = ELEMENTWISE  # the kernel shape its step needs (see the module docstring)
+    # The hyper-parameters that multiply a state tensor every step (state <- decay * state + ...):
+    # with bf16 states a decay too close to 1 leaves its state unable to shrink, which
+    # fusedopt/optim/_checks.py's warn_bf16_state_decays says when the group is added.
+    state_decays: Tuple[str, ...] = ()
 
     def scalar_state_keys(self) -> Tuple[str, ...]:
         return tuple(key for key, _ in self.scalar_states)

@@ -15,6 +15,7 @@ class Adadelta(FusedOptimizer):
         kind="adadelta",
         hyperparameters=(("rho", FLOAT), ("eps", FLOAT), ("weight_decay", FLOAT), ("maximize", BOOL)),
         state_keys=lambda h: ("square_avg", "acc_delta"),
+        state_decays=("rho",),
     )
     _setstate_defaults = dict(foreach=None, maximize=False, differentiable=False, capturable=False)
 

@@ -36,6 +36,7 @@ class Adam(FusedOptimizer):
                          ("amsgrad", BOOL), ("maximize", BOOL), ("decoupled_weight_decay", BOOL),
                          ("optimized_update", BOOL), ("absolute_weight_decay", BOOL)),
         state_keys=lambda h: ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if h["amsgrad"] else ("exp_avg", "exp_avg_sq"),
+        state_decays=("beta1", "beta2"),
     )
     _decoupled_weight_decay = False
     # torch.optim.Adam.__setstate__'s defaults for flags an older checkpoint lacks

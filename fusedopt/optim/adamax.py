@@ -17,6 +17,7 @@ class Adamax(FusedOptimizer):
         hyperparameters=(("beta1", FLOAT), ("beta2", FLOAT), ("eps", FLOAT), ("weight_decay", FLOAT),
                          ("maximize", BOOL)),
         state_keys=lambda h: ("exp_avg", "exp_inf"),
+        state_decays=("beta1", "beta2"),
     )
     _setstate_defaults = dict(foreach=None, maximize=False, differentiable=False, capturable=False)
 

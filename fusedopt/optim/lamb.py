@@ -47,6 +47,7 @@ class LAMB(FusedOptimizer):
                          ("maximize", BOOL), ("bias_correction", BOOL), ("grad_averaging", BOOL),
                          ("optimized_update", BOOL)),
         state_keys=lambda h: ("exp_avg", "exp_avg_sq"),
+        state_decays=("beta1", "beta2"),
         norm_pass=True,
     )
     _setstate_defaults = dict(maximize=False, foreach=None, differentiable=False, fused=None)

@@ -26,6 +26,7 @@ class NAdam(FusedOptimizer):
                          ("momentum_decay", FLOAT), ("decoupled_weight_decay", BOOL), ("maximize", BOOL),
                          ("absolute_weight_decay", BOOL)),
         state_keys=lambda h: ("exp_avg", "exp_avg_sq"),
+        state_decays=("beta1", "beta2"),
         scalar_states=(("mu_product", 1.0),),
     )
     _setstate_defaults = dict(maximize=False, foreach=None, capturable=False, differentiable=False,

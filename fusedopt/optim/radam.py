@@ -20,6 +20,7 @@ class RAdam(FusedOptimizer):
         hyperparameters=(("beta1", FLOAT), ("beta2", FLOAT), ("eps", FLOAT), ("weight_decay", FLOAT),
                          ("decoupled_weight_decay", BOOL), ("maximize", BOOL), ("absolute_weight_decay", BOOL)),
         state_keys=lambda h: ("exp_avg", "exp_avg_sq"),
+        state_decays=("beta1", "beta2"),
     )
     _setstate_defaults = dict(foreach=None, maximize=False, differentiable=False, decoupled_weight_decay=False,
                               capturable=False)

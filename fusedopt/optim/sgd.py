@@ -23,6 +23,7 @@ class SGD(FusedOptimizer):
         hyperparameters=(("momentum", FLOAT), ("dampening", FLOAT), ("weight_decay", FLOAT), ("nesterov", BOOL),
                          ("maximize", BOOL)),
         state_keys=lambda h: ("momentum_buffer",) if h["momentum"] != 0 else (),
+        state_decays=("momentum",),
         step_counter=False,
         first_step_rule=True,
     )
