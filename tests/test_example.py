@@ -217,3 +217,40 @@ def test_low_precision_states_example_measures_the_rounding_floor(capsys):
     assert len(floors) == 2 and all(float(floor) < 0.1 for floor in floors)
     assert re.search(r"fp32 states, reference backend: relative difference .* mean over 2 seeds [-+][0-9.]+% "
                      r"\(standard error [0-9.]+%\), mean \|difference\| [0-9.]+%", out)
+
+
+def test_low_precision_states_example_cosine_schedule():
+    """--schedule cosine: linear warmup to the peak over WARMUP_STEPS steps, then a cosine decay
+    that lands on FINAL_LR_FRACTION of it at the last step, never rising; constant stays 1."""
+    module = _low_precision_example()
+    steps = 300
+    factor = module.lr_factor("cosine", steps)
+    values = [factor(step) for step in range(steps)]
+    warmup = module.WARMUP_STEPS
+    assert values[:warmup] == pytest.approx([(step + 1) / warmup for step in range(warmup)])
+    assert values[warmup - 1] == pytest.approx(1.0)
+    assert values[-1] == pytest.approx(module.FINAL_LR_FRACTION)
+    assert all(later <= earlier for earlier, later in zip(values[warmup - 1:], values[warmup:]))
+    assert values[(warmup + steps) // 2] == pytest.approx((1 + module.FINAL_LR_FRACTION) / 2, abs=0.01)
+    assert {module.lr_factor("constant", steps)(step) for step in range(steps)} == {1.0}
+
+
+def test_low_precision_states_example_trains_on_the_schedule(capsys):
+    """The schedule and --beta2 reach the optimizers: with --schedule cosine the two float32 runs
+    still agree, and the fp32 run's final loss differs from a constant-rate run's of the same
+    seed, and from a run with another beta2."""
+    module = _low_precision_example()
+    module.main(["--steps", "12", "--no-bf16-states", "--rounding-floor", "--schedule", "cosine"])
+    cosine = capsys.readouterr().out
+    module.main(["--steps", "12", "--no-bf16-states"])
+    constant = capsys.readouterr().out
+    module.main(["--steps", "12", "--no-bf16-states", "--beta2", "0.9"])
+    other_beta2 = capsys.readouterr().out
+    assert "betas (0.9, 0.999), learning rate warmed up over 10 steps to 3e-3, then cosine-decayed to 3e-04" in cosine
+    assert "betas (0.9, 0.999), learning rate 3e-3 throughout" in constant
+    assert "betas (0.9, 0.9), learning rate 3e-3 throughout" in other_beta2
+    final = re.compile(r"fp32 states: final loss \(16 fixed batches\) ([0-9.]+)")
+    losses = {final.search(out).group(1) for out in (cosine, constant, other_beta2)}
+    assert len(losses) == 3
+    floor = re.search(r"fp32 states on the reference backend \(rounding alone\): ([0-9.]+)%", cosine)
+    assert float(floor.group(1)) < 0.1
