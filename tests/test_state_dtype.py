@@ -404,6 +404,10 @@ def test_bf16_state_decay_warning_names_the_call_and_the_decay():
         for state_dtype in (None, torch.float32, "int8"):
             _, caught = _decay_warnings(lambda: cls(params, state_dtype=state_dtype, **extra))
             assert caught == [], (kind, state_dtype)
+    _, caught = _decay_warnings(lambda: fusedopt.Lion(params, betas=(0.999, 0.99), state_dtype=torch.bfloat16))
+    assert caught == []  # Lion's beta1 mixes the update direction; only beta2 decays exp_avg
+    _, caught = _decay_warnings(lambda: fusedopt.RMSprop(params, momentum=0.999, state_dtype=torch.bfloat16))
+    assert len(caught) == 1 and "momentum=0.999" in str(caught[0].message)
     opt = fusedopt.RMSprop(params, state_dtype=torch.bfloat16)
     _, caught = _decay_warnings(lambda: opt.add_param_group(
         {"params": [torch.zeros(2, requires_grad=True)], "alpha": 0.999}))

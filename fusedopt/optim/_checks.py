@@ -145,7 +145,7 @@ BF16_LARGEST_SHRINKING_DECAY = 1 - 2 ** -8
 
 def warn_bf16_state_decays(name: str, decays: Mapping[str, float]) -> None:
     """Warn (UserWarning, at the user's call) when a group with state_dtype=torch.bfloat16 decays a
-    state by a factor its bf16 values cannot shrink by; `decays`: the group's decay factors by
+    state by a factor under which its bf16 values stall; `decays`: the group's decay factors by
     hyper-parameter name (OptimizerSpec.state_decays)."""
     stuck = {key: value for key, value in decays.items() if value > BF16_LARGEST_SHRINKING_DECAY}
     if stuck:

@@ -56,7 +56,7 @@ class OptimizerSpec:
     scalar_states: Tuple[Tuple[str, Union[str, float]], ...] = ()
     kernel: str = ELEMENTWISE  # the kernel shape its step needs (see the module docstring)
     # The hyper-parameters that multiply a state tensor every step (state <- decay * state + ...):
-    # with bf16 states a decay too close to 1 leaves its state unable to shrink, which
+    # with bf16 states a decay too close to 1 stalls its state (it stops coming down), which
     # fusedopt/optim/_checks.py's warn_bf16_state_decays says when the group is added.
     state_decays: Tuple[str, ...] = ()
 

@@ -25,7 +25,7 @@ class Lion(FusedOptimizer):
         hyperparameters=(("beta1", FLOAT), ("beta2", FLOAT), ("weight_decay", FLOAT), ("maximize", BOOL),
                          ("absolute_weight_decay", BOOL)),
         state_keys=lambda h: ("exp_avg",),
-        state_decays=("beta1", "beta2"),
+        state_decays=("beta2",),  # beta1 only mixes the update direction: it decays no state
         step_counter=False,
     )
     _setstate_defaults = dict(maximize=False, foreach=None, differentiable=False, fused=None)

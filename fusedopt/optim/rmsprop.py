@@ -21,7 +21,7 @@ class RMSprop(FusedOptimizer):
         hyperparameters=(("alpha", FLOAT), ("eps", FLOAT), ("weight_decay", FLOAT), ("momentum", FLOAT),
                          ("centered", BOOL), ("maximize", BOOL)),
         state_keys=_state_keys,
-        state_decays=("alpha",),
+        state_decays=("alpha", "momentum"),
         creation_order=("square_avg", "momentum_buffer", "grad_avg"),
     )
     _setstate_defaults = dict(momentum=0, centered=False, foreach=None, maximize=False, differentiable=False,
