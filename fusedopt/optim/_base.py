@@ -462,25 +462,26 @@ class FusedOptimizer(torch.optim.Optimizer):
         defaults included): clip_grad_value, and weight_decay_mode, which only optimizers
         with decoupled weight decay take (their `hyper` checks it against the group's form
         of decay; anywhere else a group asking for absolute decay is refused, not ignored)."""
+        name = type(self).__name__
         try:
             check_clip_value(group.get("clip_grad_value"))
             check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
-            check_low_precision_options(group, type(self).__name__, self._bf16_states_refused,
-                                        self._int8_states_refused or refusal(self.state_keys(group)),
+            # Read once here, as the kernels will: a bad value (or a weight_decay_mode that does
+            # not fit the group's decay) is refused now, not at the first step.
+            hyper = group_hyper(self, group)
+            check_low_precision_options(group, name, self._bf16_states_refused,
+                                        self._int8_states_refused or refusal(tuple(self.spec.state_keys(hyper))),
                                         None if self.spec.kernel == "elementwise" else
                                         f"its {self.spec.kernel} kernels round bf16 params to nearest only")
             if is_lazy(group):
-                check_lazy_group(group, type(self).__name__)
-            if "weight_decay_mode" in self.defaults:
-                self.spec.coerce(self.hyper(group))
-            elif "weight_decay_mode" in group:
+                check_lazy_group(group, name)
+            if "weight_decay_mode" not in self.defaults and "weight_decay_mode" in group:
                 check_weight_decay_mode(group["weight_decay_mode"], decoupled=False)
+            if bf16_states(group):
+                warn_bf16_state_decays(name, {key: hyper[key] for key in self.spec.state_decays})
         except ValueError:
             self.param_groups.pop()  # as if never added, as torch's own checks leave it
             raise
-        if bf16_states(group) and self.spec.state_decays:
-            hyper = group_hyper(self, group)
-            warn_bf16_state_decays(type(self).__name__, {key: hyper[key] for key in self.spec.state_decays})
 
     def _check_backend_runs(self, group: dict) -> None:
         """A backend named explicitly must be able to run on the group's devices: say so now."""
