@@ -115,33 +115,23 @@ class HeldMemory:
     storage object does not keep its memory: resize_() frees or moves it in place, under
     tensor objects that stay the same. Each step compares these again: one or two cheap
     calls per distinct storage. State that fusedopt creates shares one storage per bucket
-    and key (see consolidate), so this costs about one call per param and per grad."""
+    and key (see consolidate), so this costs about one call per param. (Grads are not
+    held: see Bucket._grad_storages_unchanged.)"""
 
-    __slots__ = ("storages", "sizes", "addresses", "addressed", "weak")
+    __slots__ = ("storages", "sizes", "addresses", "addressed")
 
-    def __init__(self, tensors, with_addresses: bool, storages=None, sizes=None, weak: bool = False):
-        """`storages` and `sizes`: the tensors' storages and their byte counts, when the
-        caller has read them already (the grads' check, every step grads are new).
-        `weak`: hold the storages by weak reference only (grads: after `zero_grad()` their
-        memory must go free; a storage gone counts as changed)."""
-        if storages is None:
-            storages = list(map(_untyped_storage, tensors))
-            sizes = list(map(_storage_nbytes, storages))
-        # One entry per distinct storage; the dict is built in C, which matters for the
-        # thousand fresh grads a zero_grad(set_to_none=True) loop brings every step.
+    def __init__(self, tensors, with_addresses: bool):
+        storages = list(map(_untyped_storage, tensors))
+        sizes = map(_storage_nbytes, storages)
+        # One entry per distinct storage, the dict built in C.
         unique = dict(zip(zip(map(_storage_ptr, storages), sizes), storages))
-        self.storages = list(map(weakref.ref, unique.values())) if weak else list(unique.values())
-        self.weak = weak
+        self.storages = list(unique.values())
         self.sizes = [size for _, size in unique]
         self.addressed = with_addresses
         self.addresses = [address for address, _ in unique] if with_addresses else None
 
     def unchanged(self) -> bool:
         storages = self.storages
-        if self.weak:
-            storages = list(map(_dereference, storages))
-            if any(map(operator.is_, storages, repeat(None))):
-                return False
         return (list(map(_storage_nbytes, storages)) == self.sizes
                 and (not self.addressed or list(map(_storage_ptr, storages)) == self.addresses))
 
@@ -228,12 +218,11 @@ def select(batch: TensorBatch, indices: Sequence[int]) -> TensorBatch:
 
 class GradRow(NamedTuple):
     """What one check of a bucket's grads found: the tensors the kernels read (the grads, or
-    copies in their params' layouts), their addresses and byte counts, and their storages
-    with the bytes each holds (the storages stay held until the next check)."""
+    copies in their params' layouts), their addresses and byte counts, and the bytes each
+    one's storage holds."""
     tensors: List[torch.Tensor]
     addresses: List[int]
     nbytes: List[int]
-    storages: List[torch.UntypedStorage]
     storage_sizes: List[int]
 
 
@@ -331,7 +320,7 @@ class Bucket:
         "params", "device", "dtype", "optimizer", "_device_index", "_strides", "_nbytes",
         "_key", "_active", "_param_ptrs", "_grad_refs", "_grads", "_grad_ptrs", "_steps", "_states",
         "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_strict",
-        "_distributed", "_viewed", "param_dtype", "_states_seen", "_memory", "_grad_memory", "_grads_copied", "_layout", "_written",
+        "_distributed", "_viewed", "param_dtype", "_states_seen", "_memory", "_grad_storage_sizes", "_grads_copied", "_layout", "_written",
         "_scalars", "_shapes", "quantized", "_scales",
     )
 
@@ -431,7 +420,7 @@ class Bucket:
                         raise _Stale
         if (self._grads_copied or not all(map(operator.is_, grads, map(_dereference, self._grad_refs)))
                 or list(map(_data_ptr, grads)) != self._grad_ptrs or list(map(_nbytes, grads)) != self._nbytes
-                or not _same_layout(grads, self._layout) or not self._grad_memory.unchanged()):
+                or not _same_layout(grads, self._layout) or not self._grad_storages_unchanged(grads)):
             row = self._validated_grads(grads)
             self._check_not_aliased(row)
             self._install_grads(grads, row)
@@ -604,9 +593,8 @@ class Bucket:
         if row is not None:
             return row
         used = [self._checked_grad(g, p) for g, p in zip(grads, self._active)]
-        storages = list(map(_untyped_storage, used))
-        return GradRow(used, list(map(_data_ptr, used)), list(map(_nbytes, used)), storages,
-                       list(map(_storage_nbytes, storages)))
+        return GradRow(used, list(map(_data_ptr, used)), list(map(_nbytes, used)),
+                       list(map(_storage_nbytes, map(_untyped_storage, used))))
 
     def _plain_grad_row(self, grads: List[torch.Tensor]) -> Optional["GradRow"]:
         """The GradRow of `grads` when each is exactly what its param's row needs, else None."""
@@ -626,7 +614,21 @@ class Bucket:
                 return None  # the per-grad check says which (a zero-size grad may still pass)
         except (RuntimeError, NotImplementedError):  # a sparse grad has no strides or storage
             return None
-        return GradRow(grads, list(map(_data_ptr, grads)), nbytes, storages, sizes)
+        return GradRow(grads, list(map(_data_ptr, grads)), nbytes, sizes)
+
+    def _grad_storages_unchanged(self, grads: List[torch.Tensor]) -> bool:
+        """Whether each grad's storage holds the bytes it held when the grad was checked.
+
+        With the grad's address and extent unchanged, that keeps the grad inside its storage:
+        torch checks the bounds whenever a tensor is pointed at memory (set_, as_strided_,
+        a view), so only a storage resized in place afterwards (resize_(0), then smaller at
+        the same address) could leave it outside, and that changes the size. Read through the
+        grads, not through storage objects kept from the check: a grad loop brings new grads
+        every step, and keeping a reference to each storage cost more than this read."""
+        try:
+            return list(map(_storage_nbytes, map(_untyped_storage, grads))) == self._grad_storage_sizes
+        except (RuntimeError, NotImplementedError):  # no storage to read (not a dense tensor now)
+            return False
 
     def _install_grads(self, grads: List[torch.Tensor], row: "GradRow") -> None:
         """Write the addresses of validated grads into the table."""
@@ -635,8 +637,7 @@ class Bucket:
         # A copy holds the values of one step: recheck (and recopy) every step.
         self._grads_copied = row.tensors is not grads and any(map(operator.is_not, grads, row.tensors))
         self._grad_ptrs = row.addresses if row.tensors is grads else list(map(_data_ptr, grads))
-        # grads' own addresses are rechecked each step, their storages' are not
-        self._grad_memory = HeldMemory(row.tensors, False, row.storages, row.storage_sizes, weak=True)
+        self._grad_storage_sizes = row.storage_sizes
         self._fill_row(GRAD_ROW, row.addresses)
         self._version = next(_versions)
 
