@@ -109,6 +109,11 @@ _storage_nbytes = torch.UntypedStorage.nbytes
 _storage_ptr = torch.UntypedStorage.data_ptr
 
 
+def _storage_sizes(tensors) -> List[int]:
+    """The bytes each tensor's storage holds."""
+    return list(map(_storage_nbytes, map(_untyped_storage, tensors)))
+
+
 class HeldMemory:
     """The storages a table points into, each with the size (and, for tensors whose own
     address is not rechecked, the address) it had when the table was checked. Holding a
@@ -580,7 +585,7 @@ class Bucket:
             )
 
     def _validated_grads(self, grads: List[torch.Tensor]) -> "GradRow":
-        """The grads the kernels will read, with their addresses, sizes and storages: these
+        """The grads the kernels will read, with their addresses, sizes and storage sizes: these
         grads, once checked, or copies in the param's layout where a grad is laid out
         differently. Raises on a grad that cannot serve.
 
@@ -593,8 +598,7 @@ class Bucket:
         if row is not None:
             return row
         used = [self._checked_grad(g, p) for g, p in zip(grads, self._active)]
-        return GradRow(used, list(map(_data_ptr, used)), list(map(_nbytes, used)),
-                       list(map(_storage_nbytes, map(_untyped_storage, used))))
+        return GradRow(used, list(map(_data_ptr, used)), list(map(_nbytes, used)), _storage_sizes(used))
 
     def _plain_grad_row(self, grads: List[torch.Tensor]) -> Optional["GradRow"]:
         """The GradRow of `grads` when each is exactly what its param's row needs, else None."""
@@ -605,8 +609,7 @@ class Bucket:
             if list(map(_shape, grads)) != self._shapes or not _same_layout(grads, self._layout):
                 return None
             nbytes = self._nbytes  # the params', as shapes and dtype are
-            storages = list(map(_untyped_storage, grads))
-            sizes = list(map(_storage_nbytes, storages))
+            sizes = _storage_sizes(grads)
             # Dense and laid out like the param: [offset, offset + nbytes) of the storage.
             ends = map(operator.add, map(operator.mul, map(_storage_offset, grads), repeat(self.dtype.itemsize)),
                        nbytes)
@@ -626,7 +629,7 @@ class Bucket:
         grads, not through storage objects kept from the check: a grad loop brings new grads
         every step, and keeping a reference to each storage cost more than this read."""
         try:
-            return list(map(_storage_nbytes, map(_untyped_storage, grads))) == self._grad_storage_sizes
+            return _storage_sizes(grads) == self._grad_storage_sizes
         except (RuntimeError, NotImplementedError):  # no storage to read (not a dense tensor now)
             return False
 
