@@ -123,6 +123,21 @@ def test_state_dict_round_trip_continues_the_trajectory(backend):
         assert torch.equal(p, q)
 
 
+def test_trust_ratio_is_correctly_rounded():
+    """Every backend's ratio has the CPU kernel's bits (csrc/cpu/norm_then_update.h: IEEE sqrt
+    and division): trust_ratio against square roots taken to 60 digits, on sums where
+    torch's float64 sqrt on the CPU is an ulp off for about 1 in 70."""
+    from decimal import Decimal, getcontext
+
+    from fusedopt.backends.base import trust_ratio
+    getcontext().prec = 60
+    sums = torch.rand(2000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 1e6
+    sums[:3] = torch.tensor([[0.0, 1.0], [1.0, 0.0], [float("nan"), 2.0]], dtype=torch.float64)
+    expected = [float(Decimal(a).sqrt()) / float(Decimal(b).sqrt()) if a > 0 and b > 0 else 1.0
+                for a, b in sums.tolist()]
+    assert trust_ratio(sums).tolist() == expected
+
+
 def test_sparse_grads_are_refused():
     p = torch.nn.Parameter(torch.randn(5, 3))
     opt = fusedopt.LAMB([p], backend="cpu")

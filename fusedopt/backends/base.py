@@ -1,6 +1,8 @@
 """The interface every backend implements; what it receives lives in fusedopt/_layout.py."""
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, List, Mapping, Optional
 
 import torch
@@ -56,6 +58,12 @@ class Backend:
         transformed as `update` will), writing nothing; deterministic, no host sync."""
         raise NotImplementedError(f"backend {self.name!r} has no norm pass for {kind!r}")
 
+    def update_with_norm_pass(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
+        """One step of a kind with OptimizerSpec.norm_pass: `norms`, the per-tensor trust ratio
+        ||p|| / ||u|| (trust_ratio) as UpdateConfig.tensor_scale, then `update`. A backend may
+        interleave the passes if every tensor gets the same sums, ratio and update."""
+        self.update(kind, batch, dataclasses.replace(config, tensor_scale=trust_ratio(self.norms(kind, batch, config))))
+
     def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
         """The sum of the squares of each of these dense real tensors (one dtype, one device),
         as a float64 tensor of shape [len(tensors)] on that device, in one multi-tensor pass
@@ -84,3 +92,22 @@ class Backend:
         their device (no host sync): the per-tensor sums, added. The eager step and the
         torch.compile op (fusedopt::sum_of_squares) both call this, so they clip alike."""
         return self.sum_of_squares_per_tensor(grads).sum()
+
+
+def trust_ratio(norms: torch.Tensor) -> torch.Tensor:
+    """LAMB's per-tensor ratio ||p|| / ||u|| from the norm pass's sums of squares (float64
+    [n, 2]), on their device; 1 where either norm is 0 or NaN (You et al.; a NaN u then reaches
+    the param). Every square root and division correctly rounded, so every backend gets the
+    ratio's bits that IEEE arithmetic gives (as CUDA's and a C++ kernel's would): torch's float64
+    sqrt on the CPU is not (about 1 value in 70 is an ulp off), so CPU sums are read back here
+    (no device to wait for) and computed with Python's math; CUDA's sqrt and division are."""
+    if norms.device.type == "cpu":
+        ratios = [_ratio(math.sqrt(a), math.sqrt(b)) for a, b in norms.tolist()]
+        return torch.tensor(ratios, dtype=torch.float64)
+    param_norm, update_norm = norms[:, 0].sqrt(), norms[:, 1].sqrt()
+    usable = (param_norm > 0) & (update_norm > 0)
+    return torch.where(usable, param_norm / update_norm, torch.ones_like(param_norm)).contiguous()
+
+
+def _ratio(param_norm: float, update_norm: float) -> float:
+    return param_norm / update_norm if param_norm > 0 and update_norm > 0 else 1.0

@@ -115,8 +115,8 @@ def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh:
     clip_norm_per_tensor (clip_grad_norm_per_tensor): first one multi-tensor reduction of the
     batch's grads (Backend.sum_of_squares_per_tensor), whose per-tensor coefficients the
     kernels apply as they read each grad (GradTransform.tensor_clip). A kind with a norm pass
-    (LAMB): Backend.norms, then the per-tensor trust ratio ||p|| / ||u|| (1 where either is
-    0; a NaN norm also gives 1, and u's NaN then reaches the param) as UpdateConfig.tensor_scale. All on the device: nothing waits on the host.
+    (LAMB): Backend.update_with_norm_pass, the norms, then the per-tensor trust ratio
+    ||p|| / ||u|| as UpdateConfig.tensor_scale. All on the device: nothing waits on the host.
 
     stochastic (bf16_stochastic_round): each backend call of a bf16 batch without master
     weights gets a seed of its own (`round_seed`: one per bucket per step, two when the
@@ -135,8 +135,9 @@ def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh:
                               int8_states=int8_states, int8_signed=signed,
                               round_seed=round_seed(stochastic, part.dtype, master_weights))
         if spec.norm_pass and len(part):
-            config = dataclasses.replace(config, tensor_scale=trust_ratio(backend.norms(spec.kind, part, config)))
-        backend.update(spec.kind, part, config)
+            backend.update_with_norm_pass(spec.kind, part, config)
+        else:
+            backend.update(spec.kind, part, config)
 
     if not spec.first_step_rule or not fresh or len(fresh) == len(batch):
         call(batch, spec.first_step_rule and bool(fresh), grad_transform)
@@ -147,14 +148,6 @@ def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh:
             if transform.tensor_clip is not None:
                 transform = dataclasses.replace(transform, tensor_clip=transform.tensor_clip[indices].contiguous())
             call(select(batch, indices), first, transform)
-
-
-def trust_ratio(norms: torch.Tensor) -> torch.Tensor:
-    """LAMB's per-tensor ratio ||p|| / ||u|| from the norm pass's sums of squares (float64
-    [n, 2]); 1 where either norm is 0 or NaN (You et al.)."""
-    param_norm, update_norm = norms[:, 0].sqrt(), norms[:, 1].sqrt()
-    usable = (param_norm > 0) & (update_norm > 0)
-    return torch.where(usable, param_norm / update_norm, torch.ones_like(param_norm)).contiguous()
 
 
 def split_fresh(params: Sequence[torch.Tensor], state: Mapping, keys: Sequence[str], step_counter: bool,
