@@ -123,6 +123,51 @@ def test_state_dict_round_trip_continues_the_trajectory(backend):
         assert torch.equal(p, q)
 
 
+# Sizes that the CPU's one-call LAMB (csrc/cpu/norm_then_update.h) splits into several groups
+# of at most 2**18 elements, one tensor larger than a group among them.
+GROUPED_SHAPES = ((100_000,), (150_000,), (3,), (300, 1001), (40_000,), (0,), (200_000,), (17,))
+GROUPED_OPTIONS = [
+    ({}, torch.float32),
+    ({"clip_grad_norm_per_tensor": 1.0, "weight_decay": 0.1}, torch.float32),
+    ({"max_grad_norm": 5.0, "optimized_update": True}, torch.float64),
+    ({"master_weights": True}, torch.bfloat16),
+    ({"state_dtype": "int8"}, torch.float32),
+    ({"state_dtype": torch.bfloat16}, torch.float32),
+    ({"bf16_stochastic_round": True}, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("options,dtype", GROUPED_OPTIONS, ids=str)
+def test_cpu_groups_give_the_bits_of_two_whole_passes(options, dtype, monkeypatch):
+    """The CPU backend runs LAMB's norm pass and update a group of tensors at a time; every
+    tensor must end with the bits of the two passes over the whole bucket (Backend's default:
+    norms, trust_ratio, update), the per-tensor options indexed right in every group."""
+    _usable("cpu")
+    from fusedopt.backends.base import Backend
+    from fusedopt.backends.native import CPUBackend
+    generator = torch.Generator().manual_seed(3)
+    values = [torch.randn(s, generator=generator).to(dtype) for s in GROUPED_SHAPES]
+    grads = [[torch.randn(s, generator=generator).to(dtype) for s in GROUPED_SHAPES] for _ in range(4)]
+    results = []
+    for two_passes in (False, True):
+        with monkeypatch.context() as patch:
+            if two_passes:
+                patch.setattr(CPUBackend, "update_with_norm_pass", Backend.update_with_norm_pass)
+            params = [torch.nn.Parameter(v.clone()) for v in values]
+            optimizer = fusedopt.LAMB(params, lr=1e-2, backend="cpu", **options)
+            torch.manual_seed(0)  # bf16_stochastic_round's seeds
+            for step_grads in grads:
+                _set(params, step_grads, dtype)
+                optimizer.step()
+            results.append((params, optimizer.state_dict()["state"]))
+    (grouped, grouped_state), (whole, whole_state) = results
+    for p, q in zip(grouped, whole):
+        assert torch.equal(p, q)
+    for index in whole_state:
+        for key, value in whole_state[index].items():
+            assert torch.equal(grouped_state[index][key], value), (index, key)
+
+
 def test_trust_ratio_is_correctly_rounded():
     """Every backend's ratio has the CPU kernel's bits (csrc/cpu/norm_then_update.h: IEEE sqrt
     and division): trust_ratio against square roots taken to 60 digits, on sums where

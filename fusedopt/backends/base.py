@@ -61,7 +61,8 @@ class Backend:
     def update_with_norm_pass(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         """One step of a kind with OptimizerSpec.norm_pass: `norms`, the per-tensor trust ratio
         ||p|| / ||u|| (trust_ratio) as UpdateConfig.tensor_scale, then `update`. A backend may
-        interleave the passes if every tensor gets the same sums, ratio and update."""
+        interleave the passes (the CPU one does, tensor group by tensor group) if every tensor
+        gets the same sums, ratio and update."""
         self.update(kind, batch, dataclasses.replace(config, tensor_scale=trust_ratio(self.norms(kind, batch, config))))
 
     def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
@@ -98,7 +99,7 @@ def trust_ratio(norms: torch.Tensor) -> torch.Tensor:
     """LAMB's per-tensor ratio ||p|| / ||u|| from the norm pass's sums of squares (float64
     [n, 2]), on their device; 1 where either norm is 0 or NaN (You et al.; a NaN u then reaches
     the param). Every square root and division correctly rounded, so every backend gets the
-    ratio's bits that IEEE arithmetic gives (as CUDA's and a C++ kernel's would): torch's float64
+    ratio's bits that the CPU kernel computes (csrc/cpu/norm_then_update.h): torch's float64
     sqrt on the CPU is not (about 1 value in 70 is an ulp off), so CPU sums are read back here
     (no device to wait for) and computed with Python's math; CUDA's sqrt and division are."""
     if norms.device.type == "cpu":

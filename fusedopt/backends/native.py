@@ -241,6 +241,21 @@ class CPUBackend(Backend):
                                                             **state_arguments(config), **int8_arguments(batch, config))
         return out
 
+    def update_with_norm_pass(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
+        """Both passes and the trust ratio in one native call that takes the tensors a group at
+        a time (csrc/cpu/norm_then_update.h): the update then reads from cache what the norm
+        pass has just read. The same bits as Backend's norms, trust_ratio, update."""
+        native_hyper = _native_kinds().for_batch(kind, batch, config) if len(batch) else None
+        if native_hyper is None or not hasattr(native_hyper, "cpu_norms_then_update"):  # nothing to do, or an older build
+            return super().update_with_norm_pass(kind, batch, config)
+        self.check_state_storage(config)
+        if config.tensor_scale is not None:
+            raise RuntimeError("update_with_norm_pass computes the tensor scale itself; the config already has one")
+        native_hyper.cpu_norms_then_update(
+            *common_arguments(batch, config), torch.get_num_threads(), len(batch.table) // len(batch),
+            per_tensor_arguments(batch, config)["tensor_clip"], **state_arguments(config),
+            **rounding_arguments(config), **int8_arguments(batch, config))
+
     def sum_of_squares_per_tensor(self, tensors: List[torch.Tensor]) -> torch.Tensor:
         """The native kernel (fusedopt/reduce.h's order, double accumulation) where every tensor
         is a contiguous block inside its storage; torch's otherwise."""

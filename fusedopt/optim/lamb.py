@@ -37,7 +37,11 @@ class LAMB(FusedOptimizer):
 
     Per step and bucket: the norm pass reads p, g, m and v and computes ``||p||^2`` and
     ``||u||^2`` per tensor (u recomputed, nothing written); the update pass then recomputes u,
-    writes m, v and p with the tensor's ratio, which stays on the device (no host sync).
+    writes m, v and p with the tensor's ratio, which stays on the device (no host sync). On
+    the CPU both passes and the ratios are one native call that takes a group of tensors (2**18
+    elements, or one larger tensor) at a time, so the update reads from cache what the norm pass
+    has just read; the same bits as two passes over the whole bucket. The ratio's square roots
+    and division are correctly rounded on every backend (backends.base.trust_ratio).
     State: ``step`` (float32), ``exp_avg``, ``exp_avg_sq``.
     """
 

@@ -3,7 +3,8 @@
 // step p -= lr * ratio * u, with ratio = ||p|| / ||u|| per tensor (1 where either is 0).
 // Two passes per step: norm_terms (the reduction pass: ||p||^2 and ||u||^2, u recomputed from
 // p, g, m, v without writing), then update (m, v and p written, the ratio arriving through
-// UpdateOptions::tensor_scale). States (table order): exp_avg, exp_avg_sq.
+// UpdateOptions::tensor_scale; on the CPU both passes run a group of tensors at a time,
+// csrc/cpu/norm_then_update.h). States (table order): exp_avg, exp_avg_sq.
 #pragma once
 
 #include <cmath>
