@@ -83,6 +83,20 @@ void for_each_slice(const TensorTable& table, int num_threads, Body&& body, int6
   }
 }
 
+// The reduction loops (a load, an add and a store of an in-memory lane per element, to keep
+// fusedopt/reduce.h's order) lose the hardware prefetchers' pace: summing 20M float32 from
+// memory took 9 ms on one Zen 4 core where a plain sum takes 3.5, and 4.8 with this. Each row
+// of kSumLanes elements asks for the row kPrefetchRows ahead, whole cache lines, within the
+// range [row, end) only. A prefetch changes no result.
+constexpr int64_t kPrefetchRows = 8;
+template <typename T>
+inline void prefetch_ahead(const T* row, int64_t row_elements, int64_t remaining) {
+  const int64_t ahead = kPrefetchRows * row_elements;
+  if (row == nullptr || remaining < ahead + row_elements) return;
+  const char* line = reinterpret_cast<const char*>(row + ahead);
+  for (int64_t byte = 0; byte < row_elements * int64_t(sizeof(T)); byte += 64) __builtin_prefetch(line + byte);
+}
+
 // The param value the math updates: the fp32 master copy when there is one (kMaster).
 template <typename S, bool kMaster>
 inline typename OpMath<S>::type load_param(const S* p, const float* master, int64_t j) {

@@ -23,6 +23,7 @@ template <typename S> double block_sum_of_squares(const S* __restrict x, int64_t
   std::fill(lanes, lanes + used, 0.0);
   int64_t j = 0;
   for (; j + kSumLanes <= count; j += kSumLanes) {
+    prefetch_ahead(x + j, kSumLanes, count - j);
     for (int l = 0; l < kSumLanes; ++l) {
       const double v = double(to_opmath(x[j + l]));
       lanes[l] += v * v;

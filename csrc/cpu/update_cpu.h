@@ -205,8 +205,14 @@ void norm_block(const S* __restrict p, const S* __restrict g, const SS* __restri
     Kind::norm_terms(pj, gj, values, scalars.k, lane_a[l], lane_b[l]);
   };
   int64_t row = 0;
-  for (; row + kSumLanes <= count; row += kSumLanes)
+  for (; row + kSumLanes <= count; row += kSumLanes) {
+    if constexpr (!kMaster) prefetch_ahead(p + row, kSumLanes, count - row);  // else the master copy is read
+    prefetch_ahead(g + row, kSumLanes, count - row);
+    if constexpr (Kind::kStates > 0) prefetch_ahead(s0 + row, kSumLanes, count - row);
+    if constexpr (Kind::kStates > 1) prefetch_ahead(s1 + row, kSumLanes, count - row);
+    if constexpr (kMaster) prefetch_ahead(master + row, kSumLanes, count - row);
     for (int l = 0; l < kSumLanes; ++l) element(row + l, l);
+  }
   for (int l = 0; row + l < count; ++l) element(row + l, l);
 }
 
