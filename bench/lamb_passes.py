@@ -2,7 +2,7 @@
 inside the step, beside fusedopt Adam's whole step (the issue-12 bar holds LAMB to 1.3 x
 Adam). The norm pass reads p, g, m and v and writes nothing; Adam's step reads the same four
 and writes three of them back. When the norm pass costs about what Adam's step does, the
-machine is bound by reads, and no arithmetic saving in the passes shows at this size.
+machine is bound by reads, or the pass by its float64 sums.
 LAMB runs twice: as the CPU backend runs it (one native call that takes both passes a group of
 tensors at a time, so the update reads from cache what the norm pass has just read:
 csrc/cpu/norm_then_update.h) and as two passes over the whole bucket (Backend's default,
@@ -78,6 +78,7 @@ def main(argv=None) -> None:
           f"LAMB in two whole passes {ms['LAMB, two passes']:.2f} ms ({ms['LAMB, two passes'] / ms['Adam']:.2f} x "
           f"Adam): norm pass {ms['norms']:.2f} ms ({ms['norms'] / ms['Adam']:.2f} x Adam's step), "
           f"update pass {ms['update']:.2f} ms")
+
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -19,7 +20,7 @@ namespace fusedopt::cpu {
 constexpr int64_t kNormGroupElements = int64_t(1) << 18;
 
 // LAMB's trust ratio ||p|| / ||u|| from the two sums of squares; 1 where either norm is 0 or
-// NaN (fusedopt/optim/_plan.py's trust_ratio, the same operations in the same order).
+// NaN (fusedopt/backends/base.py's trust_ratio, the same correctly rounded operations).
 inline double trust_ratio(double param_sum, double update_sum) {
   const double param_norm = std::sqrt(param_sum), update_norm = std::sqrt(update_sum);
   return param_norm > 0.0 && update_norm > 0.0 ? param_norm / update_norm : 1.0;
