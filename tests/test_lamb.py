@@ -168,6 +168,33 @@ def test_cpu_groups_give_the_bits_of_two_whole_passes(options, dtype, monkeypatc
             assert torch.equal(grouped_state[index][key], value), (index, key)
 
 
+@pytest.mark.parametrize("options,dtype", GROUPED_OPTIONS[:2] + GROUPED_OPTIONS[4:5], ids=str)
+def test_cpu_bits_do_not_depend_on_the_thread_count(options, dtype, threads):
+    """The norm pass shares its blocks between threads by elements (csrc/cpu/multi_tensor_cpu.h,
+    for_each_block) and the groups hold partial blocks of unequal sizes: any team, even one
+    larger than the machine's cores, must give every tensor the one-thread bits."""
+    _usable("cpu")
+    generator = torch.Generator().manual_seed(4)
+    values = [torch.randn(s, generator=generator).to(dtype) for s in GROUPED_SHAPES]
+    grads = [[torch.randn(s, generator=generator).to(dtype) for s in GROUPED_SHAPES] for _ in range(3)]
+    results = []
+    for count in (1, 2, 3, 7):
+        threads(count)
+        params = [torch.nn.Parameter(v.clone()) for v in values]
+        optimizer = fusedopt.LAMB(params, lr=1e-2, backend="cpu", **options)
+        for step_grads in grads:
+            _set(params, step_grads, dtype)
+            optimizer.step()
+        results.append((count, params, optimizer.state_dict()["state"]))
+    _, first, first_state = results[0]
+    for count, params, state in results[1:]:
+        for p, q in zip(params, first):
+            assert torch.equal(p, q), count
+        for index in first_state:
+            for key, value in first_state[index].items():
+                assert torch.equal(state[index][key], value), (count, index, key)
+
+
 def test_trust_ratio_is_correctly_rounded():
     """Every backend's ratio has the CPU kernel's bits (csrc/cpu/norm_then_update.h: IEEE sqrt
     and division): trust_ratio against square roots taken to 60 digits, on sums where

@@ -37,13 +37,17 @@ def test_per_tensor_sums_equal_float64_sums(backend, dtype):
 
 
 def test_cpu_sums_do_not_depend_on_threads_or_runs(threads):
-    tensors = _tensors(torch.float32) + [torch.randn(300_000)]
+    # Blocks of unequal sizes (partial last blocks, small tensors), shared by teams of every
+    # size up to more threads than the machine has cores (csrc/cpu/multi_tensor_cpu.h,
+    # for_each_block).
+    tensors = _tensors(torch.float32) + [torch.randn(300_000), torch.randn(50_000), torch.randn(70_001)]
     cpu = fusedopt.backends.get("cpu")
     threads(1)
     first = cpu.sum_of_squares_per_tensor(tensors)
-    threads(2)
-    for _ in range(3):
-        assert torch.equal(cpu.sum_of_squares_per_tensor(tensors), first)
+    for count in (2, 3, 7):
+        threads(count)
+        for _ in range(2):
+            assert torch.equal(cpu.sum_of_squares_per_tensor(tensors), first), count
 
 
 def test_triton_sums_are_deterministic():

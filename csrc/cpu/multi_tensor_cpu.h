@@ -26,29 +26,55 @@ inline int useful_threads(int num_threads, int64_t elements) {
 }
 
 // The reduction passes' work list: every (tensor, block of kSumBlock elements) pair of a table,
-// numbered tensor by tensor. Threads share the blocks; each tensor's partials are then added in
-// block order by one thread, so the sums do not depend on the thread count.
+// numbered tensor by tensor. Threads share the blocks (for_each_block); each tensor's partials
+// are then added in block order by one thread, so the sums do not depend on the thread count.
 struct SumBlockList {
   std::vector<int64_t> first;  // first[i]: tensor i's first block; first[n]: the block count
   std::vector<int64_t> owner;  // owner[b]: the tensor block b belongs to
+  std::vector<int64_t> start;  // start[b]: the table's elements before block b; start[blocks]: all
   int64_t blocks = 0;
   int team = 1;  // the threads worth waking: by elements, and at most one per block
 
   SumBlockList(const TensorTable& table, int num_threads) : first(size_t(table.n) + 1, 0) {
-    int64_t elements = 0;
-    for (int64_t i = 0; i < table.n; ++i) {
-      first[size_t(i) + 1] = first[size_t(i)] + sum_blocks(table.numel(i));
-      elements += table.numel(i);
-    }
+    for (int64_t i = 0; i < table.n; ++i) first[size_t(i) + 1] = first[size_t(i)] + sum_blocks(table.numel(i));
     blocks = first[size_t(table.n)];
     owner.resize(size_t(blocks));
-    for (int64_t i = 0; i < table.n; ++i)
-      std::fill(owner.begin() + first[size_t(i)], owner.begin() + first[size_t(i) + 1], i);
+    start.resize(size_t(blocks) + 1);
+    int64_t elements = 0;
+    for (int64_t i = 0; i < table.n; ++i) {
+      for (int64_t b = first[size_t(i)]; b < first[size_t(i) + 1]; ++b) {
+        owner[size_t(b)] = i;
+        start[size_t(b)] = elements + (b - first[size_t(i)]) * kSumBlock;
+      }
+      elements += table.numel(i);
+    }
+    start[size_t(blocks)] = elements;
     team = int(std::min<int64_t>(useful_threads(num_threads, elements), std::max<int64_t>(blocks, 1)));
   }
   // Block b's first element within its tensor.
   int64_t begin(int64_t b) const { return (b - first[size_t(owner[size_t(b)])]) * kSumBlock; }
 };
+
+// body(b) for every block of `list`, on list.team threads. Each thread takes the contiguous run
+// of blocks that start in its equal share of the elements, as for_each_slice shares them: a
+// schedule(static) over blocks counted a tensor's partial last block as a whole one (five
+// 50,000-element tensors: 3 blocks on one thread, 2 on the other), and it gives each thread
+// about the elements update() then gives it, still in its cache. Which thread adds a block
+// changes no bit. The share is computed from the team the runtime gave, which may be smaller.
+template <typename Body>
+void for_each_block(const SumBlockList& list, Body&& body) {
+#pragma omp parallel num_threads(list.team) if (list.team > 1)
+  {
+    const int64_t thread = omp_get_thread_num(), threads = omp_get_num_threads();
+    const int64_t total = list.start[size_t(list.blocks)];
+    const auto first_block_of = [&](int64_t k) -> int64_t {
+      if (k == threads) return list.blocks;
+      const int64_t boundary = total / threads * k + total % threads * k / threads;
+      return std::lower_bound(list.start.begin(), list.start.begin() + list.blocks, boundary) - list.start.begin();
+    };
+    for (int64_t b = first_block_of(thread), end = first_block_of(thread + 1); b < end; ++b) body(b);
+  }
+}
 
 // Slice boundaries fall on multiples of this (64 bytes of float32) to avoid false sharing.
 constexpr int64_t kSliceAlign = 16;

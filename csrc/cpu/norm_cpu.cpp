@@ -3,8 +3,6 @@
 // fusedopt.clip_grad_norm_, max_grad_norm, clip_grad_norm_per_tensor and LAMB's norms. The
 // blocks and the order of every addition are fusedopt/reduce.h's, so the result does not
 // depend on the thread count or the instruction set, and equals the CUDA kernel's.
-#include <omp.h>
-
 #include <algorithm>
 #include <vector>
 
@@ -44,12 +42,11 @@ void sum_of_squares_per_tensor(const TensorTable& table, DType dtype, int thread
   std::vector<double> partials(static_cast<size_t>(list.blocks), 0.0);
   dispatch_dtype(dtype, [&](auto storage_tag) {
     using S = decltype(storage_tag);
-#pragma omp parallel for schedule(static) num_threads(list.team) if (list.team > 1)
-    for (int64_t b = 0; b < list.blocks; ++b) {
+    for_each_block(list, [&](int64_t b) {
       const int64_t i = list.owner[size_t(b)], begin = list.begin(b);
       const int64_t count = std::min(kSumBlock, table.numel(i) - begin);
       partials[size_t(b)] = block_sum_of_squares(table.ptr<const S>(kParamRow, i) + begin, count);
-    }
+    });
   });
   for (int64_t i = 0; i < table.n; ++i) {
     double sum = 0.0;

@@ -331,8 +331,7 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
             for_tensor(scalars<Kind, T>(config, double(*table.ptr<float>(kStepRow, i)) + 1.0), options, i);
       with_flag(options.grad_transform.grad_scale != nullptr, [&](auto scaled) {
         constexpr bool kScaled = decltype(scaled)::value;
-#pragma omp parallel for schedule(static) num_threads(list.team) if (list.team > 1)
-        for (int64_t b = 0; b < list.blocks; ++b) {
+        for_each_block(list, [&](int64_t b) {
           const int64_t i = list.owner[size_t(b)], begin = list.begin(b);
           const int64_t count = std::min(kSumBlock, table.numel(i) - begin);
           const Scalars<Kind, T>& s = per_tensor[size_t(i)];
@@ -371,7 +370,7 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
           lane_tree(lane_b, used);
           partials[size_t(2 * b)] = lane_a[0];
           partials[size_t(2 * b + 1)] = lane_b[0];
-        }
+        });
       });
     });
     for (int64_t i = 0; i < table.n; ++i) {
