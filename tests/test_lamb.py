@@ -137,6 +137,15 @@ GROUPED_OPTIONS = [
 ]
 
 
+def _assert_same_bits(params, state, expected_params, expected_state, label=None):
+    """Params and every state tensor of an optimizer's state_dict()["state"] equal, bit for bit."""
+    for p, q in zip(params, expected_params):
+        assert torch.equal(p, q), label
+    for index in expected_state:
+        for key, value in expected_state[index].items():
+            assert torch.equal(state[index][key], value), (label, index, key)
+
+
 @pytest.mark.parametrize("options,dtype", GROUPED_OPTIONS, ids=str)
 def test_cpu_groups_give_the_bits_of_two_whole_passes(options, dtype, monkeypatch):
     """The CPU backend runs LAMB's norm pass and update a group of tensors at a time; every
@@ -161,11 +170,7 @@ def test_cpu_groups_give_the_bits_of_two_whole_passes(options, dtype, monkeypatc
                 optimizer.step()
             results.append((params, optimizer.state_dict()["state"]))
     (grouped, grouped_state), (whole, whole_state) = results
-    for p, q in zip(grouped, whole):
-        assert torch.equal(p, q)
-    for index in whole_state:
-        for key, value in whole_state[index].items():
-            assert torch.equal(grouped_state[index][key], value), (index, key)
+    _assert_same_bits(grouped, grouped_state, whole, whole_state)
 
 
 @pytest.mark.parametrize("options,dtype", GROUPED_OPTIONS[:2] + GROUPED_OPTIONS[4:5], ids=str)
@@ -188,11 +193,7 @@ def test_cpu_bits_do_not_depend_on_the_thread_count(options, dtype, threads):
         results.append((count, params, optimizer.state_dict()["state"]))
     _, first, first_state = results[0]
     for count, params, state in results[1:]:
-        for p, q in zip(params, first):
-            assert torch.equal(p, q), count
-        for index in first_state:
-            for key, value in first_state[index].items():
-                assert torch.equal(state[index][key], value), (count, index, key)
+        _assert_same_bits(params, state, first, first_state, count)
 
 
 def test_trust_ratio_is_correctly_rounded():

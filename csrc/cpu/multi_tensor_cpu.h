@@ -25,6 +25,13 @@ inline int useful_threads(int num_threads, int64_t elements) {
   return int(std::clamp<int64_t>(elements / kMinElementsPerThread, 1, std::max(num_threads, 1)));
 }
 
+// Where share k of `total` elements cut into `parts` nearly equal shares begins (k = parts:
+// total), without the overflow of total * k. Both the updates' slices and the reductions'
+// blocks are shared by it, so a thread reads in one pass about what it writes in the next.
+inline int64_t equal_share_start(int64_t total, int64_t parts, int64_t k) {
+  return k == parts ? total : total / parts * k + total % parts * k / parts;
+}
+
 // The reduction passes' work list: every (tensor, block of kSumBlock elements) pair of a table,
 // numbered tensor by tensor. Threads share the blocks (for_each_block); each tensor's partials
 // are then added in block order by one thread, so the sums do not depend on the thread count.
@@ -67,11 +74,9 @@ void for_each_block(const SumBlockList& list, Body&& body) {
 #pragma omp parallel num_threads(list.team) if (list.team > 1)
   {
     const int64_t thread = omp_get_thread_num(), threads = omp_get_num_threads();
-    const int64_t total = list.start[size_t(list.blocks)];
     const auto first_block_of = [&](int64_t k) -> int64_t {
-      if (k == threads) return list.blocks;
-      const int64_t boundary = total / threads * k + total % threads * k / threads;
-      return std::lower_bound(list.start.begin(), list.start.begin() + list.blocks, boundary) - list.start.begin();
+      const int64_t boundary = equal_share_start(list.start[size_t(list.blocks)], threads, k);
+      return std::lower_bound(list.start.begin(), list.start.end(), boundary) - list.start.begin();
     };
     for (int64_t b = first_block_of(thread), end = first_block_of(thread + 1); b < end; ++b) body(b);
   }
@@ -97,9 +102,7 @@ void for_each_slice(const TensorTable& table, int num_threads, Body&& body, int6
 #pragma omp parallel num_threads(threads)
   {
     const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
-    const auto boundary = [&](int64_t k) {
-      return k == nth ? total : (total / nth * k + (total % nth) * k / nth) / align * align;
-    };
+    const auto boundary = [&](int64_t k) { return k == nth ? total : equal_share_start(total, nth, k) / align * align; };
     const int64_t begin = boundary(tid), end = boundary(tid + 1);
     int64_t i = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
     for (; i < table.n && offsets[i] < end; ++i) {
