@@ -25,7 +25,7 @@ import torch
 from ._layout import (FIRST_STATE_ROW, GRAD_ROW, MASTER_KEY, NUMEL_ROW, PARAM_ROW, STEP_DTYPE, STEP_ROW,
                       SUPPORTED_DTYPES, TensorBatch)
 from ._memory import is_dense, storage_problem, storage_problem_strided
-from ._quantize import SCALE_DTYPE, blocks
+from ._quantize import SCALE_DTYPE, blocks, dequantized_like, quantized_like, scale_key
 
 # Complex params are updated as torch.optim does: through torch.view_as_real views of the
 # param, its grad and its state, so the kernels see pairs of real numbers.
@@ -527,12 +527,29 @@ class Bucket:
         if t.stride() != p.stride():
             if self._strict or owner is not t:
                 raise RuntimeError(f"{self.optimizer}: state '{key}' is laid out differently from its param")
-            # Same values in the param's memory layout, so one flat index serves all tensors.
-            owner = torch.empty_like(p, dtype=dtype).copy_(t)
-            if self.param_dtype in COMPLEX_TO_REAL:
-                owner = torch.view_as_complex(owner)
+            if self.quantized and key != MASTER_KEY:
+                owner = self._codes_laid_out_like(s, key, t, p)
+            else:
+                # Same values in the param's memory layout, so one flat index serves all tensors.
+                owner = torch.empty_like(p, dtype=dtype).copy_(t)
+                if self.param_dtype in COMPLEX_TO_REAL:
+                    owner = torch.view_as_complex(owner)
             s[key] = owner
         return owner
+
+    def _codes_laid_out_like(self, s: dict, key: str, codes: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """8-bit codes of state `key` in the layout of param p, with new block scales in s: a
+        block is 256 elements in memory order, so codes copied into another layout would sit
+        in other blocks than their scales (a checkpoint loaded into channels_last weights, or
+        `model.to(memory_format=...)` mid-training). Dequantized in their own memory order,
+        requantized in the param's: the state's values change by one rounding, not by blocks."""
+        if not is_dense(codes):
+            raise RuntimeError(f"{self.optimizer}: state '{key}' holds 8-bit codes that do not cover their memory "
+                               "densely; their blocks are undefined")
+        scales = self._checked_scale(s, scale_key(key), p)
+        values = torch.empty_like(p, dtype=torch.float32).copy_(dequantized_like(codes, scales, key))
+        codes, s[scale_key(key)] = quantized_like(values, key)
+        return codes
 
     def _checked_scale(self, s: dict, key: str, p: torch.Tensor) -> torch.Tensor:
         """s[key], the float32 block absmax of an 8-bit state of param p: contiguous, 1-D,

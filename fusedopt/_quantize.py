@@ -71,6 +71,9 @@ REFUSED_STATES: Dict[str, str] = {
     "prev": "Rprop reads the sign of `prev` (the previous grad) and zeroes it elementwise, and its `step_size` "
             "is multiplied by etaplus/etaminus every step, so 8-bit rounding compounds",
     "step_size": "Rprop's `step_size` is multiplied by etaplus/etaminus every step, so 8-bit rounding compounds",
+    # grad_avg keeps its code above: old checkpoints that hold it in 8 bits still load.
+    "grad_avg": "centered RMSprop takes sqrt(square_avg - grad_avg^2) of two separately quantized states, and "
+                "their rounding can make it negative (NaN params) where a block mixes large and small grads",
 }
 
 

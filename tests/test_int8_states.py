@@ -22,7 +22,7 @@ from fusedopt.optim import _spec
 
 # Every supported kind, with options that make all of its states appear.
 KINDS = ("adam", "sgd", "rmsprop", "lion", "adagrad", "adadelta", "adamax", "nadam", "radam", "lamb")
-OPTIONS = {"sgd": dict(momentum=0.9), "rmsprop": dict(momentum=0.9, centered=True), "adam": dict(amsgrad=True)}
+OPTIONS = {"sgd": dict(momentum=0.9), "rmsprop": dict(momentum=0.9), "adam": dict(amsgrad=True)}
 LR = {"sgd": 1e-2, "adagrad": 1e-2, "adadelta": 1.0, "rmsprop": 1e-3, "lion": 1e-4}
 # Two quantized tensors (one a whole number of blocks, one not) and one small (float32 states).
 SHAPES = ((64, 96), (4100,), (7, 5))
@@ -375,6 +375,52 @@ def test_non_contiguous_param_blocks_follow_memory():
     assert torch.equal(opt.state[p]["momentum_buffer_absmax"], expected_absmax)
 
 
+CPU_INT8 = fusedopt.backends.unusable_reason("cpu", torch.device("cpu"), "int8_states")
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=pytest.mark.skipif(
+    CPU_INT8 is not None, reason=f"backend 'cpu' has no 8-bit kernels: {CPU_INT8}"))])
+@pytest.mark.parametrize("how", ["p.data", "checkpoint"])
+def test_codes_follow_their_param_into_another_layout(how, backend):
+    """A param that changes memory layout under its 8-bit state (`p.data` swapped, as
+    `model.to(memory_format=torch.channels_last)` does, or a checkpoint loaded into
+    channels_last weights) takes its state's values along requantized in its own blocks,
+    exactly as a state quantized from those values in the new layout; copying the codes
+    would pair them with other blocks' scales."""
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(64, 16, 3, 3, generator=g).requires_grad_()
+    opt = fusedopt.AdamW([p], lr=1e-3, state_dtype="int8", backend=backend)
+    for _ in range(3):
+        p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+    keys = ("exp_avg", "exp_avg_sq")
+    values = {k: Q.dequantized_like(opt.state[p][k], opt.state[p][Q.scale_key(k)], k) for k in keys}
+    step = opt.state[p]["step"].clone()
+    if how == "p.data":
+        p.data = p.data.to(memory_format=torch.channels_last)
+        moved, moved_opt = p, opt
+    else:
+        moved = p.detach().to(memory_format=torch.channels_last).requires_grad_()
+        moved_opt = fusedopt.AdamW([moved], lr=1e-3, state_dtype="int8", backend=backend)
+        moved_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    control = moved.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    control_opt = fusedopt.AdamW([control], lr=1e-3, state_dtype="int8", backend=backend)
+    control_opt.state[control] = {"step": step}
+    for k in keys:
+        in_new_layout = torch.empty_like(control, dtype=torch.float32).copy_(values[k])
+        control_opt.state[control][k], control_opt.state[control][Q.scale_key(k)] = Q.quantized_like(in_new_layout, k)
+    grad = torch.randn(p.shape, generator=g).to(memory_format=torch.channels_last)
+    moved.grad, control.grad = grad.clone(memory_format=torch.preserve_format), grad
+    moved_opt.step()
+    control_opt.step()
+    assert moved.stride() == control.stride() != torch.empty(moved.shape).stride()
+    assert torch.equal(moved, control)
+    for k in keys:
+        assert moved_opt.state[moved][k].stride() == moved.stride()
+        assert torch.equal(moved_opt.state[moved][k], control_opt.state[control][k]), k
+        assert torch.equal(moved_opt.state[moved][Q.scale_key(k)], control_opt.state[control][Q.scale_key(k)]), k
+
+
 def test_bad_scales_are_refused_before_the_step():
     params, opt = _run("adam", steps=1, state_dtype="int8", backend="reference")
     opt.state[params[0]]["exp_avg_absmax"] = torch.zeros(3)
@@ -483,6 +529,7 @@ def test_to_torch_state_dict_continues_in_torch_optim():
     (lambda ps: fusedopt.ASGD(ps, state_dtype="int8"), "averaged model"),
     (lambda ps: fusedopt.Rprop(ps, state_dtype="int8"), "Rprop"),
     (lambda ps: fusedopt.Adafactor(ps, state_dtype="int8"), "factored"),
+    (lambda ps: fusedopt.RMSprop(ps, centered=True, state_dtype="int8"), "centered RMSprop"),
 ])
 def test_kinds_whose_states_do_not_fit_8_bits_refuse(make, reason):
     with pytest.raises(ValueError, match=rf"state_dtype='int8' is not supported: .*{reason}"):
