@@ -102,20 +102,24 @@ class GradTransform:
 NO_GRAD_TRANSFORM = GradTransform()
 
 
-def check_clip_norm_per_tensor(value) -> None:
-    """clip_grad_norm_per_tensor: None, or a finite number > 0 (a bool is not a number here)."""
+def _check_clip_limit(name: str, value) -> None:
+    """A clipping option: None (off), or a finite number > 0 (a bool is not a number here)."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
-        raise ValueError(f"Invalid clip_grad_norm_per_tensor: {value!r} (None or a finite number > 0)")
+        raise ValueError(f"Invalid {name}: {value!r} (None or a finite number > 0)")
+
+
+def check_max_grad_norm(value) -> None:
+    _check_clip_limit("max_grad_norm", value)
+
+
+def check_clip_norm_per_tensor(value) -> None:
+    _check_clip_limit("clip_grad_norm_per_tensor", value)
 
 
 def check_clip_value(value) -> None:
-    """clip_grad_value: None, or a finite number > 0 (a bool is not a number here)."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
-        raise ValueError(f"Invalid clip_grad_value: {value!r} (None or a finite number > 0)")
+    _check_clip_limit("clip_grad_value", value)
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,61 @@ def test_bad_clip_grad_value_is_a_value_error(name, value):
     assert len(optimizer.param_groups) == 1  # refused, not half added
 
 
+@pytest.mark.parametrize("value", [0, 0.0, -1.0, float("nan"), float("inf"), True, "1", torch.tensor(1.0)], ids=repr)
+@pytest.mark.parametrize("name", ALL_OPTIMIZERS)
+def test_bad_max_grad_norm_is_a_value_error_in_every_group(name, value):
+    """A group's own max_grad_norm is checked as the constructor's is: a negative one would
+    have multiplied the grads by a negative coefficient (params moving up the gradient), NaN
+    made every param NaN, 0 frozen them."""
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        getattr(fusedopt, name)(_params(), max_grad_norm=value)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        getattr(fusedopt, name)([{"params": _params()[:1]}, {"params": _params()[1:], "max_grad_norm": value}])
+    optimizer = getattr(fusedopt, name)(_params()[:1])
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        optimizer.add_param_group({"params": _params()[1:], "max_grad_norm": value})
+    assert len(optimizer.param_groups) == 1  # refused, not half added
+
+
+@pytest.mark.parametrize("backend", ("reference", "cpu"))
+def test_a_max_grad_norm_spoiled_after_construction_fails_before_any_update(backend):
+    params = _params()
+    optimizer = fusedopt.AdamW([{"params": params[:1]}, {"params": params[1:], "max_grad_norm": 1.0}], backend=backend)
+    optimizer.param_groups[1]["max_grad_norm"] = -1.0
+    for p, g in zip(params, _grads(0)):
+        p.grad = g
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        optimizer.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+# fusedopt's group options, and optimizers that do not take them.
+NOT_TAKEN = [("Adafactor", key, value) for key, value in (("clip_grad_value", 1e-4), ("max_grad_norm", 1e-4),
+                                                          ("clip_grad_norm_per_tensor", 1e-4), ("master_weights", True),
+                                                          ("bf16_stochastic_round", True), ("lazy_mode", True))]
+NOT_TAKEN += [(name, "lazy_mode", True) for name in ("SGD", "LAMB", "Lion", "Adagrad", "RMSprop", "NAdam", "Rprop")]
+NOT_TAKEN += [(name, "optimized_update", True) for name in ("SGD", "RMSprop", "NAdam", "Lion")]
+NOT_TAKEN += [("SparseAdam", "max_grad_norm", 1.0), ("SparseAdam", "master_weights", True)]
+
+
+@pytest.mark.parametrize("name, key, value", NOT_TAKEN, ids=lambda v: str(v))
+def test_a_group_option_the_optimizer_does_not_take_is_refused(name, key, value):
+    """A group asking for an option its optimizer does not take is refused when added: it was
+    silently ignored (Adafactor's clipping) or failed inside step() with an AttributeError or
+    KeyError (lazy_mode outside Adam)."""
+    with pytest.raises(ValueError, match=f"{name} does not take {key}"):
+        getattr(fusedopt, name)([{"params": _params()[:1]}, {"params": _params()[1:], key: value}])
+    optimizer = getattr(fusedopt, name)(_params()[:1])
+    with pytest.raises(ValueError, match=f"{name} does not take {key}"):
+        optimizer.add_param_group({"params": _params()[1:], key: value})
+    assert len(optimizer.param_groups) == 1
+    off = {"master_weights": False, "bf16_stochastic_round": False, "lazy_mode": False, "optimized_update": False}
+    if key in off:  # the value that leaves it off is no request
+        optimizer.add_param_group({"params": _params()[1:], key: off[key]})
+        assert len(optimizer.param_groups) == 2
+
+
 @pytest.mark.parametrize("name", ALL_OPTIMIZERS)
 def test_a_good_clip_grad_value_is_kept(name):
     optimizer = getattr(fusedopt, name)(_params(), clip_grad_value=3)

@@ -21,7 +21,7 @@ from .. import backends
 from .._buckets import (COMPLEX_TO_REAL, Bucket, DTensor, SparseGradError, StateMap, _RegroupNeeded, consolidate,
                         kernel_view, split_into_buckets)
 from .._layout import (LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_norm_per_tensor,
-                       check_clip_value)
+                       check_clip_value, check_max_grad_norm)
 from .._memory import overlaps_itself
 from .._quantize import CODE_DTYPE, dequantized_like, quantized_like, refusal, scale_key
 from ..clip import clip_coefficient, global_norm
@@ -52,8 +52,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults: Dict[str, Any]):
         defaults["backend"] = backends.check_name(defaults.get("backend", "auto"))
-        if defaults.get("max_grad_norm") is not None and not defaults["max_grad_norm"] > 0:
-            raise ValueError(f"Invalid max_grad_norm value: {defaults['max_grad_norm']}")
+        check_max_grad_norm(defaults.get("max_grad_norm"))
         self._buckets: Dict[int, Tuple[List[torch.Tensor], List[Bucket], bool]] = {}
         super().__init__(params, defaults)
         self.state = StateMap(self.state)
@@ -110,6 +109,17 @@ class FusedOptimizer(torch.optim.Optimizer):
     # element), so runs repeat under torch.manual_seed (fusedopt/backends/reference/_rounding.py).
     _own_setstate_defaults = dict(backend="auto", master_weights=False, max_grad_norm=None, clip_grad_value=None,
                                   clip_grad_norm_per_tensor=None, state_dtype=None, bf16_stochastic_round=False)
+
+    # Group options fusedopt's step reads whatever the class (lazy_mode, weight_decay_mode
+    # aside: is_lazy and check_weight_decay_mode), with the values that leave them off. A class
+    # that takes one has it in its defaults or its _own_setstate_defaults; a group of any other
+    # class asking for it (Adafactor with clip_grad_value, SGD with lazy_mode) is refused when
+    # added, not ignored or left to fail inside a step.
+    _group_options_off = dict(master_weights=False, max_grad_norm=None, clip_grad_value=None,
+                              clip_grad_norm_per_tensor=None, state_dtype=None, bf16_stochastic_round=False,
+                              lazy_mode=False, optimized_update=False)
+    # Options the class sets in every group itself (SparseAdam: lazy_mode).
+    _implied_group_options: Tuple[str, ...] = ()
 
     # Why this optimizer cannot keep bf16 states (state_dtype=torch.bfloat16 is then refused
     # when a group is added); None: it can.
@@ -409,6 +419,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _grad_transforms(self, prepared: List[Prepared]) -> Callable[[dict, torch.device], GradTransform]:
         """GradScaler's scale and found_inf, and each group's clip coefficient, as one-element
         float32 tensors on each device. Computed on the device: nothing here syncs."""
+        for group in self.param_groups:  # a value changed since the group was added: refused before any update
+            check_max_grad_norm(group.get("max_grad_norm"))
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         clipped = any(group.get("max_grad_norm") is not None for group in self.param_groups)
@@ -464,6 +476,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         of decay; anywhere else a group asking for absolute decay is refused, not ignored)."""
         name = type(self).__name__
         try:
+            self._refuse_options_not_taken(group)
+            check_max_grad_norm(group.get("max_grad_norm"))
             check_clip_value(group.get("clip_grad_value"))
             check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
             # Read once here, as the kernels will: a bad value (or a weight_decay_mode that does
@@ -482,6 +496,16 @@ class FusedOptimizer(torch.optim.Optimizer):
         except ValueError:
             self.param_groups.pop()  # as if never added, as torch's own checks leave it
             raise
+
+    def _refuse_options_not_taken(self, group: dict) -> None:
+        taken = {*self.defaults, *type(self)._own_setstate_defaults, *self._implied_group_options}
+        for key, off in self._group_options_off.items():
+            value = group.get(key, off)
+            asked = (value not in (None, torch.float32) if key == "state_dtype"
+                     else value not in (False, None) if off is False else value is not None)
+            if key not in taken and asked:
+                raise ValueError(f"{type(self).__name__} does not take {key} (a param group asks for "
+                                 f"{key}={value!r})")
 
     def _check_backend_runs(self, group: dict) -> None:
         """A backend named explicitly must be able to run on the group's devices: say so now."""

@@ -26,6 +26,7 @@ class SparseAdam(FusedOptimizer):
     # state_dtype: not a constructor argument (torch's signature); a group asking for bf16
     # states is refused by lazy mode (_lazy.py).
     _own_setstate_defaults = dict(backend="auto", state_dtype=None)
+    _implied_group_options = ("lazy_mode",)
     _dense_grad_error = "SparseAdam does not support dense gradients, please consider Adam instead"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, maximize=False, *, backend="auto"):
