@@ -40,7 +40,7 @@ momentum) are signed; non-negative ones (second moments, accumulated squares) un
 from __future__ import annotations
 
 import functools
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -213,6 +213,31 @@ def quantized_like(values: torch.Tensor, key: str) -> Tuple[torch.Tensor, torch.
     absmax = torch.empty(blocks(values.numel()), dtype=SCALE_DTYPE, device=values.device)
     store(values.detach().to(torch.float32), codes, absmax, is_signed(key))
     return codes, absmax
+
+
+def quantized_entry_problem(state: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the 8-bit states in one param's checkpointed state (None: nothing):
+    each `<key>_absmax` must sit beside uint8 codes of `<key>`, one float32 scale per block of
+    256 codes, and uint8 values of a state that has a code never come without their scales
+    (loaded as plain values, the code numbers 0-255 would become the state)."""
+    for key, value in state.items():
+        if key.endswith(SCALE_SUFFIX):
+            base = key[:-len(SCALE_SUFFIX)]
+            codes = state.get(base)
+            if not (isinstance(codes, torch.Tensor) and codes.dtype == CODE_DTYPE):
+                shown = f"a {codes.dtype} tensor" if isinstance(codes, torch.Tensor) else repr(type(codes).__name__)
+                return f"has block scales '{key}', but '{base}' is {shown}, not {CODE_DTYPE} codes"
+            expected = blocks(codes.numel())
+            if not (isinstance(value, torch.Tensor) and value.dtype == SCALE_DTYPE and value.dim() == 1
+                    and value.numel() == expected):
+                shown = (f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                         else f"a {type(value).__name__}")
+                return (f"has block scales '{key}' that are {shown}; the {codes.numel()} codes of '{base}' need a "
+                        f"1-D {SCALE_DTYPE} tensor of {expected}")
+        elif (key in STATE_CODES and isinstance(value, torch.Tensor) and value.dtype == CODE_DTYPE
+              and scale_key(key) not in state):
+            return f"holds {CODE_DTYPE} codes in '{key}' without their block scales '{scale_key(key)}'"
+    return None
 
 
 def dequantized_like(codes: torch.Tensor, absmax: torch.Tensor, key: str) -> torch.Tensor:

@@ -208,10 +208,11 @@ def test_a_group_option_the_optimizer_does_not_take_is_refused(name, key, value)
     """A group asking for an option its optimizer does not take is refused when added: it was
     silently ignored (Adafactor's clipping) or failed inside step() with an AttributeError or
     KeyError (lazy_mode outside Adam)."""
-    with pytest.raises(ValueError, match=f"{name} does not take {key}"):
+    refused = rf"^{name}( does not take |: ){key}\b"  # the reason, where a check above names one
+    with pytest.raises(ValueError, match=refused):
         getattr(fusedopt, name)([{"params": _params()[:1]}, {"params": _params()[1:], key: value}])
     optimizer = getattr(fusedopt, name)(_params()[:1])
-    with pytest.raises(ValueError, match=f"{name} does not take {key}"):
+    with pytest.raises(ValueError, match=refused):
         optimizer.add_param_group({"params": _params()[1:], key: value})
     assert len(optimizer.param_groups) == 1
     off = {"master_weights": False, "bf16_stochastic_round": False, "lazy_mode": False, "optimized_update": False}

@@ -459,6 +459,65 @@ def test_checkpoint_round_trip_int8():
             assert torch.equal(loaded.state[t][key], value), key
 
 
+def _assert_same_state_dict(a, b):
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for index, entry in a["state"].items():
+        assert entry.keys() == b["state"][index].keys(), index
+        for key, value in entry.items():
+            other = b["state"][index][key]
+            assert value.dtype == other.dtype and torch.equal(value, other), (index, key)
+
+
+@pytest.mark.parametrize("target", ["int8", None], ids=["into_int8", "into_fp32"])
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda s: s.pop("exp_avg_absmax"), "codes in 'exp_avg' without their block scales"),
+    (lambda s: s.update(exp_avg=s["exp_avg"].to(torch.int8)), "'exp_avg' is a torch.int8 tensor, not torch.uint8"),
+    (lambda s: s.update(exp_avg=s["exp_avg"].float()), "'exp_avg' is a torch.float32 tensor, not torch.uint8"),
+    (lambda s: s.update(exp_avg_absmax=s["exp_avg_absmax"][:5]), "need a 1-D torch.float32 tensor of 24"),
+    (lambda s: s.update(exp_avg_absmax=3.0), "that are a float"),
+], ids=["no_scales", "int8_codes", "float_codes", "short_scales", "scales_not_a_tensor"])
+def test_malformed_8_bit_checkpoint_is_refused_and_changes_nothing(corrupt, message, target):
+    """Loaded as plain values, codes without (or with unusable) scales became the state: the
+    code numbers 0-255 as a first moment. Refused before torch's load replaces anything."""
+    params, source = _run("adam", steps=3, state_dtype="int8", backend="reference")
+    bad = copy.deepcopy(source.state_dict())
+    corrupt(bad["state"][0])
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    opt = _make("adam", twins, state_dtype=target, backend="reference")
+    _continue(opt, twins, 2)
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=f"state of param 0 .*{message}"):
+        opt.load_state_dict(bad)
+    _assert_same_state_dict(opt.state_dict(), before)
+
+
+def test_a_load_that_fails_after_torchs_puts_the_old_state_back():
+    """torch's load swaps in new state and groups before its post-hooks run; a failure there
+    (or in fusedopt's conversion) leaves the optimizer as it was, not half loaded."""
+    params, source = _run("adam", steps=3, state_dtype="int8", backend="reference")
+    checkpoint = copy.deepcopy(source.state_dict())
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    opt = _make("adam", twins, backend="reference")
+    _continue(opt, twins, 2)
+    before = copy.deepcopy(opt.state_dict())
+    seen = []
+
+    def failing_hook(optimizer):
+        seen.append(optimizer.state[twins[0]]["exp_avg"].dtype)  # fusedopt's conversion ran first
+        raise KeyError("a user's post-hook fails")
+
+    handle = opt.register_load_state_dict_post_hook(failing_hook)
+    with pytest.raises(KeyError, match="post-hook"):
+        opt.load_state_dict(checkpoint)
+    handle.remove()
+    assert seen == [torch.float32]
+    _assert_same_state_dict(opt.state_dict(), before)
+    _continue(opt, twins, 1)
+    opt.load_state_dict(checkpoint)  # and a load that succeeds still converts
+    assert opt.state[twins[0]]["exp_avg"].dtype == torch.float32
+
+
 @pytest.mark.parametrize("source", [None, torch.bfloat16], ids=["fp32", "bf16"])
 def test_checkpoint_into_int8_quantizes_once(source):
     """A float32 or bf16 checkpoint loaded into an optimizer with state_dtype="int8" (the

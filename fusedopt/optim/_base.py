@@ -23,7 +23,7 @@ from .._buckets import (COMPLEX_TO_REAL, Bucket, DTensor, SparseGradError, State
 from .._layout import (LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_norm_per_tensor,
                        check_clip_value, check_max_grad_norm)
 from .._memory import overlaps_itself
-from .._quantize import CODE_DTYPE, dequantized_like, quantized_like, refusal, scale_key
+from .._quantize import CODE_DTYPE, dequantized_like, quantized_entry_problem, quantized_like, refusal, scale_key
 from ..clip import clip_coefficient, global_norm
 from ._checks import check_low_precision_options, check_weight_decay_mode, warn_bf16_state_decays
 from ._lazy import check_lazy_group, is_lazy, prepare_lazy_groups, run_lazy_groups
@@ -180,24 +180,43 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._check_loadable(state_dict)
             loaded.append(state_dict)
 
-        handle = self.register_load_state_dict_pre_hook(check_after_user_hooks)
+        def restore_before_user_hooks(optimizer):
+            # The first post-hook, so the user's see the state as it will train (as state_dict's
+            # shaping is the first of its post-hooks).
+            for group, (backend, state_dtype) in zip(self.param_groups, chosen):
+                group["backend"] = backend
+                group["state_dtype"] = state_dtype
+            self._buckets = {}  # a group's 8-bit split follows its state_dtype
+            self._restore_state_dtypes(loaded[0])
+
+        # torch's load builds new state and groups and swaps them in; a load that fails
+        # anywhere (here, or in a user's hook) puts the old ones back, so an optimizer never
+        # trains on half a checkpoint (torch's cast of 8-bit codes to float values, say).
+        previous = (self.state, self.param_groups, self._buckets)
+        hooks = (self.register_load_state_dict_pre_hook(check_after_user_hooks),
+                 self.register_load_state_dict_post_hook(restore_before_user_hooks, prepend=True))
         try:
             super().load_state_dict(state_dict)
+        except BaseException:
+            self.state, self.param_groups, self._buckets = previous
+            raise
         finally:
-            handle.remove()
-        for group, (backend, state_dtype) in zip(self.param_groups, chosen):
-            group["backend"] = backend
-            group["state_dtype"] = state_dtype
-        self._buckets = {}  # a group's 8-bit split follows its state_dtype
-        self._restore_state_dtypes(loaded[0])
+            for hook in hooks:
+                hook.remove()
 
     def _check_loadable(self, state_dict: dict) -> None:
         defaulted = {*self._setstate_defaults, *self._own_setstate_defaults}
+        name = type(self).__name__
         for index, group in enumerate(state_dict.get("param_groups", ())):
             missing = [key for key in self.defaults if key not in group and key not in defaulted]
             if missing:  # torch would load it, then fail at the next step with a KeyError
-                raise ValueError(f"{type(self).__name__}: load_state_dict: param group {index} has no "
+                raise ValueError(f"{name}: load_state_dict: param group {index} has no "
                                  f"{', '.join(map(repr, missing))}; is this another optimizer's state_dict?")
+        states = state_dict.get("state", {})
+        for param_id, entry in (states.items() if isinstance(states, dict) else ()):
+            problem = isinstance(entry, dict) and quantized_entry_problem(entry)
+            if problem:
+                raise ValueError(f"{name}: load_state_dict: the state of param {param_id} {problem}")
 
     def _restore_state_dtypes(self, state_dict: dict) -> None:
         """torch's load casts every floating state tensor to its param's dtype (uint8 codes
@@ -476,7 +495,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         of decay; anywhere else a group asking for absolute decay is refused, not ignored)."""
         name = type(self).__name__
         try:
-            self._refuse_options_not_taken(group)
             check_max_grad_norm(group.get("max_grad_norm"))
             check_clip_value(group.get("clip_grad_value"))
             check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
@@ -491,6 +509,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 check_lazy_group(group, name)
             if "weight_decay_mode" not in self.defaults and "weight_decay_mode" in group:
                 check_weight_decay_mode(group["weight_decay_mode"], decoupled=False)
+            self._refuse_options_not_taken(group)  # last: the checks above say why where they can
             if bf16_states(group):
                 warn_bf16_state_decays(name, {key: hyper[key] for key in self.spec.state_decays})
         except ValueError:
