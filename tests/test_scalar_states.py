@@ -131,6 +131,30 @@ def test_torchs_float64_checkpoint_continues_torchs_trajectory(name, backend):
 
 
 @pytest.mark.parametrize("name", CASES)
+def test_16_bit_params_resume_on_their_float32_scalars(name, backend):
+    """torch's load casts the scalar states to a bf16 param's dtype too (mu_product 0.091214
+    became 0.091309); fusedopt takes them from the checkpoint again, as it takes the master
+    copy, so a resumed run with master weights is the uninterrupted one, bit for bit."""
+    grads = gradients(steps=10, shapes=SHAPES)
+    start = initial_values(shapes=SHAPES)
+    params = make_params(start, torch.bfloat16)
+    uninterrupted = getattr(fusedopt, name)(params, backend=backend, master_weights=True, **CASES[name])
+    steps(uninterrupted, params, grads[:5])
+    checkpoint = copy.deepcopy(uninterrupted.state_dict())
+    resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    resumed = getattr(fusedopt, name)(resumed_params, backend=backend, master_weights=True, **CASES[name])
+    resumed.load_state_dict(checkpoint)
+    for p in resumed_params:
+        assert all(resumed.state[p][key].dtype == torch.float32 for key in KEYS[name])
+    steps(uninterrupted, params, grads[5:])
+    steps(resumed, resumed_params, grads[5:])
+    assert_scalars_equal(resumed, uninterrupted, resumed_params, params, name)
+    for p, q in zip(resumed_params, params):
+        assert torch.equal(p, q)
+        assert torch.equal(resumed.state[p]["master_param"], uninterrupted.state[q]["master_param"])
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_fusedopt_checkpoint_loads_into_torch(name, backend):
     """The other way: fusedopt's state_dict has torch's keys and 0-dim float32 scalars, and
     torch.optim continues fusedopt's run from it."""

@@ -220,7 +220,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _restore_state_dtypes(self, state_dict: dict) -> None:
         """torch's load casts every floating state tensor to its param's dtype (uint8 codes
-        and their scales too); master weights (float32) and state tensors of another dtype
+        and their scales too); per-param scalar states (float32: NAdam's mu_product, ASGD's eta
+        and mu, which a bf16 cast would round), master weights (float32) and state tensors of another dtype
         (float32 with master weights, bf16 with state_dtype=torch.bfloat16, 8-bit codes with
         "int8") are taken from the checkpoint again and converted once, from the saved values,
         to the form this group keeps them in: a float32 checkpoint loads into bf16 states
@@ -231,10 +232,14 @@ class FusedOptimizer(torch.optim.Optimizer):
             saved = state_dict["state"].get(saved_id)
             if saved is None:
                 continue
+            state = self.state[param]
+            for key in self.spec.scalar_state_keys():  # float32 beside any param (_init_state)
+                value = saved.get(key)
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    state[key] = value.to(device=param.device, dtype=torch.float32, copy=True)
             quantized = quantizes(group, param)
             state_dtype = bucket_state_dtype(group, param.dtype, quantized)
             keys = self.state_keys(group)
-            state = self.state[param]
             saved_quantized = any(_is_quantized(saved, key) for key in keys)
             if state_dtype is None and not saved_quantized:
                 continue
