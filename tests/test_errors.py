@@ -106,6 +106,17 @@ def test_fused_and_foreach_flags_as_torch_reads_them(name):
         cls([p], fused=False, foreach=True)
 
 
+@pytest.mark.parametrize("name", ["Adafactor", "Adamax", "NAdam", "RAdam", "Rprop", "ASGD", "Adadelta", "RMSprop"])
+def test_foreach_is_read_by_truth_value_as_torch_reads_it(name):
+    """The optimizers without a fused flag take any foreach value, as torch.optim's do
+    (Adafactor refused foreach=1 with a TypeError torch does not raise)."""
+    p = torch.nn.Parameter(torch.ones(3, 2))
+    for cls in (getattr(torch.optim, name), getattr(fusedopt, name)):
+        optimizer = cls([p], foreach=1)
+        p.grad = torch.ones(3, 2)
+        optimizer.step()
+
+
 # --------------------------------------------------------------------------- helpers
 OPTIMIZERS = {
     "Adam": lambda ps, b: fusedopt.Adam(ps, lr=0.1, amsgrad=True, backend=b),

@@ -70,8 +70,6 @@ class Adafactor(FusedOptimizer):
             raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
         if not 0.0 <= weight_decay:
             raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")
-        if foreach is not None and not isinstance(foreach, bool):
-            raise TypeError(f"foreach must be None or a bool, got {foreach!r}")
         self._tables: Dict[tuple, FactoredTables] = {}
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, foreach=foreach,
                         maximize=maximize, backend=backend, state_dtype=state_dtype)
