@@ -98,6 +98,7 @@ def clip_grad_norm_(
             "`error_if_nonfinite=False`"
         )
     coef = clip_coefficient(max_norm, total.double())
-    for device, grads in by_device:
-        torch._foreach_mul_(grads, coef.to(device=device, dtype=torch.float32))
+    for device, grads in by_device:  # as torch: float64 grads scaled in float64, the others by a float32 coef
+        dtype = torch.float64 if grads[0].dtype == torch.float64 else torch.float32
+        torch._foreach_mul_(grads, coef.to(device=device, dtype=dtype))
     return total

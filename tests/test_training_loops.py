@@ -123,6 +123,22 @@ def test_clip_grad_norm_matches_torch(sizes, max_norm):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-7)
 
 
+def test_clip_grad_norm_scales_float64_grads_in_float64():
+    """torch scales float64 grads by a float64 coefficient; fusedopt rounded it to float32
+    (about 1e-8 relative off). Now to float64's rounding."""
+    torch.manual_seed(0)
+    ours = [torch.randn(n, dtype=torch.float64, requires_grad=True) for n in (1000, 77, 300)]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    for a, b in zip(ours, theirs):
+        a.grad = torch.randn(a.shape, dtype=a.dtype) * 3
+        b.grad = a.grad.clone()
+    norm_ours = fusedopt.clip_grad_norm_(ours, 0.5)
+    norm_theirs = torch.nn.utils.clip_grad_norm_(theirs, 0.5)
+    torch.testing.assert_close(norm_ours, norm_theirs, rtol=1e-14, atol=0)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-14, atol=0)
+
+
 def test_clip_grad_norm_other_norm_types_and_errors_follow_torch():
     p = torch.zeros(4, requires_grad=True)
     p.grad = torch.tensor([1.0, -5.0, 2.0, 0.0])
