@@ -74,8 +74,8 @@ UpdateOptions update_options(double lr, uintptr_t lr_tensor, bool first_step, bo
   o.master_weights = master_weights;
   o.bf16_states = bf16_states;
   o.grad_transform = GradTransform{reinterpret_cast<const float*>(grad_scale), reinterpret_cast<const float*>(found_inf),
-                                   reinterpret_cast<const float*>(clip_coef), clip_value,
-                                   reinterpret_cast<const float*>(tensor_clip)};
+                                   reinterpret_cast<const void*>(clip_coef), clip_value,
+                                   reinterpret_cast<const void*>(tensor_clip)};
   o.tensor_scale = reinterpret_cast<const double*>(tensor_scale);
   o.round_seed = round_seed;
   o.int8_tables = reinterpret_cast<const uint8_t*>(int8_tables);

@@ -7,6 +7,7 @@ Every backend and the bucket code import these from here; nothing here imports f
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
@@ -27,6 +28,18 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 STEP_DTYPE = torch.float32
 MASTER_KEY = "master_param"  # the fp32 master copy of a 16-bit param: the last state row
 
+
+
+def math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute an update of params of `dtype` in (a complex param's is
+    its real pairs'): float64 for float64, float32 for every other (16-bit math is float32)."""
+    return torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 CLIP_EPSILON = 1e-6  # torch's clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1
 
 
@@ -34,8 +47,8 @@ CLIP_EPSILON = 1e-6  # torch's clip_grad_norm_: coef = max_norm / (norm + 1e-6),
 class GradTransform:
     """What happens to every gradient before the optimizer's math, in this order (mirrors
     struct GradTransform in csrc/include/fusedopt/common.h). The first three are None or a
-    one-element float32 tensor on the params' device, read by the kernel itself, so no step
-    waits on the host:
+    one-element tensor on the params' device (float32, clip_coef in the math type: see
+    check), read by the kernel itself, so no step waits on the host:
 
     grad_scale: torch.amp.GradScaler's scale; grads are divided by it.
     found_inf:  nonzero skips the whole step (params, state and step counters unchanged).
@@ -59,36 +72,48 @@ class GradTransform:
     found_inf: Optional[torch.Tensor] = None
     clip_coef: Optional[torch.Tensor] = None
     clip_value: Optional[float] = None
-    # clip_grad_norm_per_tensor: a float32 tensor [len(batch)] on the params' device, each
-    # tensor's own clip coefficient times clip_coef's (then the grad's multiplier in its
-    # place); made per batch by fusedopt/optim/_plan.py's run_update.
+    # clip_grad_norm_per_tensor: a tensor [len(batch)] on the params' device, each tensor's own
+    # clip coefficient times clip_coef's (then the grad's multiplier in its place), in the
+    # math type as clip_coef; made per batch by fusedopt/optim/_plan.py's run_update.
     tensor_clip: Optional[torch.Tensor] = None
 
-    def check(self, device: torch.device) -> None:
-        """Kernels read each through a raw pointer as one float32 beside the params: refuse
-        anything else before a launch (the optimizers pass such tensors; the torch.library
-        op passes what it is given). clip_value must be a finite number > 0."""
+    def check(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Kernels read each through a raw pointer beside the params of kernel dtype `dtype`:
+        grad_scale and found_inf as one float32 (GradScaler's), clip_coef and tensor_clip in the
+        update's math type (math_dtype: float64 grads are scaled in float64, as torch's
+        clip_grad_norm_ scales them). Anything else is refused before a launch (the optimizers
+        pass such tensors; the torch.library op passes what it is given). clip_value must be a
+        finite number > 0."""
         check_clip_value(self.clip_value)
-        for name in ("grad_scale", "found_inf", "clip_coef"):
+        for name, expected in (("grad_scale", torch.float32), ("found_inf", torch.float32),
+                               ("clip_coef", math_dtype(dtype))):
             t = getattr(self, name)
-            if t is not None and (t.dtype != torch.float32 or t.numel() != 1 or t.device != device):
-                raise RuntimeError(f"{name} must be a one-element float32 tensor on {device}, "
+            if t is not None and (t.dtype != expected or t.numel() != 1 or t.device != device):
+                raise RuntimeError(f"{name} must be a one-element {_dtype_name(expected)} tensor on {device}, "
                                    f"got {tuple(t.shape)} {t.dtype} on {t.device}")
-        t = self.tensor_clip
-        if t is not None and (t.dtype != torch.float32 or t.dim() != 1 or t.device != device or not t.is_contiguous()):
-            raise RuntimeError(f"tensor_clip must be a contiguous 1-D float32 tensor on {device}, "
+        t, expected = self.tensor_clip, math_dtype(dtype)
+        if t is not None and (t.dtype != expected or t.dim() != 1 or t.device != device or not t.is_contiguous()):
+            raise RuntimeError(f"tensor_clip must be a contiguous 1-D {_dtype_name(expected)} tensor on {device}, "
                                f"got {tuple(t.shape)} {t.dtype} on {t.device}")
 
-    def check_for(self, device: torch.device, tensors: int) -> None:
-        """check(device), and one tensor_clip value per tensor of the call."""
-        self.check(device)
+    def check_for(self, device: torch.device, dtype: torch.dtype, tensors: int) -> None:
+        """check(device, dtype), and one tensor_clip value per tensor of the call."""
+        self.check(device, dtype)
         if self.tensor_clip is not None and self.tensor_clip.numel() != tensors:
             raise RuntimeError(f"tensor_clip has {self.tensor_clip.numel()} values for {tensors} tensors")
 
-    def addresses(self, device: torch.device) -> Tuple[int, int, int]:
+    def addresses(self, device: torch.device, dtype: torch.dtype) -> Tuple[int, int, int]:
         """The three addresses for native code (0 for none), checked."""
-        self.check(device)
+        self.check(device, dtype)
         return tuple(0 if t is None else t.data_ptr() for t in (self.grad_scale, self.found_inf, self.clip_coef))
+
+    def for_dtype(self, dtype: torch.dtype) -> "GradTransform":
+        """This transform with its clip coefficients in the math type of params of `dtype` (the
+        torch.library op is given one coefficient for buckets of every dtype)."""
+        wanted = math_dtype(dtype)
+        converted = {name: t.to(wanted) for name in ("clip_coef", "tensor_clip")
+                     if (t := getattr(self, name)) is not None and t.dtype != wanted}
+        return dataclasses.replace(self, **converted) if converted else self
 
     def writes_grad(self) -> bool:
         """Whether the step stores the transformed grad back (see the class docstring)."""

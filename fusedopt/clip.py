@@ -45,13 +45,14 @@ def clip_coefficient(max_norm: float, norm: torch.Tensor) -> torch.Tensor:
 
 
 def per_tensor_clip_coefficients(sums: torch.Tensor, max_norm: float, grad_scale: Optional[torch.Tensor],
-                                 clip_coef: Optional[torch.Tensor]) -> torch.Tensor:
+                                 clip_coef: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     """clip_grad_norm_per_tensor's coefficients (GradTransform.tensor_clip): from each
     tensor's sum of squares of its stored grad (float64), the norm of the grad the optimizer
     sees (divided by GradScaler's scale, times max_grad_norm's coefficient), then paddle's
     ClipGradByNorm (phi's clip_by_norm kernel): 1 where norm <= max_norm, else
     max_norm / (norm + eps) with eps = 1e-6 only where norm <= 1e-30 (else 0); times
-    max_grad_norm's coefficient, so the grad is multiplied once. float32, on sums' device."""
+    max_grad_norm's coefficient, so the grad is multiplied once. In `dtype`, the math type of
+    the grads' update (GradTransform), on sums' device."""
     norm = sums.sqrt()
     if grad_scale is not None:
         norm = norm / grad_scale.to(norm.device, torch.float64)
@@ -61,7 +62,7 @@ def per_tensor_clip_coefficients(sums: torch.Tensor, max_norm: float, grad_scale
     coef = torch.where(norm <= max_norm, torch.ones_like(norm), max_norm / (norm + eps))
     if clip_coef is not None:
         coef = coef * clip_coef.to(norm.device, torch.float64)
-    return coef.to(torch.float32)
+    return coef.to(dtype)
 
 
 def clip_grad_norm_(

@@ -170,7 +170,7 @@ def test_found_inf_skips_the_step_inside_the_kernel(case, dtype, master):
         hyper = group_hyper(optimizer, group)
         for bucket, batch, fresh in optimizer._prepare_group(index, group, hyper):
             run_update(optimizer.spec, backends.get("cuda_host"), batch, fresh, hyper,
-                       group["lr"], uses_master(group, bucket.dtype), grad_transform)
+                       group["lr"], uses_master(group, bucket.dtype), grad_transform.for_dtype(bucket.dtype))
     for i, (before, after) in enumerate(zip(snapshot, _all_tensors(optimizer))):
         assert_same_bits(after, before, f"tensor {i} after a skipped step")
     twins.guarded.check()
@@ -252,7 +252,7 @@ def check_lamb_norms(shapes, dtype, master, backend) -> int:
             hyper = group_hyper(optimizer, group)
             for bucket, batch, fresh in optimizer._prepare_group(index, group, hyper):
                 config = UpdateConfig(hyper, 1e-2, None, False, uses_master(group, bucket.dtype),
-                                      transform(len(batch)))
+                                      transform(len(batch)).for_dtype(bucket.dtype))
                 host.host_clear_launch_log()
                 actual = backends.get(backend).norms("lamb", batch, config)
                 assert_same_bits(actual, backends.get("cpu").norms("lamb", batch, config), f"norms, {name}")

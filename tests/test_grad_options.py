@@ -83,6 +83,27 @@ def test_unscale_then_norm_clip_then_value_clip_then_step(backend, name):
         assert_params_close(ours_params, torch_params, torch.float32)
 
 
+@pytest.mark.parametrize("name", ["SGD", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "ASGD",
+                                  "Adadelta"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_grad_norm_scales_float64_grads_in_float64(backend, name):
+    """torch's clip_grad_norm_ scales float64 grads by a float64 coefficient, and so do the
+    kernels: it reached them rounded to float32 (about 1e-8 relative off torch, held to a
+    float32 tolerance). 20 steps to float64's tolerance, the clip biting on each."""
+    _usable(backend)
+    hyper = TORCH_HYPER.get(name, dict(lr=1e-2))
+    ours_params, torch_params = _params(torch.float64), _params(torch.float64)
+    ours = getattr(fusedopt, name)(ours_params, backend=backend, max_grad_norm=0.5, **hyper)
+    theirs = getattr(torch.optim, name)(torch_params, foreach=False, **hyper)
+    for step in range(20):
+        for p, q, g in zip(ours_params, torch_params, _grads(step, dtype=torch.float64)):
+            p.grad, q.grad = g.clone(), g.clone()
+        assert torch.nn.utils.clip_grad_norm_(torch_params, 0.5) > 0.5
+        ours.step()
+        theirs.step()
+        assert_params_close(ours_params, torch_params, torch.float64)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_clip_alone_leaves_the_grads_as_they_were(backend):
     """Without GradScaler's scale nothing is written back: the clamp is on the value the

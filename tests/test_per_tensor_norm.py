@@ -94,9 +94,9 @@ def paddle_clip_by_norm(g: torch.Tensor, max_norm: float) -> torch.Tensor:
 CLIP_SHAPES = ((7, 5), (33,), (1,), (0,))
 
 
-def _clip_params(seed=0):
+def _clip_params(seed=0, dtype=torch.float32):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in CLIP_SHAPES]
+    return [torch.nn.Parameter(torch.randn(s, generator=generator).to(dtype)) for s in CLIP_SHAPES]
 
 
 def _clip_grads(step):
@@ -112,23 +112,27 @@ OPTIMIZERS = sorted(name for name in fusedopt.optim.__all__
 LR = {"Adadelta": 1.0, "Rprop": 1e-2}
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("name", OPTIMIZERS)
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_clip_per_tensor_equals_a_torch_loop(backend, name, max_norm=0.5):
+def test_clip_per_tensor_equals_a_torch_loop(backend, name, dtype, max_norm=0.5):
     """Each grad clipped by its own norm (the hand-written loop, then the optimizer without
-    the option) equals the option, step by step, for every registered optimizer."""
-    ours_params, loop_params = _clip_params(), _clip_params()
+    the option) equals the option, step by step, for every registered optimizer; float64
+    grads to float64's tolerance (their coefficients are float64, as the loop's)."""
+    ours_params, loop_params = _clip_params(dtype=dtype), _clip_params(dtype=dtype)
     lr = LR.get(name, 1e-2)
     ours = getattr(fusedopt, name)(ours_params, lr=lr, backend=backend, clip_grad_norm_per_tensor=max_norm)
     loop = getattr(fusedopt, name)(loop_params, lr=lr, backend=backend)
+    tolerance = dict(rtol=2e-6, atol=2e-7) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-14)
     for step in range(5):
-        for p, q, g in zip(ours_params, loop_params, _clip_grads(step)):
+        grads = [g.to(dtype) for g in _clip_grads(step)]
+        for p, q, g in zip(ours_params, loop_params, grads):
             p.grad = g.clone()
             q.grad = paddle_clip_by_norm(g, max_norm)
         ours.step()
         loop.step()
-        for p, q, g in zip(ours_params, loop_params, _clip_grads(step)):
-            torch.testing.assert_close(p, q, rtol=2e-6, atol=2e-7)
+        for p, q, g in zip(ours_params, loop_params, grads):
+            torch.testing.assert_close(p, q, **tolerance)
             assert torch.equal(p.grad, g)  # without GradScaler the grads are left as they were
 
 

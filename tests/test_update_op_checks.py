@@ -128,6 +128,34 @@ def test_tensors_that_cannot_serve_raise_runtime_error(changes, message):
         call(adam_args(**changes))
 
 
+def test_clip_coefficients_reach_the_kernels_in_the_math_type():
+    """The kernels read clip_coef and tensor_clip in the update's math type (double for float64
+    params, as torch scales float64 grads): a float32 one for a float64 batch is refused before
+    any backend reads 8 bytes of a 4-byte tensor, and a float64 one for float32 params too. The
+    op takes one coefficient for buckets of every dtype and gives each its own."""
+    from fusedopt._layout import GradTransform
+    cpu = torch.device("cpu")
+    for coef, dtype in ((torch.tensor(0.5), torch.float64), (torch.tensor(0.5, dtype=torch.float64), torch.float32)):
+        with pytest.raises(RuntimeError, match="clip_coef must be a one-element float"):
+            GradTransform(clip_coef=coef).check(cpu, dtype)
+        with pytest.raises(RuntimeError, match="tensor_clip must be a contiguous 1-D float"):
+            GradTransform(tensor_clip=coef.reshape(1)).check(cpu, dtype)
+        fitted = GradTransform(clip_coef=coef, tensor_clip=coef.reshape(1)).for_dtype(dtype)
+        fitted.check(cpu, dtype)
+        assert fitted.clip_coef.dtype == fitted.tensor_clip.dtype == (torch.float64 if dtype == torch.float64
+                                                                      else torch.float32)
+    results = []
+    for coef in (torch.tensor(0.375), torch.tensor(0.375, dtype=torch.float64)):
+        torch.manual_seed(0)
+        args = adam_args(clip_coef=coef)
+        args["params"] = [p.double() for p in args["params"]]
+        args["grads"] = [g.double() for g in args["grads"]]
+        args["states"] = [s.double() for s in args["states"]]
+        call(args)
+        results.append(args["params"])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 def test_shared_state_tensors_are_refused():
     shared = torch.zeros(5)
     with pytest.raises(RuntimeError, match="share memory"):

@@ -48,8 +48,8 @@ void norms_then_update(const TensorTable& table, int64_t rows, DType dtype, cons
         for (int64_t i = 0; i < count; ++i) columns[size_t(r * count + i)] = table.data[r * table.n + first + i];
       const TensorTable group{columns.data(), count};
       UpdateConfig<Kind> group_config = config;
-      const float* clip = config.options.grad_transform.tensor_clip;
-      group_config.options.grad_transform.tensor_clip = clip == nullptr ? nullptr : clip + first;
+      const void* clip = config.options.grad_transform.tensor_clip;
+      group_config.options.grad_transform.tensor_clip = clip == nullptr ? nullptr : math_value_address(clip, dtype, first);
       sums.assign(size_t(2 * count), 0.0);
       norms<Kind>(group, dtype, group_config, threads, sums.data());
       ratios.resize(size_t(count));

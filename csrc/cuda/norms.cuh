@@ -51,7 +51,7 @@ struct NormChunkOp {
   static constexpr int kScalarStates = 0;
 
   UpdateConfig<Kind> config;
-  bool tensor_clip = false;  // the records carry each tensor's float32 clip coefficient
+  bool tensor_clip = false;  // the records carry each tensor's clip coefficient (math type T)
   int8_t absmax_slot = -1;   // kInt8: the first state's absmax
 
   // In the prologue, by the one thread of each tensor: `step` is its counter + 1.
@@ -69,7 +69,7 @@ struct NormChunkOp {
     __shared__ double lanes[2][kSumLanes];
     const int lane = int(threadIdx.x);
     GradFactors<T> grad = c.grad;  // with this tensor's clip_grad_norm_per_tensor multiplier, if any
-    if (tensor_clip) grad.multiplier = T(*static_cast<const float*>(tensor.address[kTensorClipSlot]));
+    if (tensor_clip) grad.multiplier = math_value<T>(tensor.address[kTensorClipSlot]);
     const S* param = static_cast<const S*>(tensor.address[kParamSlot]);
     const S* grads = static_cast<const S*>(tensor.address[kGradSlot]);
     const float* master = kMasterWeights ? static_cast<const float*>(tensor.address[kMasterSlot]) : nullptr;
@@ -146,11 +146,12 @@ void norms(const char* name, const TensorTable& table, DType dtype, const Update
                                   " norms: 8-bit states are for float32 math, not float64 params or bf16 states");
     const int64_t scale_row = scalar_state_row(Kind::kStates, master);  // no scalar states (asserted above)
     const int64_t used_rows = scale_row + (int8 ? Kind::kStates : 0);
-    const float* tensor_clip = options.grad_transform.tensor_clip;
+    const void* tensor_clip = options.grad_transform.tensor_clip;
     std::vector<int64_t> rows(table.data, table.data + used_rows * table.n);
     const int64_t clip_row = used_rows, partials_row = used_rows + (tensor_clip != nullptr);
     if (tensor_clip != nullptr)
-      for (int64_t i = 0; i < table.n; ++i) rows.push_back(int64_t(reinterpret_cast<uintptr_t>(tensor_clip + i)));
+      for (int64_t i = 0; i < table.n; ++i)
+        rows.push_back(int64_t(reinterpret_cast<uintptr_t>(math_value_address(tensor_clip, dtype, i))));
     for (int64_t i = 0; i < table.n; ++i)
       rows.push_back(int64_t(partials + uint64_t(2 * first[size_t(i)]) * sizeof(double)));
     const TensorTable carried{rows.data(), table.n};

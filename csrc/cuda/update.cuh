@@ -72,7 +72,7 @@ struct UpdateChunkOp {
   std::conditional_t<kPerTensorRecord, NoSharedRecord, SharedPrepared<Coefficients>> shared;
   // Slots (below kMaxAddresses) as bytes: the op travels in the parameter block, in
   // kOpParameterBytes.
-  int8_t tensor_clip_slot = -1;   // the slot of the tensor's float32 clip coefficient (-1: none)
+  int8_t tensor_clip_slot = -1;   // the slot of the tensor's clip coefficient, math type T (-1: none)
   int8_t tensor_scale_slot = -1;  // the slot of the tensor's float64 scale (-1: none)
   int8_t column_slot = -1;        // kStochastic: the slot holding the tensor's table column
 
@@ -115,7 +115,7 @@ struct UpdateChunkOp {
         Kind::scale_coefficients(k, *static_cast<const double*>(tensor.at(tensor_scale_slot)));
     }
     GradFactors<T> grad = c.grad;
-    if (tensor_clip_slot >= 0) grad.multiplier = T(*static_cast<const float*>(tensor.at(tensor_clip_slot)));
+    if (tensor_clip_slot >= 0) grad.multiplier = math_value<T>(tensor.at(tensor_clip_slot));
     ParamRounding<kStochastic> rounding;
     if constexpr (kStochastic)
       rounding.key = rounding_key(options.round_seed, int64_t(reinterpret_cast<uintptr_t>(tensor.at(column_slot))));
@@ -167,14 +167,15 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
   const int64_t scale_row = scalar_state_row(states_used, options.master_weights && dtype != DType::Float32 &&
                                                               dtype != DType::Float64) + Kind::kScalarStates;
   const int64_t used_rows = scale_row + (int8 ? states_used : 0);
-  const float* tensor_clip = options.grad_transform.tensor_clip;
+  const void* tensor_clip = options.grad_transform.tensor_clip;
   const double* tensor_scale = Kind::kTensorScale ? options.tensor_scale : nullptr;
   std::vector<int64_t> extended;
   TensorTable carried = table;
   if (tensor_clip != nullptr || tensor_scale != nullptr) {
     extended.assign(table.data, table.data + used_rows * table.n);
     if (tensor_clip != nullptr)
-      for (int64_t i = 0; i < table.n; ++i) extended.push_back(int64_t(reinterpret_cast<uintptr_t>(tensor_clip + i)));
+      for (int64_t i = 0; i < table.n; ++i)
+        extended.push_back(int64_t(reinterpret_cast<uintptr_t>(math_value_address(tensor_clip, dtype, i))));
     if (tensor_scale != nullptr)
       for (int64_t i = 0; i < table.n; ++i) extended.push_back(int64_t(reinterpret_cast<uintptr_t>(tensor_scale + i)));
     carried = TensorTable{extended.data(), table.n};

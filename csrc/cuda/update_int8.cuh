@@ -93,7 +93,7 @@ struct UpdateInt8ChunkOp {
       if (tensor_scale_slot >= 0) Kind::scale_coefficients(k, *static_cast<const double*>(tensor.at(tensor_scale_slot)));
     }
     GradFactors<T> grad = c.grad;
-    if (tensor_clip_slot >= 0) grad.multiplier = T(*static_cast<const float*>(tensor.at(tensor_clip_slot)));
+    if (tensor_clip_slot >= 0) grad.multiplier = math_value<T>(tensor.at(tensor_clip_slot));
     uint32_t key = 0;
     if constexpr (kStochastic)
       key = rounding_key(options.round_seed, int64_t(reinterpret_cast<uintptr_t>(tensor.at(column_slot))));

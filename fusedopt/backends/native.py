@@ -34,7 +34,7 @@ def common_arguments(batch: TensorBatch, config: UpdateConfig) -> tuple:
     transform = config.grad_transform
     return (batch.table_address(), len(batch), DTYPE_CODES[batch.dtype], config.lr,
             _lr_tensor_address(config.lr_tensor, batch.device), config.first_step, config.master_weights,
-            *transform.addresses(batch.device), transform.clip_value or 0.0)
+            *transform.addresses(batch.device, batch.dtype), transform.clip_value or 0.0)
 
 
 def state_arguments(config: UpdateConfig) -> dict:
@@ -83,9 +83,9 @@ def rounding_arguments(config: UpdateConfig) -> dict:
 
 def per_tensor_arguments(batch: TensorBatch, config: UpdateConfig) -> Dict[str, int]:
     """The addresses of the per-tensor arrays (0: none), checked: clip_grad_norm_per_tensor's
-    float32 coefficients (GradTransform.tensor_clip) and a tensor scale (LAMB's float64 trust
+    coefficients in the math type (GradTransform.tensor_clip) and a tensor scale (LAMB's float64 trust
     ratio, UpdateConfig.tensor_scale), each one value per tensor of the batch, on its device."""
-    config.grad_transform.check_for(batch.device, len(batch))
+    config.grad_transform.check_for(batch.device, batch.dtype, len(batch))
     clip, scale = config.grad_transform.tensor_clip, config.tensor_scale
     if scale is not None and (scale.dtype != torch.float64 or scale.dim() != 1 or scale.numel() != len(batch)
                               or scale.device != batch.device or not scale.is_contiguous()):

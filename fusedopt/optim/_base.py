@@ -21,7 +21,7 @@ from .. import backends
 from .._buckets import (COMPLEX_TO_REAL, Bucket, DTensor, SparseGradError, StateMap, _RegroupNeeded, consolidate,
                         kernel_view, split_into_buckets)
 from .._layout import (LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_norm_per_tensor,
-                       check_clip_value, check_max_grad_norm)
+                       check_clip_value, check_max_grad_norm, math_dtype)
 from .._memory import overlaps_itself
 from .._quantize import CODE_DTYPE, dequantized_like, quantized_entry_problem, quantized_like, refusal, scale_key
 from ..clip import clip_coefficient, global_norm
@@ -297,7 +297,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 _check_grads_writable(prepared)
             for group, hyper, batches in zip(self.param_groups, hypers, prepared):
                 for bucket, batch, fresh in batches:
-                    transform = transforms(group, bucket.device)
+                    transform = transforms(group, bucket.device, bucket.dtype)
                     backend = (backends.resolve(group["backend"], bucket.device, INT8_KERNEL) if bucket.quantized
                                else backends.resolve(group["backend"], bucket.device))
                     run_update(self.spec, backend, batch, fresh, hyper,
@@ -440,9 +440,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                 self._buckets.pop(index, None)
         raise AssertionError("unreachable: buckets were just rebuilt from the current params")
 
-    def _grad_transforms(self, prepared: List[Prepared]) -> Callable[[dict, torch.device], GradTransform]:
-        """GradScaler's scale and found_inf, and each group's clip coefficient, as one-element
-        float32 tensors on each device. Computed on the device: nothing here syncs."""
+    def _grad_transforms(self, prepared: List[Prepared]) -> Callable[[dict, torch.device, torch.dtype], GradTransform]:
+        """GradScaler's scale and found_inf (float32), and each group's clip coefficient (in the
+        math type of the bucket's dtype: float64 grads are scaled in float64, as torch's
+        clip_grad_norm_ scales them), as one-element tensors on each device. Computed on the
+        device: nothing here syncs."""
         for group in self.param_groups:  # a value changed since the group was added: refused before any update
             check_max_grad_norm(group.get("max_grad_norm"))
         grad_scale = getattr(self, "grad_scale", None)
@@ -453,18 +455,19 @@ class FusedOptimizer(torch.optim.Optimizer):
         norm = self._grad_norm(prepared, grad_scale) if clipped else None
         on_device: Dict[Any, Optional[torch.Tensor]] = {}
 
-        def placed(key, tensor: Optional[torch.Tensor], device: torch.device) -> Optional[torch.Tensor]:
+        def placed(key, tensor: Optional[torch.Tensor], device: torch.device,
+                   dtype: torch.dtype = torch.float32) -> Optional[torch.Tensor]:
             if tensor is None:
                 return None
-            if (key, device) not in on_device:
-                on_device[(key, device)] = tensor.to(device=device, dtype=torch.float32, non_blocking=True).reshape(())
-            return on_device[(key, device)]
+            if (key, device, dtype) not in on_device:
+                on_device[(key, device, dtype)] = tensor.to(device=device, dtype=dtype, non_blocking=True).reshape(())
+            return on_device[(key, device, dtype)]
 
-        def transform(group: dict, device: torch.device) -> GradTransform:
+        def transform(group: dict, device: torch.device, dtype: torch.dtype) -> GradTransform:
             max_norm = group.get("max_grad_norm")
             coef = None
             if max_norm is not None:
-                coef = placed(("clip", max_norm), clip_coefficient(max_norm, norm), device)
+                coef = placed(("clip", max_norm), clip_coefficient(max_norm, norm), device, math_dtype(dtype))
             return GradTransform(placed("scale", grad_scale, device), placed("inf", found_inf, device), coef,
                                  group.get("clip_grad_value"))
 
@@ -552,7 +555,7 @@ def _is_quantized(state: dict, key: str) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype == CODE_DTYPE and scale_key(key) in state
 
 
-def _value_clip_only(group: dict, device: torch.device) -> GradTransform:
+def _value_clip_only(group: dict, device: torch.device, dtype: torch.dtype) -> GradTransform:
     """The transform of a step without GradScaler and max_grad_norm: clip_grad_value's alone."""
     value = group.get("clip_grad_value")
     return NO_GRAD_TRANSFORM if value is None else GradTransform(clip_value=value)

@@ -73,7 +73,7 @@ def update_(
     transform = GradTransform(grad_scale, found_inf, clip_coef, clip_value)
     prepared = []
     for bucket in split_into_buckets(params, f"fusedopt::{kind}", strict=True):  # all checked before any runs
-        transform.check(bucket.device)
+        transform.for_dtype(bucket.dtype).check(bucket.device, bucket.dtype)
         check_clip_norm_per_tensor(clip_norm_per_tensor)
         batch, _ = bucket.batch(
             views, tensor_keys, bool(steps), _no_initialisation,
@@ -83,8 +83,8 @@ def update_(
         prepared.append((bucket, batch))
     for bucket, batch in prepared:
         fresh = list(range(len(batch))) if first_step else []
-        run_update(spec, backends.resolve(backend, bucket.device), batch, fresh, hyper, lr, master_weights, transform,
-                   clip_norm_per_tensor, bf16_states, stochastic=bf16_stochastic_round)
+        run_update(spec, backends.resolve(backend, bucket.device), batch, fresh, hyper, lr, master_weights,
+                   transform.for_dtype(bucket.dtype), clip_norm_per_tensor, bf16_states, stochastic=bf16_stochastic_round)
         if transform.writes_grad():
             return_copied_grads([grad_of[id(p)] for p in bucket.params], batch.grads)
 
@@ -176,7 +176,7 @@ def compiled_step(optimizer) -> None:
         values = [float(group["lr"]), *map(float, hyper.values())]
         coef = None
         if group.get("max_grad_norm") is not None:
-            coef = clip_coefficient(group["max_grad_norm"], norm).float()
+            coef = clip_coefficient(group["max_grad_norm"], norm)  # float64: for_dtype rounds it per bucket
         for dtype in {p.dtype for p in params}:
             selected = [p for p in params if p.dtype == dtype]
             master = optimizer._uses_master(group, dtype)

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .._buckets import select
-from .._layout import LOW_PRECISION, MASTER_KEY, GradTransform, TensorBatch, UpdateConfig
+from .._layout import LOW_PRECISION, MASTER_KEY, GradTransform, TensorBatch, UpdateConfig, math_dtype
 from .._quantize import CODE_DTYPE, is_int8, is_signed, quantized_numel, scale_key
 from ..backends.base import Backend
 from ..clip import per_tensor_clip_coefficients
@@ -125,7 +125,7 @@ def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh:
     if clip_norm_per_tensor is not None and len(batch):
         sums = backend.sum_of_squares_per_tensor(batch.grads)
         coefs = per_tensor_clip_coefficients(sums, clip_norm_per_tensor, grad_transform.grad_scale,
-                                             grad_transform.clip_coef)
+                                             grad_transform.clip_coef, math_dtype(batch.dtype))
         grad_transform = dataclasses.replace(grad_transform, tensor_clip=coefs.to(batch.device))
 
     signed = tuple(is_signed(key) for key in spec.state_keys(hyper)) if int8_states else ()

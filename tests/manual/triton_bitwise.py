@@ -119,8 +119,10 @@ def run(case, seed):
         grads = [(torch.randn(p.shape, generator=g, dtype=torch.float64) * (scale or 1.0)).to(dtype) for p in params]
         transform = GradTransform()
         if amp:
+            # clip_coef in the math type (float64 for float64 params), as fusedopt/_layout.py's
+            # GradTransform.check has asked since the float64 coefficient
             transform = GradTransform(grad_scale=torch.tensor(3.0), found_inf=torch.tensor([0.0, 1.0, 0.0, 2.0][step]),
-                                      clip_coef=torch.tensor(0.5))
+                                      clip_coef=torch.tensor(0.5, dtype=F64 if dtype == F64 else F32))
         batch = batch_of(params, grads, steps, states, dtype)
         first_step = kind == "sgd" and step == 0
         lr_arg = math.nan if lr_as_tensor else lr

@@ -133,10 +133,11 @@ template <> FUSEDOPT_HD BFloat16 from_opmath<BFloat16>(float x) { return float_t
 // (grad * coef; the norm is taken over the unclamped grads), then clip_grad_value's clamp to
 // [-clip_value, clip_value] -- the same as torch's scaler.unscale_, clip_grad_norm_,
 // clip_grad_value_ and then the step. Maximize's sign and weight decay are the optimizer's
-// and come after. grad_scale, found_inf and clip_coef each point to one float32 beside the
-// params (host memory for the CPU kernels, device memory for the GPU ones) or are null, so a
-// GPU step reads them without a host sync; clip_value is a plain number from the param group
-// (0: no clamp).
+// and come after. grad_scale and found_inf each point to one float32 (GradScaler's), clip_coef
+// to one value of the update's math type (double for float64 params, float for the others:
+// torch scales float64 grads by a float64 coefficient), beside the params (host memory for the
+// CPU kernels, device memory for the GPU ones), or are null, so a GPU step reads them without a
+// host sync; clip_value is a plain number from the param group (0: no clamp).
 //
 // With GradScaler's scale the kernels also store the gradient they used (grad / scale * coef,
 // clamped, before maximize's sign and weight decay, rounded to the grad's dtype) back into
@@ -147,13 +148,23 @@ template <> FUSEDOPT_HD BFloat16 from_opmath<BFloat16>(float x) { return float_t
 struct GradTransform {
   const float* grad_scale = nullptr;
   const float* found_inf = nullptr;
-  const float* clip_coef = nullptr;
+  const void* clip_coef = nullptr;  // math-type values (math_value)
   double clip_value = 0.0;  // clip_grad_value: > 0 clamps every grad element to [-clip_value, clip_value]
-  // clip_grad_norm_per_tensor: one float32 per table column (null: none), the tensor's own
-  // clip coefficient already multiplied by max_grad_norm's; where given it is the grad's
-  // multiplier in place of *clip_coef (the generic loops set GradFactors::multiplier per tensor).
-  const float* tensor_clip = nullptr;
+  // clip_grad_norm_per_tensor: one math-type value per table column (null: none), the tensor's
+  // own clip coefficient already multiplied by max_grad_norm's; where given it is the grad's
+  // multiplier in place of clip_coef's (the generic loops set GradFactors::multiplier per tensor).
+  const void* tensor_clip = nullptr;
 };
+
+// Value `index` of an array of math-type values T (clip_coef, tensor_clip), and the bytes one
+// takes for params of `dtype` (host code that walks such an array without knowing T).
+template <typename T> FUSEDOPT_HD T math_value(const void* values, int64_t index = 0) {
+  return static_cast<const T*>(values)[index];
+}
+inline constexpr int64_t math_value_bytes(DType dtype) { return dtype == DType::Float64 ? 8 : 4; }
+inline const void* math_value_address(const void* values, DType dtype, int64_t index) {
+  return static_cast<const char*>(values) + index * math_value_bytes(dtype);
+}
 
 FUSEDOPT_HD bool step_skipped(const GradTransform& t) { return t.found_inf != nullptr && *t.found_inf != 0.0f; }
 
@@ -174,7 +185,7 @@ template <typename T> struct GradFactors {
 template <typename T> FUSEDOPT_HD GradFactors<T> grad_factors(const GradTransform& t) {
   GradFactors<T> f;
   if (t.grad_scale != nullptr) f.divisor = T(*t.grad_scale);
-  if (t.clip_coef != nullptr) f.multiplier = T(*t.clip_coef);
+  if (t.clip_coef != nullptr) f.multiplier = math_value<T>(t.clip_coef);
   if (t.clip_value > 0.0) f.bound = T(t.clip_value);  // rounded to the math type, as torch.clamp's scalar
   return f;
 }

@@ -172,7 +172,7 @@ FUSEDOPT_HD Scalars<Kind, T> scalars(const UpdateConfig<Kind>& c, double step, f
 // ones): its clip_grad_norm_per_tensor multiplier and its tensor scale, where the call has them.
 template <typename Kind, typename T>
 FUSEDOPT_HD Scalars<Kind, T> for_tensor(Scalars<Kind, T> s, const UpdateOptions& o, int64_t column) {
-  if (o.grad_transform.tensor_clip != nullptr) s.grad.multiplier = T(o.grad_transform.tensor_clip[column]);
+  if (o.grad_transform.tensor_clip != nullptr) s.grad.multiplier = math_value<T>(o.grad_transform.tensor_clip, column);
   if constexpr (Kind::kTensorScale) {
     if (o.tensor_scale != nullptr) Kind::scale_coefficients(s.k, o.tensor_scale[column]);
   }

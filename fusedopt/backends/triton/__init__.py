@@ -68,8 +68,9 @@ What every optimizer does first (config.grad_transform, csrc/include/fusedopt/co
 each grad becomes `g / grad_scale * clip_coef` in the math type, clamped to
 [-clip_value, clip_value] (a missing factor's operation is left out, as exact as
 multiplying by 1), that value is stored back into the grad with GradScaler's scale, and a
-nonzero `*found_inf` skips the whole step. The three factors are one-element float32
-tensors on the device, passed to the kernel as pointers and read there, so neither
+nonzero `*found_inf` skips the whole step. The three factors are one-element tensors on
+the device (grad_scale and found_inf float32, clip_coef and the per-tensor tensor_clip in the
+math type), passed to the kernel as pointers and read there, so neither
 GradScaler nor max_grad_norm makes a step wait on the host; clip_value (clip_grad_value)
 is a plain float64 argument.
 
@@ -488,7 +489,7 @@ class TritonBackend(Backend):
         """The kind's norm pass (fusedopt/backends/triton/_norms.py): two launches, no sync."""
         self.check_state_storage(config)
         module = kind_module(kind)
-        config.grad_transform.check_for(batch.device, len(batch))
+        config.grad_transform.check_for(batch.device, batch.dtype, len(batch))
         on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
         with on_device:
             tables = _device_tables(batch)
@@ -520,7 +521,7 @@ class TritonBackend(Backend):
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
         self.check_state_storage(config)
         kind_module(kind)  # an unknown kind fails before anything moves
-        config.grad_transform.check_for(batch.device, len(batch))
+        config.grad_transform.check_for(batch.device, batch.dtype, len(batch))
         _check_tensor_scale(config, batch)
         lr = config.lr_tensor
         if lr is not None and (lr.dtype != torch.float64 or lr.numel() != 1 or lr.device != batch.device):
