@@ -447,6 +447,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         device: nothing here syncs."""
         for group in self.param_groups:  # a value changed since the group was added: refused before any update
             check_max_grad_norm(group.get("max_grad_norm"))
+            check_clip_value(group.get("clip_grad_value"))
+            check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         clipped = any(group.get("max_grad_norm") is not None for group in self.param_groups)
