@@ -51,7 +51,7 @@ SCRIPT = textwrap.dedent("""
     int8_cases = [
         (fusedopt.Adam, dict(lr=1e-2, amsgrad=True)),
         (fusedopt.SGD, dict(lr=1e-2, momentum=0.9)),
-        (fusedopt.RMSprop, dict(lr=1e-3, centered=True, momentum=0.5)),
+        (fusedopt.RMSprop, dict(lr=1e-3, momentum=0.5)),  # centered RMSprop refuses 8-bit states
         (fusedopt.LAMB, dict(lr=1e-2)),
     ]
     for dtype in (torch.float32, torch.bfloat16):
