@@ -29,7 +29,6 @@ STEP_DTYPE = torch.float32
 MASTER_KEY = "master_param"  # the fp32 master copy of a 16-bit param: the last state row
 
 
-
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels compute an update of params of `dtype` in (a complex param's is
     its real pairs'): float64 for float64, float32 for every other (16-bit math is float32)."""

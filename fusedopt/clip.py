@@ -7,7 +7,7 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 import torch
 
 from . import backends
-from ._layout import CLIP_EPSILON, SUPPORTED_DTYPES
+from ._layout import CLIP_EPSILON, SUPPORTED_DTYPES, math_dtype
 from ._memory import storage_problem_strided
 
 
@@ -100,6 +100,5 @@ def clip_grad_norm_(
         )
     coef = clip_coefficient(max_norm, total.double())
     for device, grads in by_device:  # as torch: float64 grads scaled in float64, the others by a float32 coef
-        dtype = torch.float64 if grads[0].dtype == torch.float64 else torch.float32
-        torch._foreach_mul_(grads, coef.to(device=device, dtype=dtype))
+        torch._foreach_mul_(grads, coef.to(device=device, dtype=math_dtype(grads[0].dtype)))
     return total

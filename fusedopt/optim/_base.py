@@ -110,14 +110,11 @@ class FusedOptimizer(torch.optim.Optimizer):
     _own_setstate_defaults = dict(backend="auto", master_weights=False, max_grad_norm=None, clip_grad_value=None,
                                   clip_grad_norm_per_tensor=None, state_dtype=None, bf16_stochastic_round=False)
 
-    # Group options fusedopt's step reads whatever the class (lazy_mode, weight_decay_mode
-    # aside: is_lazy and check_weight_decay_mode), with the values that leave them off. A class
-    # that takes one has it in its defaults or its _own_setstate_defaults; a group of any other
-    # class asking for it (Adafactor with clip_grad_value, SGD with lazy_mode) is refused when
-    # added, not ignored or left to fail inside a step.
-    _group_options_off = dict(master_weights=False, max_grad_norm=None, clip_grad_value=None,
-                              clip_grad_norm_per_tensor=None, state_dtype=None, bf16_stochastic_round=False,
-                              lazy_mode=False, optimized_update=False)
+    # fusedopt's group options (weight_decay_mode aside: check_weight_decay_mode). A class that
+    # takes one has it in its defaults or its _own_setstate_defaults; a group of any other class
+    # asking for it (Adafactor with clip_grad_value, SGD with lazy_mode) is refused when added,
+    # not ignored or left to fail inside a step.
+    _group_options = (*(key for key in _own_setstate_defaults if key != "backend"), "lazy_mode", "optimized_update")
     # Options the class sets in every group itself (SparseAdam: lazy_mode).
     _implied_group_options: Tuple[str, ...] = ()
 
@@ -527,12 +524,12 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise
 
     def _refuse_options_not_taken(self, group: dict) -> None:
+        """Runs after the options' own checks, so a value here is None, False, a valid one, or
+        torch.float32 for state_dtype (the same as None)."""
         taken = {*self.defaults, *type(self)._own_setstate_defaults, *self._implied_group_options}
-        for key, off in self._group_options_off.items():
-            value = group.get(key, off)
-            asked = (value not in (None, torch.float32) if key == "state_dtype"
-                     else value not in (False, None) if off is False else value is not None)
-            if key not in taken and asked:
+        for key in self._group_options:
+            value = group.get(key)
+            if key not in taken and value not in (None, False) and not (key == "state_dtype" and value == torch.float32):
                 raise ValueError(f"{type(self).__name__} does not take {key} (a param group asks for "
                                  f"{key}={value!r})")
 

@@ -73,19 +73,20 @@ def update_(
     transform = GradTransform(grad_scale, found_inf, clip_coef, clip_value)
     prepared = []
     for bucket in split_into_buckets(params, f"fusedopt::{kind}", strict=True):  # all checked before any runs
-        transform.for_dtype(bucket.dtype).check(bucket.device, bucket.dtype)
+        fitted = transform.for_dtype(bucket.dtype)  # the coefficient in this bucket's math type
+        fitted.check(bucket.device, bucket.dtype)
         check_clip_norm_per_tensor(clip_norm_per_tensor)
         batch, _ = bucket.batch(
             views, tensor_keys, bool(steps), _no_initialisation,
             torch.bfloat16 if bf16_states else torch.float32 if master_weights else None,
             [grad_of[id(p)] for p in bucket.params], scalar_keys,
         )
-        prepared.append((bucket, batch))
-    for bucket, batch in prepared:
+        prepared.append((bucket, batch, fitted))
+    for bucket, batch, fitted in prepared:
         fresh = list(range(len(batch))) if first_step else []
-        run_update(spec, backends.resolve(backend, bucket.device), batch, fresh, hyper, lr, master_weights,
-                   transform.for_dtype(bucket.dtype), clip_norm_per_tensor, bf16_states, stochastic=bf16_stochastic_round)
-        if transform.writes_grad():
+        run_update(spec, backends.resolve(backend, bucket.device), batch, fresh, hyper, lr, master_weights, fitted,
+                   clip_norm_per_tensor, bf16_states, stochastic=bf16_stochastic_round)
+        if fitted.writes_grad():
             return_copied_grads([grad_of[id(p)] for p in bucket.params], batch.grads)
 
 
