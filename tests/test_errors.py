@@ -82,6 +82,35 @@ def test_edge_hyperparameters_accepted_like_torch(name, kwargs, backend):
     assert_params_close(results[1], results[0], torch.float64)
 
 
+
+@pytest.mark.parametrize("step_sizes", [(0.01, 0.001), (float("nan"), 50.0), (1e-6, float("nan"))],
+                         ids=["min-above-max", "nan-min", "nan-max"])
+@pytest.mark.parametrize("backend_name", ["reference", "cpu", "triton", "cuda_host"])
+def test_rprop_step_sizes_clamp_as_torchs(step_sizes, backend_name, monkeypatch):
+    """torch.optim.Rprop's constructor takes any step_sizes and clamps with torch's clamp_(min,
+    max): max where min > max, NaN where a bound is NaN. The kernels clamp the same way (the
+    CUDA ones through their host build)."""
+    if backend_name == "triton":
+        pytest.importorskip("triton")
+    if backend_name == "cuda_host":
+        from _host_cuda import register_host_backends  # skips where fusedopt._cuda_host is not built
+        register_host_backends(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    value = torch.randn(7, generator=g, dtype=torch.float64)
+    grads = [torch.randn(7, generator=g, dtype=torch.float64) for _ in range(5)]
+    results = []
+    for make in (lambda ps: torch.optim.Rprop(ps, lr=0.01, step_sizes=step_sizes, foreach=False),
+                 lambda ps: fusedopt.Rprop(ps, lr=0.01, step_sizes=step_sizes, backend=backend_name)):
+        p = torch.nn.Parameter(value.clone())
+        opt = make([p])
+        for grad in grads:
+            p.grad = grad.clone()
+            opt.step()
+        results.append((p.detach(), opt.state[p]["step_size"]))
+    for ours, theirs in zip(results[1], results[0]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0, equal_nan=True)
+
+
 def test_torch_construction_errors_are_inherited():
     p = torch.nn.Parameter(torch.zeros(3))
     with pytest.raises(ValueError, match="empty parameter list"):

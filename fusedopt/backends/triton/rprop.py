@@ -30,7 +30,12 @@ def update(param, grad, states, coefficients, OPTIONS: tl.constexpr, COMPUTE: tl
     agreement = grad * prev
     factor = tl.where(agreement > 0.0, etaplus, tl.where(agreement < 0.0, etaminus, 1.0))
     scaled = step_size * factor
-    step_size = tl.where(scaled < step_size_min, step_size_min, tl.where(scaled > step_size_max, step_size_max, scaled))
+    # torch's clamp_(min, max): max where min > max, NaN where a bound is NaN (a false comparison
+    # picks the bound) or the step size is.
+    step_size = tl.where(scaled >= step_size_min, scaled, step_size_min)
+    step_size = tl.where(scaled != scaled, scaled, step_size)
+    clamped = tl.where(step_size <= step_size_max, step_size, step_size_max)
+    step_size = tl.where(step_size != step_size, step_size, clamped)
     grad = tl.where(agreement < 0.0, 0.0, grad)
     direction = tl.where(grad > 0.0, 1.0, tl.where(grad < 0.0, -1.0, 0.0))  # torch.sign: 0 for 0 and NaN
     return param + -1.0 * direction * step_size, grad, step_size, unused1, unused2

@@ -47,7 +47,9 @@ struct rprop : OptimizerDefaults<2> {
     const T agreement = g * s[kPrev];
     const bool flipped = agreement < T(0);
     T size = s[kStepSize] * (agreement > T(0) ? k.etaplus : (flipped ? k.etaminus : T(1)));
-    size = size < k.step_size_min ? k.step_size_min : (size > k.step_size_max ? k.step_size_max : size);
+    // torch's clamp_(min, max): max where min > max, NaN where a bound is NaN.
+    size = (size < k.step_size_min || k.step_size_min != k.step_size_min) ? k.step_size_min : size;
+    size = (size > k.step_size_max || k.step_size_max != k.step_size_max) ? k.step_size_max : size;
     s[kStepSize] = size;
     g = flipped ? T(0) : g;
     p = g > T(0) ? p - size : (g < T(0) ? p + size : p);
