@@ -111,6 +111,52 @@ def test_rprop_step_sizes_clamp_as_torchs(step_sizes, backend_name, monkeypatch)
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0, equal_nan=True)
 
 
+BIAS_CORRECTED = [  # (optimizer, the betas it keeps below 1 at every step)
+    ("Adam", (0, 1)), ("AdamW", (0, 1)), ("Adamax", (0,)), ("NAdam", (1,)), ("RAdam", (0, 1)), ("LAMB", (0, 1)),
+]
+
+
+@pytest.mark.parametrize("beta", [1.0, 1.5, float("nan")])
+@pytest.mark.parametrize("name,indices", BIAS_CORRECTED, ids=[name for name, _ in BIAS_CORRECTED])
+def test_bias_corrected_beta_moved_to_one_is_refused_before_any_update(name, indices, beta, backend):
+    """A beta changed to 1 or above after construction makes the bias correction 1 - beta**t
+    zero or negative: torch divides by zero there, or fills the params with NaN. fusedopt
+    refuses it as the constructor does, before the first group moves."""
+    params = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(2)]
+    opt = getattr(fusedopt, name)(params[:1], backend=backend)
+    opt.add_param_group({"params": params[1:]})
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    for index in indices:
+        betas = list(opt.param_groups[1]["betas"])
+        betas[index] = beta
+        opt.param_groups[1]["betas"] = tuple(betas)
+        before = snapshot(opt, params)
+        with pytest.raises(ValueError, match=f"Invalid beta parameter at index {index}"):
+            opt.step()
+        assert_untouched(opt, params, before)
+        betas[index] = 0.5
+        opt.param_groups[1]["betas"] = tuple(betas)
+        opt.step()  # a value below 1 steps again
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "cpu"])
+def test_one_cycle_momentum_up_to_one_is_refused_like_torchs_division_by_zero(backend_name):
+    """OneCycleLR(max_momentum=1.0) accepts a beta1 of 1.0 and writes it into the group: torch's
+    Adam then raises ZeroDivisionError at the step; fusedopt raises its ValueError, and the
+    params keep their values instead of turning NaN."""
+    for cls, kwargs in ((torch.optim.Adam, dict(foreach=False)), (fusedopt.Adam, dict(backend=backend_name))):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = cls([p], lr=0.01, **kwargs)
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=10, base_momentum=0.9, max_momentum=1.0)
+        assert opt.param_groups[0]["betas"][0] == 1.0
+        p.grad = torch.ones(3)
+        with pytest.raises(ValueError if cls is fusedopt.Adam else ZeroDivisionError):
+            opt.step()
+        assert torch.equal(p.detach(), torch.ones(3))
+
 def test_torch_construction_errors_are_inherited():
     p = torch.nn.Parameter(torch.zeros(3))
     with pytest.raises(ValueError, match="empty parameter list"):

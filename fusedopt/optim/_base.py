@@ -29,7 +29,8 @@ from ._checks import check_low_precision_options, check_weight_decay_mode, warn_
 from ._lazy import check_lazy_group, is_lazy, prepare_lazy_groups, run_lazy_groups
 from ._ops import compiled_step
 from ._plan import (INT8_KERNEL, bf16_states, bucket_scale_keys, bucket_state_dtype, bucket_state_keys, group_hyper,
-                    int8_states, quantizes, return_copied_grads, run_update, stochastic_round, uses_master)
+                    int8_states, quantizes, return_copied_grads, run_update, step_hyper, stochastic_round,
+                    uses_master)
 from ._sparse_grads import SparseGrads, hide_sparse_grads, restore_grads
 from ._spec import OptimizerSpec, register
 
@@ -282,7 +283,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             return loss
         # The groups' hyper-parameters, read once per step: the state keys, lazy state and the
         # backend calls below all follow from them.
-        hypers = [group_hyper(self, group) for group in self.param_groups]
+        hypers = [step_hyper(self, group) for group in self.param_groups]
         # Params whose sparse grads torch's own update takes (SGD, Adagrad; _sparse_grads.py),
         # their grads hidden from the fused step meanwhile.
         sparse: List[SparseGrads] = []

@@ -23,7 +23,7 @@ import torch
 from .. import backends
 from .._layout import SparseRowBatch
 from .._sparse_rows import group_by_device_and_dtype, sparse_row_batch
-from ._plan import group_hyper
+from ._plan import group_hyper, step_hyper
 
 Prepared = List[Tuple[object, SparseRowBatch]]
 
@@ -73,7 +73,7 @@ def prepare_lazy_groups(optimizer, groups: List[dict]) -> List[Prepared]:
         with_grads.append(params)
     prepared = []
     for group, params in zip(groups, with_grads):
-        hyper = group_hyper(optimizer, group)
+        hyper = step_hyper(optimizer, group)
         batches = []
         for positions in group_by_device_and_dtype(params):
             members = [params[i] for i in positions]

@@ -20,8 +20,8 @@ from .._layout import LOW_PRECISION, GradTransform, check_clip_norm_per_tensor
 from .._quantize import is_int8
 from ..clip import clip_coefficient, global_norm
 from . import _spec
-from ._plan import (bf16_states, bucket_state_keys, group_hyper, return_copied_grads, run_update, split_fresh,
-                    stochastic_round)
+from ._plan import (bf16_states, bucket_state_keys, return_copied_grads, run_update, split_fresh,
+                    step_hyper, stochastic_round)
 
 
 @torch.library.custom_op("fusedopt::update_", mutates_args=("params", "grads", "steps", "states"))
@@ -171,8 +171,8 @@ def compiled_step(optimizer) -> None:
                 if grads:
                     sums.append(torch.ops.fusedopt.sum_of_squares(grads, group["backend"]))
         norm = global_norm(sums, grad_scale)
-    for group, params in groups:
-        hyper = group_hyper(optimizer, group)
+    hypers = [step_hyper(optimizer, group) for group, _ in groups]  # every group's checked before any update
+    for (group, params), hyper in zip(groups, hypers):
         names = ["lr", *hyper]
         values = [float(group["lr"]), *map(float, hyper.values())]
         coef = None

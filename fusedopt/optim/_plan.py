@@ -1,7 +1,8 @@
 """The step planner: what the eager step (FusedOptimizer.step) and the torch.compile path
 (fusedopt/_ops.py) both decide the same way, so the two cannot drift apart:
 
-- a group's hyper-parameters by name (`group_hyper`), coerced to the spec's types;
+- a group's hyper-parameters by name (`group_hyper`), coerced to the spec's types, and
+  checked for a step (`step_hyper`);
 - the state keys of a bucket, the master copy last (`bucket_state_keys`);
 - how the learning rate travels (`learning_rate`);
 - the split of a batch into new and seasoned state for a first-step rule, and the
@@ -29,6 +30,20 @@ from ._spec import OptimizerSpec
 def group_hyper(optimizer, group: dict) -> Dict[str, Any]:
     """The group's hyper-parameters as the kernels read them: by name, floats and bools."""
     return optimizer.spec.coerce(optimizer.hyper(group))
+
+
+def step_hyper(optimizer, group: dict) -> Dict[str, Any]:
+    """group_hyper for a step about to run, before any update: a bias-corrected beta moved to 1
+    or above after the group was added (by hand, or by OneCycleLR/CyclicLR cycling momentum up
+    to 1.0) is refused as the constructor refuses it. torch divides by 1 - beta**t = 0 there
+    (ZeroDivisionError) or takes the root of a negative number; the kernels would fill the
+    params with NaN or inf without a word."""
+    hyper = group_hyper(optimizer, group)
+    for name in optimizer.spec.bias_corrected:
+        if not hyper[name] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {('beta1', 'beta2').index(name)}: {hyper[name]} "
+                             f"(set after construction; the bias correction 1 - {name}**step needs it below 1)")
+    return hyper
 
 
 def uses_master(group: Mapping[str, Any], dtype: torch.dtype) -> bool:

@@ -59,6 +59,9 @@ class OptimizerSpec:
     # with bf16 states a decay too close to 1 stalls its state (it stops coming down), which
     # fusedopt/optim/_checks.py's warn_bf16_state_decays says when the group is added.
     state_decays: Tuple[str, ...] = ()
+    # The betas a bias correction 1 - beta**t divides by: below 1 at every step (step_hyper),
+    # not only when the group is added.
+    bias_corrected: Tuple[str, ...] = ()
 
     def scalar_state_keys(self) -> Tuple[str, ...]:
         return tuple(key for key, _ in self.scalar_states)

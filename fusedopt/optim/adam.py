@@ -37,6 +37,7 @@ class Adam(FusedOptimizer):
                          ("optimized_update", BOOL), ("absolute_weight_decay", BOOL)),
         state_keys=lambda h: ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if h["amsgrad"] else ("exp_avg", "exp_avg_sq"),
         state_decays=("beta1", "beta2"),
+        bias_corrected=("beta1", "beta2"),
     )
     _decoupled_weight_decay = False
     # torch.optim.Adam.__setstate__'s defaults for flags an older checkpoint lacks

@@ -18,6 +18,7 @@ class Adamax(FusedOptimizer):
                          ("maximize", BOOL)),
         state_keys=lambda h: ("exp_avg", "exp_inf"),
         state_decays=("beta1", "beta2"),
+        bias_corrected=("beta1",),
     )
     _setstate_defaults = dict(foreach=None, maximize=False, differentiable=False, capturable=False)
 

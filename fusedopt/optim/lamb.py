@@ -53,6 +53,7 @@ class LAMB(FusedOptimizer):
         state_keys=lambda h: ("exp_avg", "exp_avg_sq"),
         state_decays=("beta1", "beta2"),
         norm_pass=True,
+        bias_corrected=("beta1", "beta2"),
     )
     _setstate_defaults = dict(maximize=False, foreach=None, differentiable=False, fused=None)
     _own_setstate_defaults = dict(FusedOptimizer._own_setstate_defaults)

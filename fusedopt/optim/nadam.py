@@ -28,6 +28,7 @@ class NAdam(FusedOptimizer):
         state_keys=lambda h: ("exp_avg", "exp_avg_sq"),
         state_decays=("beta1", "beta2"),
         scalar_states=(("mu_product", 1.0),),
+        bias_corrected=("beta2",),
     )
     _setstate_defaults = dict(maximize=False, foreach=None, capturable=False, differentiable=False,
                               decoupled_weight_decay=False)

@@ -21,6 +21,7 @@ class RAdam(FusedOptimizer):
                          ("decoupled_weight_decay", BOOL), ("maximize", BOOL), ("absolute_weight_decay", BOOL)),
         state_keys=lambda h: ("exp_avg", "exp_avg_sq"),
         state_decays=("beta1", "beta2"),
+        bias_corrected=("beta1", "beta2"),
     )
     _setstate_defaults = dict(foreach=None, maximize=False, differentiable=False, decoupled_weight_decay=False,
                               capturable=False)
