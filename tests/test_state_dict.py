@@ -2,6 +2,7 @@
 between torch.optim and fusedopt in both directions."""
 import copy
 import io
+import pickle
 
 import pytest
 import torch
@@ -217,3 +218,33 @@ def test_adagrad_state_exists_before_the_first_step_as_torchs(backend):
     theirs.step()
     for p, q in zip(ours.param_groups[0]["params"], theirs.param_groups[0]["params"]):
         torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("name", sorted(fusedopt.optim.__all__))
+def test_loads_again_after_a_load_a_deepcopy_or_a_pickle(name, backend):
+    """torch.optim.Optimizer.__setstate__, which every load_state_dict, deepcopy and unpickle
+    runs, adds `differentiable` to the defaults, also of optimizers that never take it
+    (Adafactor, SparseAdam): a checkpoint without it still loads afterwards, as into torch's,
+    and training goes on as without the reloads."""
+    def make():
+        torch.manual_seed(0)
+        embedding = torch.nn.Embedding(6, 4, sparse=name == "SparseAdam")
+        return embedding, getattr(fusedopt, name)(embedding.parameters(), backend=backend)
+
+    def train(embedding, optimizer, count):
+        for i in range(count):
+            embedding(torch.tensor([i % 6, (i + 2) % 6])).square().sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+    (embedding, optimizer), (twin_embedding, twin) = make(), make()
+    train(embedding, optimizer, 3)
+    train(twin_embedding, twin, 3)
+    checkpoint = copy.deepcopy(optimizer.state_dict())
+    optimizer.load_state_dict(checkpoint)
+    optimizer.load_state_dict(checkpoint)
+    for copied in (copy.deepcopy(optimizer), pickle.loads(pickle.dumps(optimizer))):
+        copied.load_state_dict(checkpoint)
+    train(embedding, optimizer, 3)
+    train(twin_embedding, twin, 3)
+    assert torch.equal(embedding.weight, twin_embedding.weight)

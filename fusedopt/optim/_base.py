@@ -203,7 +203,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                 hook.remove()
 
     def _check_loadable(self, state_dict: dict) -> None:
-        defaulted = {*self._setstate_defaults, *self._own_setstate_defaults}
+        # torch.optim.Optimizer.__setstate__ (every load, deepcopy and unpickle) adds
+        # `differentiable` to the defaults even of optimizers that never take it (Adafactor,
+        # SparseAdam): their groups need not have it.
+        defaulted = {*self._setstate_defaults, *self._own_setstate_defaults, "differentiable"}
         name = type(self).__name__
         for index, group in enumerate(state_dict.get("param_groups", ())):
             missing = [key for key in self.defaults if key not in group and key not in defaulted]
