@@ -40,6 +40,9 @@ def check_param(p: torch.Tensor, optimizer: str) -> None:
         )
     if p.layout != torch.strided:
         raise RuntimeError(f"{optimizer}: params must be dense (strided) tensors, got layout {p.layout}")
+    if p.is_meta:
+        raise RuntimeError(f"{optimizer}: a param of shape {tuple(p.shape)} is on the meta device, which holds no "
+                           "values to update; materialize the model first (module.to_empty(device=...))")
     if not is_dense(p):
         raise RuntimeError(
             f"{optimizer}: a param of shape {tuple(p.shape)} and strides {p.stride()} does not cover its "

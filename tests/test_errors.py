@@ -269,6 +269,18 @@ def test_non_dense_param_raises(name, backend):
     assert torch.equal(base, before)
 
 
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_meta_param_raises_naming_the_meta_device(name):
+    """A param on the meta device (a model built before `to_empty`) has no memory to update:
+    the error says so (it used to blame params sharing memory: every meta tensor is at 0)."""
+    params = [torch.nn.Parameter(torch.empty(3, 2, device="meta")) for _ in range(2)]
+    optimizer = OPTIMIZERS[name](params, "reference")
+    for p in params:
+        p.grad = torch.empty(3, 2, device="meta")
+    with pytest.raises(RuntimeError, match="meta device.*to_empty"):
+        optimizer.step()
+
+
 # --------------------------------------------------------------------------- grads changed behind the setter's back
 BAD_GRADS = {
     "dtype": lambda p: torch.zeros(p.shape, dtype=torch.float16),
