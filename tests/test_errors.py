@@ -157,6 +157,36 @@ def test_one_cycle_momentum_up_to_one_is_refused_like_torchs_division_by_zero(ba
             opt.step()
         assert torch.equal(p.detach(), torch.ones(3))
 
+
+# Strings where numbers belong, which torch's constructors take and its step's arithmetic
+# refuses with TypeError: float() would read them as numbers.
+STRING_HYPERPARAMETERS = [("SGD", dict(momentum=0.9, dampening="0.1")), ("ASGD", dict(lambd="0.1")),
+                          ("ASGD", dict(t0="5")), ("Rprop", dict(step_sizes=("1e-6", 50)))]
+
+
+@pytest.mark.parametrize("name,kwargs", STRING_HYPERPARAMETERS,
+                         ids=[f"{n}-{_kwargs_id(k)}" for n, k in STRING_HYPERPARAMETERS])
+def test_a_string_hyperparameter_is_a_type_error_as_in_torch(name, kwargs, backend):
+    for make in (lambda ps: getattr(torch.optim, name)(ps, foreach=False, **kwargs),
+                 lambda ps: getattr(fusedopt, name)(ps, backend=backend, **kwargs)):
+        p = torch.nn.Parameter(torch.ones(3))
+        with pytest.raises(TypeError):
+            optimizer = make([p])
+            for _ in range(2):  # torch's SGD reads dampening from its second step on
+                p.grad = torch.ones(3)
+                optimizer.step()
+
+
+def test_a_string_lr_is_a_type_error_before_any_update(backend):
+    params = [torch.nn.Parameter(torch.ones(3)) for _ in range(2)]
+    optimizer = fusedopt.Adam(params[:1], backend=backend)
+    optimizer.add_param_group({"params": params[1:], "lr": "0.1"})  # torch's add_param_group takes it too
+    for p in params:
+        p.grad = torch.ones(3)
+    with pytest.raises(TypeError, match="lr must be a number"):
+        optimizer.step()
+    assert all(torch.equal(p.detach(), torch.ones(3)) for p in params)
+
 def test_torch_construction_errors_are_inherited():
     p = torch.nn.Parameter(torch.zeros(3))
     with pytest.raises(ValueError, match="empty parameter list"):

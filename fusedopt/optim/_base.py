@@ -523,7 +523,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._refuse_options_not_taken(group)  # last: the checks above say why where they can
             if bf16_states(group):
                 warn_bf16_state_decays(name, {key: hyper[key] for key in self.spec.state_decays})
-        except ValueError:
+        except (ValueError, TypeError):
             self.param_groups.pop()  # as if never added, as torch's own checks leave it
             raise
 

@@ -33,11 +33,14 @@ def group_hyper(optimizer, group: dict) -> Dict[str, Any]:
 
 
 def step_hyper(optimizer, group: dict) -> Dict[str, Any]:
-    """group_hyper for a step about to run, before any update: a bias-corrected beta moved to 1
+    """group_hyper for a step about to run, before any update (a string lr or hyper-parameter is
+    a TypeError, as in torch's arithmetic). A bias-corrected beta moved to 1
     or above after the group was added (by hand, or by OneCycleLR/CyclicLR cycling momentum up
     to 1.0) is refused as the constructor refuses it. torch divides by 1 - beta**t = 0 there
     (ZeroDivisionError) or takes the root of a negative number; the kernels would fill the
     params with NaN or inf without a word."""
+    if isinstance(group["lr"], (str, bytes)):  # float() would read "0.1"; torch's arithmetic raises
+        raise TypeError(f"{type(optimizer).__name__}: lr must be a number or a tensor, got {group['lr']!r}")
     hyper = group_hyper(optimizer, group)
     for name in optimizer.spec.bias_corrected:
         if not hyper[name] < 1.0:

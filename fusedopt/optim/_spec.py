@@ -71,7 +71,8 @@ class OptimizerSpec:
 
     def coerce(self, values: Mapping[str, Any]) -> Dict[str, Any]:
         """`values` as this spec's hyper dict: exactly its names (a ValueError names what is
-        missing or unknown), each a Python float or bool."""
+        missing or unknown), each a Python float or bool. A string where a number belongs is a
+        TypeError, as torch's arithmetic on it is: float() would read "0.1" as 0.1."""
         names = self.hyper_names()
         if set(values) != set(names):
             missing = [n for n in names if n not in values]
@@ -79,6 +80,9 @@ class OptimizerSpec:
             raise ValueError(f"{self.kind}: hyper-parameters must be exactly {', '.join(names)}"
                              f"{'; missing ' + ', '.join(missing) if missing else ''}"
                              f"{'; unknown ' + ', '.join(unknown) if unknown else ''}")
+        for name, kind in self.hyperparameters:
+            if kind is FLOAT and isinstance(values[name], (str, bytes)):
+                raise TypeError(f"{self.kind}: hyper-parameter {name} must be a number, got {values[name]!r}")
         return {name: kind(_plain(values[name])) for name, kind in self.hyperparameters}
 
 
