@@ -187,6 +187,21 @@ def test_a_string_lr_is_a_type_error_before_any_update(backend):
         optimizer.step()
     assert all(torch.equal(p.detach(), torch.ones(3)) for p in params)
 
+
+@pytest.mark.parametrize("lr", [float("nan"), torch.tensor(float("nan"))], ids=["float", "tensor"])
+def test_sgd_takes_a_nan_lr_as_torchs_does(lr, backend):
+    """torch.optim.SGD checks `lr < 0.0`, which NaN passes (the other optimizers check
+    `not 0.0 <= lr`); its step then makes the params NaN, and so does fusedopt's."""
+    params = []
+    for make in (lambda ps: torch.optim.SGD(ps, lr=lr, foreach=False),
+                 lambda ps: fusedopt.SGD(ps, lr=lr, backend=backend)):
+        p = torch.nn.Parameter(torch.ones(3))
+        optimizer = make([p])
+        p.grad = torch.ones(3)
+        optimizer.step()
+        params.append(p.detach())
+    assert params[0].isnan().all() and params[1].isnan().all()
+
 def test_torch_construction_errors_are_inherited():
     p = torch.nn.Parameter(torch.zeros(3))
     with pytest.raises(ValueError, match="empty parameter list"):

@@ -17,10 +17,11 @@ def scalar(value) -> float:
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
 
 
-def check_lr(lr) -> None:
+def check_lr(lr, *, nan_allowed: bool = False) -> None:
+    """nan_allowed: torch.optim.SGD's condition (`lr < 0.0`), which a NaN lr passes."""
     if isinstance(lr, torch.Tensor) and lr.numel() != 1:
         raise ValueError("Tensor lr must be 1-element")
-    if not 0.0 <= lr:
+    if (lr < 0.0) if nan_allowed else not 0.0 <= lr:
         raise ValueError(f"Invalid learning rate: {lr}")
 
 

@@ -33,7 +33,7 @@ class SGD(FusedOptimizer):
                  maximize=False, foreach=None, differentiable=False, fused=None, backend="auto",
                  master_weights=False, max_grad_norm=None, clip_grad_value=None, clip_grad_norm_per_tensor=None,
                  state_dtype=None, bf16_stochastic_round=False):
-        check_lr(lr)
+        check_lr(lr, nan_allowed=True)
         check_torch_flags(foreach, fused, differentiable)
         if momentum < 0.0:
             raise ValueError(f"Invalid momentum value: {momentum}")
