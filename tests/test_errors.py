@@ -83,13 +83,14 @@ def test_edge_hyperparameters_accepted_like_torch(name, kwargs, backend):
 
 
 
-@pytest.mark.parametrize("step_sizes", [(0.01, 0.001), (float("nan"), 50.0), (1e-6, float("nan"))],
-                         ids=["min-above-max", "nan-min", "nan-max"])
+@pytest.mark.parametrize("step_sizes", [(0.01, 0.001), (float("nan"), 50.0), (1e-6, float("nan")), (None, 0.02),
+                                        (0.02, None)],
+                         ids=["min-above-max", "nan-min", "nan-max", "no-min", "no-max"])
 @pytest.mark.parametrize("backend_name", ["reference", "cpu", "triton", "cuda_host"])
 def test_rprop_step_sizes_clamp_as_torchs(step_sizes, backend_name, monkeypatch):
     """torch.optim.Rprop's constructor takes any step_sizes and clamps with torch's clamp_(min,
-    max): max where min > max, NaN where a bound is NaN. The kernels clamp the same way (the
-    CUDA ones through their host build)."""
+    max): max where min > max, NaN where a bound is NaN, no bound where it is None. The kernels
+    clamp the same way (the CUDA ones through their host build)."""
     if backend_name == "triton":
         pytest.importorskip("triton")
     if backend_name == "cuda_host":

@@ -2,6 +2,8 @@
 layout, fused."""
 from __future__ import annotations
 
+import math
+
 from ._base import FusedOptimizer
 from ._checks import check_lr, check_torch_flags
 from ._spec import BOOL, FLOAT, OptimizerSpec
@@ -40,5 +42,8 @@ class Rprop(FusedOptimizer):
     @staticmethod
     def hyper(group: dict) -> dict:
         (etaminus, etaplus), (step_size_min, step_size_max) = group["etas"], group["step_sizes"]
+        # torch's clamp_ takes None for a bound it does not apply: the same as an infinite one.
+        step_size_min = -math.inf if step_size_min is None else step_size_min
+        step_size_max = math.inf if step_size_max is None else step_size_max
         return dict(etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min, step_size_max=step_size_max,
                     maximize=group["maximize"])
