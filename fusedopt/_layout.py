@@ -146,6 +146,14 @@ def check_clip_value(value) -> None:
     _check_clip_limit("clip_grad_value", value)
 
 
+def check_clip_options(group: Mapping[str, Any]) -> None:
+    """A param group's three clip options (max_grad_norm, clip_grad_value,
+    clip_grad_norm_per_tensor), each None or a finite number above 0."""
+    check_max_grad_norm(group.get("max_grad_norm"))
+    check_clip_value(group.get("clip_grad_value"))
+    check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
+
+
 @dataclass(frozen=True)
 class UpdateConfig:
     """One backend call's inputs besides the tensors: `Backend.update(kind, batch, config)`.

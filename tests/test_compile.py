@@ -1,4 +1,6 @@
 """torch.compile and torch.library: the step is a real op, traced without graph breaks."""
+import copy
+
 import pytest
 import torch
 
@@ -119,3 +121,156 @@ def test_update_op_passes_opcheck():
     )
     torch.library.opcheck(torch.ops.fusedopt.update_.default, args)
     torch.library.opcheck(torch.ops.fusedopt.update_.default, (*args, 0.5))  # clip_grad_value's bound
+
+
+# ----------------------------------------------------------------------------- steps the op does not take
+def _embedding_case(cls, kwargs):
+    def make():
+        torch.manual_seed(0)
+        embedding = torch.nn.Embedding(64, 64, sparse=True)  # 4,096 elements: int8 states quantize it
+        return embedding, cls(embedding.parameters(), **kwargs)
+
+    def grads(embedding, step):
+        embedding(torch.tensor([step % 64, (3 * step + 1) % 64])).square().sum().backward()
+    return make, grads
+
+
+def _dense_case(cls, kwargs):
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2))
+        return model, cls(model.parameters(), **kwargs)
+
+    def grads(model, step):
+        ((model(X.repeat(1, 8) * (1 + 0.1 * step)) - Y) ** 2).mean().backward()
+    return make, grads
+
+
+OUTSIDE_THE_GRAPH = {  # steps compiled_step does not serve: they run eagerly, untraced
+    "Adafactor": _dense_case(fusedopt.Adafactor, {}),
+    "AdamW-int8-states": _dense_case(fusedopt.AdamW, {"lr": 1e-2, "state_dtype": "int8"}),
+    "SparseAdam": _embedding_case(fusedopt.SparseAdam, {"lr": 1e-2}),
+    "Adam-lazy-mode": _embedding_case(fusedopt.Adam, {"lr": 1e-2, "lazy_mode": True}),
+    "SGD-sparse-grads": _embedding_case(fusedopt.SGD, {"lr": 1e-2, "momentum": 0.9}),
+    "Adagrad-sparse-grads": _embedding_case(fusedopt.Adagrad, {"lr": 1e-2}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(OUTSIDE_THE_GRAPH))
+def test_steps_the_op_does_not_take_run_eagerly_in_a_compiled_region(case):
+    """Adafactor, 8-bit states, lazy mode and sparse grads have no path through the op: inside
+    torch.compile their step runs eagerly (a graph break) and gives the eager numbers. Traced
+    instead, Adafactor and 8-bit states failed at the second step (guards on weak references),
+    lazy mode's refusal was swallowed by dynamo, and sparse grads were refused."""
+    make, grads = OUTSIDE_THE_GRAPH[case]
+    (eager_model, eager), (compiled_model, compiled) = make(), make()
+    torch._dynamo.reset()
+    compiled_step = torch.compile(compiled.step)
+    for step in range(3):
+        for model in (eager_model, compiled_model):
+            model.zero_grad(set_to_none=True)
+            grads(model, step)
+        eager.step()
+        compiled_step()
+    for p, q in zip(eager_model.parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_grad_scaler_skipping_sgds_first_step_in_a_compiled_step():
+    """GradScaler skips a first step with inf grads: SGD's momentum buffer must then start as
+    the next grad (torch's rule), as in the eager step, not at zero (0.5 x the grad with
+    dampening 0.5, as the traced op made it)."""
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 3)
+        optimizer = fusedopt.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.5)
+        torch._dynamo.reset()
+        if compiled:
+            optimizer.step = torch.compile(optimizer.step)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        for step in range(3):
+            optimizer.zero_grad()
+            loss = (model(X[:, :6] * (1 + 0.1 * step)) ** 2).mean()
+            scaler.scale(loss * float("inf") if step == 0 else loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        results.append(model.weight.detach())
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan")])
+def test_clip_option_spoiled_after_construction_is_refused_in_a_compiled_step(bad):
+    model = _model()
+    optimizer = fusedopt.AdamW(model.parameters(), lr=1e-2, max_grad_norm=1.0)
+    _train_step(model, optimizer)
+    optimizer.param_groups[0]["max_grad_norm"] = bad
+    before = [p.detach().clone() for p in model.parameters()]
+    ((model(X) - Y) ** 2).mean().backward()
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        torch.compile(optimizer.step)()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lr", [1e-2, torch.tensor(1e-2)], ids=["float", "tensor"])
+def test_a_scheduled_lr_does_not_recompile_the_step(lr):
+    """A scheduler changes the lr every step: the compiled step must not recompile for each
+    value (it did, for float and tensor lr alike, until dynamo's recompile limit sent every
+    fusedopt step back to eager). A tensor lr is read when the op runs; a float one becomes a
+    graph input after one recompile, as for torch.optim."""
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    eager_model, compiled_model = _model(), _model()
+    eager = fusedopt.AdamW(eager_model.parameters(), lr=lr.clone() if isinstance(lr, torch.Tensor) else lr)
+    compiled = fusedopt.AdamW(compiled_model.parameters(), lr=lr)
+    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10) for o in (eager, compiled)]
+    torch._dynamo.reset()
+    compiled_step = torch.compile(compiled.step, backend=counting_backend)
+    counts = []
+    for _ in range(8):
+        for model in (eager_model, compiled_model):
+            model.zero_grad(set_to_none=True)
+            ((model(X) - Y) ** 2).mean().backward()
+        eager.step()
+        compiled_step()
+        for scheduler in schedulers:
+            scheduler.step()
+        counts.append(len(graphs))
+    assert counts[2:] == [counts[2]] * 6, counts  # nothing compiled after the third step
+    for p, q in zip(eager_model.parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_checkpoint_with_numeric_steps_continues_in_a_compiled_step():
+    """Old checkpoints hold `step` as a number; torch's load makes it a tensor, and so does
+    fusedopt's now, so the compiled step can pass it to the op (it failed there)."""
+    torch.manual_seed(0)
+    source = torch.nn.Linear(8, 2)
+    reference = torch.optim.Adam(source.parameters(), foreach=False)
+    (source(X) ** 2).mean().backward()
+    reference.step()
+    checkpoint = reference.state_dict()
+    for entry in checkpoint["state"].values():
+        entry["step"] = 1
+    results = []
+    for compiled in (False, True):
+        model = torch.nn.Linear(8, 2)
+        model.load_state_dict(source.state_dict())
+        optimizer = fusedopt.Adam(model.parameters())
+        optimizer.load_state_dict(copy.deepcopy(checkpoint))  # the load shares its tensors
+        assert isinstance(optimizer.state[model.weight]["step"], torch.Tensor)
+        (model(X) ** 2).mean().backward()
+        torch._dynamo.reset()
+        (torch.compile(optimizer.step) if compiled else optimizer.step)()
+        results.append(model.weight.detach())
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)

@@ -20,14 +20,14 @@ import torch
 from .. import backends
 from .._buckets import (COMPLEX_TO_REAL, Bucket, DTensor, SparseGradError, StateMap, _RegroupNeeded, consolidate,
                         kernel_view, split_into_buckets)
-from .._layout import (LOW_PRECISION, MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_norm_per_tensor,
-                       check_clip_value, check_max_grad_norm, math_dtype)
+from .._layout import (MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_options,
+                       check_max_grad_norm, math_dtype)
 from .._memory import overlaps_itself
 from .._quantize import CODE_DTYPE, dequantized_like, quantized_entry_problem, quantized_like, refusal, scale_key
 from ..clip import clip_coefficient, global_norm
 from ._checks import check_low_precision_options, check_weight_decay_mode, warn_bf16_state_decays
 from ._lazy import check_lazy_group, is_lazy, prepare_lazy_groups, run_lazy_groups
-from ._ops import compiled_step
+from ._ops import compiled_step, compiled_step_serves, run_outside_the_graph
 from ._plan import (INT8_KERNEL, bf16_states, bucket_scale_keys, bucket_state_dtype, bucket_state_keys, group_hyper,
                     int8_states, quantizes, return_copied_grads, run_update, step_hyper, stochastic_round,
                     uses_master)
@@ -234,9 +234,14 @@ class FusedOptimizer(torch.optim.Optimizer):
             if saved is None:
                 continue
             state = self.state[param]
-            for key in self.spec.scalar_state_keys():  # float32 beside any param (_init_state)
+            for key in (*(("step",) if self.has_step_counter else ()), *self.spec.scalar_state_keys()):
                 value = saved.get(key)
-                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key in state:
+                    # A number (an old checkpoint's step): a tensor, as torch's __setstate__ makes
+                    # it, so a compiled step can pass it to the op.
+                    state[key] = torch.tensor(float(value), dtype=torch.float32, device=param.device)
+                elif key != "step" and isinstance(value, torch.Tensor) and value.is_floating_point():
+                    # float32 beside any param (_init_state)
                     state[key] = value.to(device=param.device, dtype=torch.float32, copy=True)
             quantized = quantizes(group, param)
             state_dtype = bucket_state_dtype(group, param.dtype, quantized)
@@ -265,13 +270,18 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None):
+        if torch.compiler.is_compiling() and not compiled_step_serves(self):
+            return run_outside_the_graph(self._step, closure)  # a graph break: the eager step, untraced
+        return self._step(closure)
+
+    def _step(self, closure: Optional[Callable[[], Any]]):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         found_inf = getattr(self, "found_inf", None)
         if (self.spec.first_step_rule and found_inf is not None and found_inf.device.type == "cpu"
-                and not torch.compiler.is_compiling() and found_inf.item() != 0):
+                and found_inf.item() != 0):  # never under torch.compile (compiled_step_serves)
             # Reading a CPU tensor costs no sync: skip before any lazy state is created, so a
             # skipped first step leaves SGD's first-step rule (buf = grad) for the next one.
             # Elsewhere the kernels skip; new buffers then start at zero (torch's fused SGD
@@ -446,10 +456,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         math type of the bucket's dtype: float64 grads are scaled in float64, as torch's
         clip_grad_norm_ scales them), as one-element tensors on each device. Computed on the
         device: nothing here syncs."""
-        for group in self.param_groups:  # a value changed since the group was added: refused before any update
-            check_max_grad_norm(group.get("max_grad_norm"))
-            check_clip_value(group.get("clip_grad_value"))
-            check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         clipped = any(group.get("max_grad_norm") is not None for group in self.param_groups)
@@ -506,9 +512,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         of decay; anywhere else a group asking for absolute decay is refused, not ignored)."""
         name = type(self).__name__
         try:
-            check_max_grad_norm(group.get("max_grad_norm"))
-            check_clip_value(group.get("clip_grad_value"))
-            check_clip_norm_per_tensor(group.get("clip_grad_norm_per_tensor"))
+            check_clip_options(group)
             # Read once here, as the kernels will: a bad value (or a weight_decay_mode that does
             # not fit the group's decay) is refused now, not at the first step.
             hyper = group_hyper(self, group)

@@ -52,9 +52,6 @@ def prepare_lazy_groups(optimizer, groups: List[dict]) -> List[Prepared]:
     """Every lazy group's batches, validated, with lazy state created: nothing is updated
     unless every grad of every lazy group can be."""
     name = type(optimizer).__name__
-    if torch.compiler.is_compiling():
-        raise RuntimeError(f"{name}: lazy mode (sparse grads) does not run under torch.compile; "
-                           "call step() outside the compiled region")
     if getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None:
         raise RuntimeError(f"{name}: lazy mode (sparse grads) cannot unscale grads inside step(); call "
                            "scaler.unscale_(optimizer) first, or use GradScaler without this optimizer's fused path")

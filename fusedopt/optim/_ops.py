@@ -10,7 +10,7 @@ and runs the same backend op.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -20,6 +20,7 @@ from .._layout import LOW_PRECISION, GradTransform, check_clip_norm_per_tensor
 from .._quantize import is_int8
 from ..clip import clip_coefficient, global_norm
 from . import _spec
+from ._lazy import is_lazy
 from ._plan import (bf16_states, bucket_state_keys, return_copied_grads, run_update, split_fresh,
                     step_hyper, stochastic_round)
 
@@ -44,6 +45,7 @@ def update_(
     clip_norm_per_tensor: Optional[float] = None,
     bf16_states: bool = False,
     bf16_stochastic_round: bool = False,
+    lr_tensor: Optional[torch.Tensor] = None,
 ) -> None:
     """One optimizer step over `params` (all with grads). `states` holds one row of
     len(params) tensors per name in the comma-separated `state_keys` (the kind's state
@@ -55,12 +57,19 @@ def update_(
     clip_grad_norm_per_tensor's bound (None: off), per bucket as the eager step (run_update).
     bf16_states: the state tensors (not the master copy) are bfloat16
     (state_dtype=torch.bfloat16). bf16_stochastic_round: bf16 params (without master weights)
-    are rounded stochastically, a seed drawn per bucket (run_update). With grad_scale the grads
+    are rounded stochastically, a seed drawn per bucket (run_update). lr_tensor: a group's
+    tensor lr, read when the op runs (the `lr` field is then not read), so a compiled step
+    follows a scheduler that changes it in place without recompiling. With grad_scale the grads
     are written back (GradTransform). Every argument is checked here, before
     any kernel runs: a malformed call raises ValueError (its shape: kind, counts, names) or
     RuntimeError (a tensor that cannot serve), never reaches native code."""
     spec, keys, hyper, lr = _checked_arguments(kind, params, grads, steps, states, state_keys, field_names, field_values,
                                       master_weights, backend)
+    if lr_tensor is not None:
+        if lr_tensor.numel() != 1 or not lr_tensor.is_floating_point():
+            raise ValueError(f"fusedopt::update_: lr_tensor must hold one floating-point number, got dtype "
+                             f"{lr_tensor.dtype} and shape {tuple(lr_tensor.shape)}")
+        lr = lr_tensor
     scalar_keys = spec.scalar_state_keys()
     tensor_keys = keys[:len(keys) - len(scalar_keys)]
     n = len(params)
@@ -144,7 +153,7 @@ def _(grads, backend) -> torch.Tensor:
 @update_.register_fake
 def _(kind, params, grads, steps, states, state_keys, field_names, field_values, first_step, master_weights,
       grad_scale, found_inf, clip_coef, backend, clip_value=None, clip_norm_per_tensor=None,
-      bf16_states=False, bf16_stochastic_round=False) -> None:
+      bf16_states=False, bf16_stochastic_round=False, lr_tensor=None) -> None:
     return None
 
 
@@ -152,11 +161,36 @@ def _no_initialisation(param: torch.Tensor, state: dict) -> None:
     raise RuntimeError("fusedopt::update_: every state tensor must be passed in")
 
 
+def compiled_step_serves(optimizer) -> bool:
+    """Whether compiled_step can take this step inside a compiled region. Not for 8-bit states
+    (the op carries no block scales), lazy groups and sparse grads (other kernels, or torch's
+    own update for SGD's and Adagrad's), nor under GradScaler with a CPU found_inf for an
+    optimizer whose new state takes the first grad (the eager step skips before creating SGD's
+    buffer, so the next step starts it as buf = grad; the op's kernels would skip with a zero
+    buffer already made). Those steps run eagerly, outside the graph (run_outside_the_graph)."""
+    found_inf = getattr(optimizer, "found_inf", None)
+    if optimizer.spec.first_step_rule and found_inf is not None and found_inf.device.type == "cpu":
+        return False
+    for group in optimizer.param_groups:
+        if is_int8(group.get("state_dtype")) or is_lazy(group):
+            return False
+        if any(p.grad is not None and p.grad.layout != torch.strided for p in group["params"]):
+            return False
+    return True
+
+
+@torch.compiler.disable
+def run_outside_the_graph(step: Callable[[Optional[Callable[[], Any]]], Any], closure: Optional[Callable[[], Any]]):
+    """`step(closure)` run eagerly where dynamo would trace it: a graph break, so that a
+    compiled region containing optimizer.step() takes the steps compiled_step does not serve
+    (compiled_step_serves) and Adafactor's factored one, instead of tracing their Python
+    checks (weak references, raw addresses) into guards that fail on the next step."""
+    with torch.no_grad():
+        return step(closure)
+
+
 def compiled_step(optimizer) -> None:
     """FusedOptimizer.step's traceable form (see the module docstring)."""
-    if any(is_int8(g.get("state_dtype")) for g in optimizer.param_groups):
-        raise RuntimeError(f"{type(optimizer).__name__}: state_dtype='int8' does not run under torch.compile yet "
-                           "(the fusedopt::update_ op has no block scales); call step() outside the compiled region")
     grad_scale = getattr(optimizer, "grad_scale", None)
     found_inf = getattr(optimizer, "found_inf", None)
     groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in optimizer.param_groups]
@@ -173,8 +207,17 @@ def compiled_step(optimizer) -> None:
         norm = global_norm(sums, grad_scale)
     hypers = [step_hyper(optimizer, group) for group, _ in groups]  # every group's checked before any update
     for (group, params), hyper in zip(groups, hypers):
+        if not params:
+            continue
         names = ["lr", *hyper]
-        values = [float(group["lr"]), *map(float, hyper.values())]
+        # The lr goes in as a tensor, a float one made here on the params' device: as a float
+        # field it would be a constant of the graph, recompiled for at every scheduler step
+        # until dynamo's recompile limit sends every fusedopt step back to eager. (A float lr
+        # then becomes a graph input after one recompile, as for torch.optim.)
+        lr = group["lr"]
+        lr_tensor = lr if isinstance(lr, torch.Tensor) else torch.tensor(float(lr), dtype=torch.float64,
+                                                                         device=params[0].device)
+        values = [0.0, *map(float, hyper.values())]
         coef = None
         if group.get("max_grad_norm") is not None:
             coef = clip_coefficient(group["max_grad_norm"], norm)  # float64: for_dtype rounds it per bucket
@@ -189,7 +232,8 @@ def compiled_step(optimizer) -> None:
             # State created just now takes SGD's first-step rule; the op applies one rule per call.
             for subset, is_fresh in ((fresh, True), (seasoned, False)):
                 if subset:
-                    _call(optimizer, group, subset, keys, names, values, is_fresh, master, grad_scale, found_inf, coef)
+                    _call(optimizer, group, subset, keys, names, values, is_fresh, master, grad_scale, found_inf, coef,
+                          lr_tensor)
 
 
 def _buckets_in_order(params) -> List[List[torch.Tensor]]:
@@ -200,12 +244,12 @@ def _buckets_in_order(params) -> List[List[torch.Tensor]]:
 
 
 def _call(optimizer, group, params: Sequence[torch.Tensor], keys, names, values, fresh, master, grad_scale,
-          found_inf, coef) -> None:
+          found_inf, coef, lr_tensor) -> None:
     state = optimizer.state
     torch.ops.fusedopt.update_(
         optimizer.kind, list(params), [p.grad for p in params],
         [state[p]["step"] for p in params] if optimizer.spec.step_counter else [],
         [state[p][key] for key in keys for p in params], ",".join(keys), ",".join(names), values,
         fresh, master, grad_scale, found_inf, coef, group["backend"], group.get("clip_grad_value"),
-        group.get("clip_grad_norm_per_tensor"), bf16_states(group), stochastic_round(group),
+        group.get("clip_grad_norm_per_tensor"), bf16_states(group), stochastic_round(group), lr_tensor,
     )

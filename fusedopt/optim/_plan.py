@@ -20,7 +20,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .._buckets import select
-from .._layout import LOW_PRECISION, MASTER_KEY, GradTransform, TensorBatch, UpdateConfig, math_dtype
+from .._layout import (LOW_PRECISION, MASTER_KEY, GradTransform, TensorBatch, UpdateConfig, check_clip_options,
+                       math_dtype)
 from .._quantize import CODE_DTYPE, is_int8, is_signed, quantized_numel, scale_key
 from ..backends.base import Backend
 from ..clip import per_tensor_clip_coefficients
@@ -33,12 +34,15 @@ def group_hyper(optimizer, group: dict) -> Dict[str, Any]:
 
 
 def step_hyper(optimizer, group: dict) -> Dict[str, Any]:
-    """group_hyper for a step about to run, before any update (a string lr or hyper-parameter is
-    a TypeError, as in torch's arithmetic). A bias-corrected beta moved to 1
-    or above after the group was added (by hand, or by OneCycleLR/CyclicLR cycling momentum up
-    to 1.0) is refused as the constructor refuses it. torch divides by 1 - beta**t = 0 there
-    (ZeroDivisionError) or takes the root of a negative number; the kernels would fill the
+    """group_hyper for a step about to run, called for every group before any update (eager,
+    lazy and compiled steps), with what may have changed since the group was added checked
+    again: a string lr or hyper-parameter is a TypeError, as in torch's arithmetic; the clip
+    options as when the group was added (a negative max_grad_norm would ascend the gradient);
+    a bias-corrected beta moved to 1 or above (by hand, or by OneCycleLR/CyclicLR cycling
+    momentum up to 1.0) as the constructor refuses it: torch divides by 1 - beta**t = 0 there
+    (ZeroDivisionError) or takes the root of a negative number, and the kernels would fill the
     params with NaN or inf without a word."""
+    check_clip_options(group)
     if isinstance(group["lr"], (str, bytes)):  # float() would read "0.1"; torch's arithmetic raises
         raise TypeError(f"{type(optimizer).__name__}: lr must be a number or a tensor, got {group['lr']!r}")
     hyper = group_hyper(optimizer, group)

@@ -8,6 +8,7 @@ import torch
 from .. import backends
 from .._factored import FACTORED, FactoredConfig, FactoredTables, new_moments
 from ._base import FusedOptimizer
+from ._ops import run_outside_the_graph
 from ._plan import learning_rate
 from ._spec import BOOL, FLOAT, OptimizerSpec
 
@@ -99,6 +100,11 @@ class Adafactor(FusedOptimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        if torch.compiler.is_compiling():  # its factored kernels have no torch.library op
+            return run_outside_the_graph(self._step, closure)
+        return self._step(closure)
+
+    def _step(self, closure):
         loss = None
         if closure is not None:
             with torch.enable_grad():
