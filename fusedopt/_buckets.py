@@ -40,9 +40,6 @@ def check_param(p: torch.Tensor, optimizer: str) -> None:
         )
     if p.layout != torch.strided:
         raise RuntimeError(f"{optimizer}: params must be dense (strided) tensors, got layout {p.layout}")
-    if p.is_meta:
-        raise RuntimeError(f"{optimizer}: a param of shape {tuple(p.shape)} is on the meta device, which holds no "
-                           "values to update; materialize the model first (module.to_empty(device=...))")
     if not is_dense(p):
         raise RuntimeError(
             f"{optimizer}: a param of shape {tuple(p.shape)} and strides {p.stride()} does not cover its "
@@ -443,6 +440,9 @@ class Bucket:
             if owner.device != self.device or owner.dtype != self.param_dtype:
                 raise _RegroupNeeded
             check_param(p, name)
+            if p.is_meta:  # every meta tensor sits at address 0: say why, not that params overlap
+                raise RuntimeError(f"{name}: a param of shape {tuple(p.shape)} is on the meta device, which holds no "
+                                   "values to update; materialize the model first (module.to_empty(device=...))")
         n = len(params)
         self._key = None  # stays None if validation below fails
         self._active = params

@@ -274,3 +274,16 @@ def test_checkpoint_with_numeric_steps_continues_in_a_compiled_step():
         (torch.compile(optimizer.step) if compiled else optimizer.step)()
         results.append(model.weight.detach())
     torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_an_integer_tensor_lr_steps_as_in_the_eager_step():
+    results = []
+    for compiled in (False, True):
+        p = torch.nn.Parameter(torch.ones(3))
+        optimizer = fusedopt.SGD([p], lr=torch.tensor(1))
+        p.grad = torch.ones(3)
+        torch._dynamo.reset()
+        (torch.compile(optimizer.step) if compiled else optimizer.step)()
+        results.append(p.detach())
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)

@@ -143,6 +143,28 @@ def test_bias_corrected_beta_moved_to_one_is_refused_before_any_update(name, ind
         opt.step()  # a value below 1 steps again
 
 
+def test_lamb_without_bias_correction_takes_a_beta_of_one(backend):
+    """Nothing divides by 1 - beta**t when LAMB's bias correction is off."""
+    p = torch.nn.Parameter(torch.ones(4, 3))
+    optimizer = fusedopt.LAMB([p], bias_correction=False, backend=backend)
+    optimizer.param_groups[0]["betas"] = (1.0, 0.999)
+    p.grad = torch.ones(4, 3)
+    optimizer.step()
+
+
+def test_a_beta_refused_at_step_creates_no_lazy_state(backend):
+    """Every group's step-time checks run before any state is created, lazy groups' too."""
+    embedding, dense = torch.nn.Embedding(6, 3, sparse=True), torch.nn.Parameter(torch.ones(3))
+    optimizer = fusedopt.Adam([{"params": embedding.parameters(), "lazy_mode": True}, {"params": [dense]}],
+                              backend=backend)
+    optimizer.param_groups[1]["betas"] = (1.0, 0.999)
+    embedding(torch.tensor([1, 2])).sum().backward()
+    dense.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="Invalid beta parameter at index 0"):
+        optimizer.step()
+    assert len(optimizer.state) == 0
+
+
 @pytest.mark.parametrize("backend_name", ["reference", "cpu"])
 def test_one_cycle_momentum_up_to_one_is_refused_like_torchs_division_by_zero(backend_name):
     """OneCycleLR(max_momentum=1.0) accepts a beta1 of 1.0 and writes it into the group: torch's
@@ -162,7 +184,9 @@ def test_one_cycle_momentum_up_to_one_is_refused_like_torchs_division_by_zero(ba
 # Strings where numbers belong, which torch's constructors take and its step's arithmetic
 # refuses with TypeError: float() would read them as numbers.
 STRING_HYPERPARAMETERS = [("SGD", dict(momentum=0.9, dampening="0.1")), ("ASGD", dict(lambd="0.1")),
-                          ("ASGD", dict(t0="5")), ("Rprop", dict(step_sizes=("1e-6", 50)))]
+                          ("ASGD", dict(t0="5")), ("Rprop", dict(step_sizes=("1e-6", 50))),
+                          # and torch's RuntimeError where clamp_ gets no bound at all
+                          ("Rprop", dict(step_sizes=(None, None)))]
 
 
 @pytest.mark.parametrize("name,kwargs", STRING_HYPERPARAMETERS,
@@ -171,22 +195,27 @@ def test_a_string_hyperparameter_is_a_type_error_as_in_torch(name, kwargs, backe
     for make in (lambda ps: getattr(torch.optim, name)(ps, foreach=False, **kwargs),
                  lambda ps: getattr(fusedopt, name)(ps, backend=backend, **kwargs)):
         p = torch.nn.Parameter(torch.ones(3))
-        with pytest.raises(TypeError):
+        with pytest.raises(RuntimeError if kwargs.get("step_sizes") == (None, None) else TypeError):
             optimizer = make([p])
             for _ in range(2):  # torch's SGD reads dampening from its second step on
                 p.grad = torch.ones(3)
                 optimizer.step()
 
 
-def test_a_string_lr_is_a_type_error_before_any_update(backend):
-    params = [torch.nn.Parameter(torch.ones(3)) for _ in range(2)]
-    optimizer = fusedopt.Adam(params[:1], backend=backend)
-    optimizer.add_param_group({"params": params[1:], "lr": "0.1"})  # torch's add_param_group takes it too
+@pytest.mark.parametrize("name,key,value", [("Adam", "lr", "0.1"), ("Adam", "betas", ("0.9", 0.999)),
+                                            ("Adafactor", "lr", "0.1")])
+def test_a_string_set_in_a_group_is_a_type_error_before_any_update(name, key, value, backend):
+    """torch's add_param_group takes these, and its step's arithmetic raises TypeError. fusedopt
+    raises it at the step before any update, or already when the group is added (betas are
+    read then)."""
+    params = [torch.nn.Parameter(torch.ones(3, 2)) for _ in range(2)]
+    optimizer = getattr(fusedopt, name)(params[:1], backend=backend)
     for p in params:
-        p.grad = torch.ones(3)
-    with pytest.raises(TypeError, match="lr must be a number"):
+        p.grad = torch.ones(3, 2)
+    with pytest.raises(TypeError, match="must be a number"):
+        optimizer.add_param_group({"params": params[1:], key: value})
         optimizer.step()
-    assert all(torch.equal(p.detach(), torch.ones(3)) for p in params)
+    assert all(torch.equal(p.detach(), torch.ones(3, 2)) for p in params)
 
 
 @pytest.mark.parametrize("lr", [float("nan"), torch.tensor(float("nan"))], ids=["float", "tensor"])
@@ -325,6 +354,18 @@ def test_meta_param_raises_naming_the_meta_device(name):
         p.grad = torch.empty(3, 2, device="meta")
     with pytest.raises(RuntimeError, match="meta device.*to_empty"):
         optimizer.step()
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_meta_params_without_grads_are_passed_over(name):
+    """As torch.optim passes over them: only the params a step updates need memory. (A
+    backend named explicitly is refused for them at construction: it cannot run on meta.)"""
+    params = [torch.nn.Parameter(torch.ones(3, 2)), *(torch.nn.Parameter(torch.empty(3, 2, device="meta"))
+                                                     for _ in range(2))]
+    optimizer = OPTIMIZERS[name](params, "auto")
+    params[0].grad = torch.ones(3, 2)
+    optimizer.step()
+    assert not torch.equal(params[0].detach(), torch.ones(3, 2))
 
 
 # --------------------------------------------------------------------------- grads changed behind the setter's back

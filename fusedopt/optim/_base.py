@@ -287,16 +287,16 @@ class FusedOptimizer(torch.optim.Optimizer):
             # Elsewhere the kernels skip; new buffers then start at zero (torch's fused SGD
             # leaves them uninitialised).
             return loss
-        # Lazy groups (sparse grads updating only their rows, fusedopt/optim/_lazy.py) are
-        # validated first and run after the others: nothing moves unless every grad can.
-        lazy_groups = [group for group in self.param_groups if is_lazy(group)]
-        lazy_prepared = prepare_lazy_groups(self, lazy_groups) if lazy_groups else []
         if torch.compiler.is_compiling():
             compiled_step(self)  # traced by dynamo: one torch.library op per group and dtype
             return loss
-        # The groups' hyper-parameters, read once per step: the state keys, lazy state and the
-        # backend calls below all follow from them.
+        # The groups' hyper-parameters, read and checked once per step before any state is
+        # created: the state keys, lazy state and the backend calls below all follow from them.
         hypers = [step_hyper(self, group) for group in self.param_groups]
+        # Lazy groups (sparse grads updating only their rows, fusedopt/optim/_lazy.py) are
+        # validated first and run after the others: nothing moves unless every grad can.
+        lazy = [(group, hyper) for group, hyper in zip(self.param_groups, hypers) if is_lazy(group)]
+        lazy_prepared = prepare_lazy_groups(self, lazy) if lazy else []
         # Params whose sparse grads torch's own update takes (SGD, Adagrad; _sparse_grads.py),
         # their grads hidden from the fused step meanwhile.
         sparse: List[SparseGrads] = []
@@ -322,8 +322,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             restore_grads(sparse)
         for entry in sparse:
             self._sparse_update(entry.group, entry.params, entry.grads)
-        if lazy_groups:
-            run_lazy_groups(self, lazy_groups, lazy_prepared)
+        if lazy:
+            run_lazy_groups(lazy, lazy_prepared)
         return loss
 
     # ----------------------------------------------------------------- state
@@ -527,7 +527,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._refuse_options_not_taken(group)  # last: the checks above say why where they can
             if bf16_states(group):
                 warn_bf16_state_decays(name, {key: hyper[key] for key in self.spec.state_decays})
-        except (ValueError, TypeError):
+        except Exception:
             self.param_groups.pop()  # as if never added, as torch's own checks leave it
             raise
 

@@ -13,7 +13,10 @@ from .._quantize import is_int8
 
 
 def scalar(value) -> float:
-    """A hyper-parameter given as a number or a one-element tensor, as a Python float."""
+    """A hyper-parameter given as a number or a one-element tensor, as a Python float (a
+    string is a TypeError, as in torch's arithmetic: float() would read "0.9")."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"a hyper-parameter must be a number or a tensor, got {value!r}")
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
 
 

@@ -11,8 +11,8 @@ arithmetic (m += (g - m)*(1-b1)), which equals Adam's up to rounding.
 
 Refused with a clear error (they would need all rows, or grads in a dense form):
 dense grads (as torch.optim.SparseAdam refuses them), max_grad_norm, clip_grad_value,
-master_weights, state_dtype=torch.bfloat16, GradScaler's unscale inside step, complex params,
-torch.compile.
+master_weights, state_dtype=torch.bfloat16, GradScaler's unscale inside step, complex params.
+Under torch.compile the step runs eagerly, outside the graph (fusedopt/optim/_ops.py).
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import torch
 from .. import backends
 from .._layout import SparseRowBatch
 from .._sparse_rows import group_by_device_and_dtype, sparse_row_batch
-from ._plan import group_hyper, step_hyper
 
 Prepared = List[Tuple[object, SparseRowBatch]]
 
@@ -48,9 +47,9 @@ def check_lazy_group(group: dict, name: str) -> None:
                          "sparse-row kernels round to nearest")
 
 
-def prepare_lazy_groups(optimizer, groups: List[dict]) -> List[Prepared]:
+def prepare_lazy_groups(optimizer, groups: List[Tuple[dict, dict]]) -> List[Prepared]:
     """Every lazy group's batches, validated, with lazy state created: nothing is updated
-    unless every grad of every lazy group can be."""
+    unless every grad of every lazy group can be. groups: (group, its step_hyper)."""
     name = type(optimizer).__name__
     if getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None:
         raise RuntimeError(f"{name}: lazy mode (sparse grads) cannot unscale grads inside step(); call "
@@ -59,7 +58,7 @@ def prepare_lazy_groups(optimizer, groups: List[dict]) -> List[Prepared]:
         raise RuntimeError(f"{name}: max_grad_norm takes the norm over every group's grads, which lazy mode's "
                            "sparse grads do not join; clip before step() instead")
     with_grads = []
-    for group in groups:
+    for group, _ in groups:
         check_lazy_group(group, name)
         params = [p for p in group["params"] if p.grad is not None]
         for p in params:
@@ -69,8 +68,7 @@ def prepare_lazy_groups(optimizer, groups: List[dict]) -> List[Prepared]:
                 raise RuntimeError(f"{name}: lazy mode (sparse grads) does not support complex params")
         with_grads.append(params)
     prepared = []
-    for group, params in zip(groups, with_grads):
-        hyper = step_hyper(optimizer, group)
+    for (group, hyper), params in zip(groups, with_grads):
         batches = []
         for positions in group_by_device_and_dtype(params):
             members = [params[i] for i in positions]
@@ -86,9 +84,8 @@ def prepare_lazy_groups(optimizer, groups: List[dict]) -> List[Prepared]:
     return prepared
 
 
-def run_lazy_groups(optimizer, groups: List[dict], prepared: List[Prepared]) -> None:
-    for group, batches in zip(groups, prepared):
-        hyper = group_hyper(optimizer, group)
+def run_lazy_groups(groups: List[Tuple[dict, dict]], prepared: List[Prepared]) -> None:
+    for (group, hyper), batches in zip(groups, prepared):
         lr = float(group["lr"])
         for backend, batch in batches:
             backend.sparse_adam_update(batch, hyper, lr)

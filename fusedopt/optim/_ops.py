@@ -3,10 +3,11 @@
 `fusedopt::update_` mutates the params, step counters and state tensors it is given, and
 the grads when it unscales or clips them (all declared, so functionalisation and
 CUDA-graph trees know), and returns nothing; its fake kernel does
-nothing. Under torch.compile, FusedOptimizer.step calls `compiled_step`, which dynamo
-traces: plain list and dict work, lazy state creation, then one op call per group and
-dtype. The op validates its tensors exactly as the eager path does (fusedopt/_buckets.py)
-and runs the same backend op.
+nothing. Under torch.compile, FusedOptimizer.step calls `compiled_step` where it serves
+(`compiled_step_serves`), which dynamo traces: plain list and dict work, lazy state
+creation, then one op call per group and dtype; the other steps run eagerly, outside the
+graph (`run_outside_the_graph`). The op validates its tensors exactly as the eager path
+does (fusedopt/_buckets.py) and runs the same backend op.
 """
 from __future__ import annotations
 
@@ -57,19 +58,21 @@ def update_(
     clip_grad_norm_per_tensor's bound (None: off), per bucket as the eager step (run_update).
     bf16_states: the state tensors (not the master copy) are bfloat16
     (state_dtype=torch.bfloat16). bf16_stochastic_round: bf16 params (without master weights)
-    are rounded stochastically, a seed drawn per bucket (run_update). lr_tensor: a group's
-    tensor lr, read when the op runs (the `lr` field is then not read), so a compiled step
-    follows a scheduler that changes it in place without recompiling. With grad_scale the grads
+    are rounded stochastically, a seed drawn per bucket (run_update). lr_tensor: the lr as a
+    one-element tensor (compiled_step passes a group's tensor lr, or a float lr made a tensor),
+    read when the op runs (the `lr` field is then not read), so a compiled step follows a
+    scheduler without recompiling. With grad_scale the grads
     are written back (GradTransform). Every argument is checked here, before
     any kernel runs: a malformed call raises ValueError (its shape: kind, counts, names) or
     RuntimeError (a tensor that cannot serve), never reaches native code."""
     spec, keys, hyper, lr = _checked_arguments(kind, params, grads, steps, states, state_keys, field_names, field_values,
                                       master_weights, backend)
     if lr_tensor is not None:
-        if lr_tensor.numel() != 1 or not lr_tensor.is_floating_point():
-            raise ValueError(f"fusedopt::update_: lr_tensor must hold one floating-point number, got dtype "
+        if lr_tensor.numel() != 1 or lr_tensor.is_complex():
+            raise ValueError(f"fusedopt::update_: lr_tensor must hold one real number, got dtype "
                              f"{lr_tensor.dtype} and shape {tuple(lr_tensor.shape)}")
-        lr = lr_tensor
+        # An integer tensor lr is a number as the eager step reads it (learning_rate).
+        lr = lr_tensor if lr_tensor.is_floating_point() else lr_tensor.to(torch.float64)
     scalar_keys = spec.scalar_state_keys()
     tensor_keys = keys[:len(keys) - len(scalar_keys)]
     n = len(params)

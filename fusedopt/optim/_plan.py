@@ -46,7 +46,7 @@ def step_hyper(optimizer, group: dict) -> Dict[str, Any]:
     if isinstance(group["lr"], (str, bytes)):  # float() would read "0.1"; torch's arithmetic raises
         raise TypeError(f"{type(optimizer).__name__}: lr must be a number or a tensor, got {group['lr']!r}")
     hyper = group_hyper(optimizer, group)
-    for name in optimizer.spec.bias_corrected:
+    for name in optimizer.spec.bias_corrected if hyper.get("bias_correction", True) else ():  # LAMB's may be off
         if not hyper[name] < 1.0:
             raise ValueError(f"Invalid beta parameter at index {('beta1', 'beta2').index(name)}: {hyper[name]} "
                              f"(set after construction; the bias correction 1 - {name}**step needs it below 1)")

@@ -9,7 +9,7 @@ from .. import backends
 from .._factored import FACTORED, FactoredConfig, FactoredTables, new_moments
 from ._base import FusedOptimizer
 from ._ops import run_outside_the_graph
-from ._plan import learning_rate
+from ._plan import learning_rate, step_hyper
 from ._spec import BOOL, FLOAT, OptimizerSpec
 
 __all__ = ["Adafactor"]
@@ -114,7 +114,7 @@ class Adafactor(FusedOptimizer):
             for p in group["params"]:
                 if p.grad is not None and torch.is_complex(p):
                     raise RuntimeError("Adafactor does not support complex parameters")
-            hyper = self.spec.coerce(self.hyper(group))
+            hyper = step_hyper(self, group)  # checked for every group before any update
             for position, (bucket, batch, _) in enumerate(self._prepare_group(index, group, hyper)):
                 owners = [p for p in bucket.params if p.grad is not None]
                 # A table is rebuilt whenever the bucket's batch changes (its version is unique).

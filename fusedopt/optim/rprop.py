@@ -43,6 +43,8 @@ class Rprop(FusedOptimizer):
     def hyper(group: dict) -> dict:
         (etaminus, etaplus), (step_size_min, step_size_max) = group["etas"], group["step_sizes"]
         # torch's clamp_ takes None for a bound it does not apply: the same as an infinite one.
+        if step_size_min is None and step_size_max is None:
+            raise RuntimeError("Rprop: step_sizes (None, None): torch's clamp_ needs at least one of min and max")
         step_size_min = -math.inf if step_size_min is None else step_size_min
         step_size_max = math.inf if step_size_max is None else step_size_max
         return dict(etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min, step_size_max=step_size_max,
