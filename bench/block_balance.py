@@ -6,6 +6,7 @@ share of the elements). Arithmetic over the block lists of fusedopt/reduce.h, no
 
     python bench/block_balance.py
 """
+import argparse
 import math
 
 SUM_BLOCK = 65536  # fusedopt/reduce.h's kSumBlock
@@ -43,6 +44,7 @@ def by_elements(block_sizes, threads):
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " ")).parse_args()  # --help only
     tables = {
         "GPT-2 small (all params)": gpt2_small_shapes(),
         "3 x 200,000 + 300 x 768 (a few matrices, many norms and biases)": [200_000] * 3 + [768] * 300,

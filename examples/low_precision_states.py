@@ -133,8 +133,9 @@ def report(runs: dict, prefix: str = "") -> dict:
     difference of its final loss from the fp32 run's} for every run but the fp32 one."""
     final = {name: evaluation for name, (_, _, evaluation) in runs.items()}
     for name, (losses, per_param, evaluation) in runs.items():
-        print(f"{prefix}{name}: final loss (16 fixed batches) {evaluation:.4f}, training loss (mean of last 20 steps) "
-              f"{sum(losses[-20:]) / 20:.4f}, optimizer state {per_param:.3f} bytes/param")
+        last = losses[-20:]  # fewer in runs under 20 steps
+        print(f"{prefix}{name}: final loss (16 fixed batches) {evaluation:.4f}, training loss (mean of last "
+              f"{len(last)} steps) {sum(last) / len(last):.4f}, optimizer state {per_param:.3f} bytes/param")
     for name, label, bar in COMPARED_RUNS:
         if name in final:
             difference = abs(final[name] - final["fp32 states"]) / final["fp32 states"]

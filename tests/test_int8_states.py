@@ -595,6 +595,22 @@ def test_kinds_whose_states_do_not_fit_8_bits_refuse(make, reason):
         make(_params())
 
 
+@pytest.mark.parametrize("cls, options", [
+    (fusedopt.ASGD, {}), (fusedopt.Rprop, {}), (fusedopt.Adafactor, {}), (fusedopt.RMSprop, {"centered": True}),
+])
+def test_the_refusal_suggests_only_state_dtypes_it_takes(cls, options):
+    """The message's alternatives must themselves construct (Adafactor's once named bf16 states,
+    which it refuses too)."""
+    with pytest.raises(ValueError) as refused:
+        cls(_params(), state_dtype="int8", **options)
+    suggestion = str(refused.value).split("use state_dtype=")[1]
+    named = {"None": None, "torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16}
+    offered = [dtype for text, dtype in named.items() if text in suggestion]
+    assert offered and None in offered
+    for dtype in offered:
+        cls(_params(), state_dtype=dtype, **options)
+
+
 def test_refused_options():
     with pytest.raises(ValueError, match="Invalid state_dtype"):
         fusedopt.Adam(_params(), state_dtype="int4")

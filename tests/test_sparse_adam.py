@@ -256,8 +256,10 @@ def test_dense_grads_are_refused_before_anything_changes(backend, make):
 
 def test_without_lazy_mode_sparse_grads_keep_their_error(backend):
     p = _sparse_grad_param()
-    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+    with pytest.raises(RuntimeError, match="does not support sparse gradients; pass lazy_mode=True .*SparseAdam"):
         fusedopt.Adam([p], backend=backend).step()
+    with pytest.raises(RuntimeError, match="AdamW does not support sparse gradients; pass lazy_mode=True"):
+        fusedopt.AdamW([p], backend=backend).step()
 
 
 def _bad(indices, values, size):

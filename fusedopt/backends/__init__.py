@@ -66,6 +66,15 @@ def check_name(name: object) -> str:
     return name
 
 
+def _environment_choice() -> str:
+    """The backend FUSEDOPT_BACKEND names for `auto` (unset or empty: auto itself)."""
+    name = os.environ.get(ENV_VARIABLE, "auto") or "auto"
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"Invalid backend in the environment, {ENV_VARIABLE}={name!r}; expected one of "
+                         f"{', '.join(BACKEND_NAMES)}, or unset it")
+    return name
+
+
 def unusable_reason(name: str, device: torch.device, kernel: str = ELEMENTWISE) -> Optional[str]:
     if name == "triton":
         _load_triton()
@@ -89,7 +98,7 @@ def resolve(name: str, device: torch.device, kernel: str = ELEMENTWISE) -> Backe
     """The backend that runs `name` on `device` for kernels of shape `kernel`; cached, so
     warnings come once."""
     if name == "auto":
-        name = check_name(os.environ.get(ENV_VARIABLE, "auto") or "auto")
+        name = _environment_choice()
     key = (name, device.type, device.index, kernel)
     backend = _resolved.get(key)
     if backend is None:
@@ -125,7 +134,7 @@ def resolve_sparse_rows(name: str, device: torch.device, dtype: torch.dtype) -> 
     `dtype`: one named explicitly must implement it (RuntimeError saying which do); `auto`
     takes the first of its usual candidates that does (the reference always does)."""
     if name == "auto":
-        name = check_name(os.environ.get(ENV_VARIABLE, "auto") or "auto")
+        name = _environment_choice()
     candidates = _auto_candidates(device)
     if name != "auto":
         backend = resolve(name, device)

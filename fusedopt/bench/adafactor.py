@@ -40,12 +40,14 @@ def _time(step: Callable[[], None], device: str, warmup: int, repeats: int) -> f
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=("full", "quick"), default="full")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backend", default="auto")
+    parser = argparse.ArgumentParser(prog="python -m fusedopt.bench.adafactor",
+                                     description=__doc__.split("\n\n")[0].replace("\n", " "), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--scale", choices=("full", "quick"), default="full",
+                        help="GPT-2 small's shapes (full) or 12 layers at width 128 (quick)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per contender (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contender first")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--backend", default="auto", help="fusedopt's backend")
     args = parser.parse_args(argv)
     shapes = gpt2_parameter_shapes(_GPT2_SMALL[args.scale])
     numel = sum(torch.Size(s).numel() for s in shapes)

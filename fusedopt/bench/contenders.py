@@ -16,7 +16,7 @@ OptimizerFactory = Callable[[List[torch.Tensor]], torch.optim.Optimizer]
 TORCH_VARIANTS = {
     "for-loop": {"foreach": False},
     "foreach": {"foreach": True},
-    "fused": {"fused": True},  # Adam, AdamW and SGD only; probed, not assumed
+    "fused": {"fused": True},  # where torch has it (Adam, AdamW, SGD, Adagrad); probed, not assumed
 }
 FUSEDOPT_BACKENDS = ("cuda", "triton", "cpu", "reference")
 

@@ -54,13 +54,14 @@ def _other_8bit_adams() -> Tuple[Dict[str, Callable], List[str]]:
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fusedopt.bench.int8_states", description=__doc__.split("\n")[0])
-    parser.add_argument("--numel", type=int, default=20_000_000)
-    parser.add_argument("--tensors", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--backend", default="cpu")
+    parser = argparse.ArgumentParser(prog="python -m fusedopt.bench.int8_states", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--numel", type=int, default=20_000_000, help="elements in each workload")
+    parser.add_argument("--tensors", type=int, default=200, help="tensors of the second workload (1: only one)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=None, help="torch and kernel threads (default: torch's)")
+    parser.add_argument("--backend", default="cpu", help="fusedopt's backend")
     options = parser.parse_args(list(argv))
     if options.threads:
         torch.set_num_threads(options.threads)

@@ -49,14 +49,15 @@ def _median_step(make: Callable, rows: int, dim: int, grads: Sequence[torch.Tens
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fusedopt.bench.sparse_adam", description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--small-rows", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--touched", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
+    parser = argparse.ArgumentParser(prog="python -m fusedopt.bench.sparse_adam", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the embedding table")
+    parser.add_argument("--small-rows", type=int, default=100_000, help="rows of the smaller table, same grads")
+    parser.add_argument("--dim", type=int, default=128, help="elements per row")
+    parser.add_argument("--touched", type=int, default=4096, help="distinct rows in each step's grad")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=None, help="torch and kernel threads (default: torch's)")
     options = parser.parse_args(list(argv))
     if options.threads:
         torch.set_num_threads(options.threads)

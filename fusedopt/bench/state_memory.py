@@ -67,9 +67,11 @@ def measure(scale: str, backend: str) -> Dict[str, float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=tuple(_GPT2_SMALL), default="full")
-    parser.add_argument("--backend", default="cpu")
+    parser = argparse.ArgumentParser(prog="python -m fusedopt.bench.state_memory",
+                                     description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--scale", choices=tuple(_GPT2_SMALL), default="full",
+                        help="GPT-2 small's shapes (full) or a smaller model of the same structure")
+    parser.add_argument("--backend", default="cpu", help="fusedopt's backend for the step that creates the state")
     args = parser.parse_args(argv)
     shapes = gpt2_parameter_shapes(_GPT2_SMALL[args.scale])
     numel = sum(torch.Size(s).numel() for s in shapes)

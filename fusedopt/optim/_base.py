@@ -119,6 +119,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     # Options the class sets in every group itself (SparseAdam: lazy_mode).
     _implied_group_options: Tuple[str, ...] = ()
 
+    # What to do instead, appended to the refusal of a sparse grad (Adam: lazy mode).
+    _sparse_grad_advice = ""
+
     # Why this optimizer cannot keep bf16 states (state_dtype=torch.bfloat16 is then refused
     # when a group is added); None: it can.
     _bf16_states_refused: Optional[str] = None
@@ -439,9 +442,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                         )
                     try:
                         batch, fresh = prepare()
-                    except SparseGradError:  # raised before the bucket wrote anything
+                    except SparseGradError as error:  # raised before the bucket wrote anything
                         if sparse is None or type(self)._sparse_update is FusedOptimizer._sparse_update:
-                            raise
+                            raise SparseGradError(f"{error}{self._sparse_grad_advice}") from None
                         sparse.append(hide_sparse_grads(self, group, bucket.params))
                         batch, fresh = prepare()
                     if batch is not None:

@@ -110,8 +110,8 @@ def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optio
         raise ValueError(f"{name}: state_dtype=torch.bfloat16 is not supported: {bf16_refused}; use state_dtype=None "
                          "(or torch.float32)")
     if int8 and int8_refused is not None:
-        raise ValueError(f"{name}: state_dtype='int8' is not supported: {int8_refused}; use state_dtype=None, "
-                         "torch.float32 or torch.bfloat16")
+        others = "None (or torch.float32)" if bf16_refused is not None else "None, torch.float32 or torch.bfloat16"
+        raise ValueError(f"{name}: state_dtype='int8' is not supported: {int8_refused}; use state_dtype={others}")
     params = [p for p in group.get("params", ()) if isinstance(p, torch.Tensor)]
     if state_dtype == torch.bfloat16 or int8:
         shown = "'int8'" if int8 else "torch.bfloat16"

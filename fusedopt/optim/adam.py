@@ -73,6 +73,9 @@ class Adam(FusedOptimizer):
             for group in self.param_groups:
                 group["decoupled_weight_decay"] = True
 
+    _sparse_grad_advice = ("; pass lazy_mode=True to update only the rows a sparse grad holds, or use "
+                           "fusedopt.SparseAdam")
+
     @property
     def _dense_grad_error(self) -> str:
         return (f"{type(self).__name__}(lazy_mode=True) does not support dense gradients: lazy mode updates only "
