@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on float16/bfloat16 params, also time each fusedopt backend with"
                              " master_weights=True (fp32 master copy and states)")
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes and few steps (under a minute on a 2-core CPU)")
+                        help="small sizes and few steps (about a minute on a quiet 2-core CPU)")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # for tests
     parser.add_argument("--steps", type=positive_int, default=None,
                         help=f"timed steps per contender (default: {_defaults_help(1)})")

@@ -3,7 +3,7 @@ cases, one per fusedopt optimizer class (fusedopt.optim.__all__) and so per regi
 OptimizerSpec, with a few extra option sets for the existing ones.
 
 Sizes depend on the device and on the scale: "full" (the real sizes),
-"quick" (a run under a minute on a small CPU) and "tiny" (tests only).
+"quick" (about a minute on a quiet 2-core CPU) and "tiny" (tests only).
 """
 import functools
 import inspect
