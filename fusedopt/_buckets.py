@@ -453,6 +453,13 @@ class Bucket:
         grad_row = self._validated_grads(grads)  # before any state is created: a bad grad changes nothing
         self._written = WrittenSpans(params, name)
         self._check_not_aliased(grad_row)
+        if MASTER_KEY not in state_keys:
+            # A master copy left from when the group had master_weights (or from a checkpoint)
+            # went stale as the param trained without it: it must not come back if they return.
+            for owner in owners:
+                s = state.get(owner)
+                if s and MASTER_KEY in s:
+                    del s[MASTER_KEY]
         fresh = []
         states_per_param = []
         for i, owner in enumerate(owners if state_keys or has_step or scalar_keys else ()):  # SGD: no state
@@ -519,6 +526,9 @@ class Bucket:
             problem = f"is a {type(t).__name__}, not a tensor"
         elif t.dtype != dtype or t.device != p.device:
             problem = f"has dtype {t.dtype} on {t.device}, expected dtype {dtype} on {p.device}"
+            if t.device == p.device:
+                problem += (" (if the group's state_dtype or master_weights was changed by hand after its state was "
+                            "created, convert the state: optimizer.load_state_dict(optimizer.state_dict()))")
         elif t.shape != p.shape:
             problem = f"has shape {tuple(t.shape)}, but the param has shape {tuple(p.shape)}"
         elif t.layout != torch.strided:

@@ -15,7 +15,11 @@ absmax (max |x| over the block, float32) and one uint8 code per element, an inde
   absmax 0 (an all-zero block) gives q = 0/0 = NaN: that case is defined as every code
   pointing at 0.0 (absmax 0 then dequantizes to exactly 0 whatever the codes say).
   A NaN or infinite value makes its block's absmax NaN or inf, so the block dequantizes to
-  NaN: a non-finite state poisons its block, as it poisons the element in float32.
+  NaN: a non-finite state poisons its whole block, where in float32 it stays in its element.
+  Adam's second moment overflows so from one grad of about 1e20 or more (its square passes
+  float32's 3.4e38): float32 states then leave that element's update at 0 and every other
+  param finite, 8-bit states turn the block's 256 params to NaN. GradScaler skips such a
+  step only when the grad itself is inf or NaN; clip grads (max_grad_norm) against it.
   Round to nearest, no stochastic rounding: runs are reproducible.
 - Small tensors: a state tensor of fewer than MIN_QUANTIZED_NUMEL elements (bitsandbytes'
   threshold) is not quantized; it keeps the states it has without state_dtype (float32 for

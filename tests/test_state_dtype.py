@@ -309,6 +309,130 @@ def test_refused_options():
     assert len(opt.param_groups) == 1
 
 
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, "int8"], ids=["bf16", "int8"])
+@pytest.mark.parametrize("after_a_step", [False, True], ids=["fresh", "stepped"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_params_made_float64_after_construction_are_refused_at_the_step(kind, after_a_step, state_dtype,
+                                                                        monkeypatch):
+    """`model.double()` after the optimizer was built with bf16 or 8-bit states: the constructor
+    never saw a float64 param, so the step refuses the group before anything moves. Before this
+    check the double-precision kernels read the 2-byte states as doubles, past their end, and
+    corrupted the heap (the process died)."""
+    options = {key: value for key, value in OPTIONS.get(kind, {}).items() if key != "centered"}
+    if state_dtype == "int8" and kind in ("asgd", "rprop"):
+        pytest.skip("these kinds refuse 8-bit states at construction")
+    for backend in ("reference", "cpu", *_host_backends(monkeypatch, kind)):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(80, 64)  # 5,120 weights: 8-bit states in an "int8" group
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bf16 states' decay warning
+            opt = _class(kind)(model.parameters(), backend=backend, state_dtype=state_dtype, **options)
+        if after_a_step:
+            model(torch.randn(4, 80)).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+        model.double()
+        model(torch.randn(4, 80, dtype=torch.float64)).square().sum().backward()
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(ValueError, match=r"needs float32, float16 or bfloat16 params.*float64"):
+            opt.step()
+        for p, b in zip(model.parameters(), before):
+            assert torch.equal(p, b), backend
+
+
+def test_kernels_refuse_bf16_states_for_float64_batches(monkeypatch):
+    """The same refusal below step(): a backend handed a float64 batch with bf16 states (the
+    torch.library op, a direct call) raises before its kernels run, and the native dispatch
+    itself refuses it too: the CPU kernels' (called directly) and the CUDA kernels' (the host
+    build's test backends call them without the backends' Python check)."""
+    from fusedopt._buckets import Bucket
+    from fusedopt._layout import UpdateConfig
+    from fusedopt.backends.native import _native_kinds, common_arguments
+
+    params = [torch.zeros(300, dtype=torch.float64)]
+    grads = [torch.ones(300, dtype=torch.float64)]
+    state = {params[0]: {"exp_avg": torch.zeros(300, dtype=torch.bfloat16),
+                         "exp_avg_sq": torch.zeros(300, dtype=torch.bfloat16), "step": torch.tensor(0.0)}}
+    batch, _ = Bucket(params, "Adam").batch(state, ("exp_avg", "exp_avg_sq"), True, lambda p, s: None,
+                                            torch.bfloat16, grads)
+    hyper = _spec.spec("adam").coerce(fusedopt.Adam.hyper(fusedopt.Adam(params).param_groups[0]))
+    config = UpdateConfig(hyper, 1e-3, bf16_states=True)
+    with pytest.raises(RuntimeError, match="bf16 or 8-bit states cannot serve torch.float64 params"):
+        fusedopt.backends.get("cpu").update("adam", batch, config)
+    for backend in _host_backends(monkeypatch, "adam"):
+        with pytest.raises(ValueError, match="bf16 states are for float32 math, not float64 params"):
+            fusedopt.backends.get(backend).update("adam", batch, config)
+    with pytest.raises(ValueError, match="bf16 states are for float32 math, not float64 params"):
+        _native_kinds().for_batch("adam", batch, config).cpu_update(*common_arguments(batch, config), 1,
+                                                                    bf16_states=True)
+    assert torch.equal(params[0], torch.zeros(300, dtype=torch.float64))
+
+
+def test_master_copy_does_not_outlive_master_weights(backend):
+    """master_weights switched off by hand, then on again: the copy kept from before would be
+    stale (the params trained without it) and taking it up again would undo those steps."""
+    torch.manual_seed(0)
+    params = [torch.randn(300).to(torch.bfloat16).requires_grad_()]
+    opt = fusedopt.Adam(params, lr=1e-2, betas=(0.9, 0.99), state_dtype=torch.bfloat16, master_weights=True,
+                        backend=backend)
+    for master in (True, False, False, False):
+        opt.param_groups[0]["master_weights"] = master
+        params[0].grad = torch.randn(300).to(torch.bfloat16)
+        opt.step()
+    assert MASTER_KEY not in opt.state[params[0]]
+    trained = params[0].detach().clone()
+    opt.param_groups[0].update(master_weights=True, lr=0.0)
+    params[0].grad = torch.zeros_like(params[0])
+    opt.step()
+    assert torch.equal(params[0], trained)
+    assert torch.equal(opt.state[params[0]][MASTER_KEY], trained.float())
+
+
+@pytest.mark.parametrize("make, value, match", [
+    (lambda ps: fusedopt.Adam(ps), "fp8", "Invalid state_dtype"),
+    (lambda ps: fusedopt.RMSprop(ps, centered=True), "int8", "centered RMSprop"),
+    (lambda ps: fusedopt.ASGD(ps), "int8", "not supported"),
+    (lambda ps: fusedopt.Rprop(ps), "int8", "not supported"),
+    (lambda ps: fusedopt.Adafactor(ps), "int8", "not supported"),
+    (lambda ps: fusedopt.Adafactor(ps), torch.bfloat16, "not supported"),
+    (lambda ps: fusedopt.Adam(ps), ("bf16_stochastic_round", True), "applies to bfloat16 params only"),
+], ids=["fp8", "centered-rmsprop-int8", "asgd-int8", "rprop-int8", "adafactor-int8", "adafactor-bf16",
+        "rounding-fp32"])
+def test_low_precision_options_set_by_hand_are_checked_at_the_step(make, value, match):
+    """What the constructor refuses is refused at the step too when set into a group by hand,
+    before anything moves: it was ignored ("fp8", stochastic rounding of float32 params), ran
+    (centered RMSprop's 8-bit states, which the constructor refuses for their NaNs) or failed
+    inside the step (KeyError, TypeError)."""
+    torch.manual_seed(0)
+    params = [torch.randn(80, 64, requires_grad=True)]
+    opt = make(params)
+    params[0].grad = torch.randn(80, 64)
+    opt.step()
+    key, value = value if isinstance(value, tuple) else ("state_dtype", value)
+    opt.param_groups[0][key] = value
+    params[0].grad = torch.randn(80, 64)
+    before = params[0].detach().clone()
+    with pytest.raises(ValueError, match=match):
+        opt.step()
+    assert torch.equal(params[0], before)
+
+
+def test_state_dtype_changed_by_hand_says_how_to_convert(backend):
+    """A group's state_dtype changed by hand after its state exists: the step names the fix,
+    and the fix (a state_dict round trip, which converts as any load does) works."""
+    torch.manual_seed(0)
+    params = [torch.randn(80, 64, requires_grad=True)]
+    opt = fusedopt.Adam(params, betas=(0.9, 0.99), state_dtype=torch.bfloat16, backend=backend)
+    params[0].grad = torch.randn(80, 64)
+    opt.step()
+    opt.param_groups[0]["state_dtype"] = None
+    with pytest.raises(RuntimeError, match=r"changed by hand.*optimizer\.load_state_dict\(optimizer\.state_dict\(\)\)"):
+        opt.step()
+    opt.load_state_dict(opt.state_dict())
+    opt.step()
+    assert opt.state[params[0]]["exp_avg"].dtype == torch.float32
+
+
 def test_adafactor_refuses_bf16_states():
     """Adafactor's factored moments have no bf16 storage: refused when the optimizer or a group
     is made, with the reason; float32 (the same as None) is accepted and changes nothing."""

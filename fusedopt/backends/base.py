@@ -27,10 +27,15 @@ class Backend:
         return (f"backend {self.name!r} has no {kernel} kernels yet (it runs {', '.join(self.kernels)} ones); "
                 f"choose backend='auto' or one of the backends that have them")
 
-    def check_state_storage(self, config: UpdateConfig) -> None:
-        """Refuse a call whose states this backend cannot read (8-bit states, config.int8_states,
-        without the "int8_states" kernels) before anything runs; step() never sends one
-        (it resolves such buckets with that kernel shape), this guards direct calls."""
+    def check_state_storage(self, config: UpdateConfig, dtype: torch.dtype) -> None:
+        """Refuse a call whose states this backend cannot read before anything runs: 8-bit
+        states (config.int8_states) without the "int8_states" kernels, and bf16 or 8-bit states
+        for params of `dtype` whose math is not float32 (float64: the kernels would read the
+        2-byte or 1-byte states as doubles, past their end). step() never sends one (it
+        refuses such groups and resolves 8-bit buckets with that kernel shape); this guards
+        every other way in."""
+        if (config.bf16_states or config.int8_states) and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise RuntimeError(f"fusedopt: bf16 or 8-bit states cannot serve {dtype} params")
         if config.int8_states:
             reason = self.kernel_missing_reason("int8_states")
             if reason is not None:

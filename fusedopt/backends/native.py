@@ -214,7 +214,7 @@ class CPUBackend(Backend):
         return None
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
-        self.check_state_storage(config)
+        self.check_state_storage(config, batch.dtype)
         _native_kinds().for_batch(kind, batch, config).cpu_update(*common_arguments(batch, config),
                                                              torch.get_num_threads(),
                                                              **per_tensor_arguments(batch, config), **state_arguments(config),
@@ -233,7 +233,7 @@ class CPUBackend(Backend):
                                DTYPE_CODES[batch.dtype], float(lr), torch.get_num_threads())
 
     def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
-        self.check_state_storage(config)
+        self.check_state_storage(config, batch.dtype)
         out = torch.empty(len(batch), 2, dtype=torch.float64)
         clip = per_tensor_arguments(batch, config)["tensor_clip"]
         _native_kinds().for_batch(kind, batch, config).cpu_norms(*common_arguments(batch, config),
@@ -248,7 +248,7 @@ class CPUBackend(Backend):
         native_hyper = _native_kinds().for_batch(kind, batch, config) if len(batch) else None
         if native_hyper is None or not hasattr(native_hyper, "cpu_norms_then_update"):  # nothing to do, or an older build
             return super().update_with_norm_pass(kind, batch, config)
-        self.check_state_storage(config)
+        self.check_state_storage(config, batch.dtype)
         if config.tensor_scale is not None:
             raise RuntimeError("update_with_norm_pass computes the tensor scale itself; the config already has one")
         native_hyper.cpu_norms_then_update(
@@ -349,7 +349,7 @@ class CUDABackend(Backend):
         native.cuda_adafactor(*factored_arguments(batch, config), workspace.data_ptr(), workspace.numel(), index, stream)
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
-        self.check_state_storage(config)
+        self.check_state_storage(config, batch.dtype)
         index = _device_index(batch.device)
         stream = torch.cuda.current_stream(index).cuda_stream
         workspace = self._workspace(index, stream, _records_bytes(len(batch)))
@@ -362,7 +362,7 @@ class CUDABackend(Backend):
         """The kind's norm pass (csrc/cuda/norms.cuh: a prologue, the block sums, their per-tensor
         sums; the CPU kernel's bits) on the current stream, no sync. Its coefficient records go to
         the stream's workspace, which the update after it then reuses."""
-        self.check_state_storage(config)
+        self.check_state_storage(config, batch.dtype)
         index = _device_index(batch.device)
         stream = torch.cuda.current_stream(index).cuda_stream
         workspace = self._workspace(index, stream, _records_bytes(len(batch)))

@@ -519,10 +519,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             # Read once here, as the kernels will: a bad value (or a weight_decay_mode that does
             # not fit the group's decay) is refused now, not at the first step.
             hyper = group_hyper(self, group)
-            check_low_precision_options(group, name, self._bf16_states_refused,
-                                        self._int8_states_refused or refusal(tuple(self.spec.state_keys(hyper))),
-                                        None if self.spec.kernel == "elementwise" else
-                                        f"its {self.spec.kernel} kernels round bf16 params to nearest only")
+            self._check_low_precision_options(group, hyper)
             if is_lazy(group):
                 check_lazy_group(group, name)
             if "weight_decay_mode" not in self.defaults and "weight_decay_mode" in group:
@@ -533,6 +530,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         except Exception:
             self.param_groups.pop()  # as if never added, as torch's own checks leave it
             raise
+
+    def _check_low_precision_options(self, group: dict, hyper: dict, params: bool = True) -> None:
+        """state_dtype and bf16_stochastic_round against what this optimizer can keep: when a
+        group is added, and at each step (`params=False`) for what a hand edit may have changed."""
+        check_low_precision_options(group, type(self).__name__, self._bf16_states_refused,
+                                    self._int8_states_refused or refusal(tuple(self.spec.state_keys(hyper))),
+                                    None if self.spec.kernel == "elementwise" else
+                                    f"its {self.spec.kernel} kernels round bf16 params to nearest only", params)
 
     def _refuse_options_not_taken(self, group: dict) -> None:
         """Runs after the options' own checks, so a value here is None, False, a valid one, or

@@ -88,10 +88,34 @@ def absolute_weight_decay(group: dict, decoupled: bool = True) -> bool:
     return mode == "absolute"
 
 
+def check_low_precision_fits(group: Mapping, dtype: torch.dtype) -> None:
+    """The group's state_dtype and bf16_stochastic_round against a param dtype: when the group
+    is added (each param's) and at every step (each bucket's), as `model.double()` after
+    construction changes it. bf16 and 8-bit states hold float32 math's states: not for float64
+    (the double-precision kernels would read 2-byte states as doubles, past their end) or
+    complex params; stochastic rounding is for bfloat16 params."""
+    _check_state_dtype_fits(group.get("state_dtype"), dtype)
+    _check_rounding_fits(group.get("bf16_stochastic_round"), dtype)
+
+
+def _check_state_dtype_fits(state_dtype, dtype: torch.dtype) -> None:
+    if (state_dtype == torch.bfloat16 or is_int8(state_dtype)) and (dtype == torch.float64 or dtype.is_complex):
+        shown = "'int8'" if is_int8(state_dtype) else "torch.bfloat16"
+        raise ValueError(f"state_dtype={shown} needs float32, float16 or bfloat16 params (their math runs in "
+                         f"float32); this group has a {dtype} param")
+
+
+def _check_rounding_fits(rounding, dtype: torch.dtype) -> None:
+    if rounding is True and dtype != torch.bfloat16:
+        raise ValueError(f"bf16_stochastic_round=True applies to bfloat16 params only; this group has a {dtype} param")
+
+
 def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optional[str] = None,
-                                int8_refused: Optional[str] = None, rounding_refused: Optional[str] = None) -> None:
+                                int8_refused: Optional[str] = None, rounding_refused: Optional[str] = None,
+                                params: bool = True) -> None:
     """state_dtype and bf16_stochastic_round of a param group (issue 13), checked when the group
-    is added. state_dtype: None or torch.float32 (the same: today's state dtypes),
+    is added, and again at each step without the params (`params=False`: what a hand edit of
+    the group may have changed; the step checks each bucket's dtype, check_low_precision_fits). state_dtype: None or torch.float32 (the same: today's state dtypes),
     torch.bfloat16 (every state tensor stored in bf16) or "int8" (blockwise dynamic 8-bit
     states, fusedopt/_quantize.py; tensors under 4,096 elements keep full-precision states);
     neither for float64 or complex params, whose math is not float32, and "int8" not for
@@ -112,13 +136,9 @@ def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optio
     if int8 and int8_refused is not None:
         others = "None (or torch.float32)" if bf16_refused is not None else "None, torch.float32 or torch.bfloat16"
         raise ValueError(f"{name}: state_dtype='int8' is not supported: {int8_refused}; use state_dtype={others}")
-    params = [p for p in group.get("params", ()) if isinstance(p, torch.Tensor)]
-    if state_dtype == torch.bfloat16 or int8:
-        shown = "'int8'" if int8 else "torch.bfloat16"
-        for p in params:
-            if p.dtype == torch.float64 or p.is_complex():
-                raise ValueError(f"state_dtype={shown} needs float32, float16 or bfloat16 params (their math "
-                                 f"runs in float32); this group has a {p.dtype} param")
+    params = [p for p in group.get("params", ()) if isinstance(p, torch.Tensor)] if params else []
+    for p in params:
+        _check_state_dtype_fits(state_dtype, p.dtype)
     if int8:
         for p in params:
             if isinstance(p, DTensor):
@@ -134,9 +154,7 @@ def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optio
             raise ValueError("bf16_stochastic_round=True rounds bf16 params that have no master copy; "
                              "it cannot be combined with master_weights=True")
         for p in params:
-            if p.dtype != torch.bfloat16:
-                raise ValueError(f"bf16_stochastic_round=True applies to bfloat16 params only; this group has a "
-                                 f"{p.dtype} param")
+            _check_rounding_fits(rounding, p.dtype)
 
 
 # bfloat16 keeps 8 significant bits: below a value m * 2**e (1 <= m < 2) the next one lies

@@ -21,6 +21,7 @@ from .._layout import LOW_PRECISION, GradTransform, check_clip_norm_per_tensor
 from .._quantize import is_int8
 from ..clip import clip_coefficient, global_norm
 from . import _spec
+from ._checks import check_low_precision_fits
 from ._lazy import is_lazy
 from ._plan import (bf16_states, bucket_state_keys, return_copied_grads, run_update, split_fresh,
                     step_hyper, stochastic_round)
@@ -85,6 +86,8 @@ def update_(
     transform = GradTransform(grad_scale, found_inf, clip_coef, clip_value)
     prepared = []
     for bucket in split_into_buckets(params, f"fusedopt::{kind}", strict=True):  # all checked before any runs
+        check_low_precision_fits({"state_dtype": torch.bfloat16 if bf16_states else None,
+                                  "bf16_stochastic_round": bf16_stochastic_round}, bucket.dtype)
         fitted = transform.for_dtype(bucket.dtype)  # the coefficient in this bucket's math type
         fitted.check(bucket.device, bucket.dtype)
         check_clip_norm_per_tensor(clip_norm_per_tensor)

@@ -25,6 +25,7 @@ from .._layout import (LOW_PRECISION, MASTER_KEY, GradTransform, TensorBatch, Up
 from .._quantize import CODE_DTYPE, is_int8, is_signed, quantized_numel, scale_key
 from ..backends.base import Backend
 from ..clip import per_tensor_clip_coefficients
+from ._checks import check_low_precision_fits
 from ._spec import OptimizerSpec
 
 
@@ -41,7 +42,8 @@ def step_hyper(optimizer, group: dict) -> Dict[str, Any]:
     a bias-corrected beta moved to 1 or above (by hand, or by OneCycleLR/CyclicLR cycling
     momentum up to 1.0) as the constructor refuses it: torch divides by 1 - beta**t = 0 there
     (ZeroDivisionError) or takes the root of a negative number, and the kernels would fill the
-    params with NaN or inf without a word."""
+    params with NaN or inf without a word. Also state_dtype and bf16_stochastic_round, against
+    what the optimizer can keep (a hand-set "fp8", or 8-bit states for kinds that refuse them)."""
     check_clip_options(group)
     if isinstance(group["lr"], (str, bytes)):  # float() would read "0.1"; torch's arithmetic raises
         raise TypeError(f"{type(optimizer).__name__}: lr must be a number or a tensor, got {group['lr']!r}")
@@ -50,6 +52,7 @@ def step_hyper(optimizer, group: dict) -> Dict[str, Any]:
         if not hyper[name] < 1.0:
             raise ValueError(f"Invalid beta parameter at index {('beta1', 'beta2').index(name)}: {hyper[name]} "
                              f"(set after construction; the bias correction 1 - {name}**step needs it below 1)")
+    optimizer._check_low_precision_options(group, hyper, params=False)
     return hyper
 
 
@@ -97,7 +100,8 @@ def bucket_state_dtype(group: Mapping[str, Any], dtype: torch.dtype, quantized: 
     """The dtype of a bucket's state tensors (the master copy, always float32, excepted):
     uint8 (the codes) for a bucket with 8-bit states, bfloat16 with state_dtype=torch.bfloat16,
     float32 with master weights, else None (the param's dtype; also the small tensors of an
-    "int8" group)."""
+    "int8" group). Refuses low-precision options that do not fit `dtype` (ValueError)."""
+    check_low_precision_fits(group, dtype)
     if quantized:
         return CODE_DTYPE
     if bf16_states(group):

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <type_traits>
 
 #if defined(__CUDACC__)
@@ -253,11 +254,15 @@ template <typename Body> inline bool dispatch_dtype(DType dtype, Body&& body) {
 // stored like the param, except with master weights for a 16-bit param, whose states and
 // master copy are float32, and with bf16_states (state_dtype=torch.bfloat16), whose states
 // are bfloat16 for a float32 or 16-bit param (the master copy stays float32). Python refuses
-// bf16_states for float64 params, whose math runs in double.
+// bf16_states for float64 params, whose math runs in double; so does this, rather than read
+// 2-byte states as doubles past their end.
 template <typename Body> inline bool dispatch_storage(DType dtype, bool master_weights, bool bf16_states, Body&& body) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
     constexpr bool kSixteenBit = std::is_same_v<S, Half> || std::is_same_v<S, BFloat16>;
+    if constexpr (std::is_same_v<S, double>) {
+      if (bf16_states) throw std::invalid_argument("fusedopt: bf16 states are for float32 math, not float64 params");
+    }
     if constexpr (kSixteenBit) {
       if (master_weights && bf16_states) return body(S{}, BFloat16{}, std::true_type{});
       if (master_weights) return body(S{}, float{}, std::true_type{});

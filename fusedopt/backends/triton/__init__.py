@@ -487,7 +487,7 @@ class TritonBackend(Backend):
 
     def norms(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> torch.Tensor:
         """The kind's norm pass (fusedopt/backends/triton/_norms.py): two launches, no sync."""
-        self.check_state_storage(config)
+        self.check_state_storage(config, batch.dtype)
         module = kind_module(kind)
         config.grad_transform.check_for(batch.device, batch.dtype, len(batch))
         on_device = torch.cuda.device(batch.device) if batch.device.type == "cuda" else contextlib.nullcontext()
@@ -519,7 +519,7 @@ class TritonBackend(Backend):
             _factored.update_factored(batch, config)
 
     def update(self, kind: str, batch: TensorBatch, config: UpdateConfig) -> None:
-        self.check_state_storage(config)
+        self.check_state_storage(config, batch.dtype)
         kind_module(kind)  # an unknown kind fails before anything moves
         config.grad_transform.check_for(batch.device, batch.dtype, len(batch))
         _check_tensor_scale(config, batch)
