@@ -65,7 +65,7 @@ AdafactorOptions adafactor_options(double lr, uintptr_t lr_tensor, double beta2_
 // round_seed (bf16_stochastic_round) 0 for "to nearest" (see fusedopt/backends/native.py).
 UpdateOptions update_options(double lr, uintptr_t lr_tensor, bool first_step, bool master_weights,
                              uintptr_t grad_scale, uintptr_t found_inf, uintptr_t clip_coef, double clip_value,
-                             uintptr_t tensor_clip, uintptr_t tensor_scale, bool bf16_states,
+                             uintptr_t tensor_clip, uintptr_t tensor_scale, bool bf16_states, bool float32_states,
                              uint64_t round_seed = 0, uintptr_t int8_tables = 0, uint32_t int8_signed = 0) {
   UpdateOptions o;
   o.lr = lr;
@@ -73,6 +73,7 @@ UpdateOptions update_options(double lr, uintptr_t lr_tensor, bool first_step, bo
   o.first_step = first_step;
   o.master_weights = master_weights;
   o.bf16_states = bf16_states;
+  o.float32_states = float32_states;
   o.grad_transform = GradTransform{reinterpret_cast<const float*>(grad_scale), reinterpret_cast<const float*>(found_inf),
                                    reinterpret_cast<const void*>(clip_coef), clip_value,
                                    reinterpret_cast<const void*>(tensor_clip)};
@@ -167,78 +168,83 @@ template <typename Kind> void bind_optimizer(py::module_& optimizers, const char
   cls.def("cpu_update", [](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor,
                            bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,
                            uintptr_t clip_coef, double clip_value, int threads, uintptr_t tensor_clip,
-                           uintptr_t tensor_scale, bool bf16_states, uint64_t round_seed, uintptr_t int8_tables,
-                           uint32_t int8_signed) {
+                           uintptr_t tensor_scale, bool bf16_states, bool float32_states, uint64_t round_seed,
+                           uintptr_t int8_tables, uint32_t int8_signed) {
             const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
                                                               found_inf, clip_coef, clip_value, tensor_clip,
-                                                              tensor_scale, bf16_states, round_seed, int8_tables,
-                                                              int8_signed)};
+                                                              tensor_scale, bf16_states, float32_states, round_seed,
+                                                              int8_tables, int8_signed)};
             cpu::update<Kind>(table_at(table, n), dtype_from(dtype), config, threads);
           }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
           py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
           py::arg("clip_coef"), py::arg("clip_value"), py::arg("threads"), py::arg("tensor_clip") = 0,
-          py::arg("tensor_scale") = 0, py::arg("bf16_states") = false, py::arg("round_seed") = 0,
-          py::arg("int8_tables") = 0, py::arg("int8_signed") = 0);
+          py::arg("tensor_scale") = 0, py::arg("bf16_states") = false, py::arg("float32_states") = false,
+          py::arg("round_seed") = 0, py::arg("int8_tables") = 0, py::arg("int8_signed") = 0);
   // The reduction pass of a kind with one (LAMB): out holds 2 * n float64 (host memory). It reads
   // the states as the update does (bf16_states: stored as bfloat16; int8_tables: 8-bit codes).
   cls.attr("norm_pass") = Kind::kNormPass;
   cls.def("cpu_norms", [](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor,
                           bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,
                           uintptr_t clip_coef, double clip_value, int threads, uintptr_t tensor_clip, uintptr_t out,
-                          bool bf16_states, uintptr_t int8_tables, uint32_t int8_signed) {
+                          bool bf16_states, bool float32_states, uintptr_t int8_tables, uint32_t int8_signed) {
             const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
                                                               found_inf, clip_coef, clip_value, tensor_clip, 0,
-                                                              bf16_states, 0, int8_tables, int8_signed)};
+                                                              bf16_states, float32_states, 0, int8_tables,
+                                                              int8_signed)};
             cpu::norms<Kind>(table_at(table, n), dtype_from(dtype), config, threads, reinterpret_cast<double*>(out));
           }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
           py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
           py::arg("clip_coef"), py::arg("clip_value"), py::arg("threads"), py::arg("tensor_clip"), py::arg("out"),
-          py::arg("bf16_states") = false, py::arg("int8_tables") = 0, py::arg("int8_signed") = 0);
+          py::arg("bf16_states") = false, py::arg("float32_states") = false, py::arg("int8_tables") = 0,
+          py::arg("int8_signed") = 0);
   // Both passes of a kind with one, and the trust ratio between them, in one call
   // (csrc/cpu/norm_then_update.h); `rows`: the table's row count.
   cls.def("cpu_norms_then_update", [](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr,
                                       uintptr_t lr_tensor, bool first_step, bool master_weights, uintptr_t grad_scale,
                                       uintptr_t found_inf, uintptr_t clip_coef, double clip_value, int threads,
-                                      int64_t rows, uintptr_t tensor_clip, bool bf16_states, uint64_t round_seed,
-                                      uintptr_t int8_tables, uint32_t int8_signed) {
+                                      int64_t rows, uintptr_t tensor_clip, bool bf16_states, bool float32_states,
+                                      uint64_t round_seed, uintptr_t int8_tables, uint32_t int8_signed) {
             if (rows < kStateRow) throw std::invalid_argument("fusedopt._C: too few table rows");
             const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
                                                               found_inf, clip_coef, clip_value, tensor_clip, 0,
-                                                              bf16_states, round_seed, int8_tables, int8_signed)};
+                                                              bf16_states, float32_states, round_seed, int8_tables,
+                                                              int8_signed)};
             cpu::norms_then_update<Kind>(table_at(table, n), rows, dtype_from(dtype), config, threads);
           }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
           py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
           py::arg("clip_coef"), py::arg("clip_value"), py::arg("threads"), py::arg("rows"), py::arg("tensor_clip") = 0,
-          py::arg("bf16_states") = false, py::arg("round_seed") = 0, py::arg("int8_tables") = 0,
-          py::arg("int8_signed") = 0);
+          py::arg("bf16_states") = false, py::arg("float32_states") = false, py::arg("round_seed") = 0,
+          py::arg("int8_tables") = 0, py::arg("int8_signed") = 0);
 #if FUSEDOPT_WITH_CUDA
   cls.def("cuda_update", [kind](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor,
                                 bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,
                                 uintptr_t clip_coef, double clip_value, uintptr_t workspace, int64_t workspace_bytes,
                                 int64_t chunk_bytes, int device, uintptr_t stream, uintptr_t tensor_clip,
-                                uintptr_t tensor_scale, bool bf16_states, uint64_t round_seed, uintptr_t int8_tables,
-                                uint32_t int8_signed) {
+                                uintptr_t tensor_scale, bool bf16_states, bool float32_states, uint64_t round_seed,
+                                uintptr_t int8_tables, uint32_t int8_signed) {
             const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
                                                               found_inf, clip_coef, clip_value, tensor_clip,
-                                                              tensor_scale, bf16_states, round_seed, int8_tables,
-                                                              int8_signed)};
+                                                              tensor_scale, bf16_states, float32_states, round_seed,
+                                                              int8_tables, int8_signed)};
             cuda::update<Kind>(kind, table_at(table, n), dtype_from(dtype), config,
                                cuda::LaunchResources{workspace, workspace_bytes, chunk_bytes}, device, stream);
           }, no_gil, py::arg("table"), py::arg("n"), py::arg("dtype"), py::arg("lr"), py::arg("lr_tensor"),
           py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
           py::arg("clip_coef"), py::arg("clip_value"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("chunk_bytes"),
           py::arg("device"), py::arg("stream"), py::arg("tensor_clip") = 0, py::arg("tensor_scale") = 0,
-          py::arg("bf16_states") = false, py::arg("round_seed") = 0, py::arg("int8_tables") = 0,
-          py::arg("int8_signed") = 0);
+          py::arg("bf16_states") = false, py::arg("float32_states") = false, py::arg("round_seed") = 0,
+          py::arg("int8_tables") = 0, py::arg("int8_signed") = 0);
   // The reduction pass on the GPU: partials and out (2 * n float64) are device memory.
   cls.def("cuda_norms", [kind](const Hyper& h, uintptr_t table, int64_t n, int dtype, double lr, uintptr_t lr_tensor,
                                bool first_step, bool master_weights, uintptr_t grad_scale, uintptr_t found_inf,
                                uintptr_t clip_coef, double clip_value, uintptr_t workspace, int64_t workspace_bytes,
                                uintptr_t partials, int64_t partial_count, uintptr_t out, int device, uintptr_t stream,
-                               uintptr_t tensor_clip, bool bf16_states, uintptr_t int8_tables, uint32_t int8_signed) {
+                               uintptr_t tensor_clip, bool bf16_states, bool float32_states, uintptr_t int8_tables,
+                               uint32_t int8_signed) {
             const UpdateConfig<Kind> config{h, update_options(lr, lr_tensor, first_step, master_weights, grad_scale,
                                                               found_inf, clip_coef, clip_value, tensor_clip, 0,
-                                                              bf16_states, 0, int8_tables, int8_signed)};
+                                                              bf16_states, float32_states, 0, int8_tables,
+                                                              int8_signed)};
             cuda::norms<Kind>(kind, table_at(table, n), dtype_from(dtype), config,
                               cuda::LaunchResources{workspace, workspace_bytes, 0}, partials, partial_count, out,
                               device, stream);
@@ -246,8 +252,8 @@ template <typename Kind> void bind_optimizer(py::module_& optimizers, const char
           py::arg("first_step"), py::arg("master_weights"), py::arg("grad_scale"), py::arg("found_inf"),
           py::arg("clip_coef"), py::arg("clip_value"), py::arg("workspace"), py::arg("workspace_bytes"),
           py::arg("partials"), py::arg("partial_count"), py::arg("out"), py::arg("device"), py::arg("stream"),
-          py::arg("tensor_clip"), py::arg("bf16_states") = false, py::arg("int8_tables") = 0,
-          py::arg("int8_signed") = 0);
+          py::arg("tensor_clip"), py::arg("bf16_states") = false, py::arg("float32_states") = false,
+          py::arg("int8_tables") = 0, py::arg("int8_signed") = 0);
 #endif
   described[kind] = hyper_description<Kind>();
 }

@@ -174,6 +174,9 @@ class UpdateConfig:
     bf16_states: the state tensors (not the master copy, step counters or scalar states) are
         stored as bfloat16 (state_dtype=torch.bfloat16): read into float32, updated in
         float32 and rounded once to bf16, to nearest even, in the same pass.
+    float32_states: 16-bit params without a master copy whose state tensors are float32 (the
+        tensors under 4,096 elements of a state_dtype="int8" group, which keep float32 states
+        as bitsandbytes' do, so a bf16 second moment does not stall nor an fp16 one underflow).
     int8_states: the state tensors (not the master copy) are uint8 codes of the blockwise
         dynamic 8-bit format (state_dtype="int8", fusedopt/_quantize.py), with their block
         scales in `TensorBatch.scales`: dequantized, updated in float32, requantized.
@@ -196,6 +199,7 @@ class UpdateConfig:
     # tensor [len(batch)] on the params' device, from the backend's norm pass (run_update).
     tensor_scale: Optional[torch.Tensor] = None
     bf16_states: bool = False
+    float32_states: bool = False
     int8_states: bool = False
     int8_signed: Tuple[bool, ...] = ()
     round_seed: int = 0

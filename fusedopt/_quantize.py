@@ -22,8 +22,8 @@ absmax (max |x| over the block, float32) and one uint8 code per element, an inde
   step only when the grad itself is inf or NaN; clip grads (max_grad_norm) against it.
   Round to nearest, no stochastic rounding: runs are reproducible.
 - Small tensors: a state tensor of fewer than MIN_QUANTIZED_NUMEL elements (bitsandbytes'
-  threshold) is not quantized; it keeps the states it has without state_dtype (float32 for
-  float32 params; float32 with master weights; else the param's dtype).
+  threshold) is not quantized; its states are float32, as bitsandbytes keeps them, for 16-bit
+  params without a master copy too (UpdateConfig.float32_states).
 
 The codes (dynamic tree quantization, Dettmers 2016; section 2 of the 2022 paper): a
 magnitude is 10^-e times a linear fraction in (0.1, 1]; the bits after the sign bit hold e

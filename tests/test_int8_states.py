@@ -334,8 +334,7 @@ def test_grad_scaler_skip_leaves_codes_unchanged():
 @pytest.mark.parametrize("master", [True, False], ids=["master", "no_master"])
 def test_16_bit_params(dtype, master):
     """16-bit params: 8-bit states (the math in float32), with or without the fp32 master copy;
-    small tensors keep the states they have without state_dtype (float32 with a master copy,
-    else the param's dtype)."""
+    small tensors keep float32 states either way (the master copy only with master_weights)."""
     params, opt = _run("adam", steps=6, dtype=dtype, state_dtype="int8", master_weights=master, backend="reference")
     big, small = opt.state[params[0]], opt.state[params[2]]
     assert big["exp_avg"].dtype == torch.uint8
@@ -343,11 +342,53 @@ def test_16_bit_params(dtype, master):
     if master:
         assert big[MASTER_KEY].dtype == torch.float32
         assert torch.equal(params[0], big[MASTER_KEY].to(dtype))
-    assert small["exp_avg"].dtype == (torch.float32 if master else dtype)
+    assert small["exp_avg"].dtype == torch.float32 and (MASTER_KEY in small) == master
     # the master copy follows the float32-param run's 8-bit trajectory closely
     if master:
         reference, _ = _run("adam", steps=6, state_dtype="int8", backend="reference")
         torch.testing.assert_close(big[MASTER_KEY], reference[0].detach(), rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_small_tensors_of_16_bit_params_keep_float32_states(dtype, monkeypatch):
+    """Issue 13, as bitsandbytes: tensors under 4,096 elements keep float32 states, also for
+    16-bit params without a master copy. In the param's dtype an fp16 second moment of small
+    grads underflows to 0 (g = 1e-3: (1 - beta2) g^2 = 1e-9, under fp16's least subnormal)
+    and a bf16 one stalls at beta2 = 0.999; in float32 it holds the value. The param stays
+    16-bit, rounded once per step from the float32 math, with the same bits on every compiled
+    backend (the reference's torch ops, lerp_ with its fused multiply-add, leave a float32
+    state a few ulps away, and the param then an ulp of its own)."""
+    backends = ["reference", "cpu"]
+    try:
+        from _host_cuda import register_host_backends  # skips without fusedopt._cuda_host
+        register_host_backends(monkeypatch)
+        backends += ["cuda_host", "cuda_host_classic"]
+    except pytest.skip.Exception:
+        pass
+    results = {}
+    for backend in backends:
+        params = _params(dtype)
+        opt = fusedopt.Adam(params, lr=1e-3, state_dtype="int8", backend=backend)
+        for step in range(6):
+            _set_grads(params, step, scale=1e-3)
+            opt.step()
+        small = opt.state[params[2]]
+        assert {key: value.dtype for key, value in small.items()} == {
+            "step": torch.float32, "exp_avg": torch.float32, "exp_avg_sq": torch.float32}, backend
+        assert params[2].dtype == dtype
+        assert bool((small["exp_avg_sq"] > 0).all()), backend  # no underflow
+        results[backend] = [params[2].detach().clone(), small["exp_avg"].clone(), small["exp_avg_sq"].clone()]
+    for backend, tensors in results.items():
+        for got, expected in zip(tensors, results["cpu"]):
+            if backend == "reference":  # float32 states to float32 rounding, the param to an ulp of its own
+                rtol = 1e-5 if got.dtype == torch.float32 else torch.finfo(got.dtype).eps
+                torch.testing.assert_close(got, expected, rtol=rtol, atol=0)
+            else:
+                assert torch.equal(got, expected), backend
+    # a checkpoint keeps them float32, and loads back into the same layout
+    restored = fusedopt.Adam(_params(dtype), lr=1e-3, state_dtype="int8", backend="cpu")
+    restored.load_state_dict(opt.state_dict())
+    assert restored.state[restored.param_groups[0]["params"][2]]["exp_avg_sq"].dtype == torch.float32
 
 
 def test_param_groups_choose_their_own_state_dtype():

@@ -233,7 +233,8 @@ void update(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& con
     throw std::invalid_argument("fusedopt cpu: 8-bit states are for float32 math (float32 or 16-bit params), not "
                                 "float64 params or bf16 states");
   const Int8Codes codes = int8 ? int8_codes(options.int8_tables, options.int8_signed, state_count(active)) : Int8Codes{};
-  dispatch_storage(dtype, options.master_weights, options.bf16_states, [&](auto param_tag, auto state_tag, auto master) {
+  dispatch_storage(dtype, options.master_weights, options.bf16_states, options.float32_states,
+                   [&](auto param_tag, auto state_tag, auto master) {
     using S = decltype(param_tag);
     using SS = decltype(state_tag);
     constexpr bool kMaster = decltype(master)::value;
@@ -319,8 +320,8 @@ void norms(const TensorTable& table, DType dtype, const UpdateConfig<Kind>& conf
     const Int8Codes codes = int8 ? int8_codes(options.int8_tables, options.int8_signed, state_count(active)) : Int8Codes{};
     // The states are read as the update reads them: bf16_states (state_dtype=torch.bfloat16)
     // selects bfloat16 storage, master weights the float32 master copy (dispatch_storage).
-    dispatch_storage(dtype, options.master_weights, options.bf16_states, [&](auto param_tag, auto state_tag,
-                                                                             auto master_tag) {
+    dispatch_storage(dtype, options.master_weights, options.bf16_states, options.float32_states,
+                     [&](auto param_tag, auto state_tag, auto master_tag) {
       using S = decltype(param_tag);
       using SS = decltype(state_tag);
       constexpr bool kMaster = decltype(master_tag)::value;

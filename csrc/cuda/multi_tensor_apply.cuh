@@ -205,10 +205,10 @@ inline WorkspaceRecords workspace_records(const char* op, const TensorTable& tab
 // `op`, calls body(ParamStorage{}, StateStorage{}, master copy flag, call) for the table's
 // storage types (fusedopt/common.h's dispatch_storage).
 template <typename Body>
-void run_for_storage(const char* op, DType dtype, bool master_weights, bool bf16_states, int device, uintptr_t stream,
-                     Body&& body) {
+void run_for_storage(const char* op, DType dtype, bool master_weights, bool bf16_states, bool float32_states, int device,
+                     uintptr_t stream, Body&& body) {
   const OpCall call(op, device, stream);
-  if (!dispatch_storage(dtype, master_weights, bf16_states,
+  if (!dispatch_storage(dtype, master_weights, bf16_states, float32_states,
                         [&](auto param, auto state, auto master) { body(param, state, master, call); }))
     throw std::invalid_argument(std::string("fusedopt cuda ") + op + ": unknown dtype code");
 }

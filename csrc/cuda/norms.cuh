@@ -179,7 +179,7 @@ void norms(const char* name, const TensorTable& table, DType dtype, const Update
                          call);
       add_block_partials(first, 2, reinterpret_cast<const double*>(partials), reinterpret_cast<double*>(out), call);
     };
-    run_for_storage(name, dtype, options.master_weights, options.bf16_states, device, stream,
+    run_for_storage(name, dtype, options.master_weights, options.bf16_states, options.float32_states, device, stream,
                     [&](auto param, auto state, auto master_copy, const OpCall& call) {
       using S = decltype(param);
       using SS = decltype(state);

@@ -231,7 +231,7 @@ void update(const char* name, const TensorTable& table, DType dtype, const Updat
     if (prologue) run_prologue(carried, op, work, records, call);
     multi_tensor_apply(carried, slots, addresses, op, records, resources.chunk_bytes, call);
   };
-  run_for_storage(name, dtype, options.master_weights, options.bf16_states, device, stream,
+  run_for_storage(name, dtype, options.master_weights, options.bf16_states, options.float32_states, device, stream,
                   [&](auto param, auto state, auto master, const OpCall& call) {
     using S = decltype(param);
     using SS = decltype(state);

@@ -39,8 +39,9 @@ def common_arguments(batch: TensorBatch, config: UpdateConfig) -> tuple:
 
 def state_arguments(config: UpdateConfig) -> dict:
     """The keyword arguments `cpu_update` and `cuda_update` take after the common ones:
-    the states' storage (bf16_states; issue 13)."""
-    return {"bf16_states": config.bf16_states} if config.bf16_states else {}
+    the states' storage (bf16_states, float32_states; issue 13)."""
+    stored = {"bf16_states": config.bf16_states, "float32_states": config.float32_states}
+    return {name: True for name, chosen in stored.items() if chosen}
 
 
 def int8_arguments(batch: TensorBatch, config: UpdateConfig) -> dict:

@@ -28,9 +28,9 @@ from ..clip import clip_coefficient, global_norm
 from ._checks import check_low_precision_options, check_weight_decay_mode, warn_bf16_state_decays
 from ._lazy import check_lazy_group, is_lazy, prepare_lazy_groups, run_lazy_groups
 from ._ops import compiled_step, compiled_step_serves, run_outside_the_graph
-from ._plan import (INT8_KERNEL, bf16_states, bucket_scale_keys, bucket_state_dtype, bucket_state_keys, group_hyper,
-                    int8_states, quantizes, return_copied_grads, run_update, step_hyper, stochastic_round,
-                    uses_master)
+from ._plan import (INT8_KERNEL, bf16_states, bucket_scale_keys, bucket_state_dtype, bucket_state_keys,
+                    float32_states, group_hyper, int8_states, quantizes, return_copied_grads, run_update, step_hyper,
+                    stochastic_round, uses_master)
 from ._sparse_grads import SparseGrads, hide_sparse_grads, restore_grads
 from ._spec import OptimizerSpec, register
 
@@ -317,7 +317,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                     run_update(self.spec, backend, batch, fresh, hyper,
                                group["lr"], self._uses_master(group, bucket.dtype), transform,
                                group.get("clip_grad_norm_per_tensor"), bf16_states(group),
-                               int8_states=bucket.quantized, stochastic=stochastic_round(group))
+                               int8_states=bucket.quantized, stochastic=stochastic_round(group),
+                               float32_states=float32_states(group, bucket.dtype, bucket.quantized))
                     if transform.writes_grad() and bucket._grads_copied:
                         return_copied_grads([kernel_view(p.grad) for p in bucket.params if p.grad is not None],
                                             batch.grads)

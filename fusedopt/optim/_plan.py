@@ -99,14 +99,21 @@ def round_seed(stochastic: bool, dtype: torch.dtype, master_weights: bool) -> in
 def bucket_state_dtype(group: Mapping[str, Any], dtype: torch.dtype, quantized: bool = False) -> Optional[torch.dtype]:
     """The dtype of a bucket's state tensors (the master copy, always float32, excepted):
     uint8 (the codes) for a bucket with 8-bit states, bfloat16 with state_dtype=torch.bfloat16,
-    float32 with master weights, else None (the param's dtype; also the small tensors of an
-    "int8" group). Refuses low-precision options that do not fit `dtype` (ValueError)."""
+    float32 with master weights and for the small tensors of an "int8" group (float32_states),
+    else None (the param's dtype). Refuses low-precision options that do not fit `dtype` (ValueError)."""
     check_low_precision_fits(group, dtype)
     if quantized:
         return CODE_DTYPE
     if bf16_states(group):
         return torch.bfloat16
-    return torch.float32 if uses_master(group, dtype) else None
+    return torch.float32 if uses_master(group, dtype) or float32_states(group, dtype, quantized) else None
+
+
+def float32_states(group: Mapping[str, Any], dtype: torch.dtype, quantized: bool) -> bool:
+    """A bucket of 16-bit params without a master copy whose states are nevertheless float32:
+    the small tensors of an "int8" group (under 4,096 elements; `quantized` False), as
+    bitsandbytes keeps them (issue 13); UpdateConfig.float32_states."""
+    return int8_states(group) and not quantized and dtype in LOW_PRECISION and not uses_master(group, dtype)
 
 
 def bucket_scale_keys(state_keys: Tuple[str, ...], quantized: bool) -> Tuple[str, ...]:
@@ -134,7 +141,7 @@ def learning_rate(lr, backend: Backend, device: torch.device) -> Tuple[float, Op
 def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh: Sequence[int],
                hyper: Mapping[str, Any], lr, master_weights: bool, grad_transform: GradTransform,
                clip_norm_per_tensor: Optional[float] = None, bf16_states: bool = False,
-               int8_states: bool = False, stochastic: bool = False) -> None:
+               int8_states: bool = False, stochastic: bool = False, float32_states: bool = False) -> None:
     """One backend call per batch, or two when only some of its state is new and the
     optimizer has a first-step rule (`fresh`: batch indices whose state was just created).
 
@@ -158,7 +165,7 @@ def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh:
 
     def call(part: TensorBatch, first_step: bool, transform: GradTransform) -> None:
         config = UpdateConfig(hyper, lr, lr_tensor, first_step, master_weights, transform, bf16_states=bf16_states,
-                              int8_states=int8_states, int8_signed=signed,
+                              float32_states=float32_states, int8_states=int8_states, int8_signed=signed,
                               round_seed=round_seed(stochastic, part.dtype, master_weights))
         if spec.norm_pass and len(part):
             backend.update_with_norm_pass(spec.kind, part, config)

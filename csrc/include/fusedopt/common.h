@@ -252,11 +252,14 @@ template <typename Body> inline bool dispatch_dtype(DType dtype, Body&& body) {
 
 // Calls body(ParamStorage{}, StateStorage{}, std::bool_constant<master copy>{}): states are
 // stored like the param, except with master weights for a 16-bit param, whose states and
-// master copy are float32, and with bf16_states (state_dtype=torch.bfloat16), whose states
-// are bfloat16 for a float32 or 16-bit param (the master copy stays float32). Python refuses
-// bf16_states for float64 params, whose math runs in double; so does this, rather than read
-// 2-byte states as doubles past their end.
-template <typename Body> inline bool dispatch_storage(DType dtype, bool master_weights, bool bf16_states, Body&& body) {
+// master copy are float32, with bf16_states (state_dtype=torch.bfloat16), whose states
+// are bfloat16 for a float32 or 16-bit param (the master copy stays float32), and with
+// float32_states for a 16-bit param without a master copy (the small tensors of an "int8"
+// group, which keep float32 states as bitsandbytes' do). Python refuses bf16_states for
+// float64 params, whose math runs in double; so does this, rather than read 2-byte states as
+// doubles past their end.
+template <typename Body>
+inline bool dispatch_storage(DType dtype, bool master_weights, bool bf16_states, bool float32_states, Body&& body) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using S = decltype(tag);
     constexpr bool kSixteenBit = std::is_same_v<S, Half> || std::is_same_v<S, BFloat16>;
@@ -265,7 +268,11 @@ template <typename Body> inline bool dispatch_storage(DType dtype, bool master_w
     }
     if constexpr (kSixteenBit) {
       if (master_weights && bf16_states) return body(S{}, BFloat16{}, std::true_type{});
-      if (master_weights) return body(S{}, float{}, std::true_type{});
+      if (master_weights || float32_states) {
+        if (bf16_states) throw std::invalid_argument("fusedopt: bf16 and float32 states at once");
+        if (master_weights) return body(S{}, float{}, std::true_type{});
+        return body(S{}, float{}, std::false_type{});
+      }
     }
     if constexpr (!std::is_same_v<S, double> && !std::is_same_v<S, BFloat16>) {
       if (bf16_states) return body(S{}, BFloat16{}, std::false_type{});

@@ -76,6 +76,7 @@ struct UpdateOptions {
   bool first_step = false;      // every state of the call was created for this step
   bool master_weights = false;  // 16-bit params: fp32 master copy (last state row) and fp32 states
   bool bf16_states = false;     // state_dtype=bfloat16: states stored as bf16 (master copy stays fp32)
+  bool float32_states = false;  // 16-bit params without a master copy, states stored as fp32 ("int8" groups' small tensors)
   GradTransform grad_transform = {};
   // Kinds with kTensorScale (LAMB's trust ratio): one float64 per table column, handed to
   // Kind::scale_coefficients once per tensor (null: 1 for every tensor).

@@ -247,11 +247,11 @@ _SLOTS: Dict[type, tuple] = {}
 
 def _state_type(config: UpdateConfig, master: bool, dtype):
     """The states' storage type, as dispatch_storage in C++: bfloat16 with bf16_states
-    (state_dtype=torch.bfloat16; the master copy stays float32), float32 with master weights,
-    else the param's."""
+    (state_dtype=torch.bfloat16; the master copy stays float32), float32 with master weights
+    or float32_states, else the param's."""
     if config.bf16_states:
         return tl.bfloat16
-    return tl.float32 if master else dtype
+    return tl.float32 if master or config.float32_states else dtype
 
 
 def _storage(config: UpdateConfig, batch: TensorBatch, master: bool, num_scalars: int, rows: int):
