@@ -16,10 +16,11 @@ absmax (max |x| over the block, float32) and one uint8 code per element, an inde
   pointing at 0.0 (absmax 0 then dequantizes to exactly 0 whatever the codes say).
   A NaN or infinite value makes its block's absmax NaN or inf, so the block dequantizes to
   NaN: a non-finite state poisons its whole block, where in float32 it stays in its element.
-  Adam's second moment overflows so from one grad of about 1e20 or more (its square passes
-  float32's 3.4e38): float32 states then leave that element's update at 0 and every other
-  param finite, 8-bit states turn the block's 256 params to NaN. GradScaler skips such a
-  step only when the grad itself is inf or NaN; clip grads (max_grad_norm) against it.
+  Adam's second moment overflows so from one grad of about 6e20 or more ((1 - beta2) g^2
+  past float32's 3.4e38): float32 states then leave that element's update at 0 and every
+  other param finite, 8-bit states turn the block's 256 params to NaN from the next step on.
+  GradScaler skips a step only when the grad itself is inf or NaN; clip grads (max_grad_norm)
+  against it.
   Round to nearest, no stochastic rounding: runs are reproducible.
 - Small tensors: a state tensor of fewer than MIN_QUANTIZED_NUMEL elements (bitsandbytes'
   threshold) is not quantized; its states are float32, as bitsandbytes keeps them, for 16-bit

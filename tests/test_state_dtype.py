@@ -417,20 +417,80 @@ def test_low_precision_options_set_by_hand_are_checked_at_the_step(make, value, 
     assert torch.equal(params[0], before)
 
 
-def test_state_dtype_changed_by_hand_says_how_to_convert(backend):
-    """A group's state_dtype changed by hand after its state exists: the step names the fix,
-    and the fix (a state_dict round trip, which converts as any load does) works."""
-    torch.manual_seed(0)
-    params = [torch.randn(80, 64, requires_grad=True)]
-    opt = fusedopt.Adam(params, betas=(0.9, 0.99), state_dtype=torch.bfloat16, backend=backend)
-    params[0].grad = torch.randn(80, 64)
-    opt.step()
-    opt.param_groups[0]["state_dtype"] = None
-    with pytest.raises(RuntimeError, match=r"changed by hand.*optimizer\.load_state_dict\(optimizer\.state_dict\(\)\)"):
+@pytest.mark.parametrize("before, after", [
+    (None, torch.bfloat16), (torch.bfloat16, None), ("int8", None), (None, "int8"), ("int8", torch.bfloat16),
+    (torch.bfloat16, "int8"),
+], ids=["fp32-bf16", "bf16-fp32", "int8-fp32", "fp32-int8", "int8-bf16", "bf16-int8"])
+def test_state_dtype_changed_by_hand_converts_as_a_load_does(before, after, backend):
+    """A group's state_dtype changed by hand after its state exists: the next step converts the
+    state once, as loading a checkpoint into that state_dtype does (five of these six
+    directions used to stop the step with a dtype error)."""
+    def run(convert_by_loading):
+        torch.manual_seed(0)
+        params = [torch.randn(80, 64, requires_grad=True), torch.randn(7, requires_grad=True)]
+        opt = fusedopt.Adam(params, betas=(0.9, 0.99), state_dtype=before, backend=backend)
+        for step in range(3):
+            if step == 2:
+                opt.param_groups[0]["state_dtype"] = after
+                if convert_by_loading:
+                    opt.load_state_dict(opt.state_dict())
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        return params, opt
+
+    by_hand, loaded = run(False), run(True)
+    _assert_same(by_hand, loaded, "by hand")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_master_weights_turned_on_by_hand_keeps_the_states(optimizer, backend):
+    """master_weights turned on by hand for bf16 params: the states are converted to float32
+    and the master copy made from the param, but the step is not a first step (SGD's momentum
+    buffer used to restart from the grad)."""
+    def run(master_from_start):
+        torch.manual_seed(0)
+        params = [torch.randn(300).to(torch.bfloat16).requires_grad_()]
+        cls, options = (fusedopt.SGD, dict(lr=0.1, momentum=0.9)) if optimizer == "sgd" else (fusedopt.Adam, {})
+        opt = cls(params, backend=backend, master_weights=master_from_start, **options)
+        for step in range(4):
+            if step == 2:
+                opt.param_groups[0]["master_weights"] = True
+            params[0].grad = torch.randn(300).to(torch.bfloat16)
+            opt.step()
+        return params, opt
+
+    turned_on, throughout = run(False), run(True)
+    for key, value in throughout[1].state[throughout[0][0]].items():
+        if key != MASTER_KEY:  # the master copy differs: it began from a bf16 param two steps later
+            torch.testing.assert_close(turned_on[1].state[turned_on[0][0]][key], value, rtol=0.05, atol=0.02)
+
+
+def test_checkpoint_with_stochastic_rounding_loads_into_float32_params():
+    """A checkpoint's bf16_stochastic_round holds where it applies (tests/test_stochastic_round.py)
+    and gives way to this optimizer's where its params are not bf16: a run saved with bf16
+    params and stochastic rounding resumes with float32 params."""
+    saved = fusedopt.AdamW([torch.randn(8).to(torch.bfloat16).requires_grad_()], bf16_stochastic_round=True)
+    saved.param_groups[0]["params"][0].grad = torch.randn(8).to(torch.bfloat16)
+    saved.step()
+    params = [torch.randn(8, requires_grad=True)]
+    resumed = fusedopt.AdamW(params)
+    resumed.load_state_dict(saved.state_dict())
+    assert not resumed.param_groups[0].get("bf16_stochastic_round")
+    params[0].grad = torch.randn(8)
+    resumed.step()
+
+
+def test_complex_params_with_low_precision_states_refused_at_the_step():
+    """The step checks the params' own dtype: complex ones (updated through real views) are
+    refused as the constructor refuses them."""
+    params = [torch.randn(80, 64, dtype=torch.complex64, requires_grad=True)]
+    opt = fusedopt.Adam(params)
+    opt.param_groups[0]["state_dtype"] = torch.bfloat16
+    params[0].grad = torch.randn_like(params[0])
+    with pytest.raises(ValueError, match="complex64"):
         opt.step()
-    opt.load_state_dict(opt.state_dict())
-    opt.step()
-    assert opt.state[params[0]]["exp_avg"].dtype == torch.float32
+    assert not opt.state[params[0]]
 
 
 def test_adafactor_refuses_bf16_states():

@@ -25,7 +25,8 @@ from .._layout import (MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch
 from .._memory import overlaps_itself
 from .._quantize import CODE_DTYPE, dequantized_like, quantized_entry_problem, quantized_like, refusal, scale_key
 from ..clip import clip_coefficient, global_norm
-from ._checks import check_low_precision_options, check_weight_decay_mode, warn_bf16_state_decays
+from ._checks import (check_low_precision_fits, check_low_precision_options, check_weight_decay_mode,
+                      warn_bf16_state_decays)
 from ._lazy import check_lazy_group, is_lazy, prepare_lazy_groups, run_lazy_groups
 from ._ops import compiled_step, compiled_step_serves, run_outside_the_graph
 from ._plan import (INT8_KERNEL, bf16_states, bucket_scale_keys, bucket_state_dtype, bucket_state_keys,
@@ -171,8 +172,11 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         # The backend is how this process runs the step, not part of the training state:
-        # keep the one each group was given here rather than the checkpoint's.
-        chosen = [(group["backend"], group.get("state_dtype")) for group in self.param_groups]
+        # keep the one each group was given here rather than the checkpoint's. So too the
+        # state_dtype, and bf16_stochastic_round where the checkpoint's cannot apply (a run
+        # saved with bf16 params and stochastic rounding may resume with float32 params).
+        chosen = [(group["backend"], group.get("state_dtype"), group.get("bf16_stochastic_round"))
+                  for group in self.param_groups]
         loaded = []
 
         def check_after_user_hooks(optimizer, state_dict):
@@ -184,9 +188,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         def restore_before_user_hooks(optimizer):
             # The first post-hook, so the user's see the state as it will train (as state_dict's
             # shaping is the first of its post-hooks).
-            for group, (backend, state_dtype) in zip(self.param_groups, chosen):
+            for group, (backend, state_dtype, rounding) in zip(self.param_groups, chosen):
                 group["backend"] = backend
                 group["state_dtype"] = state_dtype
+                if group.get("bf16_stochastic_round") and any(p.dtype != torch.bfloat16 for p in group["params"]):
+                    group["bf16_stochastic_round"] = bool(rounding)
             self._buckets = {}  # a group's 8-bit split follows its state_dtype
             self._restore_state_dtypes(loaded[0])
 
@@ -385,8 +391,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                                        f"scales '{scale_key(key)}'; restore both, or delete the state")
                 if quantized and state[key].dtype != CODE_DTYPE:
                     state[key], state[scale_key(key)] = quantized_like(state[key].float(), key)
-                elif state_dtype is not None and state[key].dtype != state_dtype:
-                    state[key] = state[key].to(state_dtype)
+                elif state[key].is_floating_point() and state[key].dtype != (state_dtype or dtype):
+                    state[key] = state[key].to(state_dtype or dtype)  # (complex states keep their dtype)
 
         return init
 
@@ -430,6 +436,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             try:
                 prepared = []
                 for bucket in self._group_buckets(index, group):
+                    # the params' dtype now (complex ones too), which model.double() may have changed
+                    check_low_precision_fits(group, bucket.param_dtype, bucket.distributed)
                     keys = self._bucket_state_keys(group, bucket.dtype, hyper)
 
                     def prepare():

@@ -88,14 +88,22 @@ def absolute_weight_decay(group: dict, decoupled: bool = True) -> bool:
     return mode == "absolute"
 
 
-def check_low_precision_fits(group: Mapping, dtype: torch.dtype) -> None:
+def check_low_precision_fits(group: Mapping, dtype: torch.dtype, distributed: bool = False) -> None:
     """The group's state_dtype and bf16_stochastic_round against a param dtype: when the group
     is added (each param's) and at every step (each bucket's), as `model.double()` after
     construction changes it. bf16 and 8-bit states hold float32 math's states: not for float64
     (the double-precision kernels would read 2-byte states as doubles, past their end) or
-    complex params; stochastic rounding is for bfloat16 params."""
+    complex params, nor 8-bit states for DTensor (`distributed`) params; stochastic rounding
+    is for bfloat16 params."""
     _check_state_dtype_fits(group.get("state_dtype"), dtype)
+    if distributed and is_int8(group.get("state_dtype")):
+        _refuse_int8_dtensor()
     _check_rounding_fits(group.get("bf16_stochastic_round"), dtype)
+
+
+def _refuse_int8_dtensor() -> None:
+    raise ValueError("state_dtype='int8' does not support DTensor (FSDP2) params yet: their block scales would not "
+                     "be sharded with them; use state_dtype=torch.bfloat16")
 
 
 def _check_state_dtype_fits(state_dtype, dtype: torch.dtype) -> None:
@@ -140,10 +148,8 @@ def check_low_precision_options(group: dict, name: str = "", bf16_refused: Optio
     for p in params:
         _check_state_dtype_fits(state_dtype, p.dtype)
     if int8:
-        for p in params:
-            if isinstance(p, DTensor):
-                raise ValueError("state_dtype='int8' does not support DTensor (FSDP2) params yet: their block "
-                                 "scales would not be sharded with them; use state_dtype=torch.bfloat16")
+        if any(isinstance(p, DTensor) for p in params):
+            _refuse_int8_dtensor()
     rounding = group.get("bf16_stochastic_round", False)
     if not isinstance(rounding, bool):
         raise ValueError(f"Invalid bf16_stochastic_round: {rounding!r} (True or False)")
