@@ -471,14 +471,13 @@ class Bucket:
             s = state[owner]
             # New state takes the first-step rule (SGD: the momentum buffer starts as the grad);
             # a master copy or block scales added to state that exists (master_weights or
-            # state_dtype changed since), or a state kept in another dtype, is a conversion.
+            # state_dtype changed since) are a conversion (init_state converts the rest).
             new = ([k for k in (*state_keys, *scalar_keys) if k not in s and k != MASTER_KEY]
                    or (has_step and "step" not in s))
             if new:
                 init_state(owner, s)
                 fresh.append(i)
-            elif any(k not in s for k in (*state_keys, *scale_keys)) or (
-                    not self._strict and self._stored_otherwise(s, state_keys, state_dtype)):
+            elif any(k not in s for k in (*state_keys, *scale_keys)):
                 init_state(owner, s)
             states_per_param.append(s)
         self._fresh = fresh
@@ -521,18 +520,6 @@ class Bucket:
         self._check_not_aliased(grad_row)
         self._install_grads(grads, grad_row)
         self._key = key
-
-    @staticmethod
-    def _stored_otherwise(s: dict, keys: Sequence[str], state_dtype: torch.dtype) -> bool:
-        """Whether a state tensor of s has a dtype other than the bucket's: the group's
-        state_dtype or master_weights changed by hand since it was made; init_state converts it
-        as a load would."""
-        for key in keys:
-            t = s.get(key)
-            expected = torch.float32 if key == MASTER_KEY else state_dtype
-            if isinstance(t, torch.Tensor) and not t.is_complex() and t.dtype != expected:
-                return True
-        return False
 
     def _fill_row(self, row: int, values: List[int]) -> None:
         n = len(self._active)

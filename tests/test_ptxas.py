@@ -135,12 +135,13 @@ def test_flags_match_cmakelists():
 
 
 # fusedopt/common.h's dispatch_storage. Storage (param/states/master): f64; f32, f32/bf16;
-# f16, f16/f32/master, f16/bf16, f16/bf16/master; bf16, bf16/f32/master, bf16/bf16/master
-# (bf16 states: state_dtype=torch.bfloat16).
-STORAGE_COMBINATIONS = 10
-# The update kernels add one: bf16 params without a master copy rounded stochastically
-# (bf16_stochastic_round), bf16/bf16 storage.
-UPDATE_COMBINATIONS = STORAGE_COMBINATIONS + 1
+# f16, f16/f32/master, f16/f32, f16/bf16, f16/bf16/master; bf16, bf16/f32/master, bf16/f32,
+# bf16/bf16/master (bf16 states: state_dtype=torch.bfloat16; 16-bit params with f32 states and
+# no master copy: an "int8" group's small tensors).
+STORAGE_COMBINATIONS = 12
+# The update kernels add two: bf16 params without a master copy rounded stochastically
+# (bf16_stochastic_round), bf16/bf16 and bf16/f32 storage.
+UPDATE_COMBINATIONS = STORAGE_COMBINATIONS + 2
 
 
 # 8-bit states (state_dtype="int8", float32 math): params float32; float16 and bfloat16 with
