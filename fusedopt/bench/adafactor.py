@@ -41,7 +41,8 @@ def _time(step: Callable[[], None], device: str, warmup: int, repeats: int) -> f
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusedopt.bench.adafactor",
-                                     description=__doc__.split("\n\n")[0].replace("\n", " "), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--scale", choices=("full", "quick"), default="full",
                         help="GPT-2 small's shapes (full) or 12 layers at width 128 (quick)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per contender (the median is reported)")

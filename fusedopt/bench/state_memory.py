@@ -68,7 +68,8 @@ def measure(scale: str, backend: str) -> Dict[str, float]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusedopt.bench.state_memory",
-                                     description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--scale", choices=tuple(_GPT2_SMALL), default="full",
                         help="GPT-2 small's shapes (full) or a smaller model of the same structure")
     parser.add_argument("--backend", default="cpu", help="fusedopt's backend for the step that creates the state")

@@ -25,7 +25,6 @@ from .._layout import (LOW_PRECISION, MASTER_KEY, GradTransform, TensorBatch, Up
 from .._quantize import CODE_DTYPE, is_int8, is_signed, quantized_numel, scale_key
 from ..backends.base import Backend
 from ..clip import per_tensor_clip_coefficients
-from ._checks import check_low_precision_fits
 from ._spec import OptimizerSpec
 
 
@@ -100,8 +99,8 @@ def bucket_state_dtype(group: Mapping[str, Any], dtype: torch.dtype, quantized: 
     """The dtype of a bucket's state tensors (the master copy, always float32, excepted):
     uint8 (the codes) for a bucket with 8-bit states, bfloat16 with state_dtype=torch.bfloat16,
     float32 with master weights and for the small tensors of an "int8" group (float32_states),
-    else None (the param's dtype). Refuses low-precision options that do not fit `dtype` (ValueError)."""
-    check_low_precision_fits(group, dtype)
+    else None (the param's dtype). (The step checks first that the group's options fit the
+    bucket: _checks.check_low_precision_fits.)"""
     if quantized:
         return CODE_DTYPE
     if bf16_states(group):
