@@ -59,7 +59,10 @@ def split_into_buckets(params: Sequence[torch.Tensor], optimizer: str, strict: b
     for p in params:
         check_param(p, optimizer)
         groups.setdefault((p.device, p.dtype, quantized is not None and quantized(p)), []).append(p)
-    return [Bucket(ps, optimizer, strict, quantized=key[2]) for key, ps in groups.items()]
+    buckets = [Bucket(ps, optimizer, strict, quantized=key[2]) for key, ps in groups.items()]
+    for bucket in buckets:
+        bucket.quantized_rule = quantized
+    return buckets
 
 
 try:  # FSDP2 (fully_shard) params are DTensors: kernels update their local shards
@@ -94,6 +97,11 @@ _tensor_layout = operator.attrgetter("layout")
 _get_device = torch.Tensor.get_device
 _storage_offset = torch.Tensor.storage_offset
 _untyped_storage = torch.Tensor.untyped_storage
+
+
+def _all_of_dtype(tensors: List[torch.Tensor], dtype: torch.dtype) -> bool:
+    """Every tensor has this dtype (`p.data = p.data.view(dtype)` keeps address and bytes)."""
+    return all(map(operator.is_, map(_dtype, tensors), repeat(dtype)))
 
 
 def _same_layout(tensors: List[torch.Tensor], strides: Optional[List[tuple]]) -> bool:
@@ -271,14 +279,23 @@ class _CountsChanges:
 
 
 class ParamState(_CountsChanges, dict):
-    """One param's state dict; its changes count in the StateMap it belongs to."""
+    """One param's state dict; its changes count in every StateMap that holds it (one, unless
+    it was carried into another optimizer: `new.state[p] = old.state[p]`). The maps are
+    referred to weakly, so a dict carried on does not keep an old optimizer's state alive."""
 
     def __init__(self, owner: "StateMap", *args):
         super().__init__(*args)
-        self._owner = owner
+        self._owners = [weakref.ref(owner)]
 
     def _changed(self) -> None:
-        self._owner.version += 1
+        for ref in self._owners:
+            owner = ref()
+            if owner is not None:
+                owner.version += 1
+
+    def _counts_in(self, owner: "StateMap") -> None:
+        if not any(ref() is owner for ref in self._owners):
+            self._owners = [ref for ref in self._owners if ref() is not None] + [weakref.ref(owner)]
 
     def __reduce__(self):  # pickle/deepcopy as the plain dict torch.optim has
         return (dict, (), None, None, iter(self.items()))
@@ -290,7 +307,8 @@ class StateMap(_CountsChanges, collections.defaultdict):
     While the count is unchanged a bucket knows every state tensor is where it was, and
     skips both looking the params up (a Python-level Tensor.__hash__ each) and comparing
     the state tensors' identities: most of a step's host time for many small tensors. A
-    plain dict stored by hand is not counted: then buckets check identities every step.
+    value that is not a ParamState (a plain dict or other mapping stored by hand) is not
+    counted: then buckets check identities every step.
     """
 
     def __init__(self, existing=()):
@@ -298,8 +316,9 @@ class StateMap(_CountsChanges, collections.defaultdict):
         self.version = 0
         self.all_counted = True
         for key, value in dict(existing).items():
-            super().__setitem__(key, ParamState(self, value) if type(value) is dict else value)
-            self.all_counted &= isinstance(value, (dict, ParamState))
+            value = ParamState(self, value) if type(value) is dict else value
+            self._admit(value)
+            super().__setitem__(key, value)
 
     def _new_param_state(self) -> ParamState:
         return ParamState(self)
@@ -307,10 +326,35 @@ class StateMap(_CountsChanges, collections.defaultdict):
     def _changed(self) -> None:
         self.version += 1
 
-    def __setitem__(self, key, value):
-        if not isinstance(value, ParamState):
+    def _admit(self, value) -> None:
+        """Every value stored passes here: a ParamState counts its changes here too from now
+        on; anything else turns the count off."""
+        if isinstance(value, ParamState):
+            value._counts_in(self)
+        else:
             self.all_counted = False
+
+    def __setitem__(self, key, value):
+        self._admit(value)
         super().__setitem__(key, value)
+
+    # dict's bulk insertions bypass __setitem__
+    def update(self, *args, **kwargs):
+        items = dict(*args, **kwargs)
+        for value in items.values():
+            self._admit(value)
+        super().update(items)
+
+    def __ior__(self, other):
+        items = dict(other)
+        for value in items.values():
+            self._admit(value)
+        return super().__ior__(items)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self._admit(default)
+        return super().setdefault(key, default)
 
     def __reduce__(self):  # pickle/deepcopy as the plain defaultdict torch.optim has
         return (collections.defaultdict, (dict,), None, None, iter(self.items()))
@@ -326,7 +370,7 @@ class Bucket:
         "_key", "_active", "_param_ptrs", "_grad_refs", "_grads", "_grad_ptrs", "_steps", "_states",
         "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_strict",
         "_distributed", "_viewed", "param_dtype", "_states_seen", "_memory", "_grad_storage_sizes", "_grads_copied", "_layout", "_written",
-        "_scalars", "_shapes", "quantized", "_scales",
+        "_scalars", "_shapes", "quantized", "_scales", "quantized_rule",
     )
 
     def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False, quantized: bool = False):
@@ -335,6 +379,9 @@ class Bucket:
         `quantized`: the params' states are stored in 8 bits (uint8 codes and block scales)."""
         self._strict = strict
         self.quantized = quantized
+        # The group's rule for which params get 8-bit states (None: no 8-bit states), which
+        # a param swapped for one of another size may no longer meet: see _rebuild.
+        self.quantized_rule: Optional[Callable[[torch.Tensor], bool]] = None
         self._distributed = any(isinstance(p, DTensor) for p in params)
         self.params = params
         self.device = params[0].device
@@ -405,14 +452,14 @@ class Bucket:
     def _check_unchanged(self, owners, params, grads, state, state_keys, has_step, scalar_keys) -> None:
         """Raise _Stale unless every address, layout and size in the table still holds.
 
-        Params and grads: address, strides and byte count (`p.data` swapped, `t_()`, a grad
-        replaced by a view of other size). State tensors: identity (a new tensor stored in
+        Params and grads: address, dtype, strides and byte count (`p.data` swapped, `t_()`, a
+        grad replaced by a view of other size or dtype). State tensors: identity (a new tensor stored in
         optimizer.state, the supported way to move or replace state); see _rebuild for why
         not their addresses. Every storage the table points into: the address and size it
         had (a storage resized or freed in place under its tensors).
         """
         if (list(map(_data_ptr, params)) != self._param_ptrs or list(map(_nbytes, params)) != self._nbytes
-                or not _same_layout(params, self._layout)
+                or not _all_of_dtype(owners, self.param_dtype) or not _same_layout(params, self._layout)
                 or not self._memory[0].unchanged() or not self._memory[1].unchanged()):
             raise _Stale
         if state_keys or has_step or scalar_keys:
@@ -430,7 +477,8 @@ class Bucket:
                         raise _Stale
         if (self._grads_copied or not all(map(operator.is_, grads, map(_dereference, self._grad_refs)))
                 or list(map(_data_ptr, grads)) != self._grad_ptrs or list(map(_nbytes, grads)) != self._nbytes
-                or not _same_layout(grads, self._layout) or not self._grad_storages_unchanged(grads)):
+                or not _all_of_dtype(grads, self.dtype) or not _same_layout(grads, self._layout)
+                or not self._grad_storages_unchanged(grads)):
             row = self._validated_grads(grads)
             self._check_not_aliased(row)
             self._install_grads(grads, row)
@@ -442,7 +490,8 @@ class Bucket:
                  scalar_keys=(), scale_keys=()) -> None:
         name = self.optimizer
         for owner, p in zip(owners, params):
-            if owner.device != self.device or owner.dtype != self.param_dtype:
+            if (owner.device != self.device or owner.dtype != self.param_dtype
+                    or (self.quantized_rule is not None and self.quantized_rule(owner) != self.quantized)):
                 raise _RegroupNeeded
             check_param(p, name)
             if p.is_meta:  # every meta tensor sits at address 0: say why, not that params overlap
@@ -465,6 +514,9 @@ class Bucket:
                 s = state.get(owner)
                 if s and MASTER_KEY in s:
                     del s[MASTER_KEY]
+        required = [k for k in (*state_keys, *scalar_keys) if k != MASTER_KEY] + (["step"] if has_step else [])
+        for owner in owners:
+            self._check_state_complete(state.get(owner), required)
         fresh = []
         states_per_param = []
         for i, owner in enumerate(owners if state_keys or has_step or scalar_keys else ()):  # SGD: no state
@@ -520,6 +572,21 @@ class Bucket:
         self._check_not_aliased(grad_row)
         self._install_grads(grads, grad_row)
         self._key = key
+
+    def _check_state_complete(self, s: Optional[dict], required: List[str]) -> None:
+        """A param's state either lacks every key the step needs (new state: created) or has
+        them all; one that has trained but lost some (deleted by hand, a checkpoint missing
+        one) raises KeyError, as torch.optim does, rather than restart that state at zero under
+        the kept step count. (The master copy and 8-bit block scales are not required: they are
+        derived from the param and the states when master_weights or state_dtype change.)"""
+        if not s:
+            return
+        missing = [k for k in required if k not in s]
+        if missing and len(missing) < len(required):
+            kept = [k for k in required if k in s]
+            raise KeyError(f"{self.optimizer}: the state of a param holds {kept} but not {missing}: it was deleted "
+                           "or the checkpoint lacks it. Restore it, or clear the param's state "
+                           "(optimizer.state[p] = {}) to start that param afresh")
 
     def _fill_row(self, row: int, values: List[int]) -> None:
         n = len(self._active)

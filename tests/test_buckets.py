@@ -533,3 +533,172 @@ def test_zero_grad_frees_the_grads(name, backend):
         opt.zero_grad(set_to_none=True)
         gc.collect()
         assert all(r() is None for r in refs), f"step {step}: the optimizer still holds a grad"
+
+
+# --------------------------------------------------------------------------- dtype reinterpreted in place
+# `p.data = p.data.view(dtype)` keeps the address and the byte count: a table that compared
+# only those took the param for its old dtype (float16 bits updated as float32, a float64
+# param run with bf16 states the constructor refuses).
+VIEW_DTYPES = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.float64: torch.float32}
+
+
+@pytest.mark.parametrize("view", [torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("case", REPRESENTATIVE_CASES[:4] + [c for c in REPRESENTATIVE_CASES if str(c) == "SGD"],
+                         ids=str)
+def test_param_viewed_as_another_dtype(case, view, backend):
+    """A param reinterpreted as another dtype after a step: torch raises where state of the
+    old size meets the new param (RuntimeError), and fusedopt must too, before any byte of
+    the param moves; plain SGD, which keeps no state, updates it in its new dtype as torch does."""
+    pairs = both(case, backend, shapes=((4, 4), (8,)))
+    g = torch.Generator().manual_seed(6)
+    values = torch.randn(64 // view.itemsize, generator=g).to(view)  # the 64 bytes, as sane numbers
+    for params, _ in pairs:
+        params[0].data.view(-1).copy_(values.view(torch.float32))
+        params[0].data = params[0].data.view(view)
+    grads = [torch.randn(p.shape, generator=g).to(p.dtype) for p in pairs[0][0]]
+    (params, opt), (expected, reference) = pairs
+    for ps in (params, expected):
+        for p, grad in zip(ps, grads):
+            p.grad = grad.clone()
+    try:
+        reference.step()
+    except RuntimeError:
+        before = [p.detach().clone() for p in params]
+        with pytest.raises(RuntimeError):
+            opt.step()
+        for p, b in zip(params, before):
+            assert torch.equal(p.detach(), b)
+        return
+    opt.step()
+    assert params[0].dtype == view
+    # float16: torch's SGD computes in float16, fusedopt in float32 rounded once (1 ulp apart)
+    torch.testing.assert_close(params[0].detach(), expected[0].detach())
+    assert_params_close(params[1:], expected[1:], torch.float32)
+
+
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, "int8"], ids=str)
+def test_param_viewed_as_float64_with_low_precision_states_is_refused(state_dtype, backend):
+    """The same reinterpretation reaching float64 is `model.double()` by other means: bf16
+    and 8-bit states are refused at the step (ValueError) rather than run on float64 bits."""
+    p = torch.nn.Parameter(torch.randn(8192))
+    opt = fusedopt.Adam([p], state_dtype=state_dtype, backend=backend)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    p.data = p.data.view(torch.float64)
+    p.grad = torch.randn_like(p)
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match="float64"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize("view", [torch.bfloat16, torch.int32], ids=str)
+@pytest.mark.parametrize("case", REPRESENTATIVE_CASES[:4], ids=str)
+def test_grad_viewed_as_another_dtype_raises(case, view, backend):
+    """`p.grad.data = p.grad.data.view(dtype)` on the grad the table already holds: torch
+    raises (sizes or dtypes do not match), so must fusedopt, not read the bytes as float32."""
+    (params, opt), _ = both(case, backend)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    params[0].grad.data = params[0].grad.data.view(view)
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(RuntimeError):
+        opt.step()
+    for p, b in zip(params, before):
+        assert torch.equal(p.detach(), b)
+
+
+# --------------------------------------------------------------------------- state keys lost
+@pytest.mark.parametrize("key", ["exp_avg_sq", "step"])
+@pytest.mark.parametrize("how", ["del", "checkpoint"])
+def test_a_trained_param_missing_a_state_key_raises(key, how, backend):
+    """A param that has trained (its state holds some of the optimizer's keys) but lacks
+    another: torch raises KeyError at the step; fusedopt used to start the missing one afresh
+    (a second moment of 0 under step 3's bias correction, or step 1 on grown moments)."""
+    params = [torch.nn.Parameter(torch.randn(6)) for _ in range(2)]
+    opt = fusedopt.Adam(params, backend=backend)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    if how == "del":
+        del opt.state[params[0]][key]
+    else:
+        saved = opt.state_dict()
+        del saved["state"][0][key]
+        opt.load_state_dict(saved)
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(KeyError, match=key):
+        opt.step()
+    for p, b in zip(params, before):
+        assert torch.equal(p.detach(), b)
+
+
+def test_int8_split_follows_a_param_whose_size_changed(backend):
+    """In an 8-bit group, a param swapped (p.data) for one of another size, its state cleared,
+    gets the form of state its new size calls for (8 bits from 4,096 elements), as a new
+    optimizer would give it, not the form of the bucket it was in."""
+    small, large = torch.nn.Parameter(torch.randn(100)), torch.nn.Parameter(torch.randn(5000))
+    opt = fusedopt.Adam([small, large], state_dtype="int8", backend=backend)
+    for p in (small, large):
+        p.grad = torch.randn_like(p)
+    opt.step()
+    small.data, large.data = torch.randn(5000), torch.randn(100)
+    opt.state.clear()
+    for p in (small, large):
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert opt.state[small]["exp_avg"].dtype == torch.uint8 and "exp_avg_absmax" in opt.state[small]
+    assert opt.state[large]["exp_avg"].dtype == torch.float32 and "exp_avg_absmax" not in opt.state[large]
+
+
+# --------------------------------------------------------------------------- state shared between optimizers
+def _carry_by_item(new, old, params):
+    for p in params:
+        new.state[p] = old.state[p]
+
+
+def _carry_by_update(new, old, params):
+    new.state.update(old.state)
+
+
+def _carry_by_ior(new, old, params):
+    new.state |= old.state
+
+
+def _carry_as_ordered_dicts(new, old, params):
+    new.state.update({p: collections.OrderedDict(old.state[p]) for p in params})
+
+
+STATE_CARRIES = {"state[p]=old.state[p]": _carry_by_item, "state.update(old.state)": _carry_by_update,
+                 "state|=old.state": _carry_by_ior, "update with OrderedDicts": _carry_as_ordered_dicts}
+
+
+@pytest.mark.parametrize("carry", STATE_CARRIES)
+@pytest.mark.parametrize("case", REPRESENTATIVE_CASES[:1] + REPRESENTATIVE_CASES[6:7], ids=str)
+def test_state_carried_over_from_another_optimizer_then_replaced(case, carry, backend):
+    """Per-param state dicts carried from one optimizer into a new one (rebuilding an
+    optimizer), then a state tensor replaced in them: the new optimizer must use the new
+    tensor, as torch does. A state dict created by the first optimizer counted its changes
+    only there, so the second took its cached table for current and kept updating the old
+    tensors, silently."""
+    results = []
+    for make in (lambda ps: case.fused(ps, backend), case.expected):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(3))]
+        old = make(params)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        old.step()
+        new = make(params)
+        STATE_CARRIES[carry](new, old, params)
+        new.step()
+        for key, value in list(new.state[params[0]].items()):
+            if key != "step" and isinstance(value, torch.Tensor):
+                new.state[params[0]][key] = torch.zeros_like(value)
+        new.step()
+        results.append((params, new))
+    (params, opt), (expected, reference) = results
+    assert_params_close(params, expected, torch.float32)
+    assert_same_state(opt, reference, params, expected, torch.float32)
