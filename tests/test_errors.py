@@ -54,6 +54,17 @@ def test_bad_hyperparameters_raise_torchs_error(name, kwargs):
         getattr(fusedopt, name)([p], **kwargs)
 
 
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "Adamax", "NAdam", "RAdam"])
+def test_one_element_betas_raise_torchs_exception_type(name):
+    """torch.optim reads betas[0] and betas[1] in its constructor: a 1-element tuple is an
+    IndexError there, and must be here, not a ValueError from unpacking it later."""
+    p = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(Exception) as torch_error:
+        getattr(torch.optim, name)([p], betas=(0.9,))
+    with pytest.raises(type(torch_error.value)):
+        getattr(fusedopt, name)([p], betas=(0.9,))
+
+
 # Edge values torch.optim accepts: so must fusedopt, with the same numbers.
 GOOD_EDGES = [
     ("Adam", dict(lr=0.0)), ("Adam", dict(eps=0.0, lr=1e-2)), ("Adam", dict(betas=(0.0, 0.0))),

@@ -34,9 +34,10 @@ def check_non_negative(value, what: str) -> None:
 
 
 def check_betas(betas) -> None:
-    for index, beta in enumerate(betas):
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
+    # By index, as torch.optim checks them: a 1-element tuple is its IndexError.
+    for index in (0, 1):
+        if not 0.0 <= betas[index] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {index}: {betas[index]}")
 
 
 def check_adam_hyperparameters(lr, betas, eps, weight_decay) -> None:
