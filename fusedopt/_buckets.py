@@ -50,14 +50,35 @@ def check_param(p: torch.Tensor, optimizer: str) -> None:
         raise RuntimeError(f"{optimizer}: a param of shape {tuple(p.shape)} {problem}")
 
 
+def check_state_complete(s: Optional[dict], required: Sequence[str], optimizer: str,
+                         any_of: Sequence[str] = ()) -> None:
+    """A param's state either lacks every key the step needs (new state: created) or has
+    them all; one that has trained but lost some (deleted by hand, a checkpoint missing
+    one) raises KeyError, as torch.optim does, rather than restart that state at zero under
+    the kept step count. (The master copy and 8-bit block scales are not required: they are
+    derived from the param and the states when master_weights or state_dtype change.)
+    `any_of`: keys of which one suffices (Adafactor's moments: row_var and col_var, or
+    variance, by the param's shape)."""
+    if not s:
+        return
+    required = [k for k in required if k not in any_of]
+    missing = [k for k in required if k not in s]
+    if any_of and not any(k in s for k in any_of):
+        missing.append(" or ".join(any_of))
+    kept = [k for k in (*required, *any_of) if k in s]
+    if missing and kept:
+        raise KeyError(f"{optimizer}: the state of a param holds {kept} but not {missing}: it was deleted "
+                       "or the checkpoint lacks it. Restore it, or clear the param's state "
+                       "(optimizer.state[p] = {}) to start that param afresh")
+
+
 def split_into_buckets(params: Sequence[torch.Tensor], optimizer: str, strict: bool = False,
                        quantized: Optional[Callable[[torch.Tensor], bool]] = None) -> List["Bucket"]:
     """One bucket per (device, dtype) in first-appearance order; with `quantized` (a group with
     8-bit states), one per (device, dtype, quantized(p)): params whose states are stored in 8
     bits apart from the small ones that keep full-precision states."""
     groups: Dict[tuple, List[torch.Tensor]] = {}
-    for p in params:
-        check_param(p, optimizer)
+    for p in params:  # checked (check_param) when a step updates them: torch passes over gradless ones
         groups.setdefault((p.device, p.dtype, quantized is not None and quantized(p)), []).append(p)
     buckets = [Bucket(ps, optimizer, strict, quantized=key[2]) for key, ps in groups.items()]
     for bucket in buckets:
@@ -311,7 +332,10 @@ class StateMap(_CountsChanges, collections.defaultdict):
     counted: then buckets check identities every step.
     """
 
-    def __init__(self, existing=()):
+    def __init__(self, *args):
+        if args and not isinstance(args[0], dict) and (args[0] is None or callable(args[0])):
+            args = args[1:]  # defaultdict's copy() and | pass (default_factory, self)
+        existing = args[0] if args else ()
         super().__init__(self._new_param_state)
         self.version = 0
         self.all_counted = True
@@ -516,7 +540,7 @@ class Bucket:
                     del s[MASTER_KEY]
         required = [k for k in (*state_keys, *scalar_keys) if k != MASTER_KEY] + (["step"] if has_step else [])
         for owner in owners:
-            self._check_state_complete(state.get(owner), required)
+            check_state_complete(state.get(owner), required, name)
         fresh = []
         states_per_param = []
         for i, owner in enumerate(owners if state_keys or has_step or scalar_keys else ()):  # SGD: no state
@@ -572,21 +596,6 @@ class Bucket:
         self._check_not_aliased(grad_row)
         self._install_grads(grads, grad_row)
         self._key = key
-
-    def _check_state_complete(self, s: Optional[dict], required: List[str]) -> None:
-        """A param's state either lacks every key the step needs (new state: created) or has
-        them all; one that has trained but lost some (deleted by hand, a checkpoint missing
-        one) raises KeyError, as torch.optim does, rather than restart that state at zero under
-        the kept step count. (The master copy and 8-bit block scales are not required: they are
-        derived from the param and the states when master_weights or state_dtype change.)"""
-        if not s:
-            return
-        missing = [k for k in required if k not in s]
-        if missing and len(missing) < len(required):
-            kept = [k for k in required if k in s]
-            raise KeyError(f"{self.optimizer}: the state of a param holds {kept} but not {missing}: it was deleted "
-                           "or the checkpoint lacks it. Restore it, or clear the param's state "
-                           "(optimizer.state[p] = {}) to start that param afresh")
 
     def _fill_row(self, row: int, values: List[int]) -> None:
         n = len(self._active)

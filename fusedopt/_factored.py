@@ -37,6 +37,7 @@ from ._layout import TensorBatch
 from ._memory import storage_problem
 
 FACTORED = "factored"  # OptimizerSpec.kernel of Adafactor
+MOMENT_KEYS = ("row_var", "col_var", "variance")  # the state a param's shape calls for: the first two, or the last
 NUMEL, PARAM, GRAD, STEP, ROWS, COLS, MOMENT, COL = range(8)
 FACTORED_ROWS = 8
 

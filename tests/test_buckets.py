@@ -2,6 +2,7 @@
 tensors, large tensors through the multi-threaded CPU path, unusual layouts, and the
 table rebuilt whenever what it describes changes (p.data, grads, state swapped)."""
 import collections
+import copy
 import faulthandler
 import os
 import signal
@@ -702,3 +703,49 @@ def test_state_carried_over_from_another_optimizer_then_replaced(case, carry, ba
     (params, opt), (expected, reference) = results
     assert_params_close(params, expected, torch.float32)
     assert_same_state(opt, reference, params, expected, torch.float32)
+
+
+def _sparse_grad(p):
+    return torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.ones(2, *p.shape[1:]), p.shape)
+
+
+# optimizer, its state key to delete, and how its grads are made: the paths that create state
+# outside the dense bucket (sparse grads, lazy mode, Adafactor's factored state)
+STATE_KEY_PATHS = {
+    "Adagrad sparse, sum": (lambda ps, b: fusedopt.Adagrad(ps, backend=b), "sum", _sparse_grad),
+    "Adagrad sparse, step": (lambda ps, b: fusedopt.Adagrad(ps, backend=b), "step", _sparse_grad),
+    "Adam lazy, exp_avg_sq": (lambda ps, b: fusedopt.Adam(ps, lazy_mode=True, backend=b), "exp_avg_sq",
+                              _sparse_grad),
+    "Adafactor, step": (lambda ps, b: fusedopt.Adafactor(ps, backend=b), "step", torch.randn_like),
+    "Adafactor 1-D, step": (lambda ps, b: fusedopt.Adafactor([torch.nn.Parameter(p.detach()[0].clone())
+                                                              for p in ps], backend=b), "step", torch.randn_like),
+}
+
+
+@pytest.mark.parametrize("path", STATE_KEY_PATHS)
+def test_a_state_key_lost_on_other_paths_raises(path, backend):
+    """The same KeyError where state is made outside the dense bucket."""
+    make, key, grad = STATE_KEY_PATHS[path]
+    opt = make([torch.nn.Parameter(torch.randn(4, 3))], backend)
+    params = opt.param_groups[0]["params"]
+    for _ in range(2):
+        for p in params:
+            p.grad = grad(p)
+        opt.step()
+    del opt.state[params[0]][key]
+    before = params[0].detach().clone()
+    with pytest.raises(KeyError, match=key):
+        opt.step()
+    assert torch.equal(params[0].detach(), before)
+
+
+@pytest.mark.parametrize("copy_state", [lambda s: s.copy(), lambda s: copy.copy(s), lambda s: s | {}],
+                         ids=["copy()", "copy.copy", "| {}"])
+def test_optimizer_state_copies_as_a_defaultdict_does(copy_state):
+    """torch.optim's state is a defaultdict(dict): copy(), copy.copy and | work on it."""
+    params = [torch.nn.Parameter(torch.randn(3))]
+    opt = fusedopt.Adam(params)
+    params[0].grad = torch.randn(3)
+    opt.step()
+    copied = copy_state(opt.state)
+    assert copied.keys() == opt.state.keys() and copied[params[0]] is opt.state[params[0]]

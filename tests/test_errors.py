@@ -343,6 +343,27 @@ def test_unsupported_param_dtype_raises(name, dtype, backend):
     assert torch.equal(good.detach(), before)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool], ids=str)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_an_unsupported_param_without_a_grad_is_passed_over_as_torch_does(name, dtype, backend):
+    """torch.optim accepts any leaf tensor and passes over those without grads; so must
+    fusedopt (it refuses such a param only when a step would update it, above)."""
+    good = torch.nn.Parameter(torch.randn(4))
+    counts = torch.zeros(4, dtype=dtype)
+    good.grad = torch.randn(4)
+    before = good.detach().clone()
+    OPTIMIZERS[name]([good, counts], backend).step()
+    assert not torch.equal(good.detach(), before)
+    assert torch.equal(counts, torch.zeros(4, dtype=dtype))
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "Adagrad", "SparseAdam", "Adafactor", "LAMB"])
+def test_add_param_group_of_a_non_dict_is_torchs_type_error(name):
+    opt = getattr(fusedopt, name)([torch.nn.Parameter(torch.randn(4))])
+    with pytest.raises(TypeError, match="param_group must be a dict"):
+        opt.add_param_group([torch.nn.Parameter(torch.randn(4))])
+
+
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_non_dense_param_raises(name, backend):
     """A strided view (gaps in memory) is not updatable in one flat pass: RuntimeError."""

@@ -532,3 +532,25 @@ def test_zero_size_rows_step_the_counter_only(backend):
     assert int(opt.state_dict()["state"][0]["step"]) == ref.state[theirs]["step"] == 3
     assert opt.state[ours]["exp_avg"].shape == (5, 0)
     torch.testing.assert_close(other.detach(), other_ref.detach(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("key", ["exp_avg", "step"])
+def test_a_checkpoint_missing_a_state_key_raises_torchs_key_error(backend, key):
+    """Loaded from a checkpoint that lacks one of a trained param's state keys: torch's
+    SparseAdam raises KeyError at the step; fusedopt used to recreate the key at zero."""
+    p = _sparse_grad_param()
+    opt = fusedopt.SparseAdam([p], backend=backend)
+    opt.step()
+    p.grad = _sparse_grad_param().grad
+    saved = opt.state_dict()
+    del saved["state"][0][key]
+    opt.load_state_dict(saved)
+    before = p.detach().clone()
+    with pytest.raises(KeyError, match=key):
+        opt.step()
+    assert torch.equal(p.detach(), before)
+    reference = torch.optim.SparseAdam([torch.nn.Parameter(p.detach().clone())])
+    reference.load_state_dict(saved)
+    reference.param_groups[0]["params"][0].grad = p.grad.clone()
+    with pytest.raises(KeyError):
+        reference.step()

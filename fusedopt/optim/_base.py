@@ -18,8 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .. import backends
-from .._buckets import (COMPLEX_TO_REAL, Bucket, DTensor, SparseGradError, StateMap, _RegroupNeeded, consolidate,
-                        kernel_view, split_into_buckets)
+from .._buckets import (COMPLEX_TO_REAL, Bucket, DTensor, SparseGradError, StateMap, _RegroupNeeded,
+                        check_state_complete, consolidate, kernel_view, split_into_buckets)
 from .._layout import (MASTER_KEY, NO_GRAD_TRANSFORM, GradTransform, TensorBatch, check_clip_options,
                        check_max_grad_norm, math_dtype)
 from .._memory import overlaps_itself
@@ -132,6 +132,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------- torch.optim API
     def add_param_group(self, param_group: dict) -> None:
+        if not isinstance(param_group, dict):  # torch's check, before ours reads it
+            raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
         if "backend" in param_group:
             backends.check_name(param_group["backend"])
         _refuse_duplicates(param_group)
@@ -422,6 +424,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _init_param_state(self, group: dict, hyper: dict, p: torch.Tensor) -> None:
         """p's missing state, as the first step of its bucket would create it."""
         dtype = COMPLEX_TO_REAL.get(p.dtype, p.dtype)
+        required = (*self.spec.state_keys(hyper), *self.spec.scalar_state_keys(),
+                    *(("step",) if self.has_step_counter else ()))
+        check_state_complete(self.state.get(p), required, type(self).__name__)
         init = (self._init_state(group, dtype, hyper, quantized=True) if quantizes(group, p)
                 else self._init_state(group, dtype, hyper))
         init(p, self.state[p])

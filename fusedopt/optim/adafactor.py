@@ -6,7 +6,8 @@ from typing import Any, Dict, Optional
 import torch
 
 from .. import backends
-from .._factored import FACTORED, FactoredConfig, FactoredTables, new_moments
+from .._buckets import check_state_complete
+from .._factored import FACTORED, MOMENT_KEYS, FactoredConfig, FactoredTables, new_moments
 from ._base import FusedOptimizer
 from ._ops import run_outside_the_graph
 from ._plan import learning_rate, step_hyper
@@ -89,6 +90,8 @@ class Adafactor(FusedOptimizer):
 
     def _init_state(self, group: dict, dtype: torch.dtype, hyper: dict):
         def init(p: torch.Tensor, state: dict) -> None:
+            # A state with moments but no step has trained and lost its step: torch's KeyError
+            check_state_complete(state, ("step", *MOMENT_KEYS), type(self).__name__, any_of=MOMENT_KEYS)
             state.setdefault("step", torch.tensor(0.0, dtype=torch.float32, device=p.device))
             new_moments(p, state)
 
