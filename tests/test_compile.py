@@ -287,3 +287,20 @@ def test_an_integer_tensor_lr_steps_as_in_the_eager_step():
         (torch.compile(optimizer.step) if compiled else optimizer.step)()
         results.append(p.detach())
     torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_partly_lost_state_raises_key_error_in_a_compiled_step():
+    """The compiled path creates missing state itself (split_fresh): a trained param that
+    lost one key raises torch's KeyError there too, rather than restart that state at zero."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 2)
+    optimizer = fusedopt.Adam(model.parameters())
+    (model(X) ** 2).mean().backward()
+    optimizer.step()
+    del optimizer.state[model.weight]["exp_avg_sq"]
+    before = model.weight.detach().clone()
+    torch._dynamo.reset()
+    with pytest.raises(KeyError, match="exp_avg_sq"):
+        torch.compile(optimizer.step)()
+    assert torch.equal(model.weight.detach(), before)
