@@ -304,3 +304,27 @@ def test_a_partly_lost_state_raises_key_error_in_a_compiled_step():
     with pytest.raises(KeyError, match="exp_avg_sq"):
         torch.compile(optimizer.step)()
     assert torch.equal(model.weight.detach(), before)
+
+
+@pytest.mark.slow
+def test_a_first_compiled_step_creates_state_without_recompiling():
+    """The first step creates the state: traced, that creation compiled once per param (its
+    guards hold each param's identity), up to dynamo's recompile limit. It runs eagerly now:
+    no recompile, and the same numbers as the eager steps."""
+    results = []
+    for compiled in (False, True):
+        model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(6)])  # 12 params
+        torch.manual_seed(3)
+        for p in model.parameters():
+            p.data.copy_(torch.randn_like(p))
+        optimizer = fusedopt.Adam(model.parameters(), lr=1e-2)
+        torch._dynamo.reset()
+        step = torch.compile(optimizer.step) if compiled else optimizer.step
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for _ in range(3):
+                optimizer.zero_grad()
+                (model(X) ** 2).mean().backward()
+                step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)

@@ -182,6 +182,13 @@ def run_update(spec: OptimizerSpec, backend: Backend, batch: TensorBatch, fresh:
             call(select(batch, indices), first, transform)
 
 
+@torch.compiler.disable
+def _create_state_eagerly(init, p: torch.Tensor, s: dict) -> None:
+    """init(p, s) outside dynamo: traced, it compiled once per param (its guards hold the
+    param's identity) until dynamo's recompile limit, on the first compiled step."""
+    init(p, s)
+
+
 def split_fresh(params: Sequence[torch.Tensor], state: Mapping, keys: Sequence[str], step_counter: bool,
                 init, optimizer: str = "fusedopt") -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """(fresh, seasoned) params for the compiled path: `init` fills what is missing first
@@ -193,7 +200,7 @@ def split_fresh(params: Sequence[torch.Tensor], state: Mapping, keys: Sequence[s
         s = state[p]
         check_state_complete(s, required, optimizer)
         if any(key not in s for key in keys) or (step_counter and "step" not in s):
-            init(p, s)
+            _create_state_eagerly(init, p, s)
             fresh.append(p)
         else:
             seasoned.append(p)
