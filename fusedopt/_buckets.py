@@ -80,10 +80,7 @@ def split_into_buckets(params: Sequence[torch.Tensor], optimizer: str, strict: b
     groups: Dict[tuple, List[torch.Tensor]] = {}
     for p in params:  # checked (check_param) when a step updates them: torch passes over gradless ones
         groups.setdefault((p.device, p.dtype, quantized is not None and quantized(p)), []).append(p)
-    buckets = [Bucket(ps, optimizer, strict, quantized=key[2]) for key, ps in groups.items()]
-    for bucket in buckets:
-        bucket.quantized_rule = quantized
-    return buckets
+    return [Bucket(ps, optimizer, strict, quantized=key[2], quantized_rule=quantized) for key, ps in groups.items()]
 
 
 try:  # FSDP2 (fully_shard) params are DTensors: kernels update their local shards
@@ -398,15 +395,16 @@ class Bucket:
         "_scalars", "_shapes", "quantized", "_scales", "quantized_rule",
     )
 
-    def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False, quantized: bool = False):
+    def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False, quantized: bool = False,
+                 quantized_rule: Optional[Callable[[torch.Tensor], bool]] = None):
         """`strict`: the state dicts are throwaway views (the torch.library op path), so a
         state tensor in the wrong layout is an error rather than replaced by a copy.
-        `quantized`: the params' states are stored in 8 bits (uint8 codes and block scales)."""
+        `quantized`: the params' states are stored in 8 bits (uint8 codes and block scales).
+        `quantized_rule`: the group's rule for which params get 8-bit states (None: no 8-bit
+        states), which a param swapped for one of another size may no longer meet (_rebuild)."""
         self._strict = strict
         self.quantized = quantized
-        # The group's rule for which params get 8-bit states (None: no 8-bit states), which
-        # a param swapped for one of another size may no longer meet: see _rebuild.
-        self.quantized_rule: Optional[Callable[[torch.Tensor], bool]] = None
+        self.quantized_rule = quantized_rule
         self._distributed = any(isinstance(p, DTensor) for p in params)
         self.params = params
         self.device = params[0].device
@@ -539,9 +537,6 @@ class Bucket:
                 s = state.get(owner)
                 if s and MASTER_KEY in s:
                     del s[MASTER_KEY]
-        required = [k for k in (*state_keys, *scalar_keys) if k != MASTER_KEY] + (["step"] if has_step else [])
-        for owner in owners:
-            check_state_complete(state.get(owner), required, name)
         fresh = []
         states_per_param = []
         for i, owner in enumerate(owners if state_keys or has_step or scalar_keys else ()):  # SGD: no state

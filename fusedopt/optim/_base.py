@@ -364,8 +364,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         # torch.optim's per-param scalars (ASGD's eta starts at the group's lr, its mu at 1):
         # float32, beside the param; a tensor lr is read only when such state is created.
         scalars = self.spec.scalar_states
+        # Every path that creates state comes here (buckets, the compiled step, lazy mode,
+        # sparse grads): a trained state that lost some of these is torch's KeyError.
+        required = (*keys, *self.spec.scalar_state_keys(), *(("step",) if with_step else ()))
+        name = type(self).__name__
 
         def init(p: torch.Tensor, state: dict) -> None:
+            check_state_complete(state, required, name)
             if with_step:
                 state.setdefault("step", torch.tensor(0.0, dtype=torch.float32, device=p.device))
             for key, start in scalars:
@@ -424,9 +429,6 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _init_param_state(self, group: dict, hyper: dict, p: torch.Tensor) -> None:
         """p's missing state, as the first step of its bucket would create it."""
         dtype = COMPLEX_TO_REAL.get(p.dtype, p.dtype)
-        required = (*self.spec.state_keys(hyper), *self.spec.scalar_state_keys(),
-                    *(("step",) if self.has_step_counter else ()))
-        check_state_complete(self.state.get(p), required, type(self).__name__)
         init = (self._init_state(group, dtype, hyper, quantized=True) if quantizes(group, p)
                 else self._init_state(group, dtype, hyper))
         init(p, self.state[p])

@@ -22,7 +22,6 @@ import torch
 
 from .. import backends
 from .._layout import SparseRowBatch
-from .._buckets import check_state_complete
 from .._sparse_rows import group_by_device_and_dtype, sparse_row_batch
 
 Prepared = List[Tuple[object, SparseRowBatch]]
@@ -74,11 +73,9 @@ def prepare_lazy_groups(optimizer, groups: List[Tuple[dict, dict]]) -> List[Prep
         for positions in group_by_device_and_dtype(params):
             members = [params[i] for i in positions]
             init = optimizer._init_state(group, members[0].dtype, hyper)
-            required = ("step", "exp_avg", "exp_avg_sq", *(("max_exp_avg_sq",) if hyper["amsgrad"] else ()))
             states = []
             for p in members:
                 state = optimizer.state[p]
-                check_state_complete(state, required, name)
                 init(p, state)
                 states.append(state)
             backend = backends.resolve_sparse_rows(group["backend"], members[0].device, members[0].dtype)

@@ -232,8 +232,7 @@ def compiled_step(optimizer) -> None:
             master = optimizer._uses_master(group, dtype)
             keys = [*optimizer._bucket_state_keys(group, dtype, hyper), *optimizer.spec.scalar_state_keys()]
             init = optimizer._init_state(group, dtype, hyper)
-            fresh, seasoned = split_fresh(selected, optimizer.state, keys, optimizer.spec.step_counter, init,
-                                          type(optimizer).__name__)
+            fresh, seasoned = split_fresh(selected, optimizer.state, keys, optimizer.spec.step_counter, init)
             if not optimizer.spec.first_step_rule:
                 fresh, seasoned = [], selected
             # State created just now takes SGD's first-step rule; the op applies one rule per call.

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .._buckets import check_state_complete, select
+from .._buckets import select
 from .._layout import (LOW_PRECISION, MASTER_KEY, GradTransform, TensorBatch, UpdateConfig, check_clip_options,
                        math_dtype)
 from .._quantize import CODE_DTYPE, is_int8, is_signed, quantized_numel, scale_key
@@ -190,15 +190,12 @@ def _create_state_eagerly(init, p: torch.Tensor, s: dict) -> None:
 
 
 def split_fresh(params: Sequence[torch.Tensor], state: Mapping, keys: Sequence[str], step_counter: bool,
-                init, optimizer: str = "fusedopt") -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """(fresh, seasoned) params for the compiled path: `init` fills what is missing first
-    (a state missing only some keys is Bucket._rebuild's KeyError here too); the eager path
-    learns the same split from Bucket.batch."""
-    required = [key for key in keys if key != MASTER_KEY] + (["step"] if step_counter else [])
+                init) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """(fresh, seasoned) params for the compiled path: `init` fills what is missing first;
+    the eager path learns the same split from Bucket.batch."""
     fresh, seasoned = [], []
     for p in params:
         s = state[p]
-        check_state_complete(s, required, optimizer)
         if any(key not in s for key in keys) or (step_counter and "step" not in s):
             _create_state_eagerly(init, p, s)
             fresh.append(p)
