@@ -5,7 +5,10 @@ The `bars` host-overhead rows keep the same grad tensors from step to step (what
 grad tensors every step, which fusedopt must check again before any kernel reads them.
 This script times both, side by side in one process: fusedopt and torch.optim's fused
 (where torch has it) and foreach implementations take turns step by step, each with its
-own params; grads are assigned outside the timed call. Ratios of medians.
+own params; grads are assigned outside the timed call. Ratios of medians, and of means:
+a step that sets off one of Python's full garbage collections takes tens of milliseconds,
+which a median hides and a training run pays (one optimizer's garbage can set one off in
+another's step: run the optimizers in separate processes to see whose it is).
 
     python bench/host_overhead.py [--count 1000] [--numel 8] [--steps 200] [--optimizers adam,sgd]
 """
@@ -52,7 +55,8 @@ def time_case(case: str, count: int, numel: int, steps: int, warmup: int, new_gr
             elapsed = time.perf_counter() - start
             if step >= warmup:
                 samples[label].append(elapsed * 1e3)
-    return {label: statistics.median(times) for label, times in samples.items()}
+    return ({label: statistics.median(times) for label, times in samples.items()},
+            {label: statistics.fmean(times) for label, times in samples.items()})
 
 
 def main(argv=None) -> int:
@@ -64,16 +68,18 @@ def main(argv=None) -> int:
     parser.add_argument("--optimizers", default=",".join(CASES))
     options = parser.parse_args(argv)
     print(f"host cost per step, {options.count} params of {options.numel} elements, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, median of {options.steps} steps (ms); "
-          f"ratio: fusedopt / torch's fastest")
-    print(f"{'optimizer':10} {'grads':22} {'fusedopt':>9} {'torch[fused]':>13} {'torch[foreach]':>15} {'ratio':>6}")
+          f"{torch.get_num_threads()} threads, {options.steps} steps (ms: median / mean); "
+          f"ratio: fusedopt / torch's fastest, of medians / of means")
+    print(f"{'optimizer':10} {'grads':22} {'fusedopt':>15} {'torch[fused]':>15} {'torch[foreach]':>15} {'ratio':>13}")
     for case in options.optimizers.split(","):
         for new_grads in (False, True):
-            medians = time_case(case, options.count, options.numel, options.steps, options.warmup, new_grads)
-            fastest = min(medians[f"torch[{v}]"] for v in TORCH_VARIANTS)
+            medians, means = time_case(case, options.count, options.numel, options.steps, options.warmup, new_grads)
+            ratios = [ms["fusedopt"] / min(ms[f"torch[{v}]"] for v in TORCH_VARIANTS) for ms in (medians, means)]
             grads = "new every step" if new_grads else "same tensors each step"
-            print(f"{case:10} {grads:22} {medians['fusedopt']:9.3f} {medians['torch[fused]']:13.3f} "
-                  f"{medians['torch[foreach]']:15.3f} {medians['fusedopt'] / fastest:6.3f}")
+            cells = [f"{medians[label]:.3f} / {means[label]:.3f}"
+                     for label in ("fusedopt", *(f"torch[{v}]" for v in TORCH_VARIANTS))]
+            print(f"{case:10} {grads:22} {cells[0]:>15} {cells[1]:>15} {cells[2]:>15} "
+                  f"{ratios[0]:>6.3f} / {ratios[1]:.3f}")
     return 0
 
 
