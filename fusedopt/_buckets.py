@@ -25,6 +25,7 @@ import torch
 from ._layout import (FIRST_STATE_ROW, GRAD_ROW, MASTER_KEY, NUMEL_ROW, PARAM_ROW, STEP_DTYPE, STEP_ROW,
                       SUPPORTED_DTYPES, TensorBatch)
 from ._memory import is_dense, storage_problem, storage_problem_strided
+from ._metadata_guard import metadata_guard
 from ._quantize import SCALE_DTYPE, blocks, dequantized_like, quantized_like, scale_key
 
 # Complex params are updated as torch.optim does: through torch.view_as_real views of the
@@ -109,7 +110,6 @@ _is_contiguous = torch.Tensor.is_contiguous
 _nbytes = operator.attrgetter("nbytes")
 _grad = operator.attrgetter("grad")
 _shape = operator.attrgetter("shape")
-_dereference = weakref.ref.__call__  # the referent, or None once it is gone
 _dtype = operator.attrgetter("dtype")
 _tensor_layout = operator.attrgetter("layout")
 _get_device = torch.Tensor.get_device
@@ -148,7 +148,7 @@ class HeldMemory:
     tensor objects that stay the same. Each step compares these again: one or two cheap
     calls per distinct storage. State that fusedopt creates shares one storage per bucket
     and key (see consolidate), so this costs about one call per param. (Grads are not
-    held: see Bucket._grad_storages_unchanged.)"""
+    held: see Bucket._grads_unchanged.)"""
 
     __slots__ = ("storages", "sizes", "addresses", "addressed")
 
@@ -250,12 +250,13 @@ def select(batch: TensorBatch, indices: Sequence[int]) -> TensorBatch:
 
 class GradRow(NamedTuple):
     """What one check of a bucket's grads found: the tensors the kernels read (the grads, or
-    copies in their params' layouts), their addresses and byte counts, and the bytes each
-    one's storage holds."""
+    copies in their params' layouts), their addresses and byte counts, the bytes each one's
+    storage holds and where in it each starts."""
     tensors: List[torch.Tensor]
     addresses: List[int]
     nbytes: List[int]
     storage_sizes: List[int]
+    offsets: List[int]
 
 
 class _CountsChanges:
@@ -389,10 +390,10 @@ class _Stale(Exception):
 class Bucket:
     __slots__ = (
         "params", "device", "dtype", "optimizer", "_device_index", "_strides", "_nbytes",
-        "_key", "_active", "_param_ptrs", "_grad_refs", "_grads", "_grad_ptrs", "_steps", "_states",
+        "_key", "_active", "_param_ptrs", "_grad_offsets", "_grads", "_grad_ptrs", "_steps", "_states",
         "_table", "_version", "_fresh", "_state_map", "_state_map_version", "_strict",
         "_distributed", "_viewed", "param_dtype", "_states_seen", "_memory", "_grad_storage_sizes", "_grads_copied", "_layout", "_written",
-        "_scalars", "_shapes", "quantized", "_scales", "quantized_rule",
+        "_scalars", "_shapes", "quantized", "_scales", "quantized_rule", "_param_guard", "_grad_guard",
     )
 
     def __init__(self, params: List[torch.Tensor], optimizer: str, strict: bool = False, quantized: bool = False,
@@ -415,6 +416,7 @@ class Bucket:
         self._device_index = params[0].get_device()
         self._key: Optional[tuple] = None
         self._version = 0
+        self._param_guard = self._grad_guard = None  # see _params_unchanged, _plain_grad_row
         self._state_map = None
 
     @property
@@ -467,7 +469,7 @@ class Bucket:
                           state_dtype or self.dtype, scalar_keys, scale_keys)
         batch = TensorBatch(params, self._grads, self._steps, self._states, self.device, self.dtype,
                             self._table, self._version, self._scalars, self._scales)
-        # The batch holds this step's grads; the bucket only refers to them weakly, so that
+        # The batch holds this step's grads; the bucket keeps only their addresses, so that
         # zero_grad(set_to_none=True) frees their memory before the next backward.
         self._grads = None
         return batch, self._fresh
@@ -481,8 +483,7 @@ class Bucket:
         not their addresses. Every storage the table points into: the address and size it
         had (a storage resized or freed in place under its tensors).
         """
-        if (list(map(_data_ptr, params)) != self._param_ptrs or list(map(_nbytes, params)) != self._nbytes
-                or not _all_of_dtype(owners, self.param_dtype) or not _same_layout(params, self._layout)
+        if (list(map(_data_ptr, params)) != self._param_ptrs or not self._params_unchanged(owners, params)
                 or not self._memory[0].unchanged() or not self._memory[1].unchanged()):
             raise _Stale
         if state_keys or has_step or scalar_keys:
@@ -498,15 +499,27 @@ class Bucket:
                 for key, cached in zip(scalar_keys, (*self._scalars, *self._scales)):
                     if not all(map(operator.is_, map(operator.itemgetter(key), states), cached)):
                         raise _Stale
-        if (self._grads_copied or not all(map(operator.is_, grads, map(_dereference, self._grad_refs)))
-                or list(map(_data_ptr, grads)) != self._grad_ptrs or list(map(_nbytes, grads)) != self._nbytes
-                or not _all_of_dtype(grads, self.dtype) or not _same_layout(grads, self._layout)
-                or not self._grad_storages_unchanged(grads)):
+        if not self._grads_unchanged(grads):
             row = self._validated_grads(grads)
             self._check_not_aliased(row)
             self._install_grads(grads, row)
         else:
             self._grads = grads
+
+    def _params_unchanged(self, owners, params) -> bool:
+        """The params' dtypes, byte counts and layouts are those the table was built for (their
+        addresses are compared apart). One guard call where it holds; else each fact is read,
+        and a guard is made again from params that pass (a param reshaped in place, or a step
+        under autocast, fails the old guard but changes nothing the table depends on)."""
+        guard = self._param_guard
+        if guard is not None and guard(params):
+            return True
+        if (list(map(_nbytes, params)) != self._nbytes or not _all_of_dtype(owners, self.param_dtype)
+                or not _same_layout(params, self._layout)):
+            return False
+        if not self._viewed:  # the guard reads the tensors it is given: owners are the params then
+            self._param_guard = metadata_guard(params)
+        return True
 
     # ----------------------------------------------------------------- rebuilds
     def _rebuild(self, key, owners, params, grads, state, state_keys, has_step, init_state, state_dtype,
@@ -522,6 +535,7 @@ class Bucket:
                                    "values to update; materialize the model first (module.to_empty(device=...))")
         n = len(params)
         self._key = None  # stays None if validation below fails
+        self._param_guard = self._grad_guard = None  # made again from what passes the checks below
         self._active = params
         self._strides = list(map(_stride, params))
         self._layout = None if all(map(_is_contiguous, params)) else self._strides
@@ -588,6 +602,7 @@ class Bucket:
         self._memory = (HeldMemory(params, with_addresses=False), HeldMemory(state_tensors, with_addresses=True))
         # Recorded after _checked_state/_checked_step, which may have replaced entries.
         self._state_map, self._state_map_version = (state, state.version) if isinstance(state, StateMap) else (None, 0)
+        self._param_guard = None if self._viewed else metadata_guard(params)
         self._written = WrittenSpans(written, name)
         self._check_not_aliased(grad_row)
         self._install_grads(grads, grad_row)
@@ -710,48 +725,75 @@ class Bucket:
         if row is not None:
             return row
         used = [self._checked_grad(g, p) for g, p in zip(grads, self._active)]
-        return GradRow(used, list(map(_data_ptr, used)), list(map(_nbytes, used)), _storage_sizes(used))
+        return GradRow(used, list(map(_data_ptr, used)), list(map(_nbytes, used)), _storage_sizes(used),
+                       list(map(_storage_offset, used)))
 
     def _plain_grad_row(self, grads: List[torch.Tensor]) -> Optional["GradRow"]:
-        """The GradRow of `grads` when each is exactly what its param's row needs, else None."""
+        """The GradRow of `grads` when each is exactly what its param's row needs, else None.
+
+        Their layout, dtype, device, shape and strides are read in one guard call, made from
+        earlier grads that passed these checks (a grad loop's grads are alike every step),
+        or else one fact at a time."""
         try:
-            if (set(map(_tensor_layout, grads)) != {torch.strided} or set(map(_dtype, grads)) != {self.dtype}
-                    or set(map(_get_device, grads)) != {self._device_index}):
-                return None
-            if list(map(_shape, grads)) != self._shapes or not _same_layout(grads, self._layout):
-                return None
+            guard = self._grad_guard
+            if guard is None or not guard(grads):
+                if (set(map(_tensor_layout, grads)) != {torch.strided} or set(map(_dtype, grads)) != {self.dtype}
+                        or set(map(_get_device, grads)) != {self._device_index}):
+                    return None
+                if list(map(_shape, grads)) != self._shapes or not _same_layout(grads, self._layout):
+                    return None
+                self._grad_guard = metadata_guard(grads)
             nbytes = self._nbytes  # the params', as shapes and dtype are
             sizes = _storage_sizes(grads)
+            offsets = list(map(_storage_offset, grads))
             # Dense and laid out like the param: [offset, offset + nbytes) of the storage.
-            ends = map(operator.add, map(operator.mul, map(_storage_offset, grads), repeat(self.dtype.itemsize)),
-                       nbytes)
+            ends = map(operator.add, map(operator.mul, offsets, repeat(self.dtype.itemsize)), nbytes)
             if not all(map(operator.le, ends, sizes)):
                 return None  # the per-grad check says which (a zero-size grad may still pass)
         except (RuntimeError, NotImplementedError):  # a sparse grad has no strides or storage
             return None
-        return GradRow(grads, list(map(_data_ptr, grads)), nbytes, sizes)
+        return GradRow(grads, list(map(_data_ptr, grads)), nbytes, sizes, offsets)
 
-    def _grad_storages_unchanged(self, grads: List[torch.Tensor]) -> bool:
-        """Whether each grad's storage holds the bytes it held when the grad was checked.
+    def _grads_unchanged(self, grads: List[torch.Tensor]) -> bool:
+        """Whether these grads lie exactly where the table's grad row points, as the grads
+        checked last did: the same addresses, dtype, device and layout, in storages of the
+        same size at the same offsets. Then each grad spans the same bytes of a storage of the
+        same extent as the checked one, so it is as safe to read; whether it is the same tensor
+        object does not matter (a loop that sets grads to None may bring new grads at the same
+        addresses). The storage sizes are read through the grads, not through storage objects
+        kept from the check: keeping one object per grad from one step to the next is what
+        this check must not do (see _install_grads).
 
-        With the grad's address and extent unchanged, that keeps the grad inside its storage:
-        torch checks the bounds whenever a tensor is pointed at memory (set_, as_strided_,
-        a view), so only a storage resized in place afterwards (resize_(0), then smaller at
-        the same address) could leave it outside, and that changes the size. Read through the
-        grads, not through storage objects kept from the check: a grad loop brings new grads
-        every step, and keeping a reference to each storage cost more than this read."""
+        A storage resized in place under a checked grad changes its size (torch checks the
+        bounds whenever a tensor is pointed at memory, so only a resize can leave a grad
+        outside its storage): same address, offset and size mean the same bounds."""
+        if self._grads_copied:  # a copy holds the values of one step: recheck (and recopy)
+            return False
         try:
-            return _storage_sizes(grads) == self._grad_storage_sizes
-        except (RuntimeError, NotImplementedError):  # no storage to read (not a dense tensor now)
+            if list(map(_data_ptr, grads)) != self._grad_ptrs:
+                return False
+            guard = self._grad_guard
+            if guard is None or not guard(grads):
+                if (set(map(_tensor_layout, grads)) != {torch.strided} or not _all_of_dtype(grads, self.dtype)
+                        or set(map(_get_device, grads)) != {self._device_index}
+                        or list(map(_nbytes, grads)) != self._nbytes or not _same_layout(grads, self._layout)):
+                    return False
+            return (list(map(_storage_offset, grads)) == self._grad_offsets
+                    and _storage_sizes(grads) == self._grad_storage_sizes)
+        except (RuntimeError, NotImplementedError):  # no address or storage to read (not a dense tensor)
             return False
 
     def _install_grads(self, grads: List[torch.Tensor], row: "GradRow") -> None:
         """Write the addresses of validated grads into the table."""
-        self._grad_refs = list(map(weakref.ref, grads))  # weakly: see batch()
+        # Nothing kept here refers to a grad: the batch holds them for this step only (see
+        # batch()), and keeping one object per grad (a weak reference) from one step to the
+        # next made every step of a set-to-None loop promote 1,000 objects in Python's
+        # collector, which then ran full collections: 3 ms a step on average for 1,000 params.
         self._grads = row.tensors  # for this step's batch only
         # A copy holds the values of one step: recheck (and recopy) every step.
         self._grads_copied = row.tensors is not grads and any(map(operator.is_not, grads, row.tensors))
         self._grad_ptrs = row.addresses if row.tensors is grads else list(map(_data_ptr, grads))
+        self._grad_offsets = row.offsets if row.tensors is grads else list(map(_storage_offset, grads))
         self._grad_storage_sizes = row.storage_sizes
         self._fill_row(GRAD_ROW, row.addresses)
         self._version = next(_versions)

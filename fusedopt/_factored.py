@@ -28,7 +28,7 @@ from __future__ import annotations
 import array
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -129,6 +129,10 @@ class FactoredTables:
         self.name = optimizer_name
         self._key = None
         self._batch: Optional[FactoredBatch] = None
+        # One tuple per distinct shape, reused by every build: a loop that sets grads to None
+        # rebuilds these tables each step, and new tuples kept from one step to the next made
+        # Python's collector run full collections (see Bucket._install_grads).
+        self._shapes: Dict[Tuple[int, int, int], Tuple[int, int, int]] = {}
 
     def batch(self, batch: TensorBatch, owners: Sequence[torch.Tensor], state) -> FactoredBatch:
         counted = getattr(state, "all_counted", False)
@@ -161,7 +165,8 @@ class FactoredTables:
             else:
                 moments.append(self._checked(s, "row_var", p, first))
                 col_moments.append(self._checked(s, "col_var", p, second))
-            shapes.append(tensor_shape(p))
+            shape = tensor_shape(p)
+            shapes.append(self._shapes.setdefault(shape, shape))
         written = [*batch.params, *batch.steps, *moments, *(c for c in col_moments if c is not None)]
         spans = WrittenSpans(written, self.name)
         if spans.overlapped_by_tensors(batch.grads):
