@@ -113,6 +113,7 @@ _shape = operator.attrgetter("shape")
 _dtype = operator.attrgetter("dtype")
 _tensor_layout = operator.attrgetter("layout")
 _get_device = torch.Tensor.get_device
+_is_neg = torch.Tensor.is_neg
 _storage_offset = torch.Tensor.storage_offset
 _untyped_storage = torch.Tensor.untyped_storage
 
@@ -509,14 +510,15 @@ class Bucket:
     def _params_unchanged(self, owners, params) -> bool:
         """The params' dtypes, byte counts and layouts are those the table was built for (their
         addresses are compared apart). One guard call where it holds; else each fact is read,
-        and a guard is made again from params that pass (a param reshaped in place, or a step
-        under autocast, fails the old guard but changes nothing the table depends on)."""
+        and a guard is made again from params that pass (a step under autocast fails the old
+        guard but changes nothing the table depends on)."""
         guard = self._param_guard
         if guard is not None and guard(params):
             return True
         if (list(map(_nbytes, params)) != self._nbytes or not _all_of_dtype(owners, self.param_dtype)
-                or not _same_layout(params, self._layout)):
-            return False
+                or not _same_layout(params, self._layout) or list(map(_shape, params)) != self._shapes
+                or any(map(_is_neg, params))):
+            return False  # rebuilt: a reshaped param's state and Adafactor's factored table follow its shape
         if not self._viewed:  # the guard reads the tensors it is given: owners are the params then
             self._param_guard = metadata_guard(params)
         return True
@@ -740,8 +742,9 @@ class Bucket:
                 if (set(map(_tensor_layout, grads)) != {torch.strided} or set(map(_dtype, grads)) != {self.dtype}
                         or set(map(_get_device, grads)) != {self._device_index}):
                     return None
-                if list(map(_shape, grads)) != self._shapes or not _same_layout(grads, self._layout):
-                    return None
+                if (list(map(_shape, grads)) != self._shapes or not _same_layout(grads, self._layout)
+                        or any(map(_is_neg, grads))):
+                    return None  # a negated view is read through a copy (_checked_grad)
                 self._grad_guard = metadata_guard(grads)
             nbytes = self._nbytes  # the params', as shapes and dtype are
             sizes = _storage_sizes(grads)
@@ -776,7 +779,8 @@ class Bucket:
             if guard is None or not guard(grads):
                 if (set(map(_tensor_layout, grads)) != {torch.strided} or not _all_of_dtype(grads, self.dtype)
                         or set(map(_get_device, grads)) != {self._device_index}
-                        or list(map(_nbytes, grads)) != self._nbytes or not _same_layout(grads, self._layout)):
+                        or list(map(_nbytes, grads)) != self._nbytes or not _same_layout(grads, self._layout)
+                        or any(map(_is_neg, grads))):
                     return False
             return (list(map(_storage_offset, grads)) == self._grad_offsets
                     and _storage_sizes(grads) == self._grad_storage_sizes)
@@ -812,10 +816,11 @@ class Bucket:
             raise RuntimeError(f"{name}: a grad is on {g.device}, but its param is on {p.device}")
         if g.shape != p.shape:
             raise RuntimeError(f"{name}: a grad has shape {tuple(g.shape)}, but its param has {tuple(p.shape)}")
-        if g.stride() != p.stride() or not is_dense(g):
+        if g.stride() != p.stride() or not is_dense(g) or g.is_neg():
             # A grad laid out differently from its param (a broadcast view, a transposed
-            # copy): read it through a copy in the param's layout. torch's copy_ reads the
-            # grad through its strides, so this is safe whatever its storage holds.
+            # copy), or a negated view (its memory holds the opposite values): read it through
+            # a copy in the param's layout. torch's copy_ reads the grad through its strides
+            # and resolves the sign, so this is safe whatever its storage holds.
             problem = storage_problem_strided(g)
             if problem:
                 raise RuntimeError(f"{name}: a grad of shape {tuple(g.shape)} {problem}")

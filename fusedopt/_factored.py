@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ._buckets import WrittenSpans
+from ._buckets import HeldMemory, WrittenSpans
 from ._layout import TensorBatch
 from ._memory import storage_problem
 
@@ -122,13 +122,16 @@ def tensor_shape(p: torch.Tensor) -> Tuple[int, int, int]:
 
 class FactoredTables:
     """Builds a bucket's FactoredBatch and keeps it while nothing it depends on changed: the
-    element batch (its table version changes with any param, grad or step tensor) and the
-    state dicts (StateMap's count changes with any entry stored)."""
+    element batch (its table version changes with any param, grad or step tensor), the
+    state dicts (StateMap's count changes with any entry stored), and the memory of the
+    moments it points to (checked each step, as the buckets check their state's: a storage
+    resized in place under a moment must not be written)."""
 
     def __init__(self, optimizer_name: str):
         self.name = optimizer_name
         self._key = None
         self._batch: Optional[FactoredBatch] = None
+        self._memory: Optional[HeldMemory] = None  # the moments' storages, held: see batch()
         # One tuple per distinct shape, reused by every build: a loop that sets grads to None
         # rebuilds these tables each step, and new tuples kept from one step to the next made
         # Python's collector run full collections (see Bucket._install_grads).
@@ -137,7 +140,10 @@ class FactoredTables:
     def batch(self, batch: TensorBatch, owners: Sequence[torch.Tensor], state) -> FactoredBatch:
         counted = getattr(state, "all_counted", False)
         key = (batch.table_version, id(state), getattr(state, "version", None)) if counted else None
-        if key is None or key != self._key:
+        # The moments' storages are held (their memory cannot be freed under the table) and
+        # their sizes and addresses compared: resize_() frees or moves memory under tensor
+        # objects that stay the same, which no key above sees.
+        if key is None or key != self._key or not self._memory.unchanged():
             self._key = None
             built = self._build(batch, owners, state)
             # _build may store contiguous copies in the state: record the count after it.
@@ -167,7 +173,9 @@ class FactoredTables:
                 col_moments.append(self._checked(s, "col_var", p, second))
             shape = tensor_shape(p)
             shapes.append(self._shapes.setdefault(shape, shape))
-        written = [*batch.params, *batch.steps, *moments, *(c for c in col_moments if c is not None)]
+        held = [*moments, *(c for c in col_moments if c is not None)]
+        self._memory = HeldMemory(held, with_addresses=True)
+        written = [*batch.params, *batch.steps, *held]
         spans = WrittenSpans(written, self.name)
         if spans.overlapped_by_tensors(batch.grads):
             raise RuntimeError(f"{self.name}: a grad shares memory with a param or a state tensor "

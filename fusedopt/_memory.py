@@ -23,7 +23,12 @@ def storage_problem(t: torch.Tensor) -> Optional[str]:
     """Why the memory of dense tensor t does not lie inside its storage as it is now, or
     None. A storage can be resized under a tensor (`untyped_storage().resize_(0)`, as
     FSDP-style code does to free memory): the tensor's shape then promises bytes that are
-    gone, and a kernel reading it by address would read freed memory."""
+    gone, and a kernel reading it by address would read freed memory. A negated view
+    (torch._neg_view, the .imag of a conjugated complex tensor) holds its values' opposites
+    in memory, which a kernel reading it by address would take for the values."""
+    if t.is_neg():
+        return ("is a negated view (torch._neg_view, or .imag of a conjugated complex tensor), whose memory holds "
+                "the opposites of its values; resolve it first (.resolve_neg())")
     if t.numel() == 0:
         return None
     end = (t.storage_offset() + t.numel()) * t.element_size()  # dense: [offset, offset + numel)

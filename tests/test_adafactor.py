@@ -290,6 +290,57 @@ def test_state_of_the_wrong_shape_is_refused_before_any_update(factored_backend)
     assert all(torch.equal(p, b) for p, b in zip(params, before))
 
 
+def _grads_at_one_address(params, flat):
+    """New grad tensor objects, each step, over the same memory (a flat grad buffer, as DDP's
+    gradient_as_bucket_view gives): the element table's grad row stays valid."""
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view(p.shape)
+        offset += p.numel()
+
+
+@pytest.mark.parametrize("same_grad_objects", [True, False], ids=["same grads", "new grads, same address"])
+def test_a_moment_freed_in_place_is_refused_not_written(same_grad_objects, factored_backend):
+    """A moment's storage resized to 0 under its tensor (as FSDP-style code frees memory):
+    the cached factored table still held its address, and the next step wrote the freed
+    memory (heap corruption, or a crash on the reference backend). Its storages are now
+    held and compared each step, as the buckets compare their state's."""
+    params = [torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(40))]
+    flat = torch.randn(64 * 32 + 40)
+    opt = fusedopt.Adafactor(params, lr=0.01, backend=factored_backend)
+    for _ in range(2):
+        if same_grad_objects:
+            for p, g in zip(params, (flat[:2048].view(64, 32), flat[2048:])):
+                if p.grad is None:
+                    p.grad = g
+        else:
+            _grads_at_one_address(params, flat)
+        opt.step()
+    opt.state[params[0]]["row_var"].untyped_storage().resize_(0)
+    if not same_grad_objects:
+        _grads_at_one_address(params, flat)
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(RuntimeError, match="state 'row_var' of a param reaches byte"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+def test_a_param_reshaped_in_place_is_refused_as_torch_does(factored_backend):
+    """`p.data = p.data.view(4, 2)` keeps the address and the byte count, but the factored
+    moments follow the shape: torch.optim.Adafactor raises, and so does fusedopt (it used
+    to keep factoring with the old shape when the grads' address did not change)."""
+    p = torch.nn.Parameter(torch.randn(2, 4))
+    flat = torch.randn(8)
+    opt = fusedopt.Adafactor([p], backend=factored_backend)
+    for _ in range(2):
+        _grads_at_one_address([p], flat)
+        opt.step()
+    p.data = p.data.view(4, 2)
+    _grads_at_one_address([p], flat)
+    with pytest.raises(RuntimeError, match="state 'row_var' of a param has shape"):
+        opt.step()
+
+
 def test_empty_params_advance_their_step_only(factored_backend):
     params = [torch.nn.Parameter(torch.zeros(0, 3)), torch.nn.Parameter(torch.zeros(0)),
               torch.nn.Parameter(torch.ones(2, 2))]

@@ -632,6 +632,47 @@ def test_steps_in_and_out_of_autocast_notice_a_reinterpreted_param(backend):
         opt.step()
 
 
+@pytest.mark.parametrize("fresh", [True, False], ids=["new grads each step", "same grads"])
+@pytest.mark.parametrize("case", REPRESENTATIVE_CASES[:4], ids=str)
+def test_a_negated_grad_view_is_read_with_its_sign(case, fresh, backend):
+    """A grad with torch's negative bit (torch._neg_view, or the .imag of a conjugated complex
+    tensor, `z.conj().imag`) holds the opposites of its values in memory; torch.optim reads
+    the values. The kernels read memory: such a grad is read through a resolved copy
+    (before, the cpu kernels stepped the wrong way)."""
+    (params, opt), (expected, reference) = both(case, backend)
+    g = torch.Generator().manual_seed(6)
+    values = [torch.randn(p.shape, generator=g) for p in params]
+    for step in range(4):
+        for p, q, v in zip(params, expected, values):
+            if fresh or step == 0:
+                p.grad = torch._neg_view(-v)  # logically v
+            q.grad = v.clone()
+        opt.step()
+        reference.step()
+        assert_params_close(params, expected, torch.float32)
+
+
+def test_negated_params_and_states_are_refused_by_name(backend):
+    """A negated param or state would be written through its memory, the opposite of its
+    values: refused with a RuntimeError that says how to resolve it, before anything moves."""
+    param = torch.nn.Parameter(torch._neg_view(torch.randn(6)))
+    opt = fusedopt.Adam([param], backend=backend)
+    param.grad = torch.randn(6)
+    with pytest.raises(RuntimeError, match="negated view"):
+        opt.step()
+    param = torch.nn.Parameter(torch.randn(6))
+    other = torch.nn.Parameter(torch.randn(6))
+    opt = fusedopt.Adam([param, other], backend=backend)
+    for p in (param, other):
+        p.grad = torch.randn(6)
+    opt.step()
+    opt.state[param]["exp_avg"] = torch._neg_view(opt.state[param]["exp_avg"].neg())
+    before = [p.detach().clone() for p in (param, other)]
+    with pytest.raises(RuntimeError, match="negated view"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip((param, other), before))
+
+
 # --------------------------------------------------------------------------- dtype reinterpreted in place
 # `p.data = p.data.view(dtype)` keeps the address and the byte count: a table that compared
 # only those took the param for its old dtype (float16 bits updated as float32, a float64
