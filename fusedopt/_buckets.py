@@ -759,7 +759,7 @@ class Bucket:
 
     def _grads_unchanged(self, grads: List[torch.Tensor]) -> bool:
         """Whether these grads lie exactly where the table's grad row points, as the grads
-        checked last did: the same addresses, dtype, device and layout, in storages of the
+        checked last did: the same addresses, dtype, device, shape and layout, in storages of the
         same size at the same offsets. Then each grad spans the same bytes of a storage of the
         same extent as the checked one, so it is as safe to read; whether it is the same tensor
         object does not matter (a loop that sets grads to None may bring new grads at the same
@@ -779,7 +779,7 @@ class Bucket:
             if guard is None or not guard(grads):
                 if (set(map(_tensor_layout, grads)) != {torch.strided} or not _all_of_dtype(grads, self.dtype)
                         or set(map(_get_device, grads)) != {self._device_index}
-                        or list(map(_nbytes, grads)) != self._nbytes or not _same_layout(grads, self._layout)
+                        or list(map(_shape, grads)) != self._shapes or not _same_layout(grads, self._layout)
                         or any(map(_is_neg, grads))):
                     return False
             return (list(map(_storage_offset, grads)) == self._grad_offsets

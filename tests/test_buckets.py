@@ -615,6 +615,25 @@ def test_new_grad_objects_at_the_same_addresses(case, how, backend):
         assert_params_close([pairs[0][0]], [pairs[1][0]], torch.float32)
 
 
+def test_a_grad_reshaped_through_data_at_the_same_address_raises(backend):
+    """A new grad object at the checked address, then given another shape of the same bytes
+    through .data (which torch allows): torch.optim raises on the shape, and so must the
+    cached check (it compares shapes, not only bytes and strides)."""
+    case = REPRESENTATIVE_CASES[0]
+    param = torch.nn.Parameter(torch.randn(4, 8))
+    opt = case.fused([param], backend)
+    buffer = torch.randn(32)
+    for _ in range(2):
+        param.grad = buffer.view(4, 8)
+        opt.step()
+    param.grad = buffer.view(4, 8)
+    param.grad.data = buffer.view(2, 16)
+    before = param.detach().clone()
+    with pytest.raises(RuntimeError, match="shape"):
+        opt.step()
+    assert torch.equal(param.detach(), before)
+
+
 def test_steps_in_and_out_of_autocast_notice_a_reinterpreted_param(backend):
     """Under autocast torch's metadata guard answers False for unchanged tensors (its
     dispatch state differs), so each fact is read instead: steps alternating in and out of
