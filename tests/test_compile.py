@@ -121,6 +121,40 @@ def test_update_op_passes_opcheck():
     )
     torch.library.opcheck(torch.ops.fusedopt.update_.default, args)
     torch.library.opcheck(torch.ops.fusedopt.update_.default, (*args, 0.5))  # clip_grad_value's bound
+    torch.library.opcheck(torch.ops.fusedopt.update_reading_grads_.default, args)
+    # A grad_scale writes the grads back, which the reading op does not declare.
+    scaled = (*args[:10], torch.tensor(2.0), torch.zeros(1), *args[12:])
+    with pytest.raises(ValueError, match="call fusedopt::update_"):
+        torch.ops.fusedopt.update_reading_grads_(*scaled)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["AdamW", "SGD-momentum", "AdamW-bf16-states"])
+def test_a_compiled_step_takes_grads_that_are_views_of_one_buffer(case):
+    """Grads as views of one flat buffer (DDP's gradient_as_bucket_view, flat-buffer trainers):
+    declared as mutated by the op they alias one another, and inductor's functionalisation
+    raised an AssertionError at the first compiled step. Without a grad scaler the op only
+    reads them: the compiled steps now equal the eager ones, bit for bit."""
+    cls, hyper = CASES[case]
+    shapes = [(4, 8), (16,), (3, 5)]
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=g) for s in shapes]
+    runs = []
+    for compiled in (False, True):
+        params = [torch.nn.Parameter(v.clone()) for v in start]
+        optimizer = cls(params, **hyper)
+        runs.append((params, torch.compile(optimizer.step) if compiled else optimizer.step))
+    buffer = torch.zeros(sum(torch.Size(s).numel() for s in shapes))
+    for _ in range(4):
+        buffer.copy_(torch.randn(buffer.numel(), generator=g))
+        for params, step in runs:
+            offset = 0
+            for p in params:
+                p.grad = buffer[offset:offset + p.numel()].view(p.shape)
+                offset += p.numel()
+            step()
+        for eager, compiled in zip(runs[0][0], runs[1][0]):
+            assert torch.equal(eager, compiled)
 
 
 # ----------------------------------------------------------------------------- steps the op does not take

@@ -1,9 +1,11 @@
 """fusedopt's steps as a torch.library op, so torch.compile sees them as real ops.
 
 `fusedopt::update_` mutates the params, step counters and state tensors it is given, and
-the grads when it unscales or clips them (all declared, so functionalisation and
-CUDA-graph trees know), and returns nothing; its fake kernel does
-nothing. Under torch.compile, FusedOptimizer.step calls `compiled_step` where it serves
+the grads when it unscales them (all declared, so functionalisation and CUDA-graph trees
+know), and returns nothing; its fake kernel does nothing. `fusedopt::update_reading_grads_`
+is the same step without a grad_scale, declared to read the grads only: grads declared
+mutated that alias one another (views of one flat buffer, as DDP's gradient_as_bucket_view
+gives) failed inductor's functionalisation pass, so a compiled step raised on them. Under torch.compile, FusedOptimizer.step calls `compiled_step` where it serves
 (`compiled_step_serves`), which dynamo traces: plain list and dict work, lazy state
 creation, then one op call per group and dtype; the other steps run eagerly, outside the
 graph (`run_outside_the_graph`). The op validates its tensors exactly as the eager path
@@ -11,6 +13,8 @@ does (fusedopt/_buckets.py) and runs the same backend op.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -27,8 +31,7 @@ from ._plan import (bf16_states, bucket_state_keys, return_copied_grads, run_upd
                     step_hyper, stochastic_round)
 
 
-@torch.library.custom_op("fusedopt::update_", mutates_args=("params", "grads", "steps", "states"))
-def update_(
+def _update(
     kind: str,
     params: List[torch.Tensor],
     grads: List[torch.Tensor],
@@ -156,7 +159,24 @@ def _(grads, backend) -> torch.Tensor:
     return grads[0].new_empty((), dtype=torch.float64)
 
 
+update_ = torch.library.custom_op("fusedopt::update_", _update, mutates_args=("params", "grads", "steps", "states"))
+_UPDATE_SIGNATURE = inspect.signature(_update)
+
+
+@functools.wraps(_update)  # the same signature, so the same schema
+def _update_reading_grads(*args, **kwargs) -> None:
+    if _UPDATE_SIGNATURE.bind(*args, **kwargs).arguments.get("grad_scale") is not None:
+        raise ValueError("fusedopt::update_reading_grads_: a grad_scale writes the unscaled grads back, which this op "
+                         "does not declare; call fusedopt::update_")
+    _update(*args, **kwargs)
+
+
+update_reading_grads_ = torch.library.custom_op("fusedopt::update_reading_grads_", _update_reading_grads,
+                                                mutates_args=("params", "steps", "states"))
+
+
 @update_.register_fake
+@update_reading_grads_.register_fake
 def _(kind, params, grads, steps, states, state_keys, field_names, field_values, first_step, master_weights,
       grad_scale, found_inf, clip_coef, backend, clip_value=None, clip_norm_per_tensor=None,
       bf16_states=False, bf16_stochastic_round=False, lr_tensor=None) -> None:
@@ -252,7 +272,8 @@ def _buckets_in_order(params) -> List[List[torch.Tensor]]:
 def _call(optimizer, group, params: Sequence[torch.Tensor], keys, names, values, fresh, master, grad_scale,
           found_inf, coef, lr_tensor) -> None:
     state = optimizer.state
-    torch.ops.fusedopt.update_(
+    op = torch.ops.fusedopt.update_reading_grads_ if grad_scale is None else torch.ops.fusedopt.update_
+    op(
         optimizer.kind, list(params), [p.grad for p in params],
         [state[p]["step"] for p in params] if optimizer.spec.step_counter else [],
         [state[p][key] for key in keys for p in params], ",".join(keys), ",".join(names), values,
