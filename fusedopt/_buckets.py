@@ -417,7 +417,7 @@ class Bucket:
         self._device_index = params[0].get_device()
         self._key: Optional[tuple] = None
         self._version = 0
-        self._param_guard = self._grad_guard = None  # see _params_unchanged, _plain_grad_row
+        self._param_guard = self._grad_guard = None  # see _params_unchanged, _grads_like_row
         self._state_map = None
 
     @property
@@ -731,21 +731,10 @@ class Bucket:
                        list(map(_storage_offset, used)))
 
     def _plain_grad_row(self, grads: List[torch.Tensor]) -> Optional["GradRow"]:
-        """The GradRow of `grads` when each is exactly what its param's row needs, else None.
-
-        Their layout, dtype, device, shape and strides are read in one guard call, made from
-        earlier grads that passed these checks (a grad loop's grads are alike every step),
-        or else one fact at a time."""
+        """The GradRow of `grads` when each is exactly what its param's row needs, else None."""
         try:
-            guard = self._grad_guard
-            if guard is None or not guard(grads):
-                if (set(map(_tensor_layout, grads)) != {torch.strided} or set(map(_dtype, grads)) != {self.dtype}
-                        or set(map(_get_device, grads)) != {self._device_index}):
-                    return None
-                if (list(map(_shape, grads)) != self._shapes or not _same_layout(grads, self._layout)
-                        or any(map(_is_neg, grads))):
-                    return None  # a negated view is read through a copy (_checked_grad)
-                self._grad_guard = metadata_guard(grads)
+            if not self._grads_like_row(grads):
+                return None  # the per-grad checks copy what they can (a negated view) or say what is wrong
             nbytes = self._nbytes  # the params', as shapes and dtype are
             sizes = _storage_sizes(grads)
             offsets = list(map(_storage_offset, grads))
@@ -773,19 +762,27 @@ class Bucket:
         if self._grads_copied:  # a copy holds the values of one step: recheck (and recopy)
             return False
         try:
-            if list(map(_data_ptr, grads)) != self._grad_ptrs:
-                return False
-            guard = self._grad_guard
-            if guard is None or not guard(grads):
-                if (set(map(_tensor_layout, grads)) != {torch.strided} or not _all_of_dtype(grads, self.dtype)
-                        or set(map(_get_device, grads)) != {self._device_index}
-                        or list(map(_shape, grads)) != self._shapes or not _same_layout(grads, self._layout)
-                        or any(map(_is_neg, grads))):
-                    return False
-            return (list(map(_storage_offset, grads)) == self._grad_offsets
+            return (list(map(_data_ptr, grads)) == self._grad_ptrs and self._grads_like_row(grads)
+                    and list(map(_storage_offset, grads)) == self._grad_offsets
                     and _storage_sizes(grads) == self._grad_storage_sizes)
         except (RuntimeError, NotImplementedError):  # no address or storage to read (not a dense tensor)
             return False
+
+    def _grads_like_row(self, grads: List[torch.Tensor]) -> bool:
+        """Each grad is strided, with its param's row's dtype, device, shape and strides, and
+        not a negated view. One guard call, made from earlier grads that passed (a grad
+        loop's grads are alike every step); else a fact at a time, and a guard made from
+        grads that pass. (Bytes inside the storage are the callers' to check.)"""
+        guard = self._grad_guard
+        if guard is not None and guard(grads):
+            return True
+        if (set(map(_tensor_layout, grads)) != {torch.strided} or not _all_of_dtype(grads, self.dtype)
+                or set(map(_get_device, grads)) != {self._device_index}
+                or list(map(_shape, grads)) != self._shapes or not _same_layout(grads, self._layout)
+                or any(map(_is_neg, grads))):
+            return False
+        self._grad_guard = metadata_guard(grads)
+        return True
 
     def _install_grads(self, grads: List[torch.Tensor], row: "GradRow") -> None:
         """Write the addresses of validated grads into the table."""
